@@ -1,0 +1,3 @@
+from edgefp.cli import main
+
+main()

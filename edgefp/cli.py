@@ -1,0 +1,193 @@
+"""The ``edgefp`` command line: thin wrappers over the library, with one way to report and to fail.
+
+Every option's default can be set by an environment variable ``EDGEFP_<COMMAND>_<OPTION>``
+(e.g. ``EDGEFP_TRAIN_EPOCHS=50``). User errors print one line ``edgefp: error: ...`` and exit with
+status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from edgefp import __version__
+from edgefp.errors import EdgefpError
+
+JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON report.")
+
+
+def _emit(report: dict, as_json: bool, lines: list[str]) -> None:
+    if as_json:
+        click.echo(json.dumps(report, indent=1))
+    else:
+        for line in lines:
+            click.echo(line)
+
+
+def _layers(value: str | None) -> list[str] | None:
+    return [name.strip() for name in value.split(",") if name.strip()] if value else None
+
+
+def _percent(value) -> str:
+    return "-" if value is None else f"{100 * value:5.1f}%"
+
+
+@click.group(context_settings={"auto_envvar_prefix": "EDGEFP", "help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgefp")
+@click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
+def cli(debug: bool) -> None:
+    """Fingerprint TinyML classifiers, deploy them int8, and flag inputs they have never seen.
+
+    \b
+    Example:
+      edgefp train --data digits:train:0-4 --out run/
+      edgefp score run/ --data digits:test --out scores.npz
+    """
+
+
+TRAIN_EXAMPLE = "Example: edgefp train --data motions.npz:train --out run/ --seed 1"
+
+
+@cli.command(epilog=TRAIN_EXAMPLE)
+@click.option("--data", required=True, help="Labelled training data: FILE.npz[:train|test][:CLASSES] or digits.")
+@click.option("--out", required=True, type=click.Path(), help="RUN directory to create.")
+@click.option("--epochs", type=click.IntRange(1), default=None, help="Classifier epochs [default: automatic].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed; the same seed gives the same RUN.")
+@click.option("--layers", default=None, help="Comma-separated layers to fingerprint [default: every layer with a kernel, and logits].")
+@click.option("--fpr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, show_default=True, help="Target false-positive rate of the OOD threshold.")
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@JSON_OPTION
+def train(data, out, epochs, seed, layers, fpr, force, as_json):
+    """Train a TinyML classifier chosen from the data's shape, then fingerprint it.
+
+    Images (H, W, C) get a small CNN, sequences (T, C) a 1-D CNN, vectors an MLP. A fifth of the
+    data is held out of all training and calibrates the OOD threshold.
+    """
+    from edgefp.data import load
+    from edgefp.trainer import train as train_run
+
+    fingerprint = train_run(load(data, require_labels=True), epochs=epochs, seed=seed, layers=_layers(layers), fpr=fpr)
+    fingerprint.save(out, force=force)
+    _report_run(fingerprint, out, as_json)
+
+
+@cli.command(epilog="Example: edgefp fingerprint --model my_model.keras --data train.npz --out run/")
+@click.option("--model", required=True, type=click.Path(), help="Your Keras classifier (.keras).")
+@click.option("--data", required=True, help="In-distribution inputs as the model takes them (labels not needed).")
+@click.option("--out", required=True, type=click.Path(), help="RUN directory to create.")
+@click.option("--layers", default=None, help="Comma-separated layers to fingerprint [default: every layer with a kernel, and logits].")
+@click.option("--fpr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, show_default=True, help="Target false-positive rate of the OOD threshold.")
+@click.option("--epochs", type=click.IntRange(1), default=None, help="Autoencoder epochs [default: automatic].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@JSON_OPTION
+def fingerprint(model, data, out, layers, fpr, epochs, seed, force, as_json):
+    """Fingerprint a Keras classifier you already have (NeuralFP)."""
+    from edgefp.data import load
+    from edgefp.trainer import fingerprint_model
+
+    fp = fingerprint_model(model, load(data), layers=_layers(layers), fpr=fpr, epochs=epochs, seed=seed)
+    fp.save(out, force=force)
+    _report_run(fp, out, as_json)
+
+
+def _report_run(fp, out: str, as_json: bool) -> None:
+    layers = [{"name": layer.name, "features": layer.features, "bottleneck": layer.bottleneck, "params": layer.params} for layer in fp.layers_]
+    report = {
+        "run": out,
+        "classifier_params": int(fp.model_.count_params()),
+        "autoencoder_params": fp.autoencoder_params(),
+        "layers": layers,
+        "threshold": fp.threshold_,
+        "target_fpr": fp.fpr,
+        "n_fit": fp.n_fit_,
+        "n_holdout": fp.n_holdout_,
+    }
+    ratio = report["autoencoder_params"] / report["classifier_params"]
+    lines = [f"wrote {out}"]
+    lines += [f"  layer {row['name']}: {row['features']} features -> {row['bottleneck']} ({row['params']} params)" for row in layers]
+    lines.append(f"  autoencoders: {report['autoencoder_params']} params ({100 * ratio:.0f}% of the classifier's {report['classifier_params']})")
+    lines.append(f"  OOD threshold {fp.threshold_:.3f} at {100 * fp.fpr:.0f}% false positives on {fp.n_holdout_} held-out samples")
+    _emit(report, as_json, lines)
+
+
+@cli.command(epilog="Example: edgefp score run/ --data digits:test --out scores.npz")
+@click.argument("run", type=click.Path())
+@click.option("--data", required=True, help="Data to score: FILE.npz[:train|test][:CLASSES] or digits.")
+@click.option("--out", default=None, type=click.Path(), help="Score file to write (.npz: pred, probs, ood_score, is_ood, layer_errors).")
+@JSON_OPTION
+def score(run, data, out, as_json):
+    """Classify data with a RUN and flag out-of-distribution samples."""
+    from edgefp.data import load
+    from edgefp.trainer import NeuralFingerprint
+
+    fp = NeuralFingerprint.load(run)
+    dataset = load(data)
+    scores = fp.score(dataset.x)
+    if out:
+        scores.save(out)
+    report = summarize_scores(scores, dataset.y, fp.label_values_)
+    report.update({"data": data, "threshold": fp.threshold_, "out": out})
+    lines = [f"{report['n']} samples from {data}"]
+    if report["accuracy"] is not None:
+        lines.append(f"  accuracy {_percent(report['accuracy'])} on {report['n_known']} samples of the model's classes")
+    lines.append(f"  flagged OOD {_percent(report['ood_rate'])} (threshold {fp.threshold_:.3f})")
+    if out:
+        lines.append(f"  wrote {out}")
+    _emit(report, as_json, lines)
+
+
+def summarize_scores(scores, y, label_values) -> dict:
+    """Sample count, accuracy on samples of known classes (when labelled) and the share flagged OOD."""
+    import numpy as np
+
+    known = None if y is None else np.isin(y, label_values)
+    accuracy = None
+    if known is not None and known.any():
+        accuracy = float(np.mean(scores.pred[known] == y[known]))
+    return {
+        "n": int(len(scores.pred)),
+        "n_known": None if known is None else int(known.sum()),
+        "accuracy": accuracy,
+        "ood_rate": float(np.mean(scores.is_ood)),
+    }
+
+
+@cli.command(epilog="Example: edgefp demo --out demo-out/")
+@click.option("--out", default="demo-out", show_default=True, type=click.Path(), help="Directory for the demo's RUN and score files.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@JSON_OPTION
+def demo(out, seed, as_json):
+    """The kit end to end on digits: train on 0-4, fingerprint, then score held-out 0-4, unseen 5-9
+    and corrupted digits."""
+    from edgefp.demo import run_demo
+
+    report = run_demo(out, seed=seed)
+    lines = [f"{'data':<22} {'n':>5} {'accuracy':>9} {'flagged OOD':>12} {'AUROC':>6}"]
+    for row in report["rows"]:
+        auroc = "-" if row["auroc"] is None else f"{row['auroc']:.3f}"
+        lines.append(f"{row['set']:<22} {row['n']:>5} {_percent(row['accuracy']):>9} {_percent(row['ood_rate']):>12} {auroc:>6}")
+    lines.append(f"AUROC: held-out 0-4 against each set, OOD as the positive class. RUN in {report['run']}")
+    _emit(report, as_json, lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the CLI and turn user errors into one line and exit status 2."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        code = cli.main(args=args, prog_name="edgefp", standalone_mode=False)
+    except EdgefpError as exc:
+        if debug:
+            raise
+        click.echo(f"edgefp: error: {exc}", err=True)
+        sys.exit(2)
+    except click.ClickException as exc:
+        click.echo(f"edgefp: error: {exc.format_message()}", err=True)
+        sys.exit(2)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("edgefp: interrupted", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,188 @@
+"""Loading and checking data sets: `.npz` files, their train/test splits, and the built-in digits.
+
+A data spec is ``SOURCE[:SPLIT][:CLASSES]``:
+
+- ``SOURCE`` is ``digits`` (scikit-learn's 8x8 handwritten digits) or a path to an ``.npz`` file
+  holding ``x`` (N, ...) and optionally ``y`` (N,), or ``x_train/y_train/x_test/y_test``;
+- ``SPLIT`` is ``train`` or ``test``;
+- ``CLASSES`` keeps only some labels, e.g. ``0-4`` or ``0,2,5``.
+
+Examples: ``digits:train:0-4``, ``motions.npz:test``, ``target.npz``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgefp.errors import EdgefpError
+
+SPLITS = ("train", "test")
+DIGITS_TEST_FRACTION = 0.25
+_CLASSES_RE = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
+
+
+@dataclass
+class Dataset:
+    """Samples ``x`` (float32, N first), optional integer labels ``y`` and class names."""
+
+    x: np.ndarray
+    y: np.ndarray | None
+    name: str
+    label_names: dict[int, str] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def subset(self, index: np.ndarray, name: str | None = None) -> Dataset:
+        y = None if self.y is None else self.y[index]
+        return Dataset(self.x[index], y, name or self.name, self.label_names)
+
+
+def parse_spec(spec: str) -> tuple[str, str | None, list[int] | None]:
+    """Split a data spec into (source, split, classes)."""
+    parts = spec.split(":")
+    classes = None
+    if len(parts) > 1 and _CLASSES_RE.match(parts[-1]):
+        classes = _parse_classes(parts.pop())
+    split = None
+    if len(parts) > 1 and parts[-1] in SPLITS:
+        split = parts.pop()
+    return ":".join(parts), split, classes
+
+
+def _parse_classes(text: str) -> list[int]:
+    classes: list[int] = []
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        classes.extend(range(int(low), int(high or low) + 1))
+    return classes
+
+
+def load(spec: str, *, require_labels: bool = False) -> Dataset:
+    """Load and check the data set named by ``spec``; raise EdgefpError with one clear line if bad."""
+    source, split, classes = parse_spec(spec)
+    if source == "digits":
+        x, y, names = _load_digits(split)
+    else:
+        x, y, names = _load_npz(source, split, spec)
+    data = Dataset(x, y, spec, names)
+    check(data, require_labels=require_labels)
+    if classes is not None:
+        if data.y is None:
+            raise EdgefpError(f"{spec}: a class filter needs labels, but the file has no 'y'")
+        data = data.subset(np.isin(data.y, classes))
+        if len(data) == 0:
+            raise EdgefpError(f"{spec}: no samples have labels {classes}")
+    return data
+
+
+def _load_digits(split: str | None):
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as exc:
+        raise EdgefpError("the built-in 'digits' set needs scikit-learn: pip install 'edgefp[train]'") from exc
+    bunch = load_digits()
+    x = (bunch.images / 16.0).astype(np.float32)[..., None]
+    y = bunch.target.astype(np.int64)
+    if split is not None:
+        test = stratified_split(y, DIGITS_TEST_FRACTION, seed=0)
+        index = test if split == "test" else ~test
+        x, y = x[index], y[index]
+    return x, y, {int(i): str(i) for i in range(10)}
+
+
+def _load_npz(path: str, split: str | None, spec: str):
+    if not os.path.exists(path):
+        raise EdgefpError(f"{spec}: no such file; give an .npz file, or 'digits' for the built-in set")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except Exception as exc:  # noqa: BLE001 - numpy raises many types for unreadable files
+        raise EdgefpError(f"{spec}: not a readable .npz file ({exc})") from exc
+    if split is not None:
+        xkey, ykey = f"x_{split}", f"y_{split}"
+        if xkey not in arrays:
+            raise EdgefpError(f"{spec}: the file has no '{xkey}' array (it holds {sorted(arrays)})")
+    elif "x" in arrays:
+        xkey, ykey = "x", "y"
+    elif "x_train" in arrays:
+        raise EdgefpError(f"{spec}: the file holds train/test splits; add ':train' or ':test'")
+    else:
+        raise EdgefpError(f"{spec}: the file has no 'x' array (it holds {sorted(arrays)})")
+    names = {}
+    if "labels" in arrays and arrays["labels"].ndim == 1:
+        names = {i: str(name) for i, name in enumerate(arrays["labels"])}
+    x = arrays[xkey]
+    if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
+        raise EdgefpError(f"{spec}: '{xkey}' must hold real numbers, not {x.dtype}")
+    y = arrays.get(ykey)
+    if y is not None:
+        if not np.issubdtype(y.dtype, np.integer):
+            if not np.issubdtype(y.dtype, np.floating) or not np.all(np.mod(y, 1) == 0):
+                raise EdgefpError(f"{spec}: labels '{ykey}' must be integers, not {y.dtype}")
+        y = y.astype(np.int64)
+    return x.astype(np.float32), y, names
+
+
+def check(data: Dataset, *, require_labels: bool = False) -> None:
+    """Raise EdgefpError if the samples or labels cannot be used."""
+    x, y, name = data.x, data.y, data.name
+    if x.ndim < 2:
+        raise EdgefpError(f"{name}: x must be (N, features...) with one sample per row, got shape {x.shape}")
+    if len(x) == 0:
+        raise EdgefpError(f"{name}: the data set is empty")
+    bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+    if bad.any():
+        raise EdgefpError(f"{name}: {int(bad.sum())} samples hold NaN or inf (first at index {int(np.argmax(bad))})")
+    if y is None:
+        if require_labels:
+            raise EdgefpError(f"{name}: labels are needed here, but there is no 'y' array")
+        return
+    if y.shape != (len(x),):
+        raise EdgefpError(f"{name}: y must have shape ({len(x)},) to match x, got {y.shape}")
+    if (y < 0).any():
+        raise EdgefpError(f"{name}: labels must be non-negative integers, found {int(y.min())}")
+
+
+def fit_input_shape(x: np.ndarray, expected: tuple[int, ...], name: str) -> np.ndarray:
+    """Return ``x`` shaped for a model taking samples of shape ``expected``, or raise a clear error."""
+    if x.shape[1:] == tuple(expected):
+        return x
+    if x.shape[1:] + (1,) == tuple(expected):
+        return x[..., None]
+    raise EdgefpError(
+        f"{name}: samples have shape {x.shape[1:]} but the model expects {tuple(expected)}; "
+        "give data of the shape the model was trained on"
+    )
+
+
+def stratified_split(y: np.ndarray | None, fraction: float, seed: int, n: int | None = None) -> np.ndarray:
+    """Boolean mask choosing about ``fraction`` of each class (at least one sample per class)."""
+    rng = np.random.default_rng(seed)
+    if y is None:
+        y = np.zeros(n, dtype=np.int64)
+    mask = np.zeros(len(y), dtype=bool)
+    for label in np.unique(y):
+        members = np.flatnonzero(y == label)
+        take = max(1, int(round(fraction * len(members)))) if len(members) > 1 else 0
+        mask[rng.choice(members, size=take, replace=False)] = True
+    return mask
+
+
+def standardizer(x: np.ndarray) -> dict:
+    """Per-channel standardisation fitted on ``x``, as stored with a model (channels last)."""
+    axes = tuple(range(x.ndim - 1))
+    std = x.std(axis=axes)
+    return {"type": "standardize", "mean": x.mean(axis=axes).tolist(), "std": np.maximum(std, 1e-6).tolist()}
+
+
+def apply_preprocessing(x: np.ndarray, preprocessing: dict) -> np.ndarray:
+    """Apply a stored preprocessing (``none`` or per-channel ``standardize``) to raw samples."""
+    if preprocessing["type"] == "none":
+        return x.astype(np.float32)
+    mean, std = np.asarray(preprocessing["mean"], np.float32), np.asarray(preprocessing["std"], np.float32)
+    return ((x - mean) / std).astype(np.float32)

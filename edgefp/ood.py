@@ -1,0 +1,69 @@
+"""The fingerprint's arithmetic that every runtime shares: per-layer errors -> one OOD score -> verdict.
+
+Kept free of TensorFlow so that devices (agent, simulator) compute exactly what the host computes.
+Each layer's reconstruction error ``e`` becomes a z-score of its log against the held-out error
+distribution, ``z = (ln(e + EPS) - mu) / sigma``; the OOD score is the largest z over layers, and
+a sample is OOD when its score exceeds the threshold calibrated at the target false-positive rate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+EPS = 1e-6
+QUANTILE_LEVELS = np.linspace(0.0, 1.0, 101)
+
+
+def layer_zscores(layer_errors: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """Standardised log errors, (N, L)."""
+    return (np.log(np.asarray(layer_errors, dtype=np.float64) + EPS) - mu) / sigma
+
+
+def ood_score(layer_errors: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """Combine per-layer errors (N, L) into one score per sample; higher = more out-of-distribution."""
+    return layer_zscores(layer_errors, mu, sigma).max(axis=1)
+
+
+def log_error_stats(layer_errors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of the log errors of in-distribution samples, per layer."""
+    logs = np.log(np.asarray(layer_errors, dtype=np.float64) + EPS)
+    return logs.mean(axis=0), np.maximum(logs.std(axis=0), 1e-3)
+
+
+def threshold_at_fpr(id_scores: np.ndarray, fpr: float) -> float:
+    """The score above which ``fpr`` of in-distribution samples lie."""
+    return float(np.quantile(id_scores, 1.0 - fpr, method="higher"))
+
+
+def quantiles(values: np.ndarray) -> list[float]:
+    """The distribution of ``values`` at QUANTILE_LEVELS (0 %, 1 %, ..., 100 %)."""
+    return [float(v) for v in np.quantile(values, QUANTILE_LEVELS)]
+
+
+@dataclass
+class Scores:
+    """The score file of the contract: one row per sample."""
+
+    pred: np.ndarray  # (N,) predicted label values
+    probs: np.ndarray  # (N, C) class probabilities
+    ood_score: np.ndarray  # (N,) higher = more out-of-distribution
+    is_ood: np.ndarray  # (N,) bool, ood_score above the calibrated threshold
+    layer_errors: np.ndarray  # (N, L) reconstruction error of each fingerprinted layer
+
+    def save(self, path: str) -> None:
+        with open(path, "wb") as handle:
+            np.savez(
+                handle,
+                pred=np.asarray(self.pred, dtype=np.int64),
+                probs=np.asarray(self.probs, dtype=np.float32),
+                ood_score=np.asarray(self.ood_score, dtype=np.float32),
+                is_ood=np.asarray(self.is_ood, dtype=bool),
+                layer_errors=np.asarray(self.layer_errors, dtype=np.float32),
+            )
+
+    @classmethod
+    def load(cls, path: str) -> Scores:
+        with np.load(path) as npz:
+            return cls(**{name: npz[name] for name in cls.__dataclass_fields__})

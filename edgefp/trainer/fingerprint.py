@@ -1,0 +1,347 @@
+"""NeuralFP fingerprints: one small autoencoder per latent layer and the distribution of its errors."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import re
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from edgefp import __version__, data, ood
+from edgefp.errors import EdgefpError
+from edgefp.fsutil import atomic_directory
+from edgefp.progress import Progress
+from edgefp.trainer import taps
+from edgefp.trainer.models import BATCH_SIZE, seed_everything
+
+SCHEMA = "edgefp.fingerprint"
+SCHEMA_VERSION = 1
+AE_TARGET_STEPS = 2000
+MIN_HOLDOUT = 5
+
+
+@dataclass
+class LayerFingerprint:
+    """One fingerprinted layer: how its activations are reduced and standardised, and its error statistics."""
+
+    name: str
+    shape: list[int]
+    pool: list[int]
+    features: int
+    bottleneck: int
+    autoencoder: str
+    params: int
+    mean: list[float]
+    std: list[float]
+    log_error_mean: float = 0.0
+    log_error_std: float = 1.0
+    holdout_error_quantiles: list[float] | None = None
+    fit_error_quantiles: list[float] | None = None
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _bottlenecks(features: list[int], budget_params: float) -> list[int]:
+    """Bottleneck widths, a quarter of each layer's width at most, shrunk together to fit the budget."""
+    for fraction in np.linspace(0.25, 0.0, 26):
+        widths = [max(1, int(fraction * d)) for d in features]
+        if sum(2 * d * k + k + d for d, k in zip(features, widths)) <= budget_params:
+            return widths
+    return [1] * len(features)
+
+
+def _autoencoder(features: int, bottleneck: int, name: str):
+    import keras
+
+    inputs = keras.Input((features,), name=f"{name}_in")
+    code = keras.layers.Dense(bottleneck, name=f"{name}_encode")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(features, name=f"{name}_decode")(code), name=name)
+
+
+def _file_stem(index: int, layer: str) -> str:
+    return f"{index:02d}_{re.sub(r'[^A-Za-z0-9_.-]', '_', layer)}"
+
+
+class NeuralFingerprint:
+    """Fingerprint a Keras classifier and score inputs for out-of-distribution.
+
+    >>> fp = NeuralFingerprint(fpr=0.05).fit(model, x_train)
+    >>> scores = fp.score(x_new)          # pred, probs, ood_score, is_ood, layer_errors
+    >>> fp.save("run/"); fp = NeuralFingerprint.load("run/")
+
+    Parameters: ``layers`` to fingerprint (default: every layer with a kernel, and the logits),
+    target false-positive rate ``fpr`` on held-out in-distribution data, the ``holdout`` share used
+    to calibrate when no held-out set is given, ``max_features`` per layer after average pooling,
+    ``budget`` for the autoencoders' parameters as a share of the classifier's, ``epochs`` for the
+    autoencoders (default: automatic), and ``seed``.
+    """
+
+    def __init__(self, layers=None, fpr=0.05, holdout=0.2, max_features=64, budget=0.2, epochs=None, seed=0, progress=True):
+        self.layers = layers
+        self.fpr = fpr
+        self.holdout = holdout
+        self.max_features = max_features
+        self.budget = budget
+        self.epochs = epochs
+        self.seed = seed
+        self.progress = progress
+
+    # ----------------------------------------------------------------------------------- fitting
+    def fit(self, model, x, x_holdout=None, *, preprocessing=None, labels=None):
+        """Fingerprint ``model`` on raw in-distribution samples ``x`` (labels are not needed).
+
+        ``x_holdout`` calibrates the error statistics and the threshold; without it a share
+        ``holdout`` of ``x`` is set aside for that and the autoencoders never see it.
+        """
+        if not 0.0 < self.fpr < 1.0:
+            raise EdgefpError(f"--fpr must be between 0 and 1, got {self.fpr}")
+        taps.check_classifier(model)
+        self.model_ = model
+        self.preprocessing_ = preprocessing or {"type": "none"}
+        n_classes = int(model.outputs[0].shape[-1])
+        self.labels_ = labels or [{"index": i, "value": i, "name": str(i)} for i in range(n_classes)]
+        if len(self.labels_) != n_classes:
+            raise EdgefpError(f"{len(self.labels_)} label names given for a classifier with {n_classes} outputs")
+        x = self._prepare(x, "training data")
+        if x_holdout is None:
+            pred = model.predict(x, verbose=0, batch_size=256).argmax(axis=1)
+            held = data.stratified_split(pred, self.holdout, self.seed)
+            x, x_holdout = x[~held], x[held]
+        else:
+            x_holdout = self._prepare(x_holdout, "held-out data")
+        if len(x_holdout) < MIN_HOLDOUT or len(x) < MIN_HOLDOUT:
+            raise EdgefpError(
+                f"too few samples to fingerprint ({len(x)} to fit, {len(x_holdout)} held out); "
+                f"give at least {2 * MIN_HOLDOUT / self.holdout:.0f} samples"
+            )
+        seed_everything(self.seed)
+        names = list(self.layers or taps.default_layers(model))
+        if len(set(names)) != len(names):
+            raise EdgefpError(f"--layers names a layer twice: {names}")
+        reduced = self._feature_model(names)
+        features = [np.asarray(f).reshape(len(x), -1) for f in _as_list(reduced.predict(x, verbose=0, batch_size=256))]
+        widths = _bottlenecks([f.shape[1] for f in features], self.budget * model.count_params())
+        self.layers_ = []
+        self.autoencoders_ = []
+        for index, (name, shape, pool, feats, width) in enumerate(zip(names, self._tap_shapes, self._pools, features, widths)):
+            std = feats.std(axis=0)
+            std = np.maximum(std, 0.1 * std.mean() + 1e-6)
+            ae = _autoencoder(feats.shape[1], width, f"ae{index}")
+            self.layers_.append(
+                LayerFingerprint(
+                    name=name, shape=list(shape), pool=list(pool), features=feats.shape[1], bottleneck=width,
+                    autoencoder=f"autoencoders/{_file_stem(index, name)}.keras", params=int(ae.count_params()),
+                    mean=feats.mean(axis=0).tolist(), std=std.tolist(),
+                )
+            )
+            self.autoencoders_.append(ae)
+        self._train_autoencoders(features)
+        self._build_monitor()
+        fit_errors = self._errors(x)
+        holdout_errors = self._errors(x_holdout)
+        mu, sigma = ood.log_error_stats(holdout_errors)
+        for j, layer in enumerate(self.layers_):
+            layer.log_error_mean, layer.log_error_std = float(mu[j]), float(sigma[j])
+            layer.holdout_error_quantiles = ood.quantiles(holdout_errors[:, j])
+            layer.fit_error_quantiles = ood.quantiles(fit_errors[:, j])
+        holdout_scores = ood.ood_score(holdout_errors, mu, sigma)
+        self.threshold_ = ood.threshold_at_fpr(holdout_scores, self.fpr)
+        self.holdout_score_quantiles_ = ood.quantiles(holdout_scores)
+        self.n_fit_, self.n_holdout_ = len(x), len(x_holdout)
+        return self
+
+    def _prepare(self, x, what: str) -> np.ndarray:
+        x = data.fit_input_shape(np.asarray(x, dtype=np.float32), tuple(self.model_.inputs[0].shape[1:]), what)
+        return data.apply_preprocessing(x, self.preprocessing_)
+
+    def _feature_model(self, names, pools=None):
+        """A Keras model from the classifier's input to the reduced, flattened taps.
+
+        Without ``pools`` the pooling windows are chosen from the tap shapes and ``max_features``.
+        Remembers the tap shapes and pools used, and the classifier's probabilities tensor.
+        """
+        import keras
+
+        model = self.model_
+        logits, probs = taps.logits_and_probs(model)
+        outputs, self._tap_shapes, self._pools = [], [], []
+        for index, name in enumerate(names):
+            t = logits if name == taps.LOGITS else taps.tap(model, name)
+            shape = tuple(t.shape[1:])
+            pool = taps.pool_sizes(shape, self.max_features) if pools is None else pools[index]
+            if len(shape) == 3 and max(pool) > 1:
+                t = keras.layers.AveragePooling2D(tuple(pool), padding="same", name=f"fp_pool_{len(outputs)}")(t)
+            elif len(shape) == 2 and max(pool) > 1:
+                t = keras.layers.AveragePooling1D(pool[0], padding="same", name=f"fp_pool_{len(outputs)}")(t)
+            if len(shape) > 1:
+                t = keras.layers.Flatten(name=f"fp_flat_{len(outputs)}")(t)
+            outputs.append(t)
+            self._tap_shapes.append(shape)
+            self._pools.append(tuple(pool))
+        self._probs = probs
+        return keras.Model(model.inputs, outputs)
+
+    def _train_autoencoders(self, features: list[np.ndarray]) -> None:
+        import keras
+
+        standardized = [(f - np.float32(layer.mean)) / np.float32(layer.std) for f, layer in zip(features, self.layers_)]
+        inputs = [keras.Input((layer.features,)) for layer in self.layers_]
+        joint = keras.Model(inputs, [ae(i) for ae, i in zip(self.autoencoders_, inputs)])
+        joint.compile(optimizer=keras.optimizers.Adam(3e-3), loss=["mse"] * len(inputs))
+        steps_per_epoch = int(np.ceil(len(features[0]) / BATCH_SIZE))
+        epochs = self.epochs or int(min(400, max(30, np.ceil(AE_TARGET_STEPS / steps_per_epoch))))
+        with Progress("training autoencoders", epochs, enabled=self.progress) as progress:
+            callback = keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: progress.update(1))
+            joint.fit(standardized, standardized, batch_size=BATCH_SIZE, epochs=epochs, shuffle=True, verbose=0, callbacks=[callback])
+        self.epochs_ = epochs
+
+    def _build_monitor(self) -> None:
+        """One Keras graph: input -> (probabilities, per-layer reconstruction errors)."""
+        import keras
+
+        features = self._feature_model([layer.name for layer in self.layers_], [layer.pool for layer in self.layers_])
+        errors = []
+        for j, (layer, ae, t) in enumerate(zip(self.layers_, self.autoencoders_, _as_list(features.outputs))):
+            z = (t - np.asarray(layer.mean, np.float32)) * (1.0 / np.asarray(layer.std, np.float32))
+            errors.append(keras.ops.mean(keras.ops.square(ae(z) - z), axis=-1, keepdims=True))
+        err = errors[0] if len(errors) == 1 else keras.layers.Concatenate(name="layer_errors")(errors)
+        self.monitor_ = keras.Model(self.model_.inputs, [self._probs, err], name="monitor")
+
+    def _errors(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.monitor_.predict(x, verbose=0, batch_size=256)[1], dtype=np.float64)
+
+    # ----------------------------------------------------------------------------------- scoring
+    @property
+    def label_values_(self) -> np.ndarray:
+        return np.asarray([label["value"] for label in self.labels_], dtype=np.int64)
+
+    def log_error_stats_(self):
+        return (
+            np.asarray([layer.log_error_mean for layer in self.layers_]),
+            np.asarray([layer.log_error_std for layer in self.layers_]),
+        )
+
+    def score(self, x) -> ood.Scores:
+        """Classify raw samples ``x`` and score them for out-of-distribution."""
+        x = self._prepare(x, "data")
+        probs, errors = self.monitor_.predict(x, verbose=0, batch_size=256)
+        score = ood.ood_score(errors, *self.log_error_stats_())
+        return ood.Scores(
+            pred=self.label_values_[np.argmax(probs, axis=1)], probs=probs, ood_score=score,
+            is_ood=score > self.threshold_, layer_errors=errors,
+        )
+
+    def score_samples(self, x) -> np.ndarray:
+        """OOD score per sample (higher = more out-of-distribution), as in scikit-learn/PyOD."""
+        return self.score(x).ood_score
+
+    def autoencoder_params(self) -> int:
+        return sum(layer.params for layer in self.layers_)
+
+    # -------------------------------------------------------------------------------- save / load
+    def to_dict(self, classifier_sha256: str) -> dict:
+        return {
+            "schema": SCHEMA,
+            "version": SCHEMA_VERSION,
+            "edgefp_version": __version__,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "classifier": {
+                "file": "classifier.keras",
+                "sha256": classifier_sha256,
+                "params": int(self.model_.count_params()),
+                "input_shape": list(self.model_.inputs[0].shape[1:]),
+            },
+            "preprocessing": self.preprocessing_,
+            "labels": self.labels_,
+            "settings": {
+                "fpr": self.fpr, "holdout": self.holdout, "max_features": self.max_features,
+                "budget": self.budget, "epochs": self.epochs_, "seed": self.seed,
+            },
+            "layers": [asdict(layer) for layer in self.layers_],
+            "score": {
+                "combine": "max_z_log_error",
+                "eps": ood.EPS,
+                "target_fpr": self.fpr,
+                "threshold": self.threshold_,
+                "holdout_quantiles": self.holdout_score_quantiles_,
+                "n_fit": self.n_fit_,
+                "n_holdout": self.n_holdout_,
+            },
+        }
+
+    def save(self, run_dir: str, *, force: bool = False) -> str:
+        """Write the RUN directory (classifier, autoencoders, fingerprint.json) atomically."""
+        with atomic_directory(run_dir, force=force) as tmp:
+            os.makedirs(os.path.join(tmp, "autoencoders"))
+            classifier = os.path.join(tmp, "classifier.keras")
+            self.model_.save(classifier)
+            for layer, ae in zip(self.layers_, self.autoencoders_):
+                ae.save(os.path.join(tmp, layer.autoencoder))
+            with open(os.path.join(tmp, "fingerprint.json"), "w") as handle:
+                json.dump(self.to_dict(sha256_file(classifier)), handle, indent=1)
+        return run_dir
+
+    @classmethod
+    def load(cls, run_dir: str) -> NeuralFingerprint:
+        """Read a RUN directory written by :meth:`save`."""
+        meta = read_fingerprint_json(run_dir)
+        import keras
+
+        settings = meta["settings"]
+        fp = cls(
+            layers=[layer["name"] for layer in meta["layers"]], fpr=meta["score"]["target_fpr"],
+            holdout=settings["holdout"], max_features=settings["max_features"], budget=settings["budget"],
+            epochs=settings["epochs"], seed=settings["seed"],
+        )
+        classifier = os.path.join(run_dir, meta["classifier"]["file"])
+        if sha256_file(classifier) != meta["classifier"]["sha256"]:
+            raise EdgefpError(f"{classifier} does not match the hash in fingerprint.json; the RUN directory was modified")
+        fp.model_ = keras.models.load_model(classifier, compile=False)
+        fp.preprocessing_ = meta["preprocessing"]
+        fp.labels_ = meta["labels"]
+        fp.layers_ = [LayerFingerprint(**layer) for layer in meta["layers"]]
+        fp.autoencoders_ = [keras.models.load_model(os.path.join(run_dir, layer.autoencoder), compile=False) for layer in fp.layers_]
+        fp.threshold_ = meta["score"]["threshold"]
+        fp.holdout_score_quantiles_ = meta["score"]["holdout_quantiles"]
+        fp.n_fit_, fp.n_holdout_ = meta["score"]["n_fit"], meta["score"]["n_holdout"]
+        fp.epochs_ = settings["epochs"]
+        fp._build_monitor()
+        return fp
+
+
+def read_fingerprint_json(run_dir: str) -> dict:
+    """The checked contents of RUN/fingerprint.json."""
+    path = os.path.join(run_dir, "fingerprint.json")
+    if not os.path.isdir(run_dir):
+        raise EdgefpError(f"{run_dir}: no such RUN directory; create one with 'edgefp train' or 'edgefp fingerprint'")
+    try:
+        with open(path) as handle:
+            meta = json.load(handle)
+    except FileNotFoundError:
+        raise EdgefpError(f"{run_dir}: not a RUN directory (no fingerprint.json)") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise EdgefpError(f"{path}: unreadable ({exc})") from exc
+    if meta.get("schema") != SCHEMA or meta.get("version") != SCHEMA_VERSION:
+        raise EdgefpError(
+            f"{path}: schema {meta.get('schema')} v{meta.get('version')} is not {SCHEMA} v{SCHEMA_VERSION}; "
+            "re-create the RUN with this version of edgefp"
+        )
+    missing = [f for f in [meta["classifier"]["file"]] + [layer["autoencoder"] for layer in meta["layers"]]
+               if not os.path.exists(os.path.join(run_dir, f))]
+    if missing:
+        raise EdgefpError(f"{run_dir}: missing {', '.join(missing)}; the RUN directory is incomplete")
+    return meta
+
+
+def _as_list(value):
+    return value if isinstance(value, list) else [value]

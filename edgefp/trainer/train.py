@@ -1,0 +1,52 @@
+"""The trainer's two entry points: train a classifier and fingerprint it, or fingerprint the user's own."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from edgefp import data
+from edgefp.errors import EdgefpError
+from edgefp.trainer.fingerprint import NeuralFingerprint
+from edgefp.trainer.models import train_classifier
+
+HOLDOUT = 0.2
+
+
+def train(dataset: data.Dataset, *, epochs=None, seed=0, layers=None, fpr=0.05, progress=True) -> NeuralFingerprint:
+    """Train a classifier suited to the samples' shape on labelled ``dataset``, then fingerprint it.
+
+    A stratified share HOLDOUT of the data is kept out of all training; it calibrates the fingerprint.
+    """
+    data.check(dataset, require_labels=True)
+    values = np.unique(dataset.y)
+    if len(values) < 2:
+        raise EdgefpError(f"{dataset.name}: a classifier needs at least two classes, found only {values.tolist()}")
+    labels = [{"index": i, "value": int(v), "name": dataset.label_names.get(int(v), str(v))} for i, v in enumerate(values)]
+    held = data.stratified_split(dataset.y, HOLDOUT, seed)
+    x_fit, x_holdout = dataset.x[~held], dataset.x[held]
+    preprocessing = data.standardizer(x_fit)
+    y_fit = np.searchsorted(values, dataset.y[~held])
+    model = train_classifier(
+        data.apply_preprocessing(x_fit, preprocessing), y_fit, len(values), epochs=epochs, seed=seed, progress=progress
+    )
+    fingerprint = NeuralFingerprint(layers=layers, fpr=fpr, holdout=HOLDOUT, seed=seed, progress=progress)
+    return fingerprint.fit(model, x_fit, x_holdout, preprocessing=preprocessing, labels=labels)
+
+
+def fingerprint_model(model_path: str, dataset: data.Dataset, *, layers=None, fpr=0.05, epochs=None, seed=0, progress=True) -> NeuralFingerprint:
+    """Fingerprint the user's Keras classifier on unlabeled in-distribution ``dataset`` (inputs as the model takes them)."""
+    import keras
+
+    if not os.path.exists(model_path):
+        raise EdgefpError(f"{model_path}: no such model file; give a Keras model saved with model.save('model.keras')")
+    try:
+        model = keras.models.load_model(model_path, compile=False)
+    except Exception as exc:  # noqa: BLE001 - Keras raises many types for unreadable models
+        raise EdgefpError(f"{model_path}: cannot load the Keras model ({str(exc).splitlines()[0]})") from exc
+    label_names = dataset.label_names
+    n_classes = int(model.outputs[0].shape[-1])
+    labels = [{"index": i, "value": i, "name": label_names.get(i, str(i))} for i in range(n_classes)]
+    fingerprint = NeuralFingerprint(layers=layers, fpr=fpr, epochs=epochs, seed=seed, progress=progress)
+    return fingerprint.fit(model, dataset.x, labels=labels)

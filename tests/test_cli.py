@@ -1,0 +1,69 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edgefp.ood import Scores
+
+
+def edgefp(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "edgefp", *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300
+    )
+
+
+def test_help_and_version_do_not_import_tensorflow():
+    code = "import sys; from edgefp.cli import main\ntry: main(['--help'])\nexcept SystemExit: pass\nprint('tensorflow' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "Commands:" in result.stdout and result.stdout.strip().endswith("False")
+    assert edgefp("--version").stdout.startswith("edgefp, version")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--data", "missing.npz", "--out", "x"], "missing.npz: no such file"),
+        (["train", "--out", "x"], "Missing option '--data'"),
+        (["score", "no-such-run", "--data", "digits"], "no such RUN directory"),
+        (["train", "--data", "digits", "--out", "x", "--fpr", "1.5"], "--fpr"),
+        (["frobnicate"], "No such command"),
+    ],
+)
+def test_user_errors_are_one_line_and_exit_2(args, message):
+    result = edgefp(*args)
+    assert result.returncode == 2
+    assert result.stderr.startswith("edgefp: error: ") and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_debug_shows_the_traceback():
+    result = edgefp("--debug", "score", "no-such-run", "--data", "digits")
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_environment_variables_set_option_defaults(tmp_path):
+    result = edgefp("train", "--out", str(tmp_path / "x"), env={"EDGEFP_TRAIN_DATA": "missing-from-env.npz"})
+    assert result.returncode == 2 and "missing-from-env.npz" in result.stderr
+
+
+def test_score_writes_the_score_file_and_reports_json(digits_run, tmp_path):
+    fingerprint, run_dir = digits_run
+    out = tmp_path / "scores.npz"
+    result = edgefp("score", run_dir, "--data", "digits:test:0-4", "--out", str(out), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    scores = Scores.load(str(out))
+    n = report["n"]
+    assert scores.pred.shape == (n,) and scores.probs.shape == (n, 5) and scores.layer_errors.shape == (n, len(fingerprint.layers_))
+    assert scores.is_ood.dtype == bool and np.array_equal(scores.is_ood, scores.ood_score > report["threshold"])
+    assert report["accuracy"] > 0.95 and report["n_known"] == n
+    assert report["ood_rate"] == pytest.approx(scores.is_ood.mean())
+
+
+def test_existing_out_is_refused_without_force(digits_run, tmp_path):
+    _, run_dir = digits_run
+    result = edgefp("train", "--data", "digits:train:0-1", "--out", run_dir)
+    assert result.returncode == 2 and "already exists" in result.stderr

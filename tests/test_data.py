@@ -1,0 +1,91 @@
+import numpy as np
+import pytest
+
+from edgefp import data, shifts
+from edgefp.errors import EdgefpError
+from tests.conftest import write_npz
+
+
+def test_digits_splits_are_disjoint_and_cover_the_set():
+    train, test = data.load("digits:train"), data.load("digits:test")
+    assert train.x.shape[1:] == (8, 8, 1) and train.x.dtype == np.float32
+    assert len(train) + len(test) == 1797
+    assert 0.2 < len(test) / 1797 < 0.3
+    assert set(np.unique(test.y)) == set(range(10))
+
+
+def test_class_filter_and_split_parse():
+    assert data.parse_spec("digits:train:0-2,5") == ("digits", "train", [0, 1, 2, 5])
+    assert data.parse_spec("C:/data/x.npz:test") == ("C:/data/x.npz", "test", None)
+    subset = data.load("digits:test:5-9")
+    assert set(np.unique(subset.y)) == {5, 6, 7, 8, 9}
+
+
+def test_npz_with_x_and_optional_y(tmp_path):
+    path = write_npz(tmp_path / "a.npz", x=np.zeros((4, 3)))
+    loaded = data.load(path)
+    assert loaded.y is None and loaded.x.shape == (4, 3)
+    with pytest.raises(EdgefpError, match="labels are needed"):
+        data.load(path, require_labels=True)
+
+
+@pytest.mark.parametrize(
+    "arrays, spec_suffix, message",
+    [
+        ({"x": np.zeros((0, 3))}, "", "empty"),
+        ({"x": np.array([[1.0, np.nan], [0.0, 1.0]])}, "", "NaN or inf"),
+        ({"x": np.array([[1.0, np.inf]])}, "", "NaN or inf"),
+        ({"x": np.zeros(5)}, "", "one sample per row"),
+        ({"x": np.zeros((3, 2)), "y": np.array([0, -1, 1])}, "", "non-negative"),
+        ({"x": np.zeros((3, 2)), "y": np.array([0.5, 1, 1])}, "", "must be integers"),
+        ({"x": np.zeros((3, 2)), "y": np.array([0, 1])}, "", "must have shape"),
+        ({"x": np.array([["a", "b"]])}, "", "real numbers"),
+        ({"x_train": np.zeros((3, 2))}, "", "add ':train' or ':test'"),
+        ({"x_train": np.zeros((3, 2))}, ":test", "no 'x_test'"),
+        ({"z": np.zeros((3, 2))}, "", "no 'x' array"),
+        ({"x": np.zeros((3, 2))}, ":0-1", "needs labels"),
+        ({"x": np.zeros((3, 2)), "y": np.array([0, 1, 1])}, ":7", "no samples have labels"),
+    ],
+)
+def test_bad_data_gets_one_clear_line_naming_the_file(tmp_path, arrays, spec_suffix, message):
+    path = write_npz(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(EdgefpError, match=message) as info:
+        data.load(path + spec_suffix)
+    assert "bad.npz" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_missing_and_unreadable_files(tmp_path):
+    with pytest.raises(EdgefpError, match="no such file"):
+        data.load(str(tmp_path / "missing.npz"))
+    broken = tmp_path / "broken.npz"
+    broken.write_bytes(b"not a zip")
+    with pytest.raises(EdgefpError, match="not a readable .npz"):
+        data.load(str(broken))
+
+
+def test_fit_input_shape_adds_a_channel_or_refuses():
+    x = np.zeros((2, 10), np.float32)
+    assert data.fit_input_shape(x, (10, 1), "d").shape == (2, 10, 1)
+    with pytest.raises(EdgefpError, match=r"samples have shape \(10,\) but the model expects \(8, 8, 1\)"):
+        data.fit_input_shape(x, (8, 8, 1), "d")
+
+
+def test_stratified_split_takes_a_share_of_every_class():
+    y = np.repeat([0, 1, 2], [10, 20, 5])
+    mask = data.stratified_split(y, 0.2, seed=0)
+    assert [int(mask[y == c].sum()) for c in range(3)] == [2, 4, 1]
+    assert (data.stratified_split(y, 0.2, seed=0) == mask).all()
+
+
+@pytest.mark.parametrize("shape", [(6, 8, 8, 1), (6, 50, 3)])
+@pytest.mark.parametrize("kind", sorted(shifts.SHIFTS))
+def test_every_shift_keeps_shape_and_changes_the_data(shape, kind):
+    x = np.random.default_rng(0).random(shape).astype(np.float32)
+    shifted = shifts.apply(x, kind, seed=1)
+    assert shifted.shape == x.shape and shifted.dtype == np.float32
+    assert np.isfinite(shifted).all() and not np.allclose(shifted, x)
+
+
+def test_unknown_shift_is_refused():
+    with pytest.raises(EdgefpError, match="unknown shift"):
+        shifts.apply(np.zeros((2, 3, 1)), "melt")

@@ -1,0 +1,120 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from edgefp import data, metrics, shifts
+from edgefp.errors import EdgefpError
+from edgefp.trainer import NeuralFingerprint, fingerprint_model
+from edgefp.trainer.baselines import BASELINES
+
+
+def test_save_load_round_trip_gives_identical_scores(digits_run):
+    fingerprint, run_dir = digits_run
+    x = data.load("digits:test").x[:50]
+    loaded = NeuralFingerprint.load(run_dir)
+    before, after = fingerprint.score(x), loaded.score(x)
+    for name in ("pred", "probs", "ood_score", "is_ood", "layer_errors"):
+        np.testing.assert_array_equal(getattr(before, name), getattr(after, name))
+    assert loaded.threshold_ == fingerprint.threshold_
+    assert [layer.name for layer in loaded.layers_] == [layer.name for layer in fingerprint.layers_]
+
+
+def test_fingerprint_json_documents_the_distribution(digits_run):
+    fingerprint, run_dir = digits_run
+    with open(os.path.join(run_dir, "fingerprint.json")) as handle:
+        meta = json.load(handle)
+    assert meta["schema"] == "edgefp.fingerprint" and meta["version"] == 1
+    assert meta["score"]["target_fpr"] == 0.05 and meta["score"]["n_holdout"] > 0
+    for layer in meta["layers"]:
+        quantiles = layer["holdout_error_quantiles"]
+        assert len(quantiles) == 101 and quantiles == sorted(quantiles)
+        assert os.path.exists(os.path.join(run_dir, layer["autoencoder"]))
+    assert [label["value"] for label in meta["labels"]] == [0, 1, 2, 3, 4]
+
+
+def test_autoencoders_stay_within_a_fifth_of_the_classifier(digits_run):
+    fingerprint, _ = digits_run
+    assert fingerprint.autoencoder_params() <= 0.2 * fingerprint.model_.count_params()
+
+
+def test_digits_end_to_end_quality_floors(digits_run):
+    """Fixed seed: accuracy, false-positive rate near its target, AUROC floors near and far."""
+    fingerprint, _ = digits_run
+    held_out = data.load("digits:test:0-4")
+    unseen = data.load("digits:test:5-9")
+    id_scores = fingerprint.score(held_out.x)
+    assert np.mean(id_scores.pred == held_out.y) >= 0.95
+    assert id_scores.is_ood.mean() <= 0.12
+    assert metrics.auroc(id_scores.ood_score, fingerprint.score(unseen.x).ood_score) >= NEAR_FLOOR
+    for kind in ("gaussian", "invert", "blur", "stuck"):
+        shifted = fingerprint.score(shifts.apply(held_out.x, kind, seed=1)).ood_score
+        assert metrics.auroc(id_scores.ood_score, shifted) >= 0.95, kind
+
+
+NEAR_FLOOR = 0.85
+
+
+def test_baselines_score_higher_for_unseen_digits(digits_run):
+    fingerprint, _ = digits_run
+    prepare = fingerprint._prepare
+    x_fit = prepare(data.load("digits:train:0-4").x, "train")
+    x_id, x_ood = prepare(data.load("digits:test:0-4").x, "id"), prepare(data.load("digits:test:5-9").x, "ood")
+    for name, baseline in BASELINES.items():
+        detector = baseline().fit(fingerprint.model_, x_fit)
+        assert metrics.auroc(detector.score_samples(x_id), detector.score_samples(x_ood)) > 0.75, name
+
+
+def _sequential_model(path):
+    import keras
+
+    model = keras.Sequential(
+        [keras.Input((12,)), keras.layers.Dense(16, activation="relu", name="hidden"), keras.layers.Dense(3, activation="softmax", name="out")]
+    )
+    model.save(path)
+    return path
+
+
+def test_fingerprint_a_users_sequential_model_without_labels(tmp_path):
+    model_path = _sequential_model(str(tmp_path / "user.keras"))
+    x = np.random.default_rng(0).normal(size=(200, 12)).astype(np.float32)
+    dataset = data.Dataset(x, None, "unlabelled")
+    fp = fingerprint_model(model_path, dataset, epochs=5, progress=False)
+    assert [layer.name for layer in fp.layers_] == ["hidden", "logits"]
+    fp.save(str(tmp_path / "run"))
+    scores = NeuralFingerprint.load(str(tmp_path / "run")).score(x[:10])
+    assert scores.layer_errors.shape == (10, 2) and scores.probs.shape == (10, 3)
+    np.testing.assert_allclose(scores.probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_unknown_layer_and_tiny_data_are_refused(tmp_path):
+    model_path = _sequential_model(str(tmp_path / "user.keras"))
+    x = np.zeros((40, 12), np.float32)
+    with pytest.raises(EdgefpError, match="no layer 'nope'"):
+        fingerprint_model(model_path, data.Dataset(x, None, "d"), layers=["nope"], progress=False)
+    with pytest.raises(EdgefpError, match="too few samples"):
+        fingerprint_model(model_path, data.Dataset(x[:8], None, "d"), progress=False)
+
+
+def test_modified_or_incomplete_run_is_refused(digits_run, tmp_path):
+    import shutil
+
+    _, run_dir = digits_run
+    copy = str(tmp_path / "copy")
+    shutil.copytree(run_dir, copy)
+    with open(os.path.join(copy, "classifier.keras"), "ab") as handle:
+        handle.write(b"tampered")
+    with pytest.raises(EdgefpError, match="does not match the hash"):
+        NeuralFingerprint.load(copy)
+    os.remove(os.path.join(copy, "classifier.keras"))
+    with pytest.raises(EdgefpError, match="incomplete"):
+        NeuralFingerprint.load(copy)
+
+
+def test_same_seed_gives_the_same_fingerprint(tmp_path):
+    model_path = _sequential_model(str(tmp_path / "user.keras"))
+    x = np.random.default_rng(1).normal(size=(120, 12)).astype(np.float32)
+    runs = [fingerprint_model(model_path, data.Dataset(x, None, "d"), epochs=5, seed=3, progress=False) for _ in range(2)]
+    assert runs[0].threshold_ == runs[1].threshold_
+    np.testing.assert_array_equal(runs[0].score(x).ood_score, runs[1].score(x).ood_score)
