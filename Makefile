@@ -18,6 +18,7 @@ demo: setup
 
 lint: setup
 	$(BIN)/ruff check edgefp tests benchmarks
+	$(BIN)/ruff format --check edgefp tests benchmarks
 
 # pytest exits 5 when it collected no tests: that is a failure here, never a pass.
 test: lint

@@ -55,8 +55,18 @@ TRAIN_EXAMPLE = "Example: edgefp train --data motions.npz:train --out run/ --see
 @click.option("--out", required=True, type=click.Path(), help="RUN directory to create.")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Classifier epochs [default: automatic].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed; the same seed gives the same RUN.")
-@click.option("--layers", default=None, help="Comma-separated layers to fingerprint [default: every layer with a kernel, and logits].")
-@click.option("--fpr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, show_default=True, help="Target false-positive rate of the OOD threshold.")
+@click.option(
+    "--layers",
+    default=None,
+    help="Comma-separated layers to fingerprint [default: every layer with a kernel, and logits].",
+)
+@click.option(
+    "--fpr",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.05,
+    show_default=True,
+    help="Target false-positive rate of the OOD threshold.",
+)
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @JSON_OPTION
 def train(data, out, epochs, seed, layers, fpr, force, as_json):
@@ -77,8 +87,18 @@ def train(data, out, epochs, seed, layers, fpr, force, as_json):
 @click.option("--model", required=True, type=click.Path(), help="Your Keras classifier (.keras).")
 @click.option("--data", required=True, help="In-distribution inputs as the model takes them (labels not needed).")
 @click.option("--out", required=True, type=click.Path(), help="RUN directory to create.")
-@click.option("--layers", default=None, help="Comma-separated layers to fingerprint [default: every layer with a kernel, and logits].")
-@click.option("--fpr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, show_default=True, help="Target false-positive rate of the OOD threshold.")
+@click.option(
+    "--layers",
+    default=None,
+    help="Comma-separated layers to fingerprint [default: every layer with a kernel, and logits].",
+)
+@click.option(
+    "--fpr",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.05,
+    show_default=True,
+    help="Target false-positive rate of the OOD threshold.",
+)
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Autoencoder epochs [default: automatic].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
@@ -94,7 +114,10 @@ def fingerprint(model, data, out, layers, fpr, epochs, seed, force, as_json):
 
 
 def _report_run(fp, out: str, as_json: bool) -> None:
-    layers = [{"name": layer.name, "features": layer.features, "bottleneck": layer.bottleneck, "params": layer.params} for layer in fp.layers_]
+    layers = [
+        {"name": layer.name, "features": layer.features, "bottleneck": layer.bottleneck, "params": layer.params}
+        for layer in fp.layers_
+    ]
     report = {
         "run": out,
         "classifier_params": int(fp.model_.count_params()),
@@ -107,16 +130,30 @@ def _report_run(fp, out: str, as_json: bool) -> None:
     }
     ratio = report["autoencoder_params"] / report["classifier_params"]
     lines = [f"wrote {out}"]
-    lines += [f"  layer {row['name']}: {row['features']} features -> {row['bottleneck']} ({row['params']} params)" for row in layers]
-    lines.append(f"  autoencoders: {report['autoencoder_params']} params ({100 * ratio:.0f}% of the classifier's {report['classifier_params']})")
-    lines.append(f"  OOD threshold {fp.threshold_:.3f} at {100 * fp.fpr:.0f}% false positives on {fp.n_holdout_} held-out samples")
+    lines += [
+        f"  layer {row['name']}: {row['features']} features -> {row['bottleneck']} ({row['params']} params)"
+        for row in layers
+    ]
+    lines.append(
+        f"  autoencoders: {report['autoencoder_params']} params "
+        f"({100 * ratio:.0f}% of the classifier's {report['classifier_params']})"
+    )
+    lines.append(
+        f"  OOD threshold {fp.threshold_:.3f} at {100 * fp.fpr:.0f}% false positives "
+        f"on {fp.n_holdout_} held-out samples"
+    )
     _emit(report, as_json, lines)
 
 
 @cli.command(epilog="Example: edgefp score run/ --data digits:test --out scores.npz")
 @click.argument("run", type=click.Path())
 @click.option("--data", required=True, help="Data to score: FILE.npz[:train|test][:CLASSES] or digits.")
-@click.option("--out", default=None, type=click.Path(), help="Score file to write (.npz: pred, probs, ood_score, is_ood, layer_errors).")
+@click.option(
+    "--out",
+    default=None,
+    type=click.Path(),
+    help="Score file to write (.npz: pred, probs, ood_score, is_ood, layer_errors).",
+)
 @JSON_OPTION
 def score(run, data, out, as_json):
     """Classify data with a RUN and flag out-of-distribution samples."""
@@ -156,7 +193,13 @@ def summarize_scores(scores, y, label_values) -> dict:
 
 
 @cli.command(epilog="Example: edgefp demo --out demo-out/")
-@click.option("--out", default="demo-out", show_default=True, type=click.Path(), help="Directory for the demo's RUN and score files.")
+@click.option(
+    "--out",
+    default="demo-out",
+    show_default=True,
+    type=click.Path(),
+    help="Directory for the demo's RUN and score files.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @JSON_OPTION
 def demo(out, seed, as_json):
@@ -168,7 +211,9 @@ def demo(out, seed, as_json):
     lines = [f"{'data':<22} {'n':>5} {'accuracy':>9} {'flagged OOD':>12} {'AUROC':>6}"]
     for row in report["rows"]:
         auroc = "-" if row["auroc"] is None else f"{row['auroc']:.3f}"
-        lines.append(f"{row['set']:<22} {row['n']:>5} {_percent(row['accuracy']):>9} {_percent(row['ood_rate']):>12} {auroc:>6}")
+        lines.append(
+            f"{row['set']:<22} {row['n']:>5} {_percent(row['accuracy']):>9} {_percent(row['ood_rate']):>12} {auroc:>6}"
+        )
     lines.append(f"AUROC: held-out 0-4 against each set, OOD as the positive class. RUN in {report['run']}")
     _emit(report, as_json, lines)
 

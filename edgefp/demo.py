@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-
 from edgefp import data, metrics, shifts
 
 ID_CLASSES = "0-4"
@@ -27,7 +25,9 @@ def run_demo(out: str, *, seed: int = 0, progress: bool = True) -> dict:
     fingerprint.save(run_dir, force=True)
     held_out = data.load(f"digits:test:{ID_CLASSES}")
     sets = [("held-out 0-4", held_out), ("unseen digits 5-9", data.load(f"digits:test:{UNSEEN_CLASSES}"))]
-    sets += [(f"0-4 {kind}", data.Dataset(shifts.apply(held_out.x, kind, seed), held_out.y, kind)) for kind in CORRUPTIONS]
+    sets += [
+        (f"0-4 {kind}", data.Dataset(shifts.apply(held_out.x, kind, seed), held_out.y, kind)) for kind in CORRUPTIONS
+    ]
     rows, id_scores = [], None
     for name, dataset in sets:
         scores = fingerprint.score(dataset.x)

@@ -22,7 +22,8 @@ def auroc(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
 
 def fpr_at_tpr(id_scores: np.ndarray, ood_scores: np.ndarray, tpr: float = 0.95) -> float:
     """Share of ID samples flagged when the threshold flags ``tpr`` of the OOD samples."""
-    threshold = np.quantile(ood_scores, 1.0 - tpr, method="lower")
+    caught = int(np.ceil(tpr * len(ood_scores)))  # the threshold is the score of the last OOD sample caught
+    threshold = np.sort(ood_scores)[::-1][caught - 1]
     return float(np.mean(id_scores >= threshold))
 
 

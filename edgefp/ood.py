@@ -2,8 +2,9 @@
 
 Kept free of TensorFlow so that devices (agent, simulator) compute exactly what the host computes.
 Each layer's reconstruction error ``e`` becomes a z-score of its log against the held-out error
-distribution, ``z = (ln(e + EPS) - mu) / sigma``; the OOD score is the largest z over layers, and
-a sample is OOD when its score exceeds the threshold calibrated at the target false-positive rate.
+distribution, ``z = (ln(e + EPS) - mu) / sigma``; the OOD score is the mean over layers of
+``max(z, 0)`` (only errors larger than usual count as evidence), and a sample is OOD when its score
+exceeds the threshold calibrated at the target false-positive rate.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def layer_zscores(layer_errors: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -
 
 def ood_score(layer_errors: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
     """Combine per-layer errors (N, L) into one score per sample; higher = more out-of-distribution."""
-    return layer_zscores(layer_errors, mu, sigma).max(axis=1)
+    return np.maximum(layer_zscores(layer_errors, mu, sigma), 0.0).mean(axis=1)
 
 
 def log_error_stats(layer_errors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -11,12 +11,20 @@ from edgefp.ood import Scores
 
 def edgefp(*args, env=None):
     return subprocess.run(
-        [sys.executable, "-m", "edgefp", *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300
+        [sys.executable, "-m", "edgefp", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=300,
     )
 
 
 def test_help_and_version_do_not_import_tensorflow():
-    code = "import sys; from edgefp.cli import main\ntry: main(['--help'])\nexcept SystemExit: pass\nprint('tensorflow' in sys.modules)"
+    code = (
+        "import sys; from edgefp.cli import main\n"
+        "try: main(['--help'])\nexcept SystemExit: pass\n"
+        "print('tensorflow' in sys.modules)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert "Commands:" in result.stdout and result.stdout.strip().endswith("False")
     assert edgefp("--version").stdout.startswith("edgefp, version")
@@ -57,7 +65,11 @@ def test_score_writes_the_score_file_and_reports_json(digits_run, tmp_path):
     report = json.loads(result.stdout)
     scores = Scores.load(str(out))
     n = report["n"]
-    assert scores.pred.shape == (n,) and scores.probs.shape == (n, 5) and scores.layer_errors.shape == (n, len(fingerprint.layers_))
+    assert (
+        scores.pred.shape == (n,)
+        and scores.probs.shape == (n, 5)
+        and scores.layer_errors.shape == (n, len(fingerprint.layers_))
+    )
     assert scores.is_ood.dtype == bool and np.array_equal(scores.is_ood, scores.ood_score > report["threshold"])
     assert report["accuracy"] > 0.95 and report["n_known"] == n
     assert report["ood_rate"] == pytest.approx(scores.is_ood.mean())

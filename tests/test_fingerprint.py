@@ -53,7 +53,7 @@ def test_digits_end_to_end_quality_floors(digits_run):
         assert metrics.auroc(id_scores.ood_score, shifted) >= 0.95, kind
 
 
-NEAR_FLOOR = 0.85
+NEAR_FLOOR = 0.88
 
 
 def test_baselines_score_higher_for_unseen_digits(digits_run):
@@ -70,7 +70,12 @@ def _sequential_model(path):
     import keras
 
     model = keras.Sequential(
-        [keras.Input((12,)), keras.layers.Dense(16, activation="relu", name="hidden"), keras.layers.Dense(3, activation="softmax", name="out")]
+        [
+            keras.Input((12,)),
+            keras.layers.Dense(16, activation="relu", name="hidden"),
+            keras.layers.Dense(8, activation="relu", name="hidden2"),
+            keras.layers.Dense(3, activation="softmax", name="out"),
+        ]
     )
     model.save(path)
     return path
@@ -81,7 +86,7 @@ def test_fingerprint_a_users_sequential_model_without_labels(tmp_path):
     x = np.random.default_rng(0).normal(size=(200, 12)).astype(np.float32)
     dataset = data.Dataset(x, None, "unlabelled")
     fp = fingerprint_model(model_path, dataset, epochs=5, progress=False)
-    assert [layer.name for layer in fp.layers_] == ["hidden", "logits"]
+    assert [layer.name for layer in fp.layers_] == ["hidden", "hidden2"]
     fp.save(str(tmp_path / "run"))
     scores = NeuralFingerprint.load(str(tmp_path / "run")).score(x[:10])
     assert scores.layer_errors.shape == (10, 2) and scores.probs.shape == (10, 3)
@@ -115,6 +120,8 @@ def test_modified_or_incomplete_run_is_refused(digits_run, tmp_path):
 def test_same_seed_gives_the_same_fingerprint(tmp_path):
     model_path = _sequential_model(str(tmp_path / "user.keras"))
     x = np.random.default_rng(1).normal(size=(120, 12)).astype(np.float32)
-    runs = [fingerprint_model(model_path, data.Dataset(x, None, "d"), epochs=5, seed=3, progress=False) for _ in range(2)]
+    runs = [
+        fingerprint_model(model_path, data.Dataset(x, None, "d"), epochs=5, seed=3, progress=False) for _ in range(2)
+    ]
     assert runs[0].threshold_ == runs[1].threshold_
     np.testing.assert_array_equal(runs[0].score(x).ood_score, runs[1].score(x).ood_score)

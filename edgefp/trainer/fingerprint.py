@@ -5,8 +5,10 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import math
 import os
 import re
+import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -20,7 +22,9 @@ from edgefp.trainer.models import BATCH_SIZE, seed_everything
 
 SCHEMA = "edgefp.fingerprint"
 SCHEMA_VERSION = 1
-AE_TARGET_STEPS = 2000
+AE_TARGET_STEPS = 1500  # optimizer steps for the autoencoders, whatever the data size
+AE_MIN_ROWS = 640  # small fit sets are tiled to this many rows so an epoch is not a step or two
+AE_TRAINING_NOISE = 0.1  # denoising: Gaussian noise (in standardised units) on the inputs while training
 MIN_HOLDOUT = 5
 
 
@@ -51,21 +55,33 @@ def sha256_file(path: str) -> str:
     return digest.hexdigest()
 
 
-def _bottlenecks(features: list[int], budget_params: float) -> list[int]:
-    """Bottleneck widths, a quarter of each layer's width at most, shrunk together to fit the budget."""
-    for fraction in np.linspace(0.25, 0.0, 26):
-        widths = [max(1, int(fraction * d)) for d in features]
-        if sum(2 * d * k + k + d for d, k in zip(features, widths)) <= budget_params:
-            return widths
-    return [1] * len(features)
+def autoencoder_params(features: int, bottleneck: int, n_classes: int) -> int:
+    """Weights of one autoencoder: encoder d*k + k, decoder (k + C)*d + d."""
+    return 2 * features * bottleneck + bottleneck + (n_classes + 1) * features
 
 
-def _autoencoder(features: int, bottleneck: int, name: str):
+def bottlenecks(features: list[int], n_classes: int, budget_params: float) -> list[int]:
+    """The widest bottleneck each layer affords, between 1 and half its width, with the budget
+    split between layers in proportion to their widths."""
+    total = sum(features)
+    widths = []
+    for d in features:
+        share = budget_params * d / total
+        k = int((share - d - n_classes * d) // (2 * d + 1))
+        widths.append(int(min(max(k, 1), math.ceil(d / 2))))
+    return widths
+
+
+def _autoencoder(features: int, bottleneck: int, n_classes: int, name: str):
+    """Encoder ``tanh(W z + b)``; decoder reads the code and the classifier's probabilities, so it
+    reconstructs around the predicted class (a soft class-conditional mean) instead of the global one."""
     import keras
 
     inputs = keras.Input((features,), name=f"{name}_in")
-    code = keras.layers.Dense(bottleneck, name=f"{name}_encode")(inputs)
-    return keras.Model(inputs, keras.layers.Dense(features, name=f"{name}_decode")(code), name=name)
+    probs = keras.Input((n_classes,), name=f"{name}_probs")
+    code = keras.layers.Dense(bottleneck, activation="tanh", name=f"{name}_encode")(inputs)
+    joined = keras.layers.Concatenate(name=f"{name}_join")([code, probs])
+    return keras.Model([inputs, probs], keras.layers.Dense(features, name=f"{name}_decode")(joined), name=name)
 
 
 def _file_stem(index: int, layer: str) -> str:
@@ -86,7 +102,9 @@ class NeuralFingerprint:
     autoencoders (default: automatic), and ``seed``.
     """
 
-    def __init__(self, layers=None, fpr=0.05, holdout=0.2, max_features=64, budget=0.2, epochs=None, seed=0, progress=True):
+    def __init__(
+        self, layers=None, fpr=0.05, holdout=0.2, max_features=32, budget=0.19, epochs=None, seed=0, progress=True
+    ):
         self.layers = layers
         self.fpr = fpr
         self.holdout = holdout
@@ -103,6 +121,7 @@ class NeuralFingerprint:
         ``x_holdout`` calibrates the error statistics and the threshold; without it a share
         ``holdout`` of ``x`` is set aside for that and the autoencoders never see it.
         """
+        started = time.monotonic()
         if not 0.0 < self.fpr < 1.0:
             raise EdgefpError(f"--fpr must be between 0 and 1, got {self.fpr}")
         taps.check_classifier(model)
@@ -128,24 +147,33 @@ class NeuralFingerprint:
         names = list(self.layers or taps.default_layers(model))
         if len(set(names)) != len(names):
             raise EdgefpError(f"--layers names a layer twice: {names}")
-        reduced = self._feature_model(names)
-        features = [np.asarray(f).reshape(len(x), -1) for f in _as_list(reduced.predict(x, verbose=0, batch_size=256))]
-        widths = _bottlenecks([f.shape[1] for f in features], self.budget * model.count_params())
+        import keras
+
+        reduced, shapes, pools, probs = self._reduced_taps(names)
+        *features, fit_probs = keras.Model(model.inputs, reduced + [probs]).predict(x, verbose=0, batch_size=256)
+        n_classes = fit_probs.shape[1]
+        widths = bottlenecks([f.shape[1] for f in features], n_classes, self.budget * model.count_params())
         self.layers_ = []
         self.autoencoders_ = []
-        for index, (name, shape, pool, feats, width) in enumerate(zip(names, self._tap_shapes, self._pools, features, widths)):
+        for index, (name, shape, pool, feats, width) in enumerate(zip(names, shapes, pools, features, widths)):
             std = feats.std(axis=0)
             std = np.maximum(std, 0.1 * std.mean() + 1e-6)
-            ae = _autoencoder(feats.shape[1], width, f"ae{index}")
+            ae = _autoencoder(feats.shape[1], width, n_classes, f"ae{index}")
             self.layers_.append(
                 LayerFingerprint(
-                    name=name, shape=list(shape), pool=list(pool), features=feats.shape[1], bottleneck=width,
-                    autoencoder=f"autoencoders/{_file_stem(index, name)}.keras", params=int(ae.count_params()),
-                    mean=feats.mean(axis=0).tolist(), std=std.tolist(),
+                    name=name,
+                    shape=list(shape),
+                    pool=list(pool),
+                    features=feats.shape[1],
+                    bottleneck=width,
+                    autoencoder=f"autoencoders/{_file_stem(index, name)}.keras",
+                    params=int(ae.count_params()),
+                    mean=feats.mean(axis=0).tolist(),
+                    std=std.tolist(),
                 )
             )
             self.autoencoders_.append(ae)
-        self._train_autoencoders(features)
+        self._train_autoencoders(features, fit_probs)
         self._build_monitor()
         fit_errors = self._errors(x)
         holdout_errors = self._errors(x_holdout)
@@ -158,23 +186,23 @@ class NeuralFingerprint:
         self.threshold_ = ood.threshold_at_fpr(holdout_scores, self.fpr)
         self.holdout_score_quantiles_ = ood.quantiles(holdout_scores)
         self.n_fit_, self.n_holdout_ = len(x), len(x_holdout)
+        self.fit_seconds_ = time.monotonic() - started
         return self
 
     def _prepare(self, x, what: str) -> np.ndarray:
         x = data.fit_input_shape(np.asarray(x, dtype=np.float32), tuple(self.model_.inputs[0].shape[1:]), what)
         return data.apply_preprocessing(x, self.preprocessing_)
 
-    def _feature_model(self, names, pools=None):
-        """A Keras model from the classifier's input to the reduced, flattened taps.
+    def _reduced_taps(self, names, pools=None):
+        """Symbolic reduced, flattened taps of the classifier, their shapes and pools, and its probabilities.
 
         Without ``pools`` the pooling windows are chosen from the tap shapes and ``max_features``.
-        Remembers the tap shapes and pools used, and the classifier's probabilities tensor.
         """
         import keras
 
         model = self.model_
         logits, probs = taps.logits_and_probs(model)
-        outputs, self._tap_shapes, self._pools = [], [], []
+        outputs, shapes, used_pools = [], [], []
         for index, name in enumerate(names):
             t = logits if name == taps.LOGITS else taps.tap(model, name)
             shape = tuple(t.shape[1:])
@@ -186,36 +214,52 @@ class NeuralFingerprint:
             if len(shape) > 1:
                 t = keras.layers.Flatten(name=f"fp_flat_{len(outputs)}")(t)
             outputs.append(t)
-            self._tap_shapes.append(shape)
-            self._pools.append(tuple(pool))
-        self._probs = probs
-        return keras.Model(model.inputs, outputs)
+            shapes.append(shape)
+            used_pools.append(tuple(pool))
+        return outputs, shapes, used_pools, probs
 
-    def _train_autoencoders(self, features: list[np.ndarray]) -> None:
+    def _train_autoencoders(self, features: list[np.ndarray], probs: np.ndarray) -> None:
+        """Train every layer's autoencoder at once, denoising, for about AE_TARGET_STEPS steps."""
         import keras
 
-        standardized = [(f - np.float32(layer.mean)) / np.float32(layer.std) for f, layer in zip(features, self.layers_)]
+        standardized = [
+            (f - np.float32(layer.mean)) / np.float32(layer.std) for f, layer in zip(features, self.layers_)
+        ]
+        repeat = math.ceil(AE_MIN_ROWS / len(probs))
+        standardized = [np.tile(z, (repeat, 1)) for z in standardized]
+        probs = np.tile(probs, (repeat, 1))
         inputs = [keras.Input((layer.features,)) for layer in self.layers_]
-        joint = keras.Model(inputs, [ae(i) for ae, i in zip(self.autoencoders_, inputs)])
+        class_input = keras.Input((probs.shape[1],))
+        noisy = [keras.layers.GaussianNoise(AE_TRAINING_NOISE, seed=self.seed)(i) for i in inputs]
+        joint = keras.Model(inputs + [class_input], [ae([z, class_input]) for ae, z in zip(self.autoencoders_, noisy)])
         joint.compile(optimizer=keras.optimizers.Adam(3e-3), loss=["mse"] * len(inputs))
-        steps_per_epoch = int(np.ceil(len(features[0]) / BATCH_SIZE))
-        epochs = self.epochs or int(min(400, max(30, np.ceil(AE_TARGET_STEPS / steps_per_epoch))))
+        epochs = self.epochs or math.ceil(AE_TARGET_STEPS / math.ceil(len(probs) / BATCH_SIZE))
         with Progress("training autoencoders", epochs, enabled=self.progress) as progress:
             callback = keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: progress.update(1))
-            joint.fit(standardized, standardized, batch_size=BATCH_SIZE, epochs=epochs, shuffle=True, verbose=0, callbacks=[callback])
+            joint.fit(
+                standardized + [probs],
+                standardized,
+                batch_size=BATCH_SIZE,
+                epochs=epochs,
+                shuffle=True,
+                verbose=0,
+                callbacks=[callback],
+            )
         self.epochs_ = epochs
 
     def _build_monitor(self) -> None:
         """One Keras graph: input -> (probabilities, per-layer reconstruction errors)."""
         import keras
 
-        features = self._feature_model([layer.name for layer in self.layers_], [layer.pool for layer in self.layers_])
+        reduced, _, _, probs = self._reduced_taps(
+            [layer.name for layer in self.layers_], [layer.pool for layer in self.layers_]
+        )
         errors = []
-        for j, (layer, ae, t) in enumerate(zip(self.layers_, self.autoencoders_, _as_list(features.outputs))):
+        for layer, ae, t in zip(self.layers_, self.autoencoders_, reduced):
             z = (t - np.asarray(layer.mean, np.float32)) * (1.0 / np.asarray(layer.std, np.float32))
-            errors.append(keras.ops.mean(keras.ops.square(ae(z) - z), axis=-1, keepdims=True))
+            errors.append(keras.ops.mean(keras.ops.square(ae([z, probs]) - z), axis=-1, keepdims=True))
         err = errors[0] if len(errors) == 1 else keras.layers.Concatenate(name="layer_errors")(errors)
-        self.monitor_ = keras.Model(self.model_.inputs, [self._probs, err], name="monitor")
+        self.monitor_ = keras.Model(self.model_.inputs, [probs, err], name="monitor")
 
     def _errors(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self.monitor_.predict(x, verbose=0, batch_size=256)[1], dtype=np.float64)
@@ -237,8 +281,11 @@ class NeuralFingerprint:
         probs, errors = self.monitor_.predict(x, verbose=0, batch_size=256)
         score = ood.ood_score(errors, *self.log_error_stats_())
         return ood.Scores(
-            pred=self.label_values_[np.argmax(probs, axis=1)], probs=probs, ood_score=score,
-            is_ood=score > self.threshold_, layer_errors=errors,
+            pred=self.label_values_[np.argmax(probs, axis=1)],
+            probs=probs,
+            ood_score=score,
+            is_ood=score > self.threshold_,
+            layer_errors=errors,
         )
 
     def score_samples(self, x) -> np.ndarray:
@@ -264,12 +311,16 @@ class NeuralFingerprint:
             "preprocessing": self.preprocessing_,
             "labels": self.labels_,
             "settings": {
-                "fpr": self.fpr, "holdout": self.holdout, "max_features": self.max_features,
-                "budget": self.budget, "epochs": self.epochs_, "seed": self.seed,
+                "fpr": self.fpr,
+                "holdout": self.holdout,
+                "max_features": self.max_features,
+                "budget": self.budget,
+                "epochs": self.epochs_,
+                "seed": self.seed,
             },
             "layers": [asdict(layer) for layer in self.layers_],
             "score": {
-                "combine": "max_z_log_error",
+                "combine": "mean_positive_z_log_error",
                 "eps": ood.EPS,
                 "target_fpr": self.fpr,
                 "threshold": self.threshold_,
@@ -299,18 +350,26 @@ class NeuralFingerprint:
 
         settings = meta["settings"]
         fp = cls(
-            layers=[layer["name"] for layer in meta["layers"]], fpr=meta["score"]["target_fpr"],
-            holdout=settings["holdout"], max_features=settings["max_features"], budget=settings["budget"],
-            epochs=settings["epochs"], seed=settings["seed"],
+            layers=[layer["name"] for layer in meta["layers"]],
+            fpr=meta["score"]["target_fpr"],
+            holdout=settings["holdout"],
+            max_features=settings["max_features"],
+            budget=settings["budget"],
+            epochs=settings["epochs"],
+            seed=settings["seed"],
         )
         classifier = os.path.join(run_dir, meta["classifier"]["file"])
         if sha256_file(classifier) != meta["classifier"]["sha256"]:
-            raise EdgefpError(f"{classifier} does not match the hash in fingerprint.json; the RUN directory was modified")
+            raise EdgefpError(
+                f"{classifier} does not match the hash in fingerprint.json; the RUN directory was modified"
+            )
         fp.model_ = keras.models.load_model(classifier, compile=False)
         fp.preprocessing_ = meta["preprocessing"]
         fp.labels_ = meta["labels"]
         fp.layers_ = [LayerFingerprint(**layer) for layer in meta["layers"]]
-        fp.autoencoders_ = [keras.models.load_model(os.path.join(run_dir, layer.autoencoder), compile=False) for layer in fp.layers_]
+        fp.autoencoders_ = [
+            keras.models.load_model(os.path.join(run_dir, layer.autoencoder), compile=False) for layer in fp.layers_
+        ]
         fp.threshold_ = meta["score"]["threshold"]
         fp.holdout_score_quantiles_ = meta["score"]["holdout_quantiles"]
         fp.n_fit_, fp.n_holdout_ = meta["score"]["n_fit"], meta["score"]["n_holdout"]
@@ -336,12 +395,11 @@ def read_fingerprint_json(run_dir: str) -> dict:
             f"{path}: schema {meta.get('schema')} v{meta.get('version')} is not {SCHEMA} v{SCHEMA_VERSION}; "
             "re-create the RUN with this version of edgefp"
         )
-    missing = [f for f in [meta["classifier"]["file"]] + [layer["autoencoder"] for layer in meta["layers"]]
-               if not os.path.exists(os.path.join(run_dir, f))]
+    missing = [
+        f
+        for f in [meta["classifier"]["file"]] + [layer["autoencoder"] for layer in meta["layers"]]
+        if not os.path.exists(os.path.join(run_dir, f))
+    ]
     if missing:
         raise EdgefpError(f"{run_dir}: missing {', '.join(missing)}; the RUN directory is incomplete")
     return meta
-
-
-def _as_list(value):
-    return value if isinstance(value, list) else [value]

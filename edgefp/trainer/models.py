@@ -44,7 +44,11 @@ def build_classifier(input_shape: tuple[int, ...], n_classes: int):
             h = layers.MaxPooling2D(2, name=f"pool{filters}")(h)
             filters, size = filters * 2, size // 2
         h = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{filters}")(h)
-        h = layers.GlobalAveragePooling2D(name="gap")(h) if size * size * filters > 512 else layers.Flatten(name="flatten")(h)
+        h = (
+            layers.GlobalAveragePooling2D(name="gap")(h)
+            if size * size * filters > 512
+            else layers.Flatten(name="flatten")(h)
+        )
     elif len(input_shape) == 2:
         filters, length = 16, input_shape[0]
         while length > 16 and filters <= 32:
@@ -63,7 +67,9 @@ def build_classifier(input_shape: tuple[int, ...], n_classes: int):
     return keras.Model(inputs, probs, name="classifier")
 
 
-def train_classifier(x: np.ndarray, y: np.ndarray, n_classes: int, *, epochs: int | None, seed: int, progress: bool = True):
+def train_classifier(
+    x: np.ndarray, y: np.ndarray, n_classes: int, *, epochs: int | None, seed: int, progress: bool = True
+):
     """Build and train a classifier on preprocessed ``x`` and class indices ``y``; return the model."""
     import keras
 

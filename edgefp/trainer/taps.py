@@ -7,7 +7,15 @@ import math
 from edgefp.errors import EdgefpError
 
 LOGITS = "logits"
-_WEIGHT_LAYERS = ("Dense", "Conv1D", "Conv2D", "DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D", "SeparableConv2D")
+_WEIGHT_LAYERS = (
+    "Dense",
+    "Conv1D",
+    "Conv2D",
+    "DepthwiseConv1D",
+    "DepthwiseConv2D",
+    "SeparableConv1D",
+    "SeparableConv2D",
+)
 
 
 def _activation_name(layer) -> str:
@@ -40,15 +48,17 @@ def logits_and_probs(model):
 
 
 def default_layers(model) -> list[str]:
-    """Every layer with a kernel except the one that computes the logits, then the logits."""
+    """Every layer with a kernel (convolutions, hidden dense layers) except the one computing the logits.
+
+    The logits themselves can be named with ``--layers``, but by default they are left out: OOD
+    logits are small and easy to reconstruct, so their errors weaken the combined score."""
     logits, _ = logits_and_probs(model)
-    logit_layer = logits._keras_history.operation
-    names = [
+    output_layers = {logits._keras_history.operation.name, model.layers[-1].name}
+    return [
         layer.name
         for layer in model.layers
-        if type(layer).__name__ in _WEIGHT_LAYERS and layer is not logit_layer and layer.name != logit_layer.name
+        if type(layer).__name__ in _WEIGHT_LAYERS and layer.name not in output_layers
     ]
-    return names + [LOGITS]
 
 
 def tap(model, name: str):

@@ -23,7 +23,9 @@ def train(dataset: data.Dataset, *, epochs=None, seed=0, layers=None, fpr=0.05, 
     values = np.unique(dataset.y)
     if len(values) < 2:
         raise EdgefpError(f"{dataset.name}: a classifier needs at least two classes, found only {values.tolist()}")
-    labels = [{"index": i, "value": int(v), "name": dataset.label_names.get(int(v), str(v))} for i, v in enumerate(values)]
+    labels = [
+        {"index": i, "value": int(v), "name": dataset.label_names.get(int(v), str(v))} for i, v in enumerate(values)
+    ]
     held = data.stratified_split(dataset.y, HOLDOUT, seed)
     x_fit, x_holdout = dataset.x[~held], dataset.x[held]
     preprocessing = data.standardizer(x_fit)
@@ -35,8 +37,12 @@ def train(dataset: data.Dataset, *, epochs=None, seed=0, layers=None, fpr=0.05, 
     return fingerprint.fit(model, x_fit, x_holdout, preprocessing=preprocessing, labels=labels)
 
 
-def fingerprint_model(model_path: str, dataset: data.Dataset, *, layers=None, fpr=0.05, epochs=None, seed=0, progress=True) -> NeuralFingerprint:
-    """Fingerprint the user's Keras classifier on unlabeled in-distribution ``dataset`` (inputs as the model takes them)."""
+def fingerprint_model(
+    model_path: str, dataset: data.Dataset, *, layers=None, fpr=0.05, epochs=None, seed=0, progress=True
+) -> NeuralFingerprint:
+    """Fingerprint the user's Keras classifier on unlabeled in-distribution ``dataset``.
+
+    The samples are given as the model takes them (no preprocessing is added)."""
     import keras
 
     if not os.path.exists(model_path):

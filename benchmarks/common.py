@@ -1,0 +1,46 @@
+"""Shared by the benchmark scripts: where results go and what is recorded with them."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import sys
+from importlib import metadata
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+DATASETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "datasets")
+
+
+def dataset_path(name: str) -> str:
+    """Path of a shared sensor data set; ``EDGEFP_DATASETS`` overrides the folder."""
+    return os.path.join(os.environ.get("EDGEFP_DATASETS", DATASETS), f"{name}.npz")
+
+
+def environment() -> dict:
+    versions = {}
+    for package in ("edgefp", "numpy", "tensorflow", "tensorflow-cpu", "keras", "ai-edge-litert", "tflite-micro"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "versions": versions,
+    }
+
+
+def save(name: str, results: dict, markdown: str) -> None:
+    """Write ``results/NAME.json`` (with the environment) and ``results/NAME.md``, and print the table."""
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, f"{name}.json"), "w") as handle:
+        json.dump({"environment": environment(), **results}, handle, indent=1)
+    with open(os.path.join(RESULTS, f"{name}.md"), "w") as handle:
+        handle.write(markdown)
+    print(markdown)
+    print(f"saved {os.path.join(RESULTS, name)}.json and .md")
