@@ -73,15 +73,18 @@ def bottlenecks(features: list[int], n_classes: int, budget_params: float) -> li
 
 
 def _autoencoder(features: int, bottleneck: int, n_classes: int, name: str):
-    """Encoder ``tanh(W z + b)``; decoder reads the code and the classifier's probabilities, so it
-    reconstructs around the predicted class (a soft class-conditional mean) instead of the global one."""
+    """Encoder ``tanh(W z + b)``; decoder ``W_d code + W_p probs + b``: it reads the classifier's
+    probabilities too, so it reconstructs around the predicted class (a soft class-conditional mean)
+    instead of the global mean. (Two dense layers and an add rather than a concatenation, whose
+    int8 form would force the code and the probabilities onto one quantisation scale.)"""
     import keras
 
     inputs = keras.Input((features,), name=f"{name}_in")
     probs = keras.Input((n_classes,), name=f"{name}_probs")
     code = keras.layers.Dense(bottleneck, activation="tanh", name=f"{name}_encode")(inputs)
-    joined = keras.layers.Concatenate(name=f"{name}_join")([code, probs])
-    return keras.Model([inputs, probs], keras.layers.Dense(features, name=f"{name}_decode")(joined), name=name)
+    decoded = keras.layers.Dense(features, name=f"{name}_decode")(code)
+    class_mean = keras.layers.Dense(features, use_bias=False, name=f"{name}_class_mean")(probs)
+    return keras.Model([inputs, probs], keras.layers.Add(name=f"{name}_out")([decoded, class_mean]), name=name)
 
 
 def _file_stem(index: int, layer: str) -> str:

@@ -1,0 +1,1 @@
+"""Conversion of RUN directories into deployable int8 TFLite bundles (imports TensorFlow lazily)."""

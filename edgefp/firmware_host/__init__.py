@@ -1,0 +1,1 @@
+"""Everything that talks to or runs on a device; imports without TensorFlow."""
