@@ -57,7 +57,7 @@ def evaluate(dataset: data.Dataset, classes, far, seed) -> dict:
     cases = {"near": near, **{kind: shifts.apply(held_out.x, kind, seed=seed + 1) for kind in far}}
 
     fingerprint = train(train_set, seed=seed, progress=False)
-    prepare = lambda x: fingerprint._prepare(x, "data")  # noqa: E731 - the classifier's own preprocessing
+    prepare = fingerprint.prepare
     fit_mask = ~data.stratified_split(train_set.y, HOLDOUT, seed)
     x_fit, y_fit = prepare(train_set.x[fit_mask]), np.searchsorted(fingerprint.label_values_, train_set.y[fit_mask])
     detectors = {"fingerprint": fingerprint.score_samples}

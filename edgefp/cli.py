@@ -8,6 +8,7 @@ status 2; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -145,8 +146,17 @@ def _report_run(fp, out: str, as_json: bool) -> None:
     _emit(report, as_json, lines)
 
 
-@cli.command(epilog="Example: edgefp score run/ --data digits:test --out scores.npz")
-@click.argument("run", type=click.Path())
+RUNTIME_OPTION = click.option(
+    "--runtime",
+    type=click.Choice(["litert", "tflm", "edgetpu"]),
+    default="litert",
+    show_default=True,
+    help="Interpreter for a bundle: LiteRT, TFLite Micro, or LiteRT with the Edge TPU delegate.",
+)
+
+
+@cli.command(epilog="Example: edgefp score bundle/ --data digits:test --out scores.npz --runtime tflm")
+@click.argument("model", type=click.Path())
 @click.option("--data", required=True, help="Data to score: FILE.npz[:train|test][:CLASSES] or digits.")
 @click.option(
     "--out",
@@ -154,26 +164,128 @@ def _report_run(fp, out: str, as_json: bool) -> None:
     type=click.Path(),
     help="Score file to write (.npz: pred, probs, ood_score, is_ood, layer_errors).",
 )
+@RUNTIME_OPTION
 @JSON_OPTION
-def score(run, data, out, as_json):
-    """Classify data with a RUN and flag out-of-distribution samples."""
+def score(model, data, out, runtime, as_json):
+    """Classify data and flag out-of-distribution samples, with a RUN (float, on the host) or a
+    bundle (int8, on the chosen runtime)."""
     from edgefp.data import load
-    from edgefp.trainer import NeuralFingerprint
 
-    fp = NeuralFingerprint.load(run)
     dataset = load(data)
-    scores = fp.score(dataset.x)
+    if os.path.isdir(model) and os.path.exists(os.path.join(model, "fingerprint.json")):
+        from edgefp.trainer import NeuralFingerprint
+
+        fp = NeuralFingerprint.load(model)
+        scores, labels, threshold, runtime = fp.score(dataset.x), fp.label_values_, fp.threshold_, "float"
+    else:
+        from edgefp.bundle import Bundle
+
+        bundle = Bundle.load(model)
+        scores, labels, threshold = bundle.score(dataset.x, runtime), bundle.label_values, bundle.threshold
     if out:
         scores.save(out)
-    report = summarize_scores(scores, dataset.y, fp.label_values_)
-    report.update({"data": data, "threshold": fp.threshold_, "out": out})
-    lines = [f"{report['n']} samples from {data}"]
+    report = summarize_scores(scores, dataset.y, labels)
+    report.update({"data": data, "model": model, "runtime": runtime, "threshold": threshold, "out": out})
+    lines = [f"{report['n']} samples from {data} ({runtime})"]
     if report["accuracy"] is not None:
         lines.append(f"  accuracy {_percent(report['accuracy'])} on {report['n_known']} samples of the model's classes")
-    lines.append(f"  flagged OOD {_percent(report['ood_rate'])} (threshold {fp.threshold_:.3f})")
+    lines.append(f"  flagged OOD {_percent(report['ood_rate'])} (threshold {threshold:.3f})")
     if out:
         lines.append(f"  wrote {out}")
     _emit(report, as_json, lines)
+
+
+@cli.command(epilog="Example: edgefp convert run/ --calib digits:train:0-4 --ood digits:test:5-9 --out digits04/")
+@click.argument("run", type=click.Path())
+@click.option("--calib", required=True, help="In-distribution samples that set the int8 ranges (at least 20).")
+@click.option("--out", required=True, type=click.Path(), help="Bundle to write: a directory, or a single FILE.efp.")
+@click.option("--name", default=None, help="Bundle name, C identifier-safe [default: from --out].")
+@click.option("--ood", "ood_spec", default=None, help="Out-of-distribution samples: adds AUROC to the parity report.")
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@JSON_OPTION
+def convert(run, calib, out, name, ood_spec, force, as_json):
+    """Quantise a RUN to an int8 TFLite bundle, recalibrate its OOD threshold on the int8 model, and
+    prove the conversion (float vs int8, LiteRT vs TFLite Micro)."""
+    from edgefp.converter.convert import convert as convert_run
+    from edgefp.data import load
+
+    manifest = convert_run(run, load(calib), out, name=name, ood_data=load(ood_spec) if ood_spec else None, force=force)
+    parity = manifest["parity"]
+    report = {key: manifest[key] for key in ("name", "flash_bytes", "tflm_arena_bytes", "ops", "parity")}
+    report.update(bundle=out, threshold=manifest["score"]["threshold"])
+    lines = [
+        f"wrote {out} ({manifest['name']}): model {manifest['flash_bytes']} bytes, "
+        f"TFLite Micro arena {manifest['tflm_arena_bytes']} bytes",
+        f"  {'':28} {'float':>8} {'int8':>8}",
+    ]
+    rows = [("accuracy", "accuracy"), ("flagged OOD, held-out ID", "id_flagged")]
+    if "int8_auroc" in parity:
+        rows += [("flagged OOD, --ood", "ood_flagged"), ("OOD AUROC", "auroc")]
+    for label, key in rows:
+        if f"int8_{key}" in parity:
+            lines.append(f"  {label:28} {parity[f'float_{key}']:8.3f} {parity[f'int8_{key}']:8.3f}")
+    lines.append(f"  OOD verdicts agree (float vs int8): {_percent(parity['verdict_agreement'])}")
+    lines.append(
+        f"  LiteRT vs TFLite Micro: identical int8 outputs on {_percent(parity['runtime_identical'])} of "
+        f"{parity['runtime_samples']} samples (largest difference {parity['runtime_max_diff_lsb']} LSB), "
+        f"same prediction on {_percent(parity['runtime_pred_agreement'])}"
+    )
+    _emit(report, as_json, lines)
+
+
+@cli.command(epilog="Example: edgefp inspect digits04/ --json")
+@click.argument("bundle", type=click.Path())
+@JSON_OPTION
+def inspect(bundle, as_json):
+    """Show a bundle: sizes, operators, arena, thresholds, layers, hashes, and whether its files verify.
+
+    Exits with status 1 when the files do not verify."""
+    from edgefp.bundle import Bundle
+
+    read = Bundle.read(bundle)
+    manifest, problems = read.manifest, read.problems()
+    report = {key: manifest.get(key) for key in ("name", "flash_bytes", "tflm_arena_bytes", "ops", "files")}
+    report.update(
+        input=manifest["input"]["shape"],
+        labels=[label["name"] for label in manifest["labels"]],
+        layers=[
+            {k: layer[k] for k in ("name", "features", "log_error_mean", "log_error_std")}
+            for layer in manifest["layers"]
+        ],
+        threshold=manifest["score"]["threshold"],
+        target_fpr=manifest["score"]["target_fpr"],
+        verified=not problems,
+        problems=problems,
+    )
+    lines = [
+        f"{bundle}: bundle '{manifest['name']}' (edgefp {manifest.get('edgefp_version')}, {manifest.get('created')})",
+        f"  input {report['input']} int8, classes {', '.join(report['labels'])}",
+        f"  model {manifest['flash_bytes']} bytes, TFLite Micro arena {manifest['tflm_arena_bytes']} bytes",
+        f"  ops {', '.join(manifest['ops'])}",
+        f"  OOD threshold {report['threshold']:.3f} at {100 * report['target_fpr']:.0f}% false positives; layers:",
+    ]
+    lines += [f"    {layer['name']}: {layer['features']} features" for layer in report["layers"]]
+    lines += [
+        f"  {name}: sha256 {entry['sha256']}, {entry['bytes']} bytes" for name, entry in manifest["files"].items()
+    ]
+    lines.append("  files verify: yes" if not problems else f"  files verify: NO: {'; '.join(problems)}")
+    _emit(report, as_json, lines)
+    if problems:
+        sys.exit(1)
+
+
+@cli.command("export-c", epilog="Example: edgefp export-c digits04/ --out firmware/model/")
+@click.argument("bundle", type=click.Path())
+@click.option("--out", required=True, type=click.Path(), help="Directory for the generated C/C++ sources.")
+@JSON_OPTION
+def export_c_command(bundle, out, as_json):
+    """Write C/C++ sources for microcontroller firmware: the model array and an OOD config header."""
+    from edgefp.bundle import Bundle
+    from edgefp.converter.export_c import export_c
+
+    loaded = Bundle.load(bundle)
+    written = export_c(loaded.manifest, loaded.model_bytes, out)
+    _emit({"bundle": bundle, "files": written}, as_json, [f"wrote {path}" for path in written])
 
 
 def summarize_scores(scores, y, label_values) -> dict:

@@ -21,3 +21,15 @@ def digits_run(tmp_path_factory):
 def write_npz(path, **arrays):
     np.savez(path, **arrays)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def digits_bundle(digits_run, tmp_path_factory):
+    """The digits RUN converted to an int8 bundle, with unseen digits 5-9 as OOD data for the parity report."""
+    from edgefp import data
+    from edgefp.converter.convert import convert
+
+    _, run_dir = digits_run
+    out = str(tmp_path_factory.mktemp("bundle") / "digits04")
+    manifest = convert(run_dir, data.load("digits:train:0-4"), out, ood_data=data.load("digits:test:5-9"))
+    return manifest, out

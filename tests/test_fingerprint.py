@@ -58,7 +58,7 @@ NEAR_FLOOR = 0.88
 
 def test_baselines_score_higher_for_unseen_digits(digits_run):
     fingerprint, _ = digits_run
-    prepare = fingerprint._prepare
+    prepare = fingerprint.prepare
     x_fit = prepare(data.load("digits:train:0-4").x, "train")
     x_id, x_ood = prepare(data.load("digits:test:0-4").x, "id"), prepare(data.load("digits:test:5-9").x, "ood")
     for name, baseline in BASELINES.items():

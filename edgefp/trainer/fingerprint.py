@@ -22,10 +22,12 @@ from edgefp.trainer.models import BATCH_SIZE, seed_everything
 
 SCHEMA = "edgefp.fingerprint"
 SCHEMA_VERSION = 1
+HOLDOUT_FILE = "holdout.npz"
 AE_TARGET_STEPS = 1500  # optimizer steps for the autoencoders, whatever the data size
 AE_MIN_ROWS = 640  # small fit sets are tiled to this many rows so an epoch is not a step or two
 AE_TRAINING_NOISE = 0.1  # denoising: Gaussian noise (in standardised units) on the inputs while training
 MIN_HOLDOUT = 5
+MAX_STORED_HOLDOUT = 2000  # held-out samples kept in the RUN, to recalibrate after quantisation
 
 
 @dataclass
@@ -134,13 +136,15 @@ class NeuralFingerprint:
         self.labels_ = labels or [{"index": i, "value": i, "name": str(i)} for i in range(n_classes)]
         if len(self.labels_) != n_classes:
             raise EdgefpError(f"{len(self.labels_)} label names given for a classifier with {n_classes} outputs")
-        x = self._prepare(x, "training data")
+        x = self._shaped(x, "training data")
         if x_holdout is None:
-            pred = model.predict(x, verbose=0, batch_size=256).argmax(axis=1)
+            pred = model.predict(self.prepare(x), verbose=0, batch_size=256).argmax(axis=1)
             held = data.stratified_split(pred, self.holdout, self.seed)
             x, x_holdout = x[~held], x[held]
         else:
-            x_holdout = self._prepare(x_holdout, "held-out data")
+            x_holdout = self._shaped(x_holdout, "held-out data")
+        self.holdout_x_ = x_holdout[:MAX_STORED_HOLDOUT]
+        x, x_holdout = self.prepare(x), self.prepare(x_holdout)
         if len(x_holdout) < MIN_HOLDOUT or len(x) < MIN_HOLDOUT:
             raise EdgefpError(
                 f"too few samples to fingerprint ({len(x)} to fit, {len(x_holdout)} held out); "
@@ -192,9 +196,13 @@ class NeuralFingerprint:
         self.fit_seconds_ = time.monotonic() - started
         return self
 
-    def _prepare(self, x, what: str) -> np.ndarray:
-        x = data.fit_input_shape(np.asarray(x, dtype=np.float32), tuple(self.model_.inputs[0].shape[1:]), what)
-        return data.apply_preprocessing(x, self.preprocessing_)
+    def _shaped(self, x, what: str) -> np.ndarray:
+        """Raw samples as float32 of the classifier's input shape, or a clear error."""
+        return data.fit_input_shape(np.asarray(x, dtype=np.float32), tuple(self.model_.inputs[0].shape[1:]), what)
+
+    def prepare(self, x, what: str = "data") -> np.ndarray:
+        """Raw samples -> the classifier's input (shape checked, preprocessing applied)."""
+        return data.apply_preprocessing(self._shaped(x, what), self.preprocessing_)
 
     def _reduced_taps(self, names, pools=None):
         """Symbolic reduced, flattened taps of the classifier, their shapes and pools, and its probabilities.
@@ -251,7 +259,9 @@ class NeuralFingerprint:
         self.epochs_ = epochs
 
     def _build_monitor(self) -> None:
-        """One Keras graph: input -> (probabilities, per-layer reconstruction errors)."""
+        """One Keras graph: input -> (probabilities, error of layer 1, ..., error of layer L).
+
+        Each error is an output of its own, so that int8 conversion gives each its own scale."""
         import keras
 
         reduced, _, _, probs = self._reduced_taps(
@@ -261,11 +271,15 @@ class NeuralFingerprint:
         for layer, ae, t in zip(self.layers_, self.autoencoders_, reduced):
             z = (t - np.asarray(layer.mean, np.float32)) * (1.0 / np.asarray(layer.std, np.float32))
             errors.append(keras.ops.mean(keras.ops.square(ae([z, probs]) - z), axis=-1, keepdims=True))
-        err = errors[0] if len(errors) == 1 else keras.layers.Concatenate(name="layer_errors")(errors)
-        self.monitor_ = keras.Model(self.model_.inputs, [probs, err], name="monitor")
+        self.monitor_ = keras.Model(self.model_.inputs, [probs, *errors], name="monitor")
+
+    def _predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities (N, C) and layer errors (N, L) of preprocessed samples."""
+        probs, *errors = self.monitor_.predict(x, verbose=0, batch_size=256)
+        return probs, np.concatenate(errors, axis=1)
 
     def _errors(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self.monitor_.predict(x, verbose=0, batch_size=256)[1], dtype=np.float64)
+        return self._predict(x)[1].astype(np.float64)
 
     # ----------------------------------------------------------------------------------- scoring
     @property
@@ -280,8 +294,8 @@ class NeuralFingerprint:
 
     def score(self, x) -> ood.Scores:
         """Classify raw samples ``x`` and score them for out-of-distribution."""
-        x = self._prepare(x, "data")
-        probs, errors = self.monitor_.predict(x, verbose=0, batch_size=256)
+        x = self.prepare(x)
+        probs, errors = self._predict(x)
         score = ood.ood_score(errors, *self.log_error_stats_())
         return ood.Scores(
             pred=self.label_values_[np.argmax(probs, axis=1)],
@@ -341,6 +355,7 @@ class NeuralFingerprint:
             self.model_.save(classifier)
             for layer, ae in zip(self.layers_, self.autoencoders_):
                 ae.save(os.path.join(tmp, layer.autoencoder))
+            np.savez_compressed(os.path.join(tmp, HOLDOUT_FILE), x=self.holdout_x_)
             with open(os.path.join(tmp, "fingerprint.json"), "w") as handle:
                 json.dump(self.to_dict(sha256_file(classifier)), handle, indent=1)
         return run_dir
@@ -377,6 +392,8 @@ class NeuralFingerprint:
         fp.holdout_score_quantiles_ = meta["score"]["holdout_quantiles"]
         fp.n_fit_, fp.n_holdout_ = meta["score"]["n_fit"], meta["score"]["n_holdout"]
         fp.epochs_ = settings["epochs"]
+        with np.load(os.path.join(run_dir, HOLDOUT_FILE)) as holdout:
+            fp.holdout_x_ = holdout["x"]
         fp._build_monitor()
         return fp
 
@@ -400,7 +417,7 @@ def read_fingerprint_json(run_dir: str) -> dict:
         )
     missing = [
         f
-        for f in [meta["classifier"]["file"]] + [layer["autoencoder"] for layer in meta["layers"]]
+        for f in [meta["classifier"]["file"], HOLDOUT_FILE] + [layer["autoencoder"] for layer in meta["layers"]]
         if not os.path.exists(os.path.join(run_dir, f))
     ]
     if missing:

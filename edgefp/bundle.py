@@ -1,0 +1,207 @@
+"""Bundles: the int8 model and its manifest, as a directory or a single ``.efp`` archive (docs/bundle.md).
+
+Reading verifies everything (schema, the manifest's own digest, every file's SHA-256 and size): a
+bundle that does not verify is refused, never half-used. Scoring turns raw samples into the score
+file of the contract through any runtime of :mod:`edgefp.runtime`. No TensorFlow here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+import tempfile
+
+import numpy as np
+
+from edgefp import data, ood
+from edgefp.errors import EdgefpError
+from edgefp.fsutil import atomic_directory
+
+SCHEMA = "edgefp.bundle"
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+MODEL = "model.tflite"
+ARCHIVE_SUFFIX = ".efp"
+
+
+def sha256(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+def manifest_digest(manifest: dict) -> str:
+    """SHA-256 of the manifest's canonical JSON, without its own ``digest`` entry."""
+    body = {key: value for key, value in manifest.items() if key != "digest"}
+    return sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+
+
+class Bundle:
+    """A bundle in memory: ``manifest`` and ``files`` (name -> bytes, the manifest excluded)."""
+
+    def __init__(self, manifest: dict, files: dict[str, bytes], source: str = "<memory>"):
+        self.manifest, self.files, self.source = manifest, files, source
+
+    # -------------------------------------------------------------------------------- reading
+    @classmethod
+    def read(cls, path: str) -> Bundle:
+        """Read a bundle directory or archive without verifying its files (see :meth:`problems`)."""
+        if os.path.isdir(path):
+            files = {}
+            for name in sorted(os.listdir(path)):
+                full = os.path.join(path, name)
+                if os.path.isfile(full):
+                    with open(full, "rb") as handle:
+                        files[name] = handle.read()
+        elif os.path.isfile(path):
+            files = _read_archive(path)
+        else:
+            raise EdgefpError(f"{path}: no such bundle; create one with 'edgefp convert'")
+        if MANIFEST not in files:
+            raise EdgefpError(f"{path}: not a bundle (no {MANIFEST})")
+        try:
+            manifest = json.loads(files.pop(MANIFEST))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise EdgefpError(f"{path}: {MANIFEST} is corrupt ({exc}); re-create the bundle") from None
+        if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
+            raise EdgefpError(f"{path}: {MANIFEST} is not an edgefp bundle manifest")
+        if manifest.get("version") != SCHEMA_VERSION:
+            raise EdgefpError(
+                f"{path}: bundle version {manifest.get('version')} is not {SCHEMA_VERSION}; "
+                "convert it again with this version of edgefp"
+            )
+        return cls(manifest, files, path)
+
+    @classmethod
+    def load(cls, path: str) -> Bundle:
+        """Read and verify a bundle; refuse it with one clear line if anything does not match."""
+        bundle = cls.read(path)
+        problems = bundle.problems()
+        if problems:
+            raise EdgefpError(f"{path}: {problems[0]}; the bundle is corrupt or was modified, convert it again")
+        return bundle
+
+    def problems(self) -> list[str]:
+        """Everything that does not verify, as sentences; empty when the bundle is intact."""
+        found = []
+        if self.manifest.get("digest") != manifest_digest(self.manifest):
+            found.append(f"{MANIFEST} does not match its digest")
+        listed = self.manifest.get("files", {})
+        for name, expected in listed.items():
+            content = self.files.get(name)
+            if content is None:
+                found.append(f"{name} is missing")
+            elif len(content) != expected.get("bytes") or sha256(content) != expected.get("sha256"):
+                found.append(f"{name} does not match its SHA-256 in {MANIFEST}")
+        found += [f"{name} is not listed in {MANIFEST}" for name in self.files if name not in listed]
+        return found
+
+    # -------------------------------------------------------------------------------- writing
+    def write(self, out: str, *, force: bool = False) -> str:
+        """Write atomically: a directory, or a single archive when ``out`` ends in ``.efp``."""
+        self.manifest["digest"] = manifest_digest(self.manifest)
+        contents = {MANIFEST: json.dumps(self.manifest, indent=1).encode(), **self.files}
+        if out.endswith(ARCHIVE_SUFFIX):
+            _write_archive(out, contents, force=force)
+            return out
+        with atomic_directory(out, force=force) as tmp:
+            for name, content in contents.items():
+                with open(os.path.join(tmp, name), "wb") as handle:
+                    handle.write(content)
+        return out
+
+    # -------------------------------------------------------------------------------- running
+    @property
+    def model_bytes(self) -> bytes:
+        return self.files[self.manifest["model"]]
+
+    @property
+    def threshold(self) -> float:
+        return float(self.manifest["score"]["threshold"])
+
+    @property
+    def label_values(self) -> np.ndarray:
+        return np.asarray([label["value"] for label in self.manifest["labels"]], dtype=np.int64)
+
+    def quantize(self, x: np.ndarray, name: str = "data") -> np.ndarray:
+        """Raw samples -> the model's int8 input (preprocessing and quantisation in one step)."""
+        spec = self.manifest["input"]
+        x = data.fit_input_shape(np.asarray(x, dtype=np.float32), tuple(spec["shape"]), name)
+        scaled = data.apply_preprocessing(x, spec["preprocessing"]) / np.float32(spec["scale"])
+        return np.clip(np.round(scaled) + spec["zero_point"], -128, 127).astype(np.int8)
+
+    def dequantize(self, probs_q: np.ndarray, errors_q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The int8 outputs of N samples as float (probabilities, layer errors)."""
+        outputs = self.manifest["outputs"]
+        errors = [_dequantize(errors_q[:, j], spec) for j, spec in enumerate(outputs["layer_errors"])]
+        return _dequantize(probs_q, outputs["probs"]), np.stack(errors, axis=1)
+
+    def decide(self, probs_q: np.ndarray, errors_q: np.ndarray) -> ood.Scores:
+        """The int8 outputs of N samples -> the score file (dequantise, combine, compare)."""
+        probs, errors = self.dequantize(probs_q, errors_q)
+        score = ood.ood_score(errors, *self.log_error_stats())
+        return ood.Scores(
+            pred=self.label_values[np.argmax(probs_q, axis=1)],
+            probs=probs,
+            ood_score=score,
+            is_ood=score > self.manifest["score"]["threshold"],
+            layer_errors=errors,
+        )
+
+    def log_error_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        layers = self.manifest["layers"]
+        return np.array([lay["log_error_mean"] for lay in layers]), np.array([lay["log_error_std"] for lay in layers])
+
+    def invoke_all(self, interpreter, x_q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Run every quantised sample through an interpreter; return the int8 probs (N, C) and errors (N, L)."""
+        outputs = self.manifest["outputs"]
+        probs, errors = [], []
+        for sample in x_q:
+            result = interpreter.invoke(sample)
+            probs.append(result[outputs["probs"]["index"]])
+            errors.append([result[spec["index"]][0] for spec in outputs["layer_errors"]])
+        return np.asarray(probs, dtype=np.int8), np.asarray(errors, dtype=np.int8)
+
+    def score(self, x: np.ndarray, runtime: str = "litert") -> ood.Scores:
+        """Classify and score raw samples with the int8 model on ``runtime`` (litert, tflm, edgetpu)."""
+        from edgefp.runtime import open_runtime
+
+        interpreter = open_runtime(self.model_bytes, runtime, arena_bytes=self.manifest.get("tflm_arena_bytes"))
+        return self.decide(*self.invoke_all(interpreter, self.quantize(x)))
+
+
+def _dequantize(values: np.ndarray, spec: dict) -> np.ndarray:
+    return ((np.asarray(values, dtype=np.float32) - spec["zero_point"]) * np.float32(spec["scale"])).astype(np.float32)
+
+
+def _read_archive(path: str) -> dict[str, bytes]:
+    files = {}
+    try:
+        with tarfile.open(path, "r") as archive:
+            for member in archive.getmembers():
+                if not member.isfile() or "/" in member.name or "\\" in member.name or member.name.startswith("."):
+                    raise EdgefpError(f"{path}: unexpected entry '{member.name}' in the bundle archive")
+                files[member.name] = archive.extractfile(member).read()
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise EdgefpError(f"{path}: not a readable bundle archive ({exc})") from None
+    return files
+
+
+def _write_archive(out: str, contents: dict[str, bytes], *, force: bool) -> None:
+    if os.path.exists(out) and not force:
+        raise EdgefpError(f"{out} already exists; choose another --out or pass --force to replace it")
+    directory = os.path.dirname(os.path.abspath(out))
+    os.makedirs(directory, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(out)}.", suffix=".partial", dir=directory)
+    try:
+        with os.fdopen(handle, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as archive:
+            for name, content in contents.items():
+                info = tarfile.TarInfo(name)
+                info.size, info.mode = len(content), 0o644
+                archive.addfile(info, io.BytesIO(content))
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

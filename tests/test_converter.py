@@ -1,0 +1,180 @@
+import json
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from edgefp import data, metrics
+from edgefp.bundle import Bundle
+from edgefp.converter.convert import convert
+from edgefp.errors import EdgefpError
+from tests.test_cli import edgefp
+
+
+def test_int8_bundle_keeps_accuracy_and_ood_quality(digits_bundle):
+    manifest, out = digits_bundle
+    parity = manifest["parity"]
+    assert parity["int8_accuracy"] >= 0.95 and parity["int8_accuracy"] >= parity["float_accuracy"] - 0.01
+    assert parity["int8_auroc"] >= 0.85 and parity["int8_auroc"] >= parity["float_auroc"] - 0.02
+    bundle = Bundle.load(out)
+    held_out, unseen = data.load("digits:test:0-4"), data.load("digits:test:5-9")
+    id_scores, ood_scores = bundle.score(held_out.x), bundle.score(unseen.x)
+    assert np.mean(id_scores.pred == held_out.y) >= 0.95
+    assert metrics.auroc(id_scores.ood_score, ood_scores.ood_score) >= 0.85
+    assert id_scores.is_ood.mean() <= 0.12
+
+
+def test_manifest_holds_the_contract(digits_bundle):
+    manifest, out = digits_bundle
+    for key in ("name", "input", "outputs", "labels", "layers", "score", "files", "ops", "tflm_arena_bytes"):
+        assert key in manifest
+    assert manifest["input"]["dtype"] == "int8" and manifest["input"]["preprocessing"]["type"] == "standardize"
+    assert len(manifest["outputs"]["layer_errors"]) == len(manifest["layers"])
+    assert manifest["flash_bytes"] == os.path.getsize(os.path.join(out, "model.tflite"))
+    assert manifest["tflm_arena_bytes"] > 0 and "CONV_2D" in manifest["ops"]
+    assert 0 < manifest["score"]["threshold"] and len(manifest["layers"][0]["holdout_error_quantiles"]) == 101
+
+
+def test_saturated_errors_are_still_flagged(digits_bundle):
+    manifest, _ = digits_bundle
+    assert manifest["parity"]["saturated_is_ood"]
+    assert manifest["parity"]["saturated_score"] > 1.5 * manifest["score"]["threshold"]
+
+
+def test_litert_and_tflite_micro_agree(digits_bundle):
+    _, out = digits_bundle
+    bundle = Bundle.load(out)
+    x = data.load("digits:test").x[:120]
+    litert, micro = bundle.score(x, "litert"), bundle.score(x, "tflm")
+    np.testing.assert_array_equal(litert.pred, micro.pred)
+    assert np.mean(litert.is_ood == micro.is_ood) >= 0.97
+    assert np.abs(litert.ood_score - micro.ood_score).max() < 0.5
+
+
+def test_host_scoring_is_repeatable_on_each_runtime(digits_bundle):
+    _, out = digits_bundle
+    bundle, x = Bundle.load(out), data.load("digits:test").x[:40]
+    for runtime in ("litert", "tflm"):
+        first, second = bundle.score(x, runtime), bundle.score(x, runtime)
+        np.testing.assert_array_equal(first.layer_errors, second.layer_errors)
+
+
+def test_archive_form_scores_like_the_directory(digits_bundle, tmp_path):
+    _, out = digits_bundle
+    archive = str(tmp_path / "digits04.efp")
+    Bundle.load(out).write(archive)
+    x = data.load("digits:test").x[:20]
+    np.testing.assert_array_equal(Bundle.load(archive).score(x).ood_score, Bundle.load(out).score(x).ood_score)
+
+
+def _copy(out, tmp_path):
+    copy = str(tmp_path / "copy")
+    shutil.copytree(out, copy)
+    return copy
+
+
+def test_tampered_model_or_manifest_is_refused(digits_bundle, tmp_path):
+    _, out = digits_bundle
+    copy = _copy(out, tmp_path)
+    model = os.path.join(copy, "model.tflite")
+    content = bytearray(open(model, "rb").read())
+    content[len(content) // 2] ^= 0xFF
+    open(model, "wb").write(bytes(content))
+    with pytest.raises(EdgefpError, match="model.tflite does not match its SHA-256"):
+        Bundle.load(copy)
+    result = edgefp("inspect", copy)
+    assert result.returncode == 1 and "files verify: NO" in result.stdout
+
+    copy2 = _copy(out, tmp_path / "b")
+    manifest_path = os.path.join(copy2, "manifest.json")
+    manifest = json.load(open(manifest_path))
+    manifest["score"]["threshold"] = 99.0
+    json.dump(manifest, open(manifest_path, "w"))
+    with pytest.raises(EdgefpError, match="manifest.json does not match its digest"):
+        Bundle.load(copy2)
+
+
+def test_truncated_archive_and_missing_bundle_are_refused(digits_bundle, tmp_path):
+    _, out = digits_bundle
+    archive = str(tmp_path / "b.efp")
+    Bundle.load(out).write(archive)
+    content = open(archive, "rb").read()
+    open(archive, "wb").write(content[: len(content) // 2])
+    with pytest.raises(EdgefpError, match="b.efp"):
+        Bundle.load(archive)
+    with pytest.raises(EdgefpError, match="no such bundle"):
+        Bundle.load(str(tmp_path / "nothing"))
+
+
+def test_bad_calibration_data_writes_nothing(digits_run, tmp_path, monkeypatch):
+    _, run_dir = digits_run
+    out = tmp_path / "bundle"
+    wrong_shape = data.Dataset(np.zeros((50, 10), np.float32), None, "wrong.npz")
+    with pytest.raises(EdgefpError, match=r"wrong.npz: samples have shape \(10,\)"):
+        convert(run_dir, wrong_shape, str(out))
+    too_few = data.load("digits:test:0-4").subset(np.arange(5), "few.npz")
+    with pytest.raises(EdgefpError, match="few.npz: 5 calibration samples; give at least 20"):
+        convert(run_dir, too_few, str(out))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupted_write_leaves_no_half_bundle(digits_bundle, tmp_path, monkeypatch):
+    _, out = digits_bundle
+    bundle = Bundle.load(out)
+    target = tmp_path / "bundle"
+
+    opened = []
+
+    def open_then_interrupt(path, *args, **kwargs):
+        opened.append(path)
+        if len(opened) > 1:
+            raise KeyboardInterrupt
+        return open(path, *args, **kwargs)
+
+    monkeypatch.setattr("edgefp.bundle.open", open_then_interrupt, raising=False)
+    with pytest.raises(KeyboardInterrupt):
+        bundle.write(str(target))
+    assert len(opened) == 2 and list(tmp_path.iterdir()) == []
+
+
+def test_run_missing_files_is_refused(digits_run, tmp_path):
+    _, run_dir = digits_run
+    copy = _copy(run_dir, tmp_path)
+    shutil.rmtree(os.path.join(copy, "autoencoders"))
+    with pytest.raises(EdgefpError, match="incomplete"):
+        convert(copy, data.load("digits:train:0-4"), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_score_runtimes_and_generated_c_compiles(digits_bundle, tmp_path):
+    _, out = digits_bundle
+    files = {}
+    for runtime in ("litert", "tflm"):
+        files[runtime] = tmp_path / f"{runtime}.npz"
+        result = edgefp("score", out, "--data", "digits:test:0-4", "--runtime", runtime, "--out", str(files[runtime]))
+        assert result.returncode == 0, result.stderr
+    with np.load(files["litert"]) as a, np.load(files["tflm"]) as b:
+        np.testing.assert_array_equal(a["pred"], b["pred"])
+    result = edgefp("export-c", out, "--out", str(tmp_path / "c"), "--json")
+    assert result.returncode == 0, result.stderr
+    sources = json.loads(result.stdout)["files"]
+    assert any(path.endswith("model_data.cc") for path in sources)
+    build = subprocess.run(
+        ["g++", "-std=c++17", "-Wall", "-Wextra", "-Werror", "-c", "model_data.cc", "-o", "/dev/null"],
+        cwd=tmp_path / "c",
+        capture_output=True,
+        text=True,
+    )
+    assert build.returncode == 0, build.stderr
+
+
+def test_edgetpu_falls_back_to_the_cpu_with_a_message(digits_bundle, capfd):
+    from edgefp.runtime import open_runtime
+
+    _, out = digits_bundle
+    interpreter = open_runtime(Bundle.load(out).model_bytes, "edgetpu")
+    assert interpreter.name in ("edgetpu", "litert")
+    if interpreter.name == "litert":
+        assert "Edge TPU delegate unavailable" in capfd.readouterr().err

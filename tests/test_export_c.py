@@ -1,0 +1,227 @@
+import math
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from edgefp.converter.export_c import export_c
+from edgefp.errors import EdgefpError
+
+pytestmark = pytest.mark.filterwarnings("ignore:Statistics for quantized inputs:UserWarning")
+
+NAME = "tiny_ood"
+SHAPE = (4, 4, 2)
+MEAN, STD = [0.5, -1.0], [2.0, 0.25]
+CXX = ["-std=c++17", "-Wall", "-Wextra", "-Werror"]
+C11 = ["-std=c11", "-Wall", "-Wextra", "-Werror"]
+ARM = ["-mcpu=cortex-m4", "-mthumb", *CXX]
+
+# Includes both headers and calls every helper; compiles as C11 and as C++17.
+USE_SRC = f"""#include <stdint.h>
+#include "model_data.h"
+#include "{NAME}_ood_config.h"
+
+int use(const float *x, int8_t *q, const int8_t *probs, const int8_t *errors, float *score);
+int use(const float *x, int8_t *q, const int8_t *probs, const int8_t *errors, float *score)
+{{
+    edgefp_{NAME}_quantize(x, q);
+    return edgefp_{NAME}_predict(probs) + edgefp_{NAME}_ood(errors, score) + g_{NAME}_model_data[0]
+        + (int)g_{NAME}_model_data_size + (int)sizeof(edgefp_{NAME}_label_names[0]);
+}}
+"""
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    """A tiny full-int8 model with a probs (3,) output and two layer-error outputs, and a manifest for it."""
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    tf.keras.utils.set_random_seed(0)
+    inp = tf.keras.Input(SHAPE)
+    hidden = tf.keras.layers.Dense(8, activation="relu")(tf.keras.layers.Flatten()(inp))
+    probs = tf.keras.layers.Dense(3, activation="softmax")(hidden)
+    errors = [tf.keras.layers.Dense(1, activation="relu")(hidden) for _ in range(2)]
+    model = tf.keras.Model(inp, [probs, *errors])
+    calib = np.random.default_rng(0).normal(size=(32, *SHAPE)).astype(np.float32)
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([x[None]] for x in calib)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = converter.inference_output_type = tf.int8
+    model_bytes = converter.convert()
+
+    interpreter = Interpreter(model_content=model_bytes)
+    in_scale, in_zp = interpreter.get_input_details()[0]["quantization"]
+    order = [detail["index"] for detail in interpreter.get_output_details()]
+    signature = interpreter._get_full_signature_list()["serving_default"]["outputs"]
+    specs = []
+    for position in range(3):
+        detail = interpreter.get_output_details()[order.index(signature[f"output_{position}"])]
+        scale, zero_point = detail["quantization"]
+        index = order.index(detail["index"])
+        specs.append({"index": index, "shape": [int(detail["shape"][-1])], "scale": scale, "zero_point": zero_point})
+    outputs = {"probs": specs[0], "layer_errors": specs[1:]}
+    typical = (0 - specs[1]["zero_point"]) * specs[1]["scale"]
+    manifest = {
+        "schema": "edgefp.bundle",
+        "version": 1,
+        "name": NAME,
+        "model": "model.tflite",
+        "input": {
+            "shape": list(SHAPE),
+            "dtype": "int8",
+            "scale": in_scale,
+            "zero_point": in_zp,
+            "preprocessing": {"type": "standardize", "mean": MEAN, "std": STD},
+        },
+        "outputs": outputs,
+        "labels": [
+            {"index": 0, "value": 0, "name": "zero"},
+            {"index": 1, "value": 3, "name": 'a "quoted" \\ name??=\n'},
+            {"index": 2, "value": 7, "name": "café"},
+        ],
+        "layers": [
+            {"name": "dense", "features": 8, "log_error_mean": math.log(typical), "log_error_std": 0.5},
+            {"name": "dense_1", "features": 8, "log_error_mean": math.log(typical) - 1.0, "log_error_std": 0.8},
+        ],
+        "score": {"combine": "mean_positive_z_log_error", "eps": 1e-6, "target_fpr": 0.05, "threshold": 0.8},
+        "tflm_arena_bytes": 2000,
+        "flash_bytes": len(model_bytes),
+    }
+    return manifest, model_bytes
+
+
+@pytest.fixture(scope="module")
+def exported(bundle, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "firmware"
+    paths = export_c(*bundle, str(out))
+    (out / "use.c").write_text(USE_SRC)
+    (out / "use.cc").write_text(USE_SRC)
+    return out, paths
+
+
+def compile_ok(compiler, flags, source, cwd):
+    result = subprocess.run(
+        [compiler, *flags, "-c", source, "-o", source + ".o"], cwd=cwd, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_writes_the_three_files_and_nothing_else(exported):
+    out, paths = exported
+    names = ["model_data.h", "model_data.cc", f"{NAME}_ood_config.h"]
+    assert paths == [str(out / name) for name in names]
+    assert sorted(p.name for p in out.iterdir()) == sorted([*names, "use.c", "use.cc"])
+
+
+def test_model_array_holds_exactly_the_model(exported, bundle):
+    out, _ = exported
+    source = (out / "model_data.cc").read_text()
+    body = re.search(rf"alignas\(16\) const unsigned char g_{NAME}_model_data\[\] = \{{(.*?)\}};", source, re.S)
+    assert bytes(int(h, 16) for h in re.findall(r"0x([0-9a-f]{2})", body.group(1))) == bundle[1]
+    assert f"const unsigned int g_{NAME}_model_data_size = {len(bundle[1])};" in source
+    assert f"extern const unsigned char g_{NAME}_model_data[];" in (out / "model_data.h").read_text()
+
+
+def test_compiles_warning_free_as_cxx17_and_c11(exported):
+    out, _ = exported
+    compile_ok("g++", CXX, "model_data.cc", out)
+    compile_ok("g++", CXX, "use.cc", out)
+    compile_ok("gcc", C11, "use.c", out)
+
+
+@pytest.mark.skipif(shutil.which("arm-none-eabi-g++") is None, reason="arm-none-eabi-g++ not installed")
+def test_compiles_warning_free_for_cortex_m4(exported):
+    out, _ = exported
+    compile_ok("arm-none-eabi-g++", ARM, "model_data.cc", out)
+    compile_ok("arm-none-eabi-g++", ARM, "use.cc", out)
+
+
+def test_inline_helpers_match_the_bundle_arithmetic(exported, bundle):
+    manifest, model_bytes = bundle
+    out, _ = exported
+    rng = np.random.default_rng(1)
+    errors = np.concatenate([[[-128, -128], [127, 127], [0, 0]], rng.integers(-128, 128, (20, 2))]).astype(np.int8)
+    probs = np.array([5, -3, 90], np.int8)
+    x = (rng.normal(size=(3, *SHAPE)) * STD + MEAN).astype(np.float32).reshape(3, -1)
+    x[0, :2] = [1e6, -1e6]  # clamped
+
+    def c_array(values):
+        return (
+            "{" + ", ".join(repr(float(v)) if values.dtype.kind == "f" else str(int(v)) for v in values.ravel()) + "}"
+        )
+
+    program = f"""#include <cstdio>
+#include "model_data.h"
+#include "{NAME}_ood_config.h"
+static const int8_t errors[][2] = {c_array(errors)};
+static const float x[][{x.shape[1]}] = {c_array(x)};
+static const int8_t probs[] = {c_array(probs)};
+int main()
+{{
+    for (const int8_t *e : errors) {{
+        float score;
+        const int ood = edgefp_{NAME}_ood(e, &score);
+        std::printf("score %.9g %d\\n", score, ood);
+    }}
+    for (const float *sample : x) {{
+        int8_t q[EDGEFP_{NAME.upper()}_INPUT_ELEMENTS];
+        edgefp_{NAME}_quantize(sample, q);
+        for (int8_t v : q) std::printf("%d ", v);
+        std::printf("\\n");
+    }}
+    std::printf("pred %d size %u\\n", edgefp_{NAME}_predict(probs), g_{NAME}_model_data_size);
+}}
+"""
+    (out / "main.cc").write_text(program)
+    build = subprocess.run(
+        ["g++", *CXX, "main.cc", "model_data.cc", "-o", "main"], cwd=out, capture_output=True, text=True
+    )
+    assert build.returncode == 0, build.stderr
+    lines = subprocess.run(["./main"], cwd=out, capture_output=True, text=True, check=True).stdout.splitlines()
+
+    lerr, layers, score = manifest["outputs"]["layer_errors"], manifest["layers"], manifest["score"]
+    zero_points, scales = (np.array([spec[k] for spec in lerr]) for k in ("zero_point", "scale"))
+    e = (errors.astype(np.float64) - zero_points) * scales
+    mu, sigma = (np.array([layer[k] for layer in layers]) for k in ("log_error_mean", "log_error_std"))
+    expected = np.maximum((np.log(e + score["eps"]) - mu) / sigma, 0).mean(axis=1)
+    got = np.array([line.split()[1:] for line in lines[: len(errors)]], np.float64)
+    np.testing.assert_allclose(got[:, 0], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got[:, 1], expected > score["threshold"])
+    assert 0 < (expected > score["threshold"]).sum() < len(errors)
+
+    inp = manifest["input"]
+    standardized = (x.reshape(3, *SHAPE).astype(np.float64) - MEAN) / STD / inp["scale"]
+    rounded = np.sign(standardized) * np.floor(np.abs(standardized) + 0.5)  # half away from zero, like roundf
+    expected_q = np.clip(rounded + inp["zero_point"], -128, 127).reshape(3, -1)
+    got_q = np.array([line.split() for line in lines[len(errors) : len(errors) + 3]], np.int64)
+    assert np.abs(got_q - expected_q).max() <= 1 and np.mean(got_q == expected_q) > 0.95  # ties may round apart
+    assert lines[-1] == f"pred 2 size {len(model_bytes)}"
+
+
+def test_header_spells_floats_as_float32_literals(exported, bundle):
+    out, _ = exported
+    header = (out / f"{NAME}_ood_config.h").read_text()
+    assert f"#define EDGEFP_{NAME.upper()}_EPS 9.99999997e-07f" in header
+    assert f"#define EDGEFP_{NAME.upper()}_TFLM_ARENA_BYTES 2000" in header
+    assert f"#define EDGEFP_{NAME.upper()}_RECOMMENDED_ARENA_BYTES 2512" in header  # 2500 rounded up to 16
+    assert r'"a \"quoted\" \\ name\?\?=\012", "caf\303\251"' in header
+
+
+@pytest.mark.parametrize("name", ["Tiny", "tiny-model", "", None, "a*/b"])
+def test_bad_name_is_refused_and_nothing_is_written(bundle, tmp_path, name):
+    manifest, model_bytes = bundle
+    with pytest.raises(EdgefpError, match="not C identifier-safe"):
+        export_c({**manifest, "name": name}, model_bytes, str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_manifest_leaves_no_files(bundle, tmp_path):
+    manifest, model_bytes = bundle
+    broken = {**manifest, "score": {**manifest["score"], "threshold": float("inf")}}
+    with pytest.raises(EdgefpError, match="not a finite float32"):
+        export_c(broken, model_bytes, str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
