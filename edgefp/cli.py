@@ -128,9 +128,10 @@ def _report_run(fp, out: str, as_json: bool) -> None:
         "target_fpr": fp.fpr,
         "n_fit": fp.n_fit_,
         "n_holdout": fp.n_holdout_,
+        "fingerprint_seconds": round(fp.fit_seconds_, 2),
     }
     ratio = report["autoencoder_params"] / report["classifier_params"]
-    lines = [f"wrote {out}"]
+    lines = [f"wrote {out} (fingerprint fitted in {fp.fit_seconds_:.1f} s)"]
     lines += [
         f"  layer {row['name']}: {row['features']} features -> {row['bottleneck']} ({row['params']} params)"
         for row in layers
@@ -171,6 +172,10 @@ def score(model, data, out, runtime, as_json):
     bundle (int8, on the chosen runtime)."""
     from edgefp.data import load
 
+    if not os.path.exists(model):
+        raise EdgefpError(
+            f"{model}: no such RUN directory or bundle; create one with 'edgefp train' or 'edgefp convert'"
+        )
     dataset = load(data)
     if os.path.isdir(model) and os.path.exists(os.path.join(model, "fingerprint.json")):
         from edgefp.trainer import NeuralFingerprint
@@ -306,27 +311,38 @@ def summarize_scores(scores, y, label_values) -> dict:
 
 @cli.command(epilog="Example: edgefp demo --out demo-out/")
 @click.option(
-    "--out",
-    default="demo-out",
-    show_default=True,
-    type=click.Path(),
-    help="Directory for the demo's RUN and score files.",
+    "--out", default="demo-out", show_default=True, type=click.Path(), help="Directory for everything the demo writes."
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @JSON_OPTION
 def demo(out, seed, as_json):
-    """The kit end to end on digits: train on 0-4, fingerprint, then score held-out 0-4, unseen 5-9
-    and corrupted digits."""
+    """The kit end to end on digits: train on 0-4 and fingerprint, convert to int8, then score held-out
+    0-4, unseen 5-9 and corrupted digits with the float RUN and the int8 bundle."""
     from edgefp.demo import run_demo
 
     report = run_demo(out, seed=seed)
-    lines = [f"{'data':<22} {'n':>5} {'accuracy':>9} {'flagged OOD':>12} {'AUROC':>6}"]
+    lines = [
+        f"{'':22} {'':>5} {'accuracy':^17} {'flagged OOD':^17} {'AUROC':^15}",
+        f"{'data':<22} {'n':>5} "
+        + " ".join(f"{'float':>8} {'int8':>8}" for _ in range(2))
+        + f" {'float':>7} {'int8':>7}",
+    ]
     for row in report["rows"]:
-        auroc = "-" if row["auroc"] is None else f"{row['auroc']:.3f}"
-        lines.append(
-            f"{row['set']:<22} {row['n']:>5} {_percent(row['accuracy']):>9} {_percent(row['ood_rate']):>12} {auroc:>6}"
-        )
-    lines.append(f"AUROC: held-out 0-4 against each set, OOD as the positive class. RUN in {report['run']}")
+        cells = [f"{_percent(row[f'{m}_accuracy']):>8}" for m in ("float", "int8")]
+        cells += [f"{_percent(row[f'{m}_ood_rate']):>8}" for m in ("float", "int8")]
+        cells += ["      -" if row[f"{m}_auroc"] is None else f"{row[f'{m}_auroc']:7.3f}" for m in ("float", "int8")]
+        lines.append(f"{row['set']:<22} {row['n']:>5} " + " ".join(cells))
+    parity = report["parity"]
+    lines.append("AUROC: held-out 0-4 against each set, OOD as the positive class.")
+    identical, same_pred = (
+        _percent(parity["runtime_identical"]).strip(),
+        _percent(parity["runtime_pred_agreement"]).strip(),
+    )
+    lines.append(
+        f"LiteRT vs TFLite Micro on {parity['runtime_samples']} samples: identical int8 outputs on {identical}, "
+        f"same prediction on {same_pred}."
+    )
+    lines.append(f"RUN in {report['run']}, int8 bundle in {report['bundle']}")
     _emit(report, as_json, lines)
 
 

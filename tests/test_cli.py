@@ -35,7 +35,7 @@ def test_help_and_version_do_not_import_tensorflow():
     [
         (["train", "--data", "missing.npz", "--out", "x"], "missing.npz: no such file"),
         (["train", "--out", "x"], "Missing option '--data'"),
-        (["score", "no-such-run", "--data", "digits"], "no such RUN directory"),
+        (["score", "no-such-run", "--data", "digits"], "no such RUN directory or bundle"),
         (["train", "--data", "digits", "--out", "x", "--fpr", "1.5"], "--fpr"),
         (["frobnicate"], "No such command"),
     ],
