@@ -17,6 +17,20 @@ from edgefp import __version__
 from edgefp.errors import EdgefpError
 
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON report.")
+FORCE_OPTION = click.option("--force", is_flag=True, help="Replace --out if it exists.")
+LAYERS_OPTION = click.option(
+    "--layers",
+    default=None,
+    help="Comma-separated layers to fingerprint, 'logits' for the logits "
+    "[default: every layer with a kernel but the output layer].",
+)
+FPR_OPTION = click.option(
+    "--fpr",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.05,
+    show_default=True,
+    help="Target false-positive rate of the OOD threshold.",
+)
 
 
 def _emit(report: dict, as_json: bool, lines: list[str]) -> None:
@@ -56,19 +70,9 @@ TRAIN_EXAMPLE = "Example: edgefp train --data motions.npz:train --out run/ --see
 @click.option("--out", required=True, type=click.Path(), help="RUN directory to create.")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Classifier epochs [default: automatic].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed; the same seed gives the same RUN.")
-@click.option(
-    "--layers",
-    default=None,
-    help="Comma-separated layers to fingerprint [default: every layer with a kernel, and logits].",
-)
-@click.option(
-    "--fpr",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
-    default=0.05,
-    show_default=True,
-    help="Target false-positive rate of the OOD threshold.",
-)
-@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@LAYERS_OPTION
+@FPR_OPTION
+@FORCE_OPTION
 @JSON_OPTION
 def train(data, out, epochs, seed, layers, fpr, force, as_json):
     """Train a TinyML classifier chosen from the data's shape, then fingerprint it.
@@ -88,21 +92,11 @@ def train(data, out, epochs, seed, layers, fpr, force, as_json):
 @click.option("--model", required=True, type=click.Path(), help="Your Keras classifier (.keras).")
 @click.option("--data", required=True, help="In-distribution inputs as the model takes them (labels not needed).")
 @click.option("--out", required=True, type=click.Path(), help="RUN directory to create.")
-@click.option(
-    "--layers",
-    default=None,
-    help="Comma-separated layers to fingerprint [default: every layer with a kernel, and logits].",
-)
-@click.option(
-    "--fpr",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
-    default=0.05,
-    show_default=True,
-    help="Target false-positive rate of the OOD threshold.",
-)
+@LAYERS_OPTION
+@FPR_OPTION
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Autoencoder epochs [default: automatic].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
-@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@FORCE_OPTION
 @JSON_OPTION
 def fingerprint(model, data, out, layers, fpr, epochs, seed, force, as_json):
     """Fingerprint a Keras classifier you already have (NeuralFP)."""
@@ -206,7 +200,7 @@ def score(model, data, out, runtime, as_json):
 @click.option("--out", required=True, type=click.Path(), help="Bundle to write: a directory, or a single FILE.efp.")
 @click.option("--name", default=None, help="Bundle name, C identifier-safe [default: from --out].")
 @click.option("--ood", "ood_spec", default=None, help="Out-of-distribution samples: adds AUROC to the parity report.")
-@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@FORCE_OPTION
 @JSON_OPTION
 def convert(run, calib, out, name, ood_spec, force, as_json):
     """Quantise a RUN to an int8 TFLite bundle, recalibrate its OOD threshold on the int8 model, and

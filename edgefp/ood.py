@@ -44,6 +44,30 @@ def quantiles(values: np.ndarray) -> list[float]:
 
 
 @dataclass
+class Calibration:
+    """What held-out in-distribution errors (N, L) say: per-layer log-error statistics and error
+    quantiles, and the threshold at the target false-positive rate with the scores' quantiles."""
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    error_quantiles: list[list[float]]
+    threshold: float
+    score_quantiles: list[float]
+
+
+def calibrate(holdout_errors: np.ndarray, fpr: float) -> Calibration:
+    mu, sigma = log_error_stats(holdout_errors)
+    scores = ood_score(holdout_errors, mu, sigma)
+    return Calibration(
+        mu=mu,
+        sigma=sigma,
+        error_quantiles=[quantiles(column) for column in np.asarray(holdout_errors).T],
+        threshold=threshold_at_fpr(scores, fpr),
+        score_quantiles=quantiles(scores),
+    )
+
+
+@dataclass
 class Scores:
     """The score file of the contract: one row per sample."""
 

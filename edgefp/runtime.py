@@ -21,7 +21,8 @@ RUNTIMES = ("litert", "tflm", "edgetpu")
 EDGETPU_LIBRARY = {"linux": "libedgetpu.so.1", "darwin": "libedgetpu.1.dylib", "win32": "edgetpu.dll"}
 
 
-def _litert_module():
+def litert_module():
+    """The LiteRT interpreter module: ai_edge_litert, else tflite_runtime, else tensorflow.lite."""
     try:
         from ai_edge_litert import interpreter
     except ImportError:
@@ -41,7 +42,7 @@ class LiteRT:
     name = "litert"
 
     def __init__(self, model_bytes: bytes, *, edgetpu: bool = False):
-        module = _litert_module()
+        module = litert_module()
         delegates = []
         if edgetpu:
             library = EDGETPU_LIBRARY.get(sys.platform, "libedgetpu.so.1")

@@ -13,7 +13,7 @@ import numpy as np
 from edgefp import __version__, data, metrics, ood, shifts
 from edgefp.bundle import MODEL, SCHEMA, SCHEMA_VERSION, Bundle, sha256
 from edgefp.errors import EdgefpError
-from edgefp.runtime import LiteRT, TFLiteMicro, captured_output, tflm_arena_bytes
+from edgefp.runtime import LiteRT, TFLiteMicro, captured_output, litert_module, tflm_arena_bytes
 from edgefp.trainer.fingerprint import NeuralFingerprint, read_fingerprint_json, sha256_file
 
 MIN_CALIB = 20
@@ -60,11 +60,10 @@ def quantize(fingerprint: NeuralFingerprint, calib: np.ndarray, seed: int = 0) -
             raise EdgefpError(f"TensorFlow Lite could not convert the model to int8: {detail[0].strip()}") from None
 
 
-def _output_specs(model_bytes: bytes) -> dict:
-    """Index, shape and quantisation of the probs and layer_errors outputs, from the model's signature."""
-    from edgefp.runtime import _litert_module
-
-    interpreter = _litert_module().Interpreter(model_content=model_bytes)
+def _io_specs(model_bytes: bytes) -> tuple[dict, tuple[float, int]]:
+    """Index, shape and quantisation of the probs and layer-error outputs (from the model's signature,
+    which keeps the Keras output order), and the input's (scale, zero point)."""
+    interpreter = litert_module().Interpreter(model_content=model_bytes)
     order = [detail["index"] for detail in interpreter.get_output_details()]
     details = {detail["index"]: detail for detail in interpreter.get_output_details()}
     signature = next(iter(interpreter._get_full_signature_list().values()))["outputs"]
@@ -94,7 +93,7 @@ def convert(run_dir: str, calib: data.Dataset, out: str, *, name=None, ood_data=
         raise EdgefpError(f"{calib.name}: {len(calib_x)} calibration samples; give at least {MIN_CALIB}")
     model_bytes = quantize(fingerprint, calib_x)
     TFLiteMicro(model_bytes)  # refuses, naming the operator, a model a microcontroller could not run
-    outputs, (input_scale, input_zero_point) = _output_specs(model_bytes)
+    outputs, (input_scale, input_zero_point) = _io_specs(model_bytes)
     meta = read_fingerprint_json(run_dir)
     manifest = {
         "schema": SCHEMA,
@@ -124,32 +123,28 @@ def convert(run_dir: str, calib: data.Dataset, out: str, *, name=None, ood_data=
         "files": {MODEL: {"sha256": sha256(model_bytes), "bytes": len(model_bytes)}},
     }
     bundle = Bundle(manifest, {MODEL: model_bytes})
-    holdout_errors = recalibrate(bundle, fingerprint.holdout_x_, fingerprint.fpr)
-    manifest["parity"] = parity(fingerprint, bundle, calib, ood_data, holdout_errors)
+    recalibrate(bundle, fingerprint.holdout_x_, fingerprint.fpr)
+    manifest["parity"] = parity(fingerprint, bundle, calib, ood_data)
     bundle.write(out, force=force)
     return manifest
 
 
-def recalibrate(bundle: Bundle, holdout_x: np.ndarray, fpr: float) -> np.ndarray:
+def recalibrate(bundle: Bundle, holdout_x: np.ndarray, fpr: float) -> None:
     """Fingerprint statistics and threshold from the int8 model's own errors on held-out data."""
     _, errors = bundle.dequantize(*bundle.invoke_all(LiteRT(bundle.model_bytes), bundle.quantize(holdout_x)))
-    mu, sigma = ood.log_error_stats(errors)
+    calibration = ood.calibrate(errors, fpr)
     for j, layer in enumerate(bundle.manifest["layers"]):
         layer.update(
-            log_error_mean=float(mu[j]),
-            log_error_std=float(sigma[j]),
-            holdout_error_quantiles=ood.quantiles(errors[:, j]),
+            log_error_mean=float(calibration.mu[j]),
+            log_error_std=float(calibration.sigma[j]),
+            holdout_error_quantiles=calibration.error_quantiles[j],
         )
-    scores = ood.ood_score(errors, mu, sigma)
     bundle.manifest["score"].update(
-        threshold=ood.threshold_at_fpr(scores, fpr),
-        holdout_quantiles=ood.quantiles(scores),
-        n_holdout=len(holdout_x),
+        threshold=calibration.threshold, holdout_quantiles=calibration.score_quantiles, n_holdout=len(holdout_x)
     )
-    return errors
 
 
-def parity(fingerprint, bundle: Bundle, calib: data.Dataset, ood_data, holdout_errors) -> dict:
+def parity(fingerprint, bundle: Bundle, calib: data.Dataset, ood_data) -> dict:
     """Float vs int8 and LiteRT vs TFLite Micro on the same inputs."""
     holdout = fingerprint.holdout_x_
     report = {"n_holdout": len(holdout)}
@@ -176,7 +171,7 @@ def parity(fingerprint, bundle: Bundle, calib: data.Dataset, ood_data, holdout_e
     report["verdict_agreement"] = float(np.mean(verdicts))
     # An error at the top of the int8 range on every layer must still be flagged: saturation never hides OOD.
     top = bundle.decide(
-        np.zeros((1, len(bundle.label_values)), np.int8), np.full((1, len(holdout_errors[0])), 127, np.int8)
+        np.zeros((1, len(bundle.label_values)), np.int8), np.full((1, len(bundle.manifest["layers"])), 127, np.int8)
     )
     report["saturated_score"] = float(top.ood_score[0])
     report["saturated_is_ood"] = bool(top.is_ood[0])

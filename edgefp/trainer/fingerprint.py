@@ -100,7 +100,7 @@ class NeuralFingerprint:
     >>> scores = fp.score(x_new)          # pred, probs, ood_score, is_ood, layer_errors
     >>> fp.save("run/"); fp = NeuralFingerprint.load("run/")
 
-    Parameters: ``layers`` to fingerprint (default: every layer with a kernel, and the logits),
+    Parameters: ``layers`` to fingerprint (default: every layer with a kernel but the output layer),
     target false-positive rate ``fpr`` on held-out in-distribution data, the ``holdout`` share used
     to calibrate when no held-out set is given, ``max_features`` per layer after average pooling,
     ``budget`` for the autoencoders' parameters as a share of the classifier's, ``epochs`` for the
@@ -183,15 +183,13 @@ class NeuralFingerprint:
         self._train_autoencoders(features, fit_probs)
         self._build_monitor()
         fit_errors = self._errors(x)
-        holdout_errors = self._errors(x_holdout)
-        mu, sigma = ood.log_error_stats(holdout_errors)
+        calibration = ood.calibrate(self._errors(x_holdout), self.fpr)
         for j, layer in enumerate(self.layers_):
-            layer.log_error_mean, layer.log_error_std = float(mu[j]), float(sigma[j])
-            layer.holdout_error_quantiles = ood.quantiles(holdout_errors[:, j])
+            layer.log_error_mean, layer.log_error_std = float(calibration.mu[j]), float(calibration.sigma[j])
+            layer.holdout_error_quantiles = calibration.error_quantiles[j]
             layer.fit_error_quantiles = ood.quantiles(fit_errors[:, j])
-        holdout_scores = ood.ood_score(holdout_errors, mu, sigma)
-        self.threshold_ = ood.threshold_at_fpr(holdout_scores, self.fpr)
-        self.holdout_score_quantiles_ = ood.quantiles(holdout_scores)
+        self.threshold_ = calibration.threshold
+        self.holdout_score_quantiles_ = calibration.score_quantiles
         self.n_fit_, self.n_holdout_ = len(x), len(x_holdout)
         self.fit_seconds_ = time.monotonic() - started
         return self
