@@ -25,7 +25,8 @@ test: lint
 	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
 
 bench: setup
-	$(BIN)/python benchmarks/ood_quality.py
+	$(BIN)/python -m benchmarks.ood_quality
+	$(BIN)/python -m benchmarks.int8
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .ruff_cache

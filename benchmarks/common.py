@@ -36,11 +36,13 @@ def environment() -> dict:
 
 
 def save(name: str, results: dict, markdown: str) -> None:
-    """Write ``results/NAME.json`` (with the environment) and ``results/NAME.md``, and print the table."""
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, f"{name}.json"), "w") as handle:
+    """Write ``NAME.json`` (with the environment) and ``NAME.md`` into ``results/`` (or the folder
+    ``EDGEFP_BENCH_RESULTS`` names), and print the table."""
+    folder = os.environ.get("EDGEFP_BENCH_RESULTS", RESULTS)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, f"{name}.json"), "w") as handle:
         json.dump({"environment": environment(), **results}, handle, indent=1)
-    with open(os.path.join(RESULTS, f"{name}.md"), "w") as handle:
+    with open(os.path.join(folder, f"{name}.md"), "w") as handle:
         handle.write(markdown)
     print(markdown)
-    print(f"saved {os.path.join(RESULTS, name)}.json and .md")
+    print(f"saved {os.path.join(folder, name)}.json and .md")
