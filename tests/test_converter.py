@@ -178,3 +178,16 @@ def test_edgetpu_falls_back_to_the_cpu_with_a_message(digits_bundle, capfd):
     assert interpreter.name in ("edgetpu", "litert")
     if interpreter.name == "litert":
         assert "Edge TPU delegate unavailable" in capfd.readouterr().err
+
+
+def test_an_operator_tflite_micro_lacks_is_named():
+    import tensorflow as tf
+
+    from edgefp.runtime import TFLiteMicro, captured_output
+
+    atan2 = tf.function(lambda x: tf.math.atan2(x, x + 1.0), input_signature=[tf.TensorSpec([1, 8], tf.float32)])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([atan2.get_concrete_function()], atan2)
+    with captured_output():
+        model = converter.convert()
+    with pytest.raises(EdgefpError, match="TFLite Micro cannot run the model: .*'ATAN2'"):
+        TFLiteMicro(model)
