@@ -174,10 +174,14 @@ def stratified_split(y: np.ndarray | None, fraction: float, seed: int, n: int | 
 
 
 def standardizer(x: np.ndarray) -> dict:
-    """Per-channel standardisation fitted on ``x``, as stored with a model (channels last)."""
+    """Per-channel standardisation fitted on ``x``, as stored with a model (channels last).
+
+    A channel that barely varies (a border pixel always 0) keeps a tenth of the average spread, so
+    that an unusual value there stays a large number rather than an astronomical one."""
     axes = tuple(range(x.ndim - 1))
     std = x.std(axis=axes)
-    return {"type": "standardize", "mean": x.mean(axis=axes).tolist(), "std": np.maximum(std, 1e-6).tolist()}
+    floor = 0.1 * std.mean() if std.mean() > 0 else 1.0
+    return {"type": "standardize", "mean": x.mean(axis=axes).tolist(), "std": np.maximum(std, floor).tolist()}
 
 
 def apply_preprocessing(x: np.ndarray, preprocessing: dict) -> np.ndarray:

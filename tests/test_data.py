@@ -89,3 +89,11 @@ def test_every_shift_keeps_shape_and_changes_the_data(shape, kind):
 def test_unknown_shift_is_refused():
     with pytest.raises(EdgefpError, match="unknown shift"):
         shifts.apply(np.zeros((2, 3, 1)), "melt")
+
+
+def test_standardizer_floors_constant_channels():
+    x = np.stack([np.zeros(50), np.random.default_rng(0).normal(3.0, 2.0, 50)], axis=1).astype(np.float32)
+    spec = data.standardizer(x)
+    assert spec["std"][0] == pytest.approx(0.1 * np.mean([0.0, x[:, 1].std()]), rel=1e-5)
+    shifted = data.apply_preprocessing(np.array([[1.0, 3.0]], np.float32), spec)
+    assert abs(shifted[0, 0]) < 100 and abs(shifted[0, 1]) < 1
