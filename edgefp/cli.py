@@ -7,6 +7,7 @@ status 2; ``--debug`` shows the traceback instead.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -285,6 +286,109 @@ def export_c_command(bundle, out, as_json):
     loaded = Bundle.load(bundle)
     written = export_c(loaded.manifest, loaded.model_bytes, out)
     _emit({"bundle": bundle, "files": written}, as_json, [f"wrote {path}" for path in written])
+
+
+class _DefaultCommandGroup(click.Group):
+    """A group whose first argument may skip the subcommand: ``edgefp bench BUNDLE`` runs ``bench run``."""
+
+    default_command = "run"
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
+
+
+@cli.group(cls=_DefaultCommandGroup)
+def bench():
+    """Time a bundle (edgefp bench BUNDLE), or compare two results (edgefp bench compare A.json B.json)."""
+
+
+@bench.command("run", epilog="Example: edgefp bench digits04/ --runtime tflm -n 500 --out tflm.json")
+@click.argument("bundle", type=click.Path())
+@RUNTIME_OPTION
+@click.option("-n", "--runs", type=click.IntRange(1), default=200, show_default=True, help="Timed invokes.")
+@click.option("--warmup", type=click.IntRange(0), default=20, show_default=True, help="Untimed invokes first.")
+@click.option("--out", default=None, type=click.Path(), help="Write the result (JSON) here.")
+@JSON_OPTION
+def bench_run(bundle, runtime, runs, warmup, out, as_json):
+    """Time a bundle's model on this machine: start-up, first inference, latency percentiles, throughput."""
+    from edgefp import bench as benchmarks
+    from edgefp.bundle import Bundle
+
+    result = benchmarks.bench_bundle(Bundle.load(bundle), runtime, runs=runs, warmup=warmup)
+    if out:
+        with open(out, "w") as handle:
+            json.dump(result, handle, indent=1)
+    latency = result["latency_us"]
+    lines = [
+        f"{result['target']['label']}: {runs} runs after {warmup} warm-ups",
+        f"  start-up {result['init_ms']:.1f} ms, first inference {result['first_inference_us']:.0f} us",
+        f"  latency mean {latency['mean']:.1f} us (std {latency['std']:.1f}), p50 {latency['p50']:.1f}, "
+        f"p90 {latency['p90']:.1f}, p99 {latency['p99']:.1f}; {result['throughput_per_s']:.0f} inferences/s",
+    ]
+    if out:
+        lines.append(f"  wrote {out}")
+    _emit({key: value for key, value in result.items() if key != "samples_us"}, as_json, lines)
+
+
+@bench.command("compare", epilog="Example: edgefp bench compare litert.json tflm.json")
+@click.argument("first", type=click.Path())
+@click.argument("second", type=click.Path())
+@JSON_OPTION
+def bench_compare(first, second, as_json):
+    """Put two bench results side by side, with B/A ratios (for regressions between runtimes, boards
+    or versions)."""
+    from edgefp import bench as benchmarks
+
+    a, b = benchmarks.load(first), benchmarks.load(second)
+    rows = benchmarks.compare(a, b)
+    lines = [f"A: {a['target']['label']}", f"B: {b['target']['label']}", f"{'':22} {'A':>12} {'B':>12} {'B/A':>8}"]
+    for row in rows:
+        ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}x"
+        mark = {True: "  better", False: "  worse", None: ""}[row["b_better"]]
+        lines.append(f"{row['metric']:22} {row['a']:12.1f} {row['b']:12.1f} {ratio:>8}{mark}")
+    _emit({"a": a["target"], "b": b["target"], "rows": rows}, as_json, lines)
+
+
+@cli.command(epilog="Example: edgefp report digits04/ --data digits:test:0-4 --ood digits:test:5-9 --out report/")
+@click.argument("bundle", type=click.Path())
+@click.option("--data", required=True, help="In-distribution data (labels add a confusion matrix).")
+@click.option("--ood", "ood_specs", multiple=True, help="Out-of-distribution data; repeat for several sets.")
+@click.option("--bench", "bench_files", multiple=True, type=click.Path(), help="Bench result (JSON); repeatable.")
+@click.option("--board", default=None, help="Board whose flash and RAM budget the bundle is drawn against.")
+@RUNTIME_OPTION
+@click.option("--out", required=True, type=click.Path(), help="Directory for index.html and its figures.")
+@JSON_OPTION
+def report(bundle, data, ood_specs, bench_files, board, runtime, out, as_json):
+    """Write a self-contained HTML report: the fingerprint, ROC curves, confusion matrix, latency
+    histograms and the bundle's sizes against a board's budget."""
+    from edgefp import bench as benchmarks
+    from edgefp.bundle import Bundle
+    from edgefp.data import load
+    from edgefp.firmware_host.boards import fit_problems, get_board
+    from edgefp.report import build_report
+
+    loaded = Bundle.load(bundle)
+    target = get_board(board) if board else None
+    page = build_report(
+        loaded,
+        load(data),
+        [load(spec) for spec in ood_specs],
+        [benchmarks.load(path) for path in bench_files],
+        None if target is None else dataclasses.asdict(target),
+        out,
+        runtime=runtime,
+    )
+    lines = [f"wrote {page}"]
+    problems = (
+        []
+        if target is None
+        else fit_problems(target, loaded.manifest["flash_bytes"], loaded.manifest["tflm_arena_bytes"])
+    )
+    if target is not None:
+        lines.append(f"  {target.name}: " + ("; ".join(problems) if problems else "the bundle fits"))
+    _emit({"report": page, "board": board, "fit_problems": problems}, as_json, lines)
 
 
 def summarize_scores(scores, y, label_values) -> dict:
