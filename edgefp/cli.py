@@ -440,7 +440,9 @@ def demo(out, seed, as_json):
         f"LiteRT vs TFLite Micro on {parity['runtime_samples']} samples: identical int8 outputs on {identical}, "
         f"same prediction on {same_pred}."
     )
+    lines.append(f"TFLite Micro on this machine: {report['tflm_latency_us']:.0f} us per inference (median)")
     lines.append(f"RUN in {report['run']}, int8 bundle in {report['bundle']}")
+    lines.append(f"report: {report['report']}")
     _emit(report, as_json, lines)
 
 

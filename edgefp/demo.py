@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from edgefp import data, metrics, shifts
@@ -9,25 +10,33 @@ from edgefp import data, metrics, shifts
 ID_CLASSES = "0-4"
 UNSEEN_CLASSES = "5-9"
 CORRUPTIONS = ("gaussian", "invert", "blur", "stuck")
+REPORT_BOARD = "nrf52840"
 
 
 def run_demo(out: str, *, seed: int = 0, progress: bool = True) -> dict:
     """Train on digits 0-4 and fingerprint; convert to an int8 bundle; score held-out 0-4, unseen 5-9
-    and corrupted 0-4 with both.
+    and corrupted 0-4 with both; time the bundle on TFLite Micro and write the HTML report.
 
-    Writes the RUN, the bundle and one score file per set and model under ``out``; returns a table
-    of accuracy, share flagged OOD and AUROC against the held-out 0-4, float and int8 side by side.
+    Writes the RUN, the bundle, one score file per set and model, the bench result and the report
+    under ``out``; returns a table of accuracy, share flagged OOD and AUROC against the held-out 0-4,
+    float and int8 side by side.
     """
+    import json
+
+    from edgefp.bench import bench_bundle
     from edgefp.bundle import Bundle
     from edgefp.cli import summarize_scores
     from edgefp.converter.convert import convert
+    from edgefp.firmware_host.boards import get_board
+    from edgefp.report import build_report
     from edgefp.trainer import train
 
     run_dir, bundle_dir = os.path.join(out, "run"), os.path.join(out, "bundle")
     fingerprint = train(data.load(f"digits:train:{ID_CLASSES}"), seed=seed, progress=progress)
     fingerprint.save(run_dir, force=True)
     unseen = data.load(f"digits:test:{UNSEEN_CLASSES}")
-    manifest = convert(run_dir, data.load(f"digits:train:{ID_CLASSES}"), bundle_dir, ood_data=unseen, force=True)
+    calib = data.load(f"digits:train:{ID_CLASSES}")
+    manifest = convert(run_dir, calib, bundle_dir, name="digits_0_4", ood_data=unseen, force=True)
     bundle = Bundle.load(bundle_dir)
     held_out = data.load(f"digits:test:{ID_CLASSES}")
     sets = [("held-out 0-4", held_out), ("unseen digits 5-9", unseen)]
@@ -47,4 +56,18 @@ def run_demo(out: str, *, seed: int = 0, progress: bool = True) -> dict:
             row.update({"n": summary["n"], f"{model}_accuracy": summary["accuracy"]})
             row.update({f"{model}_ood_rate": summary["ood_rate"], f"{model}_auroc": auroc})
         rows.append(row)
-    return {"run": run_dir, "bundle": bundle_dir, "seed": seed, "parity": manifest["parity"], "rows": rows}
+    timing = bench_bundle(bundle, "tflm", runs=200, warmup=20)
+    with open(os.path.join(out, "bench_tflm.json"), "w") as handle:
+        json.dump(timing, handle, indent=1)
+    board = dataclasses.asdict(get_board(REPORT_BOARD))
+    ood_sets = [dataset for _, dataset in sets[1:]]
+    page = build_report(bundle, held_out, ood_sets, [timing], board, os.path.join(out, "report"))
+    return {
+        "run": run_dir,
+        "bundle": bundle_dir,
+        "report": page,
+        "seed": seed,
+        "parity": manifest["parity"],
+        "tflm_latency_us": timing["latency_us"]["p50"],
+        "rows": rows,
+    }
