@@ -184,7 +184,7 @@ def score(model, data, out, runtime, as_json):
         scores, labels, threshold = bundle.score(dataset.x, runtime), bundle.label_values, bundle.threshold
     if out:
         scores.save(out)
-    report = summarize_scores(scores, dataset.y, labels)
+    report = scores.summary(dataset.y, labels)
     report.update({"data": data, "model": model, "runtime": runtime, "threshold": threshold, "out": out})
     lines = [f"{report['n']} samples from {data} ({runtime})"]
     if report["accuracy"] is not None:
@@ -391,22 +391,6 @@ def report(bundle, data, ood_specs, bench_files, board, runtime, out, as_json):
     _emit({"report": page, "board": board, "fit_problems": problems}, as_json, lines)
 
 
-def summarize_scores(scores, y, label_values) -> dict:
-    """Sample count, accuracy on samples of known classes (when labelled) and the share flagged OOD."""
-    import numpy as np
-
-    known = None if y is None else np.isin(y, label_values)
-    accuracy = None
-    if known is not None and known.any():
-        accuracy = float(np.mean(scores.pred[known] == y[known]))
-    return {
-        "n": int(len(scores.pred)),
-        "n_known": None if known is None else int(known.sum()),
-        "accuracy": accuracy,
-        "ood_rate": float(np.mean(scores.is_ood)),
-    }
-
-
 @cli.command(epilog="Example: edgefp demo --out demo-out/")
 @click.option(
     "--out", default="demo-out", show_default=True, type=click.Path(), help="Directory for everything the demo writes."
@@ -459,6 +443,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except click.ClickException as exc:
         click.echo(f"edgefp: error: {exc.format_message()}", err=True)
+        sys.exit(2)
+    except OSError as exc:
+        if debug:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        click.echo(f"edgefp: error: {where}{exc.strerror or exc}", err=True)
         sys.exit(2)
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("edgefp: interrupted", err=True)

@@ -25,7 +25,6 @@ def run_demo(out: str, *, seed: int = 0, progress: bool = True) -> dict:
 
     from edgefp.bench import bench_bundle
     from edgefp.bundle import Bundle
-    from edgefp.cli import summarize_scores
     from edgefp.converter.convert import convert
     from edgefp.firmware_host.boards import get_board
     from edgefp.report import build_report
@@ -51,7 +50,7 @@ def run_demo(out: str, *, seed: int = 0, progress: bool = True) -> dict:
             scores = score(dataset.x)
             scores.save(os.path.join(out, f"scores_{model}_{name.replace(' ', '_')}.npz"))
             id_scores.setdefault(model, scores.ood_score)
-            summary = summarize_scores(scores, dataset.y, fingerprint.label_values_)
+            summary = scores.summary(dataset.y, fingerprint.label_values_)
             auroc = None if dataset is held_out else metrics.auroc(id_scores[model], scores.ood_score)
             row.update({"n": summary["n"], f"{model}_accuracy": summary["accuracy"]})
             row.update({f"{model}_ood_rate": summary["ood_rate"], f"{model}_auroc": auroc})

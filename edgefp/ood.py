@@ -88,6 +88,17 @@ class Scores:
                 layer_errors=np.asarray(self.layer_errors, dtype=np.float32),
             )
 
+    def summary(self, y: np.ndarray | None, label_values: np.ndarray) -> dict:
+        """Sample count, accuracy on the samples of the model's classes (when labelled), share flagged OOD."""
+        known = None if y is None else np.isin(y, label_values)
+        accuracy = float(np.mean(self.pred[known] == y[known])) if known is not None and known.any() else None
+        return {
+            "n": int(len(self.pred)),
+            "n_known": None if known is None else int(known.sum()),
+            "accuracy": accuracy,
+            "ood_rate": float(np.mean(self.is_ood)),
+        }
+
     @classmethod
     def load(cls, path: str) -> Scores:
         with np.load(path) as npz:

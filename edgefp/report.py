@@ -117,11 +117,11 @@ def _header(manifest: dict, runtime: str) -> str:
 def _summary(bundle, sets: list) -> str:
     rows = []
     for i, (ds, scores) in enumerate(sets):
-        known = np.zeros(len(ds), bool) if ds.y is None else np.isin(ds.y, bundle.label_values)
-        accuracy = f"{np.mean(scores.pred[known] == ds.y[known]):.1%}" if known.any() else "—"
+        summary = scores.summary(ds.y, bundle.label_values)
+        accuracy = "—" if summary["accuracy"] is None else f"{summary['accuracy']:.1%}"
         auroc = f"{metrics.auroc(sets[0][1].ood_score, scores.ood_score):.3f}" if i else "—"
         rows.append(
-            [ds.name, "OOD" if i else "in-distribution", len(ds), accuracy, f"{np.mean(scores.is_ood):.1%}", auroc]
+            [ds.name, "OOD" if i else "in-distribution", len(ds), accuracy, f"{summary['ood_rate']:.1%}", auroc]
         )
     head = ["data", "role", "samples", "accuracy", "flagged OOD", "AUROC vs in-distribution"]
     return f"<h2>Summary</h2>{_table(head, rows)}"

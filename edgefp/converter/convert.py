@@ -149,11 +149,10 @@ def parity(fingerprint, bundle: Bundle, calib: data.Dataset, ood_data) -> dict:
     holdout = fingerprint.holdout_x_
     report = {"n_holdout": len(holdout)}
     float_holdout, int8_holdout = fingerprint.score(holdout), bundle.score(holdout)
-    if calib.y is not None and np.isin(calib.y, bundle.label_values).any():
-        known = np.isin(calib.y, bundle.label_values)
-        x, y = calib.x[known], calib.y[known]
-        report["float_accuracy"] = float(np.mean(fingerprint.score(x).pred == y))
-        report["int8_accuracy"] = float(np.mean(bundle.score(x).pred == y))
+    int8_accuracy = bundle.score(calib.x).summary(calib.y, bundle.label_values)["accuracy"]
+    if int8_accuracy is not None:
+        report["float_accuracy"] = fingerprint.score(calib.x).summary(calib.y, bundle.label_values)["accuracy"]
+        report["int8_accuracy"] = int8_accuracy
     verdicts = [np.mean(float_holdout.is_ood == int8_holdout.is_ood)]
     report["float_id_flagged"] = float(np.mean(float_holdout.is_ood))
     report["int8_id_flagged"] = float(np.mean(int8_holdout.is_ood))
