@@ -1,0 +1,338 @@
+"""The host side of the device protocol: a Device that sends requests and gets answers (sequence numbers,
+timeouts, retries), and the operations built on it (info, flash, infer, bench, counters, pull_ood).
+
+Layered like esptool: framing -> :class:`Device` (``ESPLoader.command``) -> operations (``cmds.py``),
+which take an open Device so that tests and scripts can inject one.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import hmac
+import io
+import json
+import random
+import struct
+import tarfile
+import time
+from dataclasses import asdict
+
+import numpy as np
+
+from edgefp import bench as bench_mod
+from edgefp.bundle import MANIFEST, Bundle
+from edgefp.errors import EdgefpError
+from edgefp.firmware_host import protocol
+from edgefp.firmware_host.framing import DELIMITER, MIN_FRAME, OVERHEAD, Frame, FrameReader, encode_frame
+from edgefp.firmware_host.protocol import RESPONSE, Err, Msg, SlotState
+from edgefp.firmware_host.transport import read_some
+
+SLOW_TIMEOUT = 30.0  # verifying an upload, activating it, benchmarking
+EVENTS_KEPT = 10000
+
+
+class DeviceError(EdgefpError):
+    """The device answered a request with ERROR; ``code`` is its :class:`protocol.Err` code."""
+
+    def __init__(self, code: int, request_type: int, message: str):
+        self.code = code
+        super().__init__(f"device refused {protocol.type_name(request_type)}: {protocol.error_name(code)}: {message}")
+
+
+class Device:
+    """An open link to a device: ``request(type, body)`` returns the response body or raises.
+
+    Each new request gets the next sequence number; when no answer comes within ``timeout`` seconds
+    the same frame is sent again, up to ``retries`` times, and up to ``retries`` more times at once
+    when the device reports a damaged frame (it replays its answer to a duplicate). Events that
+    arrive meanwhile are kept for :meth:`read_event`.
+    """
+
+    def __init__(self, port, *, url: str = "<port>", timeout: float = 1.0, retries: int = 5):
+        self.port, self.url, self.timeout, self.retries = port, url, timeout, retries
+        port.timeout = 0
+        self.reader = FrameReader()
+        self.max_frame = MIN_FRAME
+        self.info: protocol.Hello | None = None
+        self.seq = random.randrange(1, 0x10000)
+        self.bytes_sent = self.bytes_received = self.resent = 0
+        self._frames: collections.deque[Frame] = collections.deque()
+        self._events: collections.deque[protocol.Event] = collections.deque(maxlen=EVENTS_KEPT)
+        self._manifest: tuple[bytes, dict] | None = None
+
+    def __enter__(self) -> Device:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.port.close()
+
+    def request(self, type_: int, body: bytes = b"", *, timeout: float | None = None) -> bytes:
+        if len(body) + OVERHEAD > self.max_frame:
+            raise EdgefpError(f"{protocol.type_name(type_)} of {len(body)} bytes exceeds the device's frame size")
+        self.seq = self.seq % 0xFFFF + 1
+        wire = DELIMITER + encode_frame(type_, self.seq, body)
+        timeouts = notices = 0
+        while True:
+            self._write(wire)
+            deadline = time.monotonic() + (timeout or self.timeout)
+            reply = self._await(self.seq, deadline)
+            while reply is False and notices >= self.retries:  # enough resends for damaged frames: just wait
+                reply = self._await(self.seq, deadline)
+            if isinstance(reply, Frame):
+                break
+            if reply is False:  # the device dropped a damaged frame: resend at once
+                notices += 1
+            elif timeouts < self.retries:
+                timeouts += 1
+            else:
+                raise EdgefpError(
+                    f"{self.url}: no answer to {protocol.type_name(type_)} after {timeouts + notices + 1} tries; "
+                    "is the device connected and running edgefp?"
+                )
+            self.resent += 1
+        if reply.type == Msg.ERROR:
+            code, request_type, message = protocol.unpack_error(reply.body)
+            raise DeviceError(code, request_type, message)
+        if reply.type != type_ | RESPONSE:
+            raise EdgefpError(f"{self.url}: the device answered {protocol.type_name(type_)} with type {reply.type}")
+        return reply.body
+
+    def read_event(self, timeout: float) -> protocol.Event | None:
+        """The next event (after :func:`subscribe`), or None when none comes within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        self._sort(None)
+        while not self._events and time.monotonic() < deadline:
+            self._receive(deadline)
+            self._sort(None)
+        return self._events.popleft() if self._events else None
+
+    def _await(self, seq: int, deadline: float) -> Frame | bool | None:
+        """The answer to ``seq``; False when the device reports a damaged frame, None at the deadline."""
+        while True:
+            reply = self._sort(seq)
+            if reply is not None or time.monotonic() >= deadline:
+                return reply
+            self._receive(deadline)
+
+    def _sort(self, seq: int | None) -> Frame | bool | None:
+        """Move received events aside; return the answer to ``seq`` if in, False on a BAD_FRAME notice."""
+        while self._frames:
+            frame = self._frames.popleft()
+            if frame.seq == 0 and frame.type == Msg.EVENT:
+                try:
+                    self._events.append(protocol.Event.unpack(frame.body))
+                except protocol.BodyError:
+                    pass
+            elif frame.seq == 0 and frame.type == Msg.ERROR and frame.body[:1] == bytes([Err.BAD_FRAME]):
+                if seq is not None:
+                    return False
+            elif frame.seq == seq and seq is not None:
+                return frame
+        return None
+
+    def _receive(self, deadline: float) -> None:
+        try:
+            data = read_some(self.port, max(0.0, deadline - time.monotonic()))
+        except OSError as exc:
+            raise EdgefpError(f"{self.url}: the link dropped ({exc}); check the cable or the device") from None
+        self.bytes_received += len(data)
+        self._frames.extend(item for item in self.reader.feed(data) if isinstance(item, Frame))
+
+    def _write(self, data: bytes) -> None:
+        try:
+            self.port.write(data)
+        except OSError as exc:
+            raise EdgefpError(f"{self.url}: the link dropped ({exc}); check the cable or the device") from None
+        self.bytes_sent += len(data)
+
+
+def open_device(url: str, *, timeout: float = 1.0, retries: int = 5, key: bytes | None = None, baudrate=115200):
+    """Open a device by URL (a serial port, ``socket://host:port``, a pty path) and shake hands."""
+    import serial
+
+    try:
+        port = serial.serial_for_url(url, baudrate=baudrate, timeout=0)
+    except (serial.SerialException, ValueError) as exc:
+        text = str(exc)
+        if "Permission denied" in text:
+            hint = "add yourself to the dialout group (sudo usermod -aG dialout $USER) and log in again"
+        elif "No such file" in text or "could not open" in text:
+            hint = "check the port with 'edgefp devices'"
+        else:
+            hint = "check the URL (a serial port, socket://HOST:PORT or a pty path)"
+        raise EdgefpError(f"cannot open {url}: {text}; {hint}") from None
+    device = Device(port, url=url, timeout=timeout, retries=retries)
+    try:
+        handshake(device, key)
+    except BaseException:
+        device.close()
+        raise
+    return device
+
+
+def handshake(device: Device, key: bytes | None = None) -> protocol.Hello:
+    """HELLO (refusing another protocol version), then AUTH when the device asks for it."""
+    info = hello(device)
+    if info.version != protocol.VERSION:
+        raise EdgefpError(
+            f"{device.url}: the device speaks protocol v{info.version}, this edgefp v{protocol.VERSION}; "
+            "update the one that is older"
+        )
+    if info.auth_required:
+        if key is None:
+            raise EdgefpError(f"{device.url}: the device requires a shared key; pass the key it was started with")
+        device.request(Msg.AUTH, hmac.new(key, info.challenge, hashlib.sha256).digest())
+    return info
+
+
+def hello(device: Device) -> protocol.Hello:
+    info = protocol.Hello.unpack(device.request(Msg.HELLO, struct.pack("<H", protocol.VERSION)))
+    device.info, device.max_frame = info, info.max_frame
+    return info
+
+
+def info(device: Device) -> dict:
+    """What the device is and holds (HELLO), as JSON-ready data."""
+    return {"url": device.url, **hello(device).to_dict()}
+
+
+def manifest(device: Device) -> dict:
+    """The active bundle's manifest, read in pieces (kept until the active bundle changes)."""
+    active = (device.info or hello(device)).active
+    if active is None:
+        raise EdgefpError(f"{device.url}: no bundle on the device; flash one with 'edgefp flash BUNDLE'")
+    if device._manifest and device._manifest[0] == active.sha256:
+        return device._manifest[1]
+    content, total = b"", None
+    while total is None or len(content) < total:
+        total, piece = protocol.unpack_offset_data(device.request(Msg.MANIFEST, struct.pack("<I", len(content))))
+        if not piece and len(content) < total:
+            raise EdgefpError(f"{device.url}: the device sent an empty piece of its manifest")
+        content += piece
+    device._manifest = (active.sha256, json.loads(content))
+    return device._manifest[1]
+
+
+def archive_name(archive: bytes) -> str:
+    """The bundle name inside ``.efp`` archive bytes (a quick look; the device verifies everything)."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            return json.load(tar.extractfile(MANIFEST))["name"]
+    except (tarfile.TarError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise EdgefpError(f"not a bundle archive ({exc}); write one with 'edgefp convert ... --out NAME.efp'") from None
+
+
+def flash(device: Device, archive: bytes, progress=None) -> dict:
+    """Upload ``.efp`` archive bytes in chunks, have the device verify them, and activate them.
+
+    Skipped when the device already runs that bundle; only activated when a slot holds it verified.
+    ``progress(done, total)`` is called after each chunk.
+    """
+    sha, name = hashlib.sha256(archive).digest(), archive_name(archive)
+    start, sent, received = time.monotonic(), device.bytes_sent, device.bytes_received
+    state = {slot.sha256: slot.state for slot in hello(device).slots}.get(sha)
+    if state != SlotState.ACTIVE:
+        if state != SlotState.VERIFIED:
+            _upload(device, archive, sha, name, progress)
+        device.request(Msg.ACTIVATE, sha, timeout=SLOW_TIMEOUT)
+        hello(device)
+    return {
+        "name": name,
+        "sha256": sha.hex(),
+        "bytes": len(archive),
+        "skipped": state == SlotState.ACTIVE,
+        "uploaded": state is None,
+        "seconds": time.monotonic() - start,
+        "wire_bytes": device.bytes_sent - sent + device.bytes_received - received,
+    }
+
+
+def _upload(device: Device, archive: bytes, sha: bytes, name: str, progress) -> None:
+    body = device.request(Msg.UPLOAD_BEGIN, protocol.pack_upload_begin(len(archive), sha, name))
+    chunk = min(protocol.unpack("I", body), device.max_frame - OVERHEAD - 4)
+    for offset in range(0, len(archive), chunk):
+        device.request(Msg.UPLOAD_CHUNK, struct.pack("<I", offset) + archive[offset : offset + chunk])
+        if progress:
+            progress(min(offset + chunk, len(archive)), len(archive))
+    device.request(Msg.UPLOAD_END, timeout=SLOW_TIMEOUT)
+
+
+def infer(device: Device, x_q: np.ndarray) -> protocol.InferResult:
+    """One int8 input (the model's input shape) through the device."""
+    return protocol.InferResult.unpack(device.request(Msg.INFER, np.asarray(x_q, dtype=np.int8).tobytes()))
+
+
+def infer_samples(device: Device, x: np.ndarray, progress=None) -> tuple:
+    """Raw samples -> (the score file's Scores, device latencies in us): quantised and scored with the
+    device's own manifest, so the result equals host scoring on the device's runtime."""
+    bundle = Bundle(manifest(device), {}, source=device.url)
+    results = []
+    for i, sample in enumerate(bundle.quantize(x)):
+        results.append(infer(device, sample))
+        if progress:
+            progress(i + 1, len(x))
+    if not results:
+        raise EdgefpError("no samples to run")
+    scores = bundle.decide(np.stack([r.probs for r in results]), np.stack([r.errors for r in results]))
+    return scores, np.array([r.latency_us for r in results], dtype=np.int64)
+
+
+def bench(device: Device, runs: int = 200, warmup: int = 20) -> dict:
+    """Time the active model on the device; the result has the schema of ``edgefp bench BUNDLE``."""
+    spec, info = manifest(device), device.info
+    result = protocol.BenchResult.unpack(
+        device.request(Msg.BENCH, struct.pack("<II", runs, warmup), timeout=SLOW_TIMEOUT)
+    )
+    target = {
+        "kind": "device",
+        "board": info.board,
+        "runtime": info.runtime,
+        "bundle": spec["name"],
+        "url": device.url,
+        "label": f"{spec['name']} on {info.runtime}, {info.board} at {device.url}",
+    }
+    summary = bench_mod.summarize(
+        result.latencies_us,
+        target=target,
+        warmup=result.warmup,
+        init_ms=result.init_ms,
+        first_inference_us=result.first_us,
+        model_bytes=spec["flash_bytes"],
+        arena_bytes=spec.get("tflm_arena_bytes") if info.runtime == "tflm" else None,
+    )
+    if len(result.latencies_us) < result.runs:  # statistics over every run, not only those that fit a frame
+        summary.update(runs=result.runs, latency_us=result.stats, throughput_per_s=1e6 / result.stats["mean"])
+    return summary
+
+
+def counters(device: Device) -> dict:
+    return asdict(protocol.Counters.unpack(device.request(Msg.GET_COUNTERS)))
+
+
+def pull_ood(device: Device) -> list[dict]:
+    """The device's recent OOD inputs, most recent first: int8 input (model shape), score, prediction."""
+    shape = manifest(device)["input"]["shape"]
+    samples = []
+    for index in range(counters(device)["buffered"]):
+        try:
+            sample = protocol.OodSample.unpack(device.request(Msg.GET_OOD, struct.pack("<I", index)))
+        except DeviceError as exc:
+            if exc.code == Err.OUT_OF_RANGE:  # the buffer moved on meanwhile
+                break
+            raise
+        x = np.frombuffer(sample.x, dtype=np.int8).reshape(shape)
+        samples.append({**asdict(sample), "x": x})
+    return samples
+
+
+def subscribe(device: Device, enable: bool = True) -> None:
+    """Have the device send an event after every inference (read them with ``device.read_event``)."""
+    device.request(Msg.EVENTS, bytes([int(enable)]))
+
+
+def reset(device: Device, reboot: bool = False) -> None:
+    device.request(Msg.RESET, bytes([int(reboot)]), timeout=SLOW_TIMEOUT if reboot else None)
