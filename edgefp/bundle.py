@@ -98,13 +98,26 @@ class Bundle:
         return found
 
     # -------------------------------------------------------------------------------- writing
+    def _contents(self) -> dict[str, bytes]:
+        self.manifest["digest"] = manifest_digest(self.manifest)
+        return {MANIFEST: json.dumps(self.manifest, indent=1).encode(), **self.files}
+
+    def archive_bytes(self) -> bytes:
+        """The single-file ``.efp`` form: an uncompressed tar of the manifest and the files."""
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+            for name, content in self._contents().items():
+                info = tarfile.TarInfo(name)
+                info.size, info.mode = len(content), 0o644
+                archive.addfile(info, io.BytesIO(content))
+        return buffer.getvalue()
+
     def write(self, out: str, *, force: bool = False) -> str:
         """Write atomically: a directory, or a single archive when ``out`` ends in ``.efp``."""
-        self.manifest["digest"] = manifest_digest(self.manifest)
-        contents = {MANIFEST: json.dumps(self.manifest, indent=1).encode(), **self.files}
         if out.endswith(ARCHIVE_SUFFIX):
-            _write_archive(out, contents, force=force)
+            _write_archive(out, self.archive_bytes(), force=force)
             return out
+        contents = self._contents()
         with atomic_directory(out, force=force) as tmp:
             for name, content in contents.items():
                 with open(os.path.join(tmp, name), "wb") as handle:
@@ -188,18 +201,15 @@ def _read_archive(path: str) -> dict[str, bytes]:
     return files
 
 
-def _write_archive(out: str, contents: dict[str, bytes], *, force: bool) -> None:
+def _write_archive(out: str, content: bytes, *, force: bool) -> None:
     if os.path.exists(out) and not force:
         raise EdgefpError(f"{out} already exists; choose another --out or pass --force to replace it")
     directory = os.path.dirname(os.path.abspath(out))
     os.makedirs(directory, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(out)}.", suffix=".partial", dir=directory)
     try:
-        with os.fdopen(handle, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as archive:
-            for name, content in contents.items():
-                info = tarfile.TarInfo(name)
-                info.size, info.mode = len(content), 0o644
-                archive.addfile(info, io.BytesIO(content))
+        with os.fdopen(handle, "wb") as raw:
+            raw.write(content)
         os.replace(tmp, out)
     except BaseException:
         if os.path.exists(tmp):

@@ -305,18 +305,28 @@ def bench():
 
 
 @bench.command("run", epilog="Example: edgefp bench digits04/ --runtime tflm -n 500 --out tflm.json")
-@click.argument("bundle", type=click.Path())
+@click.argument("bundle", type=click.Path(), required=False)
+@click.option("--port", default=None, help="Time the active bundle on this device instead (timed on the device).")
 @RUNTIME_OPTION
 @click.option("-n", "--runs", type=click.IntRange(1), default=200, show_default=True, help="Timed invokes.")
 @click.option("--warmup", type=click.IntRange(0), default=20, show_default=True, help="Untimed invokes first.")
 @click.option("--out", default=None, type=click.Path(), help="Write the result (JSON) here.")
 @JSON_OPTION
-def bench_run(bundle, runtime, runs, warmup, out, as_json):
-    """Time a bundle's model on this machine: start-up, first inference, latency percentiles, throughput."""
+def bench_run(bundle, port, runtime, runs, warmup, out, as_json):
+    """Time a bundle's model on this machine, or the active one on a device (--port): start-up, first
+    inference, latency percentiles, throughput. Both give results of one schema."""
     from edgefp import bench as benchmarks
     from edgefp.bundle import Bundle
 
-    result = benchmarks.bench_bundle(Bundle.load(bundle), runtime, runs=runs, warmup=warmup)
+    if (bundle is None) == (port is None):
+        raise EdgefpError("give a BUNDLE to time on this machine, or --port URL to time on a device")
+    if port:
+        from edgefp.firmware_host.client import bench as bench_device
+
+        with _open(port, None) as device:
+            result = bench_device(device, runs=runs, warmup=warmup)
+    else:
+        result = benchmarks.bench_bundle(Bundle.load(bundle), runtime, runs=runs, warmup=warmup)
     if out:
         with open(out, "w") as handle:
             json.dump(result, handle, indent=1)
@@ -389,6 +399,202 @@ def report(bundle, data, ood_specs, bench_files, board, runtime, out, as_json):
     if target is not None:
         lines.append(f"  {target.name}: " + ("; ".join(problems) if problems else "the bundle fits"))
     _emit({"report": page, "board": board, "fit_problems": problems}, as_json, lines)
+
+
+PORT_OPTION = click.option(
+    "--port",
+    required=True,
+    envvar="EDGEFP_PORT",
+    help="Device URL: a serial port (/dev/ttyACM0, COM3), socket://HOST:PORT, or a pty path [env EDGEFP_PORT].",
+)
+KEY_OPTION = click.option(
+    "--key-file",
+    type=click.Path(dir_okay=False),
+    envvar="EDGEFP_KEY_FILE",
+    help="Shared key of an agent that listens beyond this machine [env EDGEFP_KEY_FILE].",
+)
+
+
+def _read_key(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    with open(path, "rb") as handle:
+        key = handle.read().strip()
+    if not key:
+        raise EdgefpError(f"{path}: the key file is empty")
+    return key
+
+
+def _open(port: str, key_file: str | None):
+    from edgefp.firmware_host.client import open_device
+
+    return open_device(port, key=_read_key(key_file))
+
+
+def _advance(bar):
+    """A ``progress(done, total)`` callback moving a Progress bar to ``done``."""
+    return lambda done, total: bar.update(done - bar.done)
+
+
+@cli.command(epilog="Example: edgefp info --port /dev/ttyACM0 --json")
+@PORT_OPTION
+@KEY_OPTION
+@JSON_OPTION
+def info(port, key_file, as_json):
+    """What a device is and holds: protocol, board, runtime, budgets, active bundle, slots."""
+    from edgefp.firmware_host.client import info as device_info
+
+    with _open(port, key_file) as device:
+        report = device_info(device)
+    lines = [f"{port}:"] + [f"  {key}: {value}" for key, value in report.items() if key != "url"]
+    if not report.get("active"):
+        lines.append("  no bundle active: flash one with 'edgefp flash BUNDLE --port ...'")
+    _emit(report, as_json, lines)
+
+
+@cli.command(epilog="Example: edgefp flash digits04.efp --port /dev/ttyACM0")
+@click.argument("bundle", type=click.Path())
+@PORT_OPTION
+@KEY_OPTION
+@JSON_OPTION
+def flash(bundle, port, key_file, as_json):
+    """Upload a bundle to a device in chunks, have the device verify it, and activate it (nothing is
+    uploaded when the device already runs it)."""
+    from edgefp.bundle import Bundle
+    from edgefp.firmware_host.client import flash as flash_device
+    from edgefp.progress import Progress
+
+    archive = Bundle.load(bundle).archive_bytes()
+    with _open(port, key_file) as device, Progress(f"flashing {bundle}", len(archive), enabled=not as_json) as bar:
+        report = flash_device(device, archive, progress=_advance(bar))
+    state = "already active, nothing uploaded" if report["skipped"] else "verified and active"
+    lines = [f"{report['name']} ({report['bytes']} bytes) on {port}: {state} in {report['seconds']:.2f} s"]
+    if report["uploaded"]:
+        report["efficiency"] = report["bytes"] / report["wire_bytes"]
+        lines.append(f"  {report['wire_bytes']} bytes on the wire (payload / wire = {report['efficiency']:.3f})")
+    _emit(report, as_json, lines)
+
+
+@cli.command(epilog="Example: edgefp infer --port /dev/ttyACM0 --data digits:test --out device.npz")
+@PORT_OPTION
+@click.option("--data", required=True, help="Data to run on the device: FILE.npz[:train|test][:CLASSES] or digits.")
+@click.option("--out", default=None, type=click.Path(), help="Score file to write (as 'edgefp score' writes it).")
+@KEY_OPTION
+@JSON_OPTION
+def infer(port, data, out, key_file, as_json):
+    """Run every sample on the device: prediction and OOD check happen on the device itself."""
+    from edgefp.data import load
+    from edgefp.firmware_host.client import infer_samples, manifest
+    from edgefp.progress import Progress
+
+    dataset = load(data)
+    with _open(port, key_file) as device, Progress("inferring", len(dataset), enabled=not as_json) as bar:
+        scores, latencies = infer_samples(device, dataset.x, progress=_advance(bar))
+        labels = [label["value"] for label in manifest(device)["labels"]]
+    if out:
+        scores.save(out)
+    report = scores.summary(dataset.y, labels)
+    report.update(data=data, port=port, out=out, device_latency_us=float(latencies.mean()))
+    lines = [f"{report['n']} samples from {data} on {port}"]
+    if report["accuracy"] is not None:
+        lines.append(f"  accuracy {_percent(report['accuracy'])} on {report['n_known']} samples of the model's classes")
+    lines.append(f"  flagged OOD {_percent(report['ood_rate'])}; {latencies.mean():.0f} us per inference on the device")
+    if out:
+        lines.append(f"  wrote {out}")
+    _emit(report, as_json, lines)
+
+
+@cli.command("pull-ood", epilog="Example: edgefp pull-ood --port /dev/ttyACM0 --out review/")
+@PORT_OPTION
+@click.option("--out", required=True, type=click.Path(), help="Directory for ood.npz (samples and scores).")
+@KEY_OPTION
+@JSON_OPTION
+def pull_ood(port, out, key_file, as_json):
+    """Fetch the device's recent out-of-distribution inputs with their scores, for a human to review."""
+    import numpy as np
+
+    from edgefp.firmware_host.client import manifest
+    from edgefp.firmware_host.client import pull_ood as pull
+
+    with _open(port, key_file) as device:
+        samples = pull(device)
+        spec = manifest(device)["input"]
+    x_q = np.stack([sample["x"] for sample in samples]) if samples else np.zeros((0, *spec["shape"]), np.int8)
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "ood.npz")
+    np.savez(
+        path,
+        x_int8=x_q,
+        x=(x_q.astype(np.float32) - spec["zero_point"]) * np.float32(spec["scale"]),
+        ood_score=np.array([sample["score"] for sample in samples], np.float32),
+        pred=np.array([sample["pred"] for sample in samples], np.int64),
+        timestamp_ms=np.array([sample["timestamp_ms"] for sample in samples], np.int64),
+    )
+    lines = [f"{len(samples)} OOD samples from {port} -> {path} (x: the model's preprocessed input)"]
+    _emit({"port": port, "samples": len(samples), "out": path}, as_json, lines)
+
+
+@cli.command(epilog="Example: edgefp agent --data-dir /var/lib/edgefp --serial /dev/ttyGS0 --board pi")
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="Where the two bundle slots live.")
+@click.option("--board", default="pi", show_default=True, help="Board profile (runtime and budgets).")
+@click.option("--serial", "serial_path", default=None, help="Serve on this serial port (e.g. USB gadget /dev/ttyGS0).")
+@click.option("--tcp", default=None, help="Serve on HOST:PORT instead; beyond 127.0.0.1 only with --key-file.")
+@KEY_OPTION
+def agent(data_dir, board, serial_path, tcp, key_file):
+    """The on-device agent of a Raspberry Pi or Coral board: serves the device protocol, runs the
+    active bundle and its OOD check locally, keeps the last good bundle across restarts."""
+    from edgefp.firmware_host.agent import Agent
+
+    if (serial_path is None) == (tcp is None):
+        raise EdgefpError("give exactly one of --serial PATH and --tcp HOST:PORT")
+    device = Agent(data_dir, board, key=_read_key(key_file))
+    _serve(device, serial_path, tcp, announce=False)
+
+
+@cli.command(epilog="Example: edgefp sim --profile nrf52840    # prints the URL to connect to")
+@click.option("--profile", default="nrf52840", show_default=True, help="Board profile to act as.")
+@click.option("--tcp", is_flag=True, help="Listen on socket://127.0.0.1:PORT instead of a pty.")
+@click.option(
+    "--data-dir", default=None, type=click.Path(file_okay=False), help="Keep slots here [default: temporary]."
+)
+def sim(profile, tcp, data_dir):
+    """A simulated board: the agent with a board profile's runtime and budgets (microcontroller
+    profiles run TFLite Micro and refuse bundles that do not fit). Prints the URL on its first line."""
+    import tempfile
+
+    from edgefp.firmware_host.agent import Agent
+
+    with tempfile.TemporaryDirectory(prefix="edgefp-sim-") as scratch:
+        device = Agent(data_dir or scratch, profile)
+        _serve(device, None, "127.0.0.1:0" if tcp else None, announce=True)
+
+
+def _serve(device, serial_path: str | None, tcp: str | None, *, announce: bool) -> None:
+    """Serve on a serial port, a TCP address, or (neither) a new pty; print the URL when announcing."""
+    from edgefp.firmware_host import agent as agent_module
+    from edgefp.firmware_host.transport import open_pty
+
+    if tcp is not None:
+        host, _, port_text = tcp.rpartition(":")
+        if not host or not port_text.isdigit():
+            raise EdgefpError(f"--tcp must be HOST:PORT, got '{tcp}'")
+        server = agent_module.listen_tcp(device, host, int(port_text))
+        click.echo(f"socket://{host}:{server.getsockname()[1]}", err=not announce)
+        sys.stdout.flush()
+        agent_module.serve_tcp(device, server)
+        return
+    if serial_path is not None:
+        import serial
+
+        try:
+            port = serial.Serial(serial_path, timeout=0)
+        except serial.SerialException as exc:
+            raise EdgefpError(f"cannot open {serial_path}: {exc}") from None
+    else:
+        port, path = open_pty()
+        click.echo(path)
+        sys.stdout.flush()
+    device.serve(port)
 
 
 @cli.command(epilog="Example: edgefp demo --out demo-out/")

@@ -1,0 +1,76 @@
+"""The host commands against a simulated board, through the real command line and a real pty or socket."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edgefp.bundle import Bundle
+from tests.test_cli import edgefp
+
+
+@pytest.fixture(params=["pty", "tcp"])
+def simulated_board(request):
+    """`edgefp sim` running in the background; yields the URL it printed on its first line."""
+    args = [sys.executable, "-m", "edgefp", "sim", "--profile", "nrf52840"] + (
+        ["--tcp"] if request.param == "tcp" else []
+    )
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = process.stdout.readline().strip()
+        assert url.startswith("socket://127.0.0.1:" if request.param == "tcp" else "/dev/"), process.stderr.read()
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_flash_infer_and_review_on_a_simulated_board(simulated_board, digits_bundle, tmp_path):
+    _, bundle_dir = digits_bundle
+    url = simulated_board
+    info = json.loads(edgefp("info", "--port", url, "--json").stdout)
+    assert info["board"] == "nrf52840" and info["runtime"] == "tflm" and info["active"] is None
+
+    first = json.loads(edgefp("flash", bundle_dir, "--port", url, "--json").stdout)
+    assert first["uploaded"] and first["efficiency"] >= 0.95
+    assert json.loads(edgefp("flash", bundle_dir, "--port", url, "--json").stdout)["skipped"]
+
+    device_file, host_file = tmp_path / "device.npz", tmp_path / "host.npz"
+    result = edgefp("infer", "--port", url, "--data", "digits:test:0-4", "--out", str(device_file), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["accuracy"] > 0.95
+    assert (
+        edgefp(
+            "score", bundle_dir, "--data", "digits:test:0-4", "--runtime", "tflm", "--out", str(host_file)
+        ).returncode
+        == 0
+    )
+    with np.load(device_file) as device, np.load(host_file) as host:
+        for name in ("pred", "probs", "ood_score", "is_ood", "layer_errors"):
+            np.testing.assert_array_equal(device[name], host[name])
+
+    assert edgefp("infer", "--port", url, "--data", "digits:test:5-9").returncode == 0
+    review = tmp_path / "review"
+    pulled = json.loads(edgefp("pull-ood", "--port", url, "--out", str(review), "--json").stdout)
+    with np.load(review / "ood.npz") as ood:
+        assert pulled["samples"] == len(ood["ood_score"]) > 0
+        assert (ood["ood_score"] > Bundle.load(bundle_dir).threshold).all()
+
+    timing = json.loads(edgefp("bench", "--port", url, "-n", "20", "--warmup", "2", "--json").stdout)
+    assert timing["target"]["kind"] == "device" and timing["runs"] == 20 and timing["latency_us"]["p50"] > 0
+
+
+def test_unreachable_device_is_one_clear_line(tmp_path):
+    result = edgefp("info", "--port", str(tmp_path / "no-such-port"))
+    assert result.returncode == 2 and result.stderr.startswith("edgefp: error: cannot open")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_device_commands_do_not_import_tensorflow():
+    code = "import sys; from edgefp.cli import main\ntry: main(['info', '--help'])\nexcept SystemExit: pass\n"
+    code += "import edgefp.firmware_host.client, edgefp.firmware_host.agent; print('tensorflow' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ})
+    assert result.stdout.strip().endswith("False"), result.stderr
