@@ -436,6 +436,41 @@ def _advance(bar):
     return lambda done, total: bar.update(done - bar.done)
 
 
+@cli.command(epilog="Example: edgefp devices --probe")
+@click.option("--probe", is_flag=True, help="Say which ports answer the edgefp handshake.")
+@JSON_OPTION
+def devices(probe, as_json):
+    """Serial ports with their USB VID:PID, serial number and description."""
+    from serial.tools.list_ports import comports
+
+    from edgefp.firmware_host.client import open_device
+
+    found = []
+    for port in sorted(comports(), key=lambda p: p.device):
+        entry = {
+            "port": port.device,
+            "vid_pid": f"{port.vid:04x}:{port.pid:04x}" if port.vid is not None else None,
+            "serial_number": port.serial_number,
+            "description": port.description,
+        }
+        if probe:
+            try:
+                with open_device(port.device, timeout=0.3, retries=1) as device:
+                    entry["edgefp"] = {"board": device.info.board, "runtime": device.info.runtime}
+            except EdgefpError:
+                entry["edgefp"] = None
+        found.append(entry)
+    lines = [
+        f"{e['port']:<16} {e['vid_pid'] or '-':<10} {e['serial_number'] or '-':<18} {e['description']}" for e in found
+    ]
+    if probe:
+        lines = [
+            f"{line}  [{'edgefp ' + e['edgefp']['board'] if e['edgefp'] else 'not edgefp'}]"
+            for line, e in zip(lines, found)
+        ]
+    _emit({"ports": found}, as_json, lines or ["no serial ports found"])
+
+
 @cli.command(epilog="Example: edgefp info --port /dev/ttyACM0 --json")
 @PORT_OPTION
 @KEY_OPTION
@@ -534,6 +569,54 @@ def pull_ood(port, out, key_file, as_json):
     _emit({"port": port, "samples": len(samples), "out": path}, as_json, lines)
 
 
+@cli.command(epilog="Example: edgefp monitor --port /dev/ttyACM0 --log events.jsonl")
+@PORT_OPTION
+@click.option(
+    "--log", "log_path", default=None, type=click.Path(dir_okay=False), help="Append events here as JSON lines."
+)
+@click.option("--count", type=click.IntRange(1), default=None, help="Stop after this many events.")
+@click.option("--duration", type=click.FloatRange(0, min_open=True), default=None, help="Stop after this many seconds.")
+@KEY_OPTION
+@JSON_OPTION
+def monitor(port, log_path, count, duration, key_file, as_json):
+    """Live console of the device's inferences (prediction, OOD score and verdict, latency), OOD alerts
+    highlighted; JSON lines when piped or with --json; reconnects when the device resets or the link drops."""
+    import datetime
+
+    from edgefp.firmware_host.monitor import follow
+
+    lines_out = as_json or not sys.stdout.isatty()
+    log = open(log_path, "a") if log_path else None  # noqa: SIM115 - closed below
+
+    def on_event(event: dict) -> None:
+        line = json.dumps(event)
+        if log:
+            log.write(line + "\n")
+            log.flush()
+        if lines_out:
+            click.echo(line)
+            return
+        stamp = datetime.datetime.fromtimestamp(event["received"]).strftime("%H:%M:%S.%f")[:-3]
+        text = (
+            f"{stamp}  #{event['input']:<6} pred {event['pred']:<3} score {event['score']:7.3f}  "
+            f"{event['latency_us']:>6} us  {'OOD' if event['ood'] else 'ok'}"
+        )
+        click.echo(click.style(text, fg="red", bold=True) if event["ood"] else text)
+
+    try:
+        follow(
+            port,
+            on_event,
+            lambda text: click.echo(f"edgefp: {text}", err=True),
+            key=_read_key(key_file),
+            count=count,
+            duration=duration,
+        )
+    finally:
+        if log:
+            log.close()
+
+
 @cli.command(epilog="Example: edgefp agent --data-dir /var/lib/edgefp --serial /dev/ttyGS0 --board pi")
 @click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="Where the two bundle slots live.")
 @click.option("--board", default="pi", show_default=True, help="Board profile (runtime and budgets).")
@@ -551,21 +634,37 @@ def agent(data_dir, board, serial_path, tcp, key_file):
     _serve(device, serial_path, tcp, announce=False)
 
 
-@cli.command(epilog="Example: edgefp sim --profile nrf52840    # prints the URL to connect to")
+@cli.command(
+    epilog="Example: edgefp sim --profile nrf52840 --feed digits:test:0-4 --rate 20 --drift-at 100 --drift invert"
+)
 @click.option("--profile", default="nrf52840", show_default=True, help="Board profile to act as.")
 @click.option("--tcp", is_flag=True, help="Listen on socket://127.0.0.1:PORT instead of a pty.")
 @click.option(
     "--data-dir", default=None, type=click.Path(file_okay=False), help="Keep slots here [default: temporary]."
 )
-def sim(profile, tcp, data_dir):
+@click.option("--feed", default=None, help="Act as a live sensor replaying this data (once a bundle is active).")
+@click.option("--rate", type=click.FloatRange(0, min_open=True), default=10.0, show_default=True, help="Feed rate, Hz.")
+@click.option("--drift-at", type=click.IntRange(0), default=None, help="Shift the fed samples from this one on.")
+@click.option("--drift", default=None, help="The shift: noise, invert, stuck, gain, gaussian, blur or reverse.")
+def sim(profile, tcp, data_dir, feed, rate, drift_at, drift):
     """A simulated board: the agent with a board profile's runtime and budgets (microcontroller
-    profiles run TFLite Micro and refuse bundles that do not fit). Prints the URL on its first line."""
+    profiles run TFLite Micro and refuse bundles that do not fit). Prints the URL on its first line.
+    With --feed it is also a live sensor, replaying data (drifting from --drift-at on) for monitoring."""
     import tempfile
+    import threading
 
+    from edgefp.data import load
     from edgefp.firmware_host.agent import Agent
+    from edgefp.firmware_host.feed import drifted, run_feed
 
+    if (drift is None) != (drift_at is None):
+        raise EdgefpError("--drift and --drift-at go together")
+    samples = drifted(load(feed).x, drift_at, drift) if feed else None
     with tempfile.TemporaryDirectory(prefix="edgefp-sim-") as scratch:
         device = Agent(data_dir or scratch, profile)
+        if samples is not None:
+            stop = threading.Event()
+            threading.Thread(target=run_feed, args=(device, samples, rate, stop), daemon=True).start()
         _serve(device, None, "127.0.0.1:0" if tcp else None, announce=True)
 
 

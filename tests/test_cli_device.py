@@ -74,3 +74,79 @@ def test_device_commands_do_not_import_tensorflow():
     code += "import edgefp.firmware_host.client, edgefp.firmware_host.agent; print('tensorflow' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ})
     assert result.stdout.strip().endswith("False"), result.stderr
+
+
+def _serve_in_thread(agent, port_number):
+    import threading
+
+    from edgefp.firmware_host.agent import listen_tcp, serve_tcp
+
+    stop = threading.Event()
+    server = listen_tcp(agent, "127.0.0.1", port_number)
+    thread = threading.Thread(target=serve_tcp, args=(agent, server, stop), daemon=True)
+    thread.start()
+    return server, stop, thread
+
+
+def test_monitor_reconnects_when_the_device_restarts(digits_bundle, tmp_path):
+    import threading
+
+    from edgefp import data
+    from edgefp.firmware_host.agent import Agent
+    from edgefp.firmware_host.client import flash, open_device
+    from edgefp.firmware_host.monitor import follow
+
+    _, bundle_dir = digits_bundle
+    agent = Agent(str(tmp_path / "device"), "pi")
+    server, stop, thread = _serve_in_thread(agent, 0)
+    number = server.getsockname()[1]
+    url = f"socket://127.0.0.1:{number}"
+    with open_device(url) as device:
+        flash(device, Bundle.load(bundle_dir).archive_bytes())
+    x_q = Bundle.load(bundle_dir).quantize(data.load("digits:test:5-9").x[:40])
+    events, status = [], []
+    watcher = threading.Thread(
+        target=follow, args=(url, events.append, status.append), kwargs={"count": 6, "duration": 30}
+    )
+    watcher.start()
+    while not events:
+        agent.observe(x_q[0])
+    stop.set()  # the device goes away ...
+    thread.join()
+    server.close()
+    restarted = Agent(str(tmp_path / "device"), "pi")  # ... and comes back with its last good bundle
+    server, stop, thread = _serve_in_thread(restarted, number)
+    try:
+        while watcher.is_alive():
+            restarted.observe(x_q[len(events) % len(x_q)])
+            watcher.join(0.05)
+    finally:
+        stop.set()
+        server.close()
+    assert len(events) >= 6 and any("lost" in s for s in status) and any("reconnected" in s for s in status)
+    assert all(event["ood"] in (True, False) and event["latency_us"] >= 0 for event in events)
+
+
+def test_simulated_sensor_drift_shows_in_the_monitor(digits_bundle):
+    _, bundle_dir = digits_bundle
+    args = [sys.executable, "-m", "edgefp", "sim", "--profile", "pi", "--feed", "digits:test:0-4", "--rate", "200"]
+    process = subprocess.Popen(args + ["--drift-at", "40", "--drift", "invert"], stdout=subprocess.PIPE, text=True)
+    try:
+        url = process.stdout.readline().strip()
+        assert edgefp("flash", bundle_dir, "--port", url).returncode == 0
+        result = edgefp("monitor", "--port", url, "--count", "120")
+        events = [json.loads(line) for line in result.stdout.splitlines()]
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    clean = [e["ood"] for e in events if e["input"] <= 40]
+    drifted = [e["ood"] for e in events if 45 <= e["input"] <= 225]
+    assert len(events) == 120 and drifted and np.mean(drifted) > 0.9
+    assert not clean or np.mean(clean) < 0.3
+
+
+def test_devices_lists_ports_as_json():
+    result = edgefp("devices", "--json")
+    assert result.returncode == 0
+    for port in json.loads(result.stdout)["ports"]:
+        assert set(port) >= {"port", "vid_pid", "serial_number", "description"}
