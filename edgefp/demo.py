@@ -55,6 +55,7 @@ def run_demo(out: str, *, seed: int = 0, progress: bool = True) -> dict:
             row.update({"n": summary["n"], f"{model}_accuracy": summary["accuracy"]})
             row.update({f"{model}_ood_rate": summary["ood_rate"], f"{model}_auroc": auroc})
         rows.append(row)
+    device = on_simulated_board(bundle, held_out.x, os.path.join(out, "device"))
     timing = bench_bundle(bundle, "tflm", runs=200, warmup=20)
     with open(os.path.join(out, "bench_tflm.json"), "w") as handle:
         json.dump(timing, handle, indent=1)
@@ -68,5 +69,42 @@ def run_demo(out: str, *, seed: int = 0, progress: bool = True) -> dict:
         "seed": seed,
         "parity": manifest["parity"],
         "tflm_latency_us": timing["latency_us"]["p50"],
+        "device": device,
         "rows": rows,
+    }
+
+
+def on_simulated_board(bundle, x, data_dir: str) -> dict:
+    """Flash the bundle to a simulated board (TFLite Micro, over a pty), run ``x`` on it, and compare
+    with host scoring on the same runtime."""
+    import threading
+
+    import numpy as np
+
+    from edgefp.firmware_host import client
+    from edgefp.firmware_host.agent import Agent
+    from edgefp.firmware_host.transport import open_pty
+
+    board = Agent(data_dir, REPORT_BOARD)
+    port, path = open_pty()
+    stop = threading.Event()
+    server = threading.Thread(target=board.serve, args=(port, stop), daemon=True)
+    server.start()
+    try:
+        with client.open_device(path) as device:
+            flashed = client.flash(device, bundle.archive_bytes())
+            scores, latencies = client.infer_samples(device, x)
+    finally:
+        stop.set()
+        server.join()
+        port.close()
+    host = bundle.score(x, "tflm")
+    same = np.all(scores.layer_errors == host.layer_errors, axis=1) & (scores.pred == host.pred)
+    return {
+        "board": REPORT_BOARD,
+        "url": path,
+        "upload_efficiency": flashed["bytes"] / flashed["wire_bytes"],
+        "samples": len(x),
+        "identical_to_host": int(same.sum()),
+        "device_latency_us": float(np.median(latencies)),
     }
