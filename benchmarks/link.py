@@ -314,7 +314,7 @@ def table(made: dict, links: dict, cold: dict, timing: dict) -> str:
         "",
         f"## Cold start ({timing['cold_reps']} runs after an untimed one; target: median < {COLD_START_TARGET_S} s)",
         "",
-        "| command | median s | min-max s | in-process open+info+close s | heavy imports | target |",
+        "| command | median s | min-max s | in-process open+info+close ms | heavy imports | target |",
         "|---|---:|---:|---:|---|---|",
     ]
     for name, result in cold.items():
@@ -322,7 +322,7 @@ def table(made: dict, links: dict, cold: dict, timing: dict) -> str:
             lines.append(f"| {name} | - | - | - | - | skipped: {result['skipped']} |")
             continue
         link = {"PTY": "pty", "socket://": "tcp"}.get(name.rsplit(" ", 1)[-1])
-        inside = f"{links[link]['info_in_process_s']:.3f}" if link else "-"
+        inside = f"{links[link]['info_in_process_s'] * 1000:.1f}" if link else "-"
         verdict = "met" if result["meets_target"] else "MISSED"
         if result.get("note"):
             verdict += f" ({result['note']})"
