@@ -27,6 +27,7 @@ test: lint
 bench: setup
 	$(BIN)/python -m benchmarks.ood_quality
 	$(BIN)/python -m benchmarks.int8
+	$(BIN)/python -m benchmarks.link
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .ruff_cache
