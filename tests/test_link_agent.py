@@ -241,3 +241,18 @@ def test_open_device_errors_are_one_clear_line(tmp_path):
             client.open_device(path, timeout=0.1, retries=1)
     finally:
         port.close()
+
+
+def test_host_killed_mid_upload_then_the_next_flash_succeeds(tmp_path, archives):
+    def interrupt(done, total):
+        if done > total // 3:
+            raise KeyboardInterrupt
+
+    agent = Agent(str(tmp_path), "pi")
+    with device_on(agent) as device:
+        client.flash(device, archives[0])
+        with pytest.raises(KeyboardInterrupt):
+            client.flash(device, archives[1], progress=interrupt)
+    with device_on(agent) as device:  # a new host connection, the same running device
+        assert device.info.active.name == "digits04"
+        assert client.flash(device, archives[1])["uploaded"] and device.info.active.name == "digits04b"
