@@ -31,7 +31,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import numpy as np
@@ -41,10 +40,9 @@ from edgefp import data
 from edgefp.bundle import Bundle
 from edgefp.converter import convert as convert_module
 from edgefp.firmware_host import client
-from edgefp.firmware_host.agent import Agent, listen_tcp, serve_tcp
+from edgefp.firmware_host.agent import Agent, serving
 from edgefp.firmware_host.framing import Frame
 from edgefp.firmware_host.protocol import InferResult, Msg
-from edgefp.firmware_host.transport import open_pty
 from edgefp.trainer import train
 
 EFFICIENCY_TARGET = 0.95
@@ -79,24 +77,6 @@ def make_bundle(workdir: str) -> tuple[bytes, np.ndarray, dict]:
 
 
 # ------------------------------------------------------------------------------------- serving
-@contextlib.contextmanager
-def served(agent: Agent, link: str):
-    """The URL of ``agent`` served in a thread on a new pty or a TCP port on 127.0.0.1."""
-    stop = threading.Event()
-    if link == "pty":
-        port, url = open_pty()
-        thread = threading.Thread(target=agent.serve, args=(port, stop), daemon=True)
-    else:
-        server = listen_tcp(agent, "127.0.0.1", 0)
-        url = f"socket://127.0.0.1:{server.getsockname()[1]}"
-        thread = threading.Thread(target=serve_tcp, args=(agent, server, stop), daemon=True)
-    thread.start()
-    try:
-        yield url
-    finally:
-        stop.set()
-        thread.join(10)
-        (port if link == "pty" else server).close()
 
 
 def upload(device: client.Device, archive: bytes) -> dict:
@@ -163,7 +143,7 @@ def percentiles(values: np.ndarray) -> dict:
 
 def measure_link(link: str, archive: bytes, samples: np.ndarray, workdir: str, timing: dict) -> dict:
     agent = Agent(os.path.join(workdir, f"agent-{link}"), BOARD)
-    with served(agent, link) as url:
+    with serving(agent, link) as url:
         with client.open_device(url) as device:
             result = {"url": url, "upload": upload(device, archive)}
             check = InferResult.unpack(device.request(Msg.INFER, samples[0].tobytes()))

@@ -77,27 +77,14 @@ def run_demo(out: str, *, seed: int = 0, progress: bool = True) -> dict:
 def on_simulated_board(bundle, x, data_dir: str) -> dict:
     """Flash the bundle to a simulated board (TFLite Micro, over a pty), run ``x`` on it, and compare
     with host scoring on the same runtime."""
-    import threading
-
     import numpy as np
 
     from edgefp.firmware_host import client
-    from edgefp.firmware_host.agent import Agent
-    from edgefp.firmware_host.transport import open_pty
+    from edgefp.firmware_host.agent import Agent, serving
 
-    board = Agent(data_dir, REPORT_BOARD)
-    port, path = open_pty()
-    stop = threading.Event()
-    server = threading.Thread(target=board.serve, args=(port, stop), daemon=True)
-    server.start()
-    try:
-        with client.open_device(path) as device:
-            flashed = client.flash(device, bundle.archive_bytes())
-            scores, latencies = client.infer_samples(device, x)
-    finally:
-        stop.set()
-        server.join()
-        port.close()
+    with serving(Agent(data_dir, REPORT_BOARD)) as path, client.open_device(path) as device:
+        flashed = client.flash(device, bundle.archive_bytes())
+        scores, latencies = client.infer_samples(device, x)
     host = bundle.score(x, "tflm")
     same = np.all(scores.layer_errors == host.layer_errors, axis=1) & (scores.pred == host.pred)
     return {

@@ -76,54 +76,35 @@ def test_device_commands_do_not_import_tensorflow():
     assert result.stdout.strip().endswith("False"), result.stderr
 
 
-def _serve_in_thread(agent, port_number):
-    import threading
-
-    from edgefp.firmware_host.agent import listen_tcp, serve_tcp
-
-    stop = threading.Event()
-    server = listen_tcp(agent, "127.0.0.1", port_number)
-    thread = threading.Thread(target=serve_tcp, args=(agent, server, stop), daemon=True)
-    thread.start()
-    return server, stop, thread
-
-
 def test_monitor_reconnects_when_the_device_restarts(digits_bundle, tmp_path):
     import threading
 
     from edgefp import data
-    from edgefp.firmware_host.agent import Agent
+    from edgefp.firmware_host.agent import Agent, serving
     from edgefp.firmware_host.client import flash, open_device
     from edgefp.firmware_host.monitor import follow
 
     _, bundle_dir = digits_bundle
     agent = Agent(str(tmp_path / "device"), "pi")
-    server, stop, thread = _serve_in_thread(agent, 0)
-    number = server.getsockname()[1]
-    url = f"socket://127.0.0.1:{number}"
-    with open_device(url) as device:
-        flash(device, Bundle.load(bundle_dir).archive_bytes())
     x_q = Bundle.load(bundle_dir).quantize(data.load("digits:test:5-9").x[:40])
     events, status = [], []
-    watcher = threading.Thread(
-        target=follow, args=(url, events.append, status.append), kwargs={"count": 6, "duration": 30}
-    )
-    watcher.start()
-    while not events:
-        agent.observe(x_q[0])
-    stop.set()  # the device goes away ...
-    thread.join()
-    server.close()
-    restarted = Agent(str(tmp_path / "device"), "pi")  # ... and comes back with its last good bundle
-    server, stop, thread = _serve_in_thread(restarted, number)
-    try:
+    with serving(agent, "tcp") as url:
+        with open_device(url) as device:
+            flash(device, Bundle.load(bundle_dir).archive_bytes())
+        watcher = threading.Thread(
+            target=follow, args=(url, events.append, status.append), kwargs={"count": 6, "duration": 30}
+        )
+        watcher.start()
+        while not events:  # one reading at a time, so that most of the 6 events come after the restart
+            agent.observe(x_q[0])
+            watcher.join(0.05)
+    # the device went away; it comes back on the same port, with its last good bundle
+    restarted = Agent(str(tmp_path / "device"), "pi")
+    with serving(restarted, "tcp", int(url.rsplit(":", 1)[1])):
         while watcher.is_alive():
             restarted.observe(x_q[len(events) % len(x_q)])
             watcher.join(0.05)
-    finally:
-        stop.set()
-        server.close()
-    assert len(events) >= 6 and any("lost" in s for s in status) and any("reconnected" in s for s in status)
+    assert len(events) == 6 and any("lost" in s for s in status) and any("reconnected" in s for s in status)
     assert all(event["ood"] in (True, False) and event["latency_us"] >= 0 for event in events)
 
 

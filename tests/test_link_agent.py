@@ -4,7 +4,6 @@ import contextlib
 import hashlib
 import os
 import struct
-import threading
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from edgefp import data
 from edgefp.bundle import Bundle
 from edgefp.errors import EdgefpError
 from edgefp.firmware_host import client, protocol, transport
-from edgefp.firmware_host.agent import Agent, listen_tcp, serve_tcp
+from edgefp.firmware_host.agent import Agent, listen_tcp, serving
 from edgefp.firmware_host.boards import KIB, Board
 from edgefp.firmware_host.client import DeviceError
 from edgefp.firmware_host.protocol import Err, Msg
@@ -35,26 +34,6 @@ def archives(digits_bundle, tmp_path_factory):
 @pytest.fixture(scope="module")
 def samples():
     return data.load("digits:test").x[:40]
-
-
-@contextlib.contextmanager
-def serving(agent, kind="pty"):
-    """Serve ``agent`` in a thread; yield the URL a host opens."""
-    stop = threading.Event()
-    if kind == "pty":
-        port, url = transport.open_pty()
-        thread = threading.Thread(target=agent.serve, args=(port, stop), daemon=True)
-    else:
-        server = listen_tcp(agent)
-        url = f"socket://127.0.0.1:{server.getsockname()[1]}"
-        thread = threading.Thread(target=serve_tcp, args=(agent, server, stop), daemon=True)
-    thread.start()
-    try:
-        yield url
-    finally:
-        stop.set()
-        thread.join(5)
-        (port if kind == "pty" else server).close()
 
 
 @contextlib.contextmanager

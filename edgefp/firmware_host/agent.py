@@ -11,6 +11,7 @@ served. Names sent by the host never reach the filesystem.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import hashlib
 import hmac
@@ -33,7 +34,7 @@ from edgefp.firmware_host import protocol
 from edgefp.firmware_host.boards import Board, fit_problems, get_board
 from edgefp.firmware_host.framing import DELIMITER, OVERHEAD, Fault, Frame, FrameReader, encode_frame
 from edgefp.firmware_host.protocol import RESPONSE, Err, Msg, Slot, SlotState
-from edgefp.firmware_host.transport import SocketPort, read_some
+from edgefp.firmware_host.transport import SocketPort, open_pty, read_some
 
 SLOTS = 2
 ACTIVE_FILE = "active"
@@ -202,7 +203,10 @@ class Agent:
             self._ood.appendleft(protocol.OodSample(counters.inputs, now, result.pred, result.score, x_q.tobytes()))
         if self._events and self._port is not None:
             event = protocol.Event(now, counters.inputs, result.pred, result.score, result.ood, result.latency_us)
-            self._port.write(DELIMITER + encode_frame(Msg.EVENT, 0, event.pack()))
+            try:
+                self._port.write(DELIMITER + encode_frame(Msg.EVENT, 0, event.pack()))
+            except OSError:  # the host went away: the reading still counts, the subscription ends
+                self._events = False
         return result
 
     def _now_ms(self) -> int:
@@ -468,3 +472,24 @@ def serve_tcp(agent: Agent, server: socket.socket, stop: threading.Event | None 
             agent.serve(port, stop)
         finally:
             port.close()
+
+
+@contextlib.contextmanager
+def serving(agent: Agent, link: str = "pty", tcp_port: int = 0):
+    """Serve ``agent`` from a background thread, on a new pty or on TCP at 127.0.0.1; yield the URL a
+    host opens. The agent stops serving when the block ends."""
+    stop = threading.Event()
+    if link == "pty":
+        port, url = open_pty()
+        thread = threading.Thread(target=agent.serve, args=(port, stop), daemon=True)
+    else:
+        port = listen_tcp(agent, "127.0.0.1", tcp_port)
+        url = f"socket://127.0.0.1:{port.getsockname()[1]}"
+        thread = threading.Thread(target=serve_tcp, args=(agent, port, stop), daemon=True)
+    thread.start()
+    try:
+        yield url
+    finally:
+        stop.set()
+        thread.join(10)
+        port.close()
