@@ -186,13 +186,19 @@ def score(model, data, out, runtime, as_json):
         scores.save(out)
     report = scores.summary(dataset.y, labels)
     report.update({"data": data, "model": model, "runtime": runtime, "threshold": threshold, "out": out})
-    lines = [f"{report['n']} samples from {data} ({runtime})"]
+    lines = _score_lines(report, f"{data} ({runtime})", f"threshold {threshold:.3f}")
+    _emit(report, as_json, lines)
+
+
+def _score_lines(report: dict, source: str, detail: str) -> list[str]:
+    """The human-readable summary of a scored data set."""
+    lines = [f"{report['n']} samples from {source}"]
     if report["accuracy"] is not None:
         lines.append(f"  accuracy {_percent(report['accuracy'])} on {report['n_known']} samples of the model's classes")
-    lines.append(f"  flagged OOD {_percent(report['ood_rate'])} (threshold {threshold:.3f})")
-    if out:
-        lines.append(f"  wrote {out}")
-    _emit(report, as_json, lines)
+    lines.append(f"  flagged OOD {_percent(report['ood_rate'])} ({detail})")
+    if report["out"]:
+        lines.append(f"  wrote {report['out']}")
+    return lines
 
 
 @cli.command(epilog="Example: edgefp convert run/ --calib digits:train:0-4 --ood digits:test:5-9 --out digits04/")
@@ -530,12 +536,7 @@ def infer(port, data, out, key_file, as_json):
         scores.save(out)
     report = scores.summary(dataset.y, labels)
     report.update(data=data, port=port, out=out, device_latency_us=float(latencies.mean()))
-    lines = [f"{report['n']} samples from {data} on {port}"]
-    if report["accuracy"] is not None:
-        lines.append(f"  accuracy {_percent(report['accuracy'])} on {report['n_known']} samples of the model's classes")
-    lines.append(f"  flagged OOD {_percent(report['ood_rate'])}; {latencies.mean():.0f} us per inference on the device")
-    if out:
-        lines.append(f"  wrote {out}")
+    lines = _score_lines(report, f"{data} on {port}", f"{latencies.mean():.0f} us per inference on the device")
     _emit(report, as_json, lines)
 
 
