@@ -741,6 +741,150 @@ def demo(out, seed, as_json):
     _emit(report, as_json, lines)
 
 
+REPO_OPTION = click.option(
+    "--repo",
+    default=None,
+    envvar="EDGEFP_REPO",
+    type=click.Path(file_okay=False),
+    help="Model repository directory [env EDGEFP_REPO; default: $XDG_DATA_HOME/edgefp/repo].",
+)
+WHERE_OPTION = click.option(
+    "--where", multiple=True, help="Only bundles with this tag (or name=NAME), KEY=VALUE; repeatable."
+)
+
+
+def _repository(path: str | None):
+    from edgefp.repository import Repository
+
+    return Repository(path)
+
+
+def _warn(text: str) -> None:
+    click.echo(f"edgefp: warning: {text}", err=True)
+
+
+@cli.group()
+def repo():
+    """The model repository: verified bundles with an index of their metadata, for 'edgefp select'."""
+
+
+@repo.command("add", epilog="Example: edgefp repo add digits04.efp --tag task=digits --tag site=lab")
+@click.argument("bundle", type=click.Path())
+@click.option("--tag", "tags", multiple=True, help="KEY=VALUE to file the bundle under; repeatable.")
+@click.option("--name", default=None, help="Name in the repository [default: the bundle's own name].")
+@click.option("--force", is_flag=True, help="Replace a bundle of the same name.")
+@REPO_OPTION
+@JSON_OPTION
+def repo_add(bundle, tags, name, force, repo, as_json):
+    """Verify a bundle and store it (the repository is created when missing)."""
+    from edgefp.repository import parse_pairs
+
+    repository = _repository(repo)
+    entry = repository.add(bundle, parse_pairs(tags, "--tag"), name=name, force=force)
+    report = {"repo": repository.root, **entry.as_dict()}
+    shape = "x".join(str(n) for n in entry.input_shape)
+    _emit(report, as_json, [f"added {entry.name} ({shape}, {len(entry.labels)} labels) to {repository.root}"])
+
+
+@repo.command("list", epilog="Example: edgefp repo list --where task=digits")
+@WHERE_OPTION
+@REPO_OPTION
+@JSON_OPTION
+def repo_list(where, repo, as_json):
+    """The bundles in the repository, with their input shape, labels and tags."""
+    from edgefp.repository import parse_pairs
+
+    repository = _repository(repo)
+    entries = repository.entries(parse_pairs(where, "--where"))
+    lines = [f"{'name':20} {'input':10} {'labels':>6} {'created':26} tags"]
+    for entry in entries:
+        tags = " ".join(f"{key}={value}" for key, value in entry.tags.items())
+        shape = "x".join(str(n) for n in entry.input_shape)
+        lines.append(f"{entry.name:20} {shape:10} {len(entry.labels):>6} {entry.created or '-':26} {tags}")
+    if not entries:
+        lines = [f"no bundles in {repository.root}" + (" match --where" if where else "")]
+    _emit({"repo": repository.root, "bundles": [entry.as_dict() for entry in entries]}, as_json, lines)
+
+
+@repo.command("remove", epilog="Example: edgefp repo remove digits04")
+@click.argument("name")
+@REPO_OPTION
+@JSON_OPTION
+def repo_remove(name, repo, as_json):
+    """Take a bundle out of the repository and delete its files."""
+    repository = _repository(repo)
+    entry = repository.remove(name)
+    _emit({"repo": repository.root, "removed": entry.name}, as_json, [f"removed {entry.name} from {repository.root}"])
+
+
+@repo.command("reindex", epilog="Example: edgefp repo reindex --repo models/")
+@REPO_OPTION
+@JSON_OPTION
+def repo_reindex(repo, as_json):
+    """Rebuild the index from the stored bundles, skipping (with a warning) any that do not verify."""
+    repository = _repository(repo)
+    entries, notes = repository.reindex()
+    for note in notes:
+        _warn(note)
+    report = {"repo": repository.root, "bundles": [entry.name for entry in entries], "warnings": notes}
+    _emit(report, as_json, [f"indexed {len(entries)} bundles in {repository.root}"])
+
+
+@cli.command("select", epilog="Example: edgefp select --repo models/ --data node7.npz --where task=digits --top 3")
+@REPO_OPTION
+@click.option("--data", required=True, help="Unlabeled target data: FILE.npz[:train|test][:CLASSES] or digits.")
+@WHERE_OPTION
+@click.option("--top", type=click.IntRange(1), default=5, show_default=True, help="Candidates to show.")
+@click.option("--deploy", default=None, help="Flash the selected bundle to this device URL (as 'edgefp flash').")
+@KEY_OPTION
+@JSON_OPTION
+def select_command(repo, data, where, top, deploy, key_file, as_json):
+    """Pick the model whose fingerprint matches the target data best, or say that none does.
+
+    Each candidate's int8 bundle scores the samples; per layer, their reconstruction errors are
+    compared with the fingerprint's held-out errors (Kolmogorov-Smirnov). A match score of at most 1
+    and an OOD share within the binomial tolerance of the target false-positive rate mean a fit.
+    """
+    from edgefp.data import load
+    from edgefp.repository import parse_pairs
+    from edgefp.selection import select
+
+    repository = _repository(repo)
+    report = select(repository, load(data).x, where=parse_pairs(where, "--where"))
+    for skipped in report["skipped"]:
+        _warn(f"skipped {skipped['name']}: {skipped['reason']}")
+    report["data"] = data
+    report["candidates"] = report["candidates"][:top]
+    lines = [
+        f"{data}: {report['n']} samples against {repository.root}",
+        f"{'rank':>4} {'name':20} {'match':>7} {'flagged OOD':>11} {'tolerated':>9}  fits",
+    ]
+    for rank, found in enumerate(report["candidates"], 1):
+        lines.append(
+            f"{rank:>4} {found['name']:20} {found['match_score']:7.2f} {_percent(found['ood_share']):>11} "
+            f"{_percent(found['ood_tolerance']):>9}  {'yes' if found['fits'] else 'no'}"
+        )
+    lines.append("match: largest per-layer KS distance / its critical value (<= 1 fits)")
+    if report["selected"]:
+        lines.append(f"selected: {report['selected']}")
+    else:
+        lines.append(f"verdict: {report['verdict']}: even the best candidate does not match; a human should review")
+    report["deployed"] = None
+    if deploy and report["selected"]:
+        from edgefp.firmware_host.client import flash as flash_device
+
+        entry = next(entry for entry in repository.entries() if entry.name == report["selected"])
+        archive = repository.load(entry).archive_bytes()
+        with _open(deploy, key_file) as device:
+            flashed = flash_device(device, archive)
+        report["deployed"] = {"port": deploy, **{key: flashed[key] for key in ("name", "bytes", "skipped")}}
+        state = "already active there" if flashed["skipped"] else "flashed, verified and active"
+        lines.append(f"deployed {report['selected']} to {deploy}: {state}")
+    elif deploy:
+        lines.append(f"nothing deployed to {deploy}")
+    _emit(report, as_json, lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the CLI and turn user errors into one line and exit status 2."""
     args = sys.argv[1:] if argv is None else argv
