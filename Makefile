@@ -28,6 +28,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.ood_quality
 	$(BIN)/python -m benchmarks.int8
 	$(BIN)/python -m benchmarks.link
+	$(BIN)/python -m benchmarks.selection
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .ruff_cache

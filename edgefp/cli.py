@@ -885,6 +885,72 @@ def select_command(repo, data, where, top, deploy, key_file, as_json):
     _emit(report, as_json, lines)
 
 
+@cli.command(epilog="Example: edgefp watch --port /dev/ttyACM0 --repo models/ --ood-rate 0.3 --events drift.jsonl")
+@PORT_OPTION
+@REPO_OPTION
+@click.option(
+    "--ood-rate", type=click.FloatRange(0, 1, min_open=True), default=0.3, show_default=True, help="Act at this rate."
+)
+@click.option("--window", type=click.IntRange(1), default=None, help="Inputs the rate is over [default: device's].")
+@click.option("--interval", type=click.FloatRange(0), default=1.0, show_default=True, help="Seconds between polls.")
+@click.option(
+    "--events",
+    "events_path",
+    default="edgefp-watch.jsonl",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="Append each decision here as a JSON line.",
+)
+@WHERE_OPTION
+@click.option("--once", is_flag=True, help="Stop after the first decision (as --count 1).")
+@click.option("--count", type=click.IntRange(1), default=None, help="Stop after this many decisions.")
+@KEY_OPTION
+@JSON_OPTION
+def watch(port, repo, ood_rate, window, interval, events_path, where, once, count, key_file, as_json):
+    """The drift loop: follow the device's OOD rate; when it reaches --ood-rate, run selection on the
+    device's recent OOD samples, flash the model that matches, or else raise a human-review alert."""
+    from edgefp.repository import parse_pairs
+    from edgefp.watch import DEPLOYED, NO_MATCH, watch_url
+
+    repository = _repository(repo)
+    repository.entries()  # a missing repository fails now, not at the first drift
+    lines_out = as_json or not sys.stdout.isatty()
+
+    def on_decision(event: dict) -> None:
+        for skipped in event["skipped"]:
+            _warn(f"skipped {skipped['name']}: {skipped['reason']}")
+        if lines_out:
+            click.echo(json.dumps(event))
+            return
+        head = f"{event['time'][11:19]}  OOD rate {_percent(event['ood_rate']).strip()} over {event['window']} inputs"
+        scores = ", ".join(f"{c['name']} {c['match_score']:.2f}" for c in event["candidates"])
+        head += f", {event['samples']} samples pulled; match: {scores or '-'}"
+        if event["decision"] == DEPLOYED:
+            click.echo(f"{head}\n  deployed {event['model']} (was {event['active']})")
+        elif event["decision"] == NO_MATCH:
+            reason = event.get("reason") or "no model of the repository matches the drifted data"
+            alert = f"  HUMAN REVIEW: {reason}; {event['active']} stays active (events in {events_path})"
+            click.echo(f"{head}\n" + click.style(alert, fg="red", bold=True))
+        else:
+            click.echo(f"{head}\n  {event['active']} is already the best model")
+
+    if not lines_out:
+        click.echo(f"watching {port}: acting at OOD rate {_percent(ood_rate).strip()}; Ctrl-C stops")
+    watch_url(
+        port,
+        repository,
+        key=_read_key(key_file),
+        on_status=lambda text: click.echo(f"edgefp: {text}", err=True),
+        on_decision=on_decision,
+        ood_rate=ood_rate,
+        window=window,
+        interval=interval,
+        events_path=events_path,
+        where=parse_pairs(where, "--where"),
+        decisions=1 if once else count,
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the CLI and turn user errors into one line and exit status 2."""
     args = sys.argv[1:] if argv is None else argv

@@ -1,0 +1,83 @@
+"""The drift loop against an in-process agent: deploy the matching model, or alert a human (fixed seeds)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from edgefp import data, shifts
+from edgefp.bundle import Bundle
+from edgefp.firmware_host import client
+from edgefp.firmware_host.agent import Agent, serving
+from edgefp.repository import Repository
+from edgefp.watch import DEPLOYED, NO_MATCH, to_raw, watch
+
+
+@pytest.fixture(scope="module")
+def repo(digits_bundle, tmp_path_factory):
+    """digits 0-4 (the session bundle) and digits 0-4 inverted (a few epochs)."""
+    from edgefp.converter.convert import convert
+    from edgefp.trainer import train
+
+    tmp = tmp_path_factory.mktemp("watch")
+    train04 = data.load("digits:train:0-4")
+    inverted = data.Dataset(shifts.apply(train04.x, "invert"), train04.y, "digits:train:0-4 inverted")
+    train(inverted, epochs=8, seed=0, progress=False).save(str(tmp / "run_inverted"))
+    convert(str(tmp / "run_inverted"), inverted, str(tmp / "inverted.efp"), name="digits04_inverted")
+    repository = Repository(str(tmp / "repo"))
+    repository.add(digits_bundle[1], {"domain": "plain"})
+    repository.add(str(tmp / "inverted.efp"), {"domain": "inverted"})
+    return repository
+
+
+@pytest.fixture
+def device(digits_bundle, tmp_path):
+    """A 'pi' agent on TCP with the digits 0-4 bundle active; yields (agent, open Device, bundle)."""
+    agent = Agent(str(tmp_path / "agent"), "pi")
+    bundle = Bundle.load(digits_bundle[1])
+    with serving(agent, "tcp") as url, client.open_device(url) as device:
+        client.flash(device, bundle.archive_bytes())
+        yield agent, device, bundle
+
+
+def _feed(agent, bundle, x):
+    for sample in bundle.quantize(x):
+        agent.observe(sample)
+
+
+def test_to_raw_inverts_quantize(digits_bundle):
+    bundle = Bundle.load(digits_bundle[1])
+    x = data.load("digits:test:0-4").x[:20]
+    back = to_raw(bundle.quantize(x), bundle.manifest["input"])
+    np.testing.assert_array_equal(bundle.quantize(back), bundle.quantize(x))
+
+
+def test_drift_deploys_the_inverted_model(repo, device, tmp_path):
+    agent, dev, bundle = device
+    test04 = data.load("digits:test:0-4").x
+    rng = np.random.default_rng(0)
+    _feed(agent, bundle, test04[rng.choice(len(test04), 60, replace=False)])
+    events = str(tmp_path / "events.jsonl")
+    assert watch(dev, repo, ood_rate=0.3, window=50, events_path=events, polls=2, sleep=lambda s: None) == []
+    _feed(agent, bundle, shifts.apply(test04[rng.choice(len(test04), 60, replace=False)], "invert"))
+    made = watch(dev, repo, ood_rate=0.3, window=50, events_path=events, polls=3, sleep=lambda s: None)
+    assert [event["decision"] for event in made] == [DEPLOYED] and made[0]["model"] == "digits04_inverted"
+    assert agent.bundle.manifest["name"] == "digits04_inverted"
+    logged = [json.loads(line) for line in open(events)]
+    assert logged == made
+    event = logged[0]
+    assert event["device"] == dev.url and event["ood_rate"] >= 0.3 and event["samples"] >= 8 and event["time"]
+    assert event["candidates"][0]["name"] == "digits04_inverted" and event["candidates"][0]["fits"]
+    assert not event["candidates"][1]["fits"]
+
+
+def test_noise_raises_a_human_review_alert(repo, device, tmp_path):
+    agent, dev, bundle = device
+    noise = np.clip(np.random.default_rng(0).normal(0.3, 0.3, (60, 8, 8)), 0, 1).astype(np.float32)
+    _feed(agent, bundle, noise)
+    events = str(tmp_path / "events.jsonl")
+    made = watch(dev, repo, ood_rate=0.3, window=50, events_path=events, polls=3, sleep=lambda s: None)
+    assert [event["decision"] for event in made] == [NO_MATCH] and "model" not in made[0]
+    assert [json.loads(line) for line in open(events)] == made
+    assert agent.bundle.manifest["name"] == bundle.manifest["name"]  # nothing flashed
+    assert len(made[0]["candidates"]) == 2 and not any(c["fits"] for c in made[0]["candidates"])
