@@ -11,7 +11,8 @@ ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
 @pytest.mark.parametrize(
-    "name, keys", [("ood_quality", ["summary", "runs"]), ("int8", ["timing", "results"]), ("link", []), ("selection", [])]
+    "name, keys",
+    [("ood_quality", ["summary", "runs"]), ("int8", ["timing", "results"]), ("link", []), ("selection", [])],
 )
 def test_benchmark_quick_mode_writes_its_results(name, keys, tmp_path):
     env = {**os.environ, "EDGEFP_BENCH_RESULTS": str(tmp_path)}
