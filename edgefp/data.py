@@ -148,11 +148,17 @@ def check(data: Dataset, *, require_labels: bool = False) -> None:
         raise EdgefpError(f"{name}: labels must be non-negative integers, found {int(y.min())}")
 
 
+def shape_fits(sample_shape: tuple[int, ...], model_shape: tuple[int, ...]) -> bool:
+    """Whether samples of ``sample_shape`` fit a model input: the same shape, or without its last axis of 1."""
+    sample_shape, model_shape = tuple(sample_shape), tuple(model_shape)
+    return sample_shape == model_shape or (model_shape[-1:] == (1,) and sample_shape == model_shape[:-1])
+
+
 def fit_input_shape(x: np.ndarray, expected: tuple[int, ...], name: str) -> np.ndarray:
     """Return ``x`` shaped for a model taking samples of shape ``expected``, or raise a clear error."""
     if x.shape[1:] == tuple(expected):
         return x
-    if x.shape[1:] + (1,) == tuple(expected):
+    if shape_fits(x.shape[1:], expected):
         return x[..., None]
     raise EdgefpError(
         f"{name}: samples have shape {x.shape[1:]} but the model expects {tuple(expected)}; "

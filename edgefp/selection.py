@@ -20,16 +20,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgefp.data import shape_fits
 from edgefp.errors import EdgefpError
 from edgefp.repository import Entry, Repository
 
 ALPHA = 0.01  # false "no suitable model" rate the verdict allows for in-distribution target data
 NO_MATCH = "no suitable model"
-
-
-def shape_fits(sample_shape: tuple[int, ...], model_shape: tuple[int, ...]) -> bool:
-    """Whether samples of ``sample_shape`` fit a model input (as :func:`edgefp.data.fit_input_shape` allows)."""
-    return tuple(sample_shape) == tuple(model_shape) or tuple(sample_shape) + (1,) == tuple(model_shape)
 
 
 def ks_distance(values: np.ndarray, reference_quantiles: np.ndarray) -> float:
