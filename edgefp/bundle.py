@@ -12,13 +12,12 @@ import io
 import json
 import os
 import tarfile
-import tempfile
 
 import numpy as np
 
 from edgefp import data, ood
 from edgefp.errors import EdgefpError
-from edgefp.fsutil import atomic_directory
+from edgefp.fsutil import atomic_directory, write_file_atomic
 
 SCHEMA = "edgefp.bundle"
 SCHEMA_VERSION = 1
@@ -204,14 +203,4 @@ def _read_archive(path: str) -> dict[str, bytes]:
 def _write_archive(out: str, content: bytes, *, force: bool) -> None:
     if os.path.exists(out) and not force:
         raise EdgefpError(f"{out} already exists; choose another --out or pass --force to replace it")
-    directory = os.path.dirname(os.path.abspath(out))
-    os.makedirs(directory, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(out)}.", suffix=".partial", dir=directory)
-    try:
-        with os.fdopen(handle, "wb") as raw:
-            raw.write(content)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    write_file_atomic(out, content)

@@ -196,3 +196,11 @@ def apply_preprocessing(x: np.ndarray, preprocessing: dict) -> np.ndarray:
         return x.astype(np.float32)
     mean, std = np.asarray(preprocessing["mean"], np.float32), np.asarray(preprocessing["std"], np.float32)
     return ((x - mean) / std).astype(np.float32)
+
+
+def undo_preprocessing(x: np.ndarray, preprocessing: dict) -> np.ndarray:
+    """Model inputs back to raw samples: the inverse of :func:`apply_preprocessing`."""
+    if preprocessing["type"] == "none":
+        return x.astype(np.float32)
+    mean, std = np.asarray(preprocessing["mean"], np.float32), np.asarray(preprocessing["std"], np.float32)
+    return (x * std + mean).astype(np.float32)

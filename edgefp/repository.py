@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from edgefp.bundle import ARCHIVE_SUFFIX, Bundle, sha256
 from edgefp.errors import EdgefpError
+from edgefp.fsutil import write_file_atomic
 
 INDEX = "index.sqlite"
 BUNDLES = "bundles"
@@ -87,21 +88,6 @@ class Entry:
 
     def matches(self, where: dict[str, str]) -> bool:
         return all((self.name if key == "name" else self.tags.get(key)) == value for key, value in where.items())
-
-
-def _write_atomic(path: str, content: bytes) -> None:
-    directory = os.path.dirname(path)
-    handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=directory)
-    try:
-        with os.fdopen(handle, "wb") as raw:
-            raw.write(content)
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _now() -> str:
@@ -247,9 +233,9 @@ class Repository:
             raise EdgefpError(f"'{name}' is already in the repository; pass --force to replace it, or give --name")
         path = os.path.join(BUNDLES, digest + ARCHIVE_SUFFIX)
         entry = _entry_from_bundle(bundle, name, digest, path, len(archive), _now(), tags or {})
-        _write_atomic(os.path.join(self.root, path), archive)
+        write_file_atomic(os.path.join(self.root, path), archive)
         meta = {"name": name, "tags": entry.tags, "added": entry.added}
-        _write_atomic(self._sidecar(digest), json.dumps(meta).encode())
+        write_file_atomic(self._sidecar(digest), json.dumps(meta).encode())
         connection = self._connect()
         try:
             connection.execute("BEGIN IMMEDIATE")

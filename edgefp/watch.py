@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 from edgefp import selection
+from edgefp.data import undo_preprocessing
 from edgefp.errors import EdgefpError
 from edgefp.firmware_host import client
 from edgefp.repository import Repository
@@ -29,12 +30,7 @@ def to_raw(x_q: np.ndarray, input_spec: dict) -> np.ndarray:
     """Int8 model inputs -> raw samples: dequantise, then undo the preprocessing (inverse of
     :meth:`edgefp.bundle.Bundle.quantize`, up to rounding and clipping)."""
     x = (np.asarray(x_q, dtype=np.float32) - np.float32(input_spec["zero_point"])) * np.float32(input_spec["scale"])
-    pre = input_spec["preprocessing"]
-    if pre["type"] == "standardize":
-        x = x * np.asarray(pre["std"], np.float32) + np.asarray(pre["mean"], np.float32)
-    elif pre["type"] != "none":
-        raise EdgefpError(f"the active bundle's preprocessing '{pre['type']}' cannot be undone")
-    return x.astype(np.float32)
+    return undo_preprocessing(x, input_spec["preprocessing"])
 
 
 class _Window:
