@@ -20,7 +20,7 @@ from edgefp.errors import EdgefpError
 from edgefp.fsutil import atomic_directory, write_file_atomic
 
 SCHEMA = "edgefp.bundle"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
 MODEL = "model.tflite"
 ARCHIVE_SUFFIX = ".efp"
@@ -150,20 +150,22 @@ class Bundle:
         return _dequantize(probs_q, outputs["probs"]), np.stack(errors, axis=1)
 
     def decide(self, probs_q: np.ndarray, errors_q: np.ndarray) -> ood.Scores:
-        """The int8 outputs of N samples -> the score file (dequantise, combine, compare)."""
+        """The int8 outputs of N samples -> the score file (dequantise, look up, compare)."""
         probs, errors = self.dequantize(probs_q, errors_q)
-        score = ood.ood_score(errors, *self.log_error_stats())
+        units = self.score_units(errors_q)
         return ood.Scores(
             pred=self.label_values[np.argmax(probs_q, axis=1)],
             probs=probs,
-            ood_score=score,
-            is_ood=score > self.manifest["score"]["threshold"],
+            ood_score=units / (ood.SCORE_UNIT * len(self.manifest["layers"])),
+            is_ood=units > self.manifest["score"]["threshold_units"],
             layer_errors=errors,
         )
 
-    def log_error_stats(self) -> tuple[np.ndarray, np.ndarray]:
-        layers = self.manifest["layers"]
-        return np.array([lay["log_error_mean"] for lay in layers]), np.array([lay["log_error_std"] for lay in layers])
+    def score_units(self, errors_q: np.ndarray) -> np.ndarray:
+        """The int8 layer errors (N, L) -> scores in fixed-point units: the sum of each layer's z_table entry."""
+        tables = np.asarray([layer["z_table"] for layer in self.manifest["layers"]], dtype=np.int64)
+        index = np.asarray(errors_q, dtype=np.int64).reshape(-1, len(tables)) + 128
+        return tables[np.arange(len(tables)), index].sum(axis=1)
 
     def invoke_all(self, interpreter, x_q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Run every quantised sample through an interpreter; return the int8 probs (N, C) and errors (N, L)."""

@@ -343,6 +343,8 @@ def bench_run(bundle, port, runtime, runs, warmup, out, as_json):
         f"  latency mean {latency['mean']:.1f} us (std {latency['std']:.1f}), p50 {latency['p50']:.1f}, "
         f"p90 {latency['p90']:.1f}, p99 {latency['p99']:.1f}; {result['throughput_per_s']:.0f} inferences/s",
     ]
+    if "instructions" in result:
+        lines.append(f"  instructions per inference: mean {result['instructions']['mean']:,.0f} (emulated, counted)")
     if out:
         lines.append(f"  wrote {out}")
     _emit({key: value for key, value in result.items() if key != "samples_us"}, as_json, lines)
@@ -650,16 +652,29 @@ def agent(data_dir, board, serial_path, tcp, key_file):
 def sim(profile, tcp, data_dir, feed, rate, drift_at, drift):
     """A simulated board: the agent with a board profile's runtime and budgets (microcontroller
     profiles run TFLite Micro and refuse bundles that do not fit). Prints the URL on its first line.
-    With --feed it is also a live sensor, replaying data (drifting from --drift-at on) for monitoring."""
+    With --feed it is also a live sensor, replaying data (drifting from --drift-at on) for monitoring.
+
+    --profile qemu-m4 runs the C firmware itself on an emulated Cortex-M4 (QEMU mps2-an386, built with
+    arm-none-eabi-gcc on first use; instruction-counted, so bench reports instructions); --profile native
+    runs the same firmware built for this machine."""
     import tempfile
     import threading
 
     from edgefp.data import load
+    from edgefp.firmware_host import firmware
     from edgefp.firmware_host.agent import Agent
     from edgefp.firmware_host.feed import drifted, run_feed
 
     if (drift is None) != (drift_at is None):
         raise EdgefpError("--drift and --drift-at go together")
+    if profile in firmware.PORTS:
+        if feed or data_dir:
+            raise EdgefpError(f"--feed and --data-dir are for simulated boards; {profile} keeps bundles in flash")
+        with firmware.start(profile, tcp=tcp) as device:
+            click.echo(device.url)
+            sys.stdout.flush()
+            device.process.wait()
+        return
     samples = drifted(load(feed).x, drift_at, drift) if feed else None
     with tempfile.TemporaryDirectory(prefix="edgefp-sim-") as scratch:
         device = Agent(data_dir or scratch, profile)
@@ -667,6 +682,31 @@ def sim(profile, tcp, data_dir, feed, rate, drift_at, drift):
             stop = threading.Event()
             threading.Thread(target=run_feed, args=(device, samples, rate, stop), daemon=True).start()
         _serve(device, None, "127.0.0.1:0" if tcp else None, announce=True)
+
+
+@cli.command(
+    "export-firmware",
+    epilog="Example: edgefp export-firmware --board qemu-m4 --out fw/ --build  (then: make -C fw $(cat fw/board.mk))",
+)
+@click.option("--board", required=True, help="Board profile: its budgets, and its port (qemu-m4, native) or template.")
+@click.option("--out", required=True, type=click.Path(), help="Directory to write the project to.")
+@click.option("--build", "build_it", is_flag=True, help="Also build it (tested ports) and report flash and RAM use.")
+@FORCE_OPTION
+@JSON_OPTION
+def export_firmware(board, out, build_it, force, as_json):
+    """Write the C firmware (device protocol, two bundle slots, int8 engine, OOD check) as a project
+    for a board: portable sources, the board's port (or a template to fill in, docs/porting.md) and
+    its budgets. Bundles are flashed later over the protocol, without rebuilding."""
+    from edgefp.firmware_host import firmware
+
+    report = firmware.export(board, out, force=force)
+    lines = [f"firmware for {report['board']} written to {out} (port {report['port']})", f"  build: {report['make']}"]
+    if not report["tested"]:
+        lines.append(f"  write the board layer in {out}/boards/template/board.c first (docs/porting.md)")
+    if build_it:
+        report["sizes"] = firmware.budget_report(board)
+        lines += firmware.budget_lines(report["sizes"])
+    _emit(report, as_json, lines)
 
 
 def _serve(device, serial_path: str | None, tcp: str | None, *, announce: bool) -> None:

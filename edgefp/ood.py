@@ -15,6 +15,8 @@ import numpy as np
 
 EPS = 1e-6
 QUANTILE_LEVELS = np.linspace(0.0, 1.0, 101)
+SCORE_UNIT = 1 << 16  # fixed-point units per unit of z in an int8 bundle's score tables
+TABLE_MAX = (1 << 31) - 1
 
 
 def layer_zscores(layer_errors: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
@@ -31,6 +33,18 @@ def log_error_stats(layer_errors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and std of the log errors of in-distribution samples, per layer."""
     logs = np.log(np.asarray(layer_errors, dtype=np.float64) + EPS)
     return logs.mean(axis=0), np.maximum(logs.std(axis=0), 1e-3)
+
+
+def z_table(scale: float, zero_point: int, mu: float, sigma: float, eps: float = EPS) -> list[int]:
+    """One layer of an int8 bundle: ``max(z, 0)`` in fixed point for each int8 error q = -128..127.
+
+    The table makes an int8 bundle's score integer arithmetic (a sum of table entries), identical on
+    every runtime and platform, host or microcontroller: no logarithm or float rounding to disagree on.
+    """
+    q = np.arange(-128, 128, dtype=np.float32)
+    errors = np.maximum((q - np.float32(zero_point)) * np.float32(scale), 0.0).astype(np.float64)
+    z = np.maximum((np.log(errors + eps) - mu) / sigma, 0.0)
+    return np.minimum(np.round(z * SCORE_UNIT), TABLE_MAX).astype(np.int64).tolist()
 
 
 def threshold_at_fpr(id_scores: np.ndarray, fpr: float) -> float:

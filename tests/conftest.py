@@ -33,3 +33,18 @@ def digits_bundle(digits_run, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("bundle") / "digits04")
     manifest = convert(run_dir, data.load("digits:train:0-4"), out, ood_data=data.load("digits:test:5-9"))
     return manifest, out
+
+
+@pytest.fixture(scope="session")
+def motions_bundle(tmp_path_factory):
+    """A small sequence bundle (basic_motions, 30 epochs, fixed seed): the 1-D template, as an archive path."""
+    from edgefp import data
+    from edgefp.converter.convert import convert
+    from edgefp.trainer import train
+
+    dataset = data.load(os.path.join(DATASETS, "basic_motions.npz") + ":train")
+    fingerprint = train(dataset, epochs=30, seed=0, progress=False)
+    root = tmp_path_factory.mktemp("motions")
+    fingerprint.save(str(root / "run"))
+    convert(str(root / "run"), dataset, str(root / "motions.efp"))
+    return str(root / "motions.efp")

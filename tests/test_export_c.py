@@ -6,6 +6,8 @@ import subprocess
 import numpy as np
 import pytest
 
+from edgefp import ood
+from edgefp.bundle import Bundle
 from edgefp.converter.export_c import export_c
 from edgefp.errors import EdgefpError
 
@@ -84,10 +86,17 @@ def bundle():
             {"index": 2, "value": 7, "name": "café"},
         ],
         "layers": [
-            {"name": "dense", "features": 8, "log_error_mean": math.log(typical), "log_error_std": 0.5},
-            {"name": "dense_1", "features": 8, "log_error_mean": math.log(typical) - 1.0, "log_error_std": 0.8},
+            {"name": name, "features": 8, "z_table": ood.z_table(spec["scale"], spec["zero_point"], mu, sigma)}
+            for name, spec, mu, sigma in zip(
+                ("dense", "dense_1"), specs[1:], (math.log(typical), math.log(typical) - 1.0), (0.5, 0.8)
+            )
         ],
-        "score": {"combine": "mean_positive_z_log_error", "eps": 1e-6, "target_fpr": 0.05, "threshold": 0.8},
+        "score": {
+            "combine": "mean_positive_z_log_error",
+            "target_fpr": 0.05,
+            "unit": ood.SCORE_UNIT,
+            "threshold_units": int(0.8 * 2 * ood.SCORE_UNIT),
+        },
         "tflm_arena_bytes": 2000,
         "flash_bytes": len(model_bytes),
     }
@@ -183,15 +192,11 @@ int main()
     assert build.returncode == 0, build.stderr
     lines = subprocess.run(["./main"], cwd=out, capture_output=True, text=True, check=True).stdout.splitlines()
 
-    lerr, layers, score = manifest["outputs"]["layer_errors"], manifest["layers"], manifest["score"]
-    zero_points, scales = (np.array([spec[k] for spec in lerr]) for k in ("zero_point", "scale"))
-    e = (errors.astype(np.float64) - zero_points) * scales
-    mu, sigma = (np.array([layer[k] for layer in layers]) for k in ("log_error_mean", "log_error_std"))
-    expected = np.maximum((np.log(e + score["eps"]) - mu) / sigma, 0).mean(axis=1)
+    expected = Bundle(manifest, {}).decide(np.zeros((len(errors), 3), np.int8), errors)
     got = np.array([line.split()[1:] for line in lines[: len(errors)]], np.float64)
-    np.testing.assert_allclose(got[:, 0], expected, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(got[:, 1], expected > score["threshold"])
-    assert 0 < (expected > score["threshold"]).sum() < len(errors)
+    np.testing.assert_allclose(got[:, 0], expected.ood_score, rtol=1e-6)
+    np.testing.assert_array_equal(got[:, 1], expected.is_ood)
+    assert 0 < expected.is_ood.sum() < len(errors)
 
     inp = manifest["input"]
     standardized = (x.reshape(3, *SHAPE).astype(np.float64) - MEAN) / STD / inp["scale"]
@@ -205,7 +210,7 @@ int main()
 def test_header_spells_floats_as_float32_literals(exported, bundle):
     out, _ = exported
     header = (out / f"{NAME}_ood_config.h").read_text()
-    assert f"#define EDGEFP_{NAME.upper()}_EPS 9.99999997e-07f" in header
+    assert f"#define EDGEFP_{NAME.upper()}_TARGET_FPR 0.0500000007f" in header
     assert f"#define EDGEFP_{NAME.upper()}_TFLM_ARENA_BYTES 2000" in header
     assert f"#define EDGEFP_{NAME.upper()}_RECOMMENDED_ARENA_BYTES 2512" in header  # 2500 rounded up to 16
     assert r'"a \"quoted\" \\ name\?\?=\012", "caf\303\251"' in header
@@ -221,7 +226,7 @@ def test_bad_name_is_refused_and_nothing_is_written(bundle, tmp_path, name):
 
 def test_bad_manifest_leaves_no_files(bundle, tmp_path):
     manifest, model_bytes = bundle
-    broken = {**manifest, "score": {**manifest["score"], "threshold": float("inf")}}
+    broken = {**manifest, "score": {**manifest["score"], "target_fpr": float("inf")}}
     with pytest.raises(EdgefpError, match="not a finite float32"):
         export_c(broken, model_bytes, str(tmp_path))
     assert list(tmp_path.iterdir()) == []

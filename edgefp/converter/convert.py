@@ -130,17 +130,28 @@ def convert(run_dir: str, calib: data.Dataset, out: str, *, name=None, ood_data=
 
 
 def recalibrate(bundle: Bundle, holdout_x: np.ndarray, fpr: float) -> None:
-    """Fingerprint statistics and threshold from the int8 model's own errors on held-out data."""
-    _, errors = bundle.dequantize(*bundle.invoke_all(LiteRT(bundle.model_bytes), bundle.quantize(holdout_x)))
+    """Fingerprint statistics, score tables and threshold from the int8 model's own errors on held-out data."""
+    probs_q, errors_q = bundle.invoke_all(LiteRT(bundle.model_bytes), bundle.quantize(holdout_x))
+    _, errors = bundle.dequantize(probs_q, errors_q)
     calibration = ood.calibrate(errors, fpr)
+    outputs = bundle.manifest["outputs"]["layer_errors"]
     for j, layer in enumerate(bundle.manifest["layers"]):
+        mu, sigma = float(calibration.mu[j]), float(calibration.sigma[j])
         layer.update(
-            log_error_mean=float(calibration.mu[j]),
-            log_error_std=float(calibration.sigma[j]),
+            log_error_mean=mu,
+            log_error_std=sigma,
             holdout_error_quantiles=calibration.error_quantiles[j],
+            z_table=ood.z_table(outputs[j]["scale"], outputs[j]["zero_point"], mu, sigma),
         )
+    units = bundle.score_units(errors_q)
+    threshold_units = int(np.quantile(units, 1.0 - fpr, method="higher"))
+    scale = ood.SCORE_UNIT * len(bundle.manifest["layers"])
     bundle.manifest["score"].update(
-        threshold=calibration.threshold, holdout_quantiles=calibration.score_quantiles, n_holdout=len(holdout_x)
+        unit=ood.SCORE_UNIT,
+        threshold_units=threshold_units,
+        threshold=threshold_units / scale,
+        holdout_quantiles=ood.quantiles(units / scale),
+        n_holdout=len(holdout_x),
     )
 
 

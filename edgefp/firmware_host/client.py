@@ -24,6 +24,7 @@ from edgefp import bench as bench_mod
 from edgefp.bundle import MANIFEST, Bundle
 from edgefp.errors import EdgefpError
 from edgefp.firmware_host import protocol
+from edgefp.firmware_host.boards import BOARDS
 from edgefp.firmware_host.framing import DELIMITER, MIN_FRAME, OVERHEAD, Frame, FrameReader, encode_frame
 from edgefp.firmware_host.protocol import RESPONSE, Err, Msg, SlotState
 from edgefp.firmware_host.transport import read_some
@@ -306,6 +307,10 @@ def bench(device: Device, runs: int = 200, warmup: int = 20) -> dict:
     )
     if len(result.latencies_us) < result.runs:  # statistics over every run, not only those that fit a frame
         summary.update(runs=result.runs, latency_us=result.stats, throughput_per_s=1e6 / result.stats["mean"])
+    board = BOARDS.get(info.board)
+    if board is not None and board.instructions_per_us:  # an instruction-counted emulator: time is instructions
+        rate = board.instructions_per_us
+        summary["instructions"] = {key: value * rate for key, value in summary["latency_us"].items()}
     return summary
 
 

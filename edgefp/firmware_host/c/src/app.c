@@ -1,0 +1,781 @@
+#include "app.h"
+
+#include <string.h>
+
+#include "board.h"
+#include "bundle.h"
+#include "config.h"
+#include "engine.h"
+#include "framing.h"
+#include "sha256.h"
+#include "storage.h"
+#include "text.h"
+
+enum msg {
+    HELLO = 0x01, AUTH = 0x02, MANIFEST = 0x03,
+    UPLOAD_BEGIN = 0x10, UPLOAD_CHUNK = 0x11, UPLOAD_END = 0x12, ACTIVATE = 0x13,
+    INFER = 0x20, BENCH = 0x21,
+    EVENTS = 0x30, GET_COUNTERS = 0x31, GET_OOD = 0x32, RESET = 0x3F,
+    EVENT = 0xFE, ERROR = 0xFF, RESPONSE = 0x80,
+};
+
+enum err {
+    BAD_FRAME = 0x01, UNKNOWN_TYPE = 0x02, BAD_LENGTH = 0x03, FRAME_TOO_LARGE = 0x04,
+    NO_BUNDLE = 0x10, BAD_INPUT_SHAPE = 0x11, HASH_MISMATCH = 0x12, INVALID_BUNDLE = 0x13,
+    DOES_NOT_FIT = 0x14, BAD_STATE = 0x15, OUT_OF_RANGE = 0x16, UNSUPPORTED_OP = 0x17, INTERNAL = 0x7F,
+};
+
+enum slot_state { EMPTY = 0, RECEIVING = 1, VERIFIED = 2, ACTIVE_SLOT = 3 };
+
+#define MAX_BODY (EFP_MAX_FRAME - FRAME_OVERHEAD)
+#define CHUNK ((MAX_BODY - 4) / 16 * 16) /* upload data per frame: keeps flash writes 16-byte aligned */
+#define OOD_HEAD 13                      /* GET_OOD response before the input */
+#define BENCH_HEAD 44                    /* BENCH response before its latency count */
+#define ROUND16(n) (((n) + 15u) & ~(size_t)15u)
+
+static uint8_t arena[EFP_ARENA_BYTES] __attribute__((aligned(16)));
+static efp_engine engine;
+
+/* The active bundle; its score tables and OOD inputs sit at the end of the arena (extras bytes). */
+static struct {
+    int slot; /* -1 when none */
+    bundle_info info;
+    int32_t *tables;
+    uint8_t *ood_inputs;
+    size_t extras;
+} active;
+
+static struct {
+    int on, slot;
+    uint32_t total, received;
+    uint8_t sha256[32];
+    sha256_ctx hash;
+} upload;
+
+static struct {
+    uint32_t inputs, ood;
+    uint8_t window[EFP_WINDOW];
+    uint32_t window_next, window_inputs, window_ood;
+    struct {
+        uint32_t input, timestamp_ms;
+        uint8_t pred;
+        float score;
+    } recent[EFP_OOD_CAPACITY];
+    uint32_t recent_next, buffered;
+} seen;
+
+static int events_on;
+static frame_reader reader;
+static uint8_t tx[EFP_MAX_FRAME]; /* the answer being built, kept for duplicates of its request */
+static size_t tx_len;
+static int kept;
+static uint16_t kept_seq;
+static uint32_t kept_crc;
+static char message[EFP_ERROR_LEN + 32];
+static text msg;
+
+/* ---------------------------------------------------------------- little-endian fields */
+static uint8_t *put(uint8_t *w, uint64_t v, int bytes)
+{
+    for (int i = 0; i < bytes; ++i) {
+        *w++ = (uint8_t)(v >> (8 * i));
+    }
+    return w;
+}
+
+static uint8_t *put_f32(uint8_t *w, float f)
+{
+    uint32_t bits;
+    memcpy(&bits, &f, 4);
+    return put(w, bits, 4);
+}
+
+static uint8_t *put_str8(uint8_t *w, const char *s)
+{
+    size_t n = strlen(s);
+    n = n > EFP_NAME_MAX ? EFP_NAME_MAX : n;
+    *w++ = (uint8_t)n;
+    memcpy(w, s, n);
+    return w + n;
+}
+
+static uint32_t get_u32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* ---------------------------------------------------------------- refusals */
+static int error_code;
+
+static long refuse(int code, const char *text1)
+{
+    error_code = code;
+    text_init(&msg, message, sizeof message);
+    text_str(&msg, text1);
+    return -1;
+}
+
+static long refuse_bytes(int code, const char *what, uint32_t n, const char *rest)
+{
+    refuse(code, what);
+    text_uint(&msg, n);
+    text_str(&msg, rest);
+    return -1;
+}
+
+/* ---------------------------------------------------------------- bundles */
+static size_t extras_for(const bundle_info *b)
+{
+    return ROUND16(b->layers * 256u * sizeof(int32_t)) + ROUND16((size_t)EFP_OOD_CAPACITY * b->input_bytes);
+}
+
+/* Map an engine failure to an error code, the engine's message kept. */
+static long refuse_engine(int status)
+{
+    return refuse(status == EFP_UNSUPPORTED ? UNSUPPORTED_OP : status == EFP_INVALID_MODEL ? INVALID_BUNDLE : INTERNAL,
+                  engine.error);
+}
+
+static void clear_counters(void)
+{
+    memset(&seen, 0, sizeof seen);
+}
+
+/* Serve the verified bundle in `slot`: 0, or -1 with the reason (nothing is active then). */
+static long load(int slot)
+{
+    active.slot = -1;
+    bundle_info *b = &active.info;
+    if (bundle_open(slot_data(slot), storage_record.slot[slot].bytes, b, message, sizeof message)) {
+        return refuse(INVALID_BUNDLE, message);
+    }
+    active.extras = extras_for(b);
+    if (active.extras > EFP_ARENA_BYTES) {
+        return refuse(DOES_NOT_FIT, "the score tables and OOD buffer do not fit the arena");
+    }
+    active.tables = (int32_t *)(void *)(arena + EFP_ARENA_BYTES - active.extras);
+    active.ood_inputs = arena + EFP_ARENA_BYTES - active.extras + ROUND16(b->layers * 256u * sizeof(int32_t));
+    if (bundle_tables(b, active.tables)) {
+        return refuse(INVALID_BUNDLE, "a z_table in manifest.json is malformed");
+    }
+    int status = efp_engine_init(&engine, b->model, b->model_len, arena, EFP_ARENA_BYTES - active.extras);
+    if (status != EFP_OK) {
+        return refuse_engine(status);
+    }
+    size_t bytes, outputs = efp_engine_output_count(&engine);
+    efp_engine_input(&engine, &bytes);
+    if (bytes != b->input_bytes) {
+        return refuse(INVALID_BUNDLE, "the model's input does not have the manifest's shape");
+    }
+    if (b->probs_index >= outputs || (efp_engine_output(&engine, b->probs_index, &bytes), bytes != b->classes)) {
+        return refuse(INVALID_BUNDLE, "the model's probs output does not match the manifest's labels");
+    }
+    for (uint32_t l = 0; l < b->layers; ++l) {
+        if (b->error_index[l] >= outputs) {
+            return refuse(INVALID_BUNDLE, "a layer error output named in manifest.json is missing");
+        }
+    }
+    active.slot = slot;
+    clear_counters();
+    return 0;
+}
+
+/* Check the bundle that was just uploaded to `slot` (it verifies, fits, and the engine can run it),
+ * keeping the active bundle's tables and OOD inputs; the active bundle's engine is set up again after. */
+static long check(int slot, uint32_t bytes, bundle_info *b)
+{
+    if (bundle_open(slot_data(slot), bytes, b, message, sizeof message)) {
+        return refuse(INVALID_BUNDLE, message);
+    }
+    if (b->input_bytes + OOD_HEAD + FRAME_OVERHEAD > EFP_MAX_FRAME) {
+        return refuse_bytes(DOES_NOT_FIT, "its input of ", b->input_bytes, " bytes does not fit a frame");
+    }
+    size_t reserved = active.slot >= 0 ? active.extras : 0;
+    int status = efp_engine_init(&engine, b->model, b->model_len, arena, EFP_ARENA_BYTES - reserved);
+    size_t need = engine.arena_needed + extras_for(b);
+    long result = 0;
+    if (status != EFP_OK && status != EFP_ARENA_TOO_SMALL) {
+        result = refuse_engine(status);
+    } else if (need > EFP_ARENA_BYTES) {
+        result = refuse_bytes(DOES_NOT_FIT, "the model needs ", (uint32_t)(need - EFP_ARENA_BYTES), " bytes more RAM than ");
+        text_str(&msg, board_name);
+        text_str(&msg, " has");
+    }
+    if (active.slot >= 0 && efp_engine_init(&engine, active.info.model, active.info.model_len, arena,
+                                            EFP_ARENA_BYTES - active.extras) != EFP_OK) {
+        active.slot = -1; /* cannot happen: it ran before; stop serving rather than run a broken graph */
+    }
+    return result;
+}
+
+/* ---------------------------------------------------------------- inference */
+typedef struct {
+    uint8_t pred, ood;
+    float score;
+    uint32_t latency_us;
+    const int8_t *probs;
+    int8_t errors[EFP_MAX_LAYERS];
+} result;
+
+/* Milliseconds of uptime, carried across wraps of the microsecond clock (called often enough). */
+static uint32_t now_ms(void)
+{
+    static uint32_t last_us, ms, rest_us;
+    uint32_t us = board_time_us();
+    rest_us += us - last_us;
+    last_us = us;
+    ms += rest_us / 1000u;
+    rest_us %= 1000u;
+    return ms;
+}
+
+static long run(const uint8_t *x, result *r)
+{
+    const bundle_info *b = &active.info;
+    size_t bytes;
+    memcpy(efp_engine_input(&engine, &bytes), x, b->input_bytes);
+    uint32_t start = board_time_us();
+    int status = efp_engine_invoke(&engine);
+    r->latency_us = board_time_us() - start;
+    if (status != EFP_OK) {
+        return refuse(INTERNAL, engine.error);
+    }
+    r->probs = efp_engine_output(&engine, b->probs_index, &bytes);
+    r->pred = 0;
+    for (uint32_t k = 1; k < b->classes; ++k) {
+        r->pred = r->probs[k] > r->probs[r->pred] ? (uint8_t)k : r->pred;
+    }
+    int64_t units = 0;
+    for (uint32_t l = 0; l < b->layers; ++l) {
+        r->errors[l] = efp_engine_output(&engine, b->error_index[l], &bytes)[0];
+        units += active.tables[l * 256u + (uint32_t)(r->errors[l] + 128)];
+    }
+    r->ood = units > b->threshold_units;
+    r->score = (float)((double)units / ((double)b->score_unit * b->layers));
+    return 0;
+}
+
+/* Count one input seen; buffer it when OOD; tell a subscribed host. */
+static void observe(const uint8_t *x, const result *r)
+{
+    uint32_t now = now_ms();
+    seen.inputs += 1;
+    seen.ood += r->ood;
+    if (seen.window_inputs == EFP_WINDOW) {
+        seen.window_ood -= seen.window[seen.window_next];
+    } else {
+        seen.window_inputs += 1;
+    }
+    seen.window[seen.window_next] = r->ood;
+    seen.window_ood += r->ood;
+    seen.window_next = (seen.window_next + 1) % EFP_WINDOW;
+    if (r->ood) {
+        uint32_t i = seen.recent_next;
+        seen.recent[i].input = seen.inputs;
+        seen.recent[i].timestamp_ms = now;
+        seen.recent[i].pred = r->pred;
+        seen.recent[i].score = r->score;
+        memcpy(active.ood_inputs + (size_t)i * active.info.input_bytes, x, active.info.input_bytes);
+        seen.recent_next = (i + 1) % EFP_OOD_CAPACITY;
+        seen.buffered += seen.buffered < EFP_OOD_CAPACITY;
+    }
+    if (events_on) {
+        uint8_t event[3 + 22 + 4], *w = event + 3;
+        w = put(w, now, 4);
+        w = put(w, seen.inputs, 4);
+        *w++ = r->pred;
+        w = put_f32(w, r->score);
+        *w++ = r->ood;
+        w = put(w, r->latency_us, 4);
+        frame_send(event, frame_seal(event, EVENT, 0, (size_t)(w - event - 3)));
+    }
+}
+
+/* ---------------------------------------------------------------- requests
+ * Each handler gets the request body and writes the response body at `out`; it returns the body's
+ * length, or -1 after refuse(). */
+typedef long (*handler)(const uint8_t *body, size_t len, uint8_t *out);
+
+static long require_active(void)
+{
+    return active.slot < 0 ? refuse(NO_BUNDLE, "no bundle is active; flash one first") : 0;
+}
+
+static long bad_length(size_t len, size_t expected)
+{
+    return len == expected ? 0 : refuse_bytes(BAD_LENGTH, "the body must have ", (uint32_t)expected, " bytes");
+}
+
+static long on_hello(const uint8_t *body, size_t len, uint8_t *out)
+{
+    (void)body;
+    if (bad_length(len, 2)) {
+        return -1;
+    }
+    events_on = 0; /* HELLO starts a host's session, unsubscribed */
+    uint8_t *w = put(out, EFP_PROTOCOL_VERSION, 2);
+    w = put(w, EFP_MAX_FRAME, 4);
+    *w++ = 0; /* no AUTH: a UART is a local link */
+    memset(w, 0, 16);
+    w = put_str8(w + 16, EFP_FIRMWARE);
+    w = put_str8(w, board_name);
+    w = put_str8(w, "tflm");
+    w = put(w, slot_capacity(), 8);
+    w = put(w, EFP_ARENA_BYTES, 8);
+    *w++ = active.slot < 0 ? NO_SLOT : (uint8_t)active.slot;
+    *w++ = SLOTS;
+    for (int s = 0; s < SLOTS; ++s) {
+        const slot_record *r = &storage_record.slot[s];
+        int receiving = upload.on && upload.slot == s;
+        *w++ = receiving ? RECEIVING : !r->verified ? EMPTY : s == active.slot ? ACTIVE_SLOT : VERIFIED;
+        w = put(w, receiving ? upload.total : r->verified ? r->bytes : 0, 4);
+        if (receiving || !r->verified) {
+            memset(w, 0, 32);
+            w = put_str8(w + 32, "");
+        } else {
+            memcpy(w, r->sha256, 32);
+            w = put_str8(w + 32, r->name);
+        }
+    }
+    return w - out;
+}
+
+static long on_auth(const uint8_t *body, size_t len, uint8_t *out)
+{
+    (void)body;
+    (void)out;
+    return bad_length(len, 32); /* nothing to check: this device requires no key */
+}
+
+static long on_manifest(const uint8_t *body, size_t len, uint8_t *out)
+{
+    if (bad_length(len, 4) || require_active()) {
+        return -1;
+    }
+    uint32_t total = active.info.manifest_len, offset = get_u32(body);
+    uint32_t piece = offset >= total ? 0 : total - offset;
+    piece = piece > MAX_BODY - 4 ? MAX_BODY - 4 : piece;
+    put(out, total, 4);
+    memcpy(out + 4, active.info.manifest + (offset < total ? offset : total), piece);
+    return 4 + (long)piece;
+}
+
+static long on_upload_begin(const uint8_t *body, size_t len, uint8_t *out)
+{
+    if (len < 37 || len != 37u + body[36]) {
+        return refuse(BAD_LENGTH, "UPLOAD_BEGIN takes total, sha256 and a name");
+    }
+    uint32_t total = get_u32(body);
+    if (total > slot_capacity()) {
+        refuse_bytes(DOES_NOT_FIT, "the archive needs ", total - slot_capacity(), " bytes more storage than ");
+        text_str(&msg, board_name);
+        text_str(&msg, " has");
+        return -1;
+    }
+    upload.on = 0;
+    int slot = active.slot < 0 ? (storage_record.slot[0].verified && !storage_record.slot[1].verified) : 1 - active.slot;
+    if (storage_record.slot[slot].verified) { /* forget it before its bytes change */
+        storage_record.slot[slot].verified = 0;
+        if (storage_record.active == slot) {
+            storage_record.active = NO_SLOT;
+        }
+        if (storage_commit()) {
+            return refuse(INTERNAL, "the boot record could not be written");
+        }
+    }
+    if (slot_erase(slot, total ? total : 1)) {
+        return refuse(INTERNAL, "the slot could not be erased");
+    }
+    upload.on = 1;
+    upload.slot = slot;
+    upload.total = total;
+    upload.received = 0;
+    memcpy(upload.sha256, body + 4, 32);
+    sha256_init(&upload.hash);
+    return put(out, CHUNK, 4) - out;
+}
+
+static long on_upload_chunk(const uint8_t *body, size_t len, uint8_t *out)
+{
+    if (len < 4) {
+        return refuse(BAD_LENGTH, "UPLOAD_CHUNK takes an offset and data");
+    }
+    uint32_t offset = get_u32(body), n = (uint32_t)len - 4;
+    if (!upload.on) {
+        return refuse(BAD_STATE, "no upload in progress; send UPLOAD_BEGIN first");
+    }
+    if (offset != upload.received) {
+        refuse_bytes(BAD_STATE, "chunk at offset ", offset, ", expected ");
+        text_uint(&msg, upload.received);
+        return -1;
+    }
+    if (n > upload.total - offset) {
+        return refuse_bytes(BAD_STATE, "chunk runs past the ", upload.total, " bytes announced");
+    }
+    if (slot_program(upload.slot, offset, body + 4, n)) {
+        upload.on = 0;
+        return refuse(INTERNAL, "flash programming failed");
+    }
+    sha256_update(&upload.hash, body + 4, n);
+    upload.received += n;
+    return put(out, upload.received, 4) - out;
+}
+
+static long on_upload_end(const uint8_t *body, size_t len, uint8_t *out)
+{
+    (void)body;
+    if (bad_length(len, 0)) {
+        return -1;
+    }
+    if (!upload.on || upload.received != upload.total) {
+        if (!upload.on) {
+            return refuse(BAD_STATE, "the upload is not complete (no upload)");
+        }
+        refuse_bytes(BAD_STATE, "the upload is not complete (", upload.received, " of ");
+        text_uint(&msg, upload.total);
+        text_str(&msg, " bytes)");
+        return -1;
+    }
+    upload.on = 0;
+    uint8_t digest[32];
+    sha256_final(&upload.hash, digest);
+    if (memcmp(digest, upload.sha256, 32) != 0) {
+        return refuse(HASH_MISMATCH, "the received bytes do not have the announced SHA-256; upload again");
+    }
+    sha256(slot_data(upload.slot), upload.total, digest); /* what the flash holds, not what passed by */
+    if (memcmp(digest, upload.sha256, 32) != 0) {
+        return refuse(INTERNAL, "the flash does not hold what was written");
+    }
+    bundle_info b;
+    if (check(upload.slot, upload.total, &b)) {
+        return -1;
+    }
+    slot_record *r = &storage_record.slot[upload.slot];
+    r->bytes = upload.total;
+    memcpy(r->sha256, digest, 32);
+    memcpy(r->name, b.name, sizeof r->name);
+    r->verified = 1;
+    if (storage_commit()) {
+        r->verified = 0;
+        return refuse(INTERNAL, "the boot record could not be written");
+    }
+    *out = (uint8_t)upload.slot;
+    return 1;
+}
+
+static long on_activate(const uint8_t *body, size_t len, uint8_t *out)
+{
+    if (bad_length(len, 32)) {
+        return -1;
+    }
+    int slot = -1;
+    for (int s = 0; s < SLOTS; ++s) {
+        if (storage_record.slot[s].verified && memcmp(storage_record.slot[s].sha256, body, 32) == 0) {
+            slot = s;
+        }
+    }
+    if (slot < 0) {
+        return refuse(BAD_STATE, "no slot holds that bundle verified; upload it first");
+    }
+    int previous = active.slot;
+    if (load(slot)) {
+        if (previous >= 0) { /* keep serving what was active */
+            int code = error_code;
+            char reason[sizeof message];
+            memcpy(reason, message, sizeof reason);
+            load(previous);
+            refuse(code, reason);
+        }
+        return -1;
+    }
+    storage_record.active = (uint8_t)slot;
+    if (storage_commit()) {
+        return refuse(INTERNAL, "the boot record could not be written");
+    }
+    *out = (uint8_t)slot;
+    return 1;
+}
+
+static long on_infer(const uint8_t *body, size_t len, uint8_t *out)
+{
+    if (require_active()) {
+        return -1;
+    }
+    const bundle_info *b = &active.info;
+    if (len != b->input_bytes) {
+        refuse_bytes(BAD_INPUT_SHAPE, "the input has ", (uint32_t)len, " bytes; the model takes ");
+        text_uint(&msg, b->input_bytes);
+        return -1;
+    }
+    result r;
+    memset(&r, 0, sizeof r);
+    if (run(body, &r)) {
+        return -1;
+    }
+    observe(body, &r);
+    uint8_t *w = out;
+    *w++ = r.pred;
+    *w++ = (uint8_t)b->classes;
+    memcpy(w, r.probs, b->classes);
+    w += b->classes;
+    *w++ = (uint8_t)b->layers;
+    memcpy(w, r.errors, b->layers);
+    w += b->layers;
+    w = put_f32(w, r.score);
+    *w++ = r.ood;
+    return put(w, r.latency_us, 4) - out;
+}
+
+static float latency_at(const uint8_t *latencies, uint32_t i)
+{
+    float v;
+    memcpy(&v, latencies + 4 * i, 4);
+    return v;
+}
+
+/* The k-th smallest of n latencies (n is small: those that fit one frame). */
+static float kth(const uint8_t *latencies, uint32_t n, uint32_t k)
+{
+    for (uint32_t i = 0; i < n; ++i) {
+        float v = latency_at(latencies, i);
+        uint32_t below = 0, equal = 0;
+        for (uint32_t j = 0; j < n; ++j) {
+            float u = latency_at(latencies, j);
+            below += u < v;
+            equal += u == v;
+        }
+        if (below <= k && k < below + equal) {
+            return v;
+        }
+    }
+    return 0.0f;
+}
+
+static float percentile(const uint8_t *latencies, uint32_t n, float p)
+{
+    float position = (float)(n - 1) * p / 100.0f;
+    uint32_t lo = (uint32_t)position;
+    float low = kth(latencies, n, lo);
+    return lo + 1 < n ? low + (position - (float)lo) * (kth(latencies, n, lo + 1) - low) : low;
+}
+
+static long on_bench(const uint8_t *body, size_t len, uint8_t *out)
+{
+    if (bad_length(len, 8) || require_active()) {
+        return -1;
+    }
+    uint32_t runs = get_u32(body), warmup = get_u32(body + 4);
+    if (runs < 1) {
+        return refuse(OUT_OF_RANGE, "runs must be at least 1");
+    }
+    const bundle_info *b = &active.info;
+    uint32_t start = board_time_us();
+    int status = efp_engine_init(&engine, b->model, b->model_len, arena, EFP_ARENA_BYTES - active.extras);
+    float init_ms = (float)(board_time_us() - start) / 1000.0f;
+    if (status != EFP_OK) {
+        active.slot = -1;
+        return refuse_engine(status);
+    }
+    size_t bytes;
+    int8_t *input = efp_engine_input(&engine, &bytes);
+    uint32_t seed = 0x9E3779B9u; /* a fixed pseudo-random input (xorshift32) */
+    for (size_t i = 0; i < bytes; ++i) {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        input[i] = (int8_t)(seed >> 24);
+    }
+    uint8_t *latencies = out + BENCH_HEAD + 4;
+    uint32_t kept_runs = (MAX_BODY - BENCH_HEAD - 4) / 4;
+    kept_runs = runs < kept_runs ? runs : kept_runs;
+    double sum = 0.0, squares = 0.0;
+    float first = 0.0f, lo = 0.0f, hi = 0.0f;
+    for (uint32_t i = 0; i < 1 + warmup + runs; ++i) {
+        start = board_time_us();
+        status = efp_engine_invoke(&engine);
+        float us = (float)(board_time_us() - start);
+        if (status != EFP_OK) {
+            return refuse(INTERNAL, engine.error);
+        }
+        if (i == 0) {
+            first = us;
+        } else if (i > warmup) {
+            uint32_t n = i - warmup - 1;
+            sum += us;
+            squares += (double)us * us;
+            lo = n == 0 || us < lo ? us : lo;
+            hi = n == 0 || us > hi ? us : hi;
+            if (n < kept_runs) {
+                memcpy(latencies + 4 * n, &us, 4);
+            }
+        }
+    }
+    double mean = sum / runs, variance = squares / runs - mean * mean;
+    double std = variance > 1.0 ? variance : 1.0;
+    for (int i = 0; i < 64; ++i) { /* Newton's square root: no libm needed */
+        std = 0.5 * (std + (variance > 0.0 ? variance : 0.0) / std);
+    }
+    uint8_t *w = put_f32(out, init_ms);
+    w = put_f32(w, first);
+    w = put(w, runs, 4);
+    w = put(w, warmup, 4);
+    w = put_f32(w, (float)mean);
+    w = put_f32(w, (float)std);
+    w = put_f32(w, lo);
+    w = put_f32(w, hi);
+    w = put_f32(w, percentile(latencies, kept_runs, 50.0f));
+    w = put_f32(w, percentile(latencies, kept_runs, 90.0f));
+    w = put_f32(w, percentile(latencies, kept_runs, 99.0f));
+    put(w, kept_runs, 4);
+    return BENCH_HEAD + 4 + 4 * (long)kept_runs;
+}
+
+static long on_events(const uint8_t *body, size_t len, uint8_t *out)
+{
+    (void)out;
+    if (bad_length(len, 1)) {
+        return -1;
+    }
+    events_on = body[0] != 0;
+    return 0;
+}
+
+static long on_counters(const uint8_t *body, size_t len, uint8_t *out)
+{
+    (void)body;
+    if (bad_length(len, 0)) {
+        return -1;
+    }
+    uint8_t *w = put(out, seen.inputs, 4);
+    w = put(w, seen.ood, 4);
+    w = put(w, EFP_WINDOW, 4);
+    w = put(w, seen.window_inputs, 4);
+    w = put_f32(w, seen.window_inputs ? (float)seen.window_ood / (float)seen.window_inputs : 0.0f);
+    w = put(w, seen.buffered, 4);
+    return put(w, EFP_OOD_CAPACITY, 4) - out;
+}
+
+static long on_get_ood(const uint8_t *body, size_t len, uint8_t *out)
+{
+    if (bad_length(len, 4) || require_active()) {
+        return -1;
+    }
+    uint32_t index = get_u32(body);
+    if (index >= seen.buffered) {
+        refuse_bytes(OUT_OF_RANGE, "OOD sample ", index, " asked, ");
+        text_uint(&msg, seen.buffered);
+        text_str(&msg, " buffered");
+        return -1;
+    }
+    uint32_t i = (seen.recent_next + EFP_OOD_CAPACITY - 1 - index) % EFP_OOD_CAPACITY;
+    uint8_t *w = put(out, seen.recent[i].input, 4);
+    w = put(w, seen.recent[i].timestamp_ms, 4);
+    *w++ = seen.recent[i].pred;
+    w = put_f32(w, seen.recent[i].score);
+    memcpy(w, active.ood_inputs + (size_t)i * active.info.input_bytes, active.info.input_bytes);
+    return OOD_HEAD + (long)active.info.input_bytes;
+}
+
+static int reboot_after_answer;
+
+static long on_reset(const uint8_t *body, size_t len, uint8_t *out)
+{
+    (void)out;
+    if (bad_length(len, 1)) {
+        return -1;
+    }
+    upload.on = 0;
+    clear_counters();
+    reboot_after_answer = body[0] != 0;
+    return 0;
+}
+
+static handler handler_for(uint8_t type)
+{
+    switch (type) {
+    case HELLO: return on_hello;
+    case AUTH: return on_auth;
+    case MANIFEST: return on_manifest;
+    case UPLOAD_BEGIN: return on_upload_begin;
+    case UPLOAD_CHUNK: return on_upload_chunk;
+    case UPLOAD_END: return on_upload_end;
+    case ACTIVATE: return on_activate;
+    case INFER: return on_infer;
+    case BENCH: return on_bench;
+    case EVENTS: return on_events;
+    case GET_COUNTERS: return on_counters;
+    case GET_OOD: return on_get_ood;
+    case RESET: return on_reset;
+    default: return NULL;
+    }
+}
+
+/* ---------------------------------------------------------------- frames */
+static size_t error_body(uint8_t *out, int code, uint8_t request_type, const char *text1)
+{
+    size_t n = strlen(text1);
+    out[0] = (uint8_t)code;
+    out[1] = request_type;
+    memcpy(out + 2, text1, n);
+    return 2 + n;
+}
+
+static void notice(int code, uint8_t type, uint16_t seq, const char *text1)
+{
+    uint8_t frame[3 + 2 + 64 + 4];
+    char line[64];
+    text t;
+    text_init(&t, line, sizeof line);
+    text_str(&t, text1);
+    frame_send(frame, frame_seal(frame, ERROR, seq, error_body(frame + 3, code, type, line)));
+}
+
+static void answer(const uint8_t *payload, size_t len)
+{
+    uint8_t type = payload[0];
+    uint16_t seq = (uint16_t)(payload[1] | payload[2] << 8);
+    uint32_t crc = get_u32(payload + len - 4);
+    if (type != HELLO && kept && kept_seq == seq && kept_crc == crc) {
+        frame_send(tx, tx_len); /* a duplicate: the kept answer again, not executed twice */
+        return;
+    }
+    handler h = handler_for(type);
+    long n = h ? h(payload + 3, len - FRAME_OVERHEAD, tx + 3)
+               : refuse_bytes(UNKNOWN_TYPE, "unknown request type ", type, "");
+    tx_len = n >= 0 ? frame_seal(tx, type | RESPONSE, seq, (size_t)n)
+                    : frame_seal(tx, ERROR, seq, error_body(tx + 3, error_code, type, message));
+    kept = type != HELLO;
+    kept_seq = seq;
+    kept_crc = crc;
+    frame_send(tx, tx_len);
+    if (reboot_after_answer) {
+        board_reset();
+    }
+}
+
+void app_receive(const uint8_t *data, size_t len)
+{
+    for (size_t i = 0; i < len; ++i) {
+        switch (frame_feed(&reader, data[i])) {
+        case FRAME_OK: answer(reader.payload, reader.payload_len); break;
+        case FRAME_BAD: notice(BAD_FRAME, 0, 0, "a frame did not decode or failed its CRC"); break;
+        case FRAME_OVERSIZED: notice(FRAME_TOO_LARGE, reader.type, reader.seq, "the frame exceeds the max frame"); break;
+        default: break;
+        }
+    }
+}
+
+void app_init(void)
+{
+    active.slot = -1;
+    if (storage_init()) {
+        return; /* no usable flash: serve the protocol without bundles */
+    }
+    int first = storage_record.active == NO_SLOT ? 0 : storage_record.active;
+    for (int i = 0; i < SLOTS; ++i) { /* the active slot, else the other one if it verifies */
+        int slot = (first + i) % SLOTS;
+        if (storage_record.slot[slot].verified && load(slot) == 0) {
+            break;
+        }
+    }
+}

@@ -1,0 +1,14 @@
+/* The device side of the edgefp protocol (docs/protocol.md) on a microcontroller. */
+#ifndef EFP_APP_H
+#define EFP_APP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Read storage and start serving the last active bundle (call after board_init). */
+void app_init(void);
+
+/* Handle bytes received on the UART (answers go out through board_uart_write). */
+void app_receive(const uint8_t *data, size_t len);
+
+#endif

@@ -1,0 +1,42 @@
+/* The board layer: the few functions the firmware needs from a board. One file per port
+ * (boards/<port>/board.c); docs/porting.md explains how to write one. */
+#ifndef EFP_BOARD_H
+#define EFP_BOARD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Bring up clocks, the UART, the timer and the storage. Called once, first thing in main(). */
+void board_init(void);
+
+/* Bytes received on the UART since the last call, at most max; never blocks (0 when none). A port
+ * buffers what arrives meanwhile (an RX interrupt into a ring buffer), so that nothing is lost while
+ * the firmware runs an inference. */
+size_t board_uart_read(uint8_t *buf, size_t max);
+
+/* Send len bytes on the UART; returns once they are queued or sent. */
+void board_uart_write(const uint8_t *buf, size_t len);
+
+/* Microseconds since board_init (wraps after 2^32 us, about 71 minutes). */
+uint32_t board_time_us(void);
+
+/* Wait for the next interrupt (a UART byte or a timer tick), or return at once. */
+void board_idle(void);
+
+/* Storage: a flash region of board_flash_size() bytes, erased in pages of board_flash_page() bytes
+ * (erased bytes read 0xFF), programmed only where erased, and read directly through the pointer
+ * board_flash_map() (memory-mapped flash, so a model runs in place). Offsets are from its start.
+ * Both return 0 on success, -1 on failure (out of range, not page-aligned, a write fault). */
+uint32_t board_flash_size(void);
+uint32_t board_flash_page(void);
+const uint8_t *board_flash_map(void);
+int board_flash_erase(uint32_t offset, uint32_t len);  /* offset and len multiples of the page */
+int board_flash_program(uint32_t offset, const uint8_t *data, uint32_t len);
+
+/* Restart the chip as after power-up; does not return. */
+void board_reset(void);
+
+/* The board's name in HELLO (e.g. "qemu-m4"). */
+extern const char board_name[];
+
+#endif

@@ -1,0 +1,35 @@
+/* A bundle archive in storage (docs/bundle.md): an uncompressed tar of manifest.json and the model,
+ * read in place. Opening verifies every file against the SHA-256 and size the manifest lists and
+ * reads what the firmware needs from the manifest. */
+#ifndef EFP_BUNDLE_H
+#define EFP_BUNDLE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+
+typedef struct {
+    const uint8_t *model;
+    uint32_t model_len;
+    const uint8_t *manifest;
+    uint32_t manifest_len;
+    char name[EFP_NAME_MAX + 1];
+    uint32_t input_bytes;     /* elements of the input shape (int8) */
+    uint32_t classes;         /* labels */
+    uint32_t layers;          /* fingerprinted layers */
+    uint32_t probs_index;     /* model output holding the probabilities */
+    uint32_t error_index[EFP_MAX_LAYERS];
+    int64_t score_unit;       /* table units per unit of z */
+    int64_t threshold_units;  /* OOD when the sum of the layers' table entries exceeds it */
+    const char *tables[EFP_MAX_LAYERS]; /* each layer's z_table, a JSON array in the manifest */
+    const char *tables_end[EFP_MAX_LAYERS];
+} bundle_info;
+
+/* 0 when the archive holds a bundle that verifies, else -1 with the reason in err. */
+int bundle_open(const uint8_t *archive, uint32_t len, bundle_info *b, char *err, size_t err_len);
+
+/* Read the layers' score tables (256 entries each) into tables[layers][256]; 0 on success. */
+int bundle_tables(const bundle_info *b, int32_t *tables);
+
+#endif

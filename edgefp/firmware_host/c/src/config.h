@@ -1,0 +1,22 @@
+/* Build-time budgets of the firmware. A board's build overrides them with -D (edgefp export-firmware
+ * writes them from the board profile). */
+#ifndef EFP_CONFIG_H
+#define EFP_CONFIG_H
+
+#define EFP_FIRMWARE "edgefp-fw 0.1.0"
+#define EFP_PROTOCOL_VERSION 1
+
+#ifndef EFP_ARENA_BYTES
+#define EFP_ARENA_BYTES (160 * 1024) /* tensor arena, score tables and OOD buffer of the active bundle */
+#endif
+#ifndef EFP_MAX_FRAME
+#define EFP_MAX_FRAME 2048 /* largest frame payload, type to CRC */
+#endif
+#ifndef EFP_OOD_CAPACITY
+#define EFP_OOD_CAPACITY 16 /* recent OOD inputs kept for GET_OOD */
+#endif
+#define EFP_WINDOW 100    /* inputs in the recent window of the counters */
+#define EFP_MAX_LAYERS 16 /* fingerprinted layers a bundle may have */
+#define EFP_NAME_MAX 32   /* bundle names in HELLO */
+
+#endif

@@ -1,0 +1,44 @@
+/* Bundle storage in the board's flash: two boot-record pages, then two slots.
+ *
+ * The boot record says which slots hold a verified bundle (size, SHA-256, name) and which one is
+ * active. It is written alternately to its two pages with a growing sequence number and a CRC, so
+ * committing a new record is one page program: a reset or power loss before it completes leaves
+ * the previous record, and with it the last good bundle, in force. */
+#ifndef EFP_STORAGE_H
+#define EFP_STORAGE_H
+
+#include <stdint.h>
+
+#include "config.h"
+
+#define SLOTS 2
+#define NO_SLOT 0xFF
+
+typedef struct {
+    uint32_t bytes;
+    uint8_t sha256[32];
+    uint8_t verified;
+    char name[EFP_NAME_MAX + 1];
+} slot_record;
+
+typedef struct {
+    uint32_t magic;
+    uint32_t sequence;
+    uint8_t active; /* slot index or NO_SLOT */
+    slot_record slot[SLOTS];
+    uint32_t crc;
+} boot_record;
+
+extern boot_record storage_record; /* the record in force */
+
+/* Read the newest valid record (an empty one when there is none). 0, or -1 when the flash is too small. */
+int storage_init(void);
+/* Make storage_record the record in force (written to the other page). 0 on success. */
+int storage_commit(void);
+
+uint32_t slot_capacity(void);
+const uint8_t *slot_data(int slot);
+int slot_erase(int slot, uint32_t bytes);
+int slot_program(int slot, uint32_t offset, const uint8_t *data, uint32_t len);
+
+#endif

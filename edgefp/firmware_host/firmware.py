@@ -1,0 +1,213 @@
+"""The C firmware for microcontrollers (sources in ``c/``, docs/firmware.md): export it as a project,
+build it for a port, read its sizes, and run it as a device under QEMU (``qemu-m4``) or on the host
+(``native``, for machines without QEMU), each reachable at a URL like any other device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import tty
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgefp.errors import EdgefpError
+from edgefp.firmware_host.boards import Board, get_board
+from edgefp.fsutil import atomic_directory
+
+SOURCE = Path(__file__).with_name("c")
+PORTS = {"qemu-m4": "mps2-an386", "native": "host"}  # board profile -> tested port under c/boards/
+TEMPLATE_PORT = "template"  # what other boards get: the board layer to write (docs/porting.md)
+STACK_BYTES = 16 * 1024
+QEMU = "qemu-system-arm"
+START_TIMEOUT_S = 20.0
+
+
+def port_of(board: Board) -> str:
+    return PORTS.get(board.name, TEMPLATE_PORT)
+
+
+def make_variables(board: Board, arena_bytes: int | None = None) -> list[str]:
+    """The firmware's budgets from the board profile (or another arena size), as make variables."""
+    return [f"BOARD={port_of(board)}", f"CFLAGS=-DEFP_ARENA_BYTES={arena_bytes or board.ram_bytes}"]
+
+
+def export(board_name: str, out: str, *, force: bool = False) -> dict:
+    """Write a buildable firmware project for ``board_name`` into ``out`` (all at once)."""
+    board = get_board(board_name)
+    if board.runtime != "tflm":
+        raise EdgefpError(f"{board.name} runs {board.runtime}, not firmware; use 'edgefp agent' there")
+    port = port_of(board)
+    with atomic_directory(out, force=force) as tmp:
+        shutil.copy(SOURCE / "Makefile", tmp)
+        shutil.copytree(SOURCE / "src", os.path.join(tmp, "src"))
+        shutil.copytree(SOURCE / "boards" / port, os.path.join(tmp, "boards", port))
+        variables = " ".join(make_variables(board))
+        with open(os.path.join(tmp, "board.mk"), "w") as handle:
+            handle.write(f"# {board.description}: build with  make $(cat board.mk)\n{variables}\n")
+    return {"board": board.name, "port": port, "out": out, "make": f"make {variables}", "tested": port != TEMPLATE_PORT}
+
+
+def _sources_digest(variables: list[str]) -> str:
+    digest = hashlib.sha256(" ".join(variables).encode())
+    for path in sorted(SOURCE.rglob("*")):
+        if path.is_file() and "build" not in path.relative_to(SOURCE).parts:
+            digest.update(str(path.relative_to(SOURCE)).encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "edgefp" / "firmware"
+
+
+def build(board_name: str, *, arena_bytes: int | None = None) -> Path:
+    """Build the firmware for a tested port (cached by sources and flags); return the ELF or executable."""
+    board = get_board(board_name)
+    if board.name not in PORTS:
+        raise EdgefpError(f"no tested firmware port for {board.name}; choose one of {', '.join(PORTS)}")
+    native = board.name == "native"
+    compiler = "gcc" if native else "arm-none-eabi-gcc"
+    if shutil.which(compiler) is None or shutil.which("make") is None:
+        raise EdgefpError(f"building the {board.name} firmware needs make and {compiler}; install them first")
+    variables = make_variables(board, arena_bytes)
+    out = cache_dir() / f"{board.name}-{_sources_digest(variables)}"
+    target = out / ("firmware" if native else "firmware.elf")
+    if not target.exists():
+        result = subprocess.run(
+            ["make", "-s", "-C", str(SOURCE), *variables, f"BUILD_DIR={out}"], capture_output=True, text=True
+        )
+        if result.returncode != 0:
+            raise EdgefpError(f"the {board.name} firmware did not build: {result.stderr.strip()[-500:]}")
+    return target
+
+
+def sizes(target: Path) -> dict:
+    """text, data and bss bytes of a built firmware (Berkeley format of ``size``)."""
+    tool = "size" if target.suffix != ".elf" else "arm-none-eabi-size"
+    lines = subprocess.run([tool, str(target)], capture_output=True, text=True, check=True).stdout.splitlines()
+    text, data, bss = (int(v) for v in lines[1].split()[:3])
+    return {"text": text, "data": data, "bss": bss}
+
+
+def budget_report(board_name: str) -> dict:
+    """Flash and RAM the firmware itself takes on a tested port (no model: bundles live in the slots)."""
+    board = get_board(board_name)
+    built = sizes(build(board_name))
+    report = {
+        **built,
+        "flash_bytes": built["text"] + built["data"],
+        "static_ram_bytes": built["data"] + built["bss"] - board.ram_bytes,
+        "arena_bytes": board.ram_bytes,
+        "slot_bytes": board.flash_bytes,
+    }
+    if board.name == "qemu-m4":
+        report["stack_bytes"] = STACK_BYTES
+    return report
+
+
+def budget_lines(report: dict) -> list[str]:
+    return [
+        f"  firmware: {report['flash_bytes']:,} bytes of flash (text {report['text']:,} + data {report['data']:,}), "
+        f"{report['static_ram_bytes']:,} bytes of static RAM besides the {report['arena_bytes']:,}-byte arena",
+        f"  bundles: two slots of {report['slot_bytes']:,} bytes in flash",
+    ]
+
+
+@dataclass
+class Emulated:
+    """A firmware running as a device: ``url`` is what hosts open."""
+
+    url: str
+    process: subprocess.Popen
+    keep: tuple[int, ...] = ()
+
+    def __enter__(self) -> Emulated:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def kill(self) -> None:
+        """Pull the power: the process ends at once, whatever it was doing."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        for fd in self.keep:
+            os.close(fd)
+        self.keep = ()
+
+
+def start_qemu(elf: Path, *, tcp_port: int | None = None) -> Emulated:
+    """Run the mps2-an386 firmware under QEMU with -icount shift=0 (one instruction = one virtual ns).
+
+    The UART is a new pty (its path is the URL), or a TCP server on 127.0.0.1 with ``tcp_port``.
+    """
+    if shutil.which(QEMU) is None:
+        raise EdgefpError(f"{QEMU} is not installed (Debian: apt-get install qemu-system-arm)")
+    serial = "pty" if tcp_port is None else f"tcp:127.0.0.1:{tcp_port},server=on,wait=off"
+    command = [QEMU, "-M", "mps2-an386", "-nographic", "-monitor", "none", "-serial", serial]
+    command += ["-icount", "shift=0", "-kernel", str(elf)]
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if tcp_port is not None:
+        return Emulated(f"socket://127.0.0.1:{tcp_port}", process)
+    deadline, seen = time.monotonic() + START_TIMEOUT_S, b""
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        seen += line
+        found = re.search(rb"char device redirected to (\S+)", line)
+        if found:
+            return Emulated(found.group(1).decode(), process)
+        if not line and process.poll() is not None:
+            break
+    process.kill()
+    raise EdgefpError(f"QEMU did not start: {seen.decode(errors='replace').strip()[-300:]}")
+
+
+def start_native(executable: Path, flash_file: str) -> Emulated:
+    """Run the native build as a device on a new pty; its flash is ``flash_file`` (kept across runs)."""
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    env = {**os.environ, "EFP_FLASH_FILE": flash_file}
+    process = subprocess.Popen([str(executable)], stdin=master, stdout=master, env=env, close_fds=True)
+    os.close(master)
+    return Emulated(os.ttyname(slave), process, keep=(slave,))
+
+
+def scratch_flash() -> str:
+    """A new, empty flash file for a native device."""
+    handle, path = tempfile.mkstemp(prefix="edgefp-flash-", suffix=".bin")
+    os.close(handle)
+    os.remove(path)
+    return path
+
+
+def start(board_name: str, *, tcp: bool = False, flash_file: str | None = None) -> Emulated:
+    """Build (if needed) and start the firmware of a tested port as a device."""
+    target = build(board_name)
+    if board_name == "native":
+        if tcp:
+            raise EdgefpError("the native firmware serves a pty only; leave out --tcp")
+        return start_native(target, flash_file or scratch_flash())
+    return start_qemu(target, tcp_port=_free_port() if tcp else None)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

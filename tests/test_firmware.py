@@ -1,0 +1,221 @@
+"""The C firmware as a device, driven by the host tool over real ptys: built for this machine (gcc,
+'native') and for an emulated Cortex-M4 (arm-none-eabi-gcc + QEMU mps2-an386, 'qemu-m4'). Results
+must equal TFLite Micro's on the host byte for byte; faults must get error codes, never a dead device."""
+
+import hashlib
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edgefp import data
+from edgefp.bundle import Bundle
+from edgefp.firmware_host import client, firmware, protocol
+from edgefp.firmware_host.client import DeviceError
+from edgefp.firmware_host.protocol import Msg, SlotState
+from tests.conftest import DATASETS
+
+HAS_NATIVE = all(shutil.which(tool) for tool in ("gcc", "make"))
+HAS_QEMU = HAS_NATIVE and all(shutil.which(tool) for tool in ("arm-none-eabi-gcc", "qemu-system-arm"))
+pytestmark = pytest.mark.skipif(not HAS_NATIVE, reason="building the firmware needs gcc and make")
+qemu_only = pytest.mark.skipif(not HAS_QEMU, reason="needs arm-none-eabi-gcc and qemu-system-arm")
+DIGITS = "digits:test:0-4"
+MOTIONS_TEST = os.path.join(DATASETS, "basic_motions.npz") + ":test"
+
+
+@pytest.fixture(scope="module")
+def digits(digits_bundle):
+    """(bundle directory, its .efp archive bytes)."""
+    path = digits_bundle[1]
+    return path, Bundle.load(path).archive_bytes()
+
+
+@pytest.fixture(scope="module")
+def motions(motions_bundle):
+    return motions_bundle, Bundle.load(motions_bundle).archive_bytes()
+
+
+@pytest.fixture
+def native(tmp_path):
+    with firmware.start_native(firmware.build("native"), str(tmp_path / "flash.bin")) as device:
+        yield device
+
+
+def assert_scores_equal(got, expected):
+    for key in ("pred", "probs", "ood_score", "is_ood", "layer_errors"):
+        np.testing.assert_array_equal(getattr(got, key), getattr(expected, key), err_msg=key)
+
+
+def start_upload(device, archive: bytes, upto: int) -> None:
+    """UPLOAD_BEGIN and the chunks up to ``upto`` bytes, then nothing more (the host went away)."""
+    sha = hashlib.sha256(archive).digest()
+    chunk = protocol.unpack("I", device.request(Msg.UPLOAD_BEGIN, protocol.pack_upload_begin(len(archive), sha, "b")))
+    for offset in range(0, upto, chunk):
+        device.request(Msg.UPLOAD_CHUNK, struct.pack("<I", offset) + archive[offset : offset + chunk])
+
+
+def test_native_device_scores_like_tflite_micro(native, digits):
+    path, archive = digits
+    x = data.load(DIGITS).x
+    expected = Bundle.load(path).score(x, "tflm")
+    with client.open_device(native.url) as device:
+        assert client.flash(device, archive)["uploaded"]
+        scores, latencies = client.infer_samples(device, x)
+        assert_scores_equal(scores, expected)
+        assert (latencies >= 0).all()
+        # The device's own verdicts (counters, OOD buffer) agree with the host's.
+        counters = client.counters(device)
+        assert (counters["inputs"], counters["ood"]) == (len(x), int(expected.is_ood.sum()))
+        pulled = client.pull_ood(device)
+        flagged = np.flatnonzero(expected.is_ood)[::-1][: counters["capacity"]]
+        assert len(pulled) == min(len(flagged), counters["capacity"]) > 0
+        x_q = Bundle.load(path).quantize(x)
+        for sample, index in zip(pulled, flagged):
+            assert sample["input"] == index + 1
+            np.testing.assert_array_equal(sample["x"], x_q[index])
+        one = client.infer(device, x_q[flagged[0]])
+        assert one.ood and np.float32(one.score) == np.float32(expected.ood_score[flagged[0]])
+        bench = client.bench(device, runs=20, warmup=2)
+        assert bench["runs"] == 20 and bench["latency_us"]["mean"] > 0 and "instructions" not in bench
+
+
+def test_bundles_swap_without_rebuilding_and_survive_power_loss(tmp_path, digits, motions):
+    flash_file, build = str(tmp_path / "flash.bin"), firmware.build("native")
+    x = data.load(MOTIONS_TEST).x
+    with firmware.start_native(build, flash_file) as native, client.open_device(native.url) as device:
+        client.flash(device, digits[1])
+        client.flash(device, motions[1])
+        scores, _ = client.infer_samples(device, x)
+        assert_scores_equal(scores, Bundle.load(motions[0]).score(x, "tflm"))
+        states = [slot.state for slot in client.hello(device).slots]
+        assert sorted(states) == [SlotState.VERIFIED, SlotState.ACTIVE]
+        assert client.flash(device, digits[1])["uploaded"] is False  # still verified in its slot: ACTIVATE only
+        start_upload(device, motions[1], len(motions[1]) // 2)
+        native.kill()  # power lost half-way through the upload
+    with firmware.start_native(build, flash_file) as native, client.open_device(native.url) as device:
+        hello = client.hello(device)
+        assert hello.active.sha256 == hashlib.sha256(digits[1]).digest()
+        assert sorted(slot.state for slot in hello.slots) == [SlotState.EMPTY, SlotState.ACTIVE]
+        x = data.load(DIGITS).x[:20]
+        scores, _ = client.infer_samples(device, x)
+        assert_scores_equal(scores, Bundle.load(digits[0]).score(x, "tflm"))
+        start_upload(device, motions[1], len(motions[1]) // 3)
+        client.reset(device, reboot=True)  # the chip restarts mid-upload: the same
+        assert client.hello(device).active.name == Bundle.load(digits[0]).manifest["name"]
+
+
+def test_faults_get_error_codes_and_the_device_keeps_running(native, digits):
+    with client.open_device(native.url) as device:
+        with pytest.raises(DeviceError, match="NO_BUNDLE"):
+            client.infer(device, np.zeros((8, 8, 1), np.int8))
+        client.flash(device, digits[1])
+        with pytest.raises(DeviceError, match="BAD_INPUT_SHAPE: the input has 10 bytes") as error:
+            client.infer(device, np.zeros(10, np.int8))
+        assert str(error.value).startswith("device refused INFER:")
+        with pytest.raises(DeviceError, match="UNKNOWN_TYPE"):
+            device.request(0x55)
+        with pytest.raises(DeviceError, match="BAD_LENGTH"):
+            device.request(Msg.BENCH, b"\x01")
+        with pytest.raises(DeviceError, match="OUT_OF_RANGE"):
+            device.request(Msg.GET_OOD, struct.pack("<I", 99))
+        with pytest.raises(DeviceError, match="BAD_STATE"):
+            device.request(Msg.UPLOAD_CHUNK, struct.pack("<I", 0) + b"x")
+        with pytest.raises(DeviceError, match="HASH_MISMATCH"):
+            upload = device.request(Msg.UPLOAD_BEGIN, protocol.pack_upload_begin(4, bytes(32), "x"))
+            assert protocol.unpack("I", upload) % 16 == 0
+            device.request(Msg.UPLOAD_CHUNK, struct.pack("<I", 0) + b"abcd")
+            device.request(Msg.UPLOAD_END)
+        device.max_frame = 1 << 16
+        with pytest.raises(DeviceError, match="FRAME_TOO_LARGE"):
+            device.request(Msg.INFER, bytes(range(1, 256)) * 40)
+        device.port.write(os.urandom(3000) + b"\x00" + b"\x05" * 9000 + b"\x00")
+        assert client.infer(device, np.zeros((8, 8, 1), np.int8)).latency_us >= 0
+        assert client.hello(device).active.name == Bundle.load(digits[0]).manifest["name"]
+
+
+def test_bundles_that_do_not_fit_are_refused_and_the_last_one_serves(tmp_path, digits, motions):
+    needs = {}
+    tiny = firmware.build("native", arena_bytes=4096)
+    with firmware.start_native(tiny, str(tmp_path / "tiny.bin")) as native, client.open_device(native.url) as device:
+        for name, (_, archive) in {"digits": digits, "motions": motions}.items():
+            with pytest.raises(DeviceError, match=r"DOES_NOT_FIT: the model needs \d+ bytes more RAM") as refused:
+                client.flash(device, archive)
+            needs[name] = 4096 + int(str(refused.value).split("needs ")[1].split()[0])
+            assert client.hello(device).active is None
+    assert needs["digits"] != needs["motions"]
+    small, large = sorted(needs, key=needs.get)
+    arena = (needs[small] + needs[large]) // 32 * 16
+    build = firmware.build("native", arena_bytes=arena)
+    bundles = {"digits": digits, "motions": motions}
+    with firmware.start_native(build, str(tmp_path / "mid.bin")) as native, client.open_device(native.url) as device:
+        client.flash(device, bundles[small][1])
+        with pytest.raises(DeviceError, match=f"needs {needs[large] - arena} bytes more RAM than native"):
+            client.flash(device, bundles[large][1])
+        assert client.hello(device).active.sha256 == hashlib.sha256(bundles[small][1]).digest()
+        client.bench(device, runs=3, warmup=0)
+
+
+def test_archive_beyond_storage_is_refused_at_once(native, digits):
+    manifest = json.loads(json.dumps(Bundle.load(digits[0]).manifest))
+    bundle = Bundle(manifest, {**Bundle.load(digits[0]).files, "padding.bin": bytes(2 << 20)})
+    manifest["files"]["padding.bin"] = {"sha256": hashlib.sha256(bytes(2 << 20)).hexdigest(), "bytes": 2 << 20}
+    with client.open_device(native.url) as device:
+        with pytest.raises(DeviceError, match="DOES_NOT_FIT: the archive needs .* bytes more storage than native"):
+            client.flash(device, bundle.archive_bytes())
+
+
+@qemu_only
+def test_qemu_firmware_end_to_end_through_the_cli(tmp_path, digits):
+    path, archive = digits
+    (tmp_path / "digits.efp").write_bytes(archive)
+    edgefp = [sys.executable, "-m", "edgefp"]
+    sim = subprocess.Popen([*edgefp, "sim", "--profile", "qemu-m4"], stdout=subprocess.PIPE, text=True)
+    try:
+        url = sim.stdout.readline().strip()
+        run = lambda *args: subprocess.run([*edgefp, *args], capture_output=True, text=True, check=True).stdout  # noqa: E731
+        info = json.loads(run("info", "--port", url, "--json"))
+        assert (info["board"], info["firmware"]) == ("qemu-m4", "edgefp-fw 0.1.0")
+        run("flash", str(tmp_path / "digits.efp"), "--port", url)
+        run("infer", "--port", url, "--data", DIGITS, "--out", str(tmp_path / "device.npz"))
+        run("score", path, "--data", DIGITS, "--runtime", "tflm", "--out", str(tmp_path / "host.npz"))
+        device, host = np.load(tmp_path / "device.npz"), np.load(tmp_path / "host.npz")
+        for key in host.files:
+            np.testing.assert_array_equal(device[key], host[key], err_msg=key)
+        bench = json.loads(run("bench", "--port", url, "-n", "20", "--warmup", "2", "--json"))
+        assert bench["instructions"]["mean"] == pytest.approx(bench["latency_us"]["mean"] * 1000)
+        assert 10_000 < bench["instructions"]["mean"] < 10_000_000
+        pulled = json.loads(run("pull-ood", "--port", url, "--out", str(tmp_path / "ood"), "--json"))
+        assert pulled["samples"] > 0
+        run("monitor", "--port", url, "--duration", "0.5")
+    finally:
+        sim.terminate()
+        sim.wait(10)
+
+
+@qemu_only
+def test_qemu_chip_reset_mid_upload_keeps_the_first_bundle(digits, motions):
+    with firmware.start("qemu-m4") as chip:
+        with client.open_device(chip.url) as device:
+            client.flash(device, digits[1])
+            x_q = Bundle.load(digits[0]).quantize(data.load(DIGITS).x[:5])
+            before = [client.infer(device, sample).probs for sample in x_q]
+            start_upload(device, motions[1], len(motions[1]) // 2)
+        with client.open_device(chip.url) as device:  # another host, after the first one died
+            client.reset(device, reboot=True)
+            hello = client.hello(device)
+            assert hello.active.sha256 == hashlib.sha256(digits[1]).digest()
+            assert sorted(slot.state for slot in hello.slots) == [SlotState.EMPTY, SlotState.ACTIVE]
+            client.subscribe(device)
+            after = [client.infer(device, sample).probs for sample in x_q]
+            np.testing.assert_array_equal(before, after)
+            assert device.read_event(2.0).input == 1  # counters start over after a reset
+            device.port.write(os.urandom(5000) + b"\x00")
+            device.max_frame = 1 << 16
+            with pytest.raises(DeviceError, match="FRAME_TOO_LARGE"):
+                device.request(Msg.INFER, bytes(range(1, 256)) * 40)
+            assert client.infer(device, x_q[0]).latency_us > 0
