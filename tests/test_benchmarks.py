@@ -2,17 +2,27 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
+QEMU = all(shutil.which(tool) for tool in ("make", "arm-none-eabi-gcc", "qemu-system-arm"))
 
 
 @pytest.mark.parametrize(
     "name, keys",
-    [("ood_quality", ["summary", "runs"]), ("int8", ["timing", "results"]), ("link", []), ("selection", [])],
+    [
+        ("ood_quality", ["summary", "runs"]),
+        ("int8", ["timing", "results"]),
+        ("link", []),
+        ("selection", []),
+        pytest.param(
+            "firmware", ["sizes", "templates", "upload"], marks=pytest.mark.skipif(not QEMU, reason="no QEMU")
+        ),
+    ],
 )
 def test_benchmark_quick_mode_writes_its_results(name, keys, tmp_path):
     env = {**os.environ, "EDGEFP_BENCH_RESULTS": str(tmp_path)}

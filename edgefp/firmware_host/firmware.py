@@ -127,7 +127,8 @@ class Emulated:
 
     url: str
     process: subprocess.Popen
-    keep: tuple[int, ...] = ()
+    keep: tuple[int, ...] = ()  # file descriptors to close at the end
+    scratch: str | None = None  # a flash file to remove at the end
 
     def __enter__(self) -> Emulated:
         return self
@@ -151,6 +152,8 @@ class Emulated:
         for fd in self.keep:
             os.close(fd)
         self.keep = ()
+        if self.scratch and os.path.exists(self.scratch):
+            os.remove(self.scratch)
 
 
 def start_qemu(elf: Path, *, tcp_port: int | None = None) -> Emulated:
@@ -203,7 +206,11 @@ def start(board_name: str, *, tcp: bool = False, flash_file: str | None = None) 
     if board_name == "native":
         if tcp:
             raise EdgefpError("the native firmware serves a pty only; leave out --tcp")
-        return start_native(target, flash_file or scratch_flash())
+        path = flash_file or scratch_flash()
+        device = start_native(target, path)
+        if flash_file is None:
+            device.scratch = path
+        return device
     return start_qemu(target, tcp_port=_free_port() if tcp else None)
 
 

@@ -29,7 +29,9 @@ typedef struct efp_engine {
 } efp_engine;
 
 /* Parse and check the model (one subgraph, int8 input and outputs, every operator supported), lay
- * out every tensor and operator state in the arena and precompute what the operators need. */
+ * out every tensor and operator state in the arena and precompute what the operators need.
+ * A model that QUANTIZEs a float32 input or DEQUANTIZEs to float32 outputs also runs: those
+ * tensors are then float32 buffers behind the int8_t pointers below (bytes counts their size). */
 int efp_engine_init(efp_engine *e, const uint8_t *model, size_t model_len, uint8_t *arena, size_t arena_len);
 
 /* Run the model once on what was written to the input tensor. */

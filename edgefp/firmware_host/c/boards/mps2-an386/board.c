@@ -7,7 +7,8 @@
  *   flash  NOR-flash emulation in PSRAM (0x21000000, see link.ld): not part of the ELF image, so it
  *          keeps its contents across board_reset() (QEMU reloads only the ELF segments on a system
  *          reset). It is filled with 0xFF on the first boot of a QEMU process (a fresh chip).
- *   reset  SCB->AIRCR SYSRESETREQ (do not run QEMU with -no-reboot: it would exit instead).
+ *   reset  SCB->AIRCR SYSRESETREQ (do not run QEMU with -no-reboot: it would exit instead). The RX
+ *          ring is kept in PSRAM too, so bytes received around the reset reach the next boot.
  */
 #include <string.h>
 
@@ -74,42 +75,54 @@ static inline void irq_restore(uint32_t primask)
 
 /* ---- UART ---- */
 
-static volatile uint8_t rx_buf[BOARD_UART_RX_BUF];
-static volatile uint32_t rx_head;    /* written by the ISR */
-static volatile uint32_t rx_tail;    /* written by board_uart_read */
-static volatile uint32_t rx_stalled; /* ring was full: RX interrupt off, the byte waits in the UART */
+/* The RX ring lives in PSRAM next to the flash emulation (see link.ld), not in .bss: bytes the host
+ * sends while the firmware resets are kept for the next boot. QEMU handles a reset request in its
+ * main loop, where the pty may deliver one more byte first; with the ring in .bss that byte (often
+ * the first of the host's next request) would be lost. */
+struct rx_ring {
+    uint32_t magic;
+    volatile uint32_t head;    /* written by the ISR */
+    volatile uint32_t tail;    /* written by board_uart_read */
+    volatile uint32_t stalled; /* ring was full: RX interrupt off, the byte waits in the UART */
+    volatile uint8_t buf[BOARD_UART_RX_BUF];
+};
+extern uint8_t __efp_flash_state[];
+#define RX   ((struct rx_ring *)(__efp_flash_state + 64))
+#define RX_MAGIC 0x52585247u /* "GRXR" */
+typedef char rx_ring_fits_state_block[(64 + sizeof(struct rx_ring) <= 4096 &&
+                                       (BOARD_UART_RX_BUF & (BOARD_UART_RX_BUF - 1u)) == 0) ? 1 : -1];
 
 void UART0RX_IRQHandler(void)
 {
     UART_INTSTATUS = UART_INT_RX; /* clear first: a byte arriving during the drain re-raises it */
     while (UART_STATE & UART_STATE_RXFULL) {
-        uint32_t h = rx_head;
+        uint32_t h = RX->head;
         uint32_t next = (h + 1u) & (BOARD_UART_RX_BUF - 1u);
-        if (next == rx_tail) {
+        if (next == RX->tail) {
             /* Ring full: leave the byte in the UART (in QEMU this stops the host side until the
              * firmware reads; on real hardware the next byte would overrun). */
             UART_CTRL &= ~UART_CTRL_RXINTEN;
-            rx_stalled = 1;
+            RX->stalled = 1;
             return;
         }
-        rx_buf[h] = (uint8_t)UART_DATA;
-        rx_head = next;
+        RX->buf[h] = (uint8_t)UART_DATA;
+        RX->head = next;
     }
 }
 
 size_t board_uart_read(uint8_t *buf, size_t max)
 {
     size_t n = 0;
-    uint32_t t = rx_tail;
-    uint32_t h = rx_head;
+    uint32_t t = RX->tail;
+    uint32_t h = RX->head;
     while (n < max && t != h) {
-        buf[n++] = rx_buf[t];
+        buf[n++] = RX->buf[t];
         t = (t + 1u) & (BOARD_UART_RX_BUF - 1u);
     }
-    rx_tail = t;
-    if (rx_stalled && n > 0) {
+    RX->tail = t;
+    if (RX->stalled && n > 0) {
         uint32_t pm = irq_save();
-        rx_stalled = 0;
+        RX->stalled = 0;
         UART_CTRL |= UART_CTRL_RXINTEN;
         NVIC_ISPR0 = 1u << UART0RX_IRQn; /* drain what waits in the UART */
         irq_restore(pm);
@@ -157,7 +170,7 @@ void board_idle(void)
     /* With interrupts masked, WFI still wakes on a pending one; checking the ring in between closes
      * the window where a byte lands after the caller's read and before the WFI. */
     uint32_t pm = irq_save();
-    if (rx_head == rx_tail) {
+    if (RX->head == RX->tail) {
         __asm volatile("dsb\n\twfi" ::: "memory");
     }
     irq_restore(pm);
@@ -168,7 +181,6 @@ void board_idle(void)
 extern uint8_t __efp_flash_start[];
 extern uint8_t __efp_flash_size[];   /* linker symbols: their addresses are the values */
 extern uint8_t __efp_flash_page[];
-extern uint8_t __efp_flash_state[];
 
 #define FLASH_BASE  ((uint8_t *)__efp_flash_start)
 #define FLASH_SIZE  ((uint32_t)(uintptr_t)__efp_flash_size)
@@ -225,8 +237,11 @@ void board_init(void)
         FLASH_STATE[0] = FLASH_MAGIC;
     }
 
-    rx_head = rx_tail = 0;
-    rx_stalled = 0;
+    if (RX->magic != RX_MAGIC) { /* first boot; after board_reset() unread bytes are kept */
+        RX->head = RX->tail = 0;
+        RX->magic = RX_MAGIC;
+    }
+    RX->stalled = 0; /* the reset emptied the UART itself */
     tick_base_us = 0;
 
     TIMER_CTRL = 0;
@@ -253,12 +268,14 @@ void board_init(void)
 
 void board_reset(void)
 {
-    /* Finish the last byte, then close RX: QEMU leaves what the host sends meanwhile in the pty
-     * until the next board_init() opens RX again, instead of the reset dropping it. */
-    while (UART_STATE & UART_STATE_TXFULL) {
+    while (UART_STATE & UART_STATE_TXFULL) { /* finish the last byte */
     }
-    (void)irq_save();
-    UART_CTRL = 0;
+    /* Give the host 2 ms to react to the last answer: what it sends meanwhile lands in the RX ring,
+     * which survives the reset. A byte QEMU delivers after the reset request but before the reset
+     * would only reach the UART's one-byte buffer, which the reset clears. */
+    uint32_t t0 = board_time_us();
+    while (board_time_us() - t0 < 2000u) {
+    }
     __asm volatile("dsb" ::: "memory");
     SCB_AIRCR = (0x5FAu << 16) | (1u << 2); /* VECTKEY | SYSRESETREQ */
     __asm volatile("dsb" ::: "memory");
