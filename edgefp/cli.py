@@ -657,6 +657,7 @@ def sim(profile, tcp, data_dir, feed, rate, drift_at, drift):
     --profile qemu-m4 runs the C firmware itself on an emulated Cortex-M4 (QEMU mps2-an386, built with
     arm-none-eabi-gcc on first use; instruction-counted, so bench reports instructions); --profile native
     runs the same firmware built for this machine."""
+    import signal
     import tempfile
     import threading
 
@@ -670,6 +671,7 @@ def sim(profile, tcp, data_dir, feed, rate, drift_at, drift):
     if profile in firmware.PORTS:
         if feed or data_dir:
             raise EdgefpError(f"--feed and --data-dir are for simulated boards; {profile} keeps bundles in flash")
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop the emulator with us
         with firmware.start(profile, tcp=tcp) as device:
             click.echo(device.url)
             sys.stdout.flush()

@@ -26,7 +26,7 @@ BOARDS = {
         Board("esp32s3", "Espressif ESP32-S3, Xtensa LX7 at 240 MHz (internal SRAM)", "tflm", 8 * MIB, 512 * KIB),
         Board("rp2040", "Raspberry Pi RP2040, Cortex-M0+ at 133 MHz", "tflm", 2 * MIB, 264 * KIB),
         Board("stm32f746", "ST STM32F746, Cortex-M7 at 216 MHz", "tflm", 1 * MIB, 320 * KIB),
-        Board("qemu-m4", "the edgefp firmware on QEMU mps2-an386 (Cortex-M4)", "tflm", 512 * KIB, 160 * KIB, 1000),
+        Board("qemu-m4", "the edgefp firmware on QEMU mps2-an386 (Cortex-M4)", "tflm", 1 * MIB, 160 * KIB, 1000),
         Board("native", "the edgefp firmware built for this machine", "tflm", 1 * MIB, 160 * KIB),
         Board("pi", "Raspberry Pi 4/5 running LiteRT", "litert", 8 * GIB, 1 * GIB),
         Board("coral", "Coral Dev Board, LiteRT with the Edge TPU delegate", "edgetpu", 8 * GIB, 1 * GIB),

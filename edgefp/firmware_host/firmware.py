@@ -174,8 +174,11 @@ def start_qemu(elf: Path, *, tcp_port: int | None = None) -> Emulated:
         line = process.stdout.readline()
         seen += line
         found = re.search(rb"char device redirected to (\S+)", line)
-        if found:
-            return Emulated(found.group(1).decode(), process)
+        if found:  # held open here: QEMU reads a pty at once only while its other side is open
+            path = found.group(1).decode()
+            held = os.open(path, os.O_RDWR | os.O_NOCTTY)
+            tty.setraw(held)
+            return Emulated(path, process, keep=(held,))
         if not line and process.poll() is not None:
             break
     process.kill()
