@@ -1,4 +1,6 @@
+import hashlib
 import os
+import struct
 
 import numpy as np
 import pytest
@@ -48,3 +50,35 @@ def motions_bundle(tmp_path_factory):
     fingerprint.save(str(root / "run"))
     convert(str(root / "run"), dataset, str(root / "motions.efp"))
     return str(root / "motions.efp")
+
+
+def check_error_codes(device, archive: bytes, shape: tuple[int, ...]) -> None:
+    """Bad requests get their error codes and the device keeps serving: the same for every device kind."""
+    from edgefp.firmware_host import client, protocol
+    from edgefp.firmware_host.client import DeviceError
+    from edgefp.firmware_host.protocol import Msg
+
+    with pytest.raises(DeviceError, match="NO_BUNDLE"):
+        client.infer(device, np.zeros(shape, np.int8))
+    client.flash(device, archive)
+    with pytest.raises(DeviceError, match="BAD_INPUT_SHAPE: the input has 10 bytes") as error:
+        client.infer(device, np.zeros(10, np.int8))
+    assert str(error.value).startswith("device refused INFER:")
+    with pytest.raises(DeviceError, match="UNKNOWN_TYPE"):
+        device.request(0x55)
+    with pytest.raises(DeviceError, match="BAD_LENGTH"):
+        device.request(Msg.BENCH, b"\x01")
+    with pytest.raises(DeviceError, match="OUT_OF_RANGE"):
+        device.request(Msg.GET_OOD, struct.pack("<I", 99))
+    with pytest.raises(DeviceError, match="BAD_STATE"):
+        device.request(Msg.UPLOAD_CHUNK, struct.pack("<I", 0) + b"x")
+    with pytest.raises(DeviceError, match="HASH_MISMATCH"):
+        device.request(Msg.UPLOAD_BEGIN, protocol.pack_upload_begin(4, bytes(32), "x"))
+        device.request(Msg.UPLOAD_CHUNK, struct.pack("<I", 0) + b"abcd")
+        device.request(Msg.UPLOAD_END)
+    device.max_frame = 1 << 16
+    with pytest.raises(DeviceError, match="FRAME_TOO_LARGE"):
+        device.request(Msg.INFER, bytes(range(1, 256)) * 40)
+    device.port.write(os.urandom(3000) + b"\x00" + b"\x05" * 9000 + b"\x00")
+    assert client.infer(device, np.zeros(shape, np.int8)).latency_us >= 0
+    assert client.hello(device).active.sha256 == hashlib.sha256(archive).digest()

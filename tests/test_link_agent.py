@@ -17,6 +17,7 @@ from edgefp.firmware_host.agent import Agent, listen_tcp, serving
 from edgefp.firmware_host.boards import KIB, Board
 from edgefp.firmware_host.client import DeviceError
 from edgefp.firmware_host.protocol import Err, Msg
+from tests.conftest import check_error_codes
 
 
 @pytest.fixture(scope="module")
@@ -129,23 +130,7 @@ def test_bundle_too_big_for_the_board_is_refused_saying_by_how_much(tmp_path, ar
 
 def test_bad_requests_get_error_codes(tmp_path, archives):
     with device_on(Agent(str(tmp_path), "pi")) as device:
-        with pytest.raises(DeviceError, match="NO_BUNDLE"):
-            client.infer(device, np.zeros((8, 8, 1), np.int8))
-        client.flash(device, archives[0])
-        with pytest.raises(DeviceError, match="BAD_INPUT_SHAPE: the input has 10 bytes") as error:
-            client.infer(device, np.zeros(10, np.int8))
-        assert str(error.value).startswith("device refused INFER:")
-        with pytest.raises(DeviceError, match="UNKNOWN_TYPE"):
-            device.request(0x55)
-        with pytest.raises(DeviceError, match="BAD_LENGTH"):
-            device.request(Msg.BENCH, b"\x01")
-        with pytest.raises(DeviceError, match="BAD_STATE"):
-            device.request(Msg.UPLOAD_CHUNK, struct.pack("<I", 0) + b"x")
-        device.max_frame = 1 << 16
-        with pytest.raises(DeviceError, match="FRAME_TOO_LARGE"):
-            device.request(Msg.INFER, bytes(range(1, 256)) * 40)
-        device.port.write(os.urandom(3000) + b"\x00" + b"\x05" * 9000)
-        assert client.infer(device, np.zeros((8, 8, 1), np.int8)).latency_us > 0
+        check_error_codes(device, archives[0], (8, 8, 1))
 
 
 def upload(device, archive, sha, name="x"):
