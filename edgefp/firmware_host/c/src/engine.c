@@ -23,17 +23,12 @@ enum {
 /* Builtin operator names for messages: code byte, name, NUL. Codes not listed print as #code. */
 static const char op_names[] =
     "\000ADD\0\001AVERAGE_POOL_2D\0\002CONCATENATION\0\003CONV_2D\0\004DEPTHWISE_CONV_2D\0"
-    "\005DEPTH_TO_SPACE\0\006DEQUANTIZE\0\010FLOOR\0\011FULLY_CONNECTED\0\013L2_NORMALIZATION\0"
-    "\016LOGISTIC\0\021MAX_POOL_2D\0\022MUL\0\023RELU\0\024RELU_N1_TO_1\0\025RELU6\0\026RESHAPE\0"
-    "\027RESIZE_BILINEAR\0\031SOFTMAX\0\032SPACE_TO_DEPTH\0\034TANH\0\037CALL\0\040CUSTOM\0\042PAD\0"
-    "\044GATHER\0\045BATCH_TO_SPACE_ND\0\046SPACE_TO_BATCH_ND\0\047TRANSPOSE\0\050MEAN\0\051SUB\0"
-    "\052DIV\0\053SQUEEZE\0\055STRIDED_SLICE\0\057EXP\0\060TOPK_V2\0\061SPLIT\0\062LOG_SOFTMAX\0"
-    "\065CAST\0\066PRELU\0\067MAXIMUM\0\070ARG_MAX\0\071MINIMUM\0\072LESS\0\073NEG\0\074PADV2\0"
-    "\075GREATER\0\076GREATER_EQUAL\0\077LESS_EQUAL\0\100SELECT\0\101SLICE\0\102SIN\0"
-    "\103TRANSPOSE_CONV\0\104SPARSE_TO_DENSE\0\105TILE\0\106EXPAND_DIMS\0\112SUM\0\121REDUCE_PROD\0"
-    "\122REDUCE_MAX\0\123PACK\0\130UNPACK\0\131REDUCE_MIN\0\134SQUARE\0\141RESIZE_NEAREST_NEIGHBOR\0"
-    "\142LEAKY_RELU\0\143SQUARED_DIFFERENCE\0\145ABS\0\146SPLIT_V\0\152ADD_N\0\153GATHER_ND\0\157ELU\0"
-    "\162QUANTIZE\0\164ROUND\0\165HARD_SWISH\0\173SELECT_V2\0\176BATCH_MATMUL\0\200CUMSUM";
+    "\006DEQUANTIZE\0\011FULLY_CONNECTED\0\016LOGISTIC\0\021MAX_POOL_2D\0\022MUL\0\023RELU\0\025RELU6\0"
+    "\026RESHAPE\0\031SOFTMAX\0\034TANH\0\040CUSTOM\0\042PAD\0\044GATHER\0\047TRANSPOSE\0\050MEAN\0"
+    "\051SUB\0\052DIV\0\053SQUEEZE\0\055STRIDED_SLICE\0\057EXP\0\061SPLIT\0\065CAST\0\066PRELU\0"
+    "\067MAXIMUM\0\070ARG_MAX\0\071MINIMUM\0\074PADV2\0\101SLICE\0\103TRANSPOSE_CONV\0\106EXPAND_DIMS\0"
+    "\112SUM\0\122REDUCE_MAX\0\123PACK\0\130UNPACK\0\141RESIZE_NEAREST_NEIGHBOR\0\142LEAKY_RELU\0"
+    "\143SQUARED_DIFFERENCE\0\162QUANTIZE\0\165HARD_SWISH\0\176BATCH_MATMUL";
 static const char type_names[] =
     "FLOAT32\0FLOAT16\0INT32\0UINT8\0INT64\0STRING\0BOOL\0INT16\0COMPLEX64\0INT8\0FLOAT64";
 
@@ -161,6 +156,8 @@ static int place(ctx *c, int32_t t, uint32_t size, int32_t last, const live_t *a
                 off = c->live[i].off + c->live[i].size;
                 i = -1;
             }
+        if (off > 0x7fffffffu - size)
+            return fail(c, EFP_UNSUPPORTED, "activations above 2 GB", 0, 0);
     }
     l = &c->live[c->n_live++];
     l->tensor = t;
@@ -200,17 +197,17 @@ static int tensor(ctx *c, int32_t idx, tinfo *t)
     memset(t, 0, sizeof *t);
     t->idx = idx;
     if (idx < 0 || (uint32_t)idx >= c->n_tensors)
-        return invalid(c, "tensor index out of range");
+        return invalid(c, "index out of range");
     tt = fb_at(f, c->tensors, (uint32_t)idx);
     shape = fb_vec(f, tt, 0, 4, &n);
     if (n > MAX_DIMS)
-        return fail(c, EFP_UNSUPPORTED, "tensor rank above 6", 0, 0);
+        return fail(c, EFP_UNSUPPORTED, "dynamic, oversized or above 6-D tensor", 0, 0);
     t->ndim = (int32_t)n;
     t->count = 1;
     for (i = 0; i < n; i++) {
         t->dims[i] = (int32_t)fb_rd(f, shape + 4 * i, 4);
         if (t->dims[i] <= 0 || t->dims[i] > 32767 || t->count > 0x7fffffffu / (uint32_t)t->dims[i])
-            return f->bad ? invalid(c, "truncated flatbuffer") : fail(c, EFP_UNSUPPORTED, "dynamic or oversized tensor shape", 0, 0);
+            return f->bad ? invalid(c, "truncated flatbuffer") : fail(c, EFP_UNSUPPORTED, "dynamic, oversized or above 6-D tensor", 0, 0);
         t->count *= (uint32_t)t->dims[i];
     }
     t->type = fb_int(f, tt, 1, 1, 0);
@@ -218,13 +215,13 @@ static int tensor(ctx *c, int32_t idx, tinfo *t)
     if (!esize)
         return fail(c, EFP_UNSUPPORTED, "unsupported tensor type ", type_name(t->type, buf), 0);
     if (t->count > 0x7fffffffu / esize)
-        return fail(c, EFP_UNSUPPORTED, "oversized tensor", 0, 0);
+        return fail(c, EFP_UNSUPPORTED, "dynamic, oversized or above 6-D tensor", 0, 0);
     t->bytes = t->count * esize;
     if (fb_int(f, tt, 5, 1, 0) || fb_field(f, tt, 6) || fb_int(f, tt, 10, 4, 0))
         return fail(c, EFP_UNSUPPORTED, "variable, sparse or external tensors", 0, 0);
     v = (uint32_t)fb_int(f, tt, 2, 4, 0);
     if (v >= c->n_buffers)
-        return invalid(c, "buffer index out of range");
+        return invalid(c, "index out of range");
     b = fb_at(f, c->buffers, v);
     data = fb_vec(f, b, 0, 1, &len);
     v = fb_field(f, b, 1); /* Buffer.offset: data stored after the flatbuffer (models > 2 GB) */
@@ -232,10 +229,10 @@ static int tensor(ctx *c, int32_t idx, tinfo *t)
         return fail(c, EFP_UNSUPPORTED, "tensor data outside the flatbuffer (models over 2 GB)", 0, 0);
     if (len) {
         if (len != t->bytes)
-            return invalid(c, "constant tensor size does not match its shape");
+            return invalid(c, "tensor shapes do not match");
         t->data = f->b + data;
         if (esize == 4 && ((uintptr_t)t->data & 3))
-            return invalid(c, "misaligned constant data (model must be 4-byte aligned)");
+            return invalid(c, "misaligned data (align the model to 4 bytes)");
     }
     q = fb_table(f, tt, 4);
     t->scales = fb_vec(f, q, 2, 4, &t->n_scales);
@@ -289,7 +286,7 @@ static void qmul(double d, int32_t *m, int32_t *shift)
     e = (int32_t)(bits >> 52 & 0x7ff);
     *m = 0;
     *shift = 0;
-    if (!(d > 0) || e == 0 || e == 0x7ff)
+    if (bits >> 63 || e == 0 || e == 0x7ff) /* negative, zero, denormal, inf, NaN */
         return;
     q = ((bits & 0xfffffffffffffull) + (1ull << 52) + (1ull << 21)) >> 22; /* round(frexp * 2^31) */
     e -= 1022;
@@ -305,6 +302,23 @@ static void qmul(double d, int32_t *m, int32_t *shift)
         *m = (int32_t)q;
         *shift = e;
     }
+}
+
+/* n / d without pulling libgcc's 64-bit division into the image */
+static uint32_t div64(uint64_t n, uint32_t d)
+{
+    uint64_t r = 0;
+    uint32_t q = 0;
+    int i;
+    for (i = 63; i >= 0; i--) {
+        r = r << 1 | (n >> i & 1);
+        q <<= 1;
+        if (r >= d) {
+            r -= d;
+            q |= 1;
+        }
+    }
+    return q;
 }
 
 static int32_t input_radius(int bits, int32_t shift)
@@ -338,7 +352,7 @@ static int padding(ctx *c, int same, int32_t in, int32_t k, int32_t s, int32_t d
         return op_fail(c, "bad stride, dilation or filter size");
     o = same ? (in + s - 1) / s : (in + s - eff) / s;
     if (o != out)
-        return invalid(c, "output shape does not match padding");
+        return invalid(c, "tensor shapes do not match");
     p = ((out - 1) * s + eff - in) / 2;
     *pad = (int16_t)(p > 0 ? p : 0);
     return 0;
@@ -356,12 +370,12 @@ static int prep_conv(ctx *c, uint32_t opts, tinfo *t, int nin, void **res)
     if ((st = want(c, in, T_I8)) || (st = want(c, w, T_I8)) || (st = want(c, out, T_I8)))
         return st;
     if (in->ndim != 4 || w->ndim != 4 || out->ndim != 4 || out->dims[0] != in->dims[0])
-        return invalid(c, "convolution tensors must be 4-D");
+        return invalid(c, "tensor shapes do not match");
     if (nin > 2 && bias->idx >= 0 && ((st = want(c, bias, T_I32)) || bias->count != (uint32_t)oc))
-        return st ? st : invalid(c, "bias size");
+        return st ? st : invalid(c, "tensor shapes do not match");
     if (dw ? w->dims[0] != 1 || w->dims[3] != oc || oc % in->dims[3]
            : w->dims[0] != oc || in->dims[3] % w->dims[3] || oc % (in->dims[3] / w->dims[3]))
-        return invalid(c, "filter shape does not match input/output channels");
+        return invalid(c, "tensor shapes do not match");
     if (w->n_scales != 1 && (w->n_scales != (uint32_t)oc || w->qdim != (dw ? 3u : 0u)))
         return op_fail(c, "unsupported filter quantization");
     memset(&q, 0, sizeof q);
@@ -417,9 +431,9 @@ static int prep_fc(ctx *c, uint32_t opts, tinfo *t, int nin, void **res)
     if (fb_int(&c->fb, opts, 1, 1, 0))
         return op_fail(c, "unsupported weights format");
     if (w->ndim != 2 || in->count % (uint32_t)depth || out->count != in->count / (uint32_t)depth * (uint32_t)units)
-        return invalid(c, "fully connected shapes");
+        return invalid(c, "tensor shapes do not match");
     if (nin > 2 && bias->idx >= 0 && ((st = want(c, bias, T_I32)) || bias->count != (uint32_t)units))
-        return st ? st : invalid(c, "bias size");
+        return st ? st : invalid(c, "tensor shapes do not match");
     if (per && (w->n_scales != (uint32_t)units || w->qdim != 0))
         return op_fail(c, "unsupported filter quantization");
     memset(&q, 0, sizeof q);
@@ -465,7 +479,7 @@ static int prep_pool(ctx *c, uint32_t opts, tinfo *t, void **res)
     if ((st = want(c, in, T_I8)) || (st = want(c, out, T_I8)))
         return st;
     if (in->ndim != 4 || out->ndim != 4 || out->dims[0] != in->dims[0] || out->dims[3] != in->dims[3])
-        return invalid(c, "pooling tensors must be 4-D");
+        return invalid(c, "tensor shapes do not match");
     memset(&q, 0, sizeof q);
     if ((st = act_range(c, fb_int(&c->fb, opts, 5, 1, 0), out, &q.act_min, &q.act_max)) ||
         (st = padding(c, same, in->dims[1], fh, sh, 1, out->dims[1], &q.pad_h)) ||
@@ -497,12 +511,12 @@ static int broadcast(ctx *c, const tinfo *a, const tinfo *b, const tinfo *out, e
     int32_t n[MAX_DIMS], sa[MAX_DIMS], sb[MAX_DIMS], da, db, ra = 1, rb = 1;
     int d, k = 0, j;
     if (a->ndim > out->ndim || b->ndim > out->ndim)
-        return invalid(c, "broadcast shapes");
+        return invalid(c, "tensor shapes do not match");
     for (d = out->ndim - 1; d >= 0; d--) {
         da = d - (out->ndim - a->ndim) >= 0 ? a->dims[d - (out->ndim - a->ndim)] : 1;
         db = d - (out->ndim - b->ndim) >= 0 ? b->dims[d - (out->ndim - b->ndim)] : 1;
         if ((da != 1 && da != out->dims[d]) || (db != 1 && db != out->dims[d]) || (da == 1 && db == 1 && out->dims[d] != 1))
-            return invalid(c, "broadcast shapes");
+            return invalid(c, "tensor shapes do not match");
         n[d] = out->dims[d];
         sa[d] = da == 1 ? 0 : ra;
         sb[d] = db == 1 ? 0 : rb;
@@ -563,23 +577,24 @@ static int prep_binary(ctx *c, uint32_t opts, tinfo *t, void **res)
         r2 = (double)(b->scale / twice);
         ro = (double)(twice / ((float)(1 << 20) * out->scale));
     } else {
-        double twice = 2 * (double)smax;
+        double twice = (double)(2 * smax); /* exact: doubling a float */
         q.op = c->code == OP_ADD ? B_ADD : B_SQDIFF;
         q.left_shift = c->code == OP_ADD ? 20 : 7;
         r1 = (double)a->scale / twice;
         r2 = (double)b->scale / twice;
-        ro = c->code == OP_ADD ? twice / ((double)(1 << 20) * (double)out->scale)
+        ro = c->code == OP_ADD ? twice / (double)((float)(1 << 20) * out->scale)
                                : twice * twice / (double)((float)(1 << 14) * out->scale);
     }
-    if (q.op != B_MUL) {
+    if (q.op != B_MUL) { /* r1, r2 <= 1/2: right shifts only */
         qmul(r1, &q.ma, &s);
-        q.sha = (int8_t)s;
+        q.rsa = (int8_t)-s;
         qmul(r2, &q.mb, &s);
-        q.shb = (int8_t)s;
+        q.rsb = (int8_t)-s;
     }
     qmul(ro, &m, &s);
     q.mo = m;
-    q.sho = (int8_t)s;
+    q.lso = (int8_t)(s > 0 ? s : 0);
+    q.rso = (int8_t)(s > 0 ? 0 : -s);
     *p = q;
     *res = p;
     return 0;
@@ -600,13 +615,28 @@ static int prep_mean(ctx *c, tinfo *t, void **res)
         memcpy(&a, axis->data + 4 * i, 4);
         a += a < 0 ? in->ndim : 0;
         if (a < 0 || a >= in->ndim)
-            return invalid(c, "MEAN axis out of range");
+            return invalid(c, "bad axis");
         if (!(q.reduce_mask >> a & 1))
             q.count *= in->dims[a];
         q.reduce_mask |= (uint8_t)(1 << a);
     }
     if (in->ndim == 0 || (uint64_t)out->count * (uint32_t)q.count != in->count)
-        return invalid(c, "MEAN output shape");
+        return invalid(c, "tensor shapes do not match");
+    /* reduced axes (of size > 1) in one run: walk in[outer][count][inner] */
+    q.inner = 1;
+    for (i = in->ndim - 1, a = 0; i >= 0; i--) { /* a: 0 inner axes, 1 the run, 2 outer axes */
+        if (in->dims[i] == 1)
+            continue;
+        if (q.reduce_mask >> i & 1) {
+            if (a == 2)
+                q.inner = 0; /* a second run: general walk */
+            a = a ? a : 1;
+        } else if (a) {
+            a = 2;
+        } else {
+            q.inner *= in->dims[i];
+        }
+    }
     if (!(p = alloc(c, sizeof *p)))
         return 0;
     q.kind = K_MEAN;
@@ -621,7 +651,7 @@ static int prep_mean(ctx *c, tinfo *t, void **res)
     /* fold 1/count into the multiplier as QuantizedMeanOrSum does */
     sh = 31 - __builtin_clz((uint32_t)q.count);
     sh = sh < 31 + q.shift ? sh : 31 + q.shift;
-    q.mult = (int32_t)(((int64_t)q.mult << sh) / q.count);
+    q.mult = (int32_t)div64((uint64_t)q.mult << sh, (uint32_t)q.count);
     q.shift -= sh;
     *p = q;
     *res = p;
@@ -632,7 +662,8 @@ static int prep_unary(ctx *c, uint32_t opts, tinfo *t, void **res)
 {
     tinfo *in = &t[0], *out = &t[3];
     efp_unary *p, q;
-    int32_t st;
+    int32_t st, i;
+    int8_t *lut;
     memset(&q, 0, sizeof q);
     if (c->code == OP_QUANTIZE && in->type == T_F32)
         q.kind = K_QUANT_F32;
@@ -641,19 +672,23 @@ static int prep_unary(ctx *c, uint32_t opts, tinfo *t, void **res)
     if ((st = want(c, out, c->code == OP_DEQUANTIZE ? T_F32 : T_I8)))
         return st;
     if (in->count != out->count || in->ndim < 1)
-        return invalid(c, "input and output shapes differ");
+        return invalid(c, "tensor shapes do not match");
     q.n = (int32_t)in->count;
     q.in_zp = in->zp;
     q.out_zp = out->zp;
     if (c->code == OP_SOFTMAX) {
         int32_t bits = fb_int(&c->fb, opts, 0, 4, 0);
+        uint64_t bits64;
         float beta_f;
         double beta;
         memcpy(&beta_f, &bits, 4);
         beta = (double)beta_f * (double)in->scale * (double)(1 << 26);
         if (out->zp != -128 || out->scale != 1.0f / 256)
-            return op_fail(c, "output must be quantized with scale 1/256, zero point -128");
-        qmul(beta < 2147483647.0 ? beta : 2147483647.0, &q.mult, &q.shift);
+            return op_fail(c, "output must have scale 1/256, zero point -128");
+        memcpy(&bits64, &beta, 8);
+        if (bits64 > 0x41dfffffffc00000ull && !(bits64 >> 63)) /* min(beta, 2^31 - 1), compared as bits */
+            beta = 2147483647.0;
+        qmul(beta, &q.mult, &q.shift);
         if (q.shift < 1)
             return op_fail(c, "input scale times beta too small");
         q.kind = K_SOFTMAX;
@@ -672,8 +707,19 @@ static int prep_unary(ctx *c, uint32_t opts, tinfo *t, void **res)
         q.kind = K_REQUANT;
         qmul((double)in->scale / (double)out->scale, &q.mult, &q.shift);
     }
-    if (!(p = alloc(c, sizeof *p)))
+    p = alloc(c, sizeof *p);
+    lut = q.kind == K_TANH || q.kind == K_REQUANT ? alloc(c, 256) : NULL;
+    if (!p)
         return 0;
+    if (lut) { /* int8 -> int8: run the kernel once on every input value, keep the results */
+        for (i = 0; i < 256; i++)
+            lut[i] = (int8_t)(i - 128);
+        q.in = q.out = lut;
+        q.n = 256;
+        efp_op_run(&q);
+        q.lut = lut;
+        q.n = (int32_t)in->count;
+    }
     q.in = ptr(c, in);
     q.out = ptr(c, out);
     *p = q;
@@ -692,7 +738,7 @@ static int prep_op(ctx *c, uint32_t k, void **res)
     char buf[12];
     oc = (uint32_t)fb_int(f, op, 0, 4, 0);
     if (oc >= c->n_codes)
-        return invalid(c, "opcode index out of range");
+        return invalid(c, "index out of range");
     oc = fb_at(f, c->codes, oc);
     code = fb_int(f, oc, 3, 4, 0);
     st = fb_int(f, oc, 0, 1, 0);
@@ -719,16 +765,16 @@ static int prep_op(ctx *c, uint32_t k, void **res)
         if (idx >= 0 && (st = tensor(c, idx, &t[i])))
             return st;
         if (idx >= 0 && !t[i].data && !find_live(c, idx))
-            return invalid(c, "operator reads a tensor before it is written");
+            return invalid(c, "tensor read before written, or written twice");
     }
     if ((st = tensor(c, (int32_t)fb_rd(f, outs, 4), &t[3])))
         return st;
     if (t[3].data || find_live(c, t[3].idx))
-        return invalid(c, "operator output is constant or written twice");
+        return invalid(c, "tensor read before written, or written twice");
     if (code == OP_RESHAPE || code == OP_SQUEEZE || code == OP_EXPAND_DIMS) {
         /* pure shape change: the output shares the input's memory */
         if (!find_live(c, t[0].idx) || t[0].bytes != t[3].bytes || t[0].type != t[3].type)
-            return op_fail(c, "input must be a computed tensor of the output's size and type");
+            return op_fail(c, "input must be computed and of the output's size");
         return place(c, t[3].idx, 0, last_use(c, t[3].idx, k), find_live(c, t[0].idx));
     }
     if (t[0].idx < 0)
@@ -737,11 +783,11 @@ static int prep_op(ctx *c, uint32_t k, void **res)
         return st;
     switch (code) {
     case OP_CONV:
-    case OP_DWCONV: return nin < 2 ? op_fail(c, "missing filter") : prep_conv(c, opts, t, (int)nin, res);
-    case OP_FC: return nin < 2 ? op_fail(c, "missing weights") : prep_fc(c, opts, t, (int)nin, res);
+    case OP_DWCONV: return nin < 2 ? op_fail(c, "missing input") : prep_conv(c, opts, t, (int)nin, res);
+    case OP_FC: return nin < 2 ? op_fail(c, "missing input") : prep_fc(c, opts, t, (int)nin, res);
     case OP_AVERAGE_POOL:
     case OP_MAX_POOL: return prep_pool(c, opts, t, res);
-    case OP_MEAN: return nin < 2 ? op_fail(c, "missing axis") : prep_mean(c, t, res);
+    case OP_MEAN: return nin < 2 ? op_fail(c, "missing input") : prep_mean(c, t, res);
     case OP_ADD: case OP_SUB: case OP_MUL:
     case OP_SQDIFF: return nin < 2 ? op_fail(c, "missing input") : prep_binary(c, opts, t, res);
     default: return prep_unary(c, opts, t, res);
@@ -759,7 +805,7 @@ static int build(ctx *c)
     c->n_live = 0;
     model = (uint32_t)f->b[0] | (uint32_t)f->b[1] << 8 | (uint32_t)f->b[2] << 16 | (uint32_t)f->b[3] << 24;
     if (model >= f->n)
-        return invalid(c, "bad root offset");
+        return invalid(c, "index out of range");
     c->codes = fb_vec(f, model, 1, 4, &c->n_codes);
     subgraphs = fb_vec(f, model, 2, 4, &n);
     c->buffers = fb_vec(f, model, 4, 4, &c->n_buffers);
@@ -773,7 +819,7 @@ static int build(ctx *c)
     if (f->bad)
         return invalid(c, "truncated flatbuffer");
     if (n != 1 || !c->n_outs)
-        return fail(c, EFP_UNSUPPORTED, "model must have one input and at least one output", 0, 0);
+        return fail(c, EFP_UNSUPPORTED, "model must have one input and an output", 0, 0);
     g = c->g = alloc(c, sizeof *g);
     if (g) {
         g->ops = alloc(c, c->n_ops * sizeof(void *));
@@ -789,7 +835,7 @@ static int build(ctx *c)
     if ((st = tensor(c, (int32_t)fb_rd(f, ins, 4), &t)))
         return st;
     if ((t.type != T_I8 && t.type != T_F32) || t.data)
-        return fail(c, EFP_UNSUPPORTED, "model input must be int8 or float32", 0, 0);
+        return fail(c, EFP_UNSUPPORTED, "model input and outputs must be int8 or float32", 0, 0);
     if ((st = place(c, t.idx, t.bytes, last_use(c, t.idx, 0), NULL)))
         return st;
     if (g) {
@@ -812,9 +858,9 @@ static int build(ctx *c)
         if ((st = tensor(c, (int32_t)fb_rd(f, c->outs + 4 * i, 4), &t)))
             return st;
         if (t.type != T_I8 && t.type != T_F32)
-            return fail(c, EFP_UNSUPPORTED, "model outputs must be int8 or float32", 0, 0);
+            return fail(c, EFP_UNSUPPORTED, "model input and outputs must be int8 or float32", 0, 0);
         if (!t.data && !find_live(c, t.idx))
-            return invalid(c, "output never written");
+            return invalid(c, "tensor read before written, or written twice");
         if (g) {
             g->out[i] = ptr(c, &t);
             g->out_bytes[i] = t.bytes;

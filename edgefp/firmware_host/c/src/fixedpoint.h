@@ -5,24 +5,34 @@
 
 #include <stdint.h>
 
+#ifdef __GNUC__
+#define FP_HOT static inline __attribute__((always_inline)) /* per-element helpers: no calls at -Os */
+#else
+#define FP_HOT static inline
+#endif
+
 /* Wrapping int32 arithmetic (what the C++ kernels do in practice, without C's signed-overflow UB). */
 static inline int32_t fp_add(int32_t a, int32_t b) { return (int32_t)((uint32_t)a + (uint32_t)b); }
 static inline int32_t fp_sub(int32_t a, int32_t b) { return (int32_t)((uint32_t)a - (uint32_t)b); }
 static inline int32_t fp_wmul(int32_t a, int32_t b) { return (int32_t)((uint32_t)a * (uint32_t)b); }
 static inline int32_t fp_shl(int32_t a, int s) { return (int32_t)((uint32_t)a << s); }
 
-/* SaturatingRoundingDoublingHighMul (ARM VQRDMULH). */
+/* SaturatingRoundingDoublingHighMul (ARM VQRDMULH). The nudged truncating division by 2^31 of the
+ * reference equals adding 2^30 and shifting right arithmetically, for either sign of a * b. */
+FP_HOT int32_t fp_mul_ns(int32_t a, int32_t b) /* a and b not both INT32_MIN */
+{
+    return (int32_t)(((int64_t)a * b + (1 << 30)) >> 31);
+}
+
 static inline int32_t fp_mul(int32_t a, int32_t b)
 {
-    int64_t ab;
     if (a == b && a == INT32_MIN)
         return INT32_MAX;
-    ab = (int64_t)a * b;
-    return (int32_t)((ab + (ab >= 0 ? (1 << 30) : (1 - (1 << 30)))) / (1ll << 31));
+    return fp_mul_ns(a, b);
 }
 
 /* RoundingDivideByPOT: rounding arithmetic right shift, ties away from zero. */
-static inline int32_t fp_rshift(int32_t x, int e)
+FP_HOT int32_t fp_rshift(int32_t x, int e)
 {
     int32_t mask = (int32_t)((1ll << e) - 1);
     int32_t threshold = (mask >> 1) + (x < 0);
@@ -40,9 +50,10 @@ static inline int32_t fp_sat_shl(int32_t x, int e)
     return fp_shl(x, e);
 }
 
+/* MultiplyByQuantizedMultiplier; m is never INT32_MIN (multipliers are positive). */
 static inline int32_t fp_mbqm(int32_t x, int32_t m, int shift)
 {
-    return fp_rshift(fp_mul(fp_shl(x, shift > 0 ? shift : 0), m), shift > 0 ? 0 : -shift);
+    return fp_rshift(fp_mul_ns(fp_shl(x, shift > 0 ? shift : 0), m), shift > 0 ? 0 : -shift);
 }
 
 static inline int32_t fp_half_sum(int32_t a, int32_t b)

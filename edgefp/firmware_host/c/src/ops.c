@@ -90,13 +90,14 @@ static void conv(const efp_conv *p)
 static void fully_connected(const efp_fc *p)
 {
     int b, u, d;
+    int32_t in_off = p->in_off, w_off = p->w_off;
     for (b = 0; b < p->batches; b++)
         for (u = 0; u < p->units; u++) {
             const int8_t *x = p->in + b * p->depth, *w = p->w + u * p->depth;
             int c = p->per_channel ? u : 0;
             int32_t acc = 0;
             for (d = 0; d < p->depth; d++)
-                acc = fp_add(acc, (w[d] + p->w_off) * (x[d] + p->in_off));
+                acc = fp_add(acc, (w[d] + w_off) * (x[d] + in_off));
             if (p->bias)
                 acc = fp_add(acc, p->bias[u]);
             acc = fp_add(fp_mbqm(acc, p->mult[c], p->shift[c]), p->out_off);
@@ -131,36 +132,30 @@ static void pool(const efp_pool *p)
                 }
 }
 
-static int8_t binary_one(const efp_binary *p, int32_t a, int32_t b)
-{
-    int32_t r;
-    a += p->a_off;
-    b += p->b_off;
-    if (p->op == B_MUL) {
-        r = fp_mbqm(a * b, p->mo, p->sho);
-    } else {
-        a = fp_mbqm(a * (1 << p->left_shift), p->ma, p->sha);
-        b = fp_mbqm(b * (1 << p->left_shift), p->mb, p->shb);
-        r = p->op == B_ADD ? fp_add(a, b) : fp_sub(a, b);
-        if (p->op == B_SQDIFF)
-            r = fp_mbqm(fp_wmul(r, r), p->mo, p->sho);
-        else
-            r = fp_mbqm(r, p->mo, p->sho);
-    }
-    return clamp8(fp_add(r, p->out_off), p->act_min, p->act_max);
-}
-
 static void binary(const efp_binary *p)
 {
-    int i0, i1, i2, i3;
+    int i0, i1, i2, i3, n3 = p->n[3], sa = p->sa[3], sb = p->sb[3], op = p->op, ls = p->left_shift;
+    int32_t a_off = p->a_off, b_off = p->b_off, ma = p->ma, mb = p->mb, rsa = p->rsa, rsb = p->rsb;
     int8_t *out = p->out;
     for (i0 = 0; i0 < p->n[0]; i0++)
         for (i1 = 0; i1 < p->n[1]; i1++)
             for (i2 = 0; i2 < p->n[2]; i2++) {
                 const int8_t *a = p->a + i0 * p->sa[0] + i1 * p->sa[1] + i2 * p->sa[2];
                 const int8_t *b = p->b + i0 * p->sb[0] + i1 * p->sb[1] + i2 * p->sb[2];
-                for (i3 = 0; i3 < p->n[3]; i3++)
-                    *out++ = binary_one(p, a[i3 * p->sa[3]], b[i3 * p->sb[3]]);
+                for (i3 = 0; i3 < n3; i3++, a += sa, b += sb) {
+                    int32_t x = *a + a_off, y = *b + b_off, r;
+                    if (op == B_MUL) {
+                        r = x * y;
+                    } else {
+                        x = fp_rshift(fp_mul_ns(x * (1 << ls), ma), rsa);
+                        y = fp_rshift(fp_mul_ns(y * (1 << ls), mb), rsb);
+                        r = op == B_ADD ? fp_add(x, y) : fp_sub(x, y);
+                        if (op == B_SQDIFF)
+                            r = fp_wmul(r, r);
+                    }
+                    r = fp_rshift(fp_mul_ns(fp_shl(r, p->lso), p->mo), p->rso);
+                    *out++ = clamp8(fp_add(r, p->out_off), p->act_min, p->act_max);
+                }
             }
 }
 
@@ -173,20 +168,26 @@ static void mean(const efp_mean *p)
         stride[d - 1] = stride[d] * p->dims[d];
     for (o = 0; o < p->out_count; o++) {
         int32_t base = 0, rem = o, sum = 0;
-        for (d = p->ndim - 1; d >= 0; d--)
-            if (!(p->reduce_mask >> d & 1)) {
-                base += rem % p->dims[d] * stride[d];
-                rem /= p->dims[d];
-            }
-        for (r = 0; r < p->count; r++) {
-            int32_t off = base;
-            rem = r;
+        if (p->inner) { /* reduced axes contiguous: in[outer][count][inner] */
+            const int8_t *in = p->in + (o / p->inner * p->count * p->inner + o % p->inner);
+            for (r = 0; r < p->count; r++, in += p->inner)
+                sum = fp_add(sum, *in);
+        } else {
             for (d = p->ndim - 1; d >= 0; d--)
-                if (p->reduce_mask >> d & 1) {
-                    off += rem % p->dims[d] * stride[d];
+                if (!(p->reduce_mask >> d & 1)) {
+                    base += rem % p->dims[d] * stride[d];
                     rem /= p->dims[d];
                 }
-            sum = fp_add(sum, p->in[off]);
+            for (r = 0; r < p->count; r++) {
+                int32_t off = base;
+                rem = r;
+                for (d = p->ndim - 1; d >= 0; d--)
+                    if (p->reduce_mask >> d & 1) {
+                        off += rem % p->dims[d] * stride[d];
+                        rem /= p->dims[d];
+                    }
+                sum = fp_add(sum, p->in[off]);
+            }
         }
         sum = fp_add(fp_mbqm(fp_sub(sum, fp_wmul(p->in_zp, p->count)), p->mult, p->shift), p->out_zp);
         p->out[o] = clamp8(sum, -128, 127);
@@ -225,6 +226,11 @@ static void unary(const efp_unary *p)
     const int8_t *in = p->in;
     int8_t *out = p->out;
     int32_t i, v;
+    if (p->lut) {
+        for (i = 0; i < p->n; i++)
+            out[i] = p->lut[in[i] + 128];
+        return;
+    }
     for (i = 0; i < p->n; i++) {
         switch (p->kind) {
         case K_TANH:

@@ -50,7 +50,7 @@ typedef struct {
     int8_t *out;
     int32_t n[4], sa[4], sb[4];   /* collapsed output shape and input strides (0 = broadcast) */
     int32_t a_off, b_off, out_off, left_shift, ma, mb, mo;
-    int8_t sha, shb, sho;
+    int8_t rsa, rsb, lso, rso;    /* input right shifts; output left and right shifts */
 } efp_binary;
 
 typedef struct {
@@ -59,6 +59,7 @@ typedef struct {
     int8_t *out;
     int32_t dims[6];
     int32_t out_count, count, in_zp, out_zp, mult, shift;
+    int32_t inner;                /* reduced axes contiguous: elements after them (0: general walk) */
 } efp_mean;
 
 /* SOFTMAX, TANH, QUANTIZE (int8 or float32 in), DEQUANTIZE. */
@@ -68,6 +69,7 @@ typedef struct {
     void *out;
     int32_t n, depth, in_zp, out_zp, mult, shift, radius;
     float scale;
+    const int8_t *lut;            /* int8 -> int8 ops: the 256 results, indexed by input + 128 */
 } efp_unary;
 
 void efp_op_run(const void *op);
