@@ -693,14 +693,17 @@ def sim(profile, tcp, data_dir, feed, rate, drift_at, drift):
 @click.option("--board", required=True, help="Board profile: its budgets, and its port (qemu-m4, native) or template.")
 @click.option("--out", required=True, type=click.Path(), help="Directory to write the project to.")
 @click.option("--build", "build_it", is_flag=True, help="Also build it (tested ports) and report flash and RAM use.")
+@click.option("--bundle", "bundles", multiple=True, type=click.Path(), help="Say if this bundle fits (repeatable).")
 @FORCE_OPTION
 @JSON_OPTION
-def export_firmware(board, out, build_it, force, as_json):
+def export_firmware(board, out, build_it, bundles, force, as_json):
     """Write the C firmware (device protocol, two bundle slots, int8 engine, OOD check) as a project
     for a board: portable sources, the board's port (or a template to fill in, docs/porting.md) and
     its budgets. Bundles are flashed later over the protocol, without rebuilding."""
+    from edgefp.bundle import Bundle
     from edgefp.firmware_host import firmware
 
+    loaded = [Bundle.load(path) for path in bundles]
     report = firmware.export(board, out, force=force)
     lines = [f"firmware for {report['board']} written to {out} (port {report['port']})", f"  build: {report['make']}"]
     if not report["tested"]:
@@ -708,6 +711,14 @@ def export_firmware(board, out, build_it, force, as_json):
     if build_it:
         report["sizes"] = firmware.budget_report(board)
         lines += firmware.budget_lines(report["sizes"])
+    report["bundles"] = [firmware.bundle_ram(bundle, board) for bundle in loaded]
+    for ram in report["bundles"]:
+        verdict = "fits" if ram["fits"] else f"does NOT fit: {ram['ram_bytes'] - ram['board_ram_bytes']:,} bytes short"
+        lines.append(
+            f"  {ram['bundle']}: needs {ram['ram_bytes']:,} bytes of the {ram['board_ram_bytes']:,}-byte arena "
+            f"(engine {ram['engine_arena_bytes']:,}, score tables and OOD buffer {ram['tables_and_ood_bytes']:,}): "
+            f"{verdict}"
+        )
     _emit(report, as_json, lines)
 
 

@@ -125,6 +125,8 @@ def test_bundles_that_do_not_fit_are_refused_and_the_last_one_serves(tmp_path, d
                 client.flash(device, archive)
             needs[name] = 4096 + int(str(refused.value).split("needs ")[1].split()[0])
             assert client.hello(device).active is None
+            bundle = Bundle.load({"digits": digits, "motions": motions}[name][0])
+            assert firmware.bundle_ram(bundle, "native")["ram_bytes"] == needs[name]  # the host's figure is exact
     assert needs["digits"] != needs["motions"]
     small, large = sorted(needs, key=needs.get)
     arena = (needs[small] + needs[large]) // 32 * 16
@@ -138,13 +140,40 @@ def test_bundles_that_do_not_fit_are_refused_and_the_last_one_serves(tmp_path, d
         client.bench(device, runs=3, warmup=0)
 
 
+def test_export_firmware_writes_a_project_that_builds(tmp_path, digits):
+    out = tmp_path / "fw"
+    result = subprocess.run(
+        [sys.executable, "-m", "edgefp", "export-firmware", "--board", "native", "--out", str(out), "--build"]
+        + ["--bundle", digits[0], "--json"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["tested"] and 0 < report["sizes"]["static_ram_bytes"] < 16 * 1024
+    assert report["bundles"][0]["fits"] and report["bundles"][0]["ram_bytes"] < report["sizes"]["arena_bytes"]
+    variables = (out / "board.mk").read_text().splitlines()[-1].split()
+    build = subprocess.run(["make", "-C", str(out), *variables, f"BUILD_DIR={tmp_path / 'b'}"], capture_output=True)
+    assert build.returncode == 0 and (tmp_path / "b" / "firmware").exists()
+    template = tmp_path / "nrf"
+    subprocess.run([sys.executable, "-m", "edgefp", "export-firmware", "--board", "nrf52840", "--out", str(template)])
+    variables = (template / "board.mk").read_text().splitlines()[-1].split()
+    build = subprocess.run(["make", "-C", str(template), *variables], capture_output=True, text=True)
+    assert build.returncode != 0 and "write the board layer for this board first" in build.stderr
+
+
+def oversized_archive(path: str) -> bytes:
+    """A valid bundle archive of more than 2 MB (the model plus a listed padding file)."""
+    manifest = json.loads(json.dumps(Bundle.load(path).manifest))
+    padding = bytes(2 << 20)
+    manifest["files"]["padding.bin"] = {"sha256": hashlib.sha256(padding).hexdigest(), "bytes": len(padding)}
+    return Bundle(manifest, {**Bundle.load(path).files, "padding.bin": padding}).archive_bytes()
+
+
 def test_archive_beyond_storage_is_refused_at_once(native, digits):
-    manifest = json.loads(json.dumps(Bundle.load(digits[0]).manifest))
-    bundle = Bundle(manifest, {**Bundle.load(digits[0]).files, "padding.bin": bytes(2 << 20)})
-    manifest["files"]["padding.bin"] = {"sha256": hashlib.sha256(bytes(2 << 20)).hexdigest(), "bytes": 2 << 20}
     with client.open_device(native.url) as device:
         with pytest.raises(DeviceError, match="DOES_NOT_FIT: the archive needs .* bytes more storage than native"):
-            client.flash(device, bundle.archive_bytes())
+            client.flash(device, oversized_archive(digits[0]))
 
 
 @qemu_only
@@ -193,6 +222,8 @@ def test_qemu_chip_reset_mid_upload_keeps_the_first_bundle(digits, motions):
             np.testing.assert_array_equal(before, after)
             assert device.read_event(2.0).input == 1  # counters start over after a reset
             device.port.write(os.urandom(5000) + b"\x00")
+            with pytest.raises(DeviceError, match="DOES_NOT_FIT: the archive needs .* more storage than qemu-m4"):
+                client.flash(device, oversized_archive(digits[0]))
             device.max_frame = 1 << 16
             with pytest.raises(DeviceError, match="FRAME_TOO_LARGE"):
                 device.request(Msg.INFER, bytes(range(1, 256)) * 40)
