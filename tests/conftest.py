@@ -82,3 +82,15 @@ def check_error_codes(device, archive: bytes, shape: tuple[int, ...]) -> None:
     device.port.write(os.urandom(3000) + b"\x00" + b"\x05" * 9000 + b"\x00")
     assert client.infer(device, np.zeros(shape, np.int8)).latency_us >= 0
     assert client.hello(device).active.sha256 == hashlib.sha256(archive).digest()
+
+
+def edit_tflite(model: bytes, change) -> bytes:
+    """A .tflite flatbuffer after ``change(model, subgraph, schema)`` edited its object form."""
+    import flatbuffers
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    m = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model, 0))
+    change(m, m.subgraphs[0], schema)
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(m.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())

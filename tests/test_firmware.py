@@ -18,7 +18,7 @@ from edgefp.bundle import Bundle
 from edgefp.firmware_host import client, firmware, protocol
 from edgefp.firmware_host.client import DeviceError
 from edgefp.firmware_host.protocol import Msg, SlotState
-from tests.conftest import DATASETS, check_error_codes
+from tests.conftest import DATASETS, check_error_codes, edit_tflite
 
 HAS_NATIVE = all(shutil.which(tool) for tool in ("gcc", "make"))
 HAS_QEMU = HAS_NATIVE and all(shutil.which(tool) for tool in ("arm-none-eabi-gcc", "qemu-system-arm"))
@@ -160,6 +160,22 @@ def test_export_firmware_writes_a_project_that_builds(tmp_path, digits):
     variables = (template / "board.mk").read_text().splitlines()[-1].split()
     build = subprocess.run(["make", "-C", str(template), *variables], capture_output=True, text=True)
     assert build.returncode != 0 and "write the board layer for this board first" in build.stderr
+
+
+def test_a_model_with_an_unknown_operator_is_refused_by_name(native, digits):
+    def mean_to_gather(m, sg, schema):
+        for code in m.operatorCodes:
+            if code.builtinCode == 40:  # MEAN
+                code.builtinCode = code.deprecatedBuiltinCode = 36  # GATHER
+
+    bundle = Bundle.load(digits[0])
+    model = edit_tflite(bundle.model_bytes, mean_to_gather)
+    bundle.manifest["files"]["model.tflite"] = {"sha256": hashlib.sha256(model).hexdigest(), "bytes": len(model)}
+    with client.open_device(native.url) as device:
+        client.flash(device, digits[1])
+        with pytest.raises(DeviceError, match="UNSUPPORTED_OP: unsupported operator GATHER"):
+            client.flash(device, Bundle(bundle.manifest, {"model.tflite": model}).archive_bytes())
+        assert client.hello(device).active.sha256 == hashlib.sha256(digits[1]).digest()
 
 
 def oversized_archive(path: str) -> bytes:

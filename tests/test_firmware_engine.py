@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from edgefp.runtime import captured_output
+from tests.conftest import edit_tflite
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is needed to build the engine")
 
@@ -215,17 +216,6 @@ def test_int8_single_operator_models_are_bit_exact(lib, op_models, name):
 # ---- models edited at the flatbuffer level ----
 
 
-def _edit(model: bytes, change) -> bytes:
-    import flatbuffers
-    from tensorflow.lite.python import schema_py_generated as schema
-
-    m = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model, 0))
-    change(m, m.subgraphs[0], schema)
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(m.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
-
-
 def _ops(m, sg, codes):
     return [op for op in sg.operators if m.operatorCodes[op.opcodeIndex].builtinCode in codes]
 
@@ -264,7 +254,7 @@ def _mean_keeps_quantization(m, sg, schema):
 @pytest.mark.parametrize("edit", [_requantize_first_output, _per_tensor_filters, _mean_keeps_quantization])
 def test_edited_models_are_bit_exact(lib, op_models, edit):
     model, shape = op_models["mixed"]
-    assert_bit_exact(lib, _edit(model, edit), random_int8(shape, n=200))
+    assert_bit_exact(lib, edit_tflite(model, edit), random_int8(shape, n=200))
 
 
 # ---- refusals and the arena ----
@@ -277,7 +267,7 @@ def test_unsupported_operator_is_named(lib, op_models, code, name):
             if c.builtinCode == 4:  # DEPTHWISE_CONV_2D
                 c.builtinCode, c.deprecatedBuiltinCode = code, min(code, 127)
 
-    engine = Engine(lib, _edit(op_models["mixed"][0], swap))
+    engine = Engine(lib, edit_tflite(op_models["mixed"][0], swap))
     assert engine.status == UNSUPPORTED and engine.error == f"unsupported operator {name}"
 
 
