@@ -786,7 +786,7 @@ def demo(out, seed, as_json):
     lines.append(f"TFLite Micro on this machine: {report['tflm_latency_us']:.0f} us per inference (median)")
     device = report["device"]
     lines.append(
-        f"simulated {device['board']} at {device['url']}: flashed (payload / wire {device['upload_efficiency']:.3f}), "
+        f"{device['description']} at {device['url']}: flashed (payload / wire {device['upload_efficiency']:.3f}), "
         f"{device['identical_to_host']}/{device['samples']} results identical to host scoring on TFLite Micro"
     )
     lines.append(f"RUN in {report['run']}, int8 bundle in {report['bundle']}")

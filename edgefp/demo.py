@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 
 from edgefp import data, metrics, shifts
+from edgefp.firmware_host.boards import get_board
 
 ID_CLASSES = "0-4"
 UNSEEN_CLASSES = "5-9"
@@ -26,7 +28,6 @@ def run_demo(out: str, *, seed: int = 0, progress: bool = True) -> dict:
     from edgefp.bench import bench_bundle
     from edgefp.bundle import Bundle
     from edgefp.converter.convert import convert
-    from edgefp.firmware_host.boards import get_board
     from edgefp.report import build_report
     from edgefp.trainer import train
 
@@ -55,7 +56,7 @@ def run_demo(out: str, *, seed: int = 0, progress: bool = True) -> dict:
             row.update({"n": summary["n"], f"{model}_accuracy": summary["accuracy"]})
             row.update({f"{model}_ood_rate": summary["ood_rate"], f"{model}_auroc": auroc})
         rows.append(row)
-    device = on_simulated_board(bundle, held_out.x, os.path.join(out, "device"))
+    device = on_device(bundle, held_out.x, os.path.join(out, "device"))
     timing = bench_bundle(bundle, "tflm", runs=200, warmup=20)
     with open(os.path.join(out, "bench_tflm.json"), "w") as handle:
         json.dump(timing, handle, indent=1)
@@ -74,24 +75,38 @@ def run_demo(out: str, *, seed: int = 0, progress: bool = True) -> dict:
     }
 
 
-def on_simulated_board(bundle, x, data_dir: str) -> dict:
-    """Flash the bundle to a simulated board (TFLite Micro, over a pty), run ``x`` on it, and compare
-    with host scoring on the same runtime."""
+def on_device(bundle, x, data_dir: str) -> dict:
+    """Flash the bundle to a device over a pty, run ``x`` on it, and compare with host scoring on
+    TFLite Micro: the C firmware on an emulated Cortex-M4 when QEMU and its compiler are installed,
+    else a simulated nRF52840 (the agent running TFLite Micro)."""
     import numpy as np
 
     from edgefp.firmware_host import client
-    from edgefp.firmware_host.agent import Agent, serving
 
-    with serving(Agent(data_dir, REPORT_BOARD)) as path, client.open_device(path) as device:
+    with _device(data_dir) as (board, url), client.open_device(url, timeout=5.0) as device:
         flashed = client.flash(device, bundle.archive_bytes())
         scores, latencies = client.infer_samples(device, x)
     host = bundle.score(x, "tflm")
     same = np.all(scores.layer_errors == host.layer_errors, axis=1) & (scores.pred == host.pred)
     return {
-        "board": REPORT_BOARD,
-        "url": path,
+        "board": board,
+        "description": get_board(board).description,
+        "url": url,
         "upload_efficiency": flashed["bytes"] / flashed["wire_bytes"],
         "samples": len(x),
         "identical_to_host": int(same.sum()),
         "device_latency_us": float(np.median(latencies)),
     }
+
+
+@contextlib.contextmanager
+def _device(data_dir: str):
+    from edgefp.firmware_host import firmware
+    from edgefp.firmware_host.agent import Agent, serving
+
+    if firmware.can_emulate():
+        with firmware.start("qemu-m4") as chip:
+            yield "qemu-m4", chip.url
+    else:
+        with serving(Agent(data_dir, REPORT_BOARD)) as url:
+            yield REPORT_BOARD, url

@@ -218,6 +218,11 @@ class Emulated:
             os.remove(self.scratch)
 
 
+def can_emulate() -> bool:
+    """Whether this machine can build the firmware for qemu-m4 and run it."""
+    return all(shutil.which(tool) for tool in ("make", "arm-none-eabi-gcc", QEMU))
+
+
 def start_qemu(elf: Path, *, tcp_port: int | None = None) -> Emulated:
     """Run the mps2-an386 firmware under QEMU with -icount shift=0 (one instruction = one virtual ns).
 
