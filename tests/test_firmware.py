@@ -51,12 +51,15 @@ def assert_scores_equal(got, expected):
         np.testing.assert_array_equal(getattr(got, key), getattr(expected, key), err_msg=key)
 
 
-def start_upload(device, archive: bytes, upto: int) -> None:
-    """UPLOAD_BEGIN and the chunks up to ``upto`` bytes, then nothing more (the host went away)."""
+def upload(device, archive: bytes, upto: int | None = None) -> None:
+    """UPLOAD_BEGIN and every chunk, then UPLOAD_END; or only the chunks up to ``upto`` bytes, then
+    nothing more (the host went away). Raw requests: the host's own checks of the archive are bypassed."""
     sha = hashlib.sha256(archive).digest()
     chunk = protocol.unpack("I", device.request(Msg.UPLOAD_BEGIN, protocol.pack_upload_begin(len(archive), sha, "b")))
-    for offset in range(0, upto, chunk):
+    for offset in range(0, len(archive) if upto is None else upto, chunk):
         device.request(Msg.UPLOAD_CHUNK, struct.pack("<I", offset) + archive[offset : offset + chunk])
+    if upto is None:
+        device.request(Msg.UPLOAD_END, timeout=client.SLOW_TIMEOUT)
 
 
 def test_native_device_scores_like_tflite_micro(native, digits):
@@ -95,7 +98,7 @@ def test_bundles_swap_without_rebuilding_and_survive_power_loss(tmp_path, digits
         states = [slot.state for slot in client.hello(device).slots]
         assert sorted(states) == [SlotState.VERIFIED, SlotState.ACTIVE]
         assert client.flash(device, digits[1])["uploaded"] is False  # still verified in its slot: ACTIVATE only
-        start_upload(device, motions[1], len(motions[1]) // 2)
+        upload(device, motions[1], len(motions[1]) // 2)
         native.kill()  # power lost half-way through the upload
     with firmware.start_native(build, flash_file) as native, client.open_device(native.url) as device:
         hello = client.hello(device)
@@ -104,7 +107,7 @@ def test_bundles_swap_without_rebuilding_and_survive_power_loss(tmp_path, digits
         x = data.load(DIGITS).x[:20]
         scores, _ = client.infer_samples(device, x)
         assert_scores_equal(scores, Bundle.load(digits[0]).score(x, "tflm"))
-        start_upload(device, motions[1], len(motions[1]) // 3)
+        upload(device, motions[1], len(motions[1]) // 3)
         client.reset(device, reboot=True)  # the chip restarts mid-upload: the same
         assert client.hello(device).active.name == Bundle.load(digits[0]).manifest["name"]
 
@@ -178,6 +181,30 @@ def test_a_model_with_an_unknown_operator_is_refused_by_name(native, digits):
         assert client.hello(device).active.sha256 == hashlib.sha256(digits[1]).digest()
 
 
+def test_archives_that_do_not_verify_are_refused(native, digits):
+    bundle = Bundle.load(digits[0])
+    model = bytearray(bundle.model_bytes)
+    model[len(model) // 2] ^= 1
+    tampered = Bundle(bundle.manifest, {"model.tflite": bytes(model)}).archive_bytes()
+    unlisted = Bundle(bundle.manifest, {**bundle.files, "extra.bin": b"x"}).archive_bytes()
+    rng = np.random.default_rng(0)
+    with client.open_device(native.url) as device:
+        client.flash(device, digits[1])
+        for archive, reason in ((tampered, "does not match its SHA-256"), (unlisted, "not listed")):
+            with pytest.raises(DeviceError, match=f"INVALID_BUNDLE: .*{reason}"):
+                client.flash(device, archive)
+        for _ in range(40):  # damage in the tar headers and the manifest: an error code, never a crash
+            broken = bytearray(digits[1])
+            for at in rng.integers(0, 16384, size=rng.integers(1, 8)):
+                broken[at] = rng.integers(256)
+            try:
+                upload(device, bytes(broken))
+            except DeviceError as refused:
+                assert "INVALID_BUNDLE" in str(refused) or "UNSUPPORTED_OP" in str(refused)
+        client.flash(device, digits[1])
+        assert client.hello(device).active.sha256 == hashlib.sha256(digits[1]).digest()
+
+
 def oversized_archive(path: str) -> bytes:
     """A valid bundle archive of more than 2 MB (the model plus a listed padding file)."""
     manifest = json.loads(json.dumps(Bundle.load(path).manifest))
@@ -227,7 +254,7 @@ def test_qemu_chip_reset_mid_upload_keeps_the_first_bundle(digits, motions):
             client.flash(device, digits[1])
             x_q = Bundle.load(digits[0]).quantize(data.load(DIGITS).x[:5])
             before = [client.infer(device, sample).probs for sample in x_q]
-            start_upload(device, motions[1], len(motions[1]) // 2)
+            upload(device, motions[1], len(motions[1]) // 2)
         with client.open_device(chip.url) as device:  # another host, after the first one died
             client.reset(device, reboot=True)
             hello = client.hello(device)

@@ -146,8 +146,9 @@ static long load(int slot)
 {
     active.slot = -1;
     bundle_info *b = &active.info;
-    if (bundle_open(slot_data(slot), storage_record.slot[slot].bytes, b, message, sizeof message)) {
-        return refuse(INVALID_BUNDLE, message);
+    char reason[EFP_ERROR_LEN];
+    if (bundle_open(slot_data(slot), storage_record.slot[slot].bytes, b, reason, sizeof reason)) {
+        return refuse(INVALID_BUNDLE, reason);
     }
     active.extras = extras_for(b);
     if (active.extras > EFP_ARENA_BYTES) {
@@ -184,8 +185,9 @@ static long load(int slot)
  * keeping the active bundle's tables and OOD inputs; the active bundle's engine is set up again after. */
 static long check(int slot, uint32_t bytes, bundle_info *b)
 {
-    if (bundle_open(slot_data(slot), bytes, b, message, sizeof message)) {
-        return refuse(INVALID_BUNDLE, message);
+    char reason[EFP_ERROR_LEN];
+    if (bundle_open(slot_data(slot), bytes, b, reason, sizeof reason)) {
+        return refuse(INVALID_BUNDLE, reason);
     }
     if (b->input_bytes + OOD_HEAD + FRAME_OVERHEAD > EFP_MAX_FRAME) {
         return refuse_bytes(DOES_NOT_FIT, "its input of ", b->input_bytes, " bytes does not fit a frame");
