@@ -1,13 +1,14 @@
 """The drift loop against an in-process agent: deploy the matching model, or alert a human (fixed seeds)."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 
 from edgefp import data, shifts
 from edgefp.bundle import Bundle
-from edgefp.firmware_host import client
+from edgefp.firmware_host import client, firmware
 from edgefp.firmware_host.agent import Agent, serving
 from edgefp.repository import Repository
 from edgefp.watch import DEPLOYED, NO_MATCH, to_raw, watch
@@ -81,3 +82,19 @@ def test_noise_raises_a_human_review_alert(repo, device, tmp_path):
     assert [json.loads(line) for line in open(events)] == made
     assert agent.bundle.manifest["name"] == bundle.manifest["name"]  # nothing flashed
     assert len(made[0]["candidates"]) == 2 and not any(c["fits"] for c in made[0]["candidates"])
+
+
+@pytest.mark.skipif(not all(shutil.which(tool) for tool in ("gcc", "make")), reason="needs gcc and make")
+def test_drift_on_the_c_firmware_deploys_the_inverted_model(repo, digits_bundle):
+    """The same loop against the microcontroller firmware (built for this machine): the OOD samples come
+    from its own buffer of 16, and the new model goes over its UART protocol."""
+    bundle = Bundle.load(digits_bundle[1])
+    test04 = data.load("digits:test:0-4").x
+    drifted = shifts.apply(test04[np.random.default_rng(0).choice(len(test04), 60, replace=False)], "invert")
+    with firmware.start("native") as chip, client.open_device(chip.url) as dev:
+        client.flash(dev, bundle.archive_bytes())
+        for sample in bundle.quantize(drifted):
+            client.infer(dev, sample)
+        made = watch(dev, repo, ood_rate=0.3, window=50, polls=3, sleep=lambda s: None)
+        assert [event["decision"] for event in made] == [DEPLOYED] and made[0]["model"] == "digits04_inverted"
+        assert made[0]["samples"] == 16 and client.manifest(dev)["name"] == "digits04_inverted"
