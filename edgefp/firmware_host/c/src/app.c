@@ -99,11 +99,6 @@ static uint8_t *put_str8(uint8_t *w, const char *s)
     return w + n;
 }
 
-static uint32_t get_u32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
 /* ---------------------------------------------------------------- refusals */
 static int error_code;
 
@@ -354,7 +349,7 @@ static long on_manifest(const uint8_t *body, size_t len, uint8_t *out)
     if (bad_length(len, 4) || require_active()) {
         return -1;
     }
-    uint32_t total = active.info.manifest_len, offset = get_u32(body);
+    uint32_t total = active.info.manifest_len, offset = read_u32(body);
     uint32_t piece = offset >= total ? 0 : total - offset;
     piece = piece > MAX_BODY - 4 ? MAX_BODY - 4 : piece;
     put(out, total, 4);
@@ -367,7 +362,7 @@ static long on_upload_begin(const uint8_t *body, size_t len, uint8_t *out)
     if (len < 37 || len != 37u + body[36]) {
         return refuse(BAD_LENGTH, "UPLOAD_BEGIN takes total, sha256 and a name");
     }
-    uint32_t total = get_u32(body);
+    uint32_t total = read_u32(body);
     if (total > slot_capacity()) {
         refuse_bytes(DOES_NOT_FIT, "the archive needs ", total - slot_capacity(), " bytes more storage than ");
         text_str(&msg, board_name);
@@ -402,7 +397,7 @@ static long on_upload_chunk(const uint8_t *body, size_t len, uint8_t *out)
     if (len < 4) {
         return refuse(BAD_LENGTH, "UPLOAD_CHUNK takes an offset and data");
     }
-    uint32_t offset = get_u32(body), n = (uint32_t)len - 4;
+    uint32_t offset = read_u32(body), n = (uint32_t)len - 4;
     if (!upload.on) {
         return refuse(BAD_STATE, "no upload in progress; send UPLOAD_BEGIN first");
     }
@@ -566,7 +561,7 @@ static long on_bench(const uint8_t *body, size_t len, uint8_t *out)
     if (bad_length(len, 8) || require_active()) {
         return -1;
     }
-    uint32_t runs = get_u32(body), warmup = get_u32(body + 4);
+    uint32_t runs = read_u32(body), warmup = read_u32(body + 4);
     if (runs < 1) {
         return refuse(OUT_OF_RANGE, "runs must be at least 1");
     }
@@ -662,7 +657,7 @@ static long on_get_ood(const uint8_t *body, size_t len, uint8_t *out)
     if (bad_length(len, 4) || require_active()) {
         return -1;
     }
-    uint32_t index = get_u32(body);
+    uint32_t index = read_u32(body);
     if (index >= seen.buffered) {
         refuse_bytes(OUT_OF_RANGE, "OOD sample ", index, " asked, ");
         text_uint(&msg, seen.buffered);
@@ -736,7 +731,7 @@ static void answer(const uint8_t *payload, size_t len)
 {
     uint8_t type = payload[0];
     uint16_t seq = (uint16_t)(payload[1] | payload[2] << 8);
-    uint32_t crc = get_u32(payload + len - 4);
+    uint32_t crc = read_u32(payload + len - 4);
     if (type != HELLO && kept && kept_seq == seq && kept_crc == crc) {
         frame_send(tx, tx_len); /* a duplicate: the kept answer again, not executed twice */
         return;

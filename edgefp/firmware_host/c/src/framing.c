@@ -45,11 +45,6 @@ static long cobs_decode(uint8_t *buf, size_t n, int partial)
     return (long)out;
 }
 
-static uint32_t read_u32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
 enum frame_event frame_feed(frame_reader *r, uint8_t byte)
 {
     if (byte != 0) {

@@ -12,6 +12,11 @@
 
 uint32_t crc32_update(uint32_t crc, const uint8_t *data, size_t len); /* zlib's crc32(): start with 0 */
 
+static inline uint32_t read_u32(const uint8_t *p) /* little-endian, as every field on the wire */
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
 enum frame_event { FRAME_NONE, FRAME_OK, FRAME_BAD, FRAME_OVERSIZED };
 
 /* Collects received bytes into frames. After FRAME_OK, payload/payload_len hold the decoded frame
