@@ -94,3 +94,18 @@ def edit_tflite(model: bytes, change) -> bytes:
     builder = flatbuffers.Builder(1024)
     builder.Finish(m.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
+
+
+def upload(device, archive: bytes, sha: bytes | None = None, name: str = "x", upto: int | None = None):
+    """Raw UPLOAD_BEGIN, every chunk and UPLOAD_END (the host's own checks of the archive bypassed):
+    the slot the device verified the archive in. With ``upto``, only the chunks up to that many bytes,
+    then nothing more (the host went away). ``sha`` defaults to the archive's own."""
+    from edgefp.firmware_host import client, protocol
+    from edgefp.firmware_host.protocol import Msg
+
+    sha = hashlib.sha256(archive).digest() if sha is None else sha
+    begin = protocol.pack_upload_begin(len(archive), sha, name)
+    chunk = protocol.unpack("I", device.request(Msg.UPLOAD_BEGIN, begin))
+    for offset in range(0, len(archive) if upto is None else upto, chunk):
+        device.request(Msg.UPLOAD_CHUNK, struct.pack("<I", offset) + archive[offset : offset + chunk])
+    return None if upto is not None else device.request(Msg.UPLOAD_END, timeout=client.SLOW_TIMEOUT)[0]

@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
 
@@ -18,7 +17,7 @@ from edgefp.bundle import Bundle
 from edgefp.firmware_host import client, firmware, protocol
 from edgefp.firmware_host.client import DeviceError
 from edgefp.firmware_host.protocol import Msg, SlotState
-from tests.conftest import DATASETS, check_error_codes, edit_tflite
+from tests.conftest import DATASETS, check_error_codes, edit_tflite, upload
 
 HAS_NATIVE = all(shutil.which(tool) for tool in ("gcc", "make"))
 HAS_QEMU = HAS_NATIVE and all(shutil.which(tool) for tool in ("arm-none-eabi-gcc", "qemu-system-arm"))
@@ -49,17 +48,6 @@ def native(tmp_path):
 def assert_scores_equal(got, expected):
     for key in ("pred", "probs", "ood_score", "is_ood", "layer_errors"):
         np.testing.assert_array_equal(getattr(got, key), getattr(expected, key), err_msg=key)
-
-
-def upload(device, archive: bytes, upto: int | None = None) -> None:
-    """UPLOAD_BEGIN and every chunk, then UPLOAD_END; or only the chunks up to ``upto`` bytes, then
-    nothing more (the host went away). Raw requests: the host's own checks of the archive are bypassed."""
-    sha = hashlib.sha256(archive).digest()
-    chunk = protocol.unpack("I", device.request(Msg.UPLOAD_BEGIN, protocol.pack_upload_begin(len(archive), sha, "b")))
-    for offset in range(0, len(archive) if upto is None else upto, chunk):
-        device.request(Msg.UPLOAD_CHUNK, struct.pack("<I", offset) + archive[offset : offset + chunk])
-    if upto is None:
-        device.request(Msg.UPLOAD_END, timeout=client.SLOW_TIMEOUT)
 
 
 def test_native_device_scores_like_tflite_micro(native, digits):
@@ -98,7 +86,7 @@ def test_bundles_swap_without_rebuilding_and_survive_power_loss(tmp_path, digits
         states = [slot.state for slot in client.hello(device).slots]
         assert sorted(states) == [SlotState.VERIFIED, SlotState.ACTIVE]
         assert client.flash(device, digits[1])["uploaded"] is False  # still verified in its slot: ACTIVATE only
-        upload(device, motions[1], len(motions[1]) // 2)
+        upload(device, motions[1], upto=len(motions[1]) // 2)
         native.kill()  # power lost half-way through the upload
     with firmware.start_native(build, flash_file) as native, client.open_device(native.url) as device:
         hello = client.hello(device)
@@ -107,7 +95,7 @@ def test_bundles_swap_without_rebuilding_and_survive_power_loss(tmp_path, digits
         x = data.load(DIGITS).x[:20]
         scores, _ = client.infer_samples(device, x)
         assert_scores_equal(scores, Bundle.load(digits[0]).score(x, "tflm"))
-        upload(device, motions[1], len(motions[1]) // 3)
+        upload(device, motions[1], upto=len(motions[1]) // 3)
         client.reset(device, reboot=True)  # the chip restarts mid-upload: the same
         assert client.hello(device).active.name == Bundle.load(digits[0]).manifest["name"]
 
@@ -254,7 +242,7 @@ def test_qemu_chip_reset_mid_upload_keeps_the_first_bundle(digits, motions):
             client.flash(device, digits[1])
             x_q = Bundle.load(digits[0]).quantize(data.load(DIGITS).x[:5])
             before = [client.infer(device, sample).probs for sample in x_q]
-            upload(device, motions[1], len(motions[1]) // 2)
+            upload(device, motions[1], upto=len(motions[1]) // 2)
         with client.open_device(chip.url) as device:  # another host, after the first one died
             client.reset(device, reboot=True)
             hello = client.hello(device)

@@ -3,7 +3,6 @@
 import contextlib
 import hashlib
 import os
-import struct
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ from edgefp.firmware_host.agent import Agent, listen_tcp, serving
 from edgefp.firmware_host.boards import KIB, Board
 from edgefp.firmware_host.client import DeviceError
 from edgefp.firmware_host.protocol import Err, Msg
-from tests.conftest import check_error_codes
+from tests.conftest import check_error_codes, upload
 
 
 @pytest.fixture(scope="module")
@@ -131,14 +130,6 @@ def test_bundle_too_big_for_the_board_is_refused_saying_by_how_much(tmp_path, ar
 def test_bad_requests_get_error_codes(tmp_path, archives):
     with device_on(Agent(str(tmp_path), "pi")) as device:
         check_error_codes(device, archives[0], (8, 8, 1))
-
-
-def upload(device, archive, sha, name="x"):
-    """UPLOAD_BEGIN, every chunk, UPLOAD_END: the slot the device verified the archive in."""
-    chunk = protocol.unpack("I", device.request(Msg.UPLOAD_BEGIN, protocol.pack_upload_begin(len(archive), sha, name)))
-    for offset in range(0, len(archive), chunk):
-        device.request(Msg.UPLOAD_CHUNK, struct.pack("<I", offset) + archive[offset : offset + chunk])
-    return device.request(Msg.UPLOAD_END)[0]
 
 
 def test_hash_mismatch_and_host_names_never_touch_the_disk(tmp_path, archives):
