@@ -13,6 +13,7 @@ import numpy as np
 from edgefp import __version__, data, metrics, ood, shifts
 from edgefp.bundle import MODEL, SCHEMA, SCHEMA_VERSION, Bundle, sha256
 from edgefp.errors import EdgefpError
+from edgefp.isolation import step
 from edgefp.runtime import LiteRT, TFLiteMicro, captured_output, litert_module, tflm_arena_bytes
 from edgefp.trainer.fingerprint import NeuralFingerprint, read_fingerprint_json, sha256_file
 
@@ -51,7 +52,8 @@ def quantize(fingerprint: NeuralFingerprint, calib: np.ndarray, seed: int = 0) -
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
-    with captured_output() as messages, warnings.catch_warnings():
+    step_name = "converting the model to int8 (TensorFlow Lite converter)"
+    with step(step_name), captured_output() as messages, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "Statistics for quantized inputs were expected": the input is int8 by design
         try:
             return bytes(converter.convert())

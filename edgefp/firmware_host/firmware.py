@@ -24,6 +24,7 @@ import numpy as np
 from edgefp.errors import EdgefpError
 from edgefp.firmware_host.boards import Board, get_board
 from edgefp.fsutil import atomic_directory
+from edgefp.isolation import step
 
 SOURCE = Path(__file__).with_name("c")
 PORTS = {"qemu-m4": "mps2-an386", "native": "host"}  # board profile -> tested port under c/boards/
@@ -163,7 +164,8 @@ def bundle_ram(bundle, board_name: str) -> dict:
     make it an upper bound of what a 32-bit microcontroller needs."""
     board = get_board(board_name)
     model, engine, scratch = bundle.model_bytes, _Engine(), ctypes.create_string_buffer(16)
-    status = _engine_library().efp_engine_init(ctypes.byref(engine), model, len(model), scratch, 0)
+    with step("checking the model with the firmware's engine"):
+        status = _engine_library().efp_engine_init(ctypes.byref(engine), model, len(model), scratch, 0)
     if status not in (0, 3):  # EFP_OK, EFP_ARENA_TOO_SMALL
         raise EdgefpError(f"{bundle.source}: the firmware cannot run this model: {engine.error.decode()}")
     layers, input_bytes = len(bundle.manifest["layers"]), int(np.prod(bundle.manifest["input"]["shape"]))

@@ -89,6 +89,15 @@ def _autoencoder(features: int, bottleneck: int, n_classes: int, name: str):
     return keras.Model([inputs, probs], keras.layers.Add(name=f"{name}_out")([decoded, class_mean]), name=name)
 
 
+def check_sample_counts(n_fit: int, n_holdout: int, holdout: float) -> None:
+    """Refuse a data set too small to fit autoencoders on and to calibrate a threshold with."""
+    if n_holdout < MIN_HOLDOUT or n_fit < MIN_HOLDOUT:
+        raise EdgefpError(
+            f"too few samples to fingerprint ({n_fit} to fit, {n_holdout} held out); "
+            f"give at least {2 * MIN_HOLDOUT / holdout:.0f} samples, with several of each class"
+        )
+
+
 def _file_stem(index: int, layer: str) -> str:
     return f"{index:02d}_{re.sub(r'[^A-Za-z0-9_.-]', '_', layer)}"
 
@@ -145,11 +154,7 @@ class NeuralFingerprint:
             x_holdout = self._shaped(x_holdout, "held-out data")
         self.holdout_x_ = x_holdout[:MAX_STORED_HOLDOUT]
         x, x_holdout = self.prepare(x), self.prepare(x_holdout)
-        if len(x_holdout) < MIN_HOLDOUT or len(x) < MIN_HOLDOUT:
-            raise EdgefpError(
-                f"too few samples to fingerprint ({len(x)} to fit, {len(x_holdout)} held out); "
-                f"give at least {2 * MIN_HOLDOUT / self.holdout:.0f} samples"
-            )
+        check_sample_counts(len(x), len(x_holdout), self.holdout)
         seed_everything(self.seed)
         names = list(self.layers or taps.default_layers(model))
         if len(set(names)) != len(names):
@@ -188,6 +193,8 @@ class NeuralFingerprint:
             layer.log_error_mean, layer.log_error_std = float(calibration.mu[j]), float(calibration.sigma[j])
             layer.holdout_error_quantiles = calibration.error_quantiles[j]
             layer.fit_error_quantiles = ood.quantiles(fit_errors[:, j])
+        if not np.isfinite(calibration.threshold):
+            raise EdgefpError("the classifier's activations overflow on this data (the OOD threshold is not finite)")
         self.threshold_ = calibration.threshold
         self.holdout_score_quantiles_ = calibration.score_quantiles
         self.n_fit_, self.n_holdout_ = len(x), len(x_holdout)
