@@ -5,8 +5,6 @@ import struct
 import numpy as np
 import pytest
 
-DATASETS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets")
-
 
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory):
@@ -44,7 +42,7 @@ def motions_bundle(tmp_path_factory):
     from edgefp.converter.convert import convert
     from edgefp.trainer import train
 
-    dataset = data.load(os.path.join(DATASETS, "basic_motions.npz") + ":train")
+    dataset = data.load("basic_motions:train")
     fingerprint = train(dataset, epochs=30, seed=0, progress=False)
     root = tmp_path_factory.mktemp("motions")
     fingerprint.save(str(root / "run"))

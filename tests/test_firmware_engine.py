@@ -18,7 +18,6 @@ pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is need
 HERE = os.path.dirname(__file__)
 SRC = os.path.join(HERE, "..", "edgefp", "firmware_host", "c", "src")
 OK, INVALID_MODEL, UNSUPPORTED, ARENA_TOO_SMALL = 0, 1, 2, 3
-BASIC_MOTIONS = os.path.join(HERE, "..", "..", "shared", "datasets", "basic_motions.npz")
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +108,7 @@ def _bundle(dataset, tmp_path_factory, name):
 def seq_bundle(tmp_path_factory):
     from edgefp import data
 
-    return _bundle(data.load(f"{BASIC_MOTIONS}:train"), tmp_path_factory, "seq"), data.load(f"{BASIC_MOTIONS}:test")
+    return _bundle(data.load("basic_motions:train"), tmp_path_factory, "seq"), data.load("basic_motions:test")
 
 
 @pytest.fixture(scope="module")
