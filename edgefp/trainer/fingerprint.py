@@ -157,6 +157,8 @@ class NeuralFingerprint:
         check_sample_counts(len(x), len(x_holdout), self.holdout)
         seed_everything(self.seed)
         names = list(self.layers or taps.default_layers(model))
+        if not names:
+            raise EdgefpError("the classifier has no hidden layer with weights to fingerprint; name some with --layers")
         if len(set(names)) != len(names):
             raise EdgefpError(f"--layers names a layer twice: {names}")
         import keras
