@@ -16,10 +16,13 @@ HOLDOUT = 0.2
 FINGERPRINTING = "fingerprinting the classifier (TensorFlow)"
 
 
-def train(dataset: data.Dataset, *, epochs=None, seed=0, layers=None, fpr=0.05, progress=True) -> NeuralFingerprint:
+def train(
+    dataset: data.Dataset, *, epochs=None, autoencoder_epochs=None, seed=0, layers=None, fpr=0.05, progress=True
+) -> NeuralFingerprint:
     """Train a classifier suited to the samples' shape on labelled ``dataset``, then fingerprint it.
 
     A stratified share HOLDOUT of the data is kept out of all training; it calibrates the fingerprint.
+    ``epochs`` and ``autoencoder_epochs`` default to automatic counts (about 1,500 steps each).
     """
     data.check(dataset, require_labels=True)
     if not 0.0 < fpr < 1.0:
@@ -38,7 +41,9 @@ def train(dataset: data.Dataset, *, epochs=None, seed=0, layers=None, fpr=0.05, 
     x_model = data.apply_preprocessing(x_fit, preprocessing)
     with step("training the classifier (TensorFlow)"):
         model = train_classifier(x_model, y_fit, len(values), epochs=epochs, seed=seed, progress=progress)
-    fingerprint = NeuralFingerprint(layers=layers, fpr=fpr, holdout=HOLDOUT, seed=seed, progress=progress)
+    fingerprint = NeuralFingerprint(
+        layers=layers, fpr=fpr, holdout=HOLDOUT, epochs=autoencoder_epochs, seed=seed, progress=progress
+    )
     with step(FINGERPRINTING):
         return fingerprint.fit(model, x_fit, x_holdout, preprocessing=preprocessing, labels=labels)
 
