@@ -50,6 +50,34 @@ def motions_bundle(tmp_path_factory):
     return str(root / "motions.efp")
 
 
+def synthetic(shape, classes: int, n_train: int, n_test: int, scale: float = 1.0, seed: int = 0):
+    """Learnable (train, test) data sets of samples of ``shape``: one smooth prototype per class
+    (sinusoids per channel for sequences, low-pass noise for images, a random point for vectors)
+    plus noise, times ``scale``."""
+    from edgefp import data
+
+    rng = np.random.default_rng(seed)
+    if len(shape) == 2:
+        t = np.linspace(0, 1, shape[0])[None, :, None]
+        freq, phase = rng.uniform(0.5, 4, (2, classes, 1, shape[1]))
+        protos = np.sin(2 * np.pi * (freq * t + phase))
+    else:
+        protos = rng.normal(size=(classes, *shape))
+    if len(shape) == 3:
+        low = (np.abs(np.fft.fftfreq(shape[0])) <= 0.2)[:, None, None] & (np.abs(np.fft.fftfreq(shape[1])) <= 0.2)[
+            :, None
+        ]
+        protos = np.real(np.fft.ifft2(np.fft.fft2(protos, axes=(1, 2)) * low, axes=(1, 2)))
+    protos /= np.maximum(protos.std(axis=tuple(range(1, protos.ndim)), keepdims=True), 1e-9)
+
+    def draw(n: int, name: str):
+        y = rng.permutation(np.arange(n) % classes)
+        x = protos[y] + 0.6 * rng.normal(size=(n, *shape))
+        return data.Dataset((scale * x).astype(np.float32), y.astype(np.int64), name)
+
+    return draw(n_train, "train"), draw(n_test, "test")
+
+
 def check_error_codes(device, archive: bytes, shape: tuple[int, ...]) -> None:
     """Bad requests get their error codes and the device keeps serving: the same for every device kind."""
     from edgefp.firmware_host import client, protocol

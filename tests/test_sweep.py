@@ -20,6 +20,7 @@ from edgefp.errors import EdgefpError
 from edgefp.firmware_host import client, firmware
 from edgefp.repository import Repository
 from edgefp.selection import select
+from tests.conftest import synthetic
 
 CLASSIFIER_STEPS, AUTOENCODER_EPOCHS = 150, 3  # a few epochs of a large set, more of a small one
 N_TEST = 60
@@ -55,33 +56,6 @@ def cell_id(cell) -> str:
     return f"{'x'.join(map(str, shape))}-{classes}c-{n}"
 
 
-def prototypes(shape, classes: int, rng) -> np.ndarray:
-    """One smooth pattern per class: sinusoids per channel for sequences, low-pass noise for images."""
-    if len(shape) == 2:
-        t = np.linspace(0, 1, shape[0])[None, :, None]
-        freq, phase = rng.uniform(0.5, 4, (2, classes, 1, shape[1]))
-        return np.sin(2 * np.pi * (freq * t + phase))
-    protos = rng.normal(size=(classes, *shape))
-    if len(shape) == 3:
-        low = (np.abs(np.fft.fftfreq(shape[0]))[:, None, None] <= 0.2) & (np.abs(np.fft.fftfreq(shape[1])) <= 0.2)[
-            None, :, None
-        ]
-        protos = np.real(np.fft.ifft2(np.fft.fft2(protos, axes=(1, 2)) * low, axes=(1, 2)))
-    return protos / np.maximum(protos.std(axis=tuple(range(1, protos.ndim)), keepdims=True), 1e-9)
-
-
-def draw(protos, n: int, scale: float, rng, name: str) -> data.Dataset:
-    y = rng.permutation(np.arange(n) % len(protos))
-    x = protos[y] + 0.6 * rng.normal(size=(n, *protos.shape[1:]))
-    return data.Dataset((scale * x).astype(np.float32), y.astype(np.int64), name)
-
-
-def datasets(shape, classes, n, scale, seed=0):
-    rng = np.random.default_rng(seed)
-    protos = prototypes(shape, classes, rng)
-    return draw(protos, n, scale, rng, "train"), draw(protos, N_TEST, scale, rng, "test")
-
-
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     """What the cells share: a firmware device (native build, larger frame), a repository, results."""
@@ -99,7 +73,7 @@ def test_every_shape_runs_the_whole_chain(chain, cell):
     started = time.monotonic()
     shape, classes, n, scale = cell
     name = "cell_" + cell_id(cell).replace("-", "_")
-    train_set, test_set = datasets(shape, classes, n, scale)
+    train_set, test_set = synthetic(shape, classes, n, N_TEST, scale)
     run, out = str(chain["root"] / name), str(chain["root"] / f"{name}.efp")
     epochs = max(3, math.ceil(CLASSIFIER_STEPS / math.ceil(0.8 * n / 32)))
     fingerprint = train(train_set, epochs=epochs, autoencoder_epochs=AUTOENCODER_EPOCHS, seed=0, progress=False)
