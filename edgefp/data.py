@@ -79,6 +79,8 @@ def _parse_classes(text: str, spec: str) -> list[tuple[int, int]]:
 
 def load(spec: str, *, require_labels: bool = False) -> Dataset:
     """Load and check the data set named by ``spec``; raise EdgefpError with one clear line if bad."""
+    if not spec.isprintable():
+        raise EdgefpError(f"{spec!r}: a data spec cannot hold control characters such as line breaks")
     source, split, classes = parse_spec(spec)
     if source == "digits":
         x, y, names = _load_digits(split)
