@@ -1,9 +1,57 @@
 import hashlib
 import os
 import struct
+import sys
+import tempfile
 
 import numpy as np
 import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _beside_the_repository(path) -> bool:
+    """Whether ``path`` lies in a folder that holds the repository (beside it, or further up), outside
+    the repository itself, the temporary folder, the Python installation and the home's hidden folders
+    (caches). A fresh clone has nothing there, so no test may read from there."""
+    try:
+        path = os.path.realpath(os.fsdecode(path))
+    except (TypeError, ValueError):
+        return False
+    home = os.path.expanduser("~")
+    allowed = [ROOT, tempfile.gettempdir(), sys.prefix, sys.base_prefix, sys.exec_prefix]
+    if any(os.path.commonpath([path, os.path.realpath(root)]) == os.path.realpath(root) for root in allowed):
+        return False
+    if os.path.dirname(path) != home and path.startswith(os.path.join(home, ".")):
+        return False
+    above = os.path.dirname(ROOT)
+    while os.path.dirname(above) != above:  # every folder above the repository but the root of the disk
+        if os.path.commonpath([path, above]) == above:
+            return True
+        above = os.path.dirname(above)
+    return False
+
+
+_READ_BESIDE: list[str] = []
+
+
+def _audit(event: str, args: tuple) -> None:
+    if event == "open" and isinstance(args[0], (str, bytes)) and _beside_the_repository(args[0]):
+        _READ_BESIDE.append(os.fsdecode(args[0]))
+    elif event == "subprocess.Popen" and isinstance(args[1], (list, tuple)):
+        paths = [arg for arg in map(str, args[1]) if os.sep in arg and os.path.exists(arg.split(":")[0])]
+        _READ_BESIDE.extend(arg for arg in paths if _beside_the_repository(arg.split(":")[0]))
+
+
+sys.addaudithook(_audit)
+
+
+@pytest.fixture(autouse=True)
+def nothing_read_beside_the_repository():
+    """Fail the test that opened, or handed a command, a file next to the repository."""
+    _READ_BESIDE.clear()
+    yield
+    assert not _READ_BESIDE, f"read from beside the repository, which a fresh clone lacks: {_READ_BESIDE[:3]}"
 
 
 @pytest.fixture(scope="session")
