@@ -166,3 +166,20 @@ def test_an_lstm_classifier_is_fingerprinted_then_refused_by_edgefp_convert(tmp_
     assert results[1].returncode == 2 and not os.path.exists(tmp_path / "bundle.efp")
     errors = [line for line in results[1].stderr.splitlines() if line.startswith("edgefp:")]
     assert len(errors) == 1 and errors[0].startswith("edgefp: error: layer 'lstm' (LSTM) cannot be deployed int8")
+
+
+def test_a_model_that_overflows_on_the_data_is_refused_before_its_autoencoders_train(monkeypatch):
+    import keras
+
+    from edgefp.trainer import NeuralFingerprint
+
+    def never(*args):
+        raise AssertionError("the autoencoders started training")
+
+    monkeypatch.setattr(NeuralFingerprint, "_train_autoencoders", never)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, "relu", name="hidden"), keras.layers.Dense(2)])
+    weights, bias = model.layers[0].get_weights()
+    model.layers[0].set_weights([np.full_like(weights, 1e30), bias])
+    x = np.random.default_rng(0).uniform(1e14, 1e15, (60, 4)).astype(np.float32)  # within what data may hold
+    with pytest.raises(EdgefpError, match="layer 'hidden' of the classifier overflows to inf or NaN on this data"):
+        NeuralFingerprint(progress=False).fit(model, x)

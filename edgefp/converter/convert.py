@@ -68,8 +68,11 @@ def quantize(fingerprint: NeuralFingerprint, calib: np.ndarray, seed: int = 0) -
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
-    step_name = "converting the model to int8 (TensorFlow Lite converter)"
-    with step(step_name), captured_output() as messages, warnings.catch_warnings():
+    with (
+        step("converting the model to int8 (TensorFlow Lite converter)"),
+        captured_output() as messages,
+        warnings.catch_warnings(),
+    ):
         warnings.simplefilter("ignore")  # "Statistics for quantized inputs were expected": the input is int8 by design
         try:
             return bytes(converter.convert())

@@ -165,6 +165,9 @@ class NeuralFingerprint:
 
         reduced, shapes, pools, probs = self._reduced_taps(names)
         *features, fit_probs = keras.Model(model.inputs, reduced + [probs]).predict(x, verbose=0, batch_size=256)
+        for name, feats in zip(names, features):
+            if not np.isfinite(feats).all():
+                raise EdgefpError(f"layer '{name}' of the classifier overflows to inf or NaN on this data; rescale it")
         n_classes = fit_probs.shape[1]
         widths = bottlenecks([f.shape[1] for f in features], n_classes, self.budget * model.count_params())
         self.layers_ = []
@@ -195,8 +198,6 @@ class NeuralFingerprint:
             layer.log_error_mean, layer.log_error_std = float(calibration.mu[j]), float(calibration.sigma[j])
             layer.holdout_error_quantiles = calibration.error_quantiles[j]
             layer.fit_error_quantiles = ood.quantiles(fit_errors[:, j])
-        if not np.isfinite(calibration.threshold):
-            raise EdgefpError("the classifier's activations overflow on this data (the OOD threshold is not finite)")
         self.threshold_ = calibration.threshold
         self.holdout_score_quantiles_ = calibration.score_quantiles
         self.n_fit_, self.n_holdout_ = len(x), len(x_holdout)
