@@ -11,22 +11,30 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _beside_the_repository(path) -> bool:
-    """Whether ``path`` lies in a folder that holds the repository (beside it, or further up), outside
-    the repository itself, the temporary folder, the Python installation and the home's hidden folders
-    (caches). A fresh clone has nothing there, so no test may read from there."""
+    """Whether ``path`` lies in a folder that holds the repository (beside it, or further up). Allowed
+    there: the repository itself, the Python installation, the home's hidden folders (caches) and the
+    temporary folder, unless the repository's own folder is in it. A fresh clone has nothing else
+    around it, so no test may read from there."""
     try:
         path = os.path.realpath(os.fsdecode(path))
     except (TypeError, ValueError):
         return False
-    home = os.path.expanduser("~")
-    allowed = [ROOT, tempfile.gettempdir(), sys.prefix, sys.base_prefix, sys.exec_prefix]
-    if any(os.path.commonpath([path, os.path.realpath(root)]) == os.path.realpath(root) for root in allowed):
+    root = os.path.realpath(ROOT)
+    home = os.path.realpath(os.path.expanduser("~"))
+
+    def under(folder: str) -> bool:
+        folder = os.path.realpath(folder)
+        return os.path.commonpath([path, folder]) == folder
+
+    if any(under(folder) for folder in (root, sys.prefix, sys.base_prefix, sys.exec_prefix)):
         return False
     if os.path.dirname(path) != home and path.startswith(os.path.join(home, ".")):
         return False
-    above = os.path.dirname(ROOT)
+    if under(tempfile.gettempdir()) and not under(os.path.dirname(root)):
+        return False
+    above = os.path.dirname(root)
     while os.path.dirname(above) != above:  # every folder above the repository but the root of the disk
-        if os.path.commonpath([path, above]) == above:
+        if under(above):
             return True
         above = os.path.dirname(above)
     return False
