@@ -165,9 +165,13 @@ class Bundle:
 
     def score_units(self, errors_q: np.ndarray) -> np.ndarray:
         """The int8 layer errors (N, L) -> scores in fixed-point units: the sum of each layer's z_table entry."""
+        return self.layer_evidence(errors_q).sum(axis=1)
+
+    def layer_evidence(self, errors_q: np.ndarray) -> np.ndarray:
+        """The int8 layer errors (N, L) -> each layer's part of the score, ``max(z, 0)`` in fixed-point units."""
         tables = np.asarray([layer["z_table"] for layer in self.manifest["layers"]], dtype=np.int64)
         index = np.asarray(errors_q, dtype=np.int64).reshape(-1, len(tables)) + 128
-        return tables[np.arange(len(tables)), index].sum(axis=1)
+        return tables[np.arange(len(tables)), index]
 
     def invoke_all(self, interpreter, x_q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Run every quantised sample through an interpreter; return the int8 probs (N, C) and errors (N, L)."""

@@ -592,6 +592,48 @@ def pull_ood(port, out, key_file, as_json):
     _emit({"port": port, "samples": len(samples), "out": path}, as_json, lines)
 
 
+@cli.command(epilog="Example: edgefp record --port /dev/ttyACM0 --out field.npz --count 500 --ood-only")
+@PORT_OPTION
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Data file to write or continue (.npz).")
+@click.option("--count", type=click.IntRange(1), default=None, help="Stop when the file holds this many samples.")
+@click.option("--duration", type=FloatRange(0, min_open=True), default=None, help="Stop after this many seconds.")
+@click.option("--ood-only", is_flag=True, help="Only the inputs the device flagged out of distribution.")
+@KEY_OPTION
+@JSON_OPTION
+def record(port, out, count, duration, ood_only, key_file, as_json):
+    """Record the device's inputs (raw samples, with its scores and timestamps) into a data file the
+    trainer reads, starting with the oldest it still holds. Reads them by number from the device's log:
+    a dropped link loses or repeats none, and running the command again continues the file."""
+    from edgefp.firmware_host.record import record as record_device
+
+    lines_out = as_json or not sys.stdout.isatty()
+
+    def on_sample(recording) -> None:
+        if not lines_out and len(recording) % 10 == 0:
+            flagged = int(sum(recording.columns["is_ood"]))
+            click.echo(f"\rrecorded {len(recording)} samples ({flagged} flagged OOD)", nl=False)
+
+    report = record_device(
+        port,
+        out,
+        count=count,
+        ood_only=ood_only,
+        duration=duration,
+        key=_read_key(key_file),
+        on_sample=on_sample,
+        on_status=lambda text: click.echo(f"edgefp: {text}", err=True),
+    )
+    if not lines_out:
+        click.echo()
+    lines = [
+        f"{report['samples']} samples in {out} ({report['recorded']} new, {report['flagged']} flagged OOD in all), "
+        f"{report['samples_per_s'] or 0:.1f} samples/s"
+    ]
+    if report["lost"]:
+        lines.append(f"  {report['lost']} inputs left the device's log before they could be read")
+    _emit(report, as_json, lines)
+
+
 @cli.command(epilog="Example: edgefp monitor --port /dev/ttyACM0 --log events.jsonl")
 @PORT_OPTION
 @click.option(
@@ -640,21 +682,30 @@ def monitor(port, log_path, count, duration, key_file, as_json):
             log.close()
 
 
-@cli.command(epilog="Example: edgefp agent --data-dir /var/lib/edgefp --serial /dev/ttyGS0 --board pi")
+@cli.command(
+    epilog="Example: edgefp agent --data-dir /var/lib/edgefp --serial /dev/ttyGS0 --samples /run/edgefp/samples.sock"
+)
 @click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="Where the two bundle slots live.")
 @click.option("--board", default="pi", show_default=True, help="Board profile (runtime and budgets).")
 @click.option("--serial", "serial_path", default=None, help="Serve on this serial port (e.g. USB gadget /dev/ttyGS0).")
 @click.option("--tcp", default=None, help="Serve on HOST:PORT instead; beyond 127.0.0.1 only with --key-file.")
+@click.option(
+    "--samples",
+    "samples_address",
+    default=None,
+    help="Take windows from the program that owns the sensor: a socket path or 127.0.0.1:PORT (docs/sensors.md).",
+)
 @KEY_OPTION
-def agent(data_dir, board, serial_path, tcp, key_file):
+def agent(data_dir, board, serial_path, tcp, samples_address, key_file):
     """The on-device agent of a Raspberry Pi or Coral board: serves the device protocol, runs the
-    active bundle and its OOD check locally, keeps the last good bundle across restarts."""
+    active bundle and its OOD check locally, keeps the last good bundle across restarts. With --samples
+    the program that owns the sensor hands it windows of raw values on a local socket."""
     from edgefp.firmware_host.agent import Agent
 
     if (serial_path is None) == (tcp is None):
         raise EdgefpError("give exactly one of --serial PATH and --tcp HOST:PORT")
     device = Agent(data_dir, board, key=_read_key(key_file))
-    _serve(device, serial_path, tcp, announce=False)
+    _serve(device, serial_path, tcp, announce=False, samples_address=samples_address)
 
 
 @cli.command(
@@ -667,43 +718,55 @@ def agent(data_dir, board, serial_path, tcp, key_file):
 )
 @click.option("--feed", default=None, help="Act as a live sensor replaying this data (once a bundle is active).")
 @click.option("--rate", type=FloatRange(0, min_open=True), default=10.0, show_default=True, help="Feed rate, Hz.")
-@click.option("--drift-at", type=click.IntRange(0), default=None, help="Shift the fed samples from this one on.")
-@click.option("--drift", default=None, help="The shift: noise, invert, stuck, gain, gaussian, blur or reverse.")
-def sim(profile, tcp, data_dir, feed, rate, drift_at, drift):
+@click.option("--drift-at", type=click.IntRange(0), default=None, help="The fed samples drift from this one on.")
+@click.option("--drift", default=None, help="The drift: noise, invert, stuck, gain, gaussian, blur or reverse.")
+@click.option("--drift-to", default=None, help="The drift: this data from --drift-at on (e.g. a new class).")
+@click.option(
+    "--samples",
+    "samples_address",
+    default=None,
+    help="Also take windows from programs on this machine: a socket path or 127.0.0.1:PORT (docs/sensors.md).",
+)
+def sim(profile, tcp, data_dir, feed, rate, drift_at, drift, drift_to, samples_address):
     """A simulated board: the agent with a board profile's runtime and budgets (microcontroller
     profiles run TFLite Micro and refuse bundles that do not fit). Prints the URL on its first line.
-    With --feed it is also a live sensor, replaying data (drifting from --drift-at on) for monitoring.
+    With --feed it is also a live sensor, replaying data (drifting from --drift-at on, and staying
+    drifted) for monitoring and recording.
 
     --profile qemu-m4 runs the C firmware itself on an emulated Cortex-M4 (QEMU mps2-an386, built with
-    arm-none-eabi-gcc on first use; instruction-counted, so bench reports instructions); --profile native
-    runs the same firmware built for this machine."""
+    arm-none-eabi-gcc on first use; instruction-counted, so bench reports instructions), its sensor fed
+    over the chip's second UART; --profile native runs the same firmware built for this machine."""
     import signal
     import tempfile
-    import threading
 
     from edgefp.data import load
     from edgefp.firmware_host import firmware
     from edgefp.firmware_host.agent import Agent
-    from edgefp.firmware_host.feed import drifted, run_feed
+    from edgefp.firmware_host.feed import feed_agent, feed_samples
 
-    if (drift is None) != (drift_at is None):
-        raise EdgefpError("--drift and --drift-at go together")
+    if drift_at is None and (drift or drift_to):
+        raise EdgefpError("--drift and --drift-to need --drift-at, the sample the drift starts at")
+    if drift_at is not None and (drift is None) == (drift_to is None):
+        raise EdgefpError("--drift-at needs one of --drift KIND and --drift-to DATA")
+    if drift_at is not None and not feed:
+        raise EdgefpError("--drift-at drifts the fed samples: give --feed DATA too")
+    sensor = feed_samples(load(feed).x, drift_at, drift, load(drift_to).x if drift_to else None) if feed else None
     if profile in firmware.PORTS:
-        if feed or data_dir:
-            raise EdgefpError(f"--feed and --data-dir are for simulated boards; {profile} keeps bundles in flash")
+        if data_dir or samples_address:
+            raise EdgefpError(f"--data-dir and --samples are for simulated boards; {profile} keeps bundles in flash")
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop the emulator with us
         with firmware.start(profile, tcp=tcp) as device:
             click.echo(device.url)
             sys.stdout.flush()
+            if sensor is not None:
+                device.feed(sensor[0], rate, repeat_from=sensor[1])
             device.process.wait()
         return
-    samples = drifted(load(feed).x, drift_at, drift) if feed else None
     with tempfile.TemporaryDirectory(prefix="edgefp-sim-") as scratch:
         device = Agent(data_dir or scratch, profile)
-        if samples is not None:
-            stop = threading.Event()
-            threading.Thread(target=run_feed, args=(device, samples, rate, stop), daemon=True).start()
-        _serve(device, None, "127.0.0.1:0" if tcp else None, announce=True)
+        if sensor is not None:
+            feed_agent(device, sensor[0], rate, repeat_from=sensor[1], warn=_warn)
+        _serve(device, None, "127.0.0.1:0" if tcp else None, announce=True, samples_address=samples_address)
 
 
 @cli.command(
@@ -742,10 +805,16 @@ def export_firmware(board, out, build_it, bundles, force, as_json):
     _emit(report, as_json, lines)
 
 
-def _serve(device, serial_path: str | None, tcp: str | None, *, announce: bool) -> None:
-    """Serve on a serial port, a TCP address, or (neither) a new pty; print the URL when announcing."""
+def _serve(device, serial_path: str | None, tcp: str | None, *, announce: bool, samples_address=None) -> None:
+    """Serve on a serial port, a TCP address, or (neither) a new pty; print the URL when announcing.
+    With ``samples_address``, also open the agent's sample socket there."""
     from edgefp.firmware_host import agent as agent_module
+    from edgefp.firmware_host.samples import SampleServer
     from edgefp.firmware_host.transport import open_pty
+
+    if samples_address is not None:
+        server = SampleServer(device, samples_address)
+        click.echo(f"samples: {server.address}", err=True)
 
     if tcp is not None:
         host, _, port_text = tcp.rpartition(":")

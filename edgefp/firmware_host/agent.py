@@ -15,6 +15,7 @@ import contextlib
 import functools
 import hashlib
 import hmac
+import itertools
 import json
 import os
 import socket
@@ -40,6 +41,7 @@ SLOTS = 2
 ACTIVE_FILE = "active"
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 POLL_S = 0.05
+LOG_CAPACITY = 4096  # recent inputs kept for READ_LOG (edgefp record)
 
 
 class Refusal(Exception):
@@ -81,7 +83,15 @@ class Upload:
 class Agent:
     """A device: bundles in ``data_dir``, inference on ``board``'s runtime, the protocol on any port."""
 
-    def __init__(self, data_dir: str, board: Board | str = "pi", *, max_frame: int = 4096, key: bytes | None = None):
+    def __init__(
+        self,
+        data_dir: str,
+        board: Board | str = "pi",
+        *,
+        max_frame: int = 4096,
+        key: bytes | None = None,
+        log_capacity: int = LOG_CAPACITY,
+    ):
         self.data_dir, self.max_frame, self.key = data_dir, max_frame, key
         self.board = get_board(board) if isinstance(board, str) else board
         self.lock = threading.RLock()  # one request or sensor input at a time
@@ -91,6 +101,8 @@ class Agent:
         self.counters = protocol.Counters(window=100, capacity=32)
         self._window: collections.deque[bool] = collections.deque(maxlen=self.counters.window)
         self._ood: collections.deque[protocol.OodSample] = collections.deque(maxlen=self.counters.capacity)
+        self._log: collections.deque[protocol.LogEntry] = collections.deque(maxlen=log_capacity)
+        self.session = 0
         self._upload: Upload | None = None
         self._verified: tuple[int, Loaded] | None = None  # the last upload verified, ready to activate
         self._last: tuple[tuple[int, int], bytes] | None = None
@@ -172,6 +184,8 @@ class Agent:
         self.counters.inputs = self.counters.ood = 0
         self._window.clear()
         self._ood.clear()
+        self._log.clear()
+        self.session = int.from_bytes(os.urandom(4), "little")  # input numbers start over
 
     # ------------------------------------------------------------------------------- running
     @property
@@ -185,7 +199,24 @@ class Agent:
                 raise EdgefpError("no bundle is active on this device; flash one first")
             return self._run(np.asarray(x_q, dtype=np.int8).reshape(self.active.shape))
 
-    def _run(self, x_q: np.ndarray) -> protocol.InferResult:
+    def classify(self, window) -> protocol.LogEntry:
+        """One window of raw sensor values (the input shape, or as many values; before preprocessing)
+        from the program that owns the sensor: preprocessed and quantised as the host does, run, counted,
+        logged, buffered when OOD and sent as an event, as an INFER request is. Returns the log entry."""
+        with self.lock:
+            if self.active is None:
+                raise EdgefpError("no bundle is active on this device; flash one first")
+            shape = self.active.shape
+            x = np.asarray(window, dtype=np.float32)
+            if x.size != int(np.prod(shape)):
+                raise EdgefpError(f"a window of {x.size} values; the model takes {shape}, {int(np.prod(shape))} values")
+            if not np.isfinite(x).all():
+                raise EdgefpError("the window holds NaN or inf; send finite values")
+            x = x.reshape(shape)
+            self._run(self.active.bundle.quantize(x[None])[0], x)
+            return self._log[-1]
+
+    def _run(self, x_q: np.ndarray, raw: np.ndarray | None = None) -> protocol.InferResult:
         loaded = self.active
         outputs_spec = loaded.bundle.manifest["outputs"]
         start = time.perf_counter_ns()
@@ -203,6 +234,8 @@ class Agent:
         self._window.append(result.ood)
         if result.ood:
             self._ood.appendleft(protocol.OodSample(counters.inputs, now, result.pred, result.score, x_q.tobytes()))
+        kind, data = (protocol.DataKind.INT8, x_q.tobytes()) if raw is None else (protocol.DataKind.RAW, raw.tobytes())
+        self._log.append(protocol.LogEntry(counters.inputs, now, result, kind, data))
         if self._events and self._port is not None:
             event = protocol.Event(now, counters.inputs, result.pred, result.score, result.ood, result.latency_us)
             try:
@@ -424,6 +457,15 @@ class Agent:
             raise Refusal(Err.OUT_OF_RANGE, f"OOD sample {index} asked, {len(self._ood)} buffered")
         return self._ood[index].pack()
 
+    def _read_log(self, body: bytes) -> bytes:
+        after, ood_only, offset = protocol.unpack_read_log(body)
+        log, seen = self._log, self.counters.inputs
+        first = log[0].input if log else seen + 1
+        page = protocol.LogPage(self.session, first, seen, log.maxlen)
+        start = max(0, after + 1 - first)  # every input is logged, in order: its place is its number
+        page.entry = next((e for e in itertools.islice(log, start, None) if e.result.ood or not ood_only), None)
+        return page.pack(offset, self._max_body)
+
     def _reset(self, body: bytes) -> bytes:
         if protocol.unpack("B", body):
             self._load()
@@ -445,6 +487,7 @@ class Agent:
         Msg.EVENTS: _events_request,
         Msg.GET_COUNTERS: _get_counters,
         Msg.GET_OOD: _get_ood,
+        Msg.READ_LOG: _read_log,
         Msg.RESET: _reset,
     }
 

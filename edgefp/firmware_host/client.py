@@ -334,6 +334,21 @@ def pull_ood(device: Device) -> list[dict]:
     return samples
 
 
+def read_log(device: Device, after: int, ood_only: bool = False) -> protocol.LogPage:
+    """The device's sample log: its state, and the first input numbered above ``after`` (only flagged
+    ones with ``ood_only``) with all its data, read in pieces when it exceeds a frame."""
+    page = protocol.LogPage.unpack(device.request(Msg.READ_LOG, protocol.pack_read_log(after, ood_only)))
+    entry = page.entry
+    while entry is not None and len(entry.data) < page.total:
+        more = protocol.LogPage.unpack(
+            device.request(Msg.READ_LOG, protocol.pack_read_log(entry.input - 1, False, len(entry.data)))
+        )
+        if more.entry is None or more.entry.input != entry.input or not more.entry.data:
+            raise EdgefpError(f"{device.url}: input {entry.input} left the device's log while it was read")
+        entry.data += more.entry.data
+    return page
+
+
 def subscribe(device: Device, enable: bool = True) -> None:
     """Have the device send an event after every inference (read them with ``device.read_event``)."""
     device.request(Msg.EVENTS, bytes([int(enable)]))

@@ -29,6 +29,7 @@ class Msg(IntEnum):
     EVENTS = 0x30
     GET_COUNTERS = 0x31
     GET_OOD = 0x32
+    READ_LOG = 0x33
     RESET = 0x3F
     EVENT = 0xFE
     ERROR = 0xFF
@@ -303,6 +304,76 @@ class OodSample:
     def unpack(cls, body: bytes) -> OodSample:
         r = Reader(body)
         return cls(*r.take("IIBf"), r.rest())
+
+
+class DataKind(IntEnum):
+    """What a logged input's data holds."""
+
+    INT8 = 0  # the int8 input tensor (an INFER request)
+    RAW = 1  # the raw float32 values, before preprocessing (the device's own sensor or application)
+
+
+@dataclass
+class LogEntry:
+    """One input of the device's sample log: its number, when, the verdict, and its data."""
+
+    input: int
+    timestamp_ms: int
+    result: InferResult
+    kind: DataKind
+    data: bytes = field(repr=False)
+
+
+@dataclass
+class LogPage:
+    """READ_LOG's answer: the log's state, and the first entry after the one asked for (data from ``offset``)."""
+
+    session: int  # changes whenever input numbering starts over
+    first: int  # the oldest input the log holds (seen + 1 when it holds none)
+    seen: int  # inputs seen, the newest number
+    capacity: int  # inputs the log holds at most
+    entry: LogEntry | None = None  # with the piece of its data from ``offset``
+    total: int = 0  # bytes of the entry's data in all
+
+    HEAD = "IIIIB"
+
+    def pack(self, offset: int = 0, max_body: int = 1 << 30) -> bytes:
+        head = struct.pack("<" + self.HEAD, self.session, self.first, self.seen, self.capacity, self.entry is not None)
+        if self.entry is None:
+            return head
+        entry = self.entry
+        head += struct.pack("<II", entry.input, entry.timestamp_ms) + entry.result.pack()
+        head += struct.pack("<BI", entry.kind, len(entry.data))
+        return head + entry.data[offset : offset + max(0, max_body - len(head))]
+
+    @classmethod
+    def unpack(cls, body: bytes) -> LogPage:
+        r = Reader(body)
+        session, first, seen, capacity, found = r.take(cls.HEAD)
+        page = cls(session, first, seen, capacity)
+        if not found:
+            r.done()
+            return page
+        number, timestamp = r.take("II")
+        pred, n_classes = r.take("BB")
+        probs = np.frombuffer(r.raw(n_classes), np.int8)
+        errors = np.frombuffer(r.raw(r.take("B")), np.int8)
+        score, verdict, latency = r.take("fBI")
+        kind, page.total = r.take("BI")
+        if kind not in DataKind._value2member_map_:
+            raise BodyError(f"unknown data kind {kind}")
+        result = InferResult(pred, probs, errors, score, bool(verdict), latency)
+        page.entry = LogEntry(number, timestamp, result, DataKind(kind), r.rest())
+        return page
+
+
+def pack_read_log(after: int, ood_only: bool, offset: int = 0) -> bytes:
+    return struct.pack("<IBI", after, int(ood_only), offset)
+
+
+def unpack_read_log(body: bytes) -> tuple[int, bool, int]:
+    after, flags, offset = unpack("IBI", body)
+    return after, bool(flags & 1), offset
 
 
 def pack_error(code: Err, request_type: int, message: str) -> bytes:

@@ -1,0 +1,212 @@
+"""Recording a device's inputs into a data file: every input, or only those flagged OOD, read from the
+device's sample log (READ_LOG, docs/protocol.md) by input number, so that a dropped link or a restarted
+recorder neither loses nor repeats one.
+
+The file is a data file the trainer reads (``x``, the raw samples, N first) with what the device said
+about each sample beside it (the score file's ``pred``, ``probs``, ``ood_score``, ``is_ood``,
+``layer_errors``) and where it came from (``input``, ``session``, ``timestamp_ms``, ``model``, ``raw``).
+It is rewritten atomically every second or so; running the same command again continues where the file
+ends (``read_until`` in ``session``).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgefp.bundle import Bundle
+from edgefp.errors import EdgefpError
+from edgefp.firmware_host import client
+from edgefp.firmware_host.protocol import DataKind
+from edgefp.fsutil import write_file_atomic
+
+SAVE_EVERY_S = 1.0
+POLL_S = 0.05
+RETRY_S = 1.0
+COLUMNS = ("x", "input", "session", "timestamp_ms", "pred", "probs", "ood_score", "is_ood", "layer_errors", "raw")
+TEXT_COLUMNS = ("model",)
+
+
+@dataclass
+class Recording:
+    """The samples recorded so far, and where reading stopped."""
+
+    path: str
+    columns: dict[str, list] = field(default_factory=lambda: {name: [] for name in COLUMNS + TEXT_COLUMNS})
+    session: int | None = None
+    read_until: int = 0  # the last input number read (or skipped as not flagged) in ``session``
+    layer_names: list[str] = field(default_factory=list)
+    lost: int = 0  # inputs the device's log dropped before they were read
+
+    def __len__(self) -> int:
+        return len(self.columns["input"])
+
+    @classmethod
+    def open(cls, path: str) -> Recording:
+        """The recording in ``path`` to continue, or a new one when there is no file yet."""
+        recording = cls(path)
+        if not os.path.exists(path):
+            return recording
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {key: npz[key] for key in npz.files}
+            for name in COLUMNS + TEXT_COLUMNS:
+                recording.columns[name] = list(arrays[name])
+            recording.session, recording.read_until = int(arrays["read_session"]), int(arrays["read_until"])
+            recording.layer_names = [str(name) for name in arrays["layer_names"]]
+            recording.lost = int(arrays["lost"])
+        except (OSError, ValueError, KeyError) as exc:
+            raise EdgefpError(
+                f"{path}: not a recording to continue ({exc}); choose another --out, or remove it to start over"
+            ) from None
+        return recording
+
+    def add(self, page, bundle: Bundle) -> None:
+        """Append the page's entry, scored with the manifest of the bundle that produced it."""
+        entry, spec = page.entry, bundle.manifest["input"]
+        shape = tuple(spec["shape"])
+        if entry.kind == DataKind.RAW:
+            x = np.frombuffer(entry.data, "<f4").reshape(shape)
+        else:
+            from edgefp.watch import to_raw
+
+            x = to_raw(np.frombuffer(entry.data, np.int8).reshape(shape), spec)
+        if self.columns["x"] and self.columns["x"][0].shape != shape:
+            raise EdgefpError(
+                f"the device now runs {bundle.manifest['name']}, whose input is {shape}, but {self.path} holds "
+                f"samples of {self.columns['x'][0].shape}; record into another --out"
+            )
+        scores = bundle.decide(entry.result.probs[None], entry.result.errors[None])
+        row = {
+            "x": x.astype(np.float32),
+            "input": entry.input,
+            "session": page.session,
+            "timestamp_ms": entry.timestamp_ms,
+            "pred": scores.pred[0],
+            "probs": scores.probs[0],
+            "ood_score": scores.ood_score[0],
+            "is_ood": scores.is_ood[0],
+            "layer_errors": scores.layer_errors[0],
+            "raw": entry.kind == DataKind.RAW,
+            "model": bundle.manifest["name"],
+        }
+        for name, value in row.items():
+            self.columns[name].append(value)
+        self.layer_names = [layer["name"] for layer in bundle.manifest["layers"]]
+        self.read_until = entry.input
+
+    def save(self) -> None:
+        """Rewrite the file atomically."""
+        if not self.columns["x"]:
+            return
+        arrays = {name: np.stack(self.columns[name]) for name in ("x", "probs", "layer_errors")}
+        kinds = {"input": np.int64, "session": np.uint32, "timestamp_ms": np.int64, "pred": np.int64}
+        kinds.update(ood_score=np.float32, is_ood=bool, raw=bool)
+        arrays.update({name: np.asarray(self.columns[name], dtype) for name, dtype in kinds.items()})
+        arrays["model"] = np.asarray(self.columns["model"], dtype=str)
+        arrays["layer_names"] = np.asarray(self.layer_names, dtype=str)
+        arrays.update(read_session=np.uint32(self.session), read_until=np.int64(self.read_until))
+        arrays["lost"] = np.int64(self.lost)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        write_file_atomic(self.path, buffer.getvalue())
+
+
+def record(
+    url: str,
+    out: str,
+    *,
+    count: int | None = None,
+    ood_only: bool = False,
+    duration: float | None = None,
+    key: bytes | None = None,
+    on_sample=None,
+    on_status=None,
+    stop=None,
+) -> dict:
+    """Record the device at ``url`` into ``out`` until the file holds ``count`` samples, ``duration``
+    seconds passed or ``stop()`` is true; reconnect when the link drops (a wrong URL or key fails at once).
+    ``on_sample(recording)`` is called after each sample, ``on_status(text)`` when the link goes or
+    comes back or inputs were lost. Returns a report."""
+    recording = Recording.open(out)
+    start, recorded_before, lost_before = time.monotonic(), len(recording), recording.lost
+    end = None if duration is None else start + duration
+    last_save, connected = start, None
+
+    def done() -> bool:
+        return (
+            (stop is not None and stop())
+            or (count is not None and len(recording) >= count)
+            or (end is not None and time.monotonic() >= end)
+        )
+
+    try:
+        while not done():
+            try:
+                with client.open_device(url, key=key) as device:
+                    if connected is False and on_status:
+                        on_status(f"reconnected to {url}")
+                    connected = True
+                    while not done():
+                        if _read_one(device, recording, ood_only, on_status):
+                            if on_sample:
+                                on_sample(recording)
+                        else:
+                            time.sleep(POLL_S)
+                        if time.monotonic() - last_save >= SAVE_EVERY_S:
+                            recording.save()
+                            last_save = time.monotonic()
+            except (EdgefpError, OSError) as exc:
+                if connected is None or isinstance(exc, client.DeviceError):
+                    raise
+                if connected and on_status:
+                    on_status(f"link to {url} lost ({str(exc).splitlines()[0]}); reconnecting")
+                connected = False
+                time.sleep(RETRY_S)
+    finally:
+        recording.save()
+    seconds = time.monotonic() - start
+    new = len(recording) - recorded_before
+    flagged = int(np.sum(recording.columns["is_ood"])) if len(recording) else 0
+    return {
+        "port": url,
+        "out": out,
+        "samples": len(recording),
+        "recorded": new,
+        "flagged": flagged,
+        "lost": recording.lost - lost_before,
+        "seconds": round(seconds, 3),
+        "samples_per_s": round(new / seconds, 2) if seconds > 0 else None,
+        "ood_only": ood_only,
+    }
+
+
+def _read_one(device, recording: Recording, ood_only: bool, on_status) -> bool:
+    """Read the next sample into ``recording``; False when the device has none yet."""
+    page = client.read_log(device, recording.read_until, ood_only)
+    if page.session != recording.session:  # a new bundle, a reset or a restart: numbering starts over
+        client.hello(device)  # the active bundle may have changed with it
+        if recording.session is None:  # a new recording starts with the oldest input the device holds
+            recording.read_until = page.first - 1
+        else:
+            recording.read_until = 0
+            if on_status:
+                on_status("the device started numbering its inputs over (a new bundle, a reset or a restart)")
+        recording.session = page.session
+        page = client.read_log(device, recording.read_until, ood_only)
+    gap = page.first - recording.read_until - 1
+    if gap > 0:
+        recording.lost += gap
+        recording.read_until = page.first - 1
+        if on_status:
+            on_status(f"{gap} inputs left the device's log before they were read (it holds {page.capacity})")
+    if page.entry is None:
+        if ood_only:  # nothing flagged up to the newest input: no need to look there again
+            recording.read_until = max(recording.read_until, page.seen)
+        return False
+    recording.add(page, Bundle(client.manifest(device), {}, source=device.url))
+    return True
