@@ -2,6 +2,8 @@
 
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from edgefp.firmware_host import client, firmware
 from edgefp.firmware_host.agent import Agent, serving
 from edgefp.repository import Repository
 from edgefp.watch import DEPLOYED, NO_MATCH, to_raw, watch
+from tests.test_cli import edgefp
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +101,23 @@ def test_drift_on_the_c_firmware_deploys_the_inverted_model(repo, digits_bundle)
         made = watch(dev, repo, ood_rate=0.3, window=50, polls=3, sleep=lambda s: None)
         assert [event["decision"] for event in made] == [DEPLOYED] and made[0]["model"] == "digits04_inverted"
         assert made[0]["samples"] == 16 and client.manifest(dev)["name"] == "digits04_inverted"
+
+
+@pytest.mark.skipif(not firmware.can_emulate(), reason="needs arm-none-eabi-gcc and qemu-system-arm")
+def test_watch_redeploys_the_qemu_chip_when_its_sensor_drifts(repo):
+    """The emulated Cortex-M4 on its own drifting sensor: watch sees the OOD rate rise, deploys the
+    inverted model over the UART, and the chip's OOD rate falls."""
+    args = [sys.executable, "-m", "edgefp", "sim", "--profile", "qemu-m4", "--feed", "digits:test:0-4", "--rate", "50"]
+    sim = subprocess.Popen(args + ["--drift-at", "20", "--drift", "invert"], stdout=subprocess.PIPE, text=True)
+    try:
+        url = sim.stdout.readline().strip()
+        plain = next(entry for entry in repo.entries() if entry.name == "digits04")
+        assert edgefp("flash", repo.archive_path(plain), "--port", url).returncode == 0
+        watched = edgefp("watch", "--port", url, "--repo", repo.root, "--window", "40", "--once", "--interval", "0.3")
+        event = json.loads(watched.stdout.splitlines()[-1])
+        assert event["decision"] == DEPLOYED and event["model"] == "digits04_inverted", watched.stderr
+        after = [json.loads(line) for line in edgefp("monitor", "--port", url, "--count", "40").stdout.splitlines()]
+    finally:
+        sim.terminate()
+        sim.wait(10)
+    assert event["ood_rate"] >= 0.3 and np.mean([e["ood"] for e in after]) < 0.3

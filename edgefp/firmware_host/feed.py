@@ -19,6 +19,7 @@ from edgefp.errors import EdgefpError
 from edgefp.firmware_host.framing import DELIMITER, encode_frame
 
 SENSOR_FRAME = 0x40  # frame type of the sensor link
+SENSOR_ASK = 0x3F  # the byte a chip sends on its sensor link for the next window
 VALUES_PER_FRAME = 256  # float32 values per sensor frame (1,032-byte payloads: any firmware frame holds them)
 
 

@@ -1,6 +1,7 @@
 """The C firmware for microcontrollers (sources in ``c/``, docs/firmware.md): export it as a project,
 build it for a port, read its sizes, and run it as a device under QEMU (``qemu-m4``) or on the host
-(``native``, for machines without QEMU), each reachable at a URL like any other device.
+(``native``, for machines without QEMU), each reachable at a URL like any other device, with a sensor
+the host drives (the sensor link of docs/sensors.md: QEMU's second UART, a socket for the native build).
 """
 
 from __future__ import annotations
@@ -9,11 +10,13 @@ import ctypes
 import hashlib
 import os
 import re
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import tty
 from dataclasses import dataclass
@@ -23,6 +26,7 @@ import numpy as np
 
 from edgefp.errors import EdgefpError
 from edgefp.firmware_host.boards import Board, get_board
+from edgefp.firmware_host.feed import SENSOR_ASK, run_feed, sensor_frames
 from edgefp.fsutil import atomic_directory
 from edgefp.isolation import step
 
@@ -171,8 +175,10 @@ def bundle_ram(bundle, board_name: str) -> dict:
         status = _engine_library().efp_engine_init(ctypes.byref(engine), model, len(model), scratch, 0)
     if status not in (0, 3):  # EFP_OK, EFP_ARENA_TOO_SMALL
         raise EdgefpError(f"{bundle.source}: the firmware cannot run this model: {engine.error.decode()}")
-    layers, input_bytes = len(bundle.manifest["layers"]), int(np.prod(bundle.manifest["input"]["shape"]))
-    extras = _round16(layers * 256 * 4) + _round16(OOD_CAPACITY * input_bytes)
+    shape = bundle.manifest["input"]["shape"]
+    layers, input_bytes = len(bundle.manifest["layers"]), int(np.prod(shape))
+    extras = _round16(layers * 256 * 4) + _round16(OOD_CAPACITY * input_bytes)  # score tables, OOD inputs
+    extras += _round16(2 * 4 * shape[-1]) + _round16(4 * input_bytes)  # input quantisation, sensor window
     needed = engine.arena_needed + extras
     return {
         "bundle": bundle.manifest["name"],
@@ -196,12 +202,47 @@ class Emulated:
     process: subprocess.Popen
     keep: tuple[int, ...] = ()  # file descriptors to close at the end
     scratch: str | None = None  # a flash file to remove at the end
+    sensor: int | None = None  # the host's end of the chip's sensor link
+    feeding: threading.Event | None = None  # set to stop the sensor
 
     def __enter__(self) -> Emulated:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def feed(self, x: np.ndarray, rate_hz: float, *, repeat_from: int | None = 0) -> None:
+        """Be the chip's sensor from a background thread: answer each window it asks for with the next
+        raw sample of ``x``, at ``rate_hz`` at most (see :func:`edgefp.firmware_host.feed.run_feed`)."""
+        if self.sensor is None:
+            raise EdgefpError("this firmware has no sensor link")
+        self.feeding = threading.Event()
+        numbers = iter(range(1 << 62))
+        send = lambda window: self._send(sensor_frames(window, next(numbers)))  # noqa: E731
+        options = {"repeat_from": repeat_from, "ready": self._asked}
+        threading.Thread(target=run_feed, args=(send, x, rate_hz, self.feeding), kwargs=options, daemon=True).start()
+
+    def _asked(self) -> bool:
+        """Whether the chip asked for a window (what else it sent is dropped); stops the sensor when it is gone."""
+        try:
+            while select.select([self.sensor], [], [], 0)[0]:
+                data = os.read(self.sensor, 4096)
+                if not data:
+                    raise OSError("the chip is gone")
+                if bytes([SENSOR_ASK]) in data:
+                    return True
+        except OSError:
+            self.feeding.set()
+        return False
+
+    def _send(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view and not self.feeding.is_set():
+            try:
+                if select.select([], [self.sensor], [], 0.1)[1]:
+                    view = view[os.write(self.sensor, view) :]
+            except OSError:
+                self.feeding.set()
 
     def kill(self) -> None:
         """Pull the power: the process ends at once, whatever it was doing."""
@@ -210,6 +251,8 @@ class Emulated:
         self.process.wait()
 
     def close(self) -> None:
+        if self.feeding is not None:
+            self.feeding.set()
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -218,7 +261,7 @@ class Emulated:
                 self.kill()
         for fd in self.keep:
             os.close(fd)
-        self.keep = ()
+        self.keep, self.sensor = (), None
         if self.scratch and os.path.exists(self.scratch):
             os.remove(self.scratch)
 
@@ -231,40 +274,49 @@ def can_emulate() -> bool:
 def start_qemu(elf: Path, *, tcp_port: int | None = None) -> Emulated:
     """Run the mps2-an386 firmware under QEMU with -icount shift=0 (one instruction = one virtual ns).
 
-    The UART is a new pty (its path is the URL), or a TCP server on 127.0.0.1 with ``tcp_port``.
+    UART0 is a new pty (its path is the URL), or a TCP server on 127.0.0.1 with ``tcp_port``; UART1,
+    the sensor link, is another pty.
     """
     if shutil.which(QEMU) is None:
         raise EdgefpError(f"{QEMU} is not installed (Debian: apt-get install qemu-system-arm)")
     serial = "pty" if tcp_port is None else f"tcp:127.0.0.1:{tcp_port},server=on,wait=off"
-    command = [QEMU, "-M", "mps2-an386", "-nographic", "-monitor", "none", "-serial", serial]
+    command = [QEMU, "-M", "mps2-an386", "-nographic", "-monitor", "none", "-serial", serial, "-serial", "pty"]
     command += ["-icount", "shift=0", "-kernel", str(elf)]
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    if tcp_port is not None:
-        return Emulated(f"socket://127.0.0.1:{tcp_port}", process)
-    deadline, seen = time.monotonic() + START_TIMEOUT_S, b""
-    while time.monotonic() < deadline:
+    deadline, seen, ptys = time.monotonic() + START_TIMEOUT_S, b"", {}
+    while time.monotonic() < deadline and len(ptys) < (2 if tcp_port is None else 1):
         line = process.stdout.readline()
         seen += line
-        found = re.search(rb"char device redirected to (\S+)", line)
+        found = re.search(rb"char device redirected to (\S+) \(label (\w+)\)", line)
         if found:  # held open here: QEMU reads a pty at once only while its other side is open
-            path = found.group(1).decode()
-            held = os.open(path, os.O_RDWR | os.O_NOCTTY)
+            held = os.open(found.group(1), os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
             tty.setraw(held)
-            return Emulated(path, process, keep=(held,))
+            ptys[found.group(2).decode()] = (found.group(1).decode(), held)
         if not line and process.poll() is not None:
             break
+    if "serial1" in ptys and ("serial0" in ptys or tcp_port is not None):
+        url = f"socket://127.0.0.1:{tcp_port}" if tcp_port is not None else ptys["serial0"][0]
+        return Emulated(url, process, keep=tuple(fd for _, fd in ptys.values()), sensor=ptys["serial1"][1])
     process.kill()
+    for _, fd in ptys.values():
+        os.close(fd)
     raise EdgefpError(f"QEMU did not start: {seen.decode(errors='replace').strip()[-300:]}")
 
 
 def start_native(executable: Path, flash_file: str) -> Emulated:
-    """Run the native build as a device on a new pty; its flash is ``flash_file`` (kept across runs)."""
+    """Run the native build as a device on a new pty; its flash is ``flash_file`` (kept across runs), its
+    sensor link a socket."""
     master, slave = os.openpty()
     tty.setraw(slave)
-    env = {**os.environ, "EFP_FLASH_FILE": flash_file}
-    process = subprocess.Popen([str(executable)], stdin=master, stdout=master, env=env, close_fds=True)
+    host_end, chip_end = socket.socketpair()
+    env = {**os.environ, "EFP_FLASH_FILE": flash_file, "EFP_SENSOR_FD": str(chip_end.fileno())}
+    process = subprocess.Popen(
+        [str(executable)], stdin=master, stdout=master, env=env, close_fds=True, pass_fds=(chip_end.fileno(),)
+    )
     os.close(master)
-    return Emulated(os.ttyname(slave), process, keep=(slave,))
+    chip_end.close()
+    sensor = host_end.detach()
+    return Emulated(os.ttyname(slave), process, keep=(slave, sensor), sensor=sensor)
 
 
 def scratch_flash() -> str:

@@ -1,12 +1,15 @@
 #include "app.h"
 
+#include <math.h>
 #include <string.h>
 
 #include "board.h"
 #include "bundle.h"
 #include "config.h"
+#include "efp.h"
 #include "engine.h"
 #include "framing.h"
+#include "samplelog.h"
 #include "sha256.h"
 #include "storage.h"
 #include "text.h"
@@ -15,7 +18,7 @@ enum msg {
     HELLO = 0x01, AUTH = 0x02, MANIFEST = 0x03,
     UPLOAD_BEGIN = 0x10, UPLOAD_CHUNK = 0x11, UPLOAD_END = 0x12, ACTIVATE = 0x13,
     INFER = 0x20, BENCH = 0x21,
-    EVENTS = 0x30, GET_COUNTERS = 0x31, GET_OOD = 0x32, RESET = 0x3F,
+    EVENTS = 0x30, GET_COUNTERS = 0x31, GET_OOD = 0x32, READ_LOG = 0x33, RESET = 0x3F,
     EVENT = 0xFE, ERROR = 0xFF, RESPONSE = 0x80,
 };
 
@@ -36,12 +39,17 @@ enum slot_state { EMPTY = 0, RECEIVING = 1, VERIFIED = 2, ACTIVE_SLOT = 3 };
 static uint8_t arena[EFP_ARENA_BYTES] __attribute__((aligned(16)));
 static efp_engine engine;
 
-/* The active bundle; its score tables and OOD inputs sit at the end of the arena (extras bytes). */
+/* The active bundle. The engine uses the start of the arena, the sample log what the engine leaves, and
+ * the score tables, OOD inputs, input quantisation and sensor window sit at the end (extras bytes from
+ * the end: everything but the engine's part). */
 static struct {
     int slot; /* -1 when none */
     bundle_info info;
     int32_t *tables;
     uint8_t *ood_inputs;
+    float *mean, *std, *window, scale;
+    int32_t zero_point;
+    sample_log log;
     size_t extras;
 } active;
 
@@ -62,6 +70,7 @@ static struct {
         float score;
     } recent[EFP_OOD_CAPACITY];
     uint32_t recent_next, buffered;
+    uint32_t session; /* changes whenever input numbers start over */
 } seen;
 
 static int events_on;
@@ -121,7 +130,8 @@ static long refuse_bytes(int code, const char *what, uint32_t n, const char *res
 /* ---------------------------------------------------------------- bundles */
 static size_t extras_for(const bundle_info *b)
 {
-    return ROUND16(b->layers * 256u * sizeof(int32_t)) + ROUND16((size_t)EFP_OOD_CAPACITY * b->input_bytes);
+    return ROUND16(b->layers * 256u * sizeof(int32_t)) + ROUND16((size_t)EFP_OOD_CAPACITY * b->input_bytes) +
+           ROUND16(2u * sizeof(float) * b->channels) + ROUND16(sizeof(float) * b->input_bytes);
 }
 
 /* Map an engine failure to an error code, the engine's message kept. */
@@ -133,7 +143,8 @@ static long refuse_engine(int status)
 
 static void clear_counters(void)
 {
-    memset(&seen, 0, sizeof seen);
+    memset(&seen, 0, sizeof seen); /* the session is drawn at the next input (below) */
+    active.log.count = active.log.next = 0;
 }
 
 /* Serve the verified bundle in `slot`: 0, or -1 with the reason (nothing is active then). */
@@ -145,19 +156,30 @@ static long load(int slot)
     if (bundle_open(slot_data(slot), storage_record.slot[slot].bytes, b, reason, sizeof reason)) {
         return refuse(INVALID_BUNDLE, reason);
     }
-    active.extras = extras_for(b);
-    if (active.extras > EFP_ARENA_BYTES) {
+    size_t fixed = extras_for(b);
+    if (fixed > EFP_ARENA_BYTES) {
         return refuse(DOES_NOT_FIT, "the score tables and OOD buffer do not fit the arena");
     }
-    active.tables = (int32_t *)(void *)(arena + EFP_ARENA_BYTES - active.extras);
-    active.ood_inputs = arena + EFP_ARENA_BYTES - active.extras + ROUND16(b->layers * 256u * sizeof(int32_t));
+    uint8_t *end = arena + EFP_ARENA_BYTES - fixed;
+    active.tables = (int32_t *)(void *)end;
+    active.ood_inputs = end += ROUND16(b->layers * 256u * sizeof(int32_t));
+    active.mean = (float *)(void *)(end += ROUND16((size_t)EFP_OOD_CAPACITY * b->input_bytes));
+    active.std = active.mean + b->channels;
+    active.window = (float *)(void *)(end + ROUND16(2u * sizeof(float) * b->channels));
     if (bundle_tables(b, active.tables)) {
         return refuse(INVALID_BUNDLE, "a z_table in manifest.json is malformed");
     }
-    int status = efp_engine_init(&engine, b->model, b->model_len, arena, EFP_ARENA_BYTES - active.extras);
+    if (bundle_input(b, active.mean, active.std, &active.scale, &active.zero_point)) {
+        return refuse(INVALID_BUNDLE, "the input's scale, zero_point or preprocessing in manifest.json is malformed");
+    }
+    int status = efp_engine_init(&engine, b->model, b->model_len, arena, EFP_ARENA_BYTES - fixed);
     if (status != EFP_OK) {
         return refuse_engine(status);
     }
+    size_t used = ROUND16(engine.arena_used);
+    active.extras = EFP_ARENA_BYTES - used;
+    log_init(&active.log, arena + used, active.extras - fixed, b->classes, b->layers,
+             (uint32_t)sizeof(float) * b->input_bytes, EFP_LOG_CAPACITY);
     size_t bytes, outputs = efp_engine_output_count(&engine);
     efp_engine_input(&engine, &bytes);
     if (bytes != b->input_bytes) {
@@ -212,6 +234,7 @@ typedef struct {
     uint32_t latency_us;
     const int8_t *probs;
     int8_t errors[EFP_MAX_LAYERS];
+    int32_t evidence[EFP_MAX_LAYERS];
 } result;
 
 /* Milliseconds of uptime, carried across wraps of the microsecond clock (called often enough). */
@@ -245,17 +268,31 @@ static long run(const uint8_t *x, result *r)
     int64_t units = 0;
     for (uint32_t l = 0; l < b->layers; ++l) {
         r->errors[l] = efp_engine_output(&engine, b->error_index[l], &bytes)[0];
-        units += active.tables[l * 256u + (uint32_t)(r->errors[l] + 128)];
+        r->evidence[l] = active.tables[l * 256u + (uint32_t)(r->errors[l] + 128)];
+        units += r->evidence[l];
     }
     r->ood = units > b->threshold_units;
     r->score = (float)((double)units / ((double)b->score_unit * b->layers));
     return 0;
 }
 
-/* Count one input seen; buffer it when OOD; tell a subscribed host. */
-static void observe(const uint8_t *x, const result *r)
+/* Count one input seen (int8 x, and its raw values when known); log it; buffer it when OOD; tell a
+ * subscribed host. */
+static void observe(const uint8_t *x, const float *raw, const result *r)
 {
+    static uint32_t sessions;
     uint32_t now = now_ms();
+    const bundle_info *b = &active.info;
+    if (seen.session == 0) { /* the clock when the first input came (the host's timing), and a count */
+        seen.session = (board_time_us() ^ ++sessions * 0x9E3779B9u) | 1u;
+    }
+    log_head *h = log_append(&active.log);
+    if (h) {
+        *h = (log_head){seen.inputs + 1, now, r->latency_us, r->score, r->pred, r->ood, raw ? LOG_RAW : LOG_INT8, 0};
+        memcpy(log_probs(h), r->probs, b->classes);
+        memcpy(log_probs(h) + b->classes, r->errors, b->layers);
+        memcpy(log_data(&active.log, h), raw ? (const void *)raw : (const void *)x, raw ? 4u * b->input_bytes : b->input_bytes);
+    }
     seen.inputs += 1;
     seen.ood += r->ood;
     if (seen.window_inputs == EFP_WINDOW) {
@@ -493,6 +530,23 @@ static long on_activate(const uint8_t *body, size_t len, uint8_t *out)
     return 1;
 }
 
+/* INFER's response body (also in READ_LOG's). */
+static uint8_t *put_result(uint8_t *w, uint8_t pred, const int8_t *probs, const int8_t *errors, float score,
+                           uint8_t ood, uint32_t latency_us)
+{
+    const bundle_info *b = &active.info;
+    *w++ = pred;
+    *w++ = (uint8_t)b->classes;
+    memcpy(w, probs, b->classes);
+    w += b->classes;
+    *w++ = (uint8_t)b->layers;
+    memcpy(w, errors, b->layers);
+    w += b->layers;
+    w = put_f32(w, score);
+    *w++ = ood;
+    return put(w, latency_us, 4);
+}
+
 static long on_infer(const uint8_t *body, size_t len, uint8_t *out)
 {
     if (require_active()) {
@@ -509,18 +563,8 @@ static long on_infer(const uint8_t *body, size_t len, uint8_t *out)
     if (run(body, &r)) {
         return -1;
     }
-    observe(body, &r);
-    uint8_t *w = out;
-    *w++ = r.pred;
-    *w++ = (uint8_t)b->classes;
-    memcpy(w, r.probs, b->classes);
-    w += b->classes;
-    *w++ = (uint8_t)b->layers;
-    memcpy(w, r.errors, b->layers);
-    w += b->layers;
-    w = put_f32(w, r.score);
-    *w++ = r.ood;
-    return put(w, r.latency_us, 4) - out;
+    observe(body, NULL, &r);
+    return put_result(out, r.pred, r.probs, r.errors, r.score, r.ood, r.latency_us) - out;
 }
 
 static float latency_at(const uint8_t *latencies, uint32_t i)
@@ -673,6 +717,35 @@ static long on_get_ood(const uint8_t *body, size_t len, uint8_t *out)
     return OOD_HEAD + (long)active.info.input_bytes;
 }
 
+static long on_read_log(const uint8_t *body, size_t len, uint8_t *out)
+{
+    if (bad_length(len, 9)) {
+        return -1;
+    }
+    const sample_log *l = &active.log;
+    const bundle_info *b = &active.info;
+    uint32_t after = read_u32(body), offset = read_u32(body + 5);
+    const log_head *h = active.slot < 0 ? NULL : log_find(l, seen.inputs, after, body[4] & 1);
+    uint8_t *w = put(out, seen.session, 4);
+    w = put(w, log_first(l, seen.inputs), 4);
+    w = put(w, seen.inputs, 4);
+    w = put(w, active.slot < 0 ? 0 : l->capacity, 4);
+    *w++ = h != NULL;
+    if (h == NULL) {
+        return w - out;
+    }
+    w = put(w, h->input, 4);
+    w = put(w, h->timestamp_ms, 4);
+    w = put_result(w, h->pred, log_probs(h), log_probs(h) + b->classes, h->score, h->ood, h->latency_us);
+    uint32_t total = (h->kind == LOG_RAW ? 4u : 1u) * b->input_bytes, room = MAX_BODY - (uint32_t)(w - out) - 5;
+    uint32_t piece = offset >= total ? 0 : total - offset;
+    piece = piece < room ? piece : room;
+    *w++ = h->kind;
+    w = put(w, total, 4);
+    memcpy(w, log_data(l, h) + (offset < total ? offset : 0), piece);
+    return (w - out) + (long)piece;
+}
+
 static int reboot_after_answer;
 
 static long on_reset(const uint8_t *body, size_t len, uint8_t *out)
@@ -702,6 +775,7 @@ static handler handler_for(uint8_t type)
     case EVENTS: return on_events;
     case GET_COUNTERS: return on_counters;
     case GET_OOD: return on_get_ood;
+    case READ_LOG: return on_read_log;
     case RESET: return on_reset;
     default: return NULL;
     }
@@ -748,6 +822,91 @@ static void answer(const uint8_t *payload, size_t len)
     if (reboot_after_answer) {
         board_reset();
     }
+}
+
+/* ---------------------------------------------------------------- inference from the application */
+uint32_t efp_window_values(void)
+{
+    return active.slot < 0 ? 0 : active.info.input_bytes;
+}
+
+/* Run an int8 input (with its raw values when known) as an input seen; fill the verdict. */
+static int classify(const uint8_t *x, const float *raw, efp_verdict *v)
+{
+    result r;
+    memset(&r, 0, sizeof r);
+    if (run(x, &r)) {
+        return EFP_RUN_FAILED;
+    }
+    observe(x, raw, &r);
+    v->input = seen.inputs;
+    v->pred = r.pred;
+    v->ood = r.ood;
+    v->score = r.score;
+    v->latency_us = r.latency_us;
+    v->layers = (uint8_t)active.info.layers;
+    memcpy(v->errors, r.errors, sizeof v->errors);
+    memcpy(v->evidence, r.evidence, sizeof v->evidence);
+    return EFP_CLASSIFIED;
+}
+
+int efp_classify_int8(const int8_t *input, uint32_t values, efp_verdict *verdict)
+{
+    if (active.slot < 0) {
+        return EFP_NO_MODEL;
+    }
+    return values != active.info.input_bytes ? EFP_WRONG_SIZE : classify((const uint8_t *)input, NULL, verdict);
+}
+
+int efp_classify(const float *window, uint32_t values, efp_verdict *verdict)
+{
+    if (active.slot < 0) {
+        return EFP_NO_MODEL;
+    }
+    const bundle_info *b = &active.info;
+    if (values != b->input_bytes) {
+        return EFP_WRONG_SIZE;
+    }
+    int8_t q[EFP_MAX_FRAME]; /* an input fits a frame (checked at upload) */
+    for (uint32_t i = 0; i < values; ++i) {
+        uint32_t c = i % b->channels;
+        if (!isfinite(window[i])) {
+            return EFP_NOT_FINITE;
+        }
+        float z = (window[i] - active.mean[c]) / active.std[c]; /* float32 steps, as the host's numpy */
+        z = z / active.scale;
+        z = z < -1000.0f ? -1000.0f : z > 1000.0f ? 1000.0f : z; /* beyond the int8 range either way */
+        z = (z + 12582912.0f) - 12582912.0f + (float)active.zero_point; /* rounded half to even, as np.round */
+        q[i] = (int8_t)(z < -128.0f ? -128 : z > 127.0f ? 127 : (int)z);
+    }
+    return classify((const uint8_t *)q, window, verdict);
+}
+
+int app_sense(void)
+{
+    uint32_t values = efp_window_values();
+#if EFP_SENSOR_HZ
+    static uint32_t last_us;
+    if (board_time_us() - last_us < 1000000u / EFP_SENSOR_HZ) {
+        return 0;
+    }
+#endif
+    efp_verdict verdict;
+    if (values == 0 || board_sensor_read(active.window, values) != 1) {
+        return 0;
+    }
+#if EFP_SENSOR_HZ
+    last_us = board_time_us();
+#endif
+    return efp_classify(active.window, values, &verdict) != EFP_NO_MODEL;
+}
+
+int app_poll(void)
+{
+    uint8_t chunk[64];
+    size_t n = board_uart_read(chunk, sizeof chunk);
+    app_receive(chunk, n);
+    return n != 0;
 }
 
 void app_receive(const uint8_t *data, size_t len)

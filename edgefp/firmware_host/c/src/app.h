@@ -11,4 +11,11 @@ void app_init(void);
 /* Handle bytes received on the UART (answers go out through board_uart_write). */
 void app_receive(const uint8_t *data, size_t len);
 
+/* Read what the UART received and handle it; 1 when anything came. */
+int app_poll(void);
+
+/* Standalone mode: when the board's sensor has a window (board_sensor_read), classify it (efp.h); 1 when
+ * one was classified. */
+int app_sense(void);
+
 #endif

@@ -33,6 +33,12 @@ const uint8_t *board_flash_map(void);
 int board_flash_erase(uint32_t offset, uint32_t len);  /* offset and len multiples of the page */
 int board_flash_program(uint32_t offset, const uint8_t *data, uint32_t len);
 
+/* The sensor: fill window[0..count) with the next window of raw values (channels last, as the model's
+ * training data) and return 1, or return 0 while none is ready, -1 when the board has no sensor. The
+ * firmware asks whenever it is idle (or EFP_SENSOR_HZ times a second) while a bundle is active, always
+ * with the same buffer until a window is returned: a board may fill it as readings arrive. */
+int board_sensor_read(float *window, uint32_t count);
+
 /* Restart the chip as after power-up; does not return. */
 void board_reset(void);
 

@@ -354,6 +354,7 @@ int bundle_open(const uint8_t *archive, uint32_t len, bundle_info *b, char *err,
             return refuse(&msg, "manifest.json has a bad input shape", NULL);
         }
         b->input_bytes *= (uint32_t)n;
+        b->channels = (uint32_t)n;
     }
     b->classes = count(labels);
     b->layers = count(layers);
@@ -402,4 +403,93 @@ int bundle_tables(const bundle_info *b, int32_t *tables)
         }
     }
     return 0;
+}
+
+/* A JSON number as the float nearest to it, through a double as the host reads it. Exact for every
+ * float32 value, which is what a manifest's input numbers hold; for another number the double may be a
+ * few units in its last place off, which changes the float only within 1e-16 of a midpoint. */
+static int real(span v, float *out)
+{
+    const char *p = v.p;
+    int negative = p < v.end && *p == '-', digits = 0, any = 0, exponent = 0;
+    uint64_t mantissa = 0;
+    for (p += negative; p < v.end && *p >= '0' && *p <= '9'; ++p, any = 1) {
+        if (digits < 19) {
+            mantissa = mantissa * 10 + (uint64_t)(*p - '0');
+            digits += mantissa != 0;
+        } else {
+            ++exponent;
+        }
+    }
+    if (p < v.end && *p == '.') {
+        for (++p; p < v.end && *p >= '0' && *p <= '9'; ++p, any = 1) {
+            if (digits < 19) {
+                mantissa = mantissa * 10 + (uint64_t)(*p - '0');
+                digits += mantissa != 0;
+                --exponent;
+            }
+        }
+    }
+    if (p < v.end && (*p == 'e' || *p == 'E')) {
+        int sign = ++p < v.end && *p == '-' ? -1 : 1, e = 0;
+        p += p < v.end && (*p == '-' || *p == '+');
+        for (any = any && p < v.end; p < v.end && *p >= '0' && *p <= '9'; ++p) {
+            e = e < 1000 ? e * 10 + (*p - '0') : e;
+        }
+        exponent += sign * e;
+    }
+    if (!any || p != v.end) {
+        return 0;
+    }
+    double power = 1.0, ten = 10.0, x = (double)mantissa;
+    for (int e = exponent < 0 ? -exponent : exponent; e; e >>= 1, ten *= ten) {
+        power *= e & 1 ? ten : 1.0;
+    }
+    x = exponent < 0 ? x / power : x * power;
+    if (!(x <= 3.4028234663852886e38)) { /* beyond float: no manifest holds it */
+        return 0;
+    }
+    *out = (float)(negative ? -x : x);
+    return 1;
+}
+
+/* Exactly n numbers (positive ones with positive). */
+static int reals(span v, float *out, uint32_t n, int positive)
+{
+    members m;
+    span k, value;
+    uint32_t i = 0;
+    if (!members_begin(v, &m) || m.close != ']') {
+        return 0;
+    }
+    for (; members_next(&m, &k, &value); ++i) {
+        if (i == n || !real(value, &out[i]) || (positive && !(out[i] > 0.0f))) {
+            return 0;
+        }
+    }
+    return i == n;
+}
+
+int bundle_input(const bundle_info *b, float *mean, float *std, float *scale, int32_t *zero_point)
+{
+    span root = {(const char *)b->manifest, (const char *)b->manifest + b->manifest_len}, input, pre, v;
+    int64_t n;
+    root.p = skip_space(root.p, root.end);
+    if (!get(root, "input", &input) || !get(input, "scale", &v) || !real(v, scale) || !(*scale > 0.0f) ||
+        !get_int(input, "zero_point", NULL, -128, 127, &n) || !get(input, "preprocessing", &pre) ||
+        !get(pre, "type", &v)) {
+        return -1;
+    }
+    *zero_point = (int32_t)n;
+    if (string_is(v, "none")) {
+        for (uint32_t c = 0; c < b->channels; ++c) {
+            mean[c] = 0.0f;
+            std[c] = 1.0f;
+        }
+        return 0;
+    }
+    if (!string_is(v, "standardize") || !get(pre, "mean", &v) || !reals(v, mean, b->channels, 0)) {
+        return -1;
+    }
+    return get(pre, "std", &v) && reals(v, std, b->channels, 1) ? 0 : -1;
 }

@@ -16,6 +16,7 @@ typedef struct {
     uint32_t manifest_len;
     char name[EFP_NAME_MAX + 1];
     uint32_t input_bytes;     /* elements of the input shape (int8) */
+    uint32_t channels;        /* the input shape's last dimension */
     uint32_t classes;         /* labels */
     uint32_t layers;          /* fingerprinted layers */
     uint32_t probs_index;     /* model output holding the probabilities */
@@ -31,5 +32,9 @@ int bundle_open(const uint8_t *archive, uint32_t len, bundle_info *b, char *err,
 
 /* Read the layers' score tables (256 entries each) into tables[layers][256]; 0 on success. */
 int bundle_tables(const bundle_info *b, int32_t *tables);
+
+/* The input's preprocessing and quantisation (docs/bundle.md): per channel mean and std (0 and 1 when
+ * there is none), the int8 scale and zero point; 0 on success. */
+int bundle_input(const bundle_info *b, float *mean, float *std, float *scale, int32_t *zero_point);
 
 #endif

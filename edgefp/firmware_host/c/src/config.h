@@ -15,6 +15,12 @@
 #ifndef EFP_OOD_CAPACITY
 #define EFP_OOD_CAPACITY 16 /* recent OOD inputs kept for GET_OOD */
 #endif
+#ifndef EFP_LOG_CAPACITY
+#define EFP_LOG_CAPACITY 64 /* recent inputs kept for READ_LOG, at most (as many as the arena has room for) */
+#endif
+#ifndef EFP_SENSOR_HZ
+#define EFP_SENSOR_HZ 0 /* how often board_sensor_read() is asked for a window; 0: whenever the chip is idle */
+#endif
 #define EFP_WINDOW 100    /* inputs in the recent window of the counters */
 #define EFP_MAX_LAYERS 16 /* fingerprinted layers a bundle may have */
 #define EFP_NAME_MAX 32   /* bundle names in HELLO */

@@ -1,4 +1,5 @@
-/* edgefp firmware: the device protocol on the board's UART, bundles in its flash. */
+/* edgefp firmware: the device protocol on the board's UART, bundles in its flash, and the board's sensor
+ * classified on its own, with or without a host. */
 #include "app.h"
 #include "board.h"
 
@@ -7,11 +8,7 @@ int main(void)
     board_init();
     app_init();
     for (;;) {
-        uint8_t chunk[64];
-        size_t n = board_uart_read(chunk, sizeof chunk);
-        if (n) {
-            app_receive(chunk, n);
-        } else {
+        if (!app_poll() && !app_sense()) {
             board_idle();
         }
     }

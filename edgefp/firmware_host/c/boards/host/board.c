@@ -7,6 +7,8 @@
  *          4 KB, with NOR semantics (erase -> 0xFF, program ANDs). Without EFP_FLASH_FILE, an
  *          unlinked temporary file, kept across board_reset() through an inherited descriptor.
  *   reset  re-exec of /proc/self/exe with the same arguments: the flash file survives, as on a chip.
+ *   sensor the sensor link (docs/sensors.md) on the file descriptor in EFP_SENSOR_FD (a socket the
+ *          launcher answers), else none.
  *   EOF on stdin ends the process (exit status 0).
  */
 #define _GNU_SOURCE 1
@@ -24,6 +26,7 @@
 #include <unistd.h>
 
 #include "board.h"
+#include "sensor_link.h"
 
 const char board_name[] = "native";
 
@@ -34,6 +37,8 @@ const char board_name[] = "native";
 static uint8_t *flash;
 static struct timespec t_start;
 static char **saved_argv;
+static int sensor_fd = -1;
+static int sensor_waiting; /* the firmware asked for a window and the pipe had no more bytes */
 
 static void die(const char *what)
 {
@@ -151,6 +156,11 @@ void board_init(void)
     clock_gettime(CLOCK_MONOTONIC, &t_start);
     save_argv();
     flash_open();
+    const char *sensor = getenv("EFP_SENSOR_FD");
+    if (sensor != NULL && sensor[0] != '\0') {
+        sensor_fd = atoi(sensor);
+        fcntl(sensor_fd, F_SETFL, fcntl(sensor_fd, F_GETFL) | O_NONBLOCK);
+    }
 }
 
 /* ---- UART = stdin/stdout ---- */
@@ -209,8 +219,45 @@ uint32_t board_time_us(void)
 
 void board_idle(void)
 {
-    struct pollfd p = {.fd = 0, .events = POLLIN};
-    poll(&p, 1, IDLE_MS);
+    struct pollfd p[2] = {{.fd = 0, .events = POLLIN}, {.fd = sensor_fd, .events = POLLIN}};
+    poll(p, sensor_waiting && sensor_fd >= 0 ? 2 : 1, IDLE_MS);
+}
+
+/* ---- sensor ---- */
+
+int board_sensor_read(float *window, uint32_t count)
+{
+    static sensor_link link;
+    static uint8_t buf[512];
+    static size_t pos, len;
+    if (sensor_fd < 0) {
+        return -1;
+    }
+    if (sensor_link_ask(&link, window, count)) {
+        uint8_t ask = SENSOR_ASK;
+        if (write(sensor_fd, &ask, 1) != 1) {
+            link.asked = 0; /* try again next time */
+        }
+    }
+    for (;;) {
+        while (pos < len) {
+            if (sensor_link_feed(&link, buf[pos++], window, count)) {
+                sensor_waiting = 0;
+                return 1;
+            }
+        }
+        ssize_t k = read(sensor_fd, buf, sizeof buf);
+        if (k <= 0) {
+            if (k == 0) { /* the launcher went away: no sensor any more */
+                close(sensor_fd);
+                sensor_fd = -1;
+            }
+            sensor_waiting = k < 0;
+            return 0;
+        }
+        pos = 0;
+        len = (size_t)k;
+    }
 }
 
 /* ---- flash ---- */

@@ -9,22 +9,33 @@
  *          reset). It is filled with 0xFF on the first boot of a QEMU process (a fresh chip).
  *   reset  SCB->AIRCR SYSRESETREQ (do not run QEMU with -no-reboot: it would exit instead). The RX
  *          ring is kept in PSRAM too, so bytes received around the reset reach the next boot.
+ *   sensor UART1 (0x40005000, RX IRQ 2; QEMU's second -serial): the sensor link of docs/sensors.md,
+ *          asked for windows with polled TX, answered into a ring by the RX interrupt; with no second
+ *          serial, no window ever comes.
  */
 #include <string.h>
 
 #include "board.h"
+#include "sensor_link.h"
 
 const char board_name[] = "qemu-m4";
 
 #define REG(addr) (*(volatile uint32_t *)(addr))
 
-/* CMSDK APB UART0 */
+/* CMSDK APB UART0 (the protocol) and UART1 (the sensor) */
 #define UART0_BASE      0x40004000u
+#define UART1_BASE      0x40005000u
 #define UART_DATA       REG(UART0_BASE + 0x00)
 #define UART_STATE      REG(UART0_BASE + 0x04)
 #define UART_CTRL       REG(UART0_BASE + 0x08)
 #define UART_INTSTATUS  REG(UART0_BASE + 0x0C)  /* write 1 to clear */
 #define UART_BAUDDIV    REG(UART0_BASE + 0x10)
+#define UART1_DATA      REG(UART1_BASE + 0x00)
+#define UART1_STATE     REG(UART1_BASE + 0x04)
+#define UART1_CTRL      REG(UART1_BASE + 0x08)
+#define UART1_INTSTATUS REG(UART1_BASE + 0x0C)
+#define UART1_BAUDDIV   REG(UART1_BASE + 0x10)
+#define UART1RX_IRQn    2
 #define UART_STATE_TXFULL 0x1u
 #define UART_STATE_RXFULL 0x2u
 #define UART_CTRL_TXEN    0x1u
@@ -137,6 +148,52 @@ void board_uart_write(const uint8_t *buf, size_t len)
         }
         UART_DATA = buf[i];
     }
+}
+
+/* ---- sensor: UART1 ---- */
+
+#define SENSOR_RX_BUF 512u /* power of two */
+static volatile uint8_t sensor_ring[SENSOR_RX_BUF];
+static volatile uint32_t sensor_head, sensor_tail, sensor_stalled;
+
+void UART1RX_IRQHandler(void)
+{
+    UART1_INTSTATUS = UART_INT_RX;
+    while (UART1_STATE & UART_STATE_RXFULL) {
+        uint32_t next = (sensor_head + 1u) & (SENSOR_RX_BUF - 1u);
+        if (next == sensor_tail) { /* full: the byte waits in the UART, QEMU holds the rest */
+            UART1_CTRL &= ~UART_CTRL_RXINTEN;
+            sensor_stalled = 1;
+            return;
+        }
+        sensor_ring[sensor_head] = (uint8_t)UART1_DATA;
+        sensor_head = next;
+    }
+}
+
+int board_sensor_read(float *window, uint32_t count)
+{
+    static sensor_link link;
+    int done = 0;
+    uint32_t t = sensor_tail;
+    if (sensor_link_ask(&link, window, count)) {
+        while (UART1_STATE & UART_STATE_TXFULL) {
+        }
+        UART1_DATA = SENSOR_ASK;
+    }
+    while (!done && t != sensor_head) {
+        done = sensor_link_feed(&link, sensor_ring[t], window, count);
+        t = (t + 1u) & (SENSOR_RX_BUF - 1u);
+    }
+    sensor_tail = t;
+    if (sensor_stalled) {
+        uint32_t pm = irq_save();
+        sensor_stalled = 0;
+        UART1_CTRL |= UART_CTRL_RXINTEN;
+        NVIC_ISPR0 = 1u << UART1RX_IRQn;
+        irq_restore(pm);
+    }
+    return done;
 }
 
 /* ---- time ---- */
@@ -262,6 +319,16 @@ void board_init(void)
     if (UART_STATE & UART_STATE_RXFULL) {
         NVIC_ISPR0 = 1u << UART0RX_IRQn; /* a byte that arrived before RXINTEN */
     }
+
+    sensor_head = sensor_tail = sensor_stalled = 0;
+    UART1_CTRL = 0;
+    UART1_BAUDDIV = SYSCLK_HZ / BAUD;
+    UART1_INTSTATUS = 0xFu;
+    UART1_STATE = 0xCu;
+    UART1_CTRL = UART_CTRL_TXEN | UART_CTRL_RXEN | UART_CTRL_RXINTEN;
+    NVIC_IPR(UART1RX_IRQn) = 0x40;
+    NVIC_ISER0 = (1u << UART1RX_IRQn);
+    NVIC_ISPR0 = 1u << UART1RX_IRQn; /* drain what came before */
 
     __asm volatile("cpsie i" ::: "memory");
 }
