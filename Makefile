@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: setup firmware-tools demo test lint bench clean
+.PHONY: setup firmware-tools browser-tools demo test lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,16 +13,24 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed
 
-# The firmware's cross compiler and emulator (Debian packages), installed when missing and allowed
-# (root or password-less sudo); without them the QEMU tests are skipped and the native ones still run.
+# Debian packages the tests need, installed when missing and allowed (root or password-less sudo): the
+# firmware's cross compiler and emulator, and the browser the review page is tested in. Without them
+# those tests are skipped, saying why; the rest still run.
 FIRMWARE_PACKAGES = gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm
-firmware-tools:
-	@if command -v arm-none-eabi-gcc >/dev/null && command -v qemu-system-arm >/dev/null; then exit 0; fi; \
+BROWSER_PACKAGES = chromium chromium-driver
+# $(call apt_install,commands that must exist,packages,what they are for)
+apt_install = @if $(foreach tool,$(1),command -v $(tool) >/dev/null &&) true; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; \
-	else echo "install $(FIRMWARE_PACKAGES) to run the QEMU firmware tests"; exit 0; fi; \
-	echo "installing $(FIRMWARE_PACKAGES)"; \
+	else echo "install $(2) to run $(3)"; exit 0; fi; \
+	echo "installing $(2)"; \
 	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq \
-	  --no-install-recommends $(FIRMWARE_PACKAGES) >/dev/null
+	  --no-install-recommends $(2) >/dev/null
+
+firmware-tools:
+	$(call apt_install,arm-none-eabi-gcc qemu-system-arm,$(FIRMWARE_PACKAGES),the QEMU firmware tests)
+
+browser-tools:
+	$(call apt_install,chromium chromedriver,$(BROWSER_PACKAGES),the review page's browser tests)
 
 demo: setup
 	$(BIN)/edgefp demo
@@ -32,7 +40,7 @@ lint: setup
 	$(BIN)/ruff format --check edgefp tests benchmarks
 
 # pytest exits 5 when it collected no tests: that is a failure here, never a pass.
-test: lint firmware-tools
+test: lint firmware-tools browser-tools
 	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
 
 bench: setup

@@ -634,6 +634,70 @@ def record(port, out, count, duration, ood_only, key_file, as_json):
     _emit(report, as_json, lines)
 
 
+@cli.command(epilog="Example: edgefp review field.npz --bundle digits04/ --reference digits:train:0-4")
+@click.argument("data_path", metavar="DATA.npz", type=click.Path(dir_okay=False))
+@click.option("--bundle", default=None, type=click.Path(), help="Score the samples with this bundle; its classes.")
+@click.option("--port", default=None, help="Take the model (classes, layers) from the bundle active on this device.")
+@click.option("--reference", default=None, help="Labelled in-distribution data to show the nearest examples from.")
+@click.option("--labels", "labels_path", default=None, type=click.Path(dir_okay=False), help="Labels file.")
+@click.option("--all", "everything", is_flag=True, help="Every sample, not only those flagged out of distribution.")
+@click.option(
+    "--http-port", type=click.IntRange(0, 65535), default=0, help="Serve on 127.0.0.1:PORT [default: a free one]."
+)
+@click.option(
+    "--export",
+    "export_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Write the training file now and exit.",
+)
+@KEY_OPTION
+@JSON_OPTION
+def review(data_path, bundle, port, reference, labels_path, everything, http_port, export_path, key_file, as_json):
+    """Label out-of-distribution samples in a local web page (loopback only, works offline): each shown as
+    people look at it, beside its nearest in-distribution examples and each layer's evidence, most
+    out of distribution first; a known class, a new class by name, or noise, one key each. Labels are
+    saved as they go (DATA.labels.json); the page's export (or --export) writes a training file.
+    Prints the page's URL on its first line."""
+    from edgefp.review import Review, ReviewServer
+
+    options = {"everything": everything}
+    if bundle and port:
+        raise EdgefpError("give --bundle or --port, not both: the model comes from one of them")
+    if bundle:
+        from edgefp.bundle import Bundle
+
+        options["bundle"] = Bundle.load(bundle)
+    elif port:
+        from edgefp.firmware_host.client import manifest
+
+        with _open(port, key_file) as device:
+            options["manifest"] = manifest(device)
+    if reference:
+        from edgefp.data import load
+
+        options["reference"] = load(reference)
+    session = Review(data_path, labels_path=labels_path, export_path=export_path, **options)
+    if export_path:
+        report = session.export()
+        classes = ", ".join(f"{name} {n}" for name, n in report["classes"].items())
+        return _emit(report, as_json, [f"wrote {report['out']}: {report['samples']} samples ({classes})"])
+    server = ReviewServer(session, http_port)
+    click.echo(server.url)
+    state = session.state()
+    details = {"url": server.url, "queued": state["queued"], "labels": state["labels_file"], "export": state["export"]}
+    lines = [
+        f"{state['queued']} of {state['samples']} samples to review; labels saved to {state['labels_file']}, "
+        f"the page's export writes {state['export']}; Ctrl-C stops"
+    ]
+    _emit(details, as_json, lines)
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    finally:
+        server.close()
+
+
 @cli.command(epilog="Example: edgefp monitor --port /dev/ttyACM0 --log events.jsonl")
 @PORT_OPTION
 @click.option(

@@ -4,7 +4,9 @@ recorder neither loses nor repeats one.
 
 The file is a data file the trainer reads (``x``, the raw samples, N first) with what the device said
 about each sample beside it (the score file's ``pred``, ``probs``, ``ood_score``, ``is_ood``,
-``layer_errors``) and where it came from (``input``, ``session``, ``timestamp_ms``, ``model``, ``raw``).
+``layer_errors``, and each layer's ``evidence``, its part of the score), where it came from (``input``,
+``session``, ``timestamp_ms``, ``model``, ``raw``: false where only the int8 input was known) and the
+model's classes (``model_label_values``, ``model_label_names``).
 It is rewritten atomically every second or so; running the same command again continues where the file
 ends (``read_until`` in ``session``).
 """
@@ -23,11 +25,13 @@ from edgefp.errors import EdgefpError
 from edgefp.firmware_host import client
 from edgefp.firmware_host.protocol import DataKind
 from edgefp.fsutil import write_file_atomic
+from edgefp.ood import SCORE_UNIT
 
 SAVE_EVERY_S = 1.0
 POLL_S = 0.05
 RETRY_S = 1.0
-COLUMNS = ("x", "input", "session", "timestamp_ms", "pred", "probs", "ood_score", "is_ood", "layer_errors", "raw")
+COLUMNS = ("x", "input", "session", "timestamp_ms", "pred", "probs", "ood_score", "is_ood", "layer_errors", "evidence")
+COLUMNS += ("raw",)
 TEXT_COLUMNS = ("model",)
 
 
@@ -40,6 +44,7 @@ class Recording:
     session: int | None = None
     read_until: int = 0  # the last input number read (or skipped as not flagged) in ``session``
     layer_names: list[str] = field(default_factory=list)
+    labels: list[dict] = field(default_factory=list)  # the (latest) model's labels: value and name
     lost: int = 0  # inputs the device's log dropped before they were read
 
     def __len__(self) -> int:
@@ -58,6 +63,10 @@ class Recording:
                 recording.columns[name] = list(arrays[name])
             recording.session, recording.read_until = int(arrays["read_session"]), int(arrays["read_until"])
             recording.layer_names = [str(name) for name in arrays["layer_names"]]
+            recording.labels = [
+                {"value": int(value), "name": str(name)}
+                for value, name in zip(arrays["model_label_values"], arrays["model_label_names"])
+            ]
             recording.lost = int(arrays["lost"])
         except (OSError, ValueError, KeyError) as exc:
             raise EdgefpError(
@@ -91,24 +100,29 @@ class Recording:
             "ood_score": scores.ood_score[0],
             "is_ood": scores.is_ood[0],
             "layer_errors": scores.layer_errors[0],
+            "evidence": bundle.layer_evidence(entry.result.errors[None])[0] / SCORE_UNIT,
             "raw": entry.kind == DataKind.RAW,
             "model": bundle.manifest["name"],
         }
         for name, value in row.items():
             self.columns[name].append(value)
         self.layer_names = [layer["name"] for layer in bundle.manifest["layers"]]
+        self.labels = [{"value": label["value"], "name": label["name"]} for label in bundle.manifest["labels"]]
         self.read_until = entry.input
 
     def save(self) -> None:
         """Rewrite the file atomically."""
         if not self.columns["x"]:
             return
-        arrays = {name: np.stack(self.columns[name]) for name in ("x", "probs", "layer_errors")}
+        arrays = {name: np.stack(self.columns[name]).astype(np.float32) for name in ("x", "probs", "layer_errors")}
+        arrays["evidence"] = np.stack(self.columns["evidence"]).astype(np.float32)
         kinds = {"input": np.int64, "session": np.uint32, "timestamp_ms": np.int64, "pred": np.int64}
         kinds.update(ood_score=np.float32, is_ood=bool, raw=bool)
         arrays.update({name: np.asarray(self.columns[name], dtype) for name, dtype in kinds.items()})
         arrays["model"] = np.asarray(self.columns["model"], dtype=str)
         arrays["layer_names"] = np.asarray(self.layer_names, dtype=str)
+        arrays["model_label_values"] = np.asarray([label["value"] for label in self.labels], np.int64)
+        arrays["model_label_names"] = np.asarray([label["name"] for label in self.labels], dtype=str)
         arrays.update(read_session=np.uint32(self.session), read_until=np.int64(self.read_until))
         arrays["lost"] = np.int64(self.lost)
         buffer = io.BytesIO()
