@@ -83,11 +83,16 @@ def cli(debug: bool) -> None:
     """
 
 
-TRAIN_EXAMPLE = "Example: edgefp train --data motions.npz:train --out run/ --seed 1"
+TRAIN_EXAMPLE = "Example: edgefp train --data digits:train:0-4 --data field.reviewed.npz --out run/ --seed 1"
 
 
 @cli.command(epilog=TRAIN_EXAMPLE)
-@click.option("--data", required=True, help="Labelled training data: FILE.npz[:train|test][:CLASSES] or digits.")
+@click.option(
+    "--data",
+    required=True,
+    multiple=True,
+    help="Labelled training data: FILE.npz[:train|test][:CLASSES] or digits; repeat to train on several.",
+)
 @click.option("--out", required=True, type=click.Path(), help="RUN directory to create.")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Classifier epochs [default: automatic].")
 @SEED_OPTION
@@ -101,10 +106,11 @@ def train(data, out, epochs, seed, layers, fpr, force, as_json):
     Images (H, W, C) get a small CNN, sequences (T, C) a 1-D CNN, vectors an MLP. A fifth of the
     data is held out of all training and calibrates the OOD threshold.
     """
-    from edgefp.data import load
+    from edgefp.data import load_all
     from edgefp.trainer import train as train_run
 
-    fingerprint = train_run(load(data, require_labels=True), epochs=epochs, seed=seed, layers=_layers(layers), fpr=fpr)
+    dataset = load_all(data, require_labels=True)
+    fingerprint = train_run(dataset, epochs=epochs, seed=seed, layers=_layers(layers), fpr=fpr)
     fingerprint.save(out, force=force)
     _report_run(fingerprint, out, as_json)
 
@@ -223,7 +229,12 @@ def _score_lines(report: dict, source: str, detail: str) -> list[str]:
 
 @cli.command(epilog="Example: edgefp convert run/ --calib digits:train:0-4 --ood digits:test:5-9 --out digits04/")
 @click.argument("run", type=click.Path())
-@click.option("--calib", required=True, help="In-distribution samples that set the int8 ranges (at least 20).")
+@click.option(
+    "--calib",
+    required=True,
+    multiple=True,
+    help="In-distribution samples that set the int8 ranges (at least 20); repeat to use several.",
+)
 @click.option("--out", required=True, type=click.Path(), help="Bundle to write: a directory, or a single FILE.efp.")
 @click.option("--name", default=None, help="Bundle name, C identifier-safe [default: from --out].")
 @click.option("--ood", "ood_spec", default=None, help="Out-of-distribution samples: adds AUROC to the parity report.")
@@ -233,9 +244,10 @@ def convert(run, calib, out, name, ood_spec, force, as_json):
     """Quantise a RUN to an int8 TFLite bundle, recalibrate its OOD threshold on the int8 model, and
     prove the conversion (float vs int8, LiteRT vs TFLite Micro)."""
     from edgefp.converter.convert import convert as convert_run
-    from edgefp.data import load
+    from edgefp.data import load, load_all
 
-    manifest = convert_run(run, load(calib), out, name=name, ood_data=load(ood_spec) if ood_spec else None, force=force)
+    ood_data = load(ood_spec) if ood_spec else None
+    manifest = convert_run(run, load_all(calib), out, name=name, ood_data=ood_data, force=force)
     parity = manifest["parity"]
     report = {key: manifest[key] for key in ("name", "flash_bytes", "tflm_arena_bytes", "ops", "parity")}
     report.update(bundle=out, threshold=manifest["score"]["threshold"])
@@ -974,22 +986,35 @@ def repo():
     """The model repository: verified bundles with an index of their metadata, for 'edgefp select'."""
 
 
-@repo.command("add", epilog="Example: edgefp repo add digits04.efp --tag task=digits --tag site=lab")
+@repo.command(
+    "add",
+    epilog="Example: edgefp repo add digits045.efp --parent digits04 --data-added field.reviewed.npz --tag task=digits",
+)
 @click.argument("bundle", type=click.Path())
 @click.option("--tag", "tags", multiple=True, help="KEY=VALUE to file the bundle under; repeatable.")
 @click.option("--name", default=None, help="Name in the repository [default: the bundle's own name].")
 @click.option("--force", is_flag=True, help="Replace a bundle of the same name.")
+@click.option("--parent", default=None, help="The bundle of the repository this one was retrained from.")
+@click.option("--data-added", multiple=True, help="Data added to the parent's to train this one; repeatable.")
 @REPO_OPTION
 @JSON_OPTION
-def repo_add(bundle, tags, name, force, repo, as_json):
-    """Verify a bundle and store it (the repository is created when missing)."""
+def repo_add(bundle, tags, name, force, parent, data_added, repo, as_json):
+    """Verify a bundle and store it (the repository is created when missing), with its lineage: the
+    bundle it was retrained from and the data added. Selection prefers a retrained bundle to its
+    parent where both fit."""
     from edgefp.repository import parse_pairs
 
     repository = _repository(repo)
-    entry = repository.add(bundle, parse_pairs(tags, "--tag"), name=name, force=force)
+    entry = repository.add(
+        bundle, parse_pairs(tags, "--tag"), name=name, force=force, parent=parent, data_added=data_added
+    )
     report = {"repo": repository.root, **entry.as_dict()}
     shape = "x".join(str(n) for n in entry.input_shape)
-    _emit(report, as_json, [f"added {entry.name} ({shape}, {len(entry.labels)} labels) to {repository.root}"])
+    lines = [f"added {entry.name} ({shape}, {len(entry.labels)} labels) to {repository.root}"]
+    if entry.lineage:
+        added = ", ".join(f"{item['data']} ({item['samples']} samples)" for item in entry.lineage["data_added"])
+        lines.append(f"  retrained from {entry.parent or '-'} with {added or 'no data recorded'}")
+    _emit(report, as_json, lines)
 
 
 @repo.command("list", epilog="Example: edgefp repo list --where task=digits")
@@ -1002,11 +1027,12 @@ def repo_list(where, repo, as_json):
 
     repository = _repository(repo)
     entries = repository.entries(parse_pairs(where, "--where"))
-    lines = [f"{'name':20} {'input':10} {'labels':>6} {'created':26} tags"]
+    lines = [f"{'name':20} {'input':10} {'labels':>6} {'created':26} {'parent':16} tags"]
     for entry in entries:
         tags = " ".join(f"{key}={value}" for key, value in entry.tags.items())
         shape = "x".join(str(n) for n in entry.input_shape)
-        lines.append(f"{entry.name:20} {shape:10} {len(entry.labels):>6} {entry.created or '-':26} {tags}")
+        row = f"{entry.name:20} {shape:10} {len(entry.labels):>6} {entry.created or '-':26} {entry.parent or '-':16}"
+        lines.append(f"{row} {tags}")
     if not entries:
         lines = [f"no bundles in {repository.root}" + (" match --where" if where else "")]
     _emit({"repo": repository.root, "bundles": [entry.as_dict() for entry in entries]}, as_json, lines)

@@ -99,6 +99,36 @@ def load(spec: str, *, require_labels: bool = False) -> Dataset:
     return data
 
 
+def load_all(specs, *, require_labels: bool = False) -> Dataset:
+    """Several data specs as one data set (``edgefp train --data A --data B``): old data plus reviewed
+    samples, say. The samples must have one shape, and labels and class names must agree."""
+    datasets = [load(spec, require_labels=require_labels) for spec in specs]
+    if len(datasets) == 1:
+        return datasets[0]
+    first = datasets[0]
+    for other in datasets[1:]:
+        if other.x.shape[1:] != first.x.shape[1:]:
+            raise EdgefpError(
+                f"{other.name} has samples of {other.x.shape[1:]}, {first.name} of {first.x.shape[1:]}; "
+                "data sets trained on together need one shape"
+            )
+        if (other.y is None) != (first.y is None):
+            raise EdgefpError(f"{first.name} and {other.name}: either both have labels ('y') or neither")
+    names: dict[int, str] = {}
+    for dataset in datasets:
+        present = np.unique(dataset.y) if dataset.y is not None else []
+        for value in map(int, present):
+            name = dataset.label_names.get(value)
+            if name is not None and names.setdefault(value, name) != name:
+                raise EdgefpError(
+                    f"label {value} is '{names[value]}' in one data set and '{name}' in {dataset.name}; "
+                    "give one class one label"
+                )
+    y = None if first.y is None else np.concatenate([dataset.y for dataset in datasets])
+    x = np.concatenate([dataset.x for dataset in datasets])
+    return Dataset(x, y, " + ".join(dataset.name for dataset in datasets), names)
+
+
 def _load_digits(split: str | None):
     try:
         from sklearn.datasets import load_digits

@@ -3,9 +3,9 @@
 Layout (docs/selection.md)::
 
     REPO/
-      index.sqlite            name, sha256, path, created, added, input shape, labels, layers; tags
+      index.sqlite            name, sha256, path, created, added, input shape, labels, layers; tags; lineage
       bundles/<sha256>.efp    each bundle as a single archive, named by the SHA-256 of its bytes
-      bundles/<sha256>.json   what is not in the bundle itself: the repository name and the tags
+      bundles/<sha256>.json   what is not in the bundle itself: the repository name, the tags, the lineage
 
 The archives and their ``.json`` sidecars are the truth; the index only makes listing and filtering
 fast and can always be rebuilt from them (:meth:`Repository.reindex`). Every file is written to a
@@ -22,6 +22,8 @@ import re
 import sqlite3
 import tempfile
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from edgefp.bundle import ARCHIVE_SUFFIX, Bundle, sha256
 from edgefp.errors import EdgefpError
@@ -41,6 +43,12 @@ CREATE TABLE bundles (
 CREATE TABLE tags (
     name TEXT NOT NULL REFERENCES bundles(name) ON DELETE CASCADE, key TEXT NOT NULL, value TEXT NOT NULL,
     PRIMARY KEY (name, key)
+);
+"""
+_LINEAGE = """
+CREATE TABLE IF NOT EXISTS lineage (
+    name TEXT PRIMARY KEY REFERENCES bundles(name) ON DELETE CASCADE, parent TEXT, parent_sha256 TEXT,
+    data_added TEXT NOT NULL
 );
 """
 
@@ -80,6 +88,11 @@ class Entry:
     target_fpr: float | None
     bytes: int
     tags: dict[str, str] = field(default_factory=dict)
+    lineage: dict | None = None  # parent (name, sha256) and data_added (file, sha256, samples, classes)
+
+    @property
+    def parent(self) -> str | None:
+        return (self.lineage or {}).get("parent")
 
     def as_dict(self) -> dict:
         report = dict(self.__dict__)
@@ -133,6 +146,7 @@ class Repository:
         try:
             connection = sqlite3.connect(path or self.index_path, isolation_level=None, timeout=30)
             connection.execute("PRAGMA foreign_keys = ON")
+            connection.executescript(_LINEAGE)  # indexes written before lineage was kept gain the table
         except sqlite3.Error as exc:
             raise EdgefpError(f"{path or self.index_path}: cannot open the index ({exc})") from None
         return connection
@@ -185,6 +199,12 @@ class Repository:
         connection.executemany(
             "INSERT INTO tags VALUES (?, ?, ?)", [(entry.name, key, value) for key, value in entry.tags.items()]
         )
+        if entry.lineage:
+            lineage = entry.lineage
+            connection.execute(
+                "INSERT INTO lineage VALUES (?, ?, ?, ?)",
+                (entry.name, lineage.get("parent"), lineage.get("parent_sha256"), json.dumps(lineage["data_added"])),
+            )
 
     def entries(self, where: dict[str, str] | None = None) -> list[Entry]:
         """Every indexed bundle (those matching ``where`` on tags or ``name``), by name."""
@@ -195,6 +215,10 @@ class Repository:
             tags: dict[str, dict[str, str]] = {}
             for name, key, value in connection.execute("SELECT name, key, value FROM tags ORDER BY key"):
                 tags.setdefault(name, {})[key] = value
+            lineage = {
+                name: {"parent": parent, "parent_sha256": digest, "data_added": json.loads(added)}
+                for name, parent, digest, added in connection.execute("SELECT * FROM lineage")
+            }
         except sqlite3.Error as exc:
             raise EdgefpError(f"{self.index_path}: unreadable index ({exc}); run 'edgefp repo reindex'") from None
         finally:
@@ -204,7 +228,7 @@ class Repository:
             entry = Entry(
                 name, digest, path, created, added, tuple(json.loads(shape)), json.loads(labels), layers, fpr, size
             )
-            entry.tags = tags.get(name, {})
+            entry.tags, entry.lineage = tags.get(name, {}), lineage.get(name)
             if entry.matches(where or {}):
                 found.append(entry)
         return found
@@ -213,8 +237,19 @@ class Repository:
         return os.path.join(self.root, entry.path)
 
     # ------------------------------------------------------------------------------ commands
-    def add(self, source: str, tags: dict[str, str] | None = None, *, name: str | None = None, force=False) -> Entry:
-        """Verify the bundle at ``source`` (directory or archive) and store it; create the repository if needed."""
+    def add(
+        self,
+        source: str,
+        tags: dict[str, str] | None = None,
+        *,
+        name: str | None = None,
+        force=False,
+        parent: str | None = None,
+        data_added: list[str] = (),
+    ) -> Entry:
+        """Verify the bundle at ``source`` (directory or archive) and store it; create the repository if needed.
+        ``parent`` (a bundle of the repository) and ``data_added`` (data files) record where it comes from:
+        the model it was retrained from and the data that was added for it."""
         bundle = Bundle.load(source)
         name = name or bundle.manifest.get("name")
         if not name or not NAME_RE.match(name):
@@ -231,10 +266,12 @@ class Repository:
             raise EdgefpError(f"{source}: this bundle is already in the repository as '{same[0]}'")
         if name in existing and not force:
             raise EdgefpError(f"'{name}' is already in the repository; pass --force to replace it, or give --name")
+        lineage = self._lineage(existing, name, parent, data_added) if parent or data_added else None
         path = os.path.join(BUNDLES, digest + ARCHIVE_SUFFIX)
         entry = _entry_from_bundle(bundle, name, digest, path, len(archive), _now(), tags or {})
+        entry.lineage = lineage
         write_file_atomic(os.path.join(self.root, path), archive)
-        meta = {"name": name, "tags": entry.tags, "added": entry.added}
+        meta = {"name": name, "tags": entry.tags, "added": entry.added, "lineage": lineage}
         write_file_atomic(self._sidecar(digest), json.dumps(meta).encode())
         connection = self._connect()
         try:
@@ -250,6 +287,34 @@ class Repository:
         if old and old[0] != digest:
             self._delete_files(old[0])
         return entry
+
+    @staticmethod
+    def _lineage(existing: dict[str, Entry], name: str, parent: str | None, data_added) -> dict:
+        """The lineage of a bundle added as ``name``: its parent in the repository and the data added."""
+        from edgefp import data
+
+        if parent is not None and parent not in existing:
+            names = ", ".join(existing) or "none"
+            raise EdgefpError(f"no bundle '{parent}' in the repository to be the parent (it holds: {names})")
+        if parent == name:
+            raise EdgefpError(f"'{name}' cannot be its own parent; add the retrained bundle under a new name")
+        added = []
+        for spec in data_added:
+            dataset, source = data.load(spec), data.parse_spec(spec)[0]
+            digest = None  # a built-in set has no file of its own
+            if os.path.isfile(source):
+                with open(source, "rb") as handle:
+                    digest = sha256(handle.read())
+            classes = {}
+            for value in np.unique(dataset.y) if dataset.y is not None else []:
+                label = dataset.label_names.get(int(value), str(int(value)))
+                classes[label] = int(np.sum(dataset.y == value))
+            added.append({"data": spec, "sha256": digest, "samples": len(dataset), "classes": classes})
+        return {
+            "parent": parent,
+            "parent_sha256": existing[parent].sha256 if parent else None,
+            "data_added": added,
+        }
 
     def remove(self, name: str) -> Entry:
         """Take a bundle out of the index, then delete its files."""
@@ -294,6 +359,7 @@ class Repository:
                     bundle, name, digest, os.path.join(BUNDLES, file_name), len(content), meta.get("added"),
                     meta.get("tags", {}),
                 )  # fmt: skip
+                entry.lineage = meta.get("lineage")
             except (EdgefpError, OSError, KeyError, TypeError, ValueError) as exc:
                 skipped.append(f"skipped {file_name}: {exc}")
                 continue

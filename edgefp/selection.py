@@ -10,7 +10,9 @@
    layers). Candidates rank by that score, lowest first.
 3. Verdict: the best candidate fits when its match score is at most 1 and the share of target samples
    it flags as OOD is within what in-distribution data shows by chance, given the target's size and
-   the number of held-out samples its threshold was set on; otherwise ``no suitable model``.
+   the number of held-out samples its threshold was set on; otherwise ``no suitable model``. Among the
+   candidates that fit, one retrained from another (its lineage in the repository) ranks before it:
+   it knows what its parent knows and what was added.
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ class Match:
     mean_confidence: float
     fits: bool
     tags: dict
+    superseded_by: str | None = None  # a bundle retrained from this one that fits too
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -147,6 +150,21 @@ def candidates(repo: Repository, sample_shape: tuple[int, ...], where: dict[str,
     return fitting
 
 
+def _prefer_descendants(matches: list[Match], parents: dict[str, str | None]) -> None:
+    """Mark each fitting match that a fitting descendant (retrained from it, directly or not) supersedes."""
+
+    def ancestors(name: str) -> set[str]:
+        found: set[str] = set()
+        while parents.get(name) and parents[name] not in found:
+            name = parents[name]
+            found.add(name)
+        return found
+
+    fitting = sorted((found for found in matches if found.fits), key=lambda found: found.match_score)
+    for found in fitting:
+        found.superseded_by = next((d.name for d in fitting if found.name in ancestors(d.name)), None)
+
+
 def select(repo: Repository, x: np.ndarray, *, where: dict[str, str] | None = None, runtime: str = "litert") -> dict:
     """Rank every fitting bundle by how well ``x`` matches its fingerprint; say which one to use, if any.
 
@@ -168,7 +186,10 @@ def select(repo: Repository, x: np.ndarray, *, where: dict[str, str] | None = No
         raise EdgefpError(
             f"none of the {len(skipped)} candidate bundles verifies ({skipped[0]['reason']}); run 'edgefp repo reindex'"
         )
-    matches.sort(key=lambda found: (not found.fits, found.match_score, found.ood_share))
+    _prefer_descendants(matches, {entry.name: entry.parent for entry in repo.entries()})
+    matches.sort(
+        key=lambda found: (not found.fits, found.superseded_by is not None, found.match_score, found.ood_share)
+    )
     best = matches[0]
     return {
         "repo": repo.root,

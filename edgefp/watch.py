@@ -90,7 +90,7 @@ def decide(device, repo: Repository, samples: list[dict], *, where: dict | None 
         report = selection.select(repo, x, where=where)
     except EdgefpError as exc:
         return {**event, "decision": NO_MATCH, "reason": str(exc)}
-    keys = ("name", "match_score", "ood_share", "ood_tolerance", "fits")
+    keys = ("name", "match_score", "ood_share", "ood_tolerance", "fits", "superseded_by")
     event["candidates"] = [{key: found[key] for key in keys} for found in report["candidates"]]
     event["skipped"] = report["skipped"]
     if report["selected"] is None:
