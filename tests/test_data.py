@@ -129,3 +129,23 @@ def test_huge_class_ranges_filter_without_listing_every_label():
     assert set(data.load("digits:test:3,7-2147483647").y) == {3, 7, 8, 9}
     with pytest.raises(EdgefpError, match="class 2147483648 is beyond the largest label"):
         data.load("digits:test:2147483648")
+
+
+def test_several_data_sets_load_as_one(tmp_path):
+    reviewed = str(tmp_path / "reviewed.npz")
+    np.savez(reviewed, x=np.ones((3, 8, 8, 1), np.float32), y=np.array([5, 5, 2]), labels=[*"01234", "five"])
+    both = data.load_all(["digits:train:0-4", reviewed], require_labels=True)
+    assert len(both) == len(data.load("digits:train:0-4")) + 3 and both.label_names[5] == "five"
+    assert both.label_names[2] == "2" and both.name == f"digits:train:0-4 + {reviewed}"
+    renamed = str(tmp_path / "renamed.npz")
+    np.savez(renamed, x=np.ones((3, 8, 8, 1), np.float32), y=np.array([2, 2, 2]), labels=["a", "b", "two"])
+    with pytest.raises(EdgefpError, match="label 2 is '2' in one data set and 'two' in"):
+        data.load_all(["digits:train:0-4", renamed])
+    flat = str(tmp_path / "flat.npz")
+    np.savez(flat, x=np.ones((3, 64), np.float32), y=np.array([1, 1, 1]))
+    with pytest.raises(EdgefpError, match="need one shape"):
+        data.load_all(["digits:train:0-4", flat])
+    unlabelled = str(tmp_path / "unlabelled.npz")
+    np.savez(unlabelled, x=np.ones((3, 8, 8, 1), np.float32))
+    with pytest.raises(EdgefpError, match="both have labels"):
+        data.load_all(["digits:train:0-4", unlabelled])

@@ -105,3 +105,30 @@ def test_cli_repo_commands(two_bundles, tmp_path, monkeypatch):
     assert "removed other" in runner.invoke(cli, ["repo", "remove", "other"]).output
     reindexed = json.loads(runner.invoke(cli, ["repo", "reindex", "--json"]).output)
     assert reindexed["bundles"] == ["digits04"] and reindexed["warnings"] == []
+
+
+def test_lineage_is_recorded_kept_by_reindex_and_checked(two_bundles, tmp_path):
+    import sqlite3
+
+    import numpy as np
+
+    first, second = two_bundles
+    added = str(tmp_path / "reviewed.npz")
+    np.savez(added, x=np.zeros((6, 8, 8, 1), np.float32), y=np.array([5, 5, 5, 5, 1, 1]), labels=list("012345"))
+    repo = Repository(str(tmp_path / "repo"))
+    repo.add(first)
+    with pytest.raises(EdgefpError, match="no bundle 'nothing' in the repository to be the parent"):
+        repo.add(second, parent="nothing")
+    child = repo.add(second, parent="digits04", data_added=[added, "digits:train:0"])
+    assert child.parent == "digits04" and child.lineage["parent_sha256"] == repo.entries()[0].sha256
+    assert child.lineage["data_added"][0]["classes"] == {"1": 2, "5": 4}
+    assert child.lineage["data_added"][1]["sha256"] is None  # a built-in set: no file of its own
+    assert [e.lineage for e in repo.entries()] == [None, child.lineage]
+    os.remove(repo.index_path)
+    repo.reindex()
+    assert [e.parent for e in repo.entries()] == [None, "digits04"]
+    with sqlite3.connect(repo.index_path) as connection:  # an index written before lineage was kept
+        connection.execute("DROP TABLE lineage")
+    assert [e.parent for e in repo.entries()] == [None, None]
+    listed = CliRunner().invoke(cli, ["repo", "list", "--repo", repo.root])
+    assert listed.exit_code == 0 and "parent" in listed.output
