@@ -2,7 +2,9 @@
 for the native build, the second UART under QEMU) are preprocessed, quantised and classified on the
 chip byte for byte as host scoring does, counted, logged for READ_LOG, evented and recorded."""
 
+import ctypes
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -107,3 +109,28 @@ def test_the_qemu_chip_runs_a_live_drifting_sensor(tmp_path, digits_bundle):
     with np.load(out) as got:
         assert got["is_ood"].all() and got["raw"].all() and (got["input"] > 60).all()
         np.testing.assert_array_equal(got["x"], drifted[got["input"] - 1])
+        host = Bundle.load(digits_bundle[1]).score(got["x"], "tflm")  # the Cortex-M4 quantised it as the host does
+        for key in ("pred", "probs", "ood_score", "layer_errors"):
+            np.testing.assert_array_equal(got[key], getattr(host, key).astype(got[key].dtype), err_msg=key)
+
+
+def test_the_firmware_reads_manifest_numbers_as_the_host_does(tmp_path):
+    """Every float32 (the preprocessing and scales a manifest holds) written as Python's json writes it is
+    read back bit for bit, and so is the float32 nearest to arbitrary doubles; malformed numbers refused."""
+    source = firmware.SOURCE / "src"
+    library = tmp_path / "bundle_shim.so"
+    shim = os.path.join(os.path.dirname(__file__), "c", "bundle_shim.c")
+    flags = ["-std=c99", "-O2", "-fPIC", "-shared", "-I", str(source)]
+    subprocess.run(["gcc", *flags, shim, str(source / "sha256.c"), "-o", str(library)], check=True)
+    real = ctypes.CDLL(str(library)).shim_real
+    rng = np.random.default_rng(0)
+    magnitudes = 10.0 ** rng.integers(-44, 38, 6000)
+    floats = np.concatenate([rng.normal(size=6000), rng.normal(size=6000) * magnitudes]).astype(np.float32)
+    doubles = rng.normal(size=6000) * 10.0 ** rng.integers(-30, 30, 6000)
+    out = ctypes.c_float()
+    for value in [*floats[np.isfinite(floats)].tolist(), *doubles.tolist(), 0.1, -0.0, 1e-45, 3.4028234663852886e38]:
+        text = json.dumps(value).encode()
+        assert real(text, len(text), ctypes.byref(out)) == 1, text
+        assert np.float32(out.value).view(np.uint32) == np.float32(value).view(np.uint32), text
+    for text in (b"", b"-", b".", b"1e", b"1e+", b"1.2.3", b"0x10", b"1e999", b"nan", b"--1", b"1 "):
+        assert real(text, len(text), ctypes.byref(out)) == 0, text

@@ -110,7 +110,13 @@ def test_record_survives_a_cut_link_without_losing_or_repeating_a_sample(tmp_pat
 def test_a_killed_recorder_continues_where_its_file_ends(tmp_path, bundle, x_mixed):
     agent = active_agent(tmp_path / "agent", bundle)
     flagged = np.flatnonzero(bundle.score(x_mixed, "litert").is_ood) + 1
-    sensor = threading.Thread(target=lambda: [agent.classify(w) for w in x_mixed if not time.sleep(0.025)])
+
+    def sense():
+        for window in x_mixed:
+            agent.classify(window)
+            time.sleep(0.025)
+
+    sensor = threading.Thread(target=sense)
     out = tmp_path / "ood.npz"
     with serving(agent, "tcp") as url:
         args = [sys.executable, "-m", "edgefp", "record", "--port", url, "--out", str(out), "--ood-only"]

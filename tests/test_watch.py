@@ -104,7 +104,7 @@ def test_drift_on_the_c_firmware_deploys_the_inverted_model(repo, digits_bundle)
 
 
 @pytest.mark.skipif(not firmware.can_emulate(), reason="needs arm-none-eabi-gcc and qemu-system-arm")
-def test_watch_redeploys_the_qemu_chip_when_its_sensor_drifts(repo):
+def test_watch_redeploys_the_qemu_chip_when_its_sensor_drifts(repo, tmp_path):
     """The emulated Cortex-M4 on its own drifting sensor: watch sees the OOD rate rise, deploys the
     inverted model over the UART, and the chip's OOD rate falls."""
     args = [sys.executable, "-m", "edgefp", "sim", "--profile", "qemu-m4", "--feed", "digits:test:0-4", "--rate", "50"]
@@ -113,7 +113,8 @@ def test_watch_redeploys_the_qemu_chip_when_its_sensor_drifts(repo):
         url = sim.stdout.readline().strip()
         plain = next(entry for entry in repo.entries() if entry.name == "digits04")
         assert edgefp("flash", repo.archive_path(plain), "--port", url).returncode == 0
-        watched = edgefp("watch", "--port", url, "--repo", repo.root, "--window", "40", "--once", "--interval", "0.3")
+        options = ("--window", "40", "--once", "--interval", "0.3", "--events", str(tmp_path / "events.jsonl"))
+        watched = edgefp("watch", "--port", url, "--repo", repo.root, *options)
         event = json.loads(watched.stdout.splitlines()[-1])
         assert event["decision"] == DEPLOYED and event["model"] == "digits04_inverted", watched.stderr
         after = [json.loads(line) for line in edgefp("monitor", "--port", url, "--count", "40").stdout.splitlines()]

@@ -158,7 +158,7 @@ static long load(int slot)
     }
     size_t fixed = extras_for(b);
     if (fixed > EFP_ARENA_BYTES) {
-        return refuse(DOES_NOT_FIT, "the score tables and OOD buffer do not fit the arena");
+        return refuse(DOES_NOT_FIT, "the score tables and the buffers of the bundle's input do not fit the arena");
     }
     uint8_t *end = arena + EFP_ARENA_BYTES - fixed;
     active.tables = (int32_t *)(void *)end;
@@ -291,7 +291,8 @@ static void observe(const uint8_t *x, const float *raw, const result *r)
         *h = (log_head){seen.inputs + 1, now, r->latency_us, r->score, r->pred, r->ood, raw ? LOG_RAW : LOG_INT8, 0};
         memcpy(log_probs(h), r->probs, b->classes);
         memcpy(log_probs(h) + b->classes, r->errors, b->layers);
-        memcpy(log_data(&active.log, h), raw ? (const void *)raw : (const void *)x, raw ? 4u * b->input_bytes : b->input_bytes);
+        const void *data = raw ? (const void *)raw : (const void *)x;
+        memcpy(log_data(&active.log, h), data, raw ? sizeof(float) * b->input_bytes : b->input_bytes);
     }
     seen.inputs += 1;
     seen.ood += r->ood;
@@ -898,7 +899,8 @@ int app_sense(void)
 #if EFP_SENSOR_HZ
     last_us = board_time_us();
 #endif
-    return efp_classify(active.window, values, &verdict) != EFP_NO_MODEL;
+    efp_classify(active.window, values, &verdict); /* a window of NaN is dropped as it came */
+    return 1;
 }
 
 int app_poll(void)

@@ -15,7 +15,7 @@ void app_receive(const uint8_t *data, size_t len);
 int app_poll(void);
 
 /* Standalone mode: when the board's sensor has a window (board_sensor_read), classify it (efp.h); 1 when
- * one was classified. */
+ * a window came. */
 int app_sense(void);
 
 #endif

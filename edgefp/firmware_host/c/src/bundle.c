@@ -411,44 +411,39 @@ int bundle_tables(const bundle_info *b, int32_t *tables)
 static int real(span v, float *out)
 {
     const char *p = v.p;
-    int negative = p < v.end && *p == '-', digits = 0, any = 0, exponent = 0;
-    uint64_t mantissa = 0;
-    for (p += negative; p < v.end && *p >= '0' && *p <= '9'; ++p, any = 1) {
-        if (digits < 19) {
-            mantissa = mantissa * 10 + (uint64_t)(*p - '0');
-            digits += mantissa != 0;
+    int negative = p < v.end && *p == '-', digits = 0, fraction = -1, exponent = 0;
+    double x = 0.0, power = 1.0, ten = 10.0;
+    for (p += negative; p < v.end; ++p) {
+        if (*p >= '0' && *p <= '9') {
+            x = x * 10.0 + (*p - '0');
+            ++digits;
+            fraction += fraction >= 0;
+        } else if (*p == '.' && fraction < 0) {
+            fraction = 0;
         } else {
-            ++exponent;
+            break;
         }
     }
-    if (p < v.end && *p == '.') {
-        for (++p; p < v.end && *p >= '0' && *p <= '9'; ++p, any = 1) {
-            if (digits < 19) {
-                mantissa = mantissa * 10 + (uint64_t)(*p - '0');
-                digits += mantissa != 0;
-                --exponent;
-            }
+    if (p < v.end && (*p == 'e' || *p == 'E') && digits) {
+        int sign = ++p < v.end && *p == '-' ? -1 : 1, any = 0;
+        for (p += p < v.end && (*p == '-' || *p == '+'); p < v.end && *p >= '0' && *p <= '9'; ++p, any = 1) {
+            exponent = exponent < 1000 ? exponent * 10 + (*p - '0') : exponent;
         }
+        exponent *= sign;
+        digits *= any;
     }
-    if (p < v.end && (*p == 'e' || *p == 'E')) {
-        int sign = ++p < v.end && *p == '-' ? -1 : 1, e = 0;
-        p += p < v.end && (*p == '-' || *p == '+');
-        for (any = any && p < v.end; p < v.end && *p >= '0' && *p <= '9'; ++p) {
-            e = e < 1000 ? e * 10 + (*p - '0') : e;
-        }
-        exponent += sign * e;
-    }
-    if (!any || p != v.end) {
+    if (!digits || p != v.end) {
         return 0;
     }
-    double power = 1.0, ten = 10.0, x = (double)mantissa;
+    exponent -= fraction > 0 ? fraction : 0;
     for (int e = exponent < 0 ? -exponent : exponent; e; e >>= 1, ten *= ten) {
         power *= e & 1 ? ten : 1.0;
     }
     x = exponent < 0 ? x / power : x * power;
-    if (!(x <= 3.4028234663852886e38)) { /* beyond float: no manifest holds it */
+    if (!(x < 3.4028235677973366e38)) { /* rounds beyond the largest float: no manifest holds it */
         return 0;
     }
+    x = x > 3.4028234663852886e38 ? 3.4028234663852886e38 : x;
     *out = (float)(negative ? -x : x);
     return 1;
 }
