@@ -30,9 +30,8 @@ from edgefp.ood import SCORE_UNIT
 SAVE_EVERY_S = 1.0
 POLL_S = 0.05
 RETRY_S = 1.0
-COLUMNS = ("x", "input", "session", "timestamp_ms", "pred", "probs", "ood_score", "is_ood", "layer_errors", "evidence")
-COLUMNS += ("raw",)
-TEXT_COLUMNS = ("model",)
+COLUMNS = ("x", "input", "session", "timestamp_ms", "pred", "probs", "ood_score", "is_ood", "layer_errors")
+COLUMNS += ("evidence", "raw", "model")
 
 
 @dataclass
@@ -40,7 +39,7 @@ class Recording:
     """The samples recorded so far, and where reading stopped."""
 
     path: str
-    columns: dict[str, list] = field(default_factory=lambda: {name: [] for name in COLUMNS + TEXT_COLUMNS})
+    columns: dict[str, list] = field(default_factory=lambda: {name: [] for name in COLUMNS})
     session: int | None = None
     read_until: int = 0  # the last input number read (or skipped as not flagged) in ``session``
     layer_names: list[str] = field(default_factory=list)
@@ -59,7 +58,7 @@ class Recording:
         try:
             with np.load(path, allow_pickle=False) as npz:
                 arrays = {key: npz[key] for key in npz.files}
-            for name in COLUMNS + TEXT_COLUMNS:
+            for name in COLUMNS:
                 recording.columns[name] = list(arrays[name])
             recording.session, recording.read_until = int(arrays["read_session"]), int(arrays["read_until"])
             recording.layer_names = [str(name) for name in arrays["layer_names"]]
