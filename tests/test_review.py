@@ -199,3 +199,12 @@ def test_the_server_answers_only_this_machine_and_refuses_bad_labels(field, digi
     result = edgefp("review", path, "--bundle", digits_bundle[1], "--export", str(tmp_path / "t.npz"), "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["classes"] == {"4": 1}
+    again = edgefp("review", path, "--export", str(tmp_path / "t.npz"))  # an earlier export of this data: replaced
+    assert again.returncode == 0, again.stderr
+    other = str(tmp_path / "other.npz")
+    np.savez(other, x=np.zeros((2, 8, 8, 1), np.float32), y=np.zeros(2, np.int64))
+    for foreign in (path, other):  # the data itself, a file edgefp did not export
+        before = open(foreign, "rb").read()
+        refused = edgefp("review", path, "--export", foreign)
+        assert refused.returncode == 2 and refused.stderr.startswith("edgefp: error: "), refused.stderr
+        assert "not a training file exported from" in refused.stderr and open(foreign, "rb").read() == before

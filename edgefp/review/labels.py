@@ -16,6 +16,7 @@ import io
 import json
 import os
 import threading
+import zipfile
 
 import numpy as np
 
@@ -28,6 +29,15 @@ NAME_MAX = 64
 
 def default_path(data_path: str) -> str:
     return os.path.splitext(data_path)[0] + ".labels.json"
+
+
+def is_export_of(path: str, digest: str) -> bool:
+    """Whether ``path`` is a training file a review of the data with SHA-256 ``digest`` exported."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return "reviewed_from" in npz.files and str(npz["reviewed_from"]) == digest
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return False
 
 
 def _now() -> str:
@@ -122,8 +132,14 @@ class LabelStore:
         return found
 
     def export(self, out: str) -> dict:
-        """Write the samples labelled with a class as a training file: ``x``, ``y`` and ``labels`` (the
-        class names, indexed by label value)."""
+        """Write the samples labelled with a class as a training file: ``x``, ``y``, ``labels`` (the
+        class names, indexed by label value) and ``reviewed_from`` (the data's SHA-256). An existing
+        ``out`` is replaced only when it is such a file, exported from the same data."""
+        if os.path.lexists(out) and not is_export_of(out, self.queue.digest):
+            raise EdgefpError(
+                f"{out} exists and is not a training file exported from {self.queue.path}; choose another export "
+                "path, or remove it yourself"
+            )
         with self.lock:
             index = {sample_id: i for i, sample_id in enumerate(self.queue.ids)}
             chosen = [(index.get(key), label.get("value")) for key, label in self.labels.items()]
@@ -135,7 +151,8 @@ class LabelStore:
             y = np.asarray([value for _, value in chosen], np.int64)
             label_names = np.asarray([names.get(v, str(v)) for v in range(int(y.max()) + 1)], dtype=str)
             buffer = io.BytesIO()
-            np.savez(buffer, x=self.queue.x[[i for i, _ in chosen]].astype(np.float32), y=y, labels=label_names)
+            x = self.queue.x[[i for i, _ in chosen]].astype(np.float32)
+            np.savez(buffer, x=x, y=y, labels=label_names, reviewed_from=np.asarray(self.queue.digest))
             write_file_atomic(out, buffer.getvalue())
         per_class = {str(label_names[v]): int(np.sum(y == v)) for v in np.unique(y)}
         return {"out": out, "samples": len(y), "classes": per_class, "noise": self.counts()["noise"]}
