@@ -6,6 +6,7 @@ import ctypes
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -71,6 +72,9 @@ def test_the_native_chip_classifies_its_sensor_like_the_host(tmp_path, digits_bu
         entries = read_all(device, len(x))
         events = [device.read_event(2.0) for _ in range(len(x))]
         counters, pulled = client.counters(device), client.pull_ood(device)
+        with pytest.raises(client.DeviceError) as refused:  # ood_only is 0 or 1
+            device.request(protocol.Msg.READ_LOG, struct.pack("<IBI", 0, 2, 0))
+    assert refused.value.code == protocol.Err.OUT_OF_RANGE
     assert_chip_scores_like_the_host(entries, x, bundle)
     assert [(e.input, e.ood) for e in events] == [(e.input, e.result.ood) for e in entries]
     flagged = [e for e in entries if e.result.ood]

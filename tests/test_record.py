@@ -3,6 +3,7 @@ recorded once, in order, across a cut link and a killed recorder; raw samples an
 
 import os
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -16,6 +17,7 @@ from edgefp.bundle import Bundle
 from edgefp.errors import EdgefpError
 from edgefp.firmware_host import client, protocol
 from edgefp.firmware_host.agent import Agent, serving
+from edgefp.firmware_host.protocol import Err, Msg
 from edgefp.firmware_host.record import Recording, record
 from tests.test_cli import edgefp
 
@@ -55,7 +57,7 @@ def assert_recorded_exactly(path, x, bundle, inputs):
 
 
 def test_the_log_is_read_by_number_in_pieces_and_by_verdict(tmp_path, bundle, x_mixed):
-    agent = active_agent(tmp_path / "agent", bundle, log_capacity=50, max_frame=200)  # raw windows in 2 pieces
+    agent = active_agent(tmp_path / "agent", bundle, log_capacity=50)
     for window in x_mixed[:80]:
         agent.classify(window)
     flagged = bundle.score(x_mixed[:80], "litert").is_ood
@@ -75,6 +77,19 @@ def test_the_log_is_read_by_number_in_pieces_and_by_verdict(tmp_path, bundle, x_
         client.reset(device)
         page = client.read_log(device, 0)
         assert page.session != session and (page.first, page.seen, page.entry) == (1, 0, None)
+        with pytest.raises(client.DeviceError) as refused:
+            device.request(Msg.READ_LOG, struct.pack("<IBI", 0, 2, 0))
+        assert refused.value.code == Err.OUT_OF_RANGE
+
+
+def test_a_window_larger_than_a_frame_is_read_in_pieces(tmp_path, motions_bundle):
+    """A 100x6 float window (2,400 bytes) through 1,024-byte frames: three pieces, put together exactly."""
+    window = data.load("basic_motions:test").x[3]
+    agent = active_agent(tmp_path / "agent", Bundle.load(motions_bundle), max_frame=1024)
+    agent.classify(window)
+    with serving(agent, "tcp") as url, client.open_device(url) as device:
+        entry = client.read_log(device, 0).entry
+    np.testing.assert_array_equal(np.frombuffer(entry.data, "<f4").reshape(window.shape), window)
 
 
 def test_record_survives_a_cut_link_without_losing_or_repeating_a_sample(tmp_path, bundle, x_mixed):

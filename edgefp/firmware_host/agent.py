@@ -102,7 +102,7 @@ class Agent:
         self._window: collections.deque[bool] = collections.deque(maxlen=self.counters.window)
         self._ood: collections.deque[protocol.OodSample] = collections.deque(maxlen=self.counters.capacity)
         self._log: collections.deque[protocol.LogEntry] = collections.deque(maxlen=log_capacity)
-        self.session = 0
+        self.log_session = 0  # changes whenever input numbers start over
         self._upload: Upload | None = None
         self._verified: tuple[int, Loaded] | None = None  # the last upload verified, ready to activate
         self._last: tuple[tuple[int, int], bytes] | None = None
@@ -185,7 +185,7 @@ class Agent:
         self._window.clear()
         self._ood.clear()
         self._log.clear()
-        self.session = int.from_bytes(os.urandom(4), "little")  # input numbers start over
+        self.log_session = int.from_bytes(os.urandom(4), "little")
 
     # ------------------------------------------------------------------------------- running
     @property
@@ -458,10 +458,12 @@ class Agent:
         return self._ood[index].pack()
 
     def _read_log(self, body: bytes) -> bytes:
-        after, ood_only, offset = protocol.unpack_read_log(body)
+        after, ood_only, offset = protocol.unpack("IBI", body)
+        if ood_only > 1:
+            raise Refusal(Err.OUT_OF_RANGE, f"ood_only must be 0 or 1, not {ood_only}")
         log, seen = self._log, self.counters.inputs
         first = log[0].input if log else seen + 1
-        page = protocol.LogPage(self.session, first, seen, log.maxlen)
+        page = protocol.LogPage(self.log_session, first, seen, log.maxlen)
         start = max(0, after + 1 - first)  # every input is logged, in order: its place is its number
         page.entry = next((e for e in itertools.islice(log, start, None) if e.result.ood or not ood_only), None)
         return page.pack(offset, self._max_body)

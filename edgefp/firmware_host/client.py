@@ -346,6 +346,8 @@ def read_log(device: Device, after: int, ood_only: bool = False) -> protocol.Log
         if more.entry is None or more.entry.input != entry.input or not more.entry.data:
             raise EdgefpError(f"{device.url}: input {entry.input} left the device's log while it was read")
         entry.data += more.entry.data
+    if entry is not None and len(entry.data) != page.total:
+        raise EdgefpError(f"{device.url}: input {entry.input} came with {len(entry.data)} bytes, not {page.total}")
     return page
 
 

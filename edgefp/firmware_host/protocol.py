@@ -371,11 +371,6 @@ def pack_read_log(after: int, ood_only: bool, offset: int = 0) -> bytes:
     return struct.pack("<IBI", after, int(ood_only), offset)
 
 
-def unpack_read_log(body: bytes) -> tuple[int, bool, int]:
-    after, flags, offset = unpack("IBI", body)
-    return after, bool(flags & 1), offset
-
-
 def pack_error(code: Err, request_type: int, message: str) -> bytes:
     return struct.pack("<BB", code, request_type & 0xFF) + message.encode()[:1024]
 

@@ -77,6 +77,9 @@ class Recording:
         """Append the page's entry, scored with the manifest of the bundle that produced it."""
         entry, spec = page.entry, bundle.manifest["input"]
         shape = tuple(spec["shape"])
+        expected = int(np.prod(shape)) * (4 if entry.kind == DataKind.RAW else 1)
+        if len(entry.data) != expected:
+            raise EdgefpError(f"input {entry.input} came with {len(entry.data)} bytes; {shape} needs {expected}")
         if entry.kind == DataKind.RAW:
             x = np.frombuffer(entry.data, "<f4").reshape(shape)
         else:

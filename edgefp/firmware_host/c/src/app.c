@@ -723,10 +723,13 @@ static long on_read_log(const uint8_t *body, size_t len, uint8_t *out)
     if (bad_length(len, 9)) {
         return -1;
     }
+    if (body[4] > 1) {
+        return refuse(OUT_OF_RANGE, "ood_only must be 0 or 1");
+    }
     const sample_log *l = &active.log;
     const bundle_info *b = &active.info;
     uint32_t after = read_u32(body), offset = read_u32(body + 5);
-    const log_head *h = active.slot < 0 ? NULL : log_find(l, seen.inputs, after, body[4] & 1);
+    const log_head *h = active.slot < 0 ? NULL : log_find(l, seen.inputs, after, body[4]);
     uint8_t *w = put(out, seen.session, 4);
     w = put(w, log_first(l, seen.inputs), 4);
     w = put(w, seen.inputs, 4);
