@@ -6,6 +6,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from edgefp.bundle import Bundle
 from edgefp.errors import EdgefpError
 from edgefp.firmware_host import client
 from edgefp.firmware_host.agent import Agent, serving
-from edgefp.firmware_host.samples import SampleClient, SampleServer
+from edgefp.firmware_host.samples import MAX_CONNECTIONS, SampleClient, SampleServer
 from tests.test_cli import edgefp
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "sensors.md"
@@ -67,7 +68,8 @@ def test_the_sample_socket_answers_each_window_with_a_verdict(agent, bundle, tmp
     host = bundle.score(x, "litert")
     with SampleServer(agent, address) as server:
         if kind == "unix":
-            answers = [docs_client(server.address)(window) for window in x]
+            classify = docs_client(server.address)  # one connection for all windows, as the docs' client keeps
+            answers = [classify(window) for window in x]
         else:
             with SampleClient(server.address) as sensor:
                 answers = [sensor.classify(window) for window in x]
@@ -106,6 +108,26 @@ def test_refused_windows_are_answered_and_not_counted(tmp_path, agent):
     with SampleServer(empty, str(tmp_path / "e.sock")) as server, SampleClient(server.address) as sensor:
         with pytest.raises(EdgefpError, match="no bundle is active"):
             sensor.classify(np.zeros(64))
+
+
+def test_connections_beyond_the_cap_are_closed_and_a_freed_place_serves_again(tmp_path, agent):
+    with SampleServer(agent, str(tmp_path / "s.sock")) as server:
+        sensors = [SampleClient(server.address) for _ in range(MAX_CONNECTIONS)]
+        assert all(sensor.classify(np.zeros(64))["input"] for sensor in sensors)
+        with SampleClient(server.address) as extra, pytest.raises(EdgefpError, match="closed the sample socket"):
+            extra.classify(np.zeros(64))
+        sensors.pop().close()
+        deadline = time.monotonic() + 10
+        while True:  # the closed connection's place is given back once its thread ends
+            try:
+                with SampleClient(server.address) as again:
+                    assert again.classify(np.zeros(64))["input"] > MAX_CONNECTIONS
+                break
+            except EdgefpError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        for sensor in sensors:
+            sensor.close()
 
 
 def test_a_simulated_board_takes_windows_on_its_sample_socket(tmp_path, digits_bundle):

@@ -1,6 +1,6 @@
 """The agent's sample socket: the program that owns the sensor hands the agent windows of raw values
 and gets a verdict for each (docs/sensors.md). A Unix domain socket (a path) or TCP on the loopback
-interface (``127.0.0.1:PORT``), any number of connections at once.
+interface (``127.0.0.1:PORT``), up to ``MAX_CONNECTIONS`` connections at once (more are closed at once).
 
 Framing, little-endian::
 
@@ -14,6 +14,7 @@ when flagged, and an event to a subscribed host.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -28,6 +29,7 @@ from edgefp.errors import EdgefpError
 from edgefp.ood import SCORE_UNIT
 
 MAX_VALUES = 1 << 22  # a window of more values is refused and the connection closed
+MAX_CONNECTIONS = 8  # programs connected at once; more are closed at once
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
@@ -84,6 +86,24 @@ class _Handler(socketserver.StreamRequestHandler):
         self.wfile.write(json.dumps(answer).encode() + b"\n")
         self.wfile.flush()
 
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            with self.server.count_lock:
+                self.server.connections -= 1
+
+
+class _Capped:
+    """A socketserver mixin: at most MAX_CONNECTIONS connections at once."""
+
+    def verify_request(self, request, client_address) -> bool:
+        with self.count_lock:
+            if self.connections >= MAX_CONNECTIONS:
+                return False
+            self.connections += 1
+            return True
+
 
 class SampleServer:
     """The sample socket of ``agent`` at ``address``, served from a background thread until closed."""
@@ -92,14 +112,16 @@ class SampleServer:
         family, where = _parse(address)
         if family == socket.AF_UNIX:
             _remove_stale_socket(where)
-            server_class = socketserver.ThreadingUnixStreamServer
+            bases = (_Capped, socketserver.ThreadingUnixStreamServer)
         else:
-            server_class = type("TCPServer", (socketserver.ThreadingTCPServer,), {"address_family": family})
+            bases = (_Capped, socketserver.ThreadingTCPServer)
+        server_class = type("SampleSocketServer", bases, {"address_family": family, "request_queue_size": 64})
         try:
             self.server = server_class(where, _Handler)
         except OSError as exc:
             raise EdgefpError(f"cannot open the sample socket at {address}: {exc.strerror}") from None
         self.server.agent, self.server.daemon_threads = agent, True
+        self.server.count_lock, self.server.connections = threading.Lock(), 0
         bound = self.server.server_address
         self.address = bound if isinstance(bound, str) else f"{bound[0]}:{bound[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, args=(0.1,), daemon=True)
@@ -151,18 +173,24 @@ class SampleClient:
     def classify(self, window) -> dict:
         """Send one window; the answer is a dict (``ood``, ``score``, ``label``...), or EdgefpError."""
         values = np.ascontiguousarray(window, dtype="<f4").ravel()
-        self.stream.write(struct.pack("<I", values.size) + values.tobytes())
-        self.stream.flush()
-        line = self.stream.readline()
+        try:
+            self.stream.write(struct.pack("<I", values.size) + values.tobytes())
+            self.stream.flush()
+            line = self.stream.readline()
+        except OSError as exc:
+            raise EdgefpError(f"the agent closed the sample socket ({exc.strerror or exc})") from None
         if not line:
-            raise EdgefpError("the agent closed the sample socket")
+            raise EdgefpError(
+                f"the agent closed the sample socket (it stopped, or serves {MAX_CONNECTIONS} programs already)"
+            )
         answer = json.loads(line)
         if "error" in answer:
             raise EdgefpError(f"the agent refused the window: {answer['error']}")
         return answer
 
     def close(self) -> None:
-        self.stream.close()
+        with contextlib.suppress(OSError):  # a window the agent did not take any more is dropped
+            self.stream.close()
         self.sock.close()
 
     def __enter__(self) -> SampleClient:
