@@ -158,12 +158,12 @@ static long load(int slot)
     if (status != EFP_OK) {
         return refuse_engine(status);
     }
-    size_t bytes, outputs = efp_engine_output_count(&engine);
-    efp_engine_input(&engine, &bytes);
-    if (bytes != b->input_bytes) {
+    size_t outputs = efp_engine_output_count(&engine);
+    const efp_io *input = efp_engine_input(&engine, 0);
+    if (efp_engine_input_count(&engine) != 1 || input->type != EFP_IO_INT8 || input->bytes != b->input_bytes) {
         return refuse(INVALID_BUNDLE, "the model's input does not have the manifest's shape");
     }
-    if (b->probs_index >= outputs || (efp_engine_output(&engine, b->probs_index, &bytes), bytes != b->classes)) {
+    if (b->probs_index >= outputs || efp_engine_output(&engine, b->probs_index)->bytes != b->classes) {
         return refuse(INVALID_BUNDLE, "the model's probs output does not match the manifest's labels");
     }
     for (uint32_t l = 0; l < b->layers; ++l) {
@@ -229,22 +229,21 @@ static uint32_t now_ms(void)
 static long run(const uint8_t *x, result *r)
 {
     const bundle_info *b = &active.info;
-    size_t bytes;
-    memcpy(efp_engine_input(&engine, &bytes), x, b->input_bytes);
+    memcpy(efp_engine_input(&engine, 0)->data, x, b->input_bytes);
     uint32_t start = board_time_us();
     int status = efp_engine_invoke(&engine);
     r->latency_us = board_time_us() - start;
     if (status != EFP_OK) {
         return refuse(INTERNAL, engine.error);
     }
-    r->probs = efp_engine_output(&engine, b->probs_index, &bytes);
+    r->probs = efp_engine_output(&engine, b->probs_index)->data;
     r->pred = 0;
     for (uint32_t k = 1; k < b->classes; ++k) {
         r->pred = r->probs[k] > r->probs[r->pred] ? (uint8_t)k : r->pred;
     }
     int64_t units = 0;
     for (uint32_t l = 0; l < b->layers; ++l) {
-        r->errors[l] = efp_engine_output(&engine, b->error_index[l], &bytes)[0];
+        r->errors[l] = *(const int8_t *)efp_engine_output(&engine, b->error_index[l])->data;
         units += active.tables[l * 256u + (uint32_t)(r->errors[l] + 128)];
     }
     r->ood = units > b->threshold_units;
@@ -573,8 +572,9 @@ static long on_bench(const uint8_t *body, size_t len, uint8_t *out)
         active.slot = -1;
         return refuse_engine(status);
     }
-    size_t bytes;
-    int8_t *input = efp_engine_input(&engine, &bytes);
+    const efp_io *io = efp_engine_input(&engine, 0);
+    size_t bytes = io->bytes;
+    int8_t *input = io->data;
     uint32_t seed = 0x9E3779B9u; /* a fixed pseudo-random input (xorshift32) */
     for (size_t i = 0; i < bytes; ++i) {
         seed ^= seed << 13;
