@@ -22,7 +22,7 @@ import numpy as np
 from edgefp.errors import EdgefpError
 
 SOURCE = Path(__file__).with_name("c") / "src"
-UNITS = ("engine.c", "plan.c", "fixedpoint.c", "ops.c", "op_*.c")  # the engine; the rest is the firmware
+UNITS = ("engine.c", "plan.c", "fixedpoint.c", "dot.c", "ops.c", "op_*.c")  # the engine; the rest is the firmware
 OK, INVALID_MODEL, UNSUPPORTED, ARENA_TOO_SMALL, EVAL_FAILED = range(5)
 MAX_DIMS = 6
 DTYPES = {0: np.float32, 2: np.int32, 9: np.int8}  # TFLite TensorType -> numpy

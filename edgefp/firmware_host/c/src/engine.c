@@ -10,6 +10,7 @@
 #include "flatbuf.h"
 #include "kernel.h"
 #include "plan.h"
+#include "simd.h"
 
 #define ALIGN sizeof(void *)
 #define CUSTOM 32 /* BuiltinOperator CUSTOM: named by its custom code */
@@ -221,6 +222,107 @@ int efp_padding(efp_prep *c, int same, int32_t in, int32_t k, int32_t s, int32_t
     p = ((out - 1) * s + eff - in) / 2;
     *pad = (int16_t)(p > 0 ? p : 0);
     return 0;
+}
+
+int efp_output_stage_init(efp_prep *c, efp_output_stage *q, const efp_tensor *in, const efp_tensor *w,
+                          const efp_tensor *bias, const efp_tensor *out, int32_t fused, uint32_t qdim)
+{
+    uint32_t channels = (uint32_t)out->dims[out->ndim - 1], n = w->n_scales > 1 ? channels : 1, i;
+    int32_t *mult, st;
+    int8_t *shift;
+    memset(q, 0, sizeof *q);
+    if (bias->idx >= 0 && ((st = efp_expect(c, bias, EFP_INT32)) || bias->count != channels))
+        return st ? st : efp_invalid(c, "tensor shapes do not match");
+    if (w->n_scales != 1 && (w->n_scales != channels || w->qdim != qdim))
+        return efp_unsupported(c, "unsupported filter quantization");
+    if ((st = efp_activation(c, fused, out, &q->lo, &q->hi)))
+        return st;
+    mult = efp_persist(c, 4 * (size_t)n);
+    shift = efp_persist(c, n);
+    if (!mult)
+        return 0;
+    q->small = 1;
+    for (i = 0; i < n; i++) {
+        int32_t s;
+        efp_quantize_multiplier((double)in->scale * (double)efp_scale(c, w, i) / (double)out->scale, &mult[i], &s);
+        shift[i] = (int8_t)s;
+        q->small &= s <= -1 && s >= -22;
+    }
+    q->bias = efp_data(c, bias);
+    q->mult = mult;
+    q->shift = shift;
+    q->offset = out->zp;
+    q->per_channel = n > 1;
+    return 0;
+}
+
+#if EFP_HAS_DSP
+/* The usual output stage (per-channel multipliers below 1/2, bias) over n sums, written out for
+ * the DSP cores: SaturatingRoundingDoublingHighMul(a, m) is SMMULR(2a, m) while 2a fits in int32
+ * (the 64-bit product otherwise), RoundingDivideByPOT as in efp_requantize_small. */
+static void output_small(const int32_t *acc, const int32_t *bias, const int32_t *mult, const int8_t *shift, int8_t *out,
+                         int32_t n, int32_t offset, int32_t lo, int32_t hi)
+{
+    int32_t a, t, m, y;
+    __asm__ volatile("1:\n\t"
+                     "ldr %[a], [%[acc]], #4\n\t"
+                     "ldr %[t], [%[bias]], #4\n\t"
+                     "ldr %[m], [%[mult]], #4\n\t"
+                     "add %[a], %[a], %[t]\n\t"
+                     "adds %[t], %[a], %[a]\n\t"
+                     "bvs 3f\n\t"
+                     "smmulr %[y], %[t], %[m]\n"
+                     "2:\n\t"
+                     "ldrsb %[m], [%[shift]], #1\n\t"
+                     "mvn %[a], %[m]\n\t"
+                     "movs %[t], #1\n\t"
+                     "lsl %[t], %[t], %[a]\n\t"
+                     "sub %[t], %[t], %[y], lsr #31\n\t"
+                     "qadd %[y], %[y], %[t]\n\t"
+                     "rsb %[m], %[m], #0\n\t"
+                     "asr %[y], %[y], %[m]\n\t"
+                     "add %[y], %[y], %[off]\n\t"
+                     "cmp %[y], %[lo]\n\t"
+                     "it lt\n\t"
+                     "movlt %[y], %[lo]\n\t"
+                     "cmp %[y], %[hi]\n\t"
+                     "it gt\n\t"
+                     "movgt %[y], %[hi]\n\t"
+                     "strb %[y], [%[out]], #1\n\t"
+                     "subs %[n], %[n], #1\n\t"
+                     "bne 1b\n\t"
+                     "b 4f\n"
+                     "3:\n\t"
+                     "smull %[t], %[y], %[a], %[m]\n\t"
+                     "adds %[t], %[t], #0x40000000\n\t"
+                     "adc %[y], %[y], #0\n\t"
+                     "lsr %[t], %[t], #31\n\t"
+                     "orr %[y], %[t], %[y], lsl #1\n\t"
+                     "b 2b\n"
+                     "4:"
+                     : [acc] "+r"(acc), [bias] "+r"(bias), [mult] "+r"(mult), [shift] "+r"(shift), [out] "+r"(out),
+                       [n] "+r"(n), [a] "=&r"(a), [t] "=&r"(t), [m] "=&r"(m), [y] "=&r"(y)
+                     : [off] "r"(offset), [lo] "r"(lo), [hi] "r"(hi)
+                     : "cc", "memory");
+}
+#else
+static void output_small(const int32_t *acc, const int32_t *bias, const int32_t *mult, const int8_t *shift, int8_t *out,
+                         int32_t n, int32_t offset, int32_t lo, int32_t hi)
+{
+    for (; n > 0; n--)
+        *out++ = efp_requantize_small(efp_wadd(*acc++, *bias++), *mult++, -*shift++, offset, lo, hi);
+}
+#endif
+
+void efp_output_run(const efp_output_stage *q, const int32_t *acc, int32_t n, int32_t channel, int8_t *out)
+{
+    int32_t i;
+    if (n > 0 && q->small && q->per_channel && q->bias) {
+        output_small(acc, q->bias + channel, q->mult + channel, q->shift + channel, out, n, q->offset, q->lo, q->hi);
+        return;
+    }
+    for (i = 0; i < n; i++)
+        out[i] = efp_to_int8(q, acc[i], channel + i);
 }
 
 /* ---- memory ---- */

@@ -7,8 +7,10 @@
 
 #ifdef __GNUC__
 #define EFP_HOT static inline __attribute__((always_inline)) /* per-element helpers: no calls at -Os */
+#define EFP_LOOP static __attribute__((noinline)) /* inner loops: registers of their own */
 #else
 #define EFP_HOT static inline
+#define EFP_LOOP static
 #endif
 
 /* Wrapping int32 arithmetic (what the C++ kernels do in practice, without C's signed-overflow UB). */
@@ -60,6 +62,34 @@ EFP_HOT int32_t efp_mbqm(int32_t x, int32_t m, int shift)
 static inline int32_t efp_mbqm_any(int32_t x, int32_t m, int shift)
 {
     return efp_rshift(efp_srdhm(efp_wshl(x, shift > 0 ? shift : 0), m), shift > 0 ? 0 : -shift);
+}
+
+/* QADD: a + b saturated to int32 */
+#if defined(__ARM_FEATURE_DSP)
+#include <arm_acle.h>
+EFP_HOT int32_t efp_qadd(int32_t a, int32_t b) { return __qadd(a, b); }
+#else
+EFP_HOT int32_t efp_qadd(int32_t a, int32_t b)
+{
+    int64_t s = (int64_t)a + b;
+    return s > INT32_MAX ? INT32_MAX : s < INT32_MIN ? INT32_MIN : (int32_t)s;
+}
+#endif
+
+/* efp_requantize for a multiplier m < 1/2 (right shift r in 1..22): RoundingDivideByPOT as one
+ * saturating add of the rounding term and a shift. The add saturates only when the exact result
+ * is at least 2^(31 - r) >= 512, where both land on the top of the activation range. */
+EFP_HOT int8_t efp_requantize_small(int32_t acc, int32_t m, int r, int32_t offset, int32_t lo, int32_t hi)
+{
+    int32_t y = efp_srdhm_ns(acc, m), v = efp_wadd(efp_qadd(y, (1 << (r - 1)) - (y < 0)) >> r, offset);
+    return (int8_t)(v < lo ? lo : v > hi ? hi : v);
+}
+
+/* acc (bias included) to int8: multiplier, offset, then the activation range [lo, hi] */
+EFP_HOT int8_t efp_requantize(int32_t acc, int32_t m, int shift, int32_t offset, int32_t lo, int32_t hi)
+{
+    int32_t v = efp_wadd(efp_mbqm(acc, m, shift), offset);
+    return (int8_t)(v < lo ? lo : v > hi ? hi : v);
 }
 
 static inline int32_t efp_half_sum(int32_t a, int32_t b)

@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "engine.h"
+#include "fixedpoint.h"
 
 enum efp_type { EFP_FLOAT32 = EFP_IO_FLOAT32, EFP_INT32 = EFP_IO_INT32, EFP_INT8 = EFP_IO_INT8 };
 
@@ -68,5 +69,35 @@ int efp_activation(efp_prep *p, int32_t fused, const efp_tensor *out, int8_t *lo
 int efp_padding(efp_prep *p, int same, int32_t in, int32_t k, int32_t s, int32_t d, int32_t out, int16_t *pad);
 
 static inline int8_t efp_clamp8(int32_t v, int32_t lo, int32_t hi) { return (int8_t)(v < lo ? lo : v > hi ? hi : v); }
+
+/* The output stage of CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED: bias, requantisation with the
+ * channel's multiplier (TFLite's double rounding), output offset, activation range. Kernels copy it
+ * into a local, so that its fields stay in registers across the stores of their outputs. */
+typedef struct {
+    const int32_t *bias; /* NULL: none */
+    const int32_t *mult;
+    const int8_t *shift;
+    int32_t offset;
+    int8_t lo, hi, per_channel;
+    uint8_t small; /* every multiplier below 1/2, right shifts 1 to 22: efp_requantize_small */
+} efp_output_stage;
+
+/* Checks the bias (int32, one per output channel: the last dimension of out) and the filter's
+ * quantisation (per tensor, or per channel along qdim), computes the multipliers as TFLite does
+ * (input scale x filter scale / output scale, in double) into persistent memory. */
+int efp_output_stage_init(efp_prep *p, efp_output_stage *q, const efp_tensor *in, const efp_tensor *w,
+                          const efp_tensor *bias, const efp_tensor *out, int32_t fused, uint32_t qdim);
+
+/* out[i] = acc[i] of channel + i through the output stage, for i < n. */
+void efp_output_run(const efp_output_stage *q, const int32_t *acc, int32_t n, int32_t channel, int8_t *out);
+EFP_HOT int8_t efp_to_int8(const efp_output_stage *q, int32_t acc, int32_t channel)
+{
+    int32_t c = q->per_channel ? channel : 0;
+    if (q->bias)
+        acc = efp_wadd(acc, q->bias[channel]);
+    if (q->small)
+        return efp_requantize_small(acc, q->mult[c], -q->shift[c], q->offset, q->lo, q->hi);
+    return efp_requantize(acc, q->mult[c], q->shift[c], q->offset, q->lo, q->hi);
+}
 
 #endif

@@ -97,27 +97,35 @@ static void fill(uint8_t *out, int32_t n, int32_t size, int32_t value)
 void efp_eval_pad(const void *params)
 {
     const pad *p = params;
-    int32_t last = p->ndim - 1, row = p->out_dims[last], rows = 1, r, d, sz = p->size;
-    int32_t left = p->left[last], width = p->in_dims[last];
+    int32_t last = p->ndim - 1, row = p->out_dims[last], rows = 1, r, d, sz = p->size, idx[EFP_MAX_DIMS] = {0};
+    int32_t left = p->left[last], width = p->in_dims[last], stride[EFP_MAX_DIMS], off = 0, outside = 0;
     uint8_t *out = p->out;
-    for (d = 0; d < last; d++)
+    for (d = last; d >= 0; d--) /* input strides; the rows start at out index 0 */
+        stride[d] = d == last ? 1 : stride[d + 1] * p->in_dims[d + 1];
+    for (d = 0; d < last; d++) {
         rows *= p->out_dims[d];
+        off -= p->left[d] * stride[d];
+        outside += p->left[d] > 0;
+    }
     for (r = 0; r < rows; r++, out += row * sz) {
-        int32_t rem = r, off = 0, stride = width, inside = 1;
-        for (d = last - 1; d >= 0; d--) { /* the row's coordinates, innermost first */
-            int32_t x = rem % p->out_dims[d] - p->left[d];
-            rem /= p->out_dims[d];
-            inside &= x >= 0 && x < p->in_dims[d];
-            off += x * stride;
-            stride *= p->in_dims[d];
-        }
-        if (!inside) {
+        if (outside) {
             fill(out, row, sz, p->value);
-            continue;
+        } else {
+            fill(out, left, sz, p->value);
+            memcpy(out + left * sz, p->in + (size_t)off * (size_t)sz, (size_t)(width * sz));
+            fill(out + (left + width) * sz, row - left - width, sz, p->value);
         }
-        fill(out, left, sz, p->value);
-        memcpy(out + left * sz, p->in + (size_t)off * (size_t)sz, (size_t)(width * sz));
-        fill(out + (left + width) * sz, row - left - width, sz, p->value);
+        for (d = last - 1; d >= 0; d--) { /* the next row: its coordinates, input offset and whether it pads */
+            int32_t was = idx[d] - p->left[d] >= 0 && idx[d] - p->left[d] < p->in_dims[d];
+            off += stride[d];
+            if (++idx[d] < p->out_dims[d]) {
+                outside += was - (idx[d] - p->left[d] >= 0 && idx[d] - p->left[d] < p->in_dims[d]);
+                break;
+            }
+            off -= stride[d] * p->out_dims[d];
+            idx[d] = 0;
+            outside += was - (p->left[d] == 0);
+        }
     }
 }
 
@@ -159,6 +167,12 @@ int efp_prepare_pad(efp_prep *c)
     q.ndim = in.ndim;
     memcpy(q.in_dims, in.dims, sizeof q.in_dims);
     memcpy(q.out_dims, out.dims, sizeof q.out_dims);
+    while (q.ndim > 1 && in.dims[q.ndim - 1] == out.dims[q.ndim - 1]) { /* unpadded last axes: longer rows */
+        q.ndim--;
+        q.in_dims[q.ndim - 1] *= q.in_dims[q.ndim];
+        q.out_dims[q.ndim - 1] *= q.out_dims[q.ndim];
+        q.left[q.ndim - 1] *= q.in_dims[q.ndim];
+    }
     *p = q;
     return 0;
 }
