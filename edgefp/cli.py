@@ -251,7 +251,9 @@ def inspect(bundle, as_json):
     read = Bundle.read(bundle)
     manifest, problems = read.manifest, read.problems()
     report = {key: manifest.get(key) for key in ("name", "flash_bytes", "tflm_arena_bytes", "ops", "files")}
+    engine_arena, engine_line = _engine_arena(read, problems)
     report.update(
+        engine_arena_bytes=engine_arena,
         input=manifest["input"]["shape"],
         labels=[label["name"] for label in manifest["labels"]],
         layers=[
@@ -266,7 +268,8 @@ def inspect(bundle, as_json):
     lines = [
         f"{bundle}: bundle '{manifest['name']}' (edgefp {manifest.get('edgefp_version')}, {manifest.get('created')})",
         f"  input {report['input']} int8, classes {', '.join(report['labels'])}",
-        f"  model {manifest['flash_bytes']} bytes, TFLite Micro arena {manifest['tflm_arena_bytes']} bytes",
+        f"  model {manifest['flash_bytes']} bytes, TFLite Micro arena {manifest['tflm_arena_bytes']} bytes, "
+        f"{engine_line}",
         f"  ops {', '.join(manifest['ops'])}",
         f"  OOD threshold {report['threshold']:.3f} at {100 * report['target_fpr']:.0f}% false positives; layers:",
     ]
@@ -278,6 +281,21 @@ def inspect(bundle, as_json):
     _emit(report, as_json, lines)
     if problems:
         sys.exit(1)
+
+
+def _engine_arena(read, problems) -> tuple[int | None, str]:
+    """The firmware engine's arena for the bundle's model (measured on this machine), and its line."""
+    from edgefp.firmware_host import engine
+
+    if problems:
+        return None, "firmware engine arena not measured (the files do not verify)"
+    try:
+        needed = engine.arena_needed(read.model_bytes)
+    except engine.EngineError as refused:
+        return None, f"the firmware engine cannot run it ({refused})"
+    except EdgefpError as missing:
+        return None, f"firmware engine arena not measured ({missing})"
+    return needed, f"firmware engine arena {needed} bytes"
 
 
 @cli.command("export-c", epilog="Example: edgefp export-c digits04/ --out firmware/model/")

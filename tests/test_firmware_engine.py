@@ -247,6 +247,7 @@ def op_models():
             x[:, 1:5:2, ::-1, 1],
             tf.concat([x, tf.nn.relu(x)], -1),
             tf.stack([x[:, 0], x[:, 2], x[:, 3]], 2),
+            tf.reduce_max(y, [1, 2]),
         )
 
     def reshaped(x):  # a batch axis of unknown size: SHAPE, STRIDED_SLICE and PACK compute the shape
@@ -440,6 +441,18 @@ def test_too_small_arena_reports_exactly_what_is_needed(op_models):
     assert Engine(model, needed + 8, arena_offset=1).arena_used == needed + 7  # unaligned arena: padding counted
 
 
+def test_inspect_reports_both_arenas(digits_bundle):
+    import json
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "edgefp", "inspect", digits_bundle[1], "--json"], capture_output=True, text=True
+    )
+    report = json.loads(result.stdout)
+    assert 0 < report["engine_arena_bytes"] <= report["tflm_arena_bytes"]
+
+
 def test_elementwise_operators_run_in_place_when_their_input_dies():
     import tensorflow as tf
 
@@ -466,6 +479,20 @@ def sanitized(tmp_path_factory):
     return built
 
 
+@pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None, reason="needs arm-none-eabi-gcc")
+@pytest.mark.parametrize("cpu", ["cortex-m0plus", "cortex-m4", "cortex-m33"])
+def test_firmware_sources_compile_warning_free_for_microcontrollers(cpu, tmp_path):
+    """The portable kernels (Cortex-M0+: no DSP extension) and the DSP ones, with the project's flags."""
+    flags = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-Os", f"-mcpu={cpu}", "-mthumb", "-I", str(efp.SOURCE)]
+    for source in sorted(efp.SOURCE.glob("*.c")):
+        result = subprocess.run(
+            ["arm-none-eabi-gcc", *flags, "-c", str(source), "-o", str(tmp_path / "x.o")],
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 0, result.stderr
+
+
 def _run_sanitized(command: str, model: bytes, samples: bytes, tmp_path) -> tuple[str, bytes]:
     (tmp_path / "model.tflite").write_bytes(model)
     (tmp_path / "samples.bin").write_bytes(samples)
@@ -482,12 +509,21 @@ def _run_sanitized(command: str, model: bytes, samples: bytes, tmp_path) -> tupl
 
 @pytest.mark.parametrize("name", PEERS)
 def test_peer_models_are_clean_under_sanitizers(sanitized, name, tmp_path):
-    model = peer(name)
-    shape = Engine(model).inputs[0].shape[1:]
-    x = np.concatenate([structured_int8(shape)[:3], random_int8(shape, n=2)])
-    expected = tflm_run(model, [x]).tobytes()
+    _check_sanitized(sanitized, peer(name), tmp_path)
+
+
+def test_operator_models_are_clean_under_sanitizers(sanitized, op_models, tmp_path):
+    for name in ("mixed", "dense", "activations", "movement", "reshaped", "two_inputs"):
+        _check_sanitized(sanitized, op_models[name][0], tmp_path)
+
+
+def _check_sanitized(sanitized, model: bytes, tmp_path):
+    engine = Engine(model)
+    inputs = [np.concatenate([structured_int8(t.shape[1:])[:3], random_int8(t.shape[1:], n=2)]) for t in engine.inputs]
+    samples = b"".join(b"".join(x[i].tobytes() for x in inputs) for i in range(len(inputs[0])))
+    expected = tflm_run(model, inputs).tobytes()
     for dsp, command in sanitized.items():
-        status, out = _run_sanitized(command, model, x.tobytes(), tmp_path)
+        status, out = _run_sanitized(command, model, samples, tmp_path)
         assert status.startswith("status 0 ") and out == expected, f"dsp={dsp}: {status}"
 
 

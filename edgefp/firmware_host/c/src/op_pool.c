@@ -1,11 +1,11 @@
-/* AVERAGE_POOL_2D, MAX_POOL_2D and MEAN (int8), TFLite Micro's reference arithmetic. */
+/* AVERAGE_POOL_2D, MAX_POOL_2D, MEAN and REDUCE_MAX (int8), TFLite Micro's reference arithmetic. */
 #include <string.h>
 
 #include "fixedpoint.h"
 #include "kernel.h"
 #include "ops.h"
 
-enum { MAX_POOL_2D = 17 };
+enum { MAX_POOL_2D = 17, REDUCE_MAX = 82 };
 
 typedef struct {
     int8_t act_min, act_max, max;
@@ -17,29 +17,28 @@ typedef struct {
 void efp_eval_pool(const void *params)
 {
     const pool *p = params;
-    int b, oy, ox, c, y, x;
+    int32_t b, oy, ox, c, y, x, C = p->c, row = p->in_w * p->c;
     int8_t *out = p->out;
     for (b = 0; b < p->batches; b++)
         for (oy = 0; oy < p->out_h; oy++)
-            for (ox = 0; ox < p->out_w; ox++)
-                for (c = 0; c < p->c; c++) {
-                    int y0 = oy * p->s_h - p->pad_h, x0 = ox * p->s_w - p->pad_w;
-                    int ys = y0 < 0 ? 0 : y0, ye = y0 + p->f_h > p->in_h ? p->in_h : y0 + p->f_h;
-                    int xs = x0 < 0 ? 0 : x0, xe = x0 + p->f_w > p->in_w ? p->in_w : x0 + p->f_w;
-                    int32_t acc = p->max ? -128 : 0, n = 0;
-                    for (y = ys; y < ye; y++)
-                        for (x = xs; x < xe; x++) {
-                            int32_t v = p->in[((b * p->in_h + y) * p->in_w + x) * p->c + c];
-                            if (p->max)
-                                acc = v > acc ? v : acc;
-                            else
-                                acc = efp_wadd(acc, v);
-                            n++;
-                        }
+            for (ox = 0; ox < p->out_w; ox++) {
+                int32_t y0 = oy * p->s_h - p->pad_h, x0 = ox * p->s_w - p->pad_w;
+                int32_t ys = y0 < 0 ? 0 : y0, ye = y0 + p->f_h > p->in_h ? p->in_h : y0 + p->f_h;
+                int32_t xs = x0 < 0 ? 0 : x0, xe = x0 + p->f_w > p->in_w ? p->in_w : x0 + p->f_w;
+                int32_t n = ye > ys && xe > xs ? (ye - ys) * (xe - xs) : 0;
+                const int8_t *window = p->in + ((b * p->in_h + ys) * p->in_w + xs) * C;
+                for (c = 0; c < C; c++) {
+                    int32_t acc = p->max ? -128 : 0;
+                    for (y = ys; y < ye; y++) {
+                        const int8_t *v = window + (y - ys) * row + c;
+                        for (x = xs; x < xe; x++, v += C)
+                            acc = p->max ? (*v > acc ? *v : acc) : efp_wadd(acc, *v);
+                    }
                     if (!p->max && n)
                         acc = acc > 0 ? (acc + n / 2) / n : (acc - n / 2) / n;
                     *out++ = efp_clamp8(acc, p->act_min, p->act_max);
                 }
+            }
 }
 
 int efp_prepare_pool(efp_prep *c)
@@ -80,7 +79,7 @@ int efp_prepare_pool(efp_prep *c)
 }
 
 typedef struct {
-    uint8_t ndim, reduce_mask;
+    uint8_t ndim, reduce_mask, max; /* max: REDUCE_MAX (input and output share their quantisation) */
     const int8_t *in;
     int8_t *out;
     int32_t dims[EFP_MAX_DIMS];
@@ -97,11 +96,11 @@ void efp_eval_mean(const void *params)
     for (d = p->ndim - 1; d > 0; d--)
         stride[d - 1] = stride[d] * p->dims[d];
     for (o = 0; o < p->out_count; o++) {
-        int32_t base = 0, rem = o, sum = 0;
+        int32_t base = 0, rem = o, sum = p->max ? -128 : 0;
         if (p->inner) { /* reduced axes contiguous: in[outer][count][inner] */
             const int8_t *in = p->in + (o / p->inner * p->count * p->inner + o % p->inner);
             for (r = 0; r < p->count; r++, in += p->inner)
-                sum = efp_wadd(sum, *in);
+                sum = p->max ? (*in > sum ? *in : sum) : efp_wadd(sum, *in);
         } else {
             for (d = p->ndim - 1; d >= 0; d--)
                 if (!(p->reduce_mask >> d & 1)) {
@@ -116,10 +115,11 @@ void efp_eval_mean(const void *params)
                         off += rem % p->dims[d] * stride[d];
                         rem /= p->dims[d];
                     }
-                sum = efp_wadd(sum, p->in[off]);
+                sum = p->max ? (p->in[off] > sum ? p->in[off] : sum) : efp_wadd(sum, p->in[off]);
             }
         }
-        sum = efp_wadd(efp_mbqm(efp_wsub(sum, efp_wmul(p->in_zp, p->count)), p->mult, p->shift), p->out_zp);
+        if (!p->max)
+            sum = efp_wadd(efp_mbqm(efp_wsub(sum, efp_wmul(p->in_zp, p->count)), p->mult, p->shift), p->out_zp);
         p->out[o] = efp_clamp8(sum, -128, 127);
     }
 }
@@ -181,6 +181,9 @@ int efp_prepare_mean(efp_prep *c)
             q.inner *= in.dims[i];
         }
     }
+    q.max = efp_code(c) == REDUCE_MAX;
+    if (q.max && (in.scale != out.scale || in.zp != out.zp))
+        return efp_unsupported(c, "input and output must share scale and zero point");
     if (!(p = efp_params(c, sizeof *p)))
         return 0;
     q.in = efp_data(c, &in);

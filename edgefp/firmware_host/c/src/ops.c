@@ -26,6 +26,7 @@ static const efp_op ops[] = {
     {60, efp_prepare_pad, efp_eval_pad},                     /* PADV2 */
     {70, efp_prepare_reshape, 0},                            /* EXPAND_DIMS */
     {77, efp_prepare_shape, efp_eval_shape},                 /* SHAPE */
+    {82, efp_prepare_mean, efp_eval_mean},                   /* REDUCE_MAX */
     {83, efp_prepare_concat, efp_eval_concat},               /* PACK */
     {97, efp_prepare_resize_nearest, efp_eval_resize_nearest}, /* RESIZE_NEAREST_NEIGHBOR */
     {98, efp_prepare_unary, efp_eval_lut},                   /* LEAKY_RELU */

@@ -10,7 +10,7 @@ int efp_prepare_fully_connected(efp_prep *p);
 void efp_eval_fully_connected(const void *params);
 int efp_prepare_pool(efp_prep *p);            /* AVERAGE_POOL_2D, MAX_POOL_2D */
 void efp_eval_pool(const void *params);
-int efp_prepare_mean(efp_prep *p);
+int efp_prepare_mean(efp_prep *p);            /* MEAN, REDUCE_MAX */
 void efp_eval_mean(const void *params);
 int efp_prepare_binary(efp_prep *p);          /* ADD, SUB, MUL, SQUARED_DIFFERENCE */
 void efp_eval_binary(const void *params);
