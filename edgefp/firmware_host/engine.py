@@ -3,7 +3,7 @@ with ctypes: what ``export-firmware --bundle`` measures RAM with, what ``--runti
 and what the tests compare with TFLite Micro.
 
     engine = Engine(model_bytes)                 # arena sized to what the model needs
-    outputs = engine.invoke([x])                 # one sample per input, no batch axis
+    outputs = engine.invoke([x])                 # one sample per input; outputs in the model's shapes
 """
 
 from __future__ import annotations
@@ -142,8 +142,8 @@ class Engine:
         return tensors
 
     def invoke(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        """Run once on one sample per input (shape without the batch axis, or with it); return every
-        output in the model's order, without its batch axis."""
+        """Run once on one sample per input (its bytes as the input tensor takes them); return every
+        output in the model's order, in the model's shape."""
         if len(inputs) != len(self.inputs):
             raise EdgefpError(f"the model takes {len(self.inputs)} inputs, {len(inputs)} given")
         for tensor, x in zip(self.inputs, inputs):
@@ -160,7 +160,7 @@ class Engine:
     def _read(tensor: Tensor) -> np.ndarray:
         out = np.empty(tensor.shape, tensor.dtype)
         ctypes.memmove(out.ctypes.data, tensor.address, tensor.nbytes)
-        return out[0] if len(tensor.shape) > 1 and tensor.shape[0] == 1 else out
+        return out
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """Samples of a one-input model, in a row each: every output's bytes, concatenated."""

@@ -18,8 +18,6 @@ import tty
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from edgefp.errors import EdgefpError
 from edgefp.firmware_host import engine
 from edgefp.firmware_host.boards import Board, get_board
@@ -38,9 +36,12 @@ def port_of(board: Board) -> str:
     return PORTS.get(board.name, TEMPLATE_PORT)
 
 
-def make_variables(board: Board, arena_bytes: int | None = None) -> list[str]:
-    """The firmware's budgets from the board profile (or another arena size), as make variables."""
-    return [f"BOARD={port_of(board)}", f"CFLAGS=-DEFP_ARENA_BYTES={arena_bytes or board.ram_bytes}"]
+def make_variables(board: Board, arena_bytes: int | None = None, max_frame: int | None = None) -> list[str]:
+    """The firmware's budgets from the board profile (or another arena size and largest frame), as make
+    variables. Inputs larger than a frame (2,048 bytes by default, docs/firmware.md) need a larger one."""
+    flags = f"-DEFP_ARENA_BYTES={arena_bytes or board.ram_bytes}"
+    flags += f" -DEFP_MAX_FRAME={max_frame}" if max_frame else ""
+    return [f"BOARD={port_of(board)}", f"CFLAGS={flags}"]
 
 
 def export(board_name: str, out: str, *, force: bool = False) -> dict:
@@ -72,7 +73,7 @@ def cache_dir() -> Path:
     return Path(base) / "edgefp" / "firmware"
 
 
-def build(board_name: str, *, arena_bytes: int | None = None) -> Path:
+def build(board_name: str, *, arena_bytes: int | None = None, max_frame: int | None = None) -> Path:
     """Build the firmware for a tested port (cached by sources and flags); return the ELF or executable."""
     board = get_board(board_name)
     if board.name not in PORTS:
@@ -81,7 +82,7 @@ def build(board_name: str, *, arena_bytes: int | None = None) -> Path:
     compiler = "gcc" if native else "arm-none-eabi-gcc"
     if shutil.which(compiler) is None or shutil.which("make") is None:
         raise EdgefpError(f"building the {board.name} firmware needs make and {compiler}; install them first")
-    variables = make_variables(board, arena_bytes)
+    variables = make_variables(board, arena_bytes, max_frame)
     out = cache_dir() / f"{board.name}-{_sources_digest(variables)}"
     target = out / ("firmware" if native else "firmware.elf")
     if not target.exists():
@@ -126,16 +127,16 @@ def budget_lines(report: dict) -> list[str]:
 
 
 def bundle_ram(bundle, board_name: str) -> dict:
-    """RAM a bundle needs in the firmware (engine arena, score tables, OOD buffer) against the board's
-    arena. The engine's part is measured by the engine itself, built for this machine: 64-bit pointers
-    make it an upper bound of what a 32-bit microcontroller needs."""
+    """RAM a bundle needs in the firmware (engine arena, score tables, OOD buffer: none without a
+    fingerprint) against the board's arena. The engine's part is measured by the engine itself, built
+    for this machine: 64-bit pointers make it an upper bound of what a 32-bit microcontroller needs."""
     board = get_board(board_name)
     try:
         arena = engine.arena_needed(bundle.model_bytes)
     except engine.EngineError as refused:
         raise EdgefpError(f"{bundle.source}: the firmware cannot run this model: {refused}") from None
-    layers, input_bytes = len(bundle.manifest["layers"]), int(np.prod(bundle.manifest["input"]["shape"]))
-    extras = _round16(layers * 256 * 4) + _round16(OOD_CAPACITY * input_bytes)
+    layers = len(bundle.manifest["layers"])
+    extras = _round16(layers * 256 * 4) + (_round16(OOD_CAPACITY * bundle.input_bytes) if layers else 0)
     needed = arena + extras
     return {
         "bundle": bundle.manifest["name"],
