@@ -170,9 +170,13 @@ class Engine:
         return np.array(rows)
 
 
-def arena_needed(model: bytes, *, dsp: bool = False) -> int:
-    """Bytes of arena the engine needs for the model on this machine (its 64-bit pointers make it an
-    upper bound for a 32-bit chip); EngineError when it cannot run the model."""
+def arena_needed(model: bytes, *, dsp: bool | None = None) -> int:
+    """Bytes of arena the engine needs for the model on this machine with the kernels for cores with
+    the DSP extension (``dsp=True``), the portable ones (``False``), or whichever needs more (``None``,
+    what a firmware for any core needs); its 64-bit pointers make it an upper bound for a 32-bit chip.
+    EngineError when it cannot run the model."""
+    if dsp is None:
+        return max(arena_needed(model, dsp=False), arena_needed(model, dsp=True))
     state, buffer = _Engine(), ctypes.create_string_buffer(bytes(model), len(model))
     status = library(dsp).efp_engine_init(ctypes.byref(state), buffer, len(model), None, 0)
     if status not in (OK, ARENA_TOO_SMALL):

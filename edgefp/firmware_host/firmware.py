@@ -36,11 +36,15 @@ def port_of(board: Board) -> str:
     return PORTS.get(board.name, TEMPLATE_PORT)
 
 
-def make_variables(board: Board, arena_bytes: int | None = None, max_frame: int | None = None) -> list[str]:
-    """The firmware's budgets from the board profile (or another arena size and largest frame), as make
-    variables. Inputs larger than a frame (2,048 bytes by default, docs/firmware.md) need a larger one."""
+def make_variables(
+    board: Board, arena_bytes: int | None = None, max_frame: int | None = None, cflags: str = ""
+) -> list[str]:
+    """The firmware's budgets from the board profile (or another arena size and largest frame), and any
+    further C flags (``-DEFP_DSP=0``: the portable kernels), as make variables. Inputs larger than a
+    frame (2,048 bytes by default, docs/firmware.md) need a larger one."""
     flags = f"-DEFP_ARENA_BYTES={arena_bytes or board.ram_bytes}"
     flags += f" -DEFP_MAX_FRAME={max_frame}" if max_frame else ""
+    flags += f" {cflags}" if cflags else ""
     return [f"BOARD={port_of(board)}", f"CFLAGS={flags}"]
 
 
@@ -73,7 +77,7 @@ def cache_dir() -> Path:
     return Path(base) / "edgefp" / "firmware"
 
 
-def build(board_name: str, *, arena_bytes: int | None = None, max_frame: int | None = None) -> Path:
+def build(board_name: str, *, arena_bytes: int | None = None, max_frame: int | None = None, cflags: str = "") -> Path:
     """Build the firmware for a tested port (cached by sources and flags); return the ELF or executable."""
     board = get_board(board_name)
     if board.name not in PORTS:
@@ -82,7 +86,7 @@ def build(board_name: str, *, arena_bytes: int | None = None, max_frame: int | N
     compiler = "gcc" if native else "arm-none-eabi-gcc"
     if shutil.which(compiler) is None or shutil.which("make") is None:
         raise EdgefpError(f"building the {board.name} firmware needs make and {compiler}; install them first")
-    variables = make_variables(board, arena_bytes, max_frame)
+    variables = make_variables(board, arena_bytes, max_frame, cflags)
     out = cache_dir() / f"{board.name}-{_sources_digest(variables)}"
     target = out / ("firmware" if native else "firmware.elf")
     if not target.exists():
