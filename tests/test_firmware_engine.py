@@ -531,3 +531,35 @@ def test_damaged_models_are_clean_under_sanitizers(sanitized, op_models, tmp_pat
     for i, model in enumerate(_damaged(op_models["movement"][0], 60, seed=1)):
         status, _ = _run_sanitized(sanitized[i % 2], model, bytes(48), tmp_path)
         assert status.split()[1] in ("0", "1", "2")
+
+
+# ---- the emulated Cortex-M4 ----
+
+
+@pytest.mark.skipif(
+    not all(shutil.which(tool) for tool in ("arm-none-eabi-gcc", "qemu-system-arm", "make")),
+    reason="needs arm-none-eabi-gcc and qemu-system-arm",
+)
+def test_operator_models_are_bit_exact_on_the_emulated_cortex_m4(op_models, tmp_path):
+    """The kernels for the DSP extension as the chip runs them, their assembly included: output stages
+    over the whole int8 range and a narrower one (RELU6, a clip to [-1, 1]), strided, dilated and
+    depthwise convolutions with channels in fours and not, fully connected, float edges."""
+    from edgefp.bundle import Bundle
+    from edgefp.firmware_host import client, firmware
+    from edgefp.wrap import wrap
+
+    with firmware.start("qemu-m4") as chip, client.open_device(chip.url, timeout=30.0) as device:
+        for name in ("image", "mixed", "dense", "activations"):
+            model, shapes = op_models[name]
+            (tmp_path / f"{name}.tflite").write_bytes(model)
+            manifest = wrap(str(tmp_path / f"{name}.tflite"), str(tmp_path / f"{name}.efp"))
+            client.flash(device, Bundle.load(str(tmp_path / f"{name}.efp")).archive_bytes())
+            if manifest["input"]["dtype"] == "float32":
+                x = np.random.default_rng(2).normal(scale=2.0, size=(20, *shapes[0])).astype(np.float32)
+            else:
+                x = np.concatenate([structured_int8(shapes[0])[:4], random_int8(shapes[0], n=16)])
+            got = []
+            for sample in x:
+                outputs, _ = client.infer_outputs(device, sample, manifest["outputs"]["raw"])
+                got.append(np.concatenate([out.reshape(-1).view(np.uint8) for out in outputs]))
+            np.testing.assert_array_equal(np.array(got), tflm_run(model, [x]), err_msg=name)

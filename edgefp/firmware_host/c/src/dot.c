@@ -108,10 +108,39 @@ EFP_HOT uint32_t word(const int16_t *c) /* two int16 lanes; c is 4-byte aligned 
         a11 = efp_smlad(y1, w13, efp_smlad(y0, w02, a11));                                                             \
     } while (0)
 
-/* Sums of the two columns at col against rows w0 and w1 of k weights. */
+/* Sums of the two columns at col against rows w0 and w1 of k weights. GCC spills the sums and
+ * pointers of the groups' loop to the stack: on the DSP cores it is written out. */
 EFP_HOT void dot_2x2(const int16_t *c, const int8_t *w0, const int8_t *w1, int32_t k, int32_t *s0, int32_t *s1)
 {
     int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0, n;
+#if EFP_HAS_DSP
+    uint32_t x0, x1, y0, y1, w, q;
+    if ((n = k >> 2) > 0)
+        __asm__("1:\n\t"
+                "ldr %[w], [%[w0]], #4\n\t"
+                "ldrd %[x0], %[x1], [%[c]], #8\n\t"
+                "sxtb16 %[q], %[w], ror #8\n\t"
+                "sxtb16 %[w], %[w]\n\t"
+                "smlad %[a00], %[x0], %[w], %[a00]\n\t"
+                "smlad %[a00], %[x1], %[q], %[a00]\n\t"
+                "ldrd %[y0], %[y1], [%[c]], #8\n\t"
+                "smlad %[a10], %[y0], %[w], %[a10]\n\t"
+                "smlad %[a10], %[y1], %[q], %[a10]\n\t"
+                "ldr %[w], [%[w1]], #4\n\t"
+                "sxtb16 %[q], %[w], ror #8\n\t"
+                "sxtb16 %[w], %[w]\n\t"
+                "smlad %[a01], %[x0], %[w], %[a01]\n\t"
+                "smlad %[a01], %[x1], %[q], %[a01]\n\t"
+                "smlad %[a11], %[y0], %[w], %[a11]\n\t"
+                "smlad %[a11], %[y1], %[q], %[a11]\n\t"
+                "subs %[n], %[n], #1\n\t"
+                "bne 1b"
+                : [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11), [c] "+r"(c), [w0] "+r"(w0),
+                  [w1] "+r"(w1), [n] "+r"(n), [x0] "=&r"(x0), [x1] "=&r"(x1), [y0] "=&r"(y0), [y1] "=&r"(y1),
+                  [w] "=&r"(w), [q] "=&r"(q)
+                :
+                : "cc", "memory");
+#else
     for (n = k >> 3; n > 0; n--, c += 16, w0 += 8, w1 += 8) {
         GROUP(c, w0, w1);
         GROUP(c + 8, w0 + 4, w1 + 4);
@@ -120,6 +149,7 @@ EFP_HOT void dot_2x2(const int16_t *c, const int8_t *w0, const int8_t *w1, int32
         GROUP(c, w0, w1);
         c += 8, w0 += 4, w1 += 4;
     }
+#endif
     for (n = 0; n < (k & 3); n++) {
         a00 = efp_wadd(a00, c[n] * w0[n]);
         a01 = efp_wadd(a01, c[n] * w1[n]);

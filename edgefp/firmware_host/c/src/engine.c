@@ -259,51 +259,58 @@ int efp_output_stage_init(efp_prep *c, efp_output_stage *q, const efp_tensor *in
 #if EFP_HAS_DSP
 /* The usual output stage (per-channel multipliers below 1/2, bias) over n sums, written out for
  * the DSP cores: SaturatingRoundingDoublingHighMul(a, m) is SMMULR(2a, m) while 2a fits in int32
- * (the 64-bit product otherwise), RoundingDivideByPOT as in efp_requantize_small. */
+ * (the 64-bit product otherwise), RoundingDivideByPOT as in efp_requantize_small; the activation
+ * range by SSAT when it is the whole of int8, else by compares. */
+#define OUTPUT_SMALL(CLAMP)                                                                                            \
+    "1:\n\t"                                                                                                          \
+    "ldr %[a], [%[acc]], #4\n\t"                                                                                      \
+    "ldr %[t], [%[bias]], #4\n\t"                                                                                     \
+    "ldr %[m], [%[mult]], #4\n\t"                                                                                     \
+    "add %[a], %[a], %[t]\n\t"                                                                                        \
+    "adds %[t], %[a], %[a]\n\t"                                                                                       \
+    "bvs 3f\n\t"                                                                                                      \
+    "smmulr %[y], %[t], %[m]\n"                                                                                       \
+    "2:\n\t"                                                                                                          \
+    "ldrsb %[m], [%[shift]], #1\n\t"                                                                                  \
+    "mvn %[m], %[m]\n\t"                                                                                              \
+    "lsl %[t], %[one], %[m]\n\t"                                                                                      \
+    "sub %[t], %[t], %[y], lsr #31\n\t"                                                                               \
+    "qadd %[y], %[y], %[t]\n\t"                                                                                       \
+    "asr %[y], %[y], %[m]\n\t"                                                                                        \
+    "add %[y], %[off], %[y], asr #1\n\t" CLAMP "strb %[y], [%[out]], #1\n\t"                                          \
+    "subs %[n], %[n], #1\n\t"                                                                                         \
+    "bne 1b\n\t"                                                                                                      \
+    "b 4f\n"                                                                                                          \
+    "3:\n\t"                                                                                                          \
+    "smull %[t], %[y], %[a], %[m]\n\t"                                                                                \
+    "adds %[t], %[t], #0x40000000\n\t"                                                                                \
+    "adc %[y], %[y], #0\n\t"                                                                                          \
+    "lsr %[t], %[t], #31\n\t"                                                                                         \
+    "orr %[y], %[t], %[y], lsl #1\n\t"                                                                                \
+    "b 2b\n"                                                                                                          \
+    "4:"
+
 static void output_small(const int32_t *acc, const int32_t *bias, const int32_t *mult, const int8_t *shift, int8_t *out,
                          int32_t n, int32_t offset, int32_t lo, int32_t hi)
 {
-    int32_t a, t, m, y;
-    __asm__ volatile("1:\n\t"
-                     "ldr %[a], [%[acc]], #4\n\t"
-                     "ldr %[t], [%[bias]], #4\n\t"
-                     "ldr %[m], [%[mult]], #4\n\t"
-                     "add %[a], %[a], %[t]\n\t"
-                     "adds %[t], %[a], %[a]\n\t"
-                     "bvs 3f\n\t"
-                     "smmulr %[y], %[t], %[m]\n"
-                     "2:\n\t"
-                     "ldrsb %[m], [%[shift]], #1\n\t"
-                     "mvn %[a], %[m]\n\t"
-                     "movs %[t], #1\n\t"
-                     "lsl %[t], %[t], %[a]\n\t"
-                     "sub %[t], %[t], %[y], lsr #31\n\t"
-                     "qadd %[y], %[y], %[t]\n\t"
-                     "rsb %[m], %[m], #0\n\t"
-                     "asr %[y], %[y], %[m]\n\t"
-                     "add %[y], %[y], %[off]\n\t"
-                     "cmp %[y], %[lo]\n\t"
-                     "it lt\n\t"
-                     "movlt %[y], %[lo]\n\t"
-                     "cmp %[y], %[hi]\n\t"
-                     "it gt\n\t"
-                     "movgt %[y], %[hi]\n\t"
-                     "strb %[y], [%[out]], #1\n\t"
-                     "subs %[n], %[n], #1\n\t"
-                     "bne 1b\n\t"
-                     "b 4f\n"
-                     "3:\n\t"
-                     "smull %[t], %[y], %[a], %[m]\n\t"
-                     "adds %[t], %[t], #0x40000000\n\t"
-                     "adc %[y], %[y], #0\n\t"
-                     "lsr %[t], %[t], #31\n\t"
-                     "orr %[y], %[t], %[y], lsl #1\n\t"
-                     "b 2b\n"
-                     "4:"
-                     : [acc] "+r"(acc), [bias] "+r"(bias), [mult] "+r"(mult), [shift] "+r"(shift), [out] "+r"(out),
-                       [n] "+r"(n), [a] "=&r"(a), [t] "=&r"(t), [m] "=&r"(m), [y] "=&r"(y)
-                     : [off] "r"(offset), [lo] "r"(lo), [hi] "r"(hi)
-                     : "cc", "memory");
+    int32_t a, t, m, y, one = 1;
+    if (lo == -128 && hi == 127)
+        __asm__ volatile(OUTPUT_SMALL("ssat %[y], #8, %[y]\n\t")
+                         : [acc] "+r"(acc), [bias] "+r"(bias), [mult] "+r"(mult), [shift] "+r"(shift), [out] "+r"(out),
+                           [n] "+r"(n), [a] "=&r"(a), [t] "=&r"(t), [m] "=&r"(m), [y] "=&r"(y)
+                         : [off] "r"(offset), [one] "r"(one)
+                         : "cc", "memory");
+    else
+        __asm__ volatile(OUTPUT_SMALL("cmp %[y], %[lo]\n\t"
+                                      "it lt\n\t"
+                                      "movlt %[y], %[lo]\n\t"
+                                      "cmp %[y], %[hi]\n\t"
+                                      "it gt\n\t"
+                                      "movgt %[y], %[hi]\n\t")
+                         : [acc] "+r"(acc), [bias] "+r"(bias), [mult] "+r"(mult), [shift] "+r"(shift), [out] "+r"(out),
+                           [n] "+r"(n), [a] "=&r"(a), [t] "=&r"(t), [m] "=&r"(m), [y] "=&r"(y)
+                         : [off] "r"(offset), [lo] "r"(lo), [hi] "r"(hi), [one] "r"(one)
+                         : "cc", "memory");
 }
 #else
 static void output_small(const int32_t *acc, const int32_t *bias, const int32_t *mult, const int8_t *shift, int8_t *out,
