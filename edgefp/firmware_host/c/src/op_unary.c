@@ -1,6 +1,8 @@
 /* Element-wise operators of one input. int8 -> int8 ones (TANH, LOGISTIC, RELU, RELU6, LEAKY_RELU,
- * HARD_SWISH, a requantising QUANTIZE) become 256-byte tables at set-up, each entry computed with
- * TFLite Micro's reference arithmetic for that input value; QUANTIZE from float32 and DEQUANTIZE to
+ * HARD_SWISH, a requantising QUANTIZE) compute each value with TFLite Micro's reference arithmetic:
+ * element by element for tensors of up to 256 values, else once for each of the 256 values an int8
+ * input can take, into a table in scratch memory (an arena buffer only while the operator runs: no
+ * more than the tensor itself), then a lookup per element. QUANTIZE from float32 and DEQUANTIZE to
  * float32 run element by element. */
 #include <string.h>
 
@@ -13,45 +15,7 @@ enum {
     LEAKY_RELU = 98,
 };
 
-typedef struct {
-    const void *in;
-    void *out;
-    int32_t n, zp;
-    float scale;
-    const int8_t *lut; /* the 256 results, indexed by input + 128 */
-} unary;
-
-void efp_eval_lut(const void *params)
-{
-    const unary *p = params;
-    const int8_t *in = p->in, *lut = p->lut + 128;
-    int8_t *out = p->out;
-    int32_t i;
-    for (i = 0; i < p->n; i++)
-        out[i] = lut[in[i]];
-}
-
-static void quantize_f32(const void *params)
-{
-    const unary *p = params;
-    const float *in = p->in;
-    int8_t *out = p->out;
-    int32_t i;
-    for (i = 0; i < p->n; i++)
-        out[i] = efp_clamp8(efp_roundf(in[i] / p->scale) + p->zp, -128, 127);
-}
-
-static void dequantize(const void *params)
-{
-    const unary *p = params;
-    const int8_t *in = p->in;
-    float *out = p->out;
-    int32_t i;
-    for (i = 0; i < p->n; i++)
-        out[i] = p->scale * (float)(in[i] - p->zp);
-}
-
-/* ---- the reference arithmetic of each table ---- */
+/* ---- the reference arithmetic of each int8 operator ---- */
 
 typedef struct {
     int32_t code, in_zp, out_zp, m1, s1, m2, s2, radius, lo, hi;
@@ -134,7 +98,53 @@ static int8_t entry(const spec *s, int32_t q)
     return efp_clamp8(v, s->lo, s->hi);
 }
 
-/* The multipliers and bounds of the table; 0, or a refusal. */
+typedef struct {
+    const void *in;
+    void *out;
+    int32_t n, zp;
+    float scale;
+    int8_t *table; /* scratch for the 256 results, indexed by input + 128; NULL: element by element */
+    spec s;
+} unary;
+
+void efp_eval_unary(const void *params)
+{
+    const unary *p = params;
+    const int8_t *in = p->in;
+    int8_t *out = p->out, *table = p->table;
+    int32_t i;
+    if (!table) {
+        for (i = 0; i < p->n; i++)
+            out[i] = entry(&p->s, in[i]);
+        return;
+    }
+    for (i = 0; i < 256; i++)
+        table[i] = entry(&p->s, i - 128);
+    for (i = 0; i < p->n; i++)
+        out[i] = table[in[i] + 128];
+}
+
+static void quantize_f32(const void *params)
+{
+    const unary *p = params;
+    const float *in = p->in;
+    int8_t *out = p->out;
+    int32_t i;
+    for (i = 0; i < p->n; i++)
+        out[i] = efp_clamp8(efp_roundf(in[i] / p->scale) + p->zp, -128, 127);
+}
+
+static void dequantize(const void *params)
+{
+    const unary *p = params;
+    const int8_t *in = p->in;
+    float *out = p->out;
+    int32_t i;
+    for (i = 0; i < p->n; i++)
+        out[i] = p->scale * (float)(in[i] - p->zp);
+}
+
+/* The multipliers and bounds of an int8 operator; 0, or a refusal. */
 static int table_spec(efp_prep *c, const efp_tensor *in, const efp_tensor *out, spec *s)
 {
     double d = (double)in->scale / (double)out->scale;
@@ -177,8 +187,8 @@ int efp_prepare_unary(efp_prep *c)
 {
     efp_tensor in, out;
     unary *p, q;
-    int32_t st, code = efp_code(c), i;
-    int8_t *lut = NULL;
+    int32_t st, code = efp_code(c);
+    int8_t *table = NULL;
     spec s;
     if ((st = efp_input(c, 0, &in)) || (st = efp_output(c, 0, &out)))
         return st;
@@ -194,17 +204,16 @@ int efp_prepare_unary(efp_prep *c)
     }
     memset(&q, 0, sizeof q);
     p = efp_params(c, sizeof *p);
-    if (in.type == EFP_INT8 && out.type == EFP_INT8)
-        lut = efp_persist(c, 256);
+    if (in.type == EFP_INT8 && out.type == EFP_INT8 && in.count > 256)
+        table = efp_scratch(c, 256);
     if (!p)
         return 0;
     q.in = efp_data(c, &in);
     q.out = efp_data(c, &out);
     q.n = (int32_t)in.count;
-    if (lut) {
-        for (i = 0; i < 256; i++)
-            lut[i] = entry(&s, i - 128);
-        q.lut = lut;
+    if (in.type == EFP_INT8 && out.type == EFP_INT8) {
+        q.s = s;
+        q.table = table;
     } else if (code == DEQUANTIZE) {
         q.zp = in.zp;
         q.scale = in.scale;

@@ -16,8 +16,8 @@ int efp_prepare_binary(efp_prep *p);          /* ADD, SUB, MUL, SQUARED_DIFFEREN
 void efp_eval_binary(const void *params);
 int efp_prepare_softmax(efp_prep *p);
 void efp_eval_softmax(const void *params);
-int efp_prepare_unary(efp_prep *p);           /* tables, QUANTIZE, DEQUANTIZE */
-void efp_eval_lut(const void *params);
+int efp_prepare_unary(efp_prep *p);           /* int8 activations, QUANTIZE, DEQUANTIZE */
+void efp_eval_unary(const void *params);
 int efp_prepare_reshape(efp_prep *p);         /* RESHAPE, SQUEEZE, EXPAND_DIMS */
 int efp_prepare_shape(efp_prep *p);
 void efp_eval_shape(const void *params);
