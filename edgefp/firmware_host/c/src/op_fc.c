@@ -14,17 +14,23 @@ typedef struct {
     int32_t in_off, w_off, batches, depth, units;
 } fully_connected;
 
+/* The sum of (x[d] + x_off) * (w[d] + w_off) over n values, in registers of its own. */
+EFP_LOOP int32_t dot(const int8_t *x, const int8_t *w, int32_t n, int32_t x_off, int32_t w_off)
+{
+    int32_t acc = 0;
+    for (; n > 0; n--)
+        acc = efp_wadd(acc, (*w++ + w_off) * (*x++ + x_off));
+    return acc;
+}
+
 void efp_eval_fully_connected(const void *params)
 {
     const fully_connected *p = params;
     const efp_output_stage q = p->q;
-    int32_t b, u, d, in_off = p->in_off, w_off = p->w_off;
+    int32_t b, u;
     for (b = 0; b < p->batches; b++)
         for (u = 0; u < p->units; u++) {
-            const int8_t *x = p->in + b * p->depth, *w = p->w + u * p->depth;
-            int32_t acc = 0;
-            for (d = 0; d < p->depth; d++)
-                acc = efp_wadd(acc, (w[d] + w_off) * (x[d] + in_off));
+            int32_t acc = dot(p->in + b * p->depth, p->w + u * p->depth, p->depth, p->in_off, p->w_off);
             p->out[b * p->units + u] = efp_to_int8(&q, acc, u);
         }
 }
