@@ -81,6 +81,11 @@ def test_wrapped_bundle_works_with_the_bundle_commands(wrapped, tmp_path):
     edgefp("report", archive, "--data", data, "--out", str(tmp_path / "report"), "--board", "nrf52840")
     page = (tmp_path / "report" / "index.html").read_text()
     assert "no fingerprint" in page and "most frequent argmax" in page
+    exported = edgefp(
+        "export-firmware", "--board", "nrf52840", "--out", str(tmp_path / "fw"), "--bundle", archive, "--json"
+    )
+    (ram,) = json.loads(exported.stdout)["bundles"]
+    assert ram["tables_and_ood_bytes"] == 0 and ram["ram_bytes"] == ram["engine_arena_bytes"] > 0 and ram["fits"]
     written = edgefp("export-c", archive, "--out", str(tmp_path / "c")).stdout
     assert "model_data.cc" in written and "ood_config" not in written
     repo = edgefp("repo", "add", archive, "--repo", str(tmp_path / "repo"), check=False)
