@@ -18,12 +18,19 @@ import numpy as np
 from edgefp import data, ood
 from edgefp.errors import EdgefpError
 from edgefp.fsutil import atomic_directory, write_file_atomic
+from edgefp.isolation import step
 
 SCHEMA = "edgefp.bundle"
 SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
 MODEL = "model.tflite"
 ARCHIVE_SUFFIX = ".efp"
+RUNTIME_NAMES = {
+    "litert": "LiteRT",
+    "tflm": "TFLite Micro",
+    "edgetpu": "LiteRT with the Edge TPU",
+    "firmware": "the firmware's engine",
+}
 
 
 def sha256(content: bytes) -> str:
@@ -197,10 +204,11 @@ class Bundle:
         """Run every quantised sample through an interpreter; return the int8 probs (N, C) and errors (N, L)."""
         outputs = self.manifest["outputs"]
         probs, errors = [], []
-        for sample in x_q:
-            result = interpreter.invoke(sample)
-            probs.append(result[outputs["probs"]["index"]])
-            errors.append([result[spec["index"]][0] for spec in outputs["layer_errors"]])
+        with step(f"running the int8 model on {RUNTIME_NAMES.get(interpreter.name, interpreter.name)}"):
+            for sample in x_q:
+                result = interpreter.invoke(sample)
+                probs.append(result[outputs["probs"]["index"]])
+                errors.append([result[spec["index"]][0] for spec in outputs["layer_errors"]])
         return np.asarray(probs, dtype=np.int8), np.asarray(errors, dtype=np.int8)
 
     def score(self, x: np.ndarray, runtime: str = "litert"):

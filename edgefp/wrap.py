@@ -17,9 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgefp import __version__
-from edgefp.bundle import MODEL, SCHEMA, SCHEMA_VERSION, Bundle, sha256
+from edgefp.bundle import MODEL, RUNTIME_NAMES, SCHEMA, SCHEMA_VERSION, Bundle, sha256
 from edgefp.data import Dataset, parse_spec
 from edgefp.errors import EdgefpError
+from edgefp.isolation import step
 
 DTYPES = {"int8": np.int8, "float32": np.float32, "int32": np.int32}
 
@@ -120,7 +121,8 @@ class Outputs:
 
 def run(bundle: Bundle, interpreter, x: np.ndarray) -> Outputs:
     """Every sample through ``interpreter``: each output stacked, one row per sample."""
-    rows = [interpreter.invoke(sample) for sample in x]
+    with step(f"running the model on {RUNTIME_NAMES.get(interpreter.name, interpreter.name)}"):
+        rows = [interpreter.invoke(sample) for sample in x]
     if not rows:
         raise EdgefpError("no samples to run")
     return Outputs([np.stack([row[i] for row in rows]) for i in range(len(rows[0]))])

@@ -15,14 +15,13 @@ import pytest
 from edgefp.firmware_host import engine as efp
 from edgefp.firmware_host.engine import Engine, EngineError
 from edgefp.runtime import captured_output
-from tests.conftest import DATASETS, edit_tflite
+from tests.conftest import edit_tflite
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is needed to build the engine")
 
 HERE = os.path.dirname(__file__)
 MODELS = os.path.join(HERE, "data", "models")
 PEERS = sorted(name[: -len(".tflite")] for name in os.listdir(MODELS) if name.endswith(".tflite"))
-BASIC_MOTIONS = os.path.join(DATASETS, "basic_motions.npz")
 
 
 def peer(name: str) -> bytes:
@@ -106,7 +105,7 @@ def _bundle(dataset, tmp_path_factory, name):
 def seq_bundle(tmp_path_factory):
     from edgefp import data
 
-    return _bundle(data.load(f"{BASIC_MOTIONS}:train"), tmp_path_factory, "seq"), data.load(f"{BASIC_MOTIONS}:test")
+    return _bundle(data.load("basic_motions:train"), tmp_path_factory, "seq"), data.load("basic_motions:test")
 
 
 @pytest.fixture(scope="module")
@@ -278,12 +277,17 @@ def op_models():
         y = tf.nn.relu(tf.nn.conv2d(y, r5, 2, "SAME") + z)
         return tf.nn.softmax(tf.matmul(tf.reduce_mean(y, [1, 2]), rf))
 
+    def pad_and_max(x):  # zero padding (causal convolutions, ZeroPadding layers), global and 1-D max pooling
+        padded = tf.pad(x, [[0, 0], [2, 1], [0, 3], [1, 0]])
+        return padded, tf.reduce_max(padded, [1, 2]), tf.reduce_max(x, 2)
+
     return {
         "image": _convert(image, (9, 9, 3), float_io=True),
         "mixed": _convert(mixed, (8, 8, 4)),
         "dense": _convert(dense, (4, 20), per_tensor_fc=True),
         "activations": _convert(activations, (6, 5, 2)),
         "movement": _convert(movement, (6, 4, 2)),
+        "pad_and_max": _convert(pad_and_max, (8, 8, 4)),
         "reshaped": _edited(_convert(reshaped, (5, 4, 3), dynamic_batch=True), flat_shapes),
         "two_inputs": _convert(two_inputs, [(4, 6), (4, 6)]),
         "residual": _convert(residual, (16, 16, 3)),
@@ -296,7 +300,9 @@ def test_float_io_conv_depthwise_pool_broadcast_models_are_bit_exact(op_models, 
     assert_bit_exact(model, x, dsp)
 
 
-@pytest.mark.parametrize("name", ["mixed", "dense", "activations", "movement", "reshaped", "two_inputs", "residual"])
+@pytest.mark.parametrize(
+    "name", ["mixed", "dense", "activations", "movement", "pad_and_max", "reshaped", "two_inputs", "residual"]
+)
 def test_int8_operator_models_are_bit_exact_in_less_arena_than_tflite_micro(op_models, name, dsp):
     model, shapes = op_models[name]
     inputs = [np.concatenate([structured_int8(s), random_int8(s, seed=i)]) for i, s in enumerate(shapes)]
@@ -316,6 +322,12 @@ def test_per_tensor_fully_connected_multiplier_is_computed_in_double(op_models):
 
     model = edit_tflite(op_models["dense"][0], odd_scales)
     assert_bit_exact(model, random_int8((4, 20), n=2000))
+
+
+def test_pad_and_reduce_max_are_the_operators_they_claim(op_models):
+    from edgefp.runtime import LiteRT
+
+    assert {"PAD", "REDUCE_MAX"} <= set(LiteRT(op_models["pad_and_max"][0]).ops())
 
 
 # ---- models edited at the flatbuffer level ----

@@ -22,6 +22,7 @@ from edgefp.errors import EdgefpError
 from edgefp.firmware_host import engine
 from edgefp.firmware_host.boards import Board, get_board
 from edgefp.fsutil import atomic_directory
+from edgefp.isolation import step
 
 SOURCE = Path(__file__).with_name("c")
 PORTS = {"qemu-m4": "mps2-an386", "native": "host"}  # board profile -> tested port under c/boards/
@@ -133,10 +134,12 @@ def budget_lines(report: dict) -> list[str]:
 def bundle_ram(bundle, board_name: str) -> dict:
     """RAM a bundle needs in the firmware (engine arena, score tables, OOD buffer: none without a
     fingerprint) against the board's arena. The engine's part is measured by the engine itself, built
-    for this machine: 64-bit pointers make it an upper bound of what a 32-bit microcontroller needs."""
+    for this machine with the board's kernels: 64-bit pointers make it an upper bound of what a 32-bit
+    microcontroller needs."""
     board = get_board(board_name)
     try:
-        arena = engine.arena_needed(bundle.model_bytes)
+        with step("checking the model with the firmware's engine"):
+            arena = engine.arena_needed(bundle.model_bytes, dsp=board.dsp)
     except engine.EngineError as refused:
         raise EdgefpError(f"{bundle.source}: the firmware cannot run this model: {refused}") from None
     layers = len(bundle.manifest["layers"])
