@@ -22,6 +22,7 @@ HAS_QEMU = HAS_GCC and all(shutil.which(tool) for tool in ("arm-none-eabi-gcc", 
 WRAPPED = (
     "mlperf_tiny_kws_ref",
     "mlperf_tiny_ad01_toycar_int8",
+    "mlperf_tiny_str_ww_ref",
     "tflm_micro_speech_quantized",
     "tflm_hello_world_int8",
 )
