@@ -130,6 +130,17 @@ def test_image_bundle_is_bit_exact(digits_bundle, dsp):
     _check_bundle(Bundle.load(digits_bundle[1]), data.load("digits:test"), dsp)
 
 
+def test_bundle_scores_on_the_firmware_runtime_equal_tflite_micros(digits_bundle):
+    """score --runtime firmware: the fingerprinted bundle's score file, field by field."""
+    from edgefp import data
+    from edgefp.bundle import Bundle
+
+    bundle, x = Bundle.load(digits_bundle[1]), data.load("digits:test").x[:150]
+    engine, tflm = bundle.score(x, "firmware"), bundle.score(x, "tflm")
+    for field in ("pred", "probs", "ood_score", "is_ood", "layer_errors"):
+        np.testing.assert_array_equal(getattr(engine, field), getattr(tflm, field), err_msg=field)
+
+
 def test_sequence_bundle_is_bit_exact(seq_bundle, dsp):
     _check_bundle(*seq_bundle, dsp)
 

@@ -162,13 +162,6 @@ class Engine:
         ctypes.memmove(out.ctypes.data, tensor.address, tensor.nbytes)
         return out
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """Samples of a one-input model, in a row each: every output's bytes, concatenated."""
-        rows = []
-        for sample in x:
-            rows.append(np.concatenate([out.reshape(-1).view(np.uint8) for out in self.invoke([sample])]))
-        return np.array(rows)
-
 
 def arena_needed(model: bytes, *, dsp: bool | None = None) -> int:
     """Bytes of arena the engine needs for the model on this machine with the kernels for cores with
