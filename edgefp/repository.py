@@ -251,6 +251,8 @@ class Repository:
         ``parent`` (a bundle of the repository) and ``data_added`` (data files) record where it comes from:
         the model it was retrained from and the data that was added for it."""
         bundle = Bundle.load(source)
+        if not bundle.fingerprinted:
+            raise EdgefpError(f"{source}: a bundle without a fingerprint cannot be selected; add one of edgefp convert")
         name = name or bundle.manifest.get("name")
         if not name or not NAME_RE.match(name):
             raise EdgefpError(f"'{name}' is not a valid bundle name (use a-z, 0-9 and '_'); give --name")

@@ -21,6 +21,9 @@
 #ifndef EFP_SENSOR_HZ
 #define EFP_SENSOR_HZ 0 /* how often board_sensor_read() is asked for a window; 0: whenever the chip is idle */
 #endif
+#ifndef EFP_MAX_BUFFERS
+#define EFP_MAX_BUFFERS 192 /* tensors and scratch buffers of a model's plan: 16 bytes of stack each at set-up */
+#endif
 #define EFP_WINDOW 100    /* inputs in the recent window of the counters */
 #define EFP_MAX_LAYERS 16 /* fingerprinted layers a bundle may have */
 #define EFP_NAME_MAX 32   /* bundle names in HELLO */

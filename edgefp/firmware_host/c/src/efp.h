@@ -15,6 +15,8 @@ enum efp_classify_status {
     EFP_WRONG_SIZE = -2, /* the window does not hold efp_window_values() values */
     EFP_NOT_FINITE = -3, /* a value is NaN or infinite: nothing was counted */
     EFP_RUN_FAILED = -4, /* the model failed to run */
+    EFP_WRONG_KIND = -5, /* a wrapped model: one taking float32 takes efp_classify only, one taking int8
+                            without an input scale efp_classify_int8 only */
 };
 
 typedef struct {
