@@ -152,6 +152,17 @@ def test_float_model_with_two_outputs_scores_alike_on_the_firmware_engine_and_tf
     for key in ("output", "output_1"):
         assert tflm[key].dtype == engine[key].dtype == np.float32 and tflm[key].tobytes() == engine[key].tobytes()
     np.testing.assert_array_equal(tflm["pred"], engine["pred"])
+    if not HAS_GCC:
+        return
+    from tests.test_firmware_sensing import read_all
+
+    with firmware.start("native") as chip, client.open_device(chip.url) as device:  # its sensor: efp_classify
+        client.flash(device, (tmp_path / "float.efp").read_bytes())
+        chip.feed(x, rate_hz=500, repeat_from=None)
+        entries = read_all(device, len(x))
+    assert [e.input for e in entries] == list(range(1, len(x) + 1)) and not any(e.result.ood for e in entries)
+    assert b"".join(e.data for e in entries) == x.tobytes()  # the raw float32 windows, as the model takes them
+    assert [e.result.pred for e in entries] == engine["pred"].tolist()
 
 
 def _device_scores(url, archive, data, out):

@@ -193,9 +193,11 @@ static long load(int slot)
     if (bundle_tables(b, active.tables)) {
         return refuse(INVALID_BUNDLE, "a z_table in manifest.json is malformed");
     }
-    active.scale = 0.0f; /* no raw windows for a wrapped model whose int8 input has no scale */
-    if (!b->input_float && bundle_input(b, active.mean, active.std, &active.scale, &active.zero_point) && b->layers) {
-        return refuse(INVALID_BUNDLE, "the input's scale, zero_point or preprocessing in manifest.json is malformed");
+    if (!b->input_float && bundle_input(b, active.mean, active.std, &active.scale, &active.zero_point)) {
+        if (b->layers) {
+            return refuse(INVALID_BUNDLE, "the input's scale, zero_point or preprocessing in manifest.json is malformed");
+        }
+        active.scale = 0.0f; /* a wrapped model whose int8 input has no scale takes no raw windows */
     }
     int status = efp_engine_init(&engine, b->model, b->model_len, arena, EFP_ARENA_BYTES - fixed);
     if (status != EFP_OK) {
