@@ -12,8 +12,10 @@ Examples: ``digits:train:0-4``, ``motions.npz:test``, ``target.npz``.
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +24,7 @@ from edgefp.errors import EdgefpError
 
 SPLITS = ("train", "test")
 DIGITS_TEST_FRACTION = 0.25
+MAX_NPZ_BYTES = 2 << 30  # arrays of a data file, unpacked
 _CLASSES_RE = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
 
 
@@ -98,6 +101,7 @@ def _load_digits(split: str | None):
 def _load_npz(path: str, split: str | None, spec: str):
     if not os.path.exists(path):
         raise EdgefpError(f"{spec}: no such file; give an .npz file, or 'digits' for the built-in set")
+    check_npz_size(path, spec)
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
@@ -126,6 +130,32 @@ def _load_npz(path: str, split: str | None, spec: str):
                 raise EdgefpError(f"{spec}: labels '{ykey}' must be integers, not {y.dtype}")
         y = y.astype(np.int64)
     return x.astype(np.float32), y, names
+
+
+def check_npz_size(path: str, spec: str) -> None:
+    """Refuse an .npz whose arrays would take more than MAX_NPZ_BYTES, from its zip directory and the
+    arrays' headers, before anything is decompressed (a few compressed megabytes can expand to gigabytes)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+            declared = sum(member.file_size for member in members)
+            arrays = sum(_npy_bytes(archive, member) for member in members if member.filename.endswith(".npy"))
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return  # not a zip: np.load says what is wrong with it
+    if max(declared, arrays) > MAX_NPZ_BYTES:
+        raise EdgefpError(
+            f"{spec}: its arrays take {max(declared, arrays) / (1 << 30):.1f} GiB unpacked, more than edgefp reads "
+            f"({MAX_NPZ_BYTES / (1 << 30):.0f} GiB); give fewer samples"
+        )
+
+
+def _npy_bytes(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> int:
+    """The bytes an .npy member's header says its array takes."""
+    with archive.open(member) as handle:
+        version = np.lib.format.read_magic(handle)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(handle)
+    return math.prod(shape) * dtype.itemsize
 
 
 def check(data: Dataset, *, require_labels: bool = False) -> None:

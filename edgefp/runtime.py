@@ -63,8 +63,10 @@ class LiteRT:
             model_content=model_bytes, experimental_delegates=delegates, num_threads=1, **options
         )
         self._interpreter.allocate_tensors()
-        self._input = self._interpreter.get_input_details()[0]["index"]
-        self._outputs = [detail["index"] for detail in self._interpreter.get_output_details()]
+        detail, outputs = self._interpreter.get_input_details()[0], self._interpreter.get_output_details()
+        self._input, self._outputs = detail["index"], [output["index"] for output in outputs]
+        self.input_spec = _spec(detail)
+        self.output_specs = [_spec(output) for output in outputs]
 
     def invoke(self, sample: np.ndarray) -> list[np.ndarray]:
         """Run one quantised sample (no batch axis); return every output in the model's order."""
@@ -88,22 +90,28 @@ class TFLiteMicro:
                 self._interpreter = runtime.Interpreter.from_bytes(model_bytes, arena_size=arena_bytes)
             except Exception:  # noqa: BLE001 - the wrapper raises RuntimeError, struct.error, ValueError...
                 raise EdgefpError(f"TFLite Micro cannot run the model: {_micro_failure(messages())}") from None
-            self._n_outputs = 0
-            while self._has_output(self._n_outputs):
-                self._n_outputs += 1
+            self.input_spec = _spec(self._interpreter.get_input_details(0))
+            self.output_specs = []
+            while (detail := self._output_details(len(self.output_specs))) is not None:
+                self.output_specs.append(_spec(detail))
+            self._n_outputs = len(self.output_specs)
 
-    def _has_output(self, index: int) -> bool:
+    def _output_details(self, index: int) -> dict | None:
         try:
-            self._interpreter.get_output_details(index)
+            return self._interpreter.get_output_details(index)
         except IndexError:
-            return False
-        return True
+            return None
 
     def invoke(self, sample: np.ndarray) -> list[np.ndarray]:
         """Run one quantised sample (no batch axis); return every output in the model's order."""
         self._interpreter.set_input(sample[None], 0)
         self._interpreter.invoke()
         return [self._interpreter.get_output(i)[0] for i in range(self._n_outputs)]
+
+
+def _spec(detail: dict) -> tuple[tuple[int, ...], type]:
+    """(shape without the batch axis, dtype) of an interpreter's tensor details."""
+    return tuple(int(n) for n in detail["shape"][1:]), detail["dtype"]
 
 
 def _tflm_runtime():

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 DATASETS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets")
+KEY = b"a-shared-key-of-32-bytes-length!"  # for agents that require AUTH
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,13 @@
 
 #define BUNDLE_VERSION 2
 #define TAR_BLOCK 512
+#define MAX_DEPTH 16             /* JSON nesting of a manifest (edgefp.manifest.MAX_DEPTH) */
+#define MAX_FILES 8              /* files besides the manifest (edgefp.manifest.MAX_FILES) */
+#define MAX_FILES_BYTES (256u << 20) /* their bytes together (edgefp.limits.MAX_FILES_BYTES) */
+#define MAX_INPUT_ELEMENTS (1 << 24)
+#define MAX_DIMS 6
+#define MAX_CLASSES 255
+#define QUANTILES 101
 
 /* ---------------------------------------------------------------- a minimal JSON reader
  * A value is a span [p, end) of the manifest. Lookups scan; nothing is copied or allocated. */
@@ -104,20 +111,50 @@ static int members_next(members *m, span *key, span *value)
     return 1;
 }
 
+static int same_key(span a, span b)
+{
+    return a.end - a.p == b.end - b.p && memcmp(a.p, b.p, (size_t)(a.end - a.p)) == 0;
+}
+
 static int get(span v, const char *key, span *out)
 {
     members m;
-    span k;
-    size_t n = strlen(key);
+    span k, value, wanted = {key, key + strlen(key)};
     if (!members_begin(v, &m) || m.close != '}') {
         return 0;
     }
-    while (members_next(&m, &k, out)) {
-        if ((size_t)(k.end - k.p) == n && memcmp(k.p, key, n) == 0) {
+    while (members_next(&m, &k, &value)) {
+        if (same_key(k, wanted)) {
+            *out = value;
             return 1;
         }
     }
     return 0;
+}
+
+/* 1 when v is well formed as far as this reader sees (every object and array closes), nests at most
+ * MAX_DEPTH deep and no object repeats a key: the rules the host's JSON reading applies too. */
+static int well_formed(span v, int depth)
+{
+    members m, rest;
+    span k, value, k2, ignored;
+    if (!members_begin(v, &m)) {
+        return 1; /* a string, number or literal */
+    }
+    if (depth == MAX_DEPTH) {
+        return 0;
+    }
+    while (members_next(&m, &k, &value)) {
+        if (!well_formed(value, depth + 1)) {
+            return 0;
+        }
+        for (rest = m; m.close == '}' && members_next(&rest, &k2, &ignored);) {
+            if (same_key(k, k2)) {
+                return 0;
+            }
+        }
+    }
+    return m.p < m.end && *m.p == m.close;
 }
 
 static int item(span v, uint32_t index, span *out)
@@ -253,8 +290,8 @@ static int tar_next(tar_cursor *t)
         if (type == 'x' || type == 'g') {
             continue; /* pax attributes: names here are plain, nothing in them is needed */
         }
-        if (type != '0' && type != 0) {
-            return -1;
+        if ((type != '0' && type != 0) || (memcmp(h + 257, "ustar", 5) == 0 && h[345] != 0)) {
+            return -1; /* links, devices, directories, names with a prefix */
         }
         memcpy(t->name, h, 100);
         t->name[100] = 0;
@@ -273,6 +310,192 @@ static int refuse(text *msg, const char *what, const char *name)
     return -1;
 }
 
+/* ---------------------------------------------------------------- the manifest's rules (edgefp/manifest.py) */
+static int is_string(span v)
+{
+    return v.end - v.p >= 2 && *v.p == '"' && v.end[-1] == '"';
+}
+
+/* A JSON number of a finite double (positive: above zero). Ranges beyond that are not checked. */
+static int number(span v, int positive)
+{
+    const char *p = v.p, *digits;
+    int nonzero = 0, magnitude = 0;
+    if (p < v.end && *p == '-') {
+        if (positive) {
+            return 0;
+        }
+        ++p;
+    }
+    for (digits = p; p < v.end && *p >= '0' && *p <= '9'; ++p) {
+        nonzero |= *p != '0';
+        magnitude += nonzero;
+    }
+    if (p == digits || (*digits == '0' && p - digits > 1)) {
+        return 0;
+    }
+    if (p < v.end && *p == '.') {
+        for (digits = ++p; p < v.end && *p >= '0' && *p <= '9'; ++p) {
+            nonzero |= *p != '0';
+        }
+        if (p == digits) {
+            return 0;
+        }
+    }
+    if (p < v.end && (*p == 'e' || *p == 'E')) {
+        int negative = ++p < v.end && *p == '-', exponent = 0;
+        p += p < v.end && (*p == '+' || *p == '-');
+        for (digits = p; p < v.end && *p >= '0' && *p <= '9'; ++p) {
+            exponent = exponent > 1000 ? exponent : exponent * 10 + (*p - '0');
+        }
+        if (p == digits) {
+            return 0;
+        }
+        magnitude += negative ? -exponent : exponent;
+    }
+    return p == v.end && magnitude <= 308 && (!positive || nonzero);
+}
+
+/* A list of exactly n numbers. */
+static int numbers(span list, uint32_t n, int positive)
+{
+    members m;
+    span k, v;
+    uint32_t i = 0;
+    if (!members_begin(list, &m) || m.close != ']') {
+        return 0;
+    }
+    for (; members_next(&m, &k, &v); ++i) {
+        if (i == n || !number(v, positive)) {
+            return 0;
+        }
+    }
+    return i == n;
+}
+
+/* A bundle name ([a-z0-9_], 1 to 64) or a file name ([A-Za-z0-9_], then also '.' and '-'; 1 to 100; not
+ * the manifest's). */
+static int plain_name(const char *s, size_t n, int bundle_name)
+{
+    if (n < 1 || n > (bundle_name ? 64u : 100u) || (!bundle_name && n == 13 && memcmp(s, "manifest.json", 13) == 0)) {
+        return 0;
+    }
+    for (size_t i = 0; i < n; ++i) {
+        char c = s[i];
+        int lower = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_';
+        int other = (c >= 'A' && c <= 'Z') || (i > 0 && (c == '.' || c == '-'));
+        if (!lower && (bundle_name || !other)) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* index 0..255, a positive scale, zero_point -128..127 and shape [size]. */
+static int quantization(span spec, uint32_t size, int64_t *index)
+{
+    span v, shape;
+    int64_t n;
+    return get_int(spec, "index", NULL, 0, 255, index) && get(spec, "scale", &v) && number(v, 1) &&
+           get_int(spec, "zero_point", NULL, -128, 127, &n) && get(spec, "shape", &shape) && count(shape) == 1 &&
+           item(shape, 0, &v) && integer(v, &n) && n == size;
+}
+
+/* type none, or standardize with a mean and a positive std per channel (the shape's last axis). */
+static int preprocessing(span pre, span shape, uint32_t dims)
+{
+    span v;
+    int64_t channels;
+    if (!get(pre, "type", &v)) {
+        return 0;
+    }
+    if (string_is(v, "none")) {
+        return 1;
+    }
+    return string_is(v, "standardize") && item(shape, dims - 1, &v) && integer(v, &channels) &&
+           get(pre, "mean", &v) && numbers(v, (uint32_t)channels, 0) && get(pre, "std", &v) &&
+           numbers(v, (uint32_t)channels, 1);
+}
+
+/* n labels, each an object with a distinct non-negative integer value. */
+static int label_values(span labels, uint32_t n)
+{
+    int64_t values[MAX_CLASSES];
+    span label;
+    for (uint32_t i = 0; i < n; ++i) {
+        if (!item(labels, i, &label) || !get_int(label, "value", NULL, 0, INT64_MAX, &values[i])) {
+            return 0;
+        }
+        for (uint32_t j = 0; j < i; ++j) {
+            if (values[j] == values[i]) {
+                return 0;
+            }
+        }
+    }
+    return 1;
+}
+
+/* The fields the firmware runs, by the rules of edgefp.manifest.check. */
+static int check_fields(span root, bundle_info *b, text *msg)
+{
+    span input, shape, pre, outputs, probs, errors, layers, labels, score, v, item_v;
+    int64_t n;
+    if (!get(root, "input", &input) || !get(input, "shape", &shape) || !get(root, "outputs", &outputs) ||
+        !get(outputs, "probs", &probs) || !get(outputs, "layer_errors", &errors) || !get(root, "layers", &layers) ||
+        !get(root, "labels", &labels) || !get(root, "score", &score) || !get(input, "preprocessing", &pre)) {
+        return refuse(msg, "manifest.json lacks input, outputs, layers, labels or score", NULL);
+    }
+    uint32_t dims = count(shape);
+    b->input_bytes = 1;
+    for (uint32_t i = 0; item(shape, i, &v); ++i) {
+        if (dims > MAX_DIMS || !integer(v, &n) || n < 1 || b->input_bytes * (uint64_t)n > MAX_INPUT_ELEMENTS) {
+            return refuse(msg, "manifest.json has a bad input shape", NULL);
+        }
+        b->input_bytes *= (uint32_t)n;
+    }
+    if (dims == 0 || !get(input, "dtype", &v) || !string_is(v, "int8") || !get(input, "scale", &v) ||
+        !number(v, 1) || !get_int(input, "zero_point", NULL, -128, 127, &n) || !preprocessing(pre, shape, dims)) {
+        return refuse(msg, "manifest.json has a bad input dtype, scale, zero_point or preprocessing", NULL);
+    }
+    b->classes = count(labels);
+    if (b->classes < 1 || b->classes > MAX_CLASSES || !label_values(labels, b->classes)) {
+        return refuse(msg, "manifest.json must have 1 to 255 labels of distinct non-negative integer values", NULL);
+    }
+    b->layers = count(layers);
+    if (b->layers < 1 || b->layers > EFP_MAX_LAYERS || count(errors) != b->layers) {
+        return refuse(msg, "manifest.json has too many or mismatched layers", NULL);
+    }
+    int64_t index;
+    if (!quantization(probs, b->classes, &index)) {
+        return refuse(msg, "manifest.json has a bad probs output", NULL);
+    }
+    b->probs_index = (uint32_t)index;
+    uint8_t used[256] = {0};
+    used[index] = 1;
+    for (uint32_t l = 0; l < b->layers; ++l) {
+        span layer, spec;
+        if (!item(errors, l, &spec) || !quantization(spec, 1, &index) || used[index] || !item(layers, l, &layer) ||
+            !get(layer, "z_table", &v) || !get(layer, "name", &item_v) || !is_string(item_v) ||
+            !get_int(layer, "features", NULL, 1, MAX_INPUT_ELEMENTS, &n) || !get(layer, "log_error_mean", &item_v) ||
+            !number(item_v, 0) || !get(layer, "log_error_std", &item_v) || !number(item_v, 1) ||
+            !get(layer, "holdout_error_quantiles", &item_v) || !numbers(item_v, QUANTILES, 0)) {
+            return refuse(msg, "manifest.json has a bad layer or layer error output", NULL);
+        }
+        used[index] = 1;
+        b->error_index[l] = (uint32_t)index;
+        b->tables[l] = v.p;
+        b->tables_end[l] = v.end;
+    }
+    if (!get_int(score, "threshold_units", NULL, 0, INT64_MAX / 2, &b->threshold_units) ||
+        !get_int(score, "unit", NULL, 1, 1 << 30, &b->score_unit) || !get(score, "combine", &v) ||
+        !string_is(v, "mean_positive_z_log_error") || !get(score, "eps", &v) || !number(v, 1) ||
+        !get(score, "threshold", &v) || !number(v, 0) || !get(score, "target_fpr", &v) || !number(v, 1) ||
+        !get(score, "holdout_quantiles", &v) || !numbers(v, QUANTILES, 0)) {
+        return refuse(msg, "manifest.json has a bad score", NULL);
+    }
+    return 0;
+}
+
 int bundle_open(const uint8_t *archive, uint32_t len, bundle_info *b, char *err, size_t err_len)
 {
     text msg;
@@ -289,25 +512,59 @@ int bundle_open(const uint8_t *archive, uint32_t len, bundle_info *b, char *err,
     b->manifest_len = t.size;
     span root = {(const char *)t.data, (const char *)t.data + t.size}, v, files, model_name;
     root.p = skip_space(root.p, root.end);
+    const char *after = skip_value(root.p, root.end), *s;
+    size_t s_len;
     int64_t n;
+    uint8_t digest[32];
+    if (after == NULL || skip_space(after, root.end) != root.end || !well_formed(root, 0)) {
+        return refuse(&msg, "manifest.json is malformed, nested too deeply or repeats a key", NULL);
+    }
     if (!get(root, "schema", &v) || !string_is(v, "edgefp.bundle")) {
         return refuse(&msg, "manifest.json is not an edgefp bundle manifest", NULL);
     }
     if (!get_int(root, "version", NULL, BUNDLE_VERSION, BUNDLE_VERSION, &n)) {
         return refuse(&msg, "bundle version is not 2; convert it again with this version of edgefp", NULL);
     }
-    if (!get(root, "files", &files) || !get(root, "model", &model_name)) {
+    if (!get(root, "name", &v) || !string(v, &s, &s_len) || !plain_name(s, s_len, 1)) {
+        return refuse(&msg, "manifest.json: name must be 1 to 64 of a-z, 0-9 and _", NULL);
+    }
+    memcpy(b->name, s, s_len < EFP_NAME_MAX ? s_len : EFP_NAME_MAX);
+    uint32_t listed = 0;
+    uint64_t listed_bytes = 0;
+    members m;
+    span key, entry;
+    if (!get(root, "files", &files) || !members_begin(files, &m) || m.close != '}') {
         return refuse(&msg, "manifest.json lists no files", NULL);
     }
+    while (members_next(&m, &key, &entry)) {
+        if (!plain_name(key.p, (size_t)(key.end - key.p), 0) || ++listed > MAX_FILES ||
+            !get_int(entry, "bytes", NULL, 0, MAX_FILES_BYTES, &n) || !get(entry, "sha256", &v) ||
+            !hex_digest(v, digest)) {
+            return refuse(&msg, "manifest.json: files must list 1 to 8 plain names with their bytes and sha256", NULL);
+        }
+        listed_bytes += (uint64_t)n;
+    }
+    if (listed == 0 || listed_bytes > MAX_FILES_BYTES || !get(root, "model", &model_name)) {
+        return refuse(&msg, "manifest.json lists no files, or files too large together", NULL);
+    }
 
-    /* Every file in the archive is listed with its size and SHA-256, and every listed file is there. */
-    uint32_t verified = 0;
+    /* Every file in the archive is listed with its size and SHA-256, and every listed file is there, once. */
+    const uint8_t *seen[MAX_FILES + 1];
+    uint32_t verified = 0, members_seen = 0;
     t.next = 0;
     while ((found = tar_next(&t)) == 1) {
+        for (uint32_t i = 0; i < members_seen; ++i) {
+            if (memcmp(seen[i] - TAR_BLOCK, t.data - TAR_BLOCK, 100) == 0) {
+                return refuse(&msg, "the archive holds a file twice: ", t.name);
+            }
+        }
+        if (members_seen == MAX_FILES + 1) {
+            return refuse(&msg, "the archive holds too many files", NULL);
+        }
+        seen[members_seen++] = t.data;
         if (strcmp(t.name, "manifest.json") == 0) {
             continue;
         }
-        span entry;
         uint8_t expected[32], actual[32];
         if (!get(files, t.name, &entry)) {
             return refuse(&msg, "a file is not listed in manifest.json: ", t.name);
@@ -320,65 +577,25 @@ int bundle_open(const uint8_t *archive, uint32_t len, bundle_info *b, char *err,
         if (memcmp(expected, actual, 32) != 0) {
             return refuse(&msg, "a file does not match its SHA-256 in manifest.json: ", t.name);
         }
-        const char *s;
-        size_t s_len;
         if (string(model_name, &s, &s_len) && s_len == strlen(t.name) && memcmp(s, t.name, s_len) == 0) {
             b->model = t.data;
             b->model_len = t.size;
         }
         ++verified;
     }
-    if (found < 0 || verified != count(files)) {
+    if (found < 0 || verified != listed) {
         return refuse(&msg, found < 0 ? "not a readable bundle archive" : "a file listed in manifest.json is missing",
                       NULL);
     }
     if (b->model == NULL) {
         return refuse(&msg, "the model named in manifest.json is missing", NULL);
     }
-
-    /* What the firmware needs to run it. */
-    const char *s;
-    size_t s_len;
-    span input, shape, outputs, errors, layers, labels, score;
-    if (get(root, "name", &v) && string(v, &s, &s_len)) {
-        memcpy(b->name, s, s_len < EFP_NAME_MAX ? s_len : EFP_NAME_MAX);
+    if (!get_int(root, "flash_bytes", NULL, b->model_len, b->model_len, &n) ||
+        !get_int(root, "tflm_arena_bytes", NULL, 1, 1 << 30, &n)) {
+        return refuse(&msg, "manifest.json: flash_bytes must be the model's size, tflm_arena_bytes a positive integer",
+                      NULL);
     }
-    if (!get(root, "input", &input) || !get(input, "shape", &shape) || !get(root, "outputs", &outputs) ||
-        !get(outputs, "layer_errors", &errors) || !get(root, "layers", &layers) || !get(root, "labels", &labels) ||
-        !get(root, "score", &score)) {
-        return refuse(&msg, "manifest.json lacks input, outputs, layers, labels or score", NULL);
-    }
-    b->input_bytes = 1;
-    for (int i = 0; item(shape, (uint32_t)i, &v); ++i) {
-        if (!integer(v, &n) || n < 1 || n > 1 << 20 || b->input_bytes * (uint64_t)n > 1 << 24) {
-            return refuse(&msg, "manifest.json has a bad input shape", NULL);
-        }
-        b->input_bytes *= (uint32_t)n;
-    }
-    b->classes = count(labels);
-    b->layers = count(layers);
-    if (b->layers < 1 || b->layers > EFP_MAX_LAYERS || count(errors) != b->layers) {
-        return refuse(&msg, "manifest.json has too many or mismatched layers", NULL);
-    }
-    if (!get_int(outputs, "probs", "index", 0, 255, &n)) {
-        return refuse(&msg, "manifest.json has no probs output", NULL);
-    }
-    b->probs_index = (uint32_t)n;
-    for (uint32_t l = 0; l < b->layers; ++l) {
-        span layer, spec;
-        if (!item(errors, l, &spec) || !get_int(spec, "index", NULL, 0, 255, &n) ||
-            !item(layers, l, &layer) || !get(layer, "z_table", &v)) {
-            return refuse(&msg, "manifest.json lacks a layer's output index or z_table", NULL);
-        }
-        b->error_index[l] = (uint32_t)n;
-        b->tables[l] = v.p;
-        b->tables_end[l] = v.end;
-    }
-    if (!get_int(score, "threshold_units", NULL, 0, INT64_MAX / 2, &b->threshold_units) ||
-        !get_int(score, "unit", NULL, 1, 1 << 30, &b->score_unit)) {
-        return refuse(&msg, "manifest.json has no score unit and threshold_units", NULL);
-    }
-    return 0;
+    return check_fields(root, b, &msg);
 }
 
 int bundle_tables(const bundle_info *b, int32_t *tables)
@@ -395,7 +612,9 @@ int bundle_tables(const bundle_info *b, int32_t *tables)
             if (q == 256 || !integer(v, &n) || n < 0 || n > INT32_MAX) {
                 return -1;
             }
-            tables[l * 256 + q] = (int32_t)n;
+            if (tables) {
+                tables[l * 256 + q] = (int32_t)n;
+            }
         }
         if (q != 256) {
             return -1;

@@ -29,7 +29,8 @@ typedef struct {
 /* 0 when the archive holds a bundle that verifies, else -1 with the reason in err. */
 int bundle_open(const uint8_t *archive, uint32_t len, bundle_info *b, char *err, size_t err_len);
 
-/* Read the layers' score tables (256 entries each) into tables[layers][256]; 0 on success. */
+/* Read the layers' score tables (256 entries each) into tables[layers][256] (only check them when
+ * tables is NULL); 0 on success. */
 int bundle_tables(const bundle_info *b, int32_t *tables);
 
 #endif
