@@ -58,9 +58,10 @@ def manifest_digest(manifest: dict) -> str:
 
 
 def parse_manifest(content: bytes, where: str) -> dict:
-    """Manifest bytes -> the checked manifest, or one clear EdgefpError (bad JSON, too deep, a broken rule)."""
+    """Manifest bytes -> the checked manifest, or one clear EdgefpError: strict JSON in UTF-8 (RFC 8259, no
+    byte-order mark), no object repeating a key, and every rule of :func:`edgefp.manifest.check`."""
     try:
-        manifest = json.loads(content, object_pairs_hook=_unique_keys)
+        manifest = json.loads(content.decode(), object_pairs_hook=_unique_keys, parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:
         reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).splitlines()[0]
         raise EdgefpError(f"{where}: {MANIFEST} is corrupt ({reason}); re-create the bundle") from None
@@ -68,6 +69,11 @@ def parse_manifest(content: bytes, where: str) -> dict:
         return check(manifest)
     except EdgefpError as exc:
         raise EdgefpError(f"{where}: {exc}; the bundle is corrupt or was modified, convert it again") from None
+
+
+def _no_constant(name: str):
+    """NaN and Infinity are not JSON: refused."""
+    raise ValueError(f"{name} is not JSON")
 
 
 def _unique_keys(pairs: list) -> dict:
@@ -308,7 +314,7 @@ def _archive_entries(handle, path: str) -> dict[str, tuple[int, int]]:
             continue
         name = header[:100].split(b"\0")[0].decode("utf-8", "replace")
         prefix = header[345:500].split(b"\0")[0] if header[257:262] == b"ustar" else b""
-        if kind not in (b"0", b"\0") or prefix or not (name == MANIFEST or FILE_RE.match(name)):
+        if kind not in (b"0", b"\0") or prefix or not (name == MANIFEST or FILE_RE.fullmatch(name)):
             raise EdgefpError(f"{path}: unexpected entry '{name[:60]}' in the bundle archive")
         if name in entries:
             raise EdgefpError(f"{path}: the bundle archive holds '{name}' twice")
@@ -319,8 +325,9 @@ def _archive_entries(handle, path: str) -> dict[str, tuple[int, int]]:
 
 
 def _octal(field: bytes) -> int | None:
-    digits = field.split(b"\0")[0].strip()
-    if digits and not all(48 <= c <= 55 for c in digits):
+    """A numeric tar field: spaces, octal digits, then only NULs and spaces (None when it is not)."""
+    digits = field.lstrip(b" ").rstrip(b" \0")
+    if not all(48 <= c <= 55 for c in digits):
         return None
     return int(digits or b"0", 8)
 

@@ -264,7 +264,7 @@ def convert(run, calib, out, name, ood_spec, force, as_json):
     from edgefp.data import load
     from edgefp.manifest import NAME_RE
 
-    if name is not None and not NAME_RE.match(name):
+    if name is not None and not NAME_RE.fullmatch(name):
         raise EdgefpError(f"--name '{name}' must be 1 to 64 of a-z, 0-9 and '_' (a C identifier)")
     manifest = convert_run(run, load(calib), out, name=name, ood_data=load(ood_spec) if ood_spec else None, force=force)
     parity = manifest["parity"]
@@ -383,13 +383,13 @@ def bench_run(bundle, port, runtime, runs, warmup, out, key_file, force, as_json
     from edgefp.bundle import Bundle
     from edgefp.fsutil import check_file_output
 
-    if (bundle is None) == (port is None):
+    if (bundle is None) == (port is None) or port == "":
         raise EdgefpError("give a BUNDLE to time on this machine, or --port URL to time on a device")
     if runs + warmup > MAX_INVOKES:
         raise EdgefpError(f"-n and --warmup add up to {runs + warmup:,}; at most {MAX_INVOKES:,} invokes")
     if out:  # refused now rather than after the benchmark
         check_file_output(out, force=force, written_by_edgefp=benchmarks.is_result, kind="bench result")
-    if port:
+    if port is not None:
         from edgefp.firmware_host.client import bench as bench_device
 
         with _open(port, key_file) as device:

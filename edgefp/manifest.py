@@ -75,10 +75,9 @@ def _number(value, where: str, *, positive: bool = False) -> float:
     return value
 
 
-def _string(value, where: str, pattern: re.Pattern | None = None, limit: int = 255) -> str:
-    if not isinstance(value, str) or len(value) > limit or (pattern is not None and not pattern.match(value)):
-        what = f"a string matching {pattern.pattern}" if pattern else f"a string of at most {limit} characters"
-        _fail(where, what, value)
+def _string(value, where: str, pattern: re.Pattern | None = None) -> str:
+    if not isinstance(value, str) or (pattern is not None and not pattern.fullmatch(value)):
+        _fail(where, f"a string matching {pattern.pattern}" if pattern else "a string", value)
     return value
 
 
@@ -120,13 +119,15 @@ def check(manifest) -> dict:
             "convert it again with this version of edgefp"
         )
     _string(manifest.get("name"), "name", NAME_RE)
+    for key in ("created", "edgefp_version"):
+        _string(manifest.get(key, ""), key)
     _string(manifest.get("digest", "0" * 64), "digest", SHA256_RE)
 
     files = _object(manifest.get("files"), "files")
     if not 1 <= len(files) <= MAX_FILES:
         _fail("files", f"an object of 1 to {MAX_FILES} files", files)
     for name, entry in files.items():
-        if not FILE_RE.match(name) or name == MANIFEST:
+        if not FILE_RE.fullmatch(name) or name == MANIFEST:
             _fail("a name in files", f"a plain file name other than {MANIFEST}", name)
         entry = _object(entry, f"files.{name}")
         _string(entry.get("sha256"), f"files.{name}.sha256", SHA256_RE)
@@ -138,7 +139,7 @@ def check(manifest) -> dict:
         _fail("model", "a file listed in files", model)
     _int(manifest.get("flash_bytes"), "flash_bytes", files[model]["bytes"], files[model]["bytes"])
     _int(manifest.get("tflm_arena_bytes"), "tflm_arena_bytes", 1, 1 << 30)
-    for i, op in enumerate(_list(manifest.get("ops", []), "ops", 0, 256)):
+    for i, op in enumerate(_list(manifest.get("ops"), "ops", 0, 256)):
         _string(op, f"ops[{i}]")
 
     spec = _object(manifest.get("input"), "input")
@@ -165,7 +166,7 @@ def check(manifest) -> dict:
     for i, label in enumerate(labels):
         label = _object(label, f"labels[{i}]")
         _int(label.get("value"), f"labels[{i}].value", 0, INT64_MAX)
-        _string(label.get("name", ""), f"labels[{i}].name")
+        _string(label.get("name"), f"labels[{i}].name")
     if len({label["value"] for label in labels}) != len(labels):
         _fail("labels", "of distinct values", [label["value"] for label in labels])
 

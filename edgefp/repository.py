@@ -235,7 +235,7 @@ class Repository:
         """Verify the bundle at ``source`` (directory or archive) and store it; create the repository if needed."""
         bundle = Bundle.load(source)
         name = name or bundle.manifest.get("name")
-        if not name or not NAME_RE.match(name):
+        if not name or not NAME_RE.fullmatch(name):
             raise EdgefpError(f"'{name}' is not a valid bundle name (use a-z, 0-9 and '_'); give --name")
         for key in tags or {}:
             if key in BUILTIN_KEYS:

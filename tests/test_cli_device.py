@@ -131,3 +131,19 @@ def test_devices_lists_ports_as_json():
     assert result.returncode == 0
     for port in json.loads(result.stdout)["ports"]:
         assert set(port) >= {"port", "vid_pid", "serial_number", "description"}
+
+
+@pytest.mark.parametrize("profile", ["nrf52840", "native"])
+def test_a_terminated_sim_leaves_nothing_behind(digits_bundle, tmp_path, profile):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    args = [sys.executable, "-m", "edgefp", "sim", "--profile", profile]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(scratch)})
+    try:
+        url = process.stdout.readline().strip()
+        assert edgefp("flash", digits_bundle[1], "--port", url).returncode == 0
+        assert os.listdir(scratch)  # the slots (or the flash file) live there while it runs
+    finally:
+        process.terminate()
+        assert process.wait(timeout=10) == 0
+    assert os.listdir(scratch) == []

@@ -21,6 +21,13 @@ typedef struct {
     const char *p, *end;
 } span;
 
+/* A JSON number in decimal: sign, whether it is zero, up to 17 significant digits, and the position of
+ * the decimal point: the value is 0.DIGITS x 10^position. */
+typedef struct {
+    int negative, zero, position;
+    char digits[18];
+} decimal;
+
 static const char *skip_space(const char *p, const char *end)
 {
     while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')) {
@@ -66,6 +73,7 @@ static const char *skip_value(const char *p, const char *end)
 typedef struct {
     const char *p, *end;
     char close;
+    int more; /* a comma was read: another member must follow */
 } members;
 
 static int members_begin(span v, members *m)
@@ -77,16 +85,19 @@ static int members_begin(span v, members *m)
     m->close = *p == '{' ? '}' : ']';
     m->p = skip_space(p + 1, v.end);
     m->end = v.end;
+    m->more = 0;
     return 1;
 }
 
-/* The next member: 1, or 0 at the end (or where the JSON is malformed). */
+/* The next member: 1, or 0 at the end or where the JSON is malformed (m->p is then left at m->end,
+ * not at the closing bracket). */
 static int members_next(members *m, span *key, span *value)
 {
     const char *p = m->p;
-    if (p >= m->end || *p == m->close) {
+    if (p >= m->end || (*p == m->close && !m->more)) {
         return 0;
     }
+    m->p = m->end;
     if (m->close == '}') {
         const char *after = *p == '"' ? skip_value(p, m->end) : NULL;
         if (after == NULL) {
@@ -107,7 +118,12 @@ static int members_next(members *m, span *key, span *value)
     value->p = p;
     value->end = after;
     p = skip_space(after, m->end);
-    m->p = p < m->end && *p == ',' ? skip_space(p + 1, m->end) : p;
+    m->more = p < m->end && *p == ',';
+    if (m->more) {
+        m->p = skip_space(p + 1, m->end);
+    } else if (p < m->end && *p == m->close) {
+        m->p = p;
+    }
     return 1;
 }
 
@@ -132,20 +148,65 @@ static int get(span v, const char *key, span *out)
     return 0;
 }
 
-/* 1 when v is well formed as far as this reader sees (every object and array closes), nests at most
- * MAX_DEPTH deep and no object repeats a key: the rules the host's JSON reading applies too. */
+/* A JSON string, quotes included: escapes as JSON has them, no control characters. */
+static int json_string(span v)
+{
+    const char *p = v.p + 1, *end = v.end - 1;
+    if (v.end - v.p < 2 || *v.p != '"' || *end != '"') {
+        return 0;
+    }
+    while (p < end) {
+        unsigned char c = (unsigned char)*p++;
+        if (c < 0x20) {
+            return 0;
+        }
+        if (c != '\\') {
+            continue;
+        }
+        if (p >= end) {
+            return 0;
+        }
+        c = (unsigned char)*p++;
+        if (c == 'u') {
+            for (int i = 0; i < 4; ++i, ++p) {
+                if (p >= end || !((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f') || (*p >= 'A' && *p <= 'F'))) {
+                    return 0;
+                }
+            }
+        } else if (memchr("\"\\/bfnrt", c, 8) == NULL) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static int parse_decimal(span v, decimal *d);
+
+/* A JSON string, number, true, false or null. */
+static int json_scalar(span v)
+{
+    decimal d;
+    size_t n = (size_t)(v.end - v.p);
+    return (n && *v.p == '"' && json_string(v)) || (n == 4 && memcmp(v.p, "true", 4) == 0) ||
+           (n == 5 && memcmp(v.p, "false", 5) == 0) || (n == 4 && memcmp(v.p, "null", 4) == 0) ||
+           parse_decimal(v, &d);
+}
+
+/* 1 when v is strict JSON (RFC 8259), nests at most MAX_DEPTH deep and no object repeats a key: the
+ * rules the host's JSON reading applies too. */
 static int well_formed(span v, int depth)
 {
     members m, rest;
     span k, value, k2, ignored;
     if (!members_begin(v, &m)) {
-        return 1; /* a string, number or literal */
+        return json_scalar(v);
     }
     if (depth == MAX_DEPTH) {
         return 0;
     }
     while (members_next(&m, &k, &value)) {
-        if (!well_formed(value, depth + 1)) {
+        span quoted = {k.p - 1, k.end + 1};
+        if ((m.close == '}' && !json_string(quoted)) || !well_formed(value, depth + 1)) {
             return 0;
         }
         for (rest = m; m.close == '}' && members_next(&rest, &k2, &ignored);) {
@@ -195,7 +256,7 @@ static int integer(span v, int64_t *out)
     }
     int64_t value = 0;
     for (; p < v.end; ++p) {
-        if (*p < '0' || *p > '9' || value > (INT64_MAX - 9) / 10) {
+        if (*p < '0' || *p > '9' || value > (INT64_MAX - (*p - '0')) / 10) {
             return 0;
         }
         value = value * 10 + (*p - '0');
@@ -248,6 +309,31 @@ static int get_int(span v, const char *k1, const char *k2, int64_t lo, int64_t h
            *out <= hi;
 }
 
+/* Strict UTF-8: no overlong forms, no surrogates, nothing above U+10FFFF. */
+static int utf8(const uint8_t *p, uint32_t n)
+{
+    for (uint32_t i = 0; i < n;) {
+        uint8_t c = p[i];
+        uint32_t len = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
+        if (len == 0 || i + len > n) {
+            return 0;
+        }
+        uint32_t code = len == 1 ? c : c & (0x7F >> len);
+        for (uint32_t j = 1; j < len; ++j) {
+            if ((p[i + j] & 0xC0) != 0x80) {
+                return 0;
+            }
+            code = code << 6 | (p[i + j] & 0x3F);
+        }
+        static const uint32_t least[5] = {0, 0, 0x80, 0x800, 0x10000};
+        if (code < least[len] || code > 0x10FFFF || (code >= 0xD800 && code <= 0xDFFF)) {
+            return 0;
+        }
+        i += len;
+    }
+    return 1;
+}
+
 /* ---------------------------------------------------------------- the tar archive */
 typedef struct {
     const uint8_t *archive;
@@ -256,6 +342,26 @@ typedef struct {
     const uint8_t *data;
     uint32_t size;
 } tar_cursor;
+
+/* A numeric tar field: spaces, octal digits, then only NULs and spaces. */
+static int octal(const uint8_t *field, int n, uint32_t *out)
+{
+    uint64_t value = 0;
+    int i = 0;
+    while (i < n && field[i] == ' ') {
+        ++i;
+    }
+    for (; i < n && field[i] >= '0' && field[i] <= '7'; ++i) {
+        value = value * 8 + (uint64_t)(field[i] - '0');
+    }
+    for (; i < n; ++i) {
+        if (field[i] != ' ' && field[i] != 0) {
+            return 0;
+        }
+    }
+    *out = (uint32_t)value;
+    return value <= UINT32_MAX;
+}
 
 /* The next regular file: 1, 0 at the end of the archive, -1 when malformed. */
 static int tar_next(tar_cursor *t)
@@ -268,18 +374,12 @@ static int tar_next(tar_cursor *t)
             return -1;
         }
         const uint8_t *h = t->archive + t->next;
-        uint32_t sum = 0, stored = 0, size = 0;
+        uint32_t sum = 0, stored, size;
         for (int i = 0; i < TAR_BLOCK; ++i) {
             sum += i >= 148 && i < 156 ? ' ' : h[i];
         }
-        for (int i = 148; i < 156 && h[i] >= '0' && h[i] <= '7'; ++i) {
-            stored = stored * 8 + (uint32_t)(h[i] - '0');
-        }
-        for (int i = 124; i < 136 && h[i] >= '0' && h[i] <= '7'; ++i) {
-            size = size * 8 + (uint32_t)(h[i] - '0');
-        }
         uint32_t start = t->next + TAR_BLOCK;
-        if (sum != stored || size > t->len - start) {
+        if (!octal(h + 148, 8, &stored) || !octal(h + 124, 12, &size) || sum != stored || size > t->len - start) {
             return -1;
         }
         t->next = start + (size + TAR_BLOCK - 1) / TAR_BLOCK * TAR_BLOCK;
@@ -316,44 +416,71 @@ static int is_string(span v)
     return v.end - v.p >= 2 && *v.p == '"' && v.end[-1] == '"';
 }
 
-/* A JSON number of a finite double (positive: above zero). Ranges beyond that are not checked. */
-static int number(span v, int positive)
+static int parse_decimal(span v, decimal *d)
 {
-    const char *p = v.p, *digits;
-    int nonzero = 0, magnitude = 0;
-    if (p < v.end && *p == '-') {
-        if (positive) {
-            return 0;
+    const char *p = v.p, *start;
+    int n = 0, whole = 0, zeros = 0, exponent = 0;
+    memset(d, 0, sizeof *d);
+    d->negative = p < v.end && *p == '-';
+    p += d->negative;
+    for (start = p; p < v.end && *p >= '0' && *p <= '9'; ++p) {
+        if (*p != '0' || n > 0 || whole > 0) {
+            whole += 1;
+            d->digits[n] = *p;
+            n += n < 17;
         }
-        ++p;
     }
-    for (digits = p; p < v.end && *p >= '0' && *p <= '9'; ++p) {
-        nonzero |= *p != '0';
-        magnitude += nonzero;
-    }
-    if (p == digits || (*digits == '0' && p - digits > 1)) {
+    if (p == start || (*start == '0' && p - start > 1)) {
         return 0;
     }
     if (p < v.end && *p == '.') {
-        for (digits = ++p; p < v.end && *p >= '0' && *p <= '9'; ++p) {
-            nonzero |= *p != '0';
+        for (start = ++p; p < v.end && *p >= '0' && *p <= '9'; ++p) {
+            if (*p == '0' && n == 0 && whole == 0) {
+                zeros += 1;
+            } else {
+                d->digits[n] = *p;
+                n += n < 17;
+            }
         }
-        if (p == digits) {
+        if (p == start) {
             return 0;
         }
     }
     if (p < v.end && (*p == 'e' || *p == 'E')) {
-        int negative = ++p < v.end && *p == '-', exponent = 0;
+        int negative = ++p < v.end && *p == '-';
         p += p < v.end && (*p == '+' || *p == '-');
-        for (digits = p; p < v.end && *p >= '0' && *p <= '9'; ++p) {
-            exponent = exponent > 1000 ? exponent : exponent * 10 + (*p - '0');
+        for (start = p; p < v.end && *p >= '0' && *p <= '9'; ++p) {
+            exponent = exponent > 100000 ? exponent : exponent * 10 + (*p - '0');
         }
-        if (p == digits) {
+        if (p == start) {
             return 0;
         }
-        magnitude += negative ? -exponent : exponent;
+        exponent = negative ? -exponent : exponent;
     }
-    return p == v.end && magnitude <= 308 && (!positive || nonzero);
+    d->digits[n < 17 ? n : 17] = 0;
+    d->zero = n == 0;
+    d->position = whole - zeros + exponent;
+    return p == v.end;
+}
+
+/* A JSON number that a double holds as a finite value (positive: above zero, not lost to underflow). */
+static int number(span v, int positive)
+{
+    decimal d;
+    char padded[18] = "00000000000000000";
+    if (!parse_decimal(v, &d)) {
+        return 0;
+    }
+    memcpy(padded, d.digits, strlen(d.digits));
+    int finite = d.zero || d.position < 309 || (d.position == 309 && strcmp(padded, "17976931348623158") <= 0);
+    return finite && (!positive || (!d.negative && !d.zero && d.position > -323));
+}
+
+/* A positive JSON number below 1. */
+static int fraction(span v)
+{
+    decimal d;
+    return number(v, 1) && parse_decimal(v, &d) && d.position <= 0;
 }
 
 /* A list of exactly n numbers. */
@@ -417,13 +544,31 @@ static int preprocessing(span pre, span shape, uint32_t dims)
            numbers(v, (uint32_t)channels, 1);
 }
 
-/* n labels, each an object with a distinct non-negative integer value. */
+/* A list of at most n strings. */
+static int strings(span list, uint32_t n)
+{
+    members m;
+    span k, v;
+    uint32_t i = 0;
+    if (!members_begin(list, &m) || m.close != ']') {
+        return 0;
+    }
+    for (; members_next(&m, &k, &v); ++i) {
+        if (i == n || !is_string(v)) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* n labels, each an object with a distinct non-negative integer value and a string name. */
 static int label_values(span labels, uint32_t n)
 {
     int64_t values[MAX_CLASSES];
-    span label;
+    span label, name;
     for (uint32_t i = 0; i < n; ++i) {
-        if (!item(labels, i, &label) || !get_int(label, "value", NULL, 0, INT64_MAX, &values[i])) {
+        if (!item(labels, i, &label) || !get_int(label, "value", NULL, 0, INT64_MAX, &values[i]) ||
+            !get(label, "name", &name) || !is_string(name)) {
             return 0;
         }
         for (uint32_t j = 0; j < i; ++j) {
@@ -489,7 +634,7 @@ static int check_fields(span root, bundle_info *b, text *msg)
     if (!get_int(score, "threshold_units", NULL, 0, INT64_MAX / 2, &b->threshold_units) ||
         !get_int(score, "unit", NULL, 1, 1 << 30, &b->score_unit) || !get(score, "combine", &v) ||
         !string_is(v, "mean_positive_z_log_error") || !get(score, "eps", &v) || !number(v, 1) ||
-        !get(score, "threshold", &v) || !number(v, 0) || !get(score, "target_fpr", &v) || !number(v, 1) ||
+        !get(score, "threshold", &v) || !number(v, 0) || !get(score, "target_fpr", &v) || !fraction(v) ||
         !get(score, "holdout_quantiles", &v) || !numbers(v, QUANTILES, 0)) {
         return refuse(msg, "manifest.json has a bad score", NULL);
     }
@@ -516,7 +661,7 @@ int bundle_open(const uint8_t *archive, uint32_t len, bundle_info *b, char *err,
     size_t s_len;
     int64_t n;
     uint8_t digest[32];
-    if (after == NULL || skip_space(after, root.end) != root.end || !well_formed(root, 0)) {
+    if (!utf8(t.data, t.size) || after == NULL || skip_space(after, root.end) != root.end || !well_formed(root, 0)) {
         return refuse(&msg, "manifest.json is malformed, nested too deeply or repeats a key", NULL);
     }
     if (!get(root, "schema", &v) || !string_is(v, "edgefp.bundle")) {
@@ -527,6 +672,9 @@ int bundle_open(const uint8_t *archive, uint32_t len, bundle_info *b, char *err,
     }
     if (!get(root, "name", &v) || !string(v, &s, &s_len) || !plain_name(s, s_len, 1)) {
         return refuse(&msg, "manifest.json: name must be 1 to 64 of a-z, 0-9 and _", NULL);
+    }
+    if ((get(root, "created", &v) && !is_string(v)) || (get(root, "edgefp_version", &v) && !is_string(v))) {
+        return refuse(&msg, "manifest.json: created and edgefp_version must be strings", NULL);
     }
     memcpy(b->name, s, s_len < EFP_NAME_MAX ? s_len : EFP_NAME_MAX);
     uint32_t listed = 0;
@@ -591,8 +739,9 @@ int bundle_open(const uint8_t *archive, uint32_t len, bundle_info *b, char *err,
         return refuse(&msg, "the model named in manifest.json is missing", NULL);
     }
     if (!get_int(root, "flash_bytes", NULL, b->model_len, b->model_len, &n) ||
-        !get_int(root, "tflm_arena_bytes", NULL, 1, 1 << 30, &n)) {
-        return refuse(&msg, "manifest.json: flash_bytes must be the model's size, tflm_arena_bytes a positive integer",
+        !get_int(root, "tflm_arena_bytes", NULL, 1, 1 << 30, &n) || !get(root, "ops", &v) || !strings(v, 256)) {
+        return refuse(&msg, "manifest.json: flash_bytes must be the model's size, tflm_arena_bytes a positive "
+                            "integer, ops a list of names",
                       NULL);
     }
     return check_fields(root, b, &msg);

@@ -16,8 +16,10 @@
 #define EFP_OOD_CAPACITY 16 /* recent OOD inputs kept for GET_OOD */
 #endif
 #define EFP_WINDOW 100    /* inputs in the recent window of the counters */
-#define EFP_BENCH_MAX_RUNS 100000u  /* runs + warmup of one BENCH (edgefp.limits.MAX_INVOKES) */
-#define EFP_BENCH_MAX_US 5000000u   /* a BENCH still running after this long stops (edgefp.limits.BENCH_MAX_SECONDS) */
+#define EFP_BENCH_MAX_RUNS 100000u /* runs + warmup of one BENCH (edgefp.limits.MAX_INVOKES) */
+#ifndef EFP_BENCH_MAX_US
+#define EFP_BENCH_MAX_US 5000000u /* a BENCH still running after this long stops (edgefp.limits.BENCH_MAX_SECONDS) */
+#endif
 #define EFP_MAX_LAYERS 16 /* fingerprinted layers a bundle may have */
 #define EFP_NAME_MAX 32   /* bundle names in HELLO */
 
