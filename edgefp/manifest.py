@@ -9,7 +9,6 @@ is checked when an interpreter is opened (:meth:`edgefp.bundle.Bundle.interprete
 
 from __future__ import annotations
 
-import math
 import re
 
 from edgefp.errors import EdgefpError
@@ -33,6 +32,7 @@ NAME_RE = re.compile(rf"^[a-z0-9_]{{1,{MAX_NAME}}}$")
 FILE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 INT64_MAX = (1 << 63) - 1
+NUMBER_MAX, NUMBER_MIN = 10**308, 1e-300  # numbers are below the first in size; positive ones not below the second
 
 
 class ManifestError(EdgefpError):
@@ -68,10 +68,10 @@ def _int(value, where: str, low: int, high: int) -> int:
 
 
 def _number(value, where: str, *, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        _fail(where, "a finite number", value)
-    if positive and value <= 0:
-        _fail(where, "a positive number", value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not abs(value) < NUMBER_MAX:
+        _fail(where, "a number below 1e308 in size", value)
+    if positive and not value >= NUMBER_MIN:
+        _fail(where, "a positive number (at least 1e-300)", value)
     return value
 
 

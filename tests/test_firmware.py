@@ -275,10 +275,10 @@ def test_bench_is_capped_and_requests_are_checked_to_the_byte(tmp_path, digits):
         with client.open_device(native.url) as device:
             client.flash(device, digits[1])
             for runs, warmup in [(MAX_INVOKES + 1, 0), (0xFFFFFFFF, 0), (1, 0xFFFFFFFF), (0xFFFFFFFF, 1)]:
-                with pytest.raises(DeviceError, match="OVER_LIMIT: runs and warmup add up to more than 100000"):
+                with pytest.raises(DeviceError, match=r"OVER_LIMIT: runs \+ warmup over 100000"):
                     client.bench(device, runs=runs, warmup=warmup)
             started = time.monotonic()
-            with pytest.raises(DeviceError, match="OVER_LIMIT: the benchmark ran past its time limit after"):
+            with pytest.raises(DeviceError, match="OVER_LIMIT: time limit reached after"):
                 client.bench(device, runs=MAX_INVOKES, warmup=0)
             assert time.monotonic() - started < 2
             with pytest.raises(DeviceError, match="OUT_OF_RANGE: enable must be 0 or 1"):

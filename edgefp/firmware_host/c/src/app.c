@@ -581,8 +581,7 @@ static long on_bench(const uint8_t *body, size_t len, uint8_t *out)
         return refuse(OUT_OF_RANGE, "runs must be at least 1");
     }
     if (runs > EFP_BENCH_MAX_RUNS || warmup > EFP_BENCH_MAX_RUNS - runs) {
-        return refuse_bytes(OVER_LIMIT, "runs and warmup add up to more than ", EFP_BENCH_MAX_RUNS,
-                            "; ask for fewer");
+        return refuse_bytes(OVER_LIMIT, "runs + warmup over ", EFP_BENCH_MAX_RUNS, "");
     }
     const bundle_info *b = &active.info;
     uint32_t start = board_time_us(), began = start;
@@ -608,7 +607,7 @@ static long on_bench(const uint8_t *body, size_t len, uint8_t *out)
     float first = 0.0f, lo = 0.0f, hi = 0.0f;
     for (uint32_t i = 0; i < 1 + warmup + runs; ++i) {
         if (board_time_us() - began > EFP_BENCH_MAX_US) {
-            refuse_bytes(OVER_LIMIT, "the benchmark ran past its time limit after ", i, " invokes; ask for fewer runs");
+            refuse_bytes(OVER_LIMIT, "time limit reached after ", i, " invokes");
             return -1;
         }
         start = board_time_us();

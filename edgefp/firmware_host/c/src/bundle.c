@@ -14,6 +14,7 @@
 #define MAX_DIMS 6
 #define MAX_CLASSES 255
 #define QUANTILES 101
+#define RULE "manifest.json breaks a rule at " /* then the field (docs/bundle.md, Validation) */
 
 /* ---------------------------------------------------------------- a minimal JSON reader
  * A value is a span [p, end) of the manifest. Lookups scan; nothing is copied or allocated. */
@@ -21,12 +22,6 @@ typedef struct {
     const char *p, *end;
 } span;
 
-/* A JSON number in decimal: sign, whether it is zero, up to 17 significant digits, and the position of
- * the decimal point: the value is 0.DIGITS x 10^position. */
-typedef struct {
-    int negative, zero, position;
-    char digits[18];
-} decimal;
 
 static const char *skip_space(const char *p, const char *end)
 {
@@ -180,16 +175,16 @@ static int json_string(span v)
     return 1;
 }
 
-static int parse_decimal(span v, decimal *d);
+static int parse_number(span v, int *negative, int *zero, int *position);
 
 /* A JSON string, number, true, false or null. */
 static int json_scalar(span v)
 {
-    decimal d;
+    int negative, zero, position;
     size_t n = (size_t)(v.end - v.p);
     return (n && *v.p == '"' && json_string(v)) || (n == 4 && memcmp(v.p, "true", 4) == 0) ||
            (n == 5 && memcmp(v.p, "false", 5) == 0) || (n == 4 && memcmp(v.p, "null", 4) == 0) ||
-           parse_decimal(v, &d);
+           parse_number(v, &negative, &zero, &position);
 }
 
 /* 1 when v is strict JSON (RFC 8259), nests at most MAX_DEPTH deep and no object repeats a key: the
@@ -256,7 +251,7 @@ static int integer(span v, int64_t *out)
     }
     int64_t value = 0;
     for (; p < v.end; ++p) {
-        if (*p < '0' || *p > '9' || value > (INT64_MAX - (*p - '0')) / 10) {
+        if (*p < '0' || *p > '9' || value > INT64_MAX / 10 || (value == INT64_MAX / 10 && *p - '0' > INT64_MAX % 10)) {
             return 0;
         }
         value = value * 10 + (*p - '0');
@@ -401,6 +396,11 @@ static int tar_next(tar_cursor *t)
     }
 }
 
+static int is_manifest(const char *name)
+{
+    return memcmp(name, "manifest.json", sizeof "manifest.json") == 0; /* its terminator included */
+}
+
 static int refuse(text *msg, const char *what, const char *name)
 {
     text_str(msg, what);
@@ -416,88 +416,74 @@ static int is_string(span v)
     return v.end - v.p >= 2 && *v.p == '"' && v.end[-1] == '"';
 }
 
-static int parse_decimal(span v, decimal *d)
+/* A JSON number: 1 when v is one, with its sign, whether it is zero, and the power of ten P just above
+ * it (10^(P-1) <= |value| < 10^P when it is not zero). */
+static int parse_number(span v, int *negative, int *zero, int *position)
 {
     const char *p = v.p, *start;
-    int n = 0, whole = 0, zeros = 0, exponent = 0;
-    memset(d, 0, sizeof *d);
-    d->negative = p < v.end && *p == '-';
-    p += d->negative;
-    for (start = p; p < v.end && *p >= '0' && *p <= '9'; ++p) {
-        if (*p != '0' || n > 0 || whole > 0) {
-            whole += 1;
-            d->digits[n] = *p;
-            n += n < 17;
+    int exponent = 0, point = 0, seen = 0;
+    *negative = p < v.end && *p == '-';
+    p += *negative;
+    for (start = p; p < v.end && ((*p >= '0' && *p <= '9') || (*p == '.' && !point)); ++p) {
+        if (*p == '.') {
+            if (p == start || p + 1 >= v.end || p[1] < '0' || p[1] > '9') {
+                return 0;
+            }
+            point = 1;
+        } else {
+            seen |= *p != '0';
+            exponent += seen && !point;  /* digits before the point, from the first significant one */
+            exponent -= !seen && point;  /* zeros after the point before the first significant digit */
         }
     }
-    if (p == start || (*start == '0' && p - start > 1)) {
+    if (p == start || (*start == '0' && p - start > 1 && start[1] != '.')) {
         return 0;
     }
-    if (p < v.end && *p == '.') {
-        for (start = ++p; p < v.end && *p >= '0' && *p <= '9'; ++p) {
-            if (*p == '0' && n == 0 && whole == 0) {
-                zeros += 1;
-            } else {
-                d->digits[n] = *p;
-                n += n < 17;
-            }
-        }
-        if (p == start) {
-            return 0;
-        }
-    }
     if (p < v.end && (*p == 'e' || *p == 'E')) {
-        int negative = ++p < v.end && *p == '-';
+        int minus = ++p < v.end && *p == '-', e = 0;
         p += p < v.end && (*p == '+' || *p == '-');
         for (start = p; p < v.end && *p >= '0' && *p <= '9'; ++p) {
-            exponent = exponent > 100000 ? exponent : exponent * 10 + (*p - '0');
+            e = e > 100000 ? e : e * 10 + (*p - '0');
         }
         if (p == start) {
             return 0;
         }
-        exponent = negative ? -exponent : exponent;
+        exponent += minus ? -e : e;
     }
-    d->digits[n < 17 ? n : 17] = 0;
-    d->zero = n == 0;
-    d->position = whole - zeros + exponent;
+    *zero = !seen;
+    *position = exponent;
     return p == v.end;
 }
 
-/* A JSON number that a double holds as a finite value (positive: above zero, not lost to underflow). */
-static int number(span v, int positive)
+enum { ANY, POSITIVE, FRACTION }; /* what number() accepts (edgefp.manifest): |x| < 1e308; x >= 1e-300; x < 1 */
+
+/* A JSON number of a kind: any number below 1e308 in size, a positive one of at least 1e-300, or one
+ * of those below 1. */
+static int number(span v, int kind)
 {
-    decimal d;
-    char padded[18] = "00000000000000000";
-    if (!parse_decimal(v, &d)) {
+    int negative, zero, position;
+    if (!parse_number(v, &negative, &zero, &position) || (!zero && position > 308)) {
         return 0;
     }
-    memcpy(padded, d.digits, strlen(d.digits));
-    int finite = d.zero || d.position < 309 || (d.position == 309 && strcmp(padded, "17976931348623158") <= 0);
-    return finite && (!positive || (!d.negative && !d.zero && d.position > -323));
+    return kind == ANY || (!negative && !zero && position > -300 && (kind == POSITIVE || position <= 0));
 }
 
-/* A positive JSON number below 1. */
-static int fraction(span v)
-{
-    decimal d;
-    return number(v, 1) && parse_decimal(v, &d) && d.position <= 0;
-}
-
-/* A list of exactly n numbers. */
-static int numbers(span list, uint32_t n, int positive)
+/* A list of exactly n (at most n when n is negative) numbers of a kind, or strings (kind STRINGS). */
+enum { STRINGS = FRACTION + 1 };
+static int list_of(span list, int32_t n, int kind)
 {
     members m;
     span k, v;
-    uint32_t i = 0;
+    int32_t i = 0, most = n < 0 ? -n : n;
     if (!members_begin(list, &m) || m.close != ']') {
         return 0;
     }
     for (; members_next(&m, &k, &v); ++i) {
-        if (i == n || !number(v, positive)) {
+        if (i == most || !(kind == STRINGS ? is_string(v) : number(v, kind))) {
             return 0;
         }
     }
-    return i == n;
+    return n < 0 || i == n;
 }
 
 /* A bundle name ([a-z0-9_], 1 to 64) or a file name ([A-Za-z0-9_], then also '.' and '-'; 1 to 100; not
@@ -523,7 +509,7 @@ static int quantization(span spec, uint32_t size, int64_t *index)
 {
     span v, shape;
     int64_t n;
-    return get_int(spec, "index", NULL, 0, 255, index) && get(spec, "scale", &v) && number(v, 1) &&
+    return get_int(spec, "index", NULL, 0, 255, index) && get(spec, "scale", &v) && number(v, POSITIVE) &&
            get_int(spec, "zero_point", NULL, -128, 127, &n) && get(spec, "shape", &shape) && count(shape) == 1 &&
            item(shape, 0, &v) && integer(v, &n) && n == size;
 }
@@ -540,39 +526,22 @@ static int preprocessing(span pre, span shape, uint32_t dims)
         return 1;
     }
     return string_is(v, "standardize") && item(shape, dims - 1, &v) && integer(v, &channels) &&
-           get(pre, "mean", &v) && numbers(v, (uint32_t)channels, 0) && get(pre, "std", &v) &&
-           numbers(v, (uint32_t)channels, 1);
-}
-
-/* A list of at most n strings. */
-static int strings(span list, uint32_t n)
-{
-    members m;
-    span k, v;
-    uint32_t i = 0;
-    if (!members_begin(list, &m) || m.close != ']') {
-        return 0;
-    }
-    for (; members_next(&m, &k, &v); ++i) {
-        if (i == n || !is_string(v)) {
-            return 0;
-        }
-    }
-    return 1;
+           get(pre, "mean", &v) && list_of(v, (int32_t)channels, ANY) && get(pre, "std", &v) &&
+           list_of(v, (int32_t)channels, POSITIVE);
 }
 
 /* n labels, each an object with a distinct non-negative integer value and a string name. */
 static int label_values(span labels, uint32_t n)
 {
-    int64_t values[MAX_CLASSES];
     span label, name;
+    int64_t value, other;
     for (uint32_t i = 0; i < n; ++i) {
-        if (!item(labels, i, &label) || !get_int(label, "value", NULL, 0, INT64_MAX, &values[i]) ||
+        if (!item(labels, i, &label) || !get_int(label, "value", NULL, 0, INT64_MAX, &value) ||
             !get(label, "name", &name) || !is_string(name)) {
             return 0;
         }
         for (uint32_t j = 0; j < i; ++j) {
-            if (values[j] == values[i]) {
+            if (item(labels, j, &label) && get_int(label, "value", NULL, 0, INT64_MAX, &other) && other == value) {
                 return 0;
             }
         }
@@ -588,31 +557,31 @@ static int check_fields(span root, bundle_info *b, text *msg)
     if (!get(root, "input", &input) || !get(input, "shape", &shape) || !get(root, "outputs", &outputs) ||
         !get(outputs, "probs", &probs) || !get(outputs, "layer_errors", &errors) || !get(root, "layers", &layers) ||
         !get(root, "labels", &labels) || !get(root, "score", &score) || !get(input, "preprocessing", &pre)) {
-        return refuse(msg, "manifest.json lacks input, outputs, layers, labels or score", NULL);
+        return refuse(msg, RULE, "input, outputs, layers, labels or score");
     }
     uint32_t dims = count(shape);
     b->input_bytes = 1;
     for (uint32_t i = 0; item(shape, i, &v); ++i) {
         if (dims > MAX_DIMS || !integer(v, &n) || n < 1 || b->input_bytes * (uint64_t)n > MAX_INPUT_ELEMENTS) {
-            return refuse(msg, "manifest.json has a bad input shape", NULL);
+            return refuse(msg, RULE, "input.shape");
         }
         b->input_bytes *= (uint32_t)n;
     }
     if (dims == 0 || !get(input, "dtype", &v) || !string_is(v, "int8") || !get(input, "scale", &v) ||
-        !number(v, 1) || !get_int(input, "zero_point", NULL, -128, 127, &n) || !preprocessing(pre, shape, dims)) {
-        return refuse(msg, "manifest.json has a bad input dtype, scale, zero_point or preprocessing", NULL);
+        !number(v, POSITIVE) || !get_int(input, "zero_point", NULL, -128, 127, &n) || !preprocessing(pre, shape, dims)) {
+        return refuse(msg, RULE, "input");
     }
     b->classes = count(labels);
     if (b->classes < 1 || b->classes > MAX_CLASSES || !label_values(labels, b->classes)) {
-        return refuse(msg, "manifest.json must have 1 to 255 labels of distinct non-negative integer values", NULL);
+        return refuse(msg, RULE, "labels");
     }
     b->layers = count(layers);
     if (b->layers < 1 || b->layers > EFP_MAX_LAYERS || count(errors) != b->layers) {
-        return refuse(msg, "manifest.json has too many or mismatched layers", NULL);
+        return refuse(msg, RULE, "layers");
     }
     int64_t index;
     if (!quantization(probs, b->classes, &index)) {
-        return refuse(msg, "manifest.json has a bad probs output", NULL);
+        return refuse(msg, RULE, "outputs.probs");
     }
     b->probs_index = (uint32_t)index;
     uint8_t used[256] = {0};
@@ -622,9 +591,9 @@ static int check_fields(span root, bundle_info *b, text *msg)
         if (!item(errors, l, &spec) || !quantization(spec, 1, &index) || used[index] || !item(layers, l, &layer) ||
             !get(layer, "z_table", &v) || !get(layer, "name", &item_v) || !is_string(item_v) ||
             !get_int(layer, "features", NULL, 1, MAX_INPUT_ELEMENTS, &n) || !get(layer, "log_error_mean", &item_v) ||
-            !number(item_v, 0) || !get(layer, "log_error_std", &item_v) || !number(item_v, 1) ||
-            !get(layer, "holdout_error_quantiles", &item_v) || !numbers(item_v, QUANTILES, 0)) {
-            return refuse(msg, "manifest.json has a bad layer or layer error output", NULL);
+            !number(item_v, ANY) || !get(layer, "log_error_std", &item_v) || !number(item_v, POSITIVE) ||
+            !get(layer, "holdout_error_quantiles", &item_v) || !list_of(item_v, QUANTILES, ANY)) {
+            return refuse(msg, RULE, "layers or outputs.layer_errors");
         }
         used[index] = 1;
         b->error_index[l] = (uint32_t)index;
@@ -633,10 +602,10 @@ static int check_fields(span root, bundle_info *b, text *msg)
     }
     if (!get_int(score, "threshold_units", NULL, 0, INT64_MAX / 2, &b->threshold_units) ||
         !get_int(score, "unit", NULL, 1, 1 << 30, &b->score_unit) || !get(score, "combine", &v) ||
-        !string_is(v, "mean_positive_z_log_error") || !get(score, "eps", &v) || !number(v, 1) ||
-        !get(score, "threshold", &v) || !number(v, 0) || !get(score, "target_fpr", &v) || !fraction(v) ||
-        !get(score, "holdout_quantiles", &v) || !numbers(v, QUANTILES, 0)) {
-        return refuse(msg, "manifest.json has a bad score", NULL);
+        !string_is(v, "mean_positive_z_log_error") || !get(score, "eps", &v) || !number(v, POSITIVE) ||
+        !get(score, "threshold", &v) || !number(v, ANY) || !get(score, "target_fpr", &v) || !number(v, FRACTION) ||
+        !get(score, "holdout_quantiles", &v) || !list_of(v, QUANTILES, ANY)) {
+        return refuse(msg, RULE, "score");
     }
     return 0;
 }
@@ -648,7 +617,7 @@ int bundle_open(const uint8_t *archive, uint32_t len, bundle_info *b, char *err,
     memset(b, 0, sizeof *b);
     tar_cursor t = {archive, len, 0, {0}, NULL, 0};
     int found;
-    while ((found = tar_next(&t)) == 1 && strcmp(t.name, "manifest.json") != 0) {
+    while ((found = tar_next(&t)) == 1 && !is_manifest(t.name)) {
     }
     if (found != 1) {
         return refuse(&msg, found ? "not a readable bundle archive" : "not a bundle (no manifest.json)", NULL);
@@ -660,7 +629,6 @@ int bundle_open(const uint8_t *archive, uint32_t len, bundle_info *b, char *err,
     const char *after = skip_value(root.p, root.end), *s;
     size_t s_len;
     int64_t n;
-    uint8_t digest[32];
     if (!utf8(t.data, t.size) || after == NULL || skip_space(after, root.end) != root.end || !well_formed(root, 0)) {
         return refuse(&msg, "manifest.json is malformed, nested too deeply or repeats a key", NULL);
     }
@@ -671,10 +639,10 @@ int bundle_open(const uint8_t *archive, uint32_t len, bundle_info *b, char *err,
         return refuse(&msg, "bundle version is not 2; convert it again with this version of edgefp", NULL);
     }
     if (!get(root, "name", &v) || !string(v, &s, &s_len) || !plain_name(s, s_len, 1)) {
-        return refuse(&msg, "manifest.json: name must be 1 to 64 of a-z, 0-9 and _", NULL);
+        return refuse(&msg, RULE, "name");
     }
     if ((get(root, "created", &v) && !is_string(v)) || (get(root, "edgefp_version", &v) && !is_string(v))) {
-        return refuse(&msg, "manifest.json: created and edgefp_version must be strings", NULL);
+        return refuse(&msg, RULE, "created or edgefp_version");
     }
     memcpy(b->name, s, s_len < EFP_NAME_MAX ? s_len : EFP_NAME_MAX);
     uint32_t listed = 0;
@@ -682,18 +650,17 @@ int bundle_open(const uint8_t *archive, uint32_t len, bundle_info *b, char *err,
     members m;
     span key, entry;
     if (!get(root, "files", &files) || !members_begin(files, &m) || m.close != '}') {
-        return refuse(&msg, "manifest.json lists no files", NULL);
+        return refuse(&msg, RULE, "files");
     }
     while (members_next(&m, &key, &entry)) {
         if (!plain_name(key.p, (size_t)(key.end - key.p), 0) || ++listed > MAX_FILES ||
-            !get_int(entry, "bytes", NULL, 0, MAX_FILES_BYTES, &n) || !get(entry, "sha256", &v) ||
-            !hex_digest(v, digest)) {
-            return refuse(&msg, "manifest.json: files must list 1 to 8 plain names with their bytes and sha256", NULL);
+            !get_int(entry, "bytes", NULL, 0, MAX_FILES_BYTES, &n)) {
+            return refuse(&msg, RULE, "files");
         }
         listed_bytes += (uint64_t)n;
     }
     if (listed == 0 || listed_bytes > MAX_FILES_BYTES || !get(root, "model", &model_name)) {
-        return refuse(&msg, "manifest.json lists no files, or files too large together", NULL);
+        return refuse(&msg, RULE, "files or model");
     }
 
     /* Every file in the archive is listed with its size and SHA-256, and every listed file is there, once. */
@@ -710,7 +677,7 @@ int bundle_open(const uint8_t *archive, uint32_t len, bundle_info *b, char *err,
             return refuse(&msg, "the archive holds too many files", NULL);
         }
         seen[members_seen++] = t.data;
-        if (strcmp(t.name, "manifest.json") == 0) {
+        if (is_manifest(t.name)) {
             continue;
         }
         uint8_t expected[32], actual[32];
@@ -739,10 +706,8 @@ int bundle_open(const uint8_t *archive, uint32_t len, bundle_info *b, char *err,
         return refuse(&msg, "the model named in manifest.json is missing", NULL);
     }
     if (!get_int(root, "flash_bytes", NULL, b->model_len, b->model_len, &n) ||
-        !get_int(root, "tflm_arena_bytes", NULL, 1, 1 << 30, &n) || !get(root, "ops", &v) || !strings(v, 256)) {
-        return refuse(&msg, "manifest.json: flash_bytes must be the model's size, tflm_arena_bytes a positive "
-                            "integer, ops a list of names",
-                      NULL);
+        !get_int(root, "tflm_arena_bytes", NULL, 1, 1 << 30, &n) || !get(root, "ops", &v) || !list_of(v, -256, STRINGS)) {
+        return refuse(&msg, RULE, "flash_bytes, tflm_arena_bytes or ops");
     }
     return check_fields(root, b, &msg);
 }
