@@ -8,6 +8,7 @@ import os
 
 from edgefp import data, metrics, shifts
 from edgefp.firmware_host.boards import get_board
+from edgefp.fsutil import output_path
 
 ID_CLASSES = "0-4"
 UNSEEN_CLASSES = "5-9"
@@ -31,6 +32,7 @@ def run_demo(out: str, *, seed: int = 0, progress: bool = True) -> dict:
     from edgefp.report import build_report
     from edgefp.trainer import train
 
+    out = output_path(out)  # never the current directory or one above it: the demo writes many files there
     run_dir, bundle_dir = os.path.join(out, "run"), os.path.join(out, "bundle")
     fingerprint = train(data.load(f"digits:train:{ID_CLASSES}"), seed=seed, progress=progress)
     fingerprint.save(run_dir, force=True)

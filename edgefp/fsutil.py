@@ -24,7 +24,7 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 
-def _output_path(path: str) -> str:
+def output_path(path: str) -> str:
     """``path`` made absolute, refused when empty, the current directory, one above it or a link."""
     if not str(path).strip():
         raise EdgefpError("the output path is empty; name a new file or directory with --out")
@@ -52,7 +52,7 @@ def read_marker(path: str) -> dict | None:
 
 def check_directory_output(path: str, kind: str, *, force: bool) -> str:
     """The absolute path a ``kind`` directory may be written to, or one clear EdgefpError."""
-    full = _output_path(path)
+    full = output_path(path)
     if not os.path.lexists(full):
         return full
     if not force:
@@ -74,7 +74,7 @@ def check_directory_output(path: str, kind: str, *, force: bool) -> str:
 def check_file_output(path: str, *, force: bool, written_by_edgefp, kind: str) -> str:
     """The absolute path a file may be written to: new, or with ``force`` a regular file that
     ``written_by_edgefp(path)`` recognises as a ``kind`` edgefp wrote."""
-    full = _output_path(path)
+    full = output_path(path)
     if not os.path.lexists(full):
         return full
     if not force:
