@@ -318,7 +318,7 @@ class Agent:
 
     def _hello(self, body: bytes, session: Session) -> bytes:
         protocol.unpack("H", body)
-        session.authed, session.subscribed = False, False
+        session.authed = False
         session.ready = session.ready or self.key is None
         session.challenge = os.urandom(16) if self.key is not None else bytes(16)
         return protocol.Hello(
