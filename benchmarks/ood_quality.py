@@ -21,7 +21,7 @@ import tempfile
 
 import numpy as np
 
-from benchmarks.common import dataset_path, save
+from benchmarks.common import save
 from edgefp import data, metrics, shifts
 from edgefp.bundle import Bundle
 from edgefp.converter.convert import convert
@@ -41,7 +41,7 @@ def experiments(quick: bool):
     digits = data.load("digits")
     runs = [("digits", digits, [0, 1, 2, 3, 4], ("gaussian", "invert", "blur", "stuck"))]
     for name in ("basic_motions", "arrow_head"):
-        train_part, test_part = data.load(f"{dataset_path(name)}:train"), data.load(f"{dataset_path(name)}:test")
+        train_part, test_part = data.load(f"{name}:train"), data.load(f"{name}:test")
         pooled = data.Dataset(
             np.concatenate([train_part.x, test_part.x]), np.concatenate([train_part.y, test_part.y]), name
         )

@@ -22,6 +22,7 @@ import numpy as np
 from edgefp import data, ood
 from edgefp.errors import EdgefpError
 from edgefp.fsutil import MARKER, atomic_directory, check_file_output, write_file_atomic
+from edgefp.isolation import step
 from edgefp.limits import MAX_MANIFEST_BYTES
 from edgefp.manifest import (
     FILE_RE,
@@ -37,6 +38,7 @@ __all__ = ["ARCHIVE_SUFFIX", "MANIFEST", "MODEL", "SCHEMA", "SCHEMA_VERSION", "B
 
 MODEL = "model.tflite"
 ARCHIVE_SUFFIX = ".efp"
+RUNTIME_NAMES = {"litert": "LiteRT", "tflm": "TFLite Micro", "edgetpu": "LiteRT with the Edge TPU"}
 TAR_BLOCK = 512
 COMPRESSION = {
     b"\x1f\x8b": "gzip",
@@ -256,10 +258,11 @@ class Bundle:
         """Run every quantised sample through an interpreter; return the int8 probs (N, C) and errors (N, L)."""
         outputs = self.manifest["outputs"]
         probs, errors = [], []
-        for sample in x_q:
-            result = interpreter.invoke(sample)
-            probs.append(result[outputs["probs"]["index"]])
-            errors.append([result[spec["index"]][0] for spec in outputs["layer_errors"]])
+        with step(f"running the int8 model on {RUNTIME_NAMES.get(interpreter.name, interpreter.name)}"):
+            for sample in x_q:
+                result = interpreter.invoke(sample)
+                probs.append(result[outputs["probs"]["index"]])
+                errors.append([result[spec["index"]][0] for spec in outputs["layer_errors"]])
         return np.asarray(probs, dtype=np.int8), np.asarray(errors, dtype=np.int8)
 
     def score(self, x: np.ndarray, runtime: str = "litert") -> ood.Scores:

@@ -14,6 +14,7 @@ from edgefp import __version__, data, metrics, ood, shifts
 from edgefp.bundle import ARCHIVE_SUFFIX, MODEL, SCHEMA, SCHEMA_VERSION, Bundle, check_output, sha256
 from edgefp.errors import EdgefpError
 from edgefp.fsutil import check_directory_output
+from edgefp.isolation import step
 from edgefp.manifest import MAX_NAME
 from edgefp.runtime import LiteRT, TFLiteMicro, captured_output, litert_module, tflm_arena_bytes
 from edgefp.trainer.fingerprint import NeuralFingerprint, read_fingerprint_json, sha256_file
@@ -35,6 +36,22 @@ def bundle_name(out: str) -> str:
     return name if not name[0].isdigit() else f"m_{name[: MAX_NAME - 2]}"
 
 
+def check_convertible(model) -> None:
+    """Refuse, naming the layer, a classifier whose layers cannot become int8 microcontroller operators."""
+    import keras
+
+    pending = list(model.layers)
+    while pending:
+        layer = pending.pop(0)
+        pending += getattr(layer, "layers", [])  # nested models
+        if isinstance(layer, (keras.layers.RNN, keras.layers.Bidirectional)):
+            raise EdgefpError(
+                f"layer '{layer.name}' ({type(layer).__name__}) cannot be deployed int8: the TensorFlow Lite "
+                "converter crashes on recurrent layers and the firmware has no kernels for them; "
+                "use Conv1D layers for sequences (dilated ones for a long context)"
+            )
+
+
 def quantize(fingerprint: NeuralFingerprint, calib: np.ndarray, seed: int = 0) -> bytes:
     """Full-integer int8 TFLite of the fingerprint's fused graph at batch size 1 (``calib`` preprocessed)."""
     import keras
@@ -53,7 +70,11 @@ def quantize(fingerprint: NeuralFingerprint, calib: np.ndarray, seed: int = 0) -
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
-    with captured_output() as messages, warnings.catch_warnings():
+    with (
+        step("converting the model to int8 (TensorFlow Lite converter)"),
+        captured_output() as messages,
+        warnings.catch_warnings(),
+    ):
         warnings.simplefilter("ignore")  # "Statistics for quantized inputs were expected": the input is int8 by design
         try:
             return bytes(converter.convert())
@@ -92,6 +113,7 @@ def convert(run_dir: str, calib: data.Dataset, out: str, *, name=None, ood_data=
     else:
         check_directory_output(out, "bundle", force=force)
     fingerprint = NeuralFingerprint.load(run_dir)
+    check_convertible(fingerprint.model_)
     calib_x = fingerprint.prepare(calib.x, calib.name)
     if len(calib_x) < MIN_CALIB:
         raise EdgefpError(f"{calib.name}: {len(calib_x)} calibration samples; give at least {MIN_CALIB}")

@@ -45,6 +45,7 @@ from edgefp.firmware_host.protocol import RESPONSE, Err, Msg, Slot, SlotState
 from edgefp.firmware_host.transport import SocketPort, open_pty, read_some
 from edgefp.limits import BENCH_MAX_SECONDS, MAX_FILES_BYTES, MAX_INVOKES, MAX_MANIFEST_BYTES, MIN_KEY_BYTES
 from edgefp.manifest import ManifestError
+from edgefp.runtime import ArenaError
 
 SLOTS = 2
 ACTIVE_FILE = "active"
@@ -177,7 +178,7 @@ class Agent:
             raise Refusal(Err.INVALID_BUNDLE, f"the bundle does not verify: {problems[0]}")
         try:
             interpreter = bundle.interpreter(self.board.runtime)
-        except ManifestError as exc:
+        except (ManifestError, ArenaError) as exc:  # TFLite Micro only gets an arena seen to suffice
             raise Refusal(Err.INVALID_BUNDLE, str(exc).replace(path, "the upload")) from None
         except EdgefpError as exc:
             raise Refusal(Err.UNSUPPORTED_OP, str(exc)) from None

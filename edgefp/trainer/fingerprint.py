@@ -80,6 +80,15 @@ def _autoencoder(features: int, bottleneck: int, n_classes: int, name: str):
     return keras.Model([inputs, probs], keras.layers.Add(name=f"{name}_out")([decoded, class_mean]), name=name)
 
 
+def check_sample_counts(n_fit: int, n_holdout: int, holdout: float) -> None:
+    """Refuse a data set too small to fit autoencoders on and to calibrate a threshold with."""
+    if n_holdout < MIN_HOLDOUT or n_fit < MIN_HOLDOUT:
+        raise EdgefpError(
+            f"too few samples to fingerprint ({n_fit} to fit, {n_holdout} held out); "
+            f"give at least {2 * MIN_HOLDOUT / holdout:.0f} samples, with several of each class"
+        )
+
+
 def _file_stem(index: int, layer: str) -> str:
     return f"{index:02d}_{re.sub(r'[^A-Za-z0-9_.-]', '_', layer)}"
 
@@ -136,19 +145,20 @@ class NeuralFingerprint:
             x_holdout = self._shaped(x_holdout, "held-out data")
         self.holdout_x_ = x_holdout[:MAX_STORED_HOLDOUT]
         x, x_holdout = self.prepare(x), self.prepare(x_holdout)
-        if len(x_holdout) < MIN_HOLDOUT or len(x) < MIN_HOLDOUT:
-            raise EdgefpError(
-                f"too few samples to fingerprint ({len(x)} to fit, {len(x_holdout)} held out); "
-                f"give at least {2 * MIN_HOLDOUT / self.holdout:.0f} samples"
-            )
+        check_sample_counts(len(x), len(x_holdout), self.holdout)
         seed_everything(self.seed)
         names = list(self.layers or taps.default_layers(model))
+        if not names:
+            raise EdgefpError("the classifier has no hidden layer with weights to fingerprint; name some with --layers")
         if len(set(names)) != len(names):
             raise EdgefpError(f"--layers names a layer twice: {names}")
         import keras
 
         reduced, shapes, pools, probs = self._reduced_taps(names)
         *features, fit_probs = keras.Model(model.inputs, reduced + [probs]).predict(x, verbose=0, batch_size=256)
+        for name, feats in zip(names, features):
+            if not np.isfinite(feats).all():
+                raise EdgefpError(f"layer '{name}' of the classifier overflows to inf or NaN on this data; rescale it")
         n_classes = fit_probs.shape[1]
         widths = bottlenecks([f.shape[1] for f in features], n_classes, self.budget * model.count_params())
         self.layers_ = []
