@@ -167,8 +167,6 @@ def check(manifest) -> dict:
         label = _object(label, f"labels[{i}]")
         _int(label.get("value"), f"labels[{i}].value", 0, INT64_MAX)
         _string(label.get("name"), f"labels[{i}].name")
-    if len({label["value"] for label in labels}) != len(labels):
-        _fail("labels", "of distinct values", [label["value"] for label in labels])
 
     outputs = _object(manifest.get("outputs"), "outputs")
     _quantization(outputs.get("probs"), "outputs.probs", len(labels))

@@ -141,19 +141,12 @@ static void clear_counters(void)
 static long model_matches(const bundle_info *b)
 {
     size_t bytes, outputs = efp_engine_output_count(&engine);
-    efp_engine_input(&engine, &bytes);
-    if (bytes != b->input_bytes) {
-        return refuse(INVALID_BUNDLE, "the model's input does not have the manifest's shape");
+    int matches = efp_engine_input(&engine, &bytes) && bytes == b->input_bytes && b->probs_index < outputs &&
+                  efp_engine_output(&engine, b->probs_index, &bytes) && bytes == b->classes;
+    for (uint32_t l = 0; matches && l < b->layers; ++l) {
+        matches = b->error_index[l] < outputs && efp_engine_output(&engine, b->error_index[l], &bytes) && bytes == 1;
     }
-    if (b->probs_index >= outputs || (efp_engine_output(&engine, b->probs_index, &bytes), bytes != b->classes)) {
-        return refuse(INVALID_BUNDLE, "the model's probs output does not match the manifest's labels");
-    }
-    for (uint32_t l = 0; l < b->layers; ++l) {
-        if (b->error_index[l] >= outputs || (efp_engine_output(&engine, b->error_index[l], &bytes), bytes != 1)) {
-            return refuse(INVALID_BUNDLE, "a layer error output named in manifest.json is missing");
-        }
-    }
-    return 0;
+    return matches ? 0 : refuse(INVALID_BUNDLE, "the model's input or outputs are not what manifest.json says");
 }
 
 /* Serve the verified bundle in `slot`: 0, or -1 with the reason (nothing is active then). */

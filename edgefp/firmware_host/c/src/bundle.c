@@ -9,7 +9,6 @@
 #define TAR_BLOCK 512
 #define MAX_DEPTH 16             /* JSON nesting of a manifest (edgefp.manifest.MAX_DEPTH) */
 #define MAX_FILES 8              /* files besides the manifest (edgefp.manifest.MAX_FILES) */
-#define MAX_FILES_BYTES (256u << 20) /* their bytes together (edgefp.limits.MAX_FILES_BYTES) */
 #define MAX_INPUT_ELEMENTS (1 << 24)
 #define MAX_DIMS 6
 #define MAX_CLASSES 255
@@ -486,6 +485,18 @@ static int list_of(span list, int32_t n, int kind)
     return n < 0 || i == n;
 }
 
+/* The member ``key`` of obj: a number of a kind, a string (STRING; OPTIONAL_STRING when it may be
+ * missing), or 101 numbers (QUANTILES). */
+enum { STRING = STRINGS + 1, OPTIONAL_STRING, QUANTILES_OF };
+static int field(span obj, const char *key, int kind)
+{
+    span v;
+    if (!get(obj, key, &v)) {
+        return kind == OPTIONAL_STRING;
+    }
+    return kind >= STRING ? (kind == QUANTILES_OF ? list_of(v, QUANTILES, ANY) : is_string(v)) : number(v, kind);
+}
+
 /* A bundle name ([a-z0-9_], 1 to 64) or a file name ([A-Za-z0-9_], then also '.' and '-'; 1 to 100; not
  * the manifest's). */
 static int plain_name(const char *s, size_t n, int bundle_name)
@@ -509,7 +520,7 @@ static int quantization(span spec, uint32_t size, int64_t *index)
 {
     span v, shape;
     int64_t n;
-    return get_int(spec, "index", NULL, 0, 255, index) && get(spec, "scale", &v) && number(v, POSITIVE) &&
+    return get_int(spec, "index", NULL, 0, 255, index) && field(spec, "scale", POSITIVE) &&
            get_int(spec, "zero_point", NULL, -128, 127, &n) && get(spec, "shape", &shape) && count(shape) == 1 &&
            item(shape, 0, &v) && integer(v, &n) && n == size;
 }
@@ -530,20 +541,15 @@ static int preprocessing(span pre, span shape, uint32_t dims)
            list_of(v, (int32_t)channels, POSITIVE);
 }
 
-/* n labels, each an object with a distinct non-negative integer value and a string name. */
+/* n labels, each an object with a non-negative integer value and a string name. */
 static int label_values(span labels, uint32_t n)
 {
-    span label, name;
-    int64_t value, other;
+    span label;
+    int64_t value;
     for (uint32_t i = 0; i < n; ++i) {
         if (!item(labels, i, &label) || !get_int(label, "value", NULL, 0, INT64_MAX, &value) ||
-            !get(label, "name", &name) || !is_string(name)) {
+            !field(label, "name", STRING)) {
             return 0;
-        }
-        for (uint32_t j = 0; j < i; ++j) {
-            if (item(labels, j, &label) && get_int(label, "value", NULL, 0, INT64_MAX, &other) && other == value) {
-                return 0;
-            }
         }
     }
     return 1;
@@ -552,12 +558,12 @@ static int label_values(span labels, uint32_t n)
 /* The fields the firmware runs, by the rules of edgefp.manifest.check. */
 static int check_fields(span root, bundle_info *b, text *msg)
 {
-    span input, shape, pre, outputs, probs, errors, layers, labels, score, v, item_v;
+    span input, shape, pre, outputs, probs, errors, layers, labels, score, v;
     int64_t n;
     if (!get(root, "input", &input) || !get(input, "shape", &shape) || !get(root, "outputs", &outputs) ||
         !get(outputs, "probs", &probs) || !get(outputs, "layer_errors", &errors) || !get(root, "layers", &layers) ||
         !get(root, "labels", &labels) || !get(root, "score", &score) || !get(input, "preprocessing", &pre)) {
-        return refuse(msg, RULE, "input, outputs, layers, labels or score");
+        return refuse(msg, RULE, "input");
     }
     uint32_t dims = count(shape);
     b->input_bytes = 1;
@@ -567,8 +573,8 @@ static int check_fields(span root, bundle_info *b, text *msg)
         }
         b->input_bytes *= (uint32_t)n;
     }
-    if (dims == 0 || !get(input, "dtype", &v) || !string_is(v, "int8") || !get(input, "scale", &v) ||
-        !number(v, POSITIVE) || !get_int(input, "zero_point", NULL, -128, 127, &n) || !preprocessing(pre, shape, dims)) {
+    if (dims == 0 || !get(input, "dtype", &v) || !string_is(v, "int8") || !field(input, "scale", POSITIVE) ||
+        !get_int(input, "zero_point", NULL, -128, 127, &n) || !preprocessing(pre, shape, dims)) {
         return refuse(msg, RULE, "input");
     }
     b->classes = count(labels);
@@ -581,7 +587,7 @@ static int check_fields(span root, bundle_info *b, text *msg)
     }
     int64_t index;
     if (!quantization(probs, b->classes, &index)) {
-        return refuse(msg, RULE, "outputs.probs");
+        return refuse(msg, RULE, "outputs");
     }
     b->probs_index = (uint32_t)index;
     uint8_t used[256] = {0};
@@ -589,11 +595,10 @@ static int check_fields(span root, bundle_info *b, text *msg)
     for (uint32_t l = 0; l < b->layers; ++l) {
         span layer, spec;
         if (!item(errors, l, &spec) || !quantization(spec, 1, &index) || used[index] || !item(layers, l, &layer) ||
-            !get(layer, "z_table", &v) || !get(layer, "name", &item_v) || !is_string(item_v) ||
-            !get_int(layer, "features", NULL, 1, MAX_INPUT_ELEMENTS, &n) || !get(layer, "log_error_mean", &item_v) ||
-            !number(item_v, ANY) || !get(layer, "log_error_std", &item_v) || !number(item_v, POSITIVE) ||
-            !get(layer, "holdout_error_quantiles", &item_v) || !list_of(item_v, QUANTILES, ANY)) {
-            return refuse(msg, RULE, "layers or outputs.layer_errors");
+            !get(layer, "z_table", &v) || !field(layer, "name", STRING) ||
+            !get_int(layer, "features", NULL, 1, MAX_INPUT_ELEMENTS, &n) || !field(layer, "log_error_mean", ANY) ||
+            !field(layer, "log_error_std", POSITIVE) || !field(layer, "holdout_error_quantiles", QUANTILES_OF)) {
+            return refuse(msg, RULE, "layers");
         }
         used[index] = 1;
         b->error_index[l] = (uint32_t)index;
@@ -602,9 +607,8 @@ static int check_fields(span root, bundle_info *b, text *msg)
     }
     if (!get_int(score, "threshold_units", NULL, 0, INT64_MAX / 2, &b->threshold_units) ||
         !get_int(score, "unit", NULL, 1, 1 << 30, &b->score_unit) || !get(score, "combine", &v) ||
-        !string_is(v, "mean_positive_z_log_error") || !get(score, "eps", &v) || !number(v, POSITIVE) ||
-        !get(score, "threshold", &v) || !number(v, ANY) || !get(score, "target_fpr", &v) || !number(v, FRACTION) ||
-        !get(score, "holdout_quantiles", &v) || !list_of(v, QUANTILES, ANY)) {
+        !string_is(v, "mean_positive_z_log_error") || !field(score, "eps", POSITIVE) || !field(score, "threshold", ANY) ||
+        !field(score, "target_fpr", FRACTION) || !field(score, "holdout_quantiles", QUANTILES_OF)) {
         return refuse(msg, RULE, "score");
     }
     return 0;
@@ -630,67 +634,53 @@ int bundle_open(const uint8_t *archive, uint32_t len, bundle_info *b, char *err,
     size_t s_len;
     int64_t n;
     if (!utf8(t.data, t.size) || after == NULL || skip_space(after, root.end) != root.end || !well_formed(root, 0)) {
-        return refuse(&msg, "manifest.json is malformed, nested too deeply or repeats a key", NULL);
+        return refuse(&msg, "manifest.json is not strict JSON", NULL);
     }
     if (!get(root, "schema", &v) || !string_is(v, "edgefp.bundle")) {
         return refuse(&msg, "manifest.json is not an edgefp bundle manifest", NULL);
     }
     if (!get_int(root, "version", NULL, BUNDLE_VERSION, BUNDLE_VERSION, &n)) {
-        return refuse(&msg, "bundle version is not 2; convert it again with this version of edgefp", NULL);
+        return refuse(&msg, "bundle version is not 2; convert it again", NULL);
     }
     if (!get(root, "name", &v) || !string(v, &s, &s_len) || !plain_name(s, s_len, 1)) {
         return refuse(&msg, RULE, "name");
     }
-    if ((get(root, "created", &v) && !is_string(v)) || (get(root, "edgefp_version", &v) && !is_string(v))) {
-        return refuse(&msg, RULE, "created or edgefp_version");
+    if (!field(root, "created", OPTIONAL_STRING) || !field(root, "edgefp_version", OPTIONAL_STRING)) {
+        return refuse(&msg, RULE, "created");
     }
     memcpy(b->name, s, s_len < EFP_NAME_MAX ? s_len : EFP_NAME_MAX);
-    uint32_t listed = 0;
-    uint64_t listed_bytes = 0;
-    members m;
-    span key, entry;
-    if (!get(root, "files", &files) || !members_begin(files, &m) || m.close != '}') {
+    span entry;
+    uint32_t listed = get(root, "files", &files) && *files.p == '{' ? count(files) : 0;
+    if (listed == 0 || !get(root, "model", &model_name)) {
         return refuse(&msg, RULE, "files");
     }
-    while (members_next(&m, &key, &entry)) {
-        if (!plain_name(key.p, (size_t)(key.end - key.p), 0) || ++listed > MAX_FILES ||
-            !get_int(entry, "bytes", NULL, 0, MAX_FILES_BYTES, &n)) {
-            return refuse(&msg, RULE, "files");
-        }
-        listed_bytes += (uint64_t)n;
-    }
-    if (listed == 0 || listed_bytes > MAX_FILES_BYTES || !get(root, "model", &model_name)) {
-        return refuse(&msg, RULE, "files or model");
-    }
 
-    /* Every file in the archive is listed with its size and SHA-256, and every listed file is there, once. */
+    /* Every file in the archive has a plain name, is there once, and is listed with its size and SHA-256;
+     * every listed file is there (so the listed names are plain, at most 8, of the slot's size at most). */
     const uint8_t *seen[MAX_FILES + 1];
     uint32_t verified = 0, members_seen = 0;
     t.next = 0;
     while ((found = tar_next(&t)) == 1) {
-        for (uint32_t i = 0; i < members_seen; ++i) {
-            if (memcmp(seen[i] - TAR_BLOCK, t.data - TAR_BLOCK, 100) == 0) {
-                return refuse(&msg, "the archive holds a file twice: ", t.name);
+        for (uint32_t i = 0; i <= members_seen; ++i) {
+            if (i == MAX_FILES + 1 || (i < members_seen && memcmp(seen[i] - TAR_BLOCK, t.data - TAR_BLOCK, 100) == 0)) {
+                return refuse(&msg, "the archive holds too many files or one twice: ", t.name);
             }
-        }
-        if (members_seen == MAX_FILES + 1) {
-            return refuse(&msg, "the archive holds too many files", NULL);
         }
         seen[members_seen++] = t.data;
         if (is_manifest(t.name)) {
             continue;
         }
         uint8_t expected[32], actual[32];
-        if (!get(files, t.name, &entry)) {
-            return refuse(&msg, "a file is not listed in manifest.json: ", t.name);
+        if (!plain_name(t.name, strlen(t.name), 0) || !get(files, t.name, &entry)) {
+            return refuse(&msg, "a file is not listed: ", t.name);
         }
         if (!get_int(entry, "bytes", NULL, t.size, t.size, &n) || !get(entry, "sha256", &v) ||
             !hex_digest(v, expected)) {
-            return refuse(&msg, "a file does not match its size in manifest.json: ", t.name);
+            return refuse(&msg, "a file does not match its size: ", t.name);
         }
         sha256(t.data, t.size, actual);
         if (memcmp(expected, actual, 32) != 0) {
-            return refuse(&msg, "a file does not match its SHA-256 in manifest.json: ", t.name);
+            return refuse(&msg, "a file does not match its SHA-256: ", t.name);
         }
         if (string(model_name, &s, &s_len) && s_len == strlen(t.name) && memcmp(s, t.name, s_len) == 0) {
             b->model = t.data;
@@ -707,7 +697,7 @@ int bundle_open(const uint8_t *archive, uint32_t len, bundle_info *b, char *err,
     }
     if (!get_int(root, "flash_bytes", NULL, b->model_len, b->model_len, &n) ||
         !get_int(root, "tflm_arena_bytes", NULL, 1, 1 << 30, &n) || !get(root, "ops", &v) || !list_of(v, -256, STRINGS)) {
-        return refuse(&msg, RULE, "flash_bytes, tflm_arena_bytes or ops");
+        return refuse(&msg, RULE, "flash_bytes");
     }
     return check_fields(root, b, &msg);
 }
