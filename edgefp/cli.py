@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import sys
 
 import click
@@ -719,7 +720,25 @@ def sim(profile, tcp, data_dir, feed, rate, drift_at, drift):
     --profile qemu-m4 runs the C firmware itself on an emulated Cortex-M4 (QEMU mps2-an386, built with
     arm-none-eabi-gcc on first use; instruction-counted, so bench reports instructions); --profile native
     runs the same firmware built for this machine."""
-    import signal
+    if (drift is None) != (drift_at is None):
+        raise EdgefpError("--drift and --drift-at go together")
+    try:
+        _simulate(profile, tcp, data_dir, feed, rate, drift_at, drift)
+    except _Stopped as stopped:  # everything is cleaned up: now end as the signal would have ended us
+        signal.signal(stopped.signum, signal.SIG_DFL)
+        os.kill(os.getpid(), stopped.signum)
+
+
+class _Stopped(BaseException):
+    """SIGTERM or SIGHUP arrived: unwind, removing the emulator and the temporary slots, then end by it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _simulate(profile, tcp, data_dir, feed, rate, drift_at, drift) -> None:
+    """The body of ``edgefp sim``; SIGTERM and SIGHUP unwind it (raising _Stopped)."""
     import tempfile
     import threading
 
@@ -728,10 +747,11 @@ def sim(profile, tcp, data_dir, feed, rate, drift_at, drift):
     from edgefp.firmware_host.agent import Agent
     from edgefp.firmware_host.feed import drifted, run_feed
 
-    if (drift is None) != (drift_at is None):
-        raise EdgefpError("--drift and --drift-at go together")
-    for stop_signal in (signal.SIGTERM, signal.SIGHUP):  # leave nothing behind: no emulator, no temporary slots
-        signal.signal(stop_signal, lambda *_: sys.exit(0))
+    def unwind(signum, _frame):
+        raise _Stopped(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, unwind)
     if profile in firmware.PORTS:
         if feed or data_dir:
             raise EdgefpError(f"--feed and --data-dir are for simulated boards; {profile} keeps bundles in flash")

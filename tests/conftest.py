@@ -192,3 +192,22 @@ def upload(device, archive: bytes, sha: bytes | None = None, name: str = "x", up
     for offset in range(0, len(archive) if upto is None else upto, chunk):
         device.request(Msg.UPLOAD_CHUNK, struct.pack("<I", offset) + archive[offset : offset + chunk])
     return None if upto is not None else device.request(Msg.UPLOAD_END, timeout=client.SLOW_TIMEOUT)[0]
+
+
+def edited_archive(manifest: dict, files: dict[str, bytes]) -> bytes:
+    """The .efp bytes of a manifest (its digest computed again, as bundle.py does) and files, as someone
+    editing a bundle by hand would write them: without the writer's checks."""
+    import io
+    import json
+    import tarfile
+
+    from edgefp.bundle import manifest_digest
+
+    manifest = {**manifest, "digest": manifest_digest(manifest)}
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for name, content in [("manifest.json", json.dumps(manifest).encode()), *files.items()]:
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            archive.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()

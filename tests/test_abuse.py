@@ -14,11 +14,9 @@ import contextlib
 import copy
 import hashlib
 import io
-import json
 import os
 import random
 import struct
-import tarfile
 import time
 
 import numpy as np
@@ -26,7 +24,7 @@ import pytest
 import serial
 
 from edgefp import data
-from edgefp.bundle import Bundle, manifest_digest
+from edgefp.bundle import Bundle
 from edgefp.cli import main
 from edgefp.firmware_host import agent as agent_module
 from edgefp.firmware_host import client, firmware, protocol
@@ -34,6 +32,7 @@ from edgefp.firmware_host.agent import Agent, Session, serving
 from edgefp.firmware_host.client import DeviceError
 from edgefp.firmware_host.framing import DELIMITER, Fault, Frame, FrameReader, decode_frame, encode_frame
 from edgefp.firmware_host.protocol import Err, Msg
+from tests.conftest import edited_archive
 from tests.test_firmware import HAS_NATIVE
 
 SEED = int(os.environ.get("EDGEFP_FUZZ_SEED", "20240612"))
@@ -118,18 +117,6 @@ class Mutator:
         else:
             parent[key] = self.value()
         return document
-
-
-def archive_of(manifest: dict, files: dict[str, bytes]) -> bytes:
-    """The .efp bytes of a manifest (digest computed again, as bundle.py does) and files."""
-    manifest = {**manifest, "digest": manifest_digest(manifest)}
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
-        for name, content in [("manifest.json", json.dumps(manifest).encode()), *files.items()]:
-            info = tarfile.TarInfo(name)
-            info.size = len(content)
-            archive.addfile(info, io.BytesIO(content))
-    return buffer.getvalue()
 
 
 # ------------------------------------------------------------------------------------------ fixtures
@@ -307,7 +294,7 @@ def mutated_bundles(bundle: Bundle, seed: int, count: int):
         if i % 3 == 2:
             yield "archive bytes", mutator.bytes(archive)
         else:
-            yield "manifest", archive_of(mutator.json(bundle.manifest), bundle.files)
+            yield "manifest", edited_archive(mutator.json(bundle.manifest), bundle.files)
 
 
 def test_mutated_bundles_against_the_commands(tmp_path, bundle):

@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 
 from edgefp import data
-from edgefp.bundle import Bundle, manifest_digest
+from edgefp.bundle import Bundle
 from edgefp.cli import main
 from edgefp.errors import EdgefpError
 from edgefp.firmware_host import client, firmware
 from edgefp.firmware_host.agent import Agent, serving
 from edgefp.firmware_host.client import DeviceError
-from tests.conftest import upload
+from tests.conftest import edited_archive, upload
 from tests.test_firmware import HAS_NATIVE
 
 GIB = 1 << 30
@@ -48,8 +48,7 @@ def with_manifest(bundle: Bundle, change) -> bytes:
     """The bundle's archive after ``change(manifest)``, its digest computed again as bundle.py does."""
     manifest = json.loads(json.dumps(bundle.manifest))
     change(manifest)
-    manifest["digest"] = manifest_digest(manifest)
-    return tar([("manifest.json", json.dumps(manifest).encode()), *bundle.files.items()])
+    return edited_archive(manifest, bundle.files)
 
 
 def nested(depth: int):

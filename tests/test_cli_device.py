@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -145,5 +146,5 @@ def test_a_terminated_sim_leaves_nothing_behind(digits_bundle, tmp_path, profile
         assert os.listdir(scratch)  # the slots (or the flash file) live there while it runs
     finally:
         process.terminate()
-        assert process.wait(timeout=10) == 0
+        assert process.wait(timeout=10) == -signal.SIGTERM  # cleaned up, then ended as the signal says
     assert os.listdir(scratch) == []
