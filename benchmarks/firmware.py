@@ -8,7 +8,8 @@ takes one nanosecond of virtual time, so the device's microseconds are thousands
 2. instructions per inference (BENCH on the chip: invokes of a fixed input after warm-ups) for a bundle
    of each classifier template (images: digits 0-4; sequences: basic_motions; vectors: digits as 64
    values), the deployed bundle against the classifier alone (converted with the same settings and
-   wrapped as a bundle so that the same firmware runs it); target: at most 1.2x. Also the RAM each
+   wrapped as a bundle so that the same firmware runs it, the mean of its probabilities standing in
+   for the one layer error a bundle needs); target: at most 1.2x. Also the RAM each
    bundle needs on the chip (engine arena + score tables + OOD buffer; read from the firmware's
    DOES_NOT_FIT answer on a build with a 4 KB arena) against TFLite Micro's arena measured on the host;
 3. upload throughput over the emulated UART (QEMU's CMSDK UART on a pty), and over the native build's
