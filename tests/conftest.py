@@ -9,6 +9,7 @@ import pytest
 
 KEY = b"a-shared-key-of-32-bytes-length!"  # for agents that require AUTH
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEMP = tempfile.gettempdir()  # found before the audit hook below: finding it opens files, which the hook sees
 
 
 def _beside_the_repository(path) -> bool:
@@ -31,7 +32,7 @@ def _beside_the_repository(path) -> bool:
         return False
     if os.path.dirname(path) != home and path.startswith(os.path.join(home, ".")):
         return False
-    if under(tempfile.gettempdir()) and not under(os.path.dirname(root)):
+    if under(TEMP) and not under(os.path.dirname(root)):
         return False
     above = os.path.dirname(root)
     while os.path.dirname(above) != above:  # every folder above the repository but the root of the disk
