@@ -1,6 +1,6 @@
-"""Fuzz and abuse, seeded and bounded: random and mutated frames against the agent and the C firmware,
-mutated manifests and archives against the commands that read bundles and against both devices, and
-hostile values for the command line's options. Each class prints its cases and outcomes (pytest -s).
+"""Fuzz and abuse, seeded and bounded: random and mutated frames against the agent (with and without a key)
+and the C firmware, mutated manifests and archives against the commands that read bundles and against both
+devices, and hostile values for the command line's options. Each class prints its cases and outcomes (pytest -s).
 
 Invariants: nothing raises past its boundary (a device answers every request with seq != 0 with one
 frame of that seq; a command exits 0, 1 or 2 with one error line, never a traceback); a device that
@@ -32,7 +32,7 @@ from edgefp.firmware_host.agent import Agent, Session, serving
 from edgefp.firmware_host.client import DeviceError
 from edgefp.firmware_host.framing import DELIMITER, Fault, Frame, FrameReader, decode_frame, encode_frame
 from edgefp.firmware_host.protocol import Err, Msg
-from tests.conftest import edited_archive
+from tests.conftest import KEY, edited_archive
 from tests.test_firmware import HAS_NATIVE
 
 SEED = int(os.environ.get("EDGEFP_FUZZ_SEED", "20240612"))
@@ -155,7 +155,7 @@ def fuzzed_requests(mutator: Mutator, corpus, count: int):
     rng = mutator.rng
     for _ in range(count):
         roll = rng.random()
-        seq = rng.choice([rng.randrange(1, 0x10000), 1, 0xFFFF])
+        seq = 0 if rng.random() < 0.05 else rng.choice([rng.randrange(1, 0x10000), 1, 0xFFFF])  # 0: never a request
         if roll < 0.25:
             yield rng.randrange(256), seq, os.urandom(rng.choice([0, 1, 2, 4, 8, 32, 64, 300]))
         elif roll < 0.85:
@@ -229,6 +229,24 @@ def test_fuzzed_frames_against_the_agent(tmp_path, monkeypatch, bundle, corpus):
     summary(f"agent, fuzzed frames (seed {SEED}, {time.monotonic() - started:.1f} s)", counts)
     with serving(agent) as url:
         assert_serves_like_the_host(url, bundle, "litert")
+
+
+def test_fuzzed_frames_against_a_keyed_agent(tmp_path, corpus):
+    """Without the key, whatever the frames, nothing but HELLO and AUTH gets more than AUTH_REQUIRED."""
+    agent, session, counts = Agent(str(tmp_path), "pi", key=KEY), Session(None, "192.0.2.1"), collections.Counter()
+    started = time.monotonic()
+    for type_, seq, body in fuzzed_requests(Mutator(SEED + 5), corpus, scaled(1500)):
+        reply = agent.respond(Frame(type_, seq, body), session)
+        if seq == 0:
+            assert reply is None
+            counts["seq 0 ignored"] += 1
+            continue
+        answer = decode_frame(reply[:-1])
+        check_answer(answer, type_, seq, counts)
+        if type_ not in (Msg.HELLO, Msg.AUTH):
+            assert answer.type == Msg.ERROR and answer.body[0] == Err.AUTH_REQUIRED, (type_, answer)
+    assert not session.authed
+    summary(f"keyed agent, fuzzed frames (seed {SEED + 5}, {time.monotonic() - started:.1f} s)", counts)
 
 
 def test_fuzzed_frames_against_the_firmware(tmp_path, bundle, corpus, capped_firmware):

@@ -59,6 +59,11 @@ def test_flash_infer_and_review_on_a_simulated_board(simulated_board, digits_bun
     with np.load(review / "ood.npz") as ood:
         assert pulled["samples"] == len(ood["ood_score"]) > 0
         assert (ood["ood_score"] > Bundle.load(bundle_dir).threshold).all()
+    assert "already exists" in edgefp("pull-ood", "--port", url, "--out", str(review)).stderr
+    assert edgefp("pull-ood", "--port", url, "--out", str(review), "--force").returncode == 0
+    (review / "notes.txt").write_text("mine")
+    assert "did not write (notes.txt)" in edgefp("pull-ood", "--port", url, "--out", str(review), "--force").stderr
+    assert (review / "notes.txt").read_text() == "mine"
 
     timing = json.loads(edgefp("bench", "--port", url, "-n", "20", "--warmup", "2", "--json").stdout)
     assert timing["target"]["kind"] == "device" and timing["runs"] == 20 and timing["latency_us"]["p50"] > 0

@@ -310,6 +310,7 @@ def test_every_device_command_takes_the_key(tmp_path, digits_bundle):
             "infer": edgefp("infer", "--data", str(inverted), *keyed),
             "bench": edgefp("bench", *keyed, "-n", "10", "--warmup", "1"),
             "pull-ood": edgefp("pull-ood", "--out", str(tmp_path / "review"), *keyed),
+            "monitor": edgefp("monitor", *keyed, "--duration", "0.5"),
             "watch": edgefp("watch", *keyed, "--repo", repo, "--once", "--interval", "0.1",
                             "--events", str(tmp_path / "events.jsonl")),
             "select --deploy": edgefp("select", "--repo", repo, "--data", "digits:test:0-4", "--deploy", url,
