@@ -79,14 +79,19 @@ def bench_bundle(
     bundle, runtime: str = "litert", runs: int = 200, warmup: int = 20, seed: int = 0, time_limit_s=None
 ) -> dict:
     """Time the bundle's model on this machine: interpreter start-up, first invoke, then ``runs``
-    invokes after ``warmup`` untimed ones, on a fixed random int8 input. With ``time_limit_s``, a
-    benchmark still running after that many seconds stops with OverLimit."""
+    invokes after ``warmup`` untimed ones, on a fixed random input (int8, or float32 for a model that
+    takes floats). With ``time_limit_s``, a benchmark still running after that many seconds stops with
+    OverLimit."""
     if runs < 1 or warmup < 0 or runs + warmup > MAX_INVOKES:
         raise EdgefpError(
             f"runs must be at least 1, warm-ups at least 0 and both together at most {MAX_INVOKES:,}; "
             f"got {runs} and {warmup}"
         )
-    sample = np.random.default_rng(seed).integers(-128, 128, size=bundle.manifest["input"]["shape"], dtype=np.int8)
+    shape, rng = bundle.manifest["input"]["shape"], np.random.default_rng(seed)
+    if bundle.manifest["input"]["dtype"] == "float32":  # a wrapped model with a float input
+        sample = rng.standard_normal(shape).astype(np.float32)
+    else:
+        sample = rng.integers(-128, 128, size=shape, dtype=np.int8)
     start = time.perf_counter_ns()
     interpreter = bundle.interpreter(runtime)
     init_ms = (time.perf_counter_ns() - start) / 1e6

@@ -38,7 +38,12 @@ __all__ = ["ARCHIVE_SUFFIX", "MANIFEST", "MODEL", "SCHEMA", "SCHEMA_VERSION", "B
 
 MODEL = "model.tflite"
 ARCHIVE_SUFFIX = ".efp"
-RUNTIME_NAMES = {"litert": "LiteRT", "tflm": "TFLite Micro", "edgetpu": "LiteRT with the Edge TPU"}
+RUNTIME_NAMES = {
+    "litert": "LiteRT",
+    "tflm": "TFLite Micro",
+    "edgetpu": "LiteRT with the Edge TPU",
+    "firmware": "the firmware's engine",
+}
 TAR_BLOCK = 512
 COMPRESSION = {
     b"\x1f\x8b": "gzip",
@@ -193,6 +198,23 @@ class Bundle:
         return self.files[self.manifest["model"]]
 
     @property
+    def input_bytes(self) -> int:
+        """Bytes of one sample as the model's input takes it (int8; float32 for some wrapped models)."""
+        spec = self.manifest["input"]
+        return int(np.prod(spec["shape"])) * np.dtype(spec.get("dtype", "int8")).itemsize
+
+    @property
+    def raw_output_bytes(self) -> int:
+        """Bytes of every output of a model wrapped without a fingerprint (0 for other bundles)."""
+        specs = self.manifest["outputs"].get("raw", [])
+        return sum(int(np.prod(spec["shape"])) * np.dtype(spec["dtype"]).itemsize for spec in specs)
+
+    @property
+    def fingerprinted(self) -> bool:
+        """False for a model wrapped without a fingerprint (edgefp wrap): no labels, layers or OOD check."""
+        return bool(self.manifest.get("layers"))
+
+    @property
     def threshold(self) -> float:
         return float(self.manifest["score"]["threshold"])
 
@@ -206,26 +228,45 @@ class Bundle:
         from edgefp.runtime import open_runtime
 
         interpreter = open_runtime(self.model_bytes, runtime, arena_bytes=self.manifest["tflm_arena_bytes"])
+        spec, outputs = self.manifest["input"], self.manifest["outputs"]
+        expected = (tuple(spec["shape"]), np.dtype(spec["dtype"]))
         shape, dtype = interpreter.input_spec
-        expected = tuple(self.manifest["input"]["shape"])
-        if shape != expected or dtype != np.int8:
+        if (shape, np.dtype(dtype)) != expected:
             raise ManifestError(
-                f"{self.source}: the model takes {np.dtype(dtype).name} {shape}, the manifest says int8 {expected}; "
-                "the bundle is corrupt or was modified, convert it again"
+                f"{self.source}: the model takes {np.dtype(dtype).name} {shape}, the manifest says "
+                f"{expected[1].name} {expected[0]}; the bundle is corrupt or was modified, convert it again"
             )
-        outputs = self.manifest["outputs"]
-        for where, spec in [("probs", outputs["probs"]), *(("a layer error", s) for s in outputs["layer_errors"])]:
-            found = interpreter.output_specs[spec["index"]] if spec["index"] < len(interpreter.output_specs) else None
-            if found is None or math.prod(found[0]) != math.prod(spec["shape"]) or found[1] != np.int8:
+        if self.fingerprinted:
+            wanted = [("the probs", outputs["probs"]), *(("a layer error", s) for s in outputs["layer_errors"])]
+        else:
+            wanted = [("a", output) for output in outputs["raw"]]
+            if len(wanted) != len(interpreter.output_specs):
                 raise ManifestError(
-                    f"{self.source}: the model's output {spec['index']} is not the int8 {where} output of "
-                    f"{math.prod(spec['shape'])} values the manifest says; the bundle is corrupt or was modified"
+                    f"{self.source}: the model has {len(interpreter.output_specs)} outputs, the manifest lists "
+                    f"{len(wanted)}; the bundle is corrupt or was modified"
+                )
+        for where, out in wanted:
+            found = interpreter.output_specs[out["index"]] if out["index"] < len(interpreter.output_specs) else None
+            dtype = np.dtype(out.get("dtype", "int8"))
+            if found is None or math.prod(found[0]) != math.prod(out["shape"]) or np.dtype(found[1]) != dtype:
+                raise ManifestError(
+                    f"{self.source}: the model's output {out['index']} is not {where} {dtype.name} output of "
+                    f"{math.prod(out['shape'])} values the manifest says; the bundle is corrupt or was modified"
                 )
         return interpreter
 
     def quantize(self, x: np.ndarray, name: str = "data") -> np.ndarray:
-        """Raw samples -> the model's int8 input (preprocessing and quantisation in one step)."""
+        """Raw samples -> the model's int8 input (preprocessing and quantisation in one step). A model
+        wrapped without a fingerprint takes its input as it is: checked, never quantised."""
         spec = self.manifest["input"]
+        if not self.fingerprinted:
+            x, dtype = np.asarray(x), np.dtype(spec.get("dtype", "int8"))
+            if x.dtype != dtype or x.shape[1:] != tuple(spec["shape"]):
+                raise EdgefpError(
+                    f"{name}: {x.dtype} samples of shape {list(x.shape[1:])}; the model takes {dtype} "
+                    f"of shape {spec['shape']}, as its input tensor holds them"
+                )
+            return x
         x = data.fit_input_shape(np.asarray(x, dtype=np.float32), tuple(spec["shape"]), name)
         scaled = data.apply_preprocessing(x, spec["preprocessing"]) / np.float32(spec["scale"])
         return np.clip(np.round(scaled) + spec["zero_point"], -128, 127).astype(np.int8)
@@ -265,9 +306,16 @@ class Bundle:
                 errors.append([result[spec["index"]][0] for spec in outputs["layer_errors"]])
         return np.asarray(probs, dtype=np.int8), np.asarray(errors, dtype=np.int8)
 
-    def score(self, x: np.ndarray, runtime: str = "litert") -> ood.Scores:
-        """Classify and score raw samples with the int8 model on ``runtime`` (litert, tflm, edgetpu)."""
-        return self.decide(*self.invoke_all(self.interpreter(runtime), self.quantize(x)))
+    def score(self, x: np.ndarray, runtime: str = "litert"):
+        """Classify and score raw samples with the int8 model on ``runtime`` (litert, tflm, edgetpu,
+        firmware): ood.Scores, or for a bundle without a fingerprint the raw outputs (wrap.Outputs) of
+        samples given as the model's input takes them."""
+        interpreter = self.interpreter(runtime)
+        if not self.fingerprinted:
+            from edgefp.wrap import run
+
+            return run(self, interpreter, x)
+        return self.decide(*self.invoke_all(interpreter, self.quantize(x)))
 
 
 def _dequantize(values: np.ndarray, spec: dict) -> np.ndarray:

@@ -23,6 +23,8 @@ MAX_LAYERS = 16  # EFP_MAX_LAYERS of the firmware
 MAX_CLASSES = 255  # INFER carries the class count in a u8
 MAX_INPUT_BYTES = 1 << 24
 MAX_DIMS = 6
+MAX_OUTPUTS = 16  # outputs of a wrapped model
+RAW_DTYPES = ("int8", "float32", "int32")
 MAX_DEPTH = 16  # JSON nesting (the schema needs 4)
 MAX_NAME = 64
 TABLE_SIZE = 256
@@ -142,42 +144,29 @@ def check(manifest) -> dict:
     for i, op in enumerate(_list(manifest.get("ops"), "ops", 0, 256)):
         _string(op, f"ops[{i}]")
 
-    spec = _object(manifest.get("input"), "input")
-    shape = _list(spec.get("shape"), "input.shape", 1, MAX_DIMS)
-    size = 1
-    for i, n in enumerate(shape):
-        size *= _int(n, f"input.shape[{i}]", 1, MAX_INPUT_BYTES)
-    if size > MAX_INPUT_BYTES:
-        _fail("input.shape", f"a shape of at most {MAX_INPUT_BYTES} elements", shape)
-    if spec.get("dtype") != "int8":
-        _fail("input.dtype", "'int8'", spec.get("dtype"))
-    _number(spec.get("scale"), "input.scale", positive=True)
-    _int(spec.get("zero_point"), "input.zero_point", -128, 127)
-    pre = _object(spec.get("preprocessing"), "input.preprocessing")
-    if pre.get("type") == "standardize":
-        for key in ("mean", "std"):
-            values = _list(pre.get(key), f"input.preprocessing.{key}", shape[-1], shape[-1])
-            for i, value in enumerate(values):
-                _number(value, f"input.preprocessing.{key}[{i}]", positive=key == "std")
-    elif pre.get("type") != "none":
-        _fail("input.preprocessing.type", "'none' or 'standardize'", pre.get("type"))
-
-    labels = _list(manifest.get("labels"), "labels", 1, MAX_CLASSES)
+    layers = _list(manifest.get("layers"), "layers", 0, MAX_LAYERS)
+    wrapped = not layers  # a model wrapped without a fingerprint (edgefp wrap): raw outputs, no OOD check
+    _input(_object(manifest.get("input"), "input"), wrapped)
+    labels = _list(manifest.get("labels"), "labels", 0 if wrapped else 1, MAX_CLASSES)
     for i, label in enumerate(labels):
         label = _object(label, f"labels[{i}]")
         _int(label.get("value"), f"labels[{i}].value", 0, INT64_MAX)
         _string(label.get("name"), f"labels[{i}].name")
-
     outputs = _object(manifest.get("outputs"), "outputs")
+    if wrapped:
+        for i, output in enumerate(_list(outputs.get("raw"), "outputs.raw", 1, MAX_OUTPUTS)):
+            _raw_output(_object(output, f"outputs.raw[{i}]"), f"outputs.raw[{i}]", i)
+        if manifest.get("score") is not None:
+            _fail("score", "null for a bundle without layers", manifest.get("score"))
+        return manifest
     _quantization(outputs.get("probs"), "outputs.probs", len(labels))
-    errors = _list(outputs.get("layer_errors"), "outputs.layer_errors", 1, MAX_LAYERS)
+    errors = _list(outputs.get("layer_errors"), "outputs.layer_errors", len(layers), len(layers))
     for j, error in enumerate(errors):
         _quantization(error, f"outputs.layer_errors[{j}]", 1)
     indices = [outputs["probs"]["index"]] + [error["index"] for error in errors]
     if len(set(indices)) != len(indices):
         _fail("outputs", "distinct output indices", indices)
 
-    layers = _list(manifest.get("layers"), "layers", len(errors), len(errors))
     for j, layer in enumerate(layers):
         layer = _object(layer, f"layers[{j}]")
         _string(layer.get("name"), f"layers[{j}].name")
@@ -201,3 +190,42 @@ def check(manifest) -> dict:
     if fpr >= 1:
         _fail("score.target_fpr", "below 1", fpr)
     return manifest
+
+
+def _shape(value, where: str, low: int) -> list:
+    """A tensor's shape (the batch axis dropped): up to MAX_DIMS sizes, MAX_INPUT_BYTES elements at most."""
+    shape, size = _list(value, where, low, MAX_DIMS), 1
+    for i, n in enumerate(shape):
+        size *= _int(n, f"{where}[{i}]", 1, MAX_INPUT_BYTES)
+    if size > MAX_INPUT_BYTES:
+        _fail(where, f"a shape of at most {MAX_INPUT_BYTES} elements", shape)
+    return shape
+
+
+def _input(spec: dict, wrapped: bool) -> None:
+    """The input's shape, dtype, quantisation and preprocessing; a wrapped model's input may be float32
+    (scale 0: not quantised) and is never preprocessed."""
+    shape = _shape(spec.get("shape"), "input.shape", 1)
+    dtypes = ("int8", "float32") if wrapped else ("int8",)
+    if spec.get("dtype") not in dtypes:
+        _fail("input.dtype", " or ".join(f"'{d}'" for d in dtypes), spec.get("dtype"))
+    _number(spec.get("scale"), "input.scale", positive=not wrapped)
+    _int(spec.get("zero_point"), "input.zero_point", -128, 127)
+    pre = _object(spec.get("preprocessing"), "input.preprocessing")
+    if pre.get("type") == "standardize" and not wrapped:
+        for key in ("mean", "std"):
+            values = _list(pre.get(key), f"input.preprocessing.{key}", shape[-1], shape[-1])
+            for i, value in enumerate(values):
+                _number(value, f"input.preprocessing.{key}[{i}]", positive=key == "std")
+    elif pre.get("type") != "none":
+        _fail("input.preprocessing.type", "'none'" if wrapped else "'none' or 'standardize'", pre.get("type"))
+
+
+def _raw_output(spec: dict, where: str, index: int) -> None:
+    """One output of a wrapped model, listed in the model's order."""
+    _int(spec.get("index"), f"{where}.index", index, index)
+    _shape(spec.get("shape"), f"{where}.shape", 0)
+    if spec.get("dtype") not in RAW_DTYPES:
+        _fail(f"{where}.dtype", " or ".join(f"'{d}'" for d in RAW_DTYPES), spec.get("dtype"))
+    _number(spec.get("scale"), f"{where}.scale")
+    _int(spec.get("zero_point"), f"{where}.zero_point", -(1 << 31), (1 << 31) - 1)

@@ -10,6 +10,7 @@ exceeds the threshold calibrated at the target false-positive rate.
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 from dataclasses import dataclass
 
@@ -128,10 +129,14 @@ class Scores:
 
 
 def is_score_file(path: str) -> bool:
-    """Whether ``path`` is a score file (an .npz of exactly the score arrays)."""
+    """Whether ``path`` is a score file: an .npz of exactly the score arrays, or of a bundle without a
+    fingerprint's outputs (``output``, ``output_1``..., ``pred``)."""
     try:
         with zipfile.ZipFile(path) as archive:
             names = set(archive.namelist())
     except (OSError, zipfile.BadZipFile):
         return False
-    return names == {f"{name}.npy" for name in Scores.__dataclass_fields__}
+    raw = {"output.npy", "pred.npy"} <= names and all(
+        re.fullmatch(r"output(_[1-9][0-9]*)?\.npy|pred\.npy", name) for name in names
+    )
+    return raw or names == {f"{name}.npy" for name in Scores.__dataclass_fields__}

@@ -141,6 +141,7 @@ def corpus(bundle):
         (Msg.UPLOAD_END, b""),
         (Msg.ACTIVATE, sha),
         *[(Msg.INFER, x.tobytes()) for x in x_q],
+        *[(Msg.INFER_OUTPUTS, x.tobytes()) for x in x_q[:2]],
         (Msg.BENCH, struct.pack("<II", 3, 1)),
         (Msg.EVENTS, b"\x01"),
         (Msg.EVENTS, b"\x00"),

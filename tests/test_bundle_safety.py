@@ -26,8 +26,10 @@ from edgefp.errors import EdgefpError
 from edgefp.firmware_host import client, firmware
 from edgefp.firmware_host.agent import Agent, serving
 from edgefp.firmware_host.client import DeviceError
+from edgefp.wrap import wrap
 from tests.conftest import edited_archive, upload
 from tests.test_firmware import HAS_NATIVE
+from tests.test_wrap import MODELS
 
 GIB = 1 << 30
 
@@ -49,6 +51,23 @@ def with_manifest(bundle: Bundle, change) -> bytes:
     manifest = json.loads(json.dumps(bundle.manifest))
     change(manifest)
     return edited_archive(manifest, bundle.files)
+
+
+def edited(bundle: Bundle, path: str, value) -> bytes:
+    """The bundle's archive with the manifest's field at ``path`` (keys and list indices joined by /) set
+    to ``value``, or removed when ``value`` is KeyError."""
+
+    def change(manifest):
+        *parents, last = path.split("/")
+        target = manifest
+        for key in parents:
+            target = target[int(key)] if isinstance(target, list) else target[key]
+        if value is KeyError:
+            del target[last]
+        else:
+            target[last] = value
+
+    return with_manifest(bundle, change)
 
 
 def nested(depth: int):
@@ -80,17 +99,7 @@ def crafted(bundle: Bundle) -> dict[str, tuple[bytes, str]]:
     long_name.size = 1
 
     def edit(path: str, value):
-        def change(manifest):
-            *parents, last = path.split("/")
-            target = manifest
-            for key in parents:
-                target = target[int(key)] if isinstance(target, list) else target[key]
-            if value is KeyError:
-                del target[last]
-            else:
-                target[last] = value
-
-        return with_manifest(bundle, change)
+        return edited(bundle, path, value)
 
     return {
         "gzip-compressed": (gzip.compress(good), "a gzip-compressed archive"),
@@ -204,6 +213,62 @@ def test_devices_refuse_crafted_uploads_and_keep_serving(cases, bundle, tmp_path
                     assert str(refused.value).count("\n") == 0, (kind, case)
                     assert client.hello(device).active.name == "digits04", (kind, case, slot)
                 assert [client.infer(device, x).errors.tolist() for x in x_q] == expected
+
+
+@pytest.fixture(scope="module")
+def wrapped(tmp_path_factory):
+    """A model wrapped without a fingerprint (TFLite Micro's hello_world) and int8 inputs for it."""
+    root = tmp_path_factory.mktemp("wrapped")
+    wrap(os.path.join(MODELS, "tflm_hello_world_int8.tflite"), str(root / "hello.efp"))
+    np.savez(root / "x.npz", x=np.arange(-128, 128, 16, dtype=np.int8).reshape(-1, 1))
+    return Bundle.load(str(root / "hello.efp")), str(root / "x.npz")
+
+
+def wrapped_cases(bundle: Bundle) -> dict[str, tuple[bytes, str]]:
+    """case -> (archive bytes, what the refusal says) for a bundle without a fingerprint."""
+    raw = bundle.manifest["outputs"]["raw"]
+    standardized = {"type": "standardize", "mean": [0.0], "std": [1.0]}
+    return {
+        "no layers": (edited(bundle, "layers", KeyError), "layers must be a list"),
+        "a score": (edited(bundle, "score", {"threshold": 1.0}), "score must be null"),
+        "no raw outputs": (edited(bundle, "outputs/raw", []), "outputs.raw must be a list of 1 to 16 entries"),
+        "outputs out of order": (edited(bundle, "outputs/raw/0/index", 1), "outputs.raw[0].index must be 0"),
+        "float64 output": (edited(bundle, "outputs/raw/0/dtype", "float64"), "outputs.raw[0].dtype must be"),
+        "zero-sized output": (edited(bundle, "outputs/raw/0/shape", [0]), "shape[0] must be an integer"),
+        "int16 input": (edited(bundle, "input/dtype", "int16"), "input.dtype must be 'int8' or 'float32'"),
+        "standardised input": (edited(bundle, "input/preprocessing", standardized), "type must be 'none'"),
+        "string label value": (edited(bundle, "labels", [{"value": "0", "name": "a"}]), "labels[0].value must be"),
+        "output of 3 values": (edited(bundle, "outputs/raw/0/shape", [3]), "not a int8 output of 3 values"),
+        "float output": (edited(bundle, "outputs/raw/0/dtype", "float32"), "not a float32 output"),
+        "an output too many": (edited(bundle, "outputs/raw", [*raw, {**raw[0], "index": 1}]), "the manifest lists 2"),
+        "float input": (edited(bundle, "input/dtype", "float32"), "float32"),
+    }
+
+
+def test_crafted_wrapped_bundles_are_refused_alike_by_the_host_and_the_devices(wrapped, tmp_path):
+    bundle, x = wrapped
+    with_labels = edited(bundle, "labels", [{"value": 0, "name": "sine"}])  # labels are optional, not refused
+    devices = {"agent": lambda: serving(Agent(str(tmp_path / "device"), "nrf52840"))}
+    if HAS_NATIVE:
+        devices["firmware"] = lambda: firmware.start_native(firmware.build("native"), str(tmp_path / "flash.bin"))
+    for case, (content, message) in wrapped_cases(bundle).items():
+        path = tmp_path / "case.efp"
+        path.write_bytes(content)
+        code, err = run_cli("score", path, "--data", x, "--runtime", "tflm")
+        assert code == 2 and err.startswith("edgefp: error: ") and message in err, (case, err)
+        assert err.count("\n") == 1, (case, err)
+    for kind, start in devices.items():
+        with start() as running, client.open_device(running if isinstance(running, str) else running.url) as device:
+            client.flash(device, with_labels)
+            client.flash(device, bundle.archive_bytes())
+            sample, raw = np.zeros(1, np.int8), bundle.manifest["outputs"]["raw"]
+            expected = [output.tolist() for output in client.infer_outputs(device, sample, raw)[0]]
+            for case, (content, _) in wrapped_cases(bundle).items():
+                with pytest.raises(DeviceError, match="INVALID_BUNDLE") as refused:
+                    upload(device, content)
+                assert str(refused.value).count("\n") == 0, (kind, case)
+            assert client.hello(device).active.name == bundle.manifest["name"], kind
+            assert [output.tolist() for output in client.infer_outputs(device, sample, raw)[0]] == expected, kind
 
 
 @pytest.fixture(scope="module")

@@ -263,6 +263,11 @@ ROGUE = {
         lambda device, other: client.infer_samples(device, data.load("digits:test").x[:2]),
         "12 classes",
     ),
+    "outputs of another size": (
+        {Msg.INFER_OUTPUTS: lambda body: struct.pack("<I", 5) + bytes(4000)},
+        lambda device, other: client.infer_outputs(device, np.zeros(64, np.int8), [{"shape": [10], "dtype": "int8"}]),
+        "malformed body",
+    ),
     "no room for chunks": (
         {Msg.UPLOAD_BEGIN: lambda body: struct.pack("<I", 0)},
         lambda device, other: client.flash(device, other),

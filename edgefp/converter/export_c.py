@@ -26,7 +26,8 @@ BYTES_PER_LINE = 12
 
 
 def export_c(manifest: dict, model_bytes: bytes, out_dir: str, *, force: bool = False) -> list[str]:
-    """Write model_data.h, model_data.cc and <name>_ood_config.h as the directory ``out_dir``; return their paths.
+    """Write model_data.h, model_data.cc and <name>_ood_config.h (none for a bundle without a fingerprint)
+    as the directory ``out_dir``; return their paths.
 
     Files are rendered in full and the directory is written all at once, so a failure leaves nothing
     behind; an existing ``out_dir`` is replaced only with ``force``, and only when it holds C sources
@@ -38,11 +39,9 @@ def export_c(manifest: dict, model_bytes: bytes, out_dir: str, *, force: bool = 
     if not model_bytes:
         raise EdgefpError("the bundle's model is empty; nothing to export")
     try:
-        files = {
-            "model_data.h": _model_header(name),
-            "model_data.cc": _model_source(name, model_bytes),
-            f"{name}_ood_config.h": _config_header(manifest, model_bytes),
-        }
+        files = {"model_data.h": _model_header(name), "model_data.cc": _model_source(name, model_bytes)}
+        if manifest.get("layers"):  # a wrapped model has no OOD check to configure
+            files[f"{name}_ood_config.h"] = _config_header(manifest, model_bytes)
     except (KeyError, IndexError, TypeError, ValueError) as exc:
         raise EdgefpError(f"bundle manifest cannot be exported to C: missing or bad field ({exc})") from exc
     with atomic_directory(out_dir, "C sources directory", force=force) as tmp:

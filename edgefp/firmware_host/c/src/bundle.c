@@ -11,6 +11,7 @@
 #define MAX_FILES 8              /* files besides the manifest (edgefp.manifest.MAX_FILES) */
 #define MAX_INPUT_ELEMENTS (1 << 24)
 #define MAX_DIMS 6
+#define MAX_OUTPUTS 16 /* outputs of a wrapped model (edgefp.manifest.MAX_OUTPUTS) */
 #define MAX_CLASSES 255
 #define QUANTILES 101
 #define RULE "manifest.json breaks a rule at " /* then the field (docs/bundle.md, Validation) */
@@ -556,33 +557,75 @@ static int label_values(span labels, uint32_t n)
 }
 
 /* The fields the firmware runs, by the rules of edgefp.manifest.check. */
+/* A tensor's shape: at most MAX_DIMS sizes of at least 1, MAX_INPUT_ELEMENTS elements together; 0 if not. */
+static uint32_t elements(span shape)
+{
+    span v;
+    int64_t n;
+    uint64_t total = 1;
+    for (uint32_t i = 0; item(shape, i, &v); ++i) {
+        if (i == MAX_DIMS || !integer(v, &n) || n < 1 || (total *= (uint64_t)n) > MAX_INPUT_ELEMENTS) {
+            return 0;
+        }
+    }
+    return *shape.p == '[' ? (uint32_t)total : 0;
+}
+
+/* Each output of a model wrapped without a fingerprint, in the model's order: index, shape, dtype, quantisation. */
+static int raw_outputs(span raw)
+{
+    span spec, shape, v;
+    int64_t n;
+    uint32_t k = 0;
+    for (; item(raw, k, &spec); ++k) {
+        if (!get_int(spec, "index", NULL, k, k, &n) || !get(spec, "shape", &shape) || !elements(shape) ||
+            !get(spec, "dtype", &v) ||
+            !(string_is(v, "int8") || string_is(v, "float32") || string_is(v, "int32")) || !field(spec, "scale", ANY) ||
+            !get_int(spec, "zero_point", NULL, INT32_MIN, INT32_MAX, &n)) {
+            return 0;
+        }
+    }
+    return k >= 1 && k <= MAX_OUTPUTS;
+}
+
+/* The fields the firmware runs, by the rules of edgefp.manifest.check. */
 static int check_fields(span root, bundle_info *b, text *msg)
 {
     span input, shape, pre, outputs, probs, errors, layers, labels, score, v;
     int64_t n;
     if (!get(root, "input", &input) || !get(input, "shape", &shape) || !get(root, "outputs", &outputs) ||
-        !get(outputs, "probs", &probs) || !get(outputs, "layer_errors", &errors) || !get(root, "layers", &layers) ||
-        !get(root, "labels", &labels) || !get(root, "score", &score) || !get(input, "preprocessing", &pre)) {
+        !get(root, "layers", &layers) || !get(root, "labels", &labels) || !get(root, "score", &score) ||
+        !get(input, "preprocessing", &pre)) {
         return refuse(msg, RULE, "input");
     }
-    uint32_t dims = count(shape);
-    b->input_bytes = 1;
-    for (uint32_t i = 0; item(shape, i, &v); ++i) {
-        if (dims > MAX_DIMS || !integer(v, &n) || n < 1 || b->input_bytes * (uint64_t)n > MAX_INPUT_ELEMENTS) {
-            return refuse(msg, RULE, "input.shape");
-        }
-        b->input_bytes *= (uint32_t)n;
+    b->layers = *layers.p == '[' ? count(layers) : EFP_MAX_LAYERS + 1;
+    uint32_t wrapped = b->layers == 0, dims = count(shape);
+    b->input_bytes = elements(shape);
+    if (dims == 0 || b->input_bytes == 0) {
+        return refuse(msg, RULE, "input.shape");
     }
-    if (dims == 0 || !get(input, "dtype", &v) || !string_is(v, "int8") || !field(input, "scale", POSITIVE) ||
-        !get_int(input, "zero_point", NULL, -128, 127, &n) || !preprocessing(pre, shape, dims)) {
+    b->input_float = wrapped && get(input, "dtype", &v) && string_is(v, "float32");
+    b->input_bytes *= b->input_float ? 4u : 1u;
+    /* dims 0: a wrapped model's input is never standardised */
+    if (!get(input, "dtype", &v) || !(string_is(v, "int8") || b->input_float) ||
+        !field(input, "scale", wrapped ? ANY : POSITIVE) || !get_int(input, "zero_point", NULL, -128, 127, &n) ||
+        !preprocessing(pre, shape, wrapped ? 0 : dims)) {
         return refuse(msg, RULE, "input");
     }
     b->classes = count(labels);
-    if (b->classes < 1 || b->classes > MAX_CLASSES || !label_values(labels, b->classes)) {
+    if (b->classes < 1 - wrapped || b->classes > MAX_CLASSES || !label_values(labels, b->classes)) {
         return refuse(msg, RULE, "labels");
     }
-    b->layers = count(layers);
-    if (b->layers < 1 || b->layers > EFP_MAX_LAYERS || count(errors) != b->layers) {
+    if (wrapped) { /* a model wrapped without a fingerprint: its raw outputs, no score */
+        if (!get(outputs, "raw", &v) || !raw_outputs(v) || score.end - score.p != 4 || memcmp(score.p, "null", 4) != 0) {
+            return refuse(msg, RULE, "outputs");
+        }
+        b->raw = v.p;
+        b->raw_end = v.end;
+        return 0;
+    }
+    if (b->layers > EFP_MAX_LAYERS || !get(outputs, "probs", &probs) || !get(outputs, "layer_errors", &errors) ||
+        count(errors) != b->layers) {
         return refuse(msg, RULE, "layers");
     }
     int64_t index;
@@ -725,4 +768,16 @@ int bundle_tables(const bundle_info *b, int32_t *tables)
         }
     }
     return 0;
+}
+
+uint32_t bundle_output(const bundle_info *b, uint32_t k, int32_t *type)
+{
+    span raw = {b->raw, b->raw_end}, spec, v;
+    if (b->layers || !item(raw, k, &spec) || !get(spec, "shape", &v)) {
+        return 0;
+    }
+    uint32_t n = elements(v);
+    get(spec, "dtype", &v);
+    *type = string_is(v, "int8") ? 9 : string_is(v, "float32") ? 0 : 2; /* TFLite TensorType */
+    return *type == 9 ? n : 4 * n;
 }
