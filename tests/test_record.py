@@ -169,12 +169,21 @@ def test_inputs_the_log_dropped_are_counted_and_a_new_session_starts_over(tmp_pa
         np.testing.assert_array_equal(got["input"], [*range(6, 16), *range(31, 41), *range(1, 6)])
         assert len(set(got["session"][:20])) == 1 and got["session"][20] != got["session"][0]
         assert int(got["lost"]) == 15
+    with serving(agent, "tcp") as url:
+        assert record(url, str(out), force=True, count=3)["lost"] == 0  # --force: the recording starts over
+    with np.load(out) as got:
+        np.testing.assert_array_equal(got["input"], [1, 2, 3])
 
 
 def test_record_errors_are_one_clear_line(tmp_path, bundle):
     result = edgefp("record", "--port", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.npz"), "--count", "1")
     assert result.returncode == 2 and result.stderr.startswith("edgefp: error: cannot open")
     (tmp_path / "other.npz").write_bytes(b"not a recording")
-    with pytest.raises(EdgefpError, match="not a recording to continue"):
-        Recording.open(str(tmp_path / "other.npz"))
+    (tmp_path / "link.npz").symlink_to(tmp_path / "elsewhere.npz")
+    for force in (False, True):  # another file is never continued nor replaced
+        with pytest.raises(EdgefpError, match="not a recording written by edgefp"):
+            Recording.open(str(tmp_path / "other.npz"), force=force)
+        with pytest.raises(EdgefpError, match="symbolic link"):
+            Recording.open(str(tmp_path / "link.npz"), force=force)
+    assert (tmp_path / "other.npz").read_bytes() == b"not a recording"
     assert not os.path.exists(tmp_path / "x.npz")

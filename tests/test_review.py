@@ -199,12 +199,14 @@ def test_the_server_answers_only_this_machine_and_refuses_bad_labels(field, digi
     result = edgefp("review", path, "--bundle", digits_bundle[1], "--export", str(tmp_path / "t.npz"), "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["classes"] == {"4": 1}
-    again = edgefp("review", path, "--export", str(tmp_path / "t.npz"))  # an earlier export of this data: replaced
+    kept = edgefp("review", path, "--export", str(tmp_path / "t.npz"))  # an earlier export: kept without --force
+    assert kept.returncode == 2 and "pass --force to replace it" in kept.stderr, kept.stderr
+    again = edgefp("review", path, "--export", str(tmp_path / "t.npz"), "--force")  # replaced with it
     assert again.returncode == 0, again.stderr
     other = str(tmp_path / "other.npz")
     np.savez(other, x=np.zeros((2, 8, 8, 1), np.float32), y=np.zeros(2, np.int64))
     for foreign in (path, other):  # the data itself, a file edgefp did not export
         before = open(foreign, "rb").read()
-        refused = edgefp("review", path, "--export", foreign)
+        refused = edgefp("review", path, "--export", foreign, "--force")
         assert refused.returncode == 2 and refused.stderr.startswith("edgefp: error: "), refused.stderr
         assert "not a training file exported from" in refused.stderr and open(foreign, "rb").read() == before

@@ -16,8 +16,8 @@ from edgefp import data
 from edgefp.bundle import Bundle
 from edgefp.errors import EdgefpError
 from edgefp.firmware_host import client
-from edgefp.firmware_host.agent import Agent, serving
-from edgefp.firmware_host.samples import MAX_CONNECTIONS, SampleClient, SampleServer
+from edgefp.firmware_host.agent import MAX_CLIENTS, Agent, serving
+from edgefp.firmware_host.samples import SampleClient, SampleServer
 from tests.test_cli import edgefp
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "sensors.md"
@@ -112,7 +112,7 @@ def test_refused_windows_are_answered_and_not_counted(tmp_path, agent):
 
 def test_connections_beyond_the_cap_are_closed_and_a_freed_place_serves_again(tmp_path, agent):
     with SampleServer(agent, str(tmp_path / "s.sock")) as server:
-        sensors = [SampleClient(server.address) for _ in range(MAX_CONNECTIONS)]
+        sensors = [SampleClient(server.address) for _ in range(MAX_CLIENTS)]
         assert all(sensor.classify(np.zeros(64))["input"] for sensor in sensors)
         with SampleClient(server.address) as extra, pytest.raises(EdgefpError, match="closed the sample socket"):
             extra.classify(np.zeros(64))
@@ -121,7 +121,7 @@ def test_connections_beyond_the_cap_are_closed_and_a_freed_place_serves_again(tm
         while True:  # the closed connection's place is given back once its thread ends
             try:
                 with SampleClient(server.address) as again:
-                    assert again.classify(np.zeros(64))["input"] > MAX_CONNECTIONS
+                    assert again.classify(np.zeros(64))["input"] > MAX_CLIENTS
                 break
             except EdgefpError:
                 assert time.monotonic() < deadline

@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import os
 import time
+import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,7 +25,7 @@ from edgefp.bundle import Bundle
 from edgefp.errors import EdgefpError
 from edgefp.firmware_host import client
 from edgefp.firmware_host.protocol import DataKind
-from edgefp.fsutil import write_file_atomic
+from edgefp.fsutil import check_file_output, write_file_atomic
 from edgefp.ood import SCORE_UNIT
 
 SAVE_EVERY_S = 1.0
@@ -50,10 +51,12 @@ class Recording:
         return len(self.columns["input"])
 
     @classmethod
-    def open(cls, path: str) -> Recording:
-        """The recording in ``path`` to continue, or a new one when there is no file yet."""
-        recording = cls(path)
-        if not os.path.exists(path):
+    def open(cls, path: str, *, force: bool = False) -> Recording:
+        """The recording in ``path`` to continue, or a new one when there is no file yet (or, with
+        ``force``, in place of the recording there). Any other file there is refused."""
+        full = check_file_output(path, force=True, written_by_edgefp=is_recording, kind="recording")
+        recording = cls(full)
+        if force or not os.path.exists(full):
             return recording
         try:
             with np.load(path, allow_pickle=False) as npz:
@@ -69,7 +72,7 @@ class Recording:
             recording.lost = int(arrays["lost"])
         except (OSError, ValueError, KeyError) as exc:
             raise EdgefpError(
-                f"{path}: not a recording to continue ({exc}); choose another --out, or remove it to start over"
+                f"{path}: not a recording to continue ({exc}); choose another --out, or pass --force to start over"
             ) from None
         return recording
 
@@ -132,10 +135,20 @@ class Recording:
         write_file_atomic(self.path, buffer.getvalue())
 
 
+def is_recording(path: str) -> bool:
+    """Whether ``path`` is a data file ``edgefp record`` wrote."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {"read_session", "read_until", "x"} <= set(npz.files)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return False
+
+
 def record(
     url: str,
     out: str,
     *,
+    force: bool = False,
     count: int | None = None,
     ood_only: bool = False,
     duration: float | None = None,
@@ -147,8 +160,9 @@ def record(
     """Record the device at ``url`` into ``out`` until the file holds ``count`` samples, ``duration``
     seconds passed or ``stop()`` is true; reconnect when the link drops (a wrong URL or key fails at once).
     ``on_sample(recording)`` is called after each sample, ``on_status(text)`` when the link goes or
-    comes back or inputs were lost. Returns a report."""
-    recording = Recording.open(out)
+    comes back or inputs were lost. ``force`` starts ``out`` over when it holds an earlier recording.
+    Returns a report."""
+    recording = Recording.open(out, force=force)
     start, recorded_before, lost_before = time.monotonic(), len(recording), recording.lost
     end = None if duration is None else start + duration
     last_save, connected = start, None

@@ -1,6 +1,6 @@
 """The agent's sample socket: the program that owns the sensor hands the agent windows of raw values
 and gets a verdict for each (docs/sensors.md). A Unix domain socket (a path) or TCP on the loopback
-interface (``127.0.0.1:PORT``), up to ``MAX_CONNECTIONS`` connections at once (more are closed at once).
+interface (``127.0.0.1:PORT``), up to the agent's ``MAX_CLIENTS`` connections at once (more are closed at once).
 
 Framing, little-endian::
 
@@ -26,10 +26,10 @@ import threading
 import numpy as np
 
 from edgefp.errors import EdgefpError
+from edgefp.firmware_host.agent import MAX_CLIENTS
 from edgefp.ood import SCORE_UNIT
 
 MAX_VALUES = 1 << 22  # a window of more values is refused and the connection closed
-MAX_CONNECTIONS = 8  # programs connected at once; more are closed at once
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
@@ -95,11 +95,11 @@ class _Handler(socketserver.StreamRequestHandler):
 
 
 class _Capped:
-    """A socketserver mixin: at most MAX_CONNECTIONS connections at once."""
+    """A socketserver mixin: at most MAX_CLIENTS connections at once."""
 
     def verify_request(self, request, client_address) -> bool:
         with self.count_lock:
-            if self.connections >= MAX_CONNECTIONS:
+            if self.connections >= MAX_CLIENTS:
                 return False
             self.connections += 1
             return True
@@ -181,7 +181,7 @@ class SampleClient:
             raise EdgefpError(f"the agent closed the sample socket ({exc.strerror or exc})") from None
         if not line:
             raise EdgefpError(
-                f"the agent closed the sample socket (it stopped, or serves {MAX_CONNECTIONS} programs already)"
+                f"the agent closed the sample socket (it stopped, or serves {MAX_CLIENTS} programs already)"
             )
         answer = json.loads(line)
         if "error" in answer:

@@ -20,10 +20,12 @@ def default_export_path(data_path: str) -> str:
 class Review:
     """A data file under review: its queue, its labels file and where the training file goes."""
 
-    def __init__(self, data_path: str, *, labels_path=None, export_path=None, **queue_options):
+    def __init__(self, data_path: str, *, labels_path=None, export_path=None, force=False, **queue_options):
         self.queue = Queue(data_path, **queue_options)
         self.store = LabelStore(labels_path or default_path(data_path), self.queue)
         self.export_path = export_path or default_export_path(data_path)
+        self.force = force  # replace an earlier export of the same data found at the start
+        self.written: set[str] = set()  # exports this review wrote: the page may export again
 
     def classes_and_counts(self) -> dict:
         return {"classes": self.store.classes, "counts": self.store.counts()}
@@ -44,4 +46,7 @@ class Review:
         return found
 
     def export(self, out: str | None = None) -> dict:
-        return self.store.export(out or self.export_path)
+        out = out or self.export_path
+        report = self.store.export(out, force=self.force or out in self.written)
+        self.written.add(out)
+        return report

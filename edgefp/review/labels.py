@@ -21,7 +21,7 @@ import zipfile
 import numpy as np
 
 from edgefp.errors import EdgefpError
-from edgefp.fsutil import write_file_atomic
+from edgefp.fsutil import check_file_output, write_file_atomic
 
 SCHEMA, VERSION = "edgefp.labels", 1
 NAME_MAX = 64
@@ -131,15 +131,16 @@ class LabelStore:
                 found["classes"][name] = found["classes"].get(name, 0) + 1
         return found
 
-    def export(self, out: str) -> dict:
+    def export(self, out: str, *, force: bool = False) -> dict:
         """Write the samples labelled with a class as a training file: ``x``, ``y``, ``labels`` (the
         class names, indexed by label value) and ``reviewed_from`` (the data's SHA-256). An existing
-        ``out`` is replaced only when it is such a file, exported from the same data."""
-        if os.path.lexists(out) and not is_export_of(out, self.queue.digest):
-            raise EdgefpError(
-                f"{out} exists and is not a training file exported from {self.queue.path}; choose another export "
-                "path, or remove it yourself"
-            )
+        ``out`` is replaced only with ``force`` and when it is such a file, exported from the same data."""
+        out = check_file_output(
+            out,
+            force=force,
+            written_by_edgefp=lambda path: is_export_of(path, self.queue.digest),
+            kind=f"training file exported from {self.queue.path}",
+        )
         with self.lock:
             index = {sample_id: i for i, sample_id in enumerate(self.queue.ids)}
             chosen = [(index.get(key), label.get("value")) for key, label in self.labels.items()]
