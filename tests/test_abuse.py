@@ -147,6 +147,8 @@ def corpus(bundle):
         (Msg.EVENTS, b"\x00"),
         (Msg.GET_COUNTERS, b""),
         (Msg.GET_OOD, struct.pack("<I", 0)),
+        (Msg.READ_LOG, protocol.pack_read_log(0, False)),
+        (Msg.READ_LOG, protocol.pack_read_log(1, True, 8)),
         (Msg.RESET, b"\x00"),
     ]
 

@@ -218,6 +218,13 @@ def _stats(value: float) -> dict:
     return dict.fromkeys(protocol.STATS, value)
 
 
+def _log_answer(number: int, total: int) -> bytes:
+    """A READ_LOG answer (the log has seen 1 input) with entry ``number`` announcing ``total`` bytes."""
+    result = protocol.InferResult(0, np.zeros(5, np.int8), np.zeros(3, np.int8), 1.0, 1, 5)
+    page = protocol.LogPage(1, 1, 1, 16, protocol.LogEntry(number, 0, result, protocol.DataKind.RAW, b""))
+    return page.pack()[:-4] + struct.pack("<I", total) + bytes(8)
+
+
 # case -> (lying answers: request type -> body from request body, what the host does, the error it must give)
 ROGUE = {
     "endless manifest": (
@@ -272,6 +279,16 @@ ROGUE = {
         {Msg.UPLOAD_BEGIN: lambda body: struct.pack("<I", 0)},
         lambda device, other: client.flash(device, other),
         "chunks of 0 bytes",
+    ),
+    "huge logged input": (
+        {Msg.READ_LOG: lambda body: _log_answer(1, 1 << 31)},
+        lambda device, other: client.read_log(device, 0),
+        "an input of 2147483648 bytes",
+    ),
+    "logged input from nowhere": (
+        {Msg.READ_LOG: lambda body: _log_answer(99, 8)},
+        lambda device, other: client.read_log(device, 0),
+        "does not match its own log",
     ),
     "a malformed answer": (
         {Msg.GET_COUNTERS: lambda body: b"\x01"},
