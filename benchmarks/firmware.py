@@ -26,10 +26,9 @@ import os
 import tempfile
 
 from benchmarks.common import dataset_path, save
-from benchmarks.int8 import classifier_only, int8_tflite, representative_data
 from edgefp import data
 from edgefp.bundle import MODEL, Bundle, sha256
-from edgefp.converter.convert import convert
+from edgefp.converter.convert import batch_of_one, convert, int8_model, representative, strip
 from edgefp.firmware_host import client, firmware
 from edgefp.firmware_host.client import DeviceError
 from edgefp.trainer import train
@@ -54,7 +53,9 @@ def bundles(name: str, dataset: data.Dataset, epochs: int, workdir: str) -> tupl
     fingerprint.save(run_dir)
     convert(run_dir, dataset, out)
     deployed = Bundle.load(out)
-    model = int8_tflite(classifier_only(fingerprint), [representative_data(fingerprint.prepare(dataset.x))])
+    model = strip(
+        int8_model(batch_of_one(fingerprint.model_, "classifier"), representative(fingerprint.prepare(dataset.x)))
+    )
     manifest = copy.deepcopy(deployed.manifest)
     probs = {**manifest["outputs"]["probs"], "index": 0}
     manifest["outputs"] = {"probs": probs, "layer_errors": [probs]}

@@ -22,8 +22,8 @@ FORCE_OPTION = click.option("--force", is_flag=True, help="Replace --out if it e
 LAYERS_OPTION = click.option(
     "--layers",
     default=None,
-    help="Comma-separated layers to fingerprint, 'logits' for the logits "
-    "[default: every layer with a kernel but the output layer].",
+    help="Comma-separated layers watched by autoencoders, 'logits' for the logits "
+    "[default: every layer with a kernel below the penultimate one].",
 )
 FPR_OPTION = click.option(
     "--fpr",
@@ -111,13 +111,19 @@ def fingerprint(model, data, out, layers, fpr, epochs, seed, force, as_json):
 
 def _report_run(fp, out: str, as_json: bool) -> None:
     layers = [
-        {"name": layer.name, "features": layer.features, "bottleneck": layer.bottleneck, "params": layer.params}
+        {
+            "name": layer.name,
+            "kind": layer.kind,
+            "features": layer.features,
+            "bottleneck": layer.bottleneck,
+            "params": layer.params,
+        }
         for layer in fp.layers_
     ]
     report = {
         "run": out,
         "classifier_params": int(fp.model_.count_params()),
-        "autoencoder_params": fp.autoencoder_params(),
+        "fingerprint_params": fp.fingerprint_params(),
         "layers": layers,
         "threshold": fp.threshold_,
         "target_fpr": fp.fpr,
@@ -125,14 +131,13 @@ def _report_run(fp, out: str, as_json: bool) -> None:
         "n_holdout": fp.n_holdout_,
         "fingerprint_seconds": round(fp.fit_seconds_, 2),
     }
-    ratio = report["autoencoder_params"] / report["classifier_params"]
+    ratio = report["fingerprint_params"] / report["classifier_params"]
     lines = [f"wrote {out} (fingerprint fitted in {fp.fit_seconds_:.1f} s)"]
-    lines += [
-        f"  layer {row['name']}: {row['features']} features -> {row['bottleneck']} ({row['params']} params)"
-        for row in layers
-    ]
+    for row in layers:
+        detail = f" -> {row['bottleneck']}" if row["bottleneck"] else ""
+        lines.append(f"  {row['name']}: {row['kind']}, {row['features']} features{detail} ({row['params']} params)")
     lines.append(
-        f"  autoencoders: {report['autoencoder_params']} params "
+        f"  fingerprint: {report['fingerprint_params']} params "
         f"({100 * ratio:.0f}% of the classifier's {report['classifier_params']})"
     )
     lines.append(
@@ -254,10 +259,7 @@ def inspect(bundle, as_json):
     report.update(
         input=manifest["input"]["shape"],
         labels=[label["name"] for label in manifest["labels"]],
-        layers=[
-            {k: layer[k] for k in ("name", "features", "log_error_mean", "log_error_std")}
-            for layer in manifest["layers"]
-        ],
+        layers=[{k: layer[k] for k in ("name", "kind", "features", "z_mean", "z_std")} for layer in manifest["layers"]],
         threshold=manifest["score"]["threshold"],
         target_fpr=manifest["score"]["target_fpr"],
         verified=not problems,
@@ -268,9 +270,9 @@ def inspect(bundle, as_json):
         f"  input {report['input']} int8, classes {', '.join(report['labels'])}",
         f"  model {manifest['flash_bytes']} bytes, TFLite Micro arena {manifest['tflm_arena_bytes']} bytes",
         f"  ops {', '.join(manifest['ops'])}",
-        f"  OOD threshold {report['threshold']:.3f} at {100 * report['target_fpr']:.0f}% false positives; layers:",
+        f"  OOD threshold {report['threshold']:.3f} at {100 * report['target_fpr']:.0f}% false positives; evidence:",
     ]
-    lines += [f"    {layer['name']}: {layer['features']} features" for layer in report["layers"]]
+    lines += [f"    {layer['name']}: {layer['kind']} ({layer['features']} features)" for layer in report["layers"]]
     lines += [
         f"  {name}: sha256 {entry['sha256']}, {entry['bytes']} bytes" for name, entry in manifest["files"].items()
     ]

@@ -34,7 +34,7 @@ def test_manifest_holds_the_contract(digits_bundle):
     assert len(manifest["outputs"]["layer_errors"]) == len(manifest["layers"])
     assert manifest["flash_bytes"] == os.path.getsize(os.path.join(out, "model.tflite"))
     assert manifest["tflm_arena_bytes"] > 0 and "CONV_2D" in manifest["ops"]
-    assert 0 < manifest["score"]["threshold"] and len(manifest["layers"][0]["holdout_error_quantiles"]) == 101
+    assert 0 < manifest["score"]["threshold"] and len(manifest["layers"][0]["holdout_quantiles"]) == 101
 
 
 def test_saturated_errors_are_still_flagged(digits_bundle):

@@ -25,18 +25,24 @@ def test_fingerprint_json_documents_the_distribution(digits_run):
     fingerprint, run_dir = digits_run
     with open(os.path.join(run_dir, "fingerprint.json")) as handle:
         meta = json.load(handle)
-    assert meta["schema"] == "edgefp.fingerprint" and meta["version"] == 1
+    assert meta["schema"] == "edgefp.fingerprint" and meta["version"] == 2
     assert meta["score"]["target_fpr"] == 0.05 and meta["score"]["n_holdout"] > 0
+    assert meta["score"]["combine"] == "mean_positive_z"
+    assert [layer["kind"] for layer in meta["layers"]] == ["autoencoder", "autoencoder", "class_distance", "max_logit"]
+    assert [layer["name"] for layer in meta["layers"]] == ["conv8", "conv16", "dense32", "logits"]
     for layer in meta["layers"]:
-        quantiles = layer["holdout_error_quantiles"]
+        quantiles = layer["holdout_quantiles"]
         assert len(quantiles) == 101 and quantiles == sorted(quantiles)
-        assert os.path.exists(os.path.join(run_dir, layer["autoencoder"]))
+        assert layer["transform"] == ("negate" if layer["kind"] == "max_logit" else "log")
+        assert layer["file"] is None or os.path.exists(os.path.join(run_dir, layer["file"]))
     assert [label["value"] for label in meta["labels"]] == [0, 1, 2, 3, 4]
 
 
-def test_autoencoders_stay_within_a_fifth_of_the_classifier(digits_run):
+def test_autoencoders_stay_within_their_budget(digits_run):
     fingerprint, _ = digits_run
-    assert fingerprint.autoencoder_params() <= 0.2 * fingerprint.model_.count_params()
+    autoencoders = sum(layer.params for layer in fingerprint.autoencoder_layers_)
+    assert autoencoders <= fingerprint.budget * fingerprint.model_.count_params()
+    assert fingerprint.fingerprint_params() < 0.35 * fingerprint.model_.count_params()
 
 
 def test_digits_end_to_end_quality_floors(digits_run):
@@ -54,6 +60,37 @@ def test_digits_end_to_end_quality_floors(digits_run):
 
 
 NEAR_FLOOR = 0.88
+
+
+def test_knn_and_relative_mahalanobis_follow_their_papers(digits_run):
+    from edgefp.trainer.baselines import KNN, Mahalanobis, RelativeMahalanobis
+
+    fingerprint, _ = digits_run
+    x_fit = fingerprint.prepare(data.load("digits:train:0-4").x, "train")
+    knn = KNN().fit(fingerprint.model_, x_fit)
+    assert knn.k_ == max(1, round(len(x_fit) / 1000))
+    np.testing.assert_allclose(knn.score_samples(x_fit[:20]), 0.0, atol=1e-6)  # each is its own nearest
+    assert KNN(k=5).fit(fingerprint.model_, x_fit).score_samples(x_fit[:20]).min() > 0
+    plain, relative = Mahalanobis().fit(fingerprint.model_, x_fit), RelativeMahalanobis().fit(fingerprint.model_, x_fit)
+    x = fingerprint.prepare(data.load("digits:test").x[:30], "test")
+    features = relative._features(x)[0]
+    background = np.einsum(
+        "nd,de,ne->n",
+        features - relative.background_mean_,
+        relative.background_precision_,
+        features - relative.background_mean_,
+    )
+    np.testing.assert_allclose(relative.score_samples(x), plain.score_samples(x) - background, rtol=1e-6)
+
+
+def test_default_taps_leave_the_top_to_its_own_evidence_and_pool_images_square(digits_run):
+    from edgefp.trainer import taps
+
+    fingerprint, _ = digits_run
+    assert taps.default_layers(fingerprint.model_) == ["conv8", "conv16"]
+    assert taps.pool_sizes((8, 8, 8), 32) == (4, 4) and taps.pool_sizes((4, 4, 16), 32) == (4, 4)
+    assert taps.pool_sizes((28, 20, 8), 32) == (14, 14) and taps.pool_sizes((100, 16), 32) == (50,)
+    assert taps.pool_sizes((64,), 32) == () and taps.pool_sizes((25, 64), 32) == (25,)
 
 
 def test_baselines_score_higher_for_unseen_digits(digits_run):
@@ -86,10 +123,14 @@ def test_fingerprint_a_users_sequential_model_without_labels(tmp_path):
     x = np.random.default_rng(0).normal(size=(200, 12)).astype(np.float32)
     dataset = data.Dataset(x, None, "unlabelled")
     fp = fingerprint_model(model_path, dataset, epochs=5, progress=False)
-    assert [layer.name for layer in fp.layers_] == ["hidden", "hidden2"]
+    assert [(layer.name, layer.kind) for layer in fp.layers_] == [
+        ("hidden", "autoencoder"),
+        ("hidden2", "class_distance"),
+        ("logits", "max_logit"),
+    ]
     fp.save(str(tmp_path / "run"))
     scores = NeuralFingerprint.load(str(tmp_path / "run")).score(x[:10])
-    assert scores.layer_errors.shape == (10, 2) and scores.probs.shape == (10, 3)
+    assert scores.layer_errors.shape == (10, 3) and scores.probs.shape == (10, 3)
     np.testing.assert_allclose(scores.probs.sum(axis=1), 1.0, rtol=1e-5)
 
 

@@ -185,12 +185,10 @@ class Agent:
 
     def _run(self, x_q: np.ndarray) -> protocol.InferResult:
         loaded = self.active
-        outputs_spec = loaded.bundle.manifest["outputs"]
         start = time.perf_counter_ns()
         outputs = loaded.interpreter.invoke(x_q)
         latency = (time.perf_counter_ns() - start) // 1000
-        probs = np.asarray(outputs[outputs_spec["probs"]["index"]], dtype=np.int8)
-        errors = np.array([outputs[spec["index"]][0] for spec in outputs_spec["layer_errors"]], dtype=np.int8)
+        probs, errors = loaded.bundle.split_outputs(outputs)
         scores = loaded.bundle.decide(probs[None], errors[None])
         result = protocol.InferResult(
             int(np.argmax(probs)), probs, errors, float(scores.ood_score[0]), bool(scores.is_ood[0]), int(latency)

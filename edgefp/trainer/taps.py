@@ -47,18 +47,26 @@ def logits_and_probs(model):
     return out, keras.layers.Softmax(name="probs_from_logits")(out)
 
 
-def default_layers(model) -> list[str]:
-    """Every layer with a kernel (convolutions, hidden dense layers) except the one computing the logits.
-
-    The logits themselves can be named with ``--layers``, but by default they are left out: OOD
-    logits are small and easy to reconstruct, so their errors weaken the combined score."""
+def penultimate(model):
+    """The symbolic features the logits are computed from (the input of the logits layer)."""
     logits, _ = logits_and_probs(model)
-    output_layers = {logits._keras_history.operation.name, model.layers[-1].name}
-    return [
-        layer.name
-        for layer in model.layers
-        if type(layer).__name__ in _WEIGHT_LAYERS and layer.name not in output_layers
-    ]
+    features = logits._keras_history.operation.input
+    if not hasattr(features, "shape"):
+        raise EdgefpError("the classifier's logits must come from one layer with one input (a Dense layer)")
+    return features
+
+
+def default_layers(model) -> list[str]:
+    """Every layer with a kernel (convolutions, hidden dense layers) except the one computing the logits
+    and the one computing the features the logits are made from.
+
+    The top of the classifier is watched by its own evidence (the distance to the predicted class
+    and the largest logit), so the autoencoders watch the layers below it. The logits or the
+    penultimate layer can still be named with ``--layers``."""
+    logits, _ = logits_and_probs(model)
+    top = {logits._keras_history.operation.name, penultimate(model)._keras_history.operation.name}
+    top.add(model.layers[-1].name)
+    return [layer.name for layer in model.layers if type(layer).__name__ in _WEIGHT_LAYERS and layer.name not in top]
 
 
 def tap(model, name: str):
@@ -73,11 +81,16 @@ def tap(model, name: str):
 
 
 def pool_sizes(shape: tuple[int, ...], max_features: int) -> tuple[int, ...]:
-    """Average-pooling window per spatial/time axis that brings a feature map to at most
-    ``max_features`` values (halving the grid along its longest axis until it fits)."""
+    """Average-pooling window per spatial/time axis that brings a feature map to at most ``max_features``
+    values: the grid along the longest axis is halved until it fits. Images get square windows (the
+    int8 depthwise convolution that pools them takes one stride for both axes)."""
     *spatial, channels = shape
-    grid = list(spatial)
-    while grid and math.prod(grid) * channels > max_features and max(grid) > 1:
-        axis = grid.index(max(grid))
-        grid[axis] = math.ceil(grid[axis] / 2)
-    return tuple(math.ceil(s / g) for s, g in zip(spatial, grid))
+    if not spatial:
+        return ()
+    grid = max(spatial)
+    while True:
+        window = math.ceil(max(spatial) / grid)
+        windows = [window] * len(spatial)
+        if grid == 1 or math.prod(math.ceil(s / w) for s, w in zip(spatial, windows)) * channels <= max_features:
+            return tuple(windows)
+        grid = math.ceil(grid / 2)
