@@ -13,8 +13,8 @@ generator) and their 12 complements (24 of the 252; each digit is in-distributio
 basic_motions and arrow_head, each class held out in turn; gun_point (two classes) far-OOD only.
 Intervals: 95 % percentile bootstrap over the runs (splits x seeds) of a data set, 2,000 resamples;
 `vs best` is the paired difference of the int8 fingerprint to the baseline with the best mean.
-Ablation: the float fingerprint's score recombined without each kind of evidence, or with one minus
-the largest probability in the max logit's place.
+Ablation: the float fingerprint's score recombined without each kind of evidence, with one minus the
+largest probability in the max logit's place, or with every piece of evidence weighing the same.
 
     python -m benchmarks.ood_quality            # full: 24 digits splits x 2 seeds, sensor splits x 5 seeds
     python -m benchmarks.ood_quality --quick    # one split and seed per data set with near-OOD: a smoke test
@@ -36,7 +36,7 @@ from edgefp.bundle import Bundle
 from edgefp.converter.convert import convert
 from edgefp.trainer import train
 from edgefp.trainer.baselines import BASELINES
-from edgefp.trainer.fingerprint import AUTOENCODER, CLASS_DISTANCE, MAX_LOGIT
+from edgefp.trainer.fingerprint import AUTOENCODER, MAX_LOGIT
 from edgefp.trainer.train import HOLDOUT
 
 SENSOR_SHIFTS = ("stuck", "gain", "noise", "reverse")
@@ -47,11 +47,10 @@ DETECTORS = ["fingerprint", "fingerprint_int8", *BASELINES]
 MAX_SOFTMAX = "max_softmax"
 ABLATION = {
     "all evidence": (),
-    "without autoencoders": (AUTOENCODER,),
-    "without class distance": (CLASS_DISTANCE,),
-    "without max logit": (MAX_LOGIT,),
-    "autoencoders only": (CLASS_DISTANCE, MAX_LOGIT),
+    "autoencoders only": (MAX_LOGIT,),
+    "max logit only": (AUTOENCODER,),
     "max-softmax for max logit": (MAX_SOFTMAX,),
+    "weighted per evidence": ("per_evidence",),
 }
 
 
@@ -100,20 +99,23 @@ def int8_bundle(fingerprint, calib: data.Dataset) -> Bundle:
         return Bundle.load(os.path.join(scratch, "bundle"))
 
 
-def ablated(fingerprint, scores, holdout, without: tuple[str, ...]) -> np.ndarray:
-    """The float fingerprint's score of ``scores`` recombined without the evidence kinds ``without``; with
-    MAX_SOFTMAX among them, one minus the largest probability takes the max logit's place (its z
-    statistics from the ``holdout`` scores)."""
-    values, z_mean, z_std = scores.layer_errors, *fingerprint.z_stats_()
-    transforms = list(fingerprint.transforms_)
-    if MAX_SOFTMAX in without:
-        j = [layer.kind for layer in fingerprint.layers_].index(MAX_LOGIT)
+def ablated(fingerprint, scores, holdout, change: tuple[str, ...]) -> np.ndarray:
+    """The float fingerprint's score of ``scores`` recombined: without the evidence kinds in ``change``
+    (the remaining kinds weigh the same again), with one minus the largest probability in the max
+    logit's place (MAX_SOFTMAX; its z statistics from the ``holdout`` scores), or with every piece of
+    evidence weighing the same (``per_evidence``)."""
+    values, (z_mean, z_std, _) = scores.layer_errors.copy(), fingerprint.z_stats_()
+    transforms, kinds = list(fingerprint.transforms_), [layer.kind for layer in fingerprint.layers_]
+    if MAX_SOFTMAX in change:
+        j = kinds.index(MAX_LOGIT)
         held = np.log(1.0 - holdout.probs.max(axis=1) + ood.EPS)
-        values, z_mean, z_std = values.copy(), z_mean.copy(), z_std.copy()
         values[:, j], transforms[j] = 1.0 - scores.probs.max(axis=1), "log"
+        z_mean, z_std = z_mean.copy(), z_std.copy()
         z_mean[j], z_std[j] = held.mean(), max(held.std(), 1e-3)
-    keep = [j for j, layer in enumerate(fingerprint.layers_) if layer.kind not in without]
-    return ood.ood_score(values[:, keep], z_mean[keep], z_std[keep], [transforms[j] for j in keep])
+    keep = [j for j, kind in enumerate(kinds) if kind not in change]
+    kept = [kinds[j] for j in keep]
+    weights = [1.0 / len(keep) if "per_evidence" in change else 1.0 / (kept.count(k) * len(set(kept))) for k in kept]
+    return ood.ood_score(values[:, keep], z_mean[keep], z_std[keep], weights, [transforms[j] for j in keep])
 
 
 def evaluate(dataset: data.Dataset, classes, far, seed) -> dict:
@@ -245,7 +247,8 @@ def table(summary: dict) -> str:
             lines.append(f"| {dataset} | {case} | {_cell(row['int8_minus_float'])} | {worst:+.3f} |")
     lines += [
         "",
-        "Ablation (float fingerprint AUROC, mean [interval]): the score recombined without each kind of evidence.",
+        "Ablation (float fingerprint AUROC, mean [interval]): the score recombined from some of its evidence, with",
+        "max-softmax (one minus the largest probability) for the max logit, or weighted per evidence, not per kind.",
         "",
         "| data set | case | " + " | ".join(ABLATION) + " |",
         "|---|---|" + "---|" * len(ABLATION),

@@ -1,12 +1,12 @@
 """The fingerprint's arithmetic that every runtime shares: evidence values -> one OOD score -> verdict.
 
 Kept free of TensorFlow so that devices (agent, simulator) compute exactly what the host computes.
-Each piece of evidence (an autoencoder's reconstruction error, the distance to the predicted class,
-the classifier's largest logit) is one value per sample. A fixed transform makes it "larger = less
-usual" (``log``: ``ln(v + EPS)`` of an error; ``negate``: ``-v`` of a confidence), a z-score against
-its held-out distribution standardises it, ``z = (t(v) - z_mean) / z_std``, and the OOD score is the
-mean over the evidence of ``max(z, 0)`` (only values less usual than usual count); a sample is OOD when
-its score exceeds the threshold calibrated at the target false-positive rate.
+Each piece of evidence (an autoencoder's reconstruction error, the classifier's largest logit) is one
+value per sample. A fixed transform makes it "larger = less usual" (``log``: ``ln(v + EPS)`` of an
+error; ``negate``: ``-v`` of a confidence), a z-score against its held-out distribution standardises
+it, ``z = (t(v) - z_mean) / z_std``, and the OOD score is the weighted mean over the evidence of
+``max(z, 0)`` (only values less usual than usual count; each kind of evidence weighs the same); a
+sample is OOD when its score exceeds the threshold calibrated at the target false-positive rate.
 """
 
 from __future__ import annotations
@@ -47,9 +47,9 @@ def zscores(values: np.ndarray, z_mean: np.ndarray, z_std: np.ndarray, transform
     return (transformed(values, transforms) - z_mean) / z_std
 
 
-def ood_score(values: np.ndarray, z_mean: np.ndarray, z_std: np.ndarray, transforms: list[str]) -> np.ndarray:
+def ood_score(values: np.ndarray, z_mean, z_std, weights, transforms: list[str]) -> np.ndarray:
     """Combine evidence (N, L) into one score per sample; higher = more out-of-distribution."""
-    return np.maximum(zscores(values, z_mean, z_std, transforms), 0.0).mean(axis=1)
+    return np.maximum(zscores(values, z_mean, z_std, transforms), 0.0) @ np.asarray(weights, dtype=np.float64)
 
 
 def z_stats(values: np.ndarray, transforms: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -58,8 +58,10 @@ def z_stats(values: np.ndarray, transforms: list[str]) -> tuple[np.ndarray, np.n
     return t.mean(axis=0), np.maximum(t.std(axis=0), 1e-3)
 
 
-def z_table(scale: float, zero_point: int, z_mean: float, z_std: float, transform: str) -> list[int]:
-    """One evidence output of an int8 bundle: ``max(z, 0)`` in fixed point for each int8 value q = -128..127.
+def z_table(scale: float, zero_point: int, z_mean: float, z_std: float, transform: str, scale_by: float = 1.0):
+    """One evidence output of an int8 bundle: ``scale_by x max(z, 0)`` in fixed point for each int8 value
+    q = -128..127 (``scale_by``: the output's weight times the number of outputs, so that a bundle's
+    score is the table sum over ``unit x L``).
 
     The table makes an int8 bundle's score integer arithmetic (a sum of table entries), identical on
     every runtime and platform, host or microcontroller: no logarithm or float rounding to disagree on.
@@ -71,7 +73,7 @@ def z_table(scale: float, zero_point: int, z_mean: float, z_std: float, transfor
     values = ((q - np.float32(zero_point)) * np.float32(scale)).astype(np.float64)
     z = np.maximum((transformed(values[:, None], [transform])[:, 0] - z_mean) / z_std, 0.0)
     z[least_usual_q(transform) + 128] = max(z.max(), OFF_SCALE_Z)
-    return np.minimum(np.round(z * SCORE_UNIT), TABLE_MAX).astype(np.int64).tolist()
+    return np.minimum(np.round(z * scale_by * SCORE_UNIT), TABLE_MAX).astype(np.int64).tolist()
 
 
 def least_usual_q(transform: str) -> int:
@@ -101,9 +103,9 @@ class Calibration:
     score_quantiles: list[float]
 
 
-def calibrate(holdout_values: np.ndarray, fpr: float, transforms: list[str]) -> Calibration:
+def calibrate(holdout_values: np.ndarray, fpr: float, transforms: list[str], weights) -> Calibration:
     z_mean, z_std = z_stats(holdout_values, transforms)
-    scores = ood_score(holdout_values, z_mean, z_std, transforms)
+    scores = ood_score(holdout_values, z_mean, z_std, weights, transforms)
     return Calibration(
         z_mean=z_mean,
         z_std=z_std,

@@ -17,16 +17,8 @@ from edgefp.data import Dataset
 from edgefp.errors import EdgefpError
 from edgefp.ood import QUANTILE_LEVELS
 
-EVIDENCE_TITLES = {
-    "autoencoder": "autoencoder",
-    "class_distance": "distance to its class",
-    "max_logit": "largest logit",
-}
-EVIDENCE_UNITS = {
-    "autoencoder": "reconstruction error",
-    "class_distance": "whitened squared distance",
-    "max_logit": "largest logit (low is unusual)",
-}
+EVIDENCE_TITLES = {"autoencoder": "autoencoder", "max_logit": "largest logit"}
+EVIDENCE_UNITS = {"autoencoder": "reconstruction error", "max_logit": "largest logit (low is unusual)"}
 
 FIGURES = ("fingerprint.png", "roc.png", "confusion.png", "latency.png", "budget.png")
 DPI = 90

@@ -48,13 +48,17 @@ def test_calibration_flags_the_target_share_and_combines_positive_z_only():
 
     rng = np.random.default_rng(0)
     holdout = np.stack([rng.lognormal(0, 0.5, 2000), rng.normal(8, 2, 2000)], axis=1)
-    calibration = ood.calibrate(holdout, 0.05, ["log", "negate"])
-    scores = ood.ood_score(holdout, calibration.z_mean, calibration.z_std, ["log", "negate"])
+    weights, transforms = [0.25, 0.75], ["log", "negate"]
+    calibration = ood.calibrate(holdout, 0.05, transforms, weights)
+
+    def score(values):
+        return ood.ood_score(values, calibration.z_mean, calibration.z_std, weights, transforms)
+
+    scores = score(holdout)
     assert np.mean(scores > calibration.threshold) == pytest.approx(0.05, abs=0.01)
     usual = np.array([[np.exp(calibration.z_mean[0]), -calibration.z_mean[1]]])
-    assert ood.ood_score(usual, calibration.z_mean, calibration.z_std, ["log", "negate"])[0] == pytest.approx(
-        0, abs=1e-4
-    )
+    assert score(usual)[0] == pytest.approx(0, abs=1e-4)
     small_logit = usual * [1, 0.1]  # a largest logit far below the usual one is evidence; a large one is not
-    assert ood.ood_score(small_logit, calibration.z_mean, calibration.z_std, ["log", "negate"])[0] > 1
-    assert ood.ood_score(usual * [0.5, 3], calibration.z_mean, calibration.z_std, ["log", "negate"])[0] == 0
+    expected = 0.75 * (-0.1 * -calibration.z_mean[1] - calibration.z_mean[1]) / calibration.z_std[1]
+    assert score(small_logit)[0] == pytest.approx(expected, rel=1e-6) and expected > 1
+    assert score(usual * [0.5, 3])[0] == 0

@@ -250,7 +250,13 @@ def convert(run_dir: str, calib: data.Dataset, out: str, *, name=None, ood_data=
         "outputs": outputs,
         "labels": fingerprint.labels_,
         "layers": [
-            {"name": layer.name, "kind": layer.kind, "transform": layer.transform, "features": layer.features}
+            {
+                "name": layer.name,
+                "kind": layer.kind,
+                "transform": layer.transform,
+                "weight": layer.weight,
+                "features": layer.features,
+            }
             for layer in fingerprint.layers_
         ],
         "score": {"combine": ood.COMBINE, "eps": ood.EPS, "target_fpr": fingerprint.fpr},
@@ -270,16 +276,20 @@ def recalibrate(bundle: Bundle, holdout_x: np.ndarray, fpr: float) -> None:
     """Evidence statistics, score tables and threshold from the int8 model's own outputs on held-out data."""
     probs_q, values_q = bundle.invoke_all(LiteRT(bundle.model_bytes), bundle.quantize(holdout_x))
     _, values = bundle.dequantize(probs_q, values_q)
-    calibration = ood.calibrate(values, fpr, bundle.transforms)
+    layers = bundle.manifest["layers"]
+    calibration = ood.calibrate(values, fpr, bundle.transforms, [layer["weight"] for layer in layers])
     outputs = bundle.manifest["outputs"]["layer_errors"]
-    for j, layer in enumerate(bundle.manifest["layers"]):
+    for j, layer in enumerate(layers):
         z_mean, z_std = float(calibration.z_mean[j]), float(calibration.z_std[j])
-        layer.update(
-            z_mean=z_mean,
-            z_std=z_std,
-            holdout_quantiles=calibration.value_quantiles[j],
-            z_table=ood.z_table(outputs[j]["scale"], outputs[j]["zero_point"], z_mean, z_std, layer["transform"]),
+        table = ood.z_table(
+            outputs[j]["scale"],
+            outputs[j]["zero_point"],
+            z_mean,
+            z_std,
+            layer["transform"],
+            layer["weight"] * len(layers),
         )
+        layer.update(z_mean=z_mean, z_std=z_std, holdout_quantiles=calibration.value_quantiles[j], z_table=table)
     units = bundle.score_units(values_q)
     threshold_units = int(np.quantile(units, 1.0 - fpr, method="higher"))
     scale = ood.SCORE_UNIT * len(bundle.manifest["layers"])

@@ -1,8 +1,7 @@
 """NeuralFP fingerprints: the evidence a small classifier offers about its inputs, and its distribution.
 
-Three kinds of evidence, one value per sample each: an autoencoder's reconstruction error for each
-watched layer below the top of the classifier, the whitened distance of the penultimate features to
-the predicted class's mean, and the classifier's largest logit (docs/fingerprint.md).
+Two kinds of evidence, one value per sample each: an autoencoder's reconstruction error for each
+watched layer, and the classifier's largest logit (docs/fingerprint.md).
 """
 
 from __future__ import annotations
@@ -28,15 +27,13 @@ from edgefp.trainer.models import BATCH_SIZE, seed_everything
 SCHEMA = "edgefp.fingerprint"
 SCHEMA_VERSION = 2
 HOLDOUT_FILE = "holdout.npz"
-CLASS_DISTANCE_FILE = "class_distance.keras"
 AE_TARGET_STEPS = 1500  # optimizer steps for the autoencoders, whatever the data size
 AE_MIN_ROWS = 640  # small fit sets are tiled to this many rows so an epoch is not a step or two
 AE_TRAINING_NOISE = 0.1  # denoising: Gaussian noise (in standardised units) on the inputs while training
-WHITENING_RIDGE = 1e-3  # added to the residual covariance, relative to its mean eigenvalue
 QUANT_FLOOR = 3.0  # standardisation no finer than this many int8 steps: rounding noise <= 0.1 std, as in training
 MIN_HOLDOUT = 5
 MAX_STORED_HOLDOUT = 2000  # held-out samples kept in the RUN, to recalibrate after quantisation
-AUTOENCODER, CLASS_DISTANCE, MAX_LOGIT = "autoencoder", "class_distance", "max_logit"
+AUTOENCODER, MAX_LOGIT = "autoencoder", "max_logit"
 
 
 @dataclass
@@ -44,15 +41,15 @@ class Evidence:
     """One piece of evidence, one value per sample, and its distribution on data the model knows.
 
     ``kind`` is ``autoencoder`` (the reconstruction error of a layer's reduced activations; ``shape``,
-    ``pool``, ``bottleneck`` and the standardisation ``mean``/``std`` describe it), ``class_distance``
-    (the whitened distance of the penultimate features to the predicted class's mean) or ``max_logit``.
-    ``transform`` (``log`` or ``negate``) makes its values "larger = less usual" before the z-score
-    ``(t(v) - z_mean) / z_std``."""
+    ``pool``, ``bottleneck`` and the per-channel standardisation ``mean``/``std`` describe it) or
+    ``max_logit``. ``transform`` (``log`` or ``negate``) makes its values "larger = less usual" before
+    the z-score ``(t(v) - z_mean) / z_std``; ``weight`` is its share of the score."""
 
     name: str
     kind: str
     transform: str
     features: int
+    weight: float = 1.0
     params: int = 0
     file: str | None = None
     shape: list[int] | None = None
@@ -133,39 +130,6 @@ def _channel_stats(features: np.ndarray, channels: int, step: float) -> tuple[np
     return shaped.mean(axis=0), np.maximum(std, max(0.1 * std.mean(), QUANT_FLOOR * step) + 1e-6)
 
 
-def _class_distance_model(features: np.ndarray, probs: np.ndarray, max_features: int, step: float):
-    """Keras model (features, probs) -> mean((A (f - M' p))^2): the distance of the penultimate features
-    to the probability-weighted class mean, whitened by the covariance of the fit set's residuals.
-
-    ``M`` (C x d) is the least-squares map from probabilities to features (the class means when the
-    classifier is sure); ``A`` whitens the residual in its ``max_features`` leading directions (all of
-    them for d <= max_features), so the value is a Mahalanobis distance per dimension. No direction is
-    taken finer than QUANT_FLOOR int8 steps of the features (``step``), as for the autoencoders. Two
-    dense layers, one per input, so that the int8 graph needs no concatenation."""
-    import keras
-
-    n, d = features.shape
-    n_classes = probs.shape[1]
-    means = np.linalg.solve(probs.T @ probs + 1e-3 * n * np.eye(n_classes), probs.T @ features)
-    residuals = features - probs @ means
-    cov = residuals.T @ residuals / n
-    ridge = WHITENING_RIDGE * np.trace(cov) / d + (QUANT_FLOOR * step) ** 2 + 1e-12
-    eigenvalues, vectors = np.linalg.eigh(cov + ridge * np.eye(d))
-    keep = np.argsort(eigenvalues)[::-1][:max_features]
-    whiten = vectors[:, keep] / np.sqrt(eigenvalues[keep])  # (d, r)
-    centre = features.mean(axis=0)
-    f_in = keras.Input((d,), name="cd_features")
-    p_in = keras.Input((n_classes,), name="cd_probs")
-    here = keras.layers.Dense(len(keep), name="cd_whiten")
-    there = keras.layers.Dense(len(keep), name="cd_class_mean")
-    distance = keras.ops.mean(keras.ops.square(here(f_in) - there(p_in)), axis=-1, keepdims=True)
-    model = keras.Model([f_in, p_in], distance, name="class_distance")
-    # both sides centred on the features' mean, so that int8 keeps the residual's precision
-    here.set_weights([whiten.astype(np.float32), (-centre @ whiten).astype(np.float32)])
-    there.set_weights([(means @ whiten).astype(np.float32), (-centre @ whiten).astype(np.float32)])
-    return model
-
-
 def _file_stem(index: int, layer: str) -> str:
     return f"{index:02d}_{re.sub(r'[^A-Za-z0-9_.-]', '_', layer)}"
 
@@ -234,10 +198,9 @@ class NeuralFingerprint:
         import keras
 
         reduced, shapes, pools, probs = self._reduced_taps(names)
-        top = self._penultimate()
-        outputs = [*reduced, *(_extent(taps.tap(model, name)) for name in names), top, _extent(top), probs]
+        outputs = [*reduced, *(_extent(taps.tap(model, name)) for name in names), probs]
         *values, fit_probs = keras.Model(model.inputs, outputs).predict(x, verbose=0, batch_size=256)
-        features, extents, (penultimate, top_extent) = values[: len(names)], values[len(names) : -2], values[-2:]
+        features, extents = values[: len(names)], values[len(names) :]
         widths = bottlenecks([f.shape[1] for f in features], n_classes, self.budget * model.count_params())
         self.layers_, self.autoencoders_ = [], []
         for index, (name, shape, pool, feats, extent, width) in enumerate(
@@ -264,21 +227,14 @@ class NeuralFingerprint:
         self.epochs_ = self.epochs
         if names:
             self._train_autoencoders([self._standardized(f, lay) for f, lay in zip(features, self.layers_)], fit_probs)
-        self.class_distance_ = _class_distance_model(penultimate, fit_probs, self.max_features, _int8_step(top_extent))
-        self.layers_ += [
-            Evidence(
-                name=top._keras_history.operation.name,
-                kind=CLASS_DISTANCE,
-                transform="log",
-                features=penultimate.shape[1],
-                params=int(self.class_distance_.count_params()),
-                file=CLASS_DISTANCE_FILE,
-            ),
-            Evidence(name=taps.LOGITS, kind=MAX_LOGIT, transform="negate", features=n_classes),
-        ]
+        self.layers_.append(Evidence(name=taps.LOGITS, kind=MAX_LOGIT, transform="negate", features=n_classes))
+        for layer in self.layers_:  # each kind of evidence weighs the same, shared by its members
+            members = sum(other.kind == layer.kind for other in self.layers_)
+            layer.weight = 1.0 / (members * len({other.kind for other in self.layers_}))
         self._build_monitor()
         fit_values = self._evidence(x)
-        calibration = ood.calibrate(self._evidence(x_holdout), self.fpr, self.transforms_)
+        weights = np.asarray([layer.weight for layer in self.layers_])
+        calibration = ood.calibrate(self._evidence(x_holdout), self.fpr, self.transforms_, weights)
         for j, layer in enumerate(self.layers_):
             layer.z_mean, layer.z_std = float(calibration.z_mean[j]), float(calibration.z_std[j])
             layer.holdout_quantiles = calibration.value_quantiles[j]
@@ -296,13 +252,6 @@ class NeuralFingerprint:
     def prepare(self, x, what: str = "data") -> np.ndarray:
         """Raw samples -> the classifier's input (shape checked, preprocessing applied)."""
         return data.apply_preprocessing(self._shaped(x, what), self.preprocessing_)
-
-    def _penultimate(self):
-        """The symbolic penultimate features, flattened."""
-        import keras
-
-        features = taps.penultimate(self.model_)
-        return keras.layers.Flatten(name="fp_penultimate")(features) if len(features.shape) > 2 else features
 
     def _reduced_taps(self, names, pools=None, scaling=None):
         """Symbolic reduced, flattened taps of the classifier, their shapes and pools, and its probabilities.
@@ -394,10 +343,6 @@ class NeuralFingerprint:
             square = keras.ops.square(_reconstruction_error(ae, z, probs))
             values.append(keras.ops.mean(square, axis=-1, keepdims=True))
             squares.append(square)
-        here, there = (self.class_distance_.get_layer(n) for n in ("cd_whiten", "cd_class_mean"))
-        square = keras.ops.square(here(self._penultimate()) - there(probs))
-        values.append(keras.ops.mean(square, axis=-1, keepdims=True))
-        squares.append(square)
         n_classes = int(probs.shape[-1])
         grid = keras.layers.Reshape((1, n_classes, 1), name="fp_logit_grid")(logits)
         values.append(keras.layers.MaxPooling2D((1, n_classes), name="fp_max_logit")(grid))
@@ -426,9 +371,9 @@ class NeuralFingerprint:
         return [layer.transform for layer in self.layers_]
 
     def z_stats_(self):
-        return (
-            np.asarray([layer.z_mean for layer in self.layers_]),
-            np.asarray([layer.z_std for layer in self.layers_]),
+        """Per evidence: z_mean, z_std, weight."""
+        return tuple(
+            np.asarray([getattr(layer, key) for layer in self.layers_]) for key in ("z_mean", "z_std", "weight")
         )
 
     def score(self, x) -> ood.Scores:
@@ -449,7 +394,7 @@ class NeuralFingerprint:
         return self.score(x).ood_score
 
     def fingerprint_params(self) -> int:
-        """Weights the fingerprint adds to the classifier (autoencoders and the class distance)."""
+        """Weights the fingerprint adds to the classifier (its autoencoders')."""
         return sum(layer.params for layer in self.layers_)
 
     # -------------------------------------------------------------------------------- save / load
@@ -495,7 +440,6 @@ class NeuralFingerprint:
             self.model_.save(classifier)
             for layer, ae in zip(self.autoencoder_layers_, self.autoencoders_):
                 ae.save(os.path.join(tmp, layer.file))
-            self.class_distance_.save(os.path.join(tmp, CLASS_DISTANCE_FILE))
             np.savez_compressed(os.path.join(tmp, HOLDOUT_FILE), x=self.holdout_x_)
             with open(os.path.join(tmp, "fingerprint.json"), "w") as handle:
                 json.dump(self.to_dict(sha256_file(classifier)), handle, indent=1)
@@ -531,7 +475,6 @@ class NeuralFingerprint:
             keras.models.load_model(os.path.join(run_dir, layer.file), compile=False)
             for layer in fp.autoencoder_layers_
         ]
-        fp.class_distance_ = keras.models.load_model(os.path.join(run_dir, CLASS_DISTANCE_FILE), compile=False)
         fp.threshold_ = meta["score"]["threshold"]
         fp.holdout_score_quantiles_ = meta["score"]["holdout_quantiles"]
         fp.n_fit_, fp.n_holdout_ = meta["score"]["n_fit"], meta["score"]["n_holdout"]

@@ -47,26 +47,19 @@ def logits_and_probs(model):
     return out, keras.layers.Softmax(name="probs_from_logits")(out)
 
 
-def penultimate(model):
-    """The symbolic features the logits are computed from (the input of the logits layer)."""
-    logits, _ = logits_and_probs(model)
-    features = logits._keras_history.operation.input
-    if not hasattr(features, "shape"):
-        raise EdgefpError("the classifier's logits must come from one layer with one input (a Dense layer)")
-    return features
-
-
 def default_layers(model) -> list[str]:
-    """Every layer with a kernel (convolutions, hidden dense layers) except the one computing the logits
-    and the one computing the features the logits are made from.
+    """Every layer with a kernel (convolutions, hidden dense layers) below the penultimate one (the one
+    computing the features the logits are made from); that one when there is none below it.
 
-    The top of the classifier is watched by its own evidence (the distance to the predicted class
-    and the largest logit), so the autoencoders watch the layers below it. The logits or the
-    penultimate layer can still be named with ``--layers``."""
+    The top of the classifier speaks through its own evidence (the largest logit), and the layers below
+    it measured better: docs/fingerprint.md. The logits or the penultimate layer can still be named
+    with ``--layers``."""
     logits, _ = logits_and_probs(model)
-    top = {logits._keras_history.operation.name, penultimate(model)._keras_history.operation.name}
-    top.add(model.layers[-1].name)
-    return [layer.name for layer in model.layers if type(layer).__name__ in _WEIGHT_LAYERS and layer.name not in top]
+    penultimate = logits._keras_history.operation.input._keras_history.operation.name
+    output = {logits._keras_history.operation.name, model.layers[-1].name}
+    kernels = [layer.name for layer in model.layers if type(layer).__name__ in _WEIGHT_LAYERS]
+    below = [name for name in kernels if name not in output and name != penultimate]
+    return below or [name for name in kernels if name == penultimate]
 
 
 def tap(model, name: str):
