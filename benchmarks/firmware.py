@@ -28,9 +28,10 @@ import tempfile
 from benchmarks.common import dataset_path, save
 from edgefp import data
 from edgefp.bundle import MODEL, Bundle, sha256
-from edgefp.converter.convert import batch_of_one, convert, int8_model, representative, strip
+from edgefp.converter.convert import batch_of_one, convert, int8_model, strip
 from edgefp.firmware_host import client, firmware
 from edgefp.firmware_host.client import DeviceError
+from edgefp.shifts import range_samples
 from edgefp.trainer import train
 
 FLASH_TARGET, STATIC_RAM_TARGET, RATIO_TARGET = 32 * 1024, 8 * 1024, 1.2
@@ -54,7 +55,7 @@ def bundles(name: str, dataset: data.Dataset, epochs: int, workdir: str) -> tupl
     convert(run_dir, dataset, out)
     deployed = Bundle.load(out)
     model = strip(
-        int8_model(batch_of_one(fingerprint.model_, "classifier"), representative(fingerprint.prepare(dataset.x)))
+        int8_model(batch_of_one(fingerprint.model_, "classifier"), range_samples(fingerprint.prepare(dataset.x)))
     )
     manifest = copy.deepcopy(deployed.manifest)
     probs = {**manifest["outputs"]["probs"], "index": 0}

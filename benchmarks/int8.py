@@ -129,7 +129,7 @@ def steps(fingerprint, calib_x: np.ndarray, bundle_bytes: bytes) -> dict[str, by
 
     monitor = fingerprint.monitor_
     kinds = [layer.kind for layer in fingerprint.layers_]
-    samples = convert_module.representative(calib_x)
+    samples = shifts.range_samples(calib_x)
 
     def evidence(*wanted: str) -> bytes:
         outputs = [monitor.outputs[0]] + [monitor.outputs[1 + j] for j, kind in enumerate(kinds) if kind in wanted]

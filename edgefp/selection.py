@@ -3,7 +3,7 @@
 1. Coarse filter on the index: the target samples must fit the model's input shape, and the tags
    must match ``--where``.
 2. Fine match: each candidate's int8 bundle scores the target samples (LiteRT); per piece of
-   evidence (autoencoder errors, class distance, max logit), the target's values are compared with
+   evidence (autoencoder errors, max logit), the target's values are compared with
    their held-out distribution stored in the fingerprint (``layers[].holdout_quantiles``) by a
    Kolmogorov-Smirnov distance. The match score is the largest distance divided by its critical value
    at the sample sizes, so 1.0 is the edge of what in-distribution data shows by chance (after a

@@ -10,24 +10,26 @@ import warnings
 
 import numpy as np
 
-from edgefp import __version__, data, metrics, ood
+from edgefp import __version__, data, metrics, ood, shifts
 from edgefp.bundle import MODEL, SCHEMA, SCHEMA_VERSION, Bundle, sha256
 from edgefp.errors import EdgefpError
 from edgefp.runtime import LiteRT, TFLiteMicro, captured_output, litert_module, tflm_arena_bytes
 from edgefp.trainer.fingerprint import MAX_LOGIT, NeuralFingerprint, read_fingerprint_json, sha256_file
 
 MIN_CALIB = 20
-MAX_REPRESENTATIVE = 500
-# int8 ranges. The classifier's tensors keep the ranges the calibration data gives them; every tensor
-# the evidence computes (beyond the classifier's own) gets EVIDENCE_HEADROOM times that range around
-# its centre, so that inputs unlike the calibration data do not saturate before their evidence is
-# measured. Each error output and the squared residuals it is the mean of are set from held-out data:
-# [0, ERROR_HEADROOM x the largest held-out error] and [0, SQUARE_HEADROOM x the 99.9 % quantile of the
-# held-out squared residuals]. Beyond them a value saturates, and saturated evidence always scores as OOD.
+# int8 ranges. The classifier's tensors get the ranges of the calibration samples and noisy copies of
+# a fifth of them (shifts.range_samples), so that faults do not saturate them before the evidence is
+# measured; its logits, the range of the calibration samples alone (a fault's large logits are no
+# evidence, and the max logit needs the finer steps). Every tensor the evidence computes beyond the
+# classifier's gets EVIDENCE_HEADROOM times the range the calibration samples alone give it, around
+# its centre. Each error output and the squared residuals it is the mean of are set from held-out
+# data: [0, ERROR_HEADROOM x the held-out errors' 99.9 % quantile] and [0, SQUARE_HEADROOM x the 99.9 %
+# quantile of the held-out squared residuals]. Beyond them a value saturates, and a saturated output
+# counts as off the scale (ood.OFF_SCALE_Z).
 EVIDENCE_HEADROOM = 4.0
 ERROR_HEADROOM = 4.0
 SQUARE_HEADROOM = 4.0
-TAIL_Z = 3.1  # held-out errors' 99.9 % quantile under a log-normal fit, for holdouts too small to show it
+TAIL_Z = 3.1  # the held-out errors' 99.9 % quantile under a log-normal fit (holdouts are often small)
 PARITY_SAMPLES = 200
 
 
@@ -36,12 +38,6 @@ def bundle_name(out: str) -> str:
     stem = os.path.basename(os.path.normpath(out)).removesuffix(".efp")
     name = re.sub(r"[^a-z0-9_]", "_", stem.lower()).strip("_") or "model"
     return name if not name[0].isdigit() else f"m_{name}"
-
-
-def representative(calib: np.ndarray, seed: int = 0) -> np.ndarray:
-    """The representative data the converter calibrates activation ranges on (``calib`` preprocessed)."""
-    rng = np.random.default_rng(seed)
-    return calib[rng.permutation(len(calib))[:MAX_REPRESENTATIVE]].astype(np.float32)
 
 
 def int8_model(model, samples: np.ndarray) -> bytes:
@@ -85,11 +81,13 @@ def strip(model_bytes: bytes) -> bytes:
 
 def quantize(fingerprint: NeuralFingerprint, calib: np.ndarray, seed: int = 0) -> tuple[bytes, dict, tuple]:
     """The fingerprint's fused graph as an int8 TFLite model at batch size 1 (``calib`` preprocessed), with
-    its evidence's ranges set as above and everything no runtime reads stripped; also the output specs
-    and the input's (scale, zero point)."""
-    model_bytes = int8_model(batch_of_one(fingerprint.monitor_, "edgefp_model"), representative(calib, seed))
+    the int8 ranges described above and everything no runtime reads stripped; also the output specs and
+    the input's (scale, zero point)."""
+    fused = batch_of_one(fingerprint.monitor_, "edgefp_model")
+    model_bytes = int8_model(fused, shifts.range_samples(calib, seed))
+    in_distribution = int8_model(fused, calib[np.random.default_rng(seed).permutation(len(calib))[:500]])
     outputs, input_quantization = _io_specs(model_bytes)
-    model_bytes = _set_evidence_ranges(model_bytes, fingerprint, outputs)
+    model_bytes = _set_evidence_ranges(model_bytes, in_distribution, fingerprint, outputs)
     return strip(model_bytes), _io_specs(model_bytes)[0], input_quantization
 
 
@@ -111,10 +109,11 @@ def _error_tops(fingerprint: NeuralFingerprint) -> list[tuple[float, float] | No
     return tops
 
 
-def _set_evidence_ranges(model_bytes: bytes, fingerprint: NeuralFingerprint, outputs: dict) -> bytes:
-    """Widen the int8 ranges of the tensors the evidence computes and set those of the error outputs
-    (the kernels requantise to whatever scales the tensors carry; pass-through operators keep their
-    input's quantisation)."""
+def _set_evidence_ranges(model_bytes: bytes, in_distribution: bytes, fingerprint, outputs: dict) -> bytes:
+    """Set the int8 ranges of the tensors the evidence computes from ``in_distribution`` (the same graph
+    calibrated on in-distribution samples alone) with headroom, and those of the error outputs from
+    held-out data (the kernels requantise to whatever scales the tensors carry; pass-through operators
+    keep their input's quantisation)."""
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
@@ -122,6 +121,9 @@ def _set_evidence_ranges(model_bytes: bytes, fingerprint: NeuralFingerprint, out
     pass_through = {ops.RESHAPE, ops.SQUEEZE, ops.EXPAND_DIMS, ops.MAX_POOL_2D, ops.AVERAGE_POOL_2D}
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(model_bytes))
     graph = model.subgraphs[0]
+    reference = flatbuffer_utils.convert_bytearray_to_object(bytearray(in_distribution)).subgraphs[0].tensors
+    if [list(t.shape) for t in reference] != [list(t.shape) for t in graph.tensors]:
+        raise EdgefpError("TensorFlow Lite converted the model into two different graphs; convert it again")
     producer = {out: op for op in graph.operators for out in op.outputs}
     classifier, stack = set(), [graph.outputs[outputs["probs"]["index"]]]
     while stack:  # every tensor the class probabilities depend on
@@ -137,6 +139,9 @@ def _set_evidence_ranges(model_bytes: bytes, fingerprint: NeuralFingerprint, out
         max(model.operatorCodes[op.opcodeIndex].builtinCode, model.operatorCodes[op.opcodeIndex].deprecatedBuiltinCode)
         for op in graph.operators
     ]
+    top = producer[graph.outputs[outputs["probs"]["index"]]]
+    if kinds[graph.operators.index(top)] == ops.SOFTMAX:  # the logits: the max logit's precision, from the samples
+        graph.tensors[top.inputs[0]].quantization = reference[top.inputs[0]].quantization
     for op, kind in zip(graph.operators, kinds):
         out = op.outputs[0]
         if out in classifier or kind == ops.TANH:
@@ -144,7 +149,7 @@ def _set_evidence_ranges(model_bytes: bytes, fingerprint: NeuralFingerprint, out
         if kind in pass_through:
             graph.tensors[out].quantization = graph.tensors[op.inputs[0]].quantization
             continue
-        low, high = _range(graph.tensors[out].quantization)
+        low, high = _range(reference[out].quantization)
         centre, half = (low + high) / 2, EVIDENCE_HEADROOM * (high - low) / 2
         _set_range(graph.tensors[out], centre - half, centre + half)
     for spec, tops in zip(outputs["layer_errors"], _error_tops(fingerprint)):

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from edgefp import __version__, data, ood
+from edgefp import __version__, data, ood, shifts
 from edgefp.errors import EdgefpError
 from edgefp.fsutil import atomic_directory
 from edgefp.progress import Progress
@@ -117,7 +117,8 @@ def _extent(tensor):
 
 
 def _int8_step(extent: np.ndarray) -> float:
-    """The int8 step of a tensor whose per-sample extremes are ``extent`` (N, 2): its range, with 0, over 255."""
+    """The int8 step of a tensor whose per-sample extremes on a bundle's range samples
+    (:func:`edgefp.shifts.range_samples`) are ``extent`` (N, 2): its range, with 0, over 255."""
     return float(max(extent[:, 0].max(), 0.0) - min(extent[:, 1].min(), 0.0)) / 255.0
 
 
@@ -198,9 +199,10 @@ class NeuralFingerprint:
         import keras
 
         reduced, shapes, pools, probs = self._reduced_taps(names)
-        outputs = [*reduced, *(_extent(taps.tap(model, name)) for name in names), probs]
-        *values, fit_probs = keras.Model(model.inputs, outputs).predict(x, verbose=0, batch_size=256)
-        features, extents = values[: len(names)], values[len(names) :]
+        *features, fit_probs = keras.Model(model.inputs, [*reduced, probs]).predict(x, verbose=0, batch_size=256)
+        ranges = keras.Model(model.inputs, [_extent(taps.tap(model, name)) for name in names] or [probs])
+        extents = ranges.predict(shifts.range_samples(x, self.seed), verbose=0, batch_size=256)
+        extents = extents if isinstance(extents, list) else [extents]
         widths = bottlenecks([f.shape[1] for f in features], n_classes, self.budget * model.count_params())
         self.layers_, self.autoencoders_ = [], []
         for index, (name, shape, pool, feats, extent, width) in enumerate(
