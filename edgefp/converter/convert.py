@@ -96,7 +96,8 @@ def _error_tops(fingerprint: NeuralFingerprint) -> list[tuple[float, float] | No
     (``None`` for evidence that is no mean of squares)."""
     x = fingerprint.prepare(fingerprint.holdout_x_)
     values = fingerprint._evidence(x)
-    squares = iter(fingerprint.squares_.predict(x, verbose=0, batch_size=256))
+    squares = fingerprint.squares_.predict(x, verbose=0, batch_size=256) if fingerprint.squares_ else []
+    squares = iter(squares if isinstance(squares, list) else [squares])
     tops = []
     for j, layer in enumerate(fingerprint.layers_):
         if layer.kind == MAX_LOGIT:

@@ -349,7 +349,7 @@ class NeuralFingerprint:
         grid = keras.layers.Reshape((1, n_classes, 1), name="fp_logit_grid")(logits)
         values.append(keras.layers.MaxPooling2D((1, n_classes), name="fp_max_logit")(grid))
         self.monitor_ = keras.Model(self.model_.inputs, [probs, *values], name="monitor")
-        self.squares_ = keras.Model(self.model_.inputs, squares, name="squares")
+        self.squares_ = keras.Model(self.model_.inputs, squares, name="squares") if squares else None
 
     def _predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities (N, C) and evidence (N, L) of preprocessed samples."""
