@@ -43,4 +43,4 @@ bench: setup
 	$(BIN)/python -m benchmarks.firmware
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache .ruff_cache
+	rm -rf $(VENV) demo-out .pytest_cache .ruff_cache .hypothesis

@@ -10,12 +10,6 @@ import sys
 from importlib import metadata
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-DATASETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "datasets")
-
-
-def dataset_path(name: str) -> str:
-    """Path of a shared sensor data set; ``EDGEFP_DATASETS`` overrides the folder."""
-    return os.path.join(os.environ.get("EDGEFP_DATASETS", DATASETS), f"{name}.npz")
 
 
 def environment() -> dict:

@@ -25,7 +25,7 @@ import copy
 import os
 import tempfile
 
-from benchmarks.common import dataset_path, save
+from benchmarks.common import save
 from edgefp import data
 from edgefp.bundle import MODEL, Bundle, sha256
 from edgefp.converter.convert import batch_of_one, convert, int8_model, strip
@@ -42,7 +42,7 @@ def datasets() -> dict:
     digits = data.load("digits:train:0-4")
     return {
         "images": digits,
-        "sequences": data.load(dataset_path("basic_motions") + ":train"),
+        "sequences": data.load("basic_motions:train"),
         "vectors": data.Dataset(digits.x.reshape(len(digits.x), -1), digits.y, "digits-vectors"),
     }
 

@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import dataset_path, save
+from benchmarks.common import save
 from edgefp import data, metrics, shifts
 from edgefp.bundle import Bundle
 from edgefp.converter import convert as convert_module
@@ -62,8 +62,8 @@ def digits_case(vectors: bool = False) -> dict:
 
 def motions_case() -> dict:
     """basic_motions with its first class unseen, split as ood_quality.evaluate splits it (seed 0)."""
-    train_part = data.load(f"{dataset_path('basic_motions')}:train")
-    test_part = data.load(f"{dataset_path('basic_motions')}:test")
+    train_part = data.load("basic_motions:train")
+    test_part = data.load("basic_motions:test")
     x, y = np.concatenate([train_part.x, test_part.x]), np.concatenate([train_part.y, test_part.y])
     test, known = data.stratified_split(y, 0.4, seed=0), y != 0
     return {

@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import dataset_path, save
+from benchmarks.common import save
 from edgefp import data, metrics, ood, shifts
 from edgefp.bundle import Bundle
 from edgefp.converter.convert import convert
@@ -68,7 +68,7 @@ def digits_splits(drawn: int) -> list[tuple[int, ...]]:
 
 def pooled(name: str) -> data.Dataset:
     """A sensor set's archive train and test parts together (they are tiny and uneven; each seed splits again)."""
-    train_part, test_part = data.load(f"{dataset_path(name)}:train"), data.load(f"{dataset_path(name)}:test")
+    train_part, test_part = data.load(f"{name}:train"), data.load(f"{name}:test")
     return data.Dataset(np.concatenate([train_part.x, test_part.x]), np.concatenate([train_part.y, test_part.y]), name)
 
 

@@ -3,7 +3,7 @@
 A benchmark repository is built in a temporary folder from bundles trained (fixed seeds) on distinct
 domains: digits 0-4 as they are, inverted (`shifts` "invert"), rotated 90 degrees (`np.rot90` on
 axes 1, 2) and with noise as strong as the signal (`shifts` "noise"), digits 5-9 (a different digit
-subset), and the shared sensor sets basic_motions, gun_point and arrow_head (train and test pooled,
+subset), and the built-in sensor sets basic_motions, gun_point and arrow_head (train and test pooled,
 then split stratified 60/40 as in ood_quality.py). The digit domains share digits 0-4 rather than
 0-9 so that the subset domain (5-9) is distinct from the plain one rather than a part of it.
 
@@ -33,7 +33,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import dataset_path, save
+from benchmarks.common import save
 from edgefp import data, shifts
 from edgefp.bundle import Bundle
 from edgefp.converter.convert import convert
@@ -73,7 +73,7 @@ def digit_domains(quick: bool) -> dict:
 
 
 def sensor_domain(name: str):
-    train_part, test_part = data.load(f"{dataset_path(name)}:train"), data.load(f"{dataset_path(name)}:test")
+    train_part, test_part = data.load(f"{name}:train"), data.load(f"{name}:test")
     x, y = np.concatenate([train_part.x, test_part.x]), np.concatenate([train_part.y, test_part.y])
     test = data.stratified_split(y, SENSOR_TEST_FRACTION, seed=0)
     return data.Dataset(x[~test], y[~test], name), x[test]

@@ -1,3 +1,3 @@
-from edgefp.cli import main
+from edgefp.cli import console
 
-main()
+console()

@@ -18,12 +18,14 @@ import numpy as np
 from edgefp import data, ood
 from edgefp.errors import EdgefpError
 from edgefp.fsutil import atomic_directory, write_file_atomic
+from edgefp.isolation import step
 
 SCHEMA = "edgefp.bundle"
 SCHEMA_VERSION = 3
 MANIFEST = "manifest.json"
 MODEL = "model.tflite"
 ARCHIVE_SUFFIX = ".efp"
+RUNTIME_NAMES = {"litert": "LiteRT", "tflm": "TFLite Micro", "edgetpu": "LiteRT with the Edge TPU"}
 
 
 def sha256(content: bytes) -> str:
@@ -185,8 +187,9 @@ class Bundle:
         """Run every quantised sample through an interpreter; return the int8 probs (N, C) and evidence (N, L)."""
         probs = np.empty((len(x_q), len(self.manifest["labels"])), dtype=np.int8)
         values = np.empty((len(x_q), len(self.manifest["layers"])), dtype=np.int8)
-        for i, sample in enumerate(x_q):
-            probs[i], values[i] = self.split_outputs(interpreter.invoke(sample))
+        with step(f"running the int8 model on {RUNTIME_NAMES.get(interpreter.name, interpreter.name)}"):
+            for i, sample in enumerate(x_q):
+                probs[i], values[i] = self.split_outputs(interpreter.invoke(sample))
         return probs, values
 
     def score(self, x: np.ndarray, runtime: str = "litert") -> ood.Scores:

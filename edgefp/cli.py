@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import sys
 
@@ -17,7 +18,26 @@ import click
 from edgefp import __version__
 from edgefp.errors import EdgefpError
 
+
+class FloatRange(click.FloatRange):
+    """click's FloatRange, which lets NaN through (every comparison with it is false), without it."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if math.isnan(number):
+            self.fail("nan is not a number", param, ctx)
+        return number
+
+
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON report.")
+MAX_SEED = 2**32 - 1  # what numpy's and Keras' seeding accept
+SEED_OPTION = click.option(
+    "--seed",
+    type=click.IntRange(0, MAX_SEED),
+    default=0,
+    show_default=True,
+    help="Random seed (0 to 4294967295); the same seed gives the same result.",
+)
 FORCE_OPTION = click.option("--force", is_flag=True, help="Replace --out if it exists.")
 LAYERS_OPTION = click.option(
     "--layers",
@@ -27,7 +47,7 @@ LAYERS_OPTION = click.option(
 )
 FPR_OPTION = click.option(
     "--fpr",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    type=FloatRange(0, 1, min_open=True, max_open=True),
     default=0.05,
     show_default=True,
     help="Target false-positive rate of the OOD threshold.",
@@ -70,7 +90,7 @@ TRAIN_EXAMPLE = "Example: edgefp train --data motions.npz:train --out run/ --see
 @click.option("--data", required=True, help="Labelled training data: FILE.npz[:train|test][:CLASSES] or digits.")
 @click.option("--out", required=True, type=click.Path(), help="RUN directory to create.")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Classifier epochs [default: automatic].")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed; the same seed gives the same RUN.")
+@SEED_OPTION
 @LAYERS_OPTION
 @FPR_OPTION
 @FORCE_OPTION
@@ -96,7 +116,7 @@ def train(data, out, epochs, seed, layers, fpr, force, as_json):
 @LAYERS_OPTION
 @FPR_OPTION
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Autoencoder epochs [default: automatic].")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@SEED_OPTION
 @FORCE_OPTION
 @JSON_OPTION
 def fingerprint(model, data, out, layers, fpr, epochs, seed, force, as_json):
@@ -580,7 +600,7 @@ def pull_ood(port, out, key_file, as_json):
     "--log", "log_path", default=None, type=click.Path(dir_okay=False), help="Append events here as JSON lines."
 )
 @click.option("--count", type=click.IntRange(1), default=None, help="Stop after this many events.")
-@click.option("--duration", type=click.FloatRange(0, min_open=True), default=None, help="Stop after this many seconds.")
+@click.option("--duration", type=FloatRange(0, min_open=True), default=None, help="Stop after this many seconds.")
 @KEY_OPTION
 @JSON_OPTION
 def monitor(port, log_path, count, duration, key_file, as_json):
@@ -648,7 +668,7 @@ def agent(data_dir, board, serial_path, tcp, key_file):
     "--data-dir", default=None, type=click.Path(file_okay=False), help="Keep slots here [default: temporary]."
 )
 @click.option("--feed", default=None, help="Act as a live sensor replaying this data (once a bundle is active).")
-@click.option("--rate", type=click.FloatRange(0, min_open=True), default=10.0, show_default=True, help="Feed rate, Hz.")
+@click.option("--rate", type=FloatRange(0, min_open=True), default=10.0, show_default=True, help="Feed rate, Hz.")
 @click.option("--drift-at", type=click.IntRange(0), default=None, help="Shift the fed samples from this one on.")
 @click.option("--drift", default=None, help="The shift: noise, invert, stuck, gain, gaussian, blur or reverse.")
 def sim(profile, tcp, data_dir, feed, rate, drift_at, drift):
@@ -756,7 +776,7 @@ def _serve(device, serial_path: str | None, tcp: str | None, *, announce: bool) 
 @click.option(
     "--out", default="demo-out", show_default=True, type=click.Path(), help="Directory for everything the demo writes."
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@SEED_OPTION
 @JSON_OPTION
 def demo(out, seed, as_json):
     """The kit end to end on digits: train on 0-4 and fingerprint, convert to int8, then score held-out
@@ -944,10 +964,10 @@ def select_command(repo, data, where, top, deploy, key_file, as_json):
 @PORT_OPTION
 @REPO_OPTION
 @click.option(
-    "--ood-rate", type=click.FloatRange(0, 1, min_open=True), default=0.3, show_default=True, help="Act at this rate."
+    "--ood-rate", type=FloatRange(0, 1, min_open=True), default=0.3, show_default=True, help="Act at this rate."
 )
 @click.option("--window", type=click.IntRange(1), default=None, help="Inputs the rate is over [default: device's].")
-@click.option("--interval", type=click.FloatRange(0), default=1.0, show_default=True, help="Seconds between polls.")
+@click.option("--interval", type=FloatRange(0), default=1.0, show_default=True, help="Seconds between polls.")
 @click.option(
     "--events",
     "events_path",
@@ -1030,3 +1050,12 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("edgefp: interrupted", err=True)
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def console() -> None:
+    """The ``edgefp`` program: :func:`main` in a child process, so that a crash in native code is
+    reported as one line naming the step, with exit status 2 (:mod:`edgefp.isolation`)."""
+    from edgefp.isolation import supervised
+
+    command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), "")
+    supervised(main, command)

@@ -1,13 +1,18 @@
-"""Loading and checking data sets: `.npz` files, their train/test splits, and the built-in digits.
+"""Loading and checking data sets: `.npz` files, their train/test splits, and the built-in sets.
 
 A data spec is ``SOURCE[:SPLIT][:CLASSES]``:
 
-- ``SOURCE`` is ``digits`` (scikit-learn's 8x8 handwritten digits) or a path to an ``.npz`` file
-  holding ``x`` (N, ...) and optionally ``y`` (N,), or ``x_train/y_train/x_test/y_test``;
-- ``SPLIT`` is ``train`` or ``test``;
+- ``SOURCE`` is a built-in set (``digits``: scikit-learn's 8x8 handwritten digits; ``basic_motions``,
+  ``gun_point``, ``arrow_head``: sensor series from the UCR/UEA archive, shipped in ``edgefp/datasets``)
+  or a path to an ``.npz`` file holding ``x`` (N, ...) and optionally ``y`` (N,), or
+  ``x_train/y_train/x_test/y_test``;
+- ``SPLIT`` is ``train`` or ``test`` (a built-in set without one is all of it);
 - ``CLASSES`` keeps only some labels, e.g. ``0-4`` or ``0,2,5``.
 
-Examples: ``digits:train:0-4``, ``motions.npz:test``, ``target.npz``.
+Examples: ``digits:train:0-4``, ``basic_motions:test``, ``motions.npz:test``, ``target.npz``.
+
+Everything a long run would trip over later is refused here, in one line: values beyond
+:data:`MAX_VALUE`, samples without values, labels that are not integers from 0 to :data:`MAX_LABEL`.
 """
 
 from __future__ import annotations
@@ -22,6 +27,11 @@ from edgefp.errors import EdgefpError
 
 SPLITS = ("train", "test")
 DIGITS_TEST_FRACTION = 0.25
+SENSOR_SETS = ("basic_motions", "gun_point", "arrow_head")
+BUILTIN = ("digits", *SENSOR_SETS)
+DATASETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "datasets")
+MAX_VALUE = 1e15  # largest magnitude accepted: squares and sums of such values stay far from float32's limit
+MAX_LABEL = 2**31 - 1  # labels are int32 on devices
 _CLASSES_RE = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
 
 
@@ -42,31 +52,40 @@ class Dataset:
         return Dataset(self.x[index], y, name or self.name, self.label_names)
 
 
-def parse_spec(spec: str) -> tuple[str, str | None, list[int] | None]:
-    """Split a data spec into (source, split, classes)."""
+def parse_spec(spec: str) -> tuple[str, str | None, list[tuple[int, int]] | None]:
+    """Split a data spec into (source, split, classes), the classes as inclusive (low, high) ranges."""
     parts = spec.split(":")
     classes = None
     if len(parts) > 1 and _CLASSES_RE.match(parts[-1]):
-        classes = _parse_classes(parts.pop())
+        classes = _parse_classes(parts.pop(), spec)
     split = None
     if len(parts) > 1 and parts[-1] in SPLITS:
         split = parts.pop()
     return ":".join(parts), split, classes
 
 
-def _parse_classes(text: str) -> list[int]:
-    classes: list[int] = []
+def _parse_classes(text: str, spec: str) -> list[tuple[int, int]]:
+    ranges = []
     for part in text.split(","):
         low, _, high = part.partition("-")
-        classes.extend(range(int(low), int(high or low) + 1))
-    return classes
+        low, high = int(low), int(high or low)
+        if high > MAX_LABEL:
+            raise EdgefpError(f"{spec}: class {high} is beyond the largest label, {MAX_LABEL}")
+        if low > high:
+            raise EdgefpError(f"{spec}: the class range {part} is empty; write it low-high")
+        ranges.append((low, high))
+    return ranges
 
 
 def load(spec: str, *, require_labels: bool = False) -> Dataset:
     """Load and check the data set named by ``spec``; raise EdgefpError with one clear line if bad."""
+    if not spec.isprintable():
+        raise EdgefpError(f"{spec!r}: a data spec cannot hold control characters such as line breaks")
     source, split, classes = parse_spec(spec)
     if source == "digits":
         x, y, names = _load_digits(split)
+    elif source in SENSOR_SETS:
+        x, y, names = _load_sensor_set(source, split, spec)
     else:
         x, y, names = _load_npz(source, split, spec)
     data = Dataset(x, y, spec, names)
@@ -74,9 +93,9 @@ def load(spec: str, *, require_labels: bool = False) -> Dataset:
     if classes is not None:
         if data.y is None:
             raise EdgefpError(f"{spec}: a class filter needs labels, but the file has no 'y'")
-        data = data.subset(np.isin(data.y, classes))
+        data = data.subset(np.any([(data.y >= low) & (data.y <= high) for low, high in classes], axis=0))
         if len(data) == 0:
-            raise EdgefpError(f"{spec}: no samples have labels {classes}")
+            raise EdgefpError(f"{spec}: no samples have labels {spec.rsplit(':', 1)[1]}")
     return data
 
 
@@ -95,9 +114,18 @@ def _load_digits(split: str | None):
     return x, y, {int(i): str(i) for i in range(10)}
 
 
+def _load_sensor_set(name: str, split: str | None, spec: str):
+    """A built-in sensor set: one split, or both (train first) without one."""
+    path = os.path.join(DATASETS_DIR, f"{name}.npz")
+    if split is not None:
+        return _load_npz(path, split, spec)
+    (x_train, y_train, names), (x_test, y_test, _) = (_load_npz(path, part, spec) for part in SPLITS)
+    return np.concatenate([x_train, x_test]), np.concatenate([y_train, y_test]), names
+
+
 def _load_npz(path: str, split: str | None, spec: str):
     if not os.path.exists(path):
-        raise EdgefpError(f"{spec}: no such file; give an .npz file, or 'digits' for the built-in set")
+        raise EdgefpError(f"{spec}: no such file; give an .npz file, or a built-in set: {', '.join(BUILTIN)}")
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
@@ -124,7 +152,12 @@ def _load_npz(path: str, split: str | None, spec: str):
         if not np.issubdtype(y.dtype, np.integer):
             if not np.issubdtype(y.dtype, np.floating) or not np.all(np.mod(y, 1) == 0):
                 raise EdgefpError(f"{spec}: labels '{ykey}' must be integers, not {y.dtype}")
+        if y.size and (y.min() < 0 or y.max() > MAX_LABEL):
+            found = y.min() if y.min() < 0 else y.max()
+            raise EdgefpError(f"{spec}: labels must be integers from 0 to {MAX_LABEL}, found {found:g}")
         y = y.astype(np.int64)
+    if x.ndim >= 2 and x.size:
+        check_values(x, spec)  # before float32 could turn a large value into inf
     return x.astype(np.float32), y, names
 
 
@@ -135,17 +168,32 @@ def check(data: Dataset, *, require_labels: bool = False) -> None:
         raise EdgefpError(f"{name}: x must be (N, features...) with one sample per row, got shape {x.shape}")
     if len(x) == 0:
         raise EdgefpError(f"{name}: the data set is empty")
-    bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
-    if bad.any():
-        raise EdgefpError(f"{name}: {int(bad.sum())} samples hold NaN or inf (first at index {int(np.argmax(bad))})")
+    if x.size == 0:
+        raise EdgefpError(f"{name}: the samples hold no values (shape {x.shape[1:]}); give at least one per sample")
+    check_values(x, name)
     if y is None:
         if require_labels:
             raise EdgefpError(f"{name}: labels are needed here, but there is no 'y' array")
         return
     if y.shape != (len(x),):
         raise EdgefpError(f"{name}: y must have shape ({len(x)},) to match x, got {y.shape}")
-    if (y < 0).any():
-        raise EdgefpError(f"{name}: labels must be non-negative integers, found {int(y.min())}")
+    if (y < 0).any() or (y > MAX_LABEL).any():
+        found = int(y.min()) if (y < 0).any() else int(y.max())
+        raise EdgefpError(f"{name}: labels must be integers from 0 to {MAX_LABEL}, found {found}")
+
+
+def check_values(x: np.ndarray, name: str) -> None:
+    """Refuse samples (N first, any real dtype) holding NaN, inf or values beyond +-MAX_VALUE."""
+    flat = x.reshape(len(x), -1)
+    bad = ~np.isfinite(flat).all(axis=1)
+    if bad.any():
+        raise EdgefpError(f"{name}: {int(bad.sum())} samples hold NaN or inf (first at index {int(np.argmax(bad))})")
+    huge = (np.abs(flat) > MAX_VALUE).any(axis=1)
+    if huge.any():
+        raise EdgefpError(
+            f"{name}: {int(huge.sum())} samples hold values beyond +-{MAX_VALUE:g} (first at index "
+            f"{int(np.argmax(huge))}, largest {float(np.abs(flat).max()):g}); rescale the data"
+        )
 
 
 def shape_fits(sample_shape: tuple[int, ...], model_shape: tuple[int, ...]) -> bool:

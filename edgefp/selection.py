@@ -9,8 +9,8 @@
    at the sample sizes, so 1.0 is the edge of what in-distribution data shows by chance (after a
    Bonferroni correction over the evidence). Candidates rank by that score, lowest first.
 3. Verdict: the best candidate fits when its match score is at most 1 and the share of target samples
-   it flags as OOD is within the binomial tolerance of its target false-positive rate; otherwise
-   ``no suitable model``.
+   it flags as OOD is within what in-distribution data shows by chance, given the target's size and
+   the number of held-out samples its threshold was set on; otherwise ``no suitable model``.
 """
 
 from __future__ import annotations
@@ -53,12 +53,27 @@ def ks_critical(n: int, m: int, layers: int, alpha: float = ALPHA) -> float:
     return c * math.sqrt(1.0 / n + 1.0 / m)
 
 
-def ood_tolerance(n: int, fpr: float, alpha: float = ALPHA) -> int:
+def ood_tolerance(n: int, fpr: float, m: int | None = None, alpha: float = ALPHA) -> int:
     """The largest number of flagged samples out of ``n`` that in-distribution data reaches with
-    probability at least ``1 - alpha`` when each is flagged with probability ``fpr`` (binomial)."""
+    probability at least ``1 - alpha``.
+
+    Without ``m`` each sample is flagged with probability ``fpr`` (binomial). With ``m``, the number of
+    held-out samples the threshold was set on, that probability is only known as well as they tell:
+    the threshold leaves ``k`` of them above it, so the probability follows Beta(k + 1, m - k) and the
+    count a beta-binomial, wider for a small hold-out set."""
+    if m is None:
+        log_pmf = [math.log(math.comb(n, x)) + x * math.log(fpr) + (n - x) * math.log1p(-fpr) for x in range(n + 1)]
+    else:
+        above = m - 1 - math.ceil((1.0 - fpr) * (m - 1))  # above the 'higher' (1 - fpr) quantile of m values
+        a, b = above + 1, m - above
+        log_beta = math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+        log_pmf = [
+            math.log(math.comb(n, x)) + math.lgamma(x + a) + math.lgamma(n - x + b) - math.lgamma(n + a + b) - log_beta
+            for x in range(n + 1)
+        ]
     tail = 1.0
-    for k in range(n + 1):
-        tail -= math.comb(n, k) * fpr**k * (1.0 - fpr) ** (n - k)
+    for k, log_p in enumerate(log_pmf):
+        tail -= math.exp(log_p)
         if tail <= alpha:
             return k
     return n
@@ -92,7 +107,7 @@ def match(bundle, x: np.ndarray, name: str = "", tags: dict | None = None, runti
     ]
     critical = ks_critical(n, m, n_layers)
     fpr = float(manifest["score"]["target_fpr"])
-    tolerance = ood_tolerance(n, fpr)
+    tolerance = ood_tolerance(n, fpr, m)
     flagged = int(np.sum(scores.is_ood))
     score = max(distances) / critical
     return Match(

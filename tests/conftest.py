@@ -1,11 +1,65 @@
 import hashlib
 import os
 import struct
+import sys
+import tempfile
 
 import numpy as np
 import pytest
 
-DATASETS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _beside_the_repository(path) -> bool:
+    """Whether ``path`` lies in a folder that holds the repository (beside it, or further up). Allowed
+    there: the repository itself, the Python installation, the home's hidden folders (caches) and the
+    temporary folder, unless the repository's own folder is in it. A fresh clone has nothing else
+    around it, so no test may read from there."""
+    try:
+        path = os.path.realpath(os.fsdecode(path))
+    except (TypeError, ValueError):
+        return False
+    root = os.path.realpath(ROOT)
+    home = os.path.realpath(os.path.expanduser("~"))
+
+    def under(folder: str) -> bool:
+        folder = os.path.realpath(folder)
+        return os.path.commonpath([path, folder]) == folder
+
+    if any(under(folder) for folder in (root, sys.prefix, sys.base_prefix, sys.exec_prefix)):
+        return False
+    if os.path.dirname(path) != home and path.startswith(os.path.join(home, ".")):
+        return False
+    if under(tempfile.gettempdir()) and not under(os.path.dirname(root)):
+        return False
+    above = os.path.dirname(root)
+    while os.path.dirname(above) != above:  # every folder above the repository but the root of the disk
+        if under(above):
+            return True
+        above = os.path.dirname(above)
+    return False
+
+
+_READ_BESIDE: list[str] = []
+
+
+def _audit(event: str, args: tuple) -> None:
+    if event == "open" and isinstance(args[0], (str, bytes)) and _beside_the_repository(args[0]):
+        _READ_BESIDE.append(os.fsdecode(args[0]))
+    elif event == "subprocess.Popen" and isinstance(args[1], (list, tuple)):
+        paths = [arg for arg in map(str, args[1]) if os.sep in arg and os.path.exists(arg.split(":")[0])]
+        _READ_BESIDE.extend(arg for arg in paths if _beside_the_repository(arg.split(":")[0]))
+
+
+sys.addaudithook(_audit)
+
+
+@pytest.fixture(autouse=True)
+def nothing_read_beside_the_repository():
+    """Fail the test that opened, or handed a command, a file next to the repository."""
+    _READ_BESIDE.clear()
+    yield
+    assert not _READ_BESIDE, f"read from beside the repository, which a fresh clone lacks: {_READ_BESIDE[:3]}"
 
 
 @pytest.fixture(scope="session")
@@ -44,12 +98,40 @@ def motions_bundle(tmp_path_factory):
     from edgefp.converter.convert import convert
     from edgefp.trainer import train
 
-    dataset = data.load(os.path.join(DATASETS, "basic_motions.npz") + ":train")
+    dataset = data.load("basic_motions:train")
     fingerprint = train(dataset, epochs=30, seed=0, progress=False)
     root = tmp_path_factory.mktemp("motions")
     fingerprint.save(str(root / "run"))
     convert(str(root / "run"), dataset, str(root / "motions.efp"))
     return str(root / "motions.efp")
+
+
+def synthetic(shape, classes: int, n_train: int, n_test: int, scale: float = 1.0, seed: int = 0):
+    """Learnable (train, test) data sets of samples of ``shape``: one smooth prototype per class
+    (sinusoids per channel for sequences, low-pass noise for images, a random point for vectors)
+    plus noise, times ``scale``."""
+    from edgefp import data
+
+    rng = np.random.default_rng(seed)
+    if len(shape) == 2:
+        t = np.linspace(0, 1, shape[0])[None, :, None]
+        freq, phase = rng.uniform(0.5, 4, (2, classes, 1, shape[1]))
+        protos = np.sin(2 * np.pi * (freq * t + phase))
+    else:
+        protos = rng.normal(size=(classes, *shape))
+    if len(shape) == 3:
+        low = (np.abs(np.fft.fftfreq(shape[0])) <= 0.2)[:, None, None] & (np.abs(np.fft.fftfreq(shape[1])) <= 0.2)[
+            :, None
+        ]
+        protos = np.real(np.fft.ifft2(np.fft.fft2(protos, axes=(1, 2)) * low, axes=(1, 2)))
+    protos /= np.maximum(protos.std(axis=tuple(range(1, protos.ndim)), keepdims=True), 1e-9)
+
+    def draw(n: int, name: str):
+        y = rng.permutation(np.arange(n) % classes)
+        x = protos[y] + 0.6 * rng.normal(size=(n, *shape))
+        return data.Dataset((scale * x).astype(np.float32), y.astype(np.int64), name)
+
+    return draw(n_train, "train"), draw(n_test, "test")
 
 
 def check_error_codes(device, archive: bytes, shape: tuple[int, ...]) -> None:

@@ -37,6 +37,10 @@ def test_help_and_version_do_not_import_tensorflow():
         (["train", "--out", "x"], "Missing option '--data'"),
         (["score", "no-such-run", "--data", "digits"], "no such RUN directory or bundle"),
         (["train", "--data", "digits", "--out", "x", "--fpr", "1.5"], "--fpr"),
+        (["train", "--data", "digits", "--out", "x", "--fpr", "nan"], "'--fpr': nan is not a number"),
+        (["train", "--data", "digits", "--out", "x", "--seed", "-1"], "'--seed': -1 is not in the range"),
+        (["fingerprint", "--model", "m", "--data", "d", "--out", "x", "--seed", "4294967296"], "'--seed'"),
+        (["train", "--data", "digits:test:0-99999999999999999999", "--out", "x"], "beyond the largest label"),
         (["frobnicate"], "No such command"),
     ],
 )
@@ -45,6 +49,21 @@ def test_user_errors_are_one_line_and_exit_2(args, message):
     assert result.returncode == 2
     assert result.stderr.startswith("edgefp: error: ") and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        ({"x": np.full((40, 4), 3e38, np.float32)}, "40 samples hold values beyond +-1e+15"),
+        ({"x": np.zeros((40, 0), np.float32)}, "the samples hold no values"),
+        ({"x": np.zeros((40, 4), np.float32), "y": np.full(40, 1e30)}, "labels must be integers from 0 to 2147483647"),
+    ],
+)
+def test_hostile_data_is_refused_in_one_line_before_training(tmp_path, arrays, message):
+    np.savez(tmp_path / "d.npz", **{"y": np.arange(40) % 2, **arrays})
+    result = edgefp("train", "--data", str(tmp_path / "d.npz"), "--out", str(tmp_path / "run"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr
+    assert not os.path.exists(tmp_path / "run")
 
 
 def test_debug_shows_the_traceback():

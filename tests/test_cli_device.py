@@ -110,7 +110,7 @@ def test_monitor_reconnects_when_the_device_restarts(digits_bundle, tmp_path):
 
 def test_simulated_sensor_drift_shows_in_the_monitor(digits_bundle):
     _, bundle_dir = digits_bundle
-    args = [sys.executable, "-m", "edgefp", "sim", "--profile", "pi", "--feed", "digits:test:0-4", "--rate", "200"]
+    args = [sys.executable, "-m", "edgefp", "sim", "--profile", "pi", "--feed", "digits:test:0-4", "--rate", "100"]
     process = subprocess.Popen(args + ["--drift-at", "40", "--drift", "invert"], stdout=subprocess.PIPE, text=True)
     try:
         url = process.stdout.readline().strip()

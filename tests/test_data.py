@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 
@@ -15,7 +17,7 @@ def test_digits_splits_are_disjoint_and_cover_the_set():
 
 
 def test_class_filter_and_split_parse():
-    assert data.parse_spec("digits:train:0-2,5") == ("digits", "train", [0, 1, 2, 5])
+    assert data.parse_spec("digits:train:0-2,5") == ("digits", "train", [(0, 2), (5, 5)])
     assert data.parse_spec("C:/data/x.npz:test") == ("C:/data/x.npz", "test", None)
     subset = data.load("digits:test:5-9")
     assert set(np.unique(subset.y)) == {5, 6, 7, 8, 9}
@@ -36,7 +38,15 @@ def test_npz_with_x_and_optional_y(tmp_path):
         ({"x": np.array([[1.0, np.nan], [0.0, 1.0]])}, "", "NaN or inf"),
         ({"x": np.array([[1.0, np.inf]])}, "", "NaN or inf"),
         ({"x": np.zeros(5)}, "", "one sample per row"),
-        ({"x": np.zeros((3, 2)), "y": np.array([0, -1, 1])}, "", "non-negative"),
+        ({"x": np.zeros((3, 2)), "y": np.array([0, -1, 1])}, "", "integers from 0 to 2147483647, found -1"),
+        ({"x": np.zeros((3, 2)), "y": np.array([0, 1e30, 1])}, "", "integers from 0 to 2147483647, found 1e"),
+        ({"x": np.zeros((3, 2)), "y": np.array([0, 2**63, 1], np.uint64)}, "", "from 0 to 2147483647, found 9"),
+        ({"x": np.full((3, 2), 3e38, np.float32)}, "", r"3 samples hold values beyond \+-1e\+15 .*rescale"),
+        ({"x": np.array([[1.0, -2e15]])}, "", "values beyond"),
+        ({"x": np.array([[1e300]])}, "", r"largest 1e\+300"),
+        ({"x": np.array([[2**62, 1]])}, "", "values beyond"),
+        ({"x": np.zeros((4, 0))}, "", r"the samples hold no values \(shape \(0,\)\)"),
+        ({"x": np.zeros((4, 3, 0))}, "", "hold no values"),
         ({"x": np.zeros((3, 2)), "y": np.array([0.5, 1, 1])}, "", "must be integers"),
         ({"x": np.zeros((3, 2)), "y": np.array([0, 1])}, "", "must have shape"),
         ({"x": np.array([["a", "b"]])}, "", "real numbers"),
@@ -44,7 +54,9 @@ def test_npz_with_x_and_optional_y(tmp_path):
         ({"x_train": np.zeros((3, 2))}, ":test", "no 'x_test'"),
         ({"z": np.zeros((3, 2))}, "", "no 'x' array"),
         ({"x": np.zeros((3, 2))}, ":0-1", "needs labels"),
-        ({"x": np.zeros((3, 2)), "y": np.array([0, 1, 1])}, ":7", "no samples have labels"),
+        ({"x": np.zeros((3, 2)), "y": np.array([0, 1, 1])}, ":7", "no samples have labels 7"),
+        ({"x": np.zeros((3, 2)), "y": np.array([0, 1, 1])}, ":5-2", "class range 5-2 is empty"),
+        ({"x": np.zeros((3, 2)), "y": np.array([0, 1, 1])}, ":0-99999999999999999999", "beyond the largest label"),
     ],
 )
 def test_bad_data_gets_one_clear_line_naming_the_file(tmp_path, arrays, spec_suffix, message):
@@ -97,3 +109,23 @@ def test_standardizer_floors_constant_channels():
     assert spec["std"][0] == pytest.approx(0.1 * np.mean([0.0, x[:, 1].std()]), rel=1e-5)
     shifted = data.apply_preprocessing(np.array([[1.0, 3.0]], np.float32), spec)
     assert abs(shifted[0, 0]) < 100 and abs(shifted[0, 1]) < 1
+
+
+@pytest.mark.parametrize(
+    "name, shape, classes", [("basic_motions", (100, 6), 4), ("gun_point", (150, 1), 2), ("arrow_head", (251, 1), 3)]
+)
+def test_built_in_sensor_sets_ship_with_the_package(name, shape, classes):
+    train, test, both = data.load(f"{name}:train"), data.load(f"{name}:test"), data.load(name)
+    assert train.x.shape[1:] == shape and train.x.dtype == np.float32 and len(np.unique(train.y)) == classes
+    assert len(both) == len(train) + len(test) and (both.x[: len(train)] == train.x).all()
+    assert os.path.dirname(data.DATASETS_DIR) == os.path.dirname(data.__file__)
+    subset = data.load(f"{name}:test:1")
+    assert set(subset.y) == {1} and subset.label_names == train.label_names
+
+
+def test_huge_class_ranges_filter_without_listing_every_label():
+    everything = data.load("digits:test")
+    assert len(data.load("digits:test:0-2000000000")) == len(everything)
+    assert set(data.load("digits:test:3,7-2147483647").y) == {3, 7, 8, 9}
+    with pytest.raises(EdgefpError, match="class 2147483648 is beyond the largest label"):
+        data.load("digits:test:2147483648")

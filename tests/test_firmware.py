@@ -17,14 +17,14 @@ from edgefp.bundle import Bundle
 from edgefp.firmware_host import client, firmware, protocol
 from edgefp.firmware_host.client import DeviceError
 from edgefp.firmware_host.protocol import Msg, SlotState
-from tests.conftest import DATASETS, check_error_codes, edit_tflite, upload
+from tests.conftest import check_error_codes, edit_tflite, upload
 
 HAS_NATIVE = all(shutil.which(tool) for tool in ("gcc", "make"))
 HAS_QEMU = HAS_NATIVE and all(shutil.which(tool) for tool in ("arm-none-eabi-gcc", "qemu-system-arm"))
 pytestmark = pytest.mark.skipif(not HAS_NATIVE, reason="building the firmware needs gcc and make")
 qemu_only = pytest.mark.skipif(not HAS_QEMU, reason="needs arm-none-eabi-gcc and qemu-system-arm")
 DIGITS = "digits:test:0-4"
-MOTIONS_TEST = os.path.join(DATASETS, "basic_motions.npz") + ":test"
+MOTIONS_TEST = "basic_motions:test"
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is need
 HERE = os.path.dirname(__file__)
 SRC = os.path.join(HERE, "..", "edgefp", "firmware_host", "c", "src")
 OK, INVALID_MODEL, UNSUPPORTED, ARENA_TOO_SMALL = 0, 1, 2, 3
-BASIC_MOTIONS = os.path.join(HERE, "..", "..", "shared", "datasets", "basic_motions.npz")
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +108,7 @@ def _bundle(dataset, tmp_path_factory, name):
 def seq_bundle(tmp_path_factory):
     from edgefp import data
 
-    return _bundle(data.load(f"{BASIC_MOTIONS}:train"), tmp_path_factory, "seq"), data.load(f"{BASIC_MOTIONS}:test")
+    return _bundle(data.load("basic_motions:train"), tmp_path_factory, "seq"), data.load("basic_motions:test")
 
 
 @pytest.fixture(scope="module")
@@ -194,10 +193,15 @@ def op_models():
         h = tf.matmul(x, fcw)
         return tf.reduce_mean(h, 1), tf.nn.softmax(h)
 
+    def pad_and_max(x):  # zero padding (causal convolutions, ZeroPadding layers), global and 1-D max pooling
+        padded = tf.pad(x, [[0, 0], [2, 1], [0, 3], [1, 0]])
+        return padded, tf.reduce_max(padded, [1, 2]), tf.reduce_max(x, 2)
+
     return {
         "image": (_convert(image, (9, 9, 3), float_io=True), (9, 9, 3)),
         "mixed": (_convert(mixed, (8, 8, 4)), (8, 8, 4)),
         "dense": (_convert(dense, (4, 20), per_tensor_fc=True), (4, 20)),
+        "pad_and_max": (_convert(pad_and_max, (8, 8, 4)), (8, 8, 4)),
     }
 
 
@@ -207,10 +211,16 @@ def test_float_io_conv_depthwise_pool_broadcast_models_are_bit_exact(lib, op_mod
     assert_bit_exact(lib, model, x)
 
 
-@pytest.mark.parametrize("name", ["mixed", "dense"])
+@pytest.mark.parametrize("name", ["mixed", "dense", "pad_and_max"])
 def test_int8_single_operator_models_are_bit_exact(lib, op_models, name):
     model, shape = op_models[name]
     assert_bit_exact(lib, model, random_int8(shape))
+
+
+def test_pad_and_reduce_max_are_the_operators_they_claim(op_models):
+    from edgefp.runtime import LiteRT
+
+    assert {"PAD", "REDUCE_MAX"} <= set(LiteRT(op_models["pad_and_max"][0]).ops())
 
 
 # ---- models edited at the flatbuffer level ----

@@ -13,6 +13,7 @@ import numpy as np
 from edgefp import __version__, data, metrics, ood, shifts
 from edgefp.bundle import MODEL, SCHEMA, SCHEMA_VERSION, Bundle, sha256
 from edgefp.errors import EdgefpError
+from edgefp.isolation import step
 from edgefp.runtime import LiteRT, TFLiteMicro, captured_output, litert_module, tflm_arena_bytes
 from edgefp.trainer.fingerprint import MAX_LOGIT, NeuralFingerprint, read_fingerprint_json, sha256_file
 
@@ -40,6 +41,22 @@ def bundle_name(out: str) -> str:
     return name if not name[0].isdigit() else f"m_{name}"
 
 
+def check_convertible(model) -> None:
+    """Refuse, naming the layer, a classifier whose layers cannot become int8 microcontroller operators."""
+    import keras
+
+    pending = list(model.layers)
+    while pending:
+        layer = pending.pop(0)
+        pending += getattr(layer, "layers", [])  # nested models
+        if isinstance(layer, (keras.layers.RNN, keras.layers.Bidirectional)):
+            raise EdgefpError(
+                f"layer '{layer.name}' ({type(layer).__name__}) cannot be deployed int8: the TensorFlow Lite "
+                "converter crashes on recurrent layers and the firmware has no kernels for them; "
+                "use Conv1D layers for sequences (dilated ones for a long context)"
+            )
+
+
 def int8_model(model, samples: np.ndarray) -> bytes:
     """Full-integer int8 TFLite of a one-input Keras model at batch size 1, calibrated on ``samples``."""
     import tensorflow as tf
@@ -50,7 +67,11 @@ def int8_model(model, samples: np.ndarray) -> bytes:
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
-    with captured_output() as messages, warnings.catch_warnings():
+    with (
+        step("converting the model to int8 (TensorFlow Lite converter)"),
+        captured_output() as messages,
+        warnings.catch_warnings(),
+    ):
         warnings.simplefilter("ignore")  # "Statistics for quantized inputs were expected": the input is int8 by design
         try:
             return bytes(converter.convert())
@@ -96,7 +117,7 @@ def _error_tops(fingerprint: NeuralFingerprint) -> list[tuple[float, float] | No
     (``None`` for evidence that is no mean of squares)."""
     x = fingerprint.prepare(fingerprint.holdout_x_)
     values = fingerprint._evidence(x)
-    squares = fingerprint.squares_.predict(x, verbose=0, batch_size=256) if fingerprint.squares_ else []
+    squares = fingerprint.squares_.predict(x, verbose=0, batch_size=256)
     squares = iter(squares if isinstance(squares, list) else [squares])
     tops = []
     for j, layer in enumerate(fingerprint.layers_):
@@ -229,6 +250,7 @@ def convert(run_dir: str, calib: data.Dataset, out: str, *, name=None, ood_data=
     if os.path.exists(out) and not force:
         raise EdgefpError(f"{out} already exists; choose another --out or pass --force to replace it")
     fingerprint = NeuralFingerprint.load(run_dir)
+    check_convertible(fingerprint.model_)
     calib_x = fingerprint.prepare(calib.x, calib.name)
     if len(calib_x) < MIN_CALIB:
         raise EdgefpError(f"{calib.name}: {len(calib_x)} calibration samples; give at least {MIN_CALIB}")

@@ -145,18 +145,20 @@ class Agent:
             raise Refusal(Err.INVALID_BUNDLE, f"the bundle does not verify: {problems[0]}")
         manifest = bundle.manifest
         arena = manifest.get("tflm_arena_bytes") if self.board.runtime == "tflm" else None
+        from edgefp.runtime import ArenaError, open_runtime
+
+        try:  # TFLite Micro is only handed the manifest's arena once it has been seen to suffice
+            interpreter = open_runtime(bundle.model_bytes, self.board.runtime, arena_bytes=arena)
+        except ArenaError as exc:
+            raise Refusal(Err.INVALID_BUNDLE, str(exc)) from None
+        except EdgefpError as exc:
+            raise Refusal(Err.UNSUPPORTED_OP, str(exc)) from None
         problems = fit_problems(self.board, len(bundle.model_bytes), arena)
         input_bytes = int(np.prod(manifest["input"]["shape"]))
         if input_bytes + OVERHEAD > self.max_frame:
             problems.append(f"its input of {input_bytes} bytes does not fit a {self.max_frame}-byte frame")
         if problems:
             raise Refusal(Err.DOES_NOT_FIT, "; ".join(problems))
-        try:
-            from edgefp.runtime import open_runtime
-
-            interpreter = open_runtime(bundle.model_bytes, self.board.runtime, arena_bytes=arena)
-        except EdgefpError as exc:
-            raise Refusal(Err.UNSUPPORTED_OP, str(exc)) from None
         return Loaded(bundle, interpreter, hashlib.sha256(content).digest(), len(content))
 
     def _abort_upload(self) -> None:

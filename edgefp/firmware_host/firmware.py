@@ -24,6 +24,7 @@ import numpy as np
 from edgefp.errors import EdgefpError
 from edgefp.firmware_host.boards import Board, get_board
 from edgefp.fsutil import atomic_directory
+from edgefp.isolation import step
 
 SOURCE = Path(__file__).with_name("c")
 PORTS = {"qemu-m4": "mps2-an386", "native": "host"}  # board profile -> tested port under c/boards/
@@ -38,9 +39,12 @@ def port_of(board: Board) -> str:
     return PORTS.get(board.name, TEMPLATE_PORT)
 
 
-def make_variables(board: Board, arena_bytes: int | None = None) -> list[str]:
-    """The firmware's budgets from the board profile (or another arena size), as make variables."""
-    return [f"BOARD={port_of(board)}", f"CFLAGS=-DEFP_ARENA_BYTES={arena_bytes or board.ram_bytes}"]
+def make_variables(board: Board, arena_bytes: int | None = None, max_frame: int | None = None) -> list[str]:
+    """The firmware's budgets from the board profile (or another arena size and largest frame), as make
+    variables. Inputs larger than a frame (2,048 bytes by default, docs/firmware.md) need a larger one."""
+    flags = f"-DEFP_ARENA_BYTES={arena_bytes or board.ram_bytes}"
+    flags += f" -DEFP_MAX_FRAME={max_frame}" if max_frame else ""
+    return [f"BOARD={port_of(board)}", f"CFLAGS={flags}"]
 
 
 def export(board_name: str, out: str, *, force: bool = False) -> dict:
@@ -72,7 +76,7 @@ def cache_dir() -> Path:
     return Path(base) / "edgefp" / "firmware"
 
 
-def build(board_name: str, *, arena_bytes: int | None = None) -> Path:
+def build(board_name: str, *, arena_bytes: int | None = None, max_frame: int | None = None) -> Path:
     """Build the firmware for a tested port (cached by sources and flags); return the ELF or executable."""
     board = get_board(board_name)
     if board.name not in PORTS:
@@ -81,7 +85,7 @@ def build(board_name: str, *, arena_bytes: int | None = None) -> Path:
     compiler = "gcc" if native else "arm-none-eabi-gcc"
     if shutil.which(compiler) is None or shutil.which("make") is None:
         raise EdgefpError(f"building the {board.name} firmware needs make and {compiler}; install them first")
-    variables = make_variables(board, arena_bytes)
+    variables = make_variables(board, arena_bytes, max_frame)
     out = cache_dir() / f"{board.name}-{_sources_digest(variables)}"
     target = out / ("firmware" if native else "firmware.elf")
     if not target.exists():
@@ -163,7 +167,8 @@ def bundle_ram(bundle, board_name: str) -> dict:
     make it an upper bound of what a 32-bit microcontroller needs."""
     board = get_board(board_name)
     model, engine, scratch = bundle.model_bytes, _Engine(), ctypes.create_string_buffer(16)
-    status = _engine_library().efp_engine_init(ctypes.byref(engine), model, len(model), scratch, 0)
+    with step("checking the model with the firmware's engine"):
+        status = _engine_library().efp_engine_init(ctypes.byref(engine), model, len(model), scratch, 0)
     if status not in (0, 3):  # EFP_OK, EFP_ARENA_TOO_SMALL
         raise EdgefpError(f"{bundle.source}: the firmware cannot run this model: {engine.error.decode()}")
     layers, input_bytes = len(bundle.manifest["layers"]), int(np.prod(bundle.manifest["input"]["shape"]))

@@ -131,6 +131,15 @@ def _channel_stats(features: np.ndarray, channels: int, step: float) -> tuple[np
     return shaped.mean(axis=0), np.maximum(std, max(0.1 * std.mean(), QUANT_FLOOR * step) + 1e-6)
 
 
+def check_sample_counts(n_fit: int, n_holdout: int, holdout: float) -> None:
+    """Refuse a data set too small to fit autoencoders on and to calibrate a threshold with."""
+    if n_holdout < MIN_HOLDOUT or n_fit < MIN_HOLDOUT:
+        raise EdgefpError(
+            f"too few samples to fingerprint ({n_fit} to fit, {n_holdout} held out); "
+            f"give at least {2 * MIN_HOLDOUT / holdout:.0f} samples, with several of each class"
+        )
+
+
 def _file_stem(index: int, layer: str) -> str:
     return f"{index:02d}_{re.sub(r'[^A-Za-z0-9_.-]', '_', layer)}"
 
@@ -187,22 +196,23 @@ class NeuralFingerprint:
             x_holdout = self._shaped(x_holdout, "held-out data")
         self.holdout_x_ = x_holdout[:MAX_STORED_HOLDOUT]
         x, x_holdout = self.prepare(x), self.prepare(x_holdout)
-        if len(x_holdout) < MIN_HOLDOUT or len(x) < MIN_HOLDOUT:
-            raise EdgefpError(
-                f"too few samples to fingerprint ({len(x)} to fit, {len(x_holdout)} held out); "
-                f"give at least {2 * MIN_HOLDOUT / self.holdout:.0f} samples"
-            )
+        check_sample_counts(len(x), len(x_holdout), self.holdout)
         seed_everything(self.seed)
-        names = list(taps.default_layers(model) if self.layers is None else self.layers)
+        names = list(self.layers or taps.default_layers(model))
+        if not names:
+            raise EdgefpError("the classifier has no hidden layer with weights to fingerprint; name some with --layers")
         if len(set(names)) != len(names):
             raise EdgefpError(f"--layers names a layer twice: {names}")
         import keras
 
         reduced, shapes, pools, probs = self._reduced_taps(names)
         *features, fit_probs = keras.Model(model.inputs, [*reduced, probs]).predict(x, verbose=0, batch_size=256)
-        ranges = keras.Model(model.inputs, [_extent(taps.tap(model, name)) for name in names] or [probs])
+        ranges = keras.Model(model.inputs, [_extent(taps.tap(model, name)) for name in names])
         extents = ranges.predict(shifts.range_samples(x, self.seed), verbose=0, batch_size=256)
         extents = extents if isinstance(extents, list) else [extents]
+        for name, feats in zip(names, features):
+            if not np.isfinite(feats).all():
+                raise EdgefpError(f"layer '{name}' of the classifier overflows to inf or NaN on this data; rescale it")
         widths = bottlenecks([f.shape[1] for f in features], n_classes, self.budget * model.count_params())
         self.layers_, self.autoencoders_ = [], []
         for index, (name, shape, pool, feats, extent, width) in enumerate(
@@ -349,7 +359,7 @@ class NeuralFingerprint:
         grid = keras.layers.Reshape((1, n_classes, 1), name="fp_logit_grid")(logits)
         values.append(keras.layers.MaxPooling2D((1, n_classes), name="fp_max_logit")(grid))
         self.monitor_ = keras.Model(self.model_.inputs, [probs, *values], name="monitor")
-        self.squares_ = keras.Model(self.model_.inputs, squares, name="squares") if squares else None
+        self.squares_ = keras.Model(self.model_.inputs, squares, name="squares")
 
     def _predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities (N, C) and evidence (N, L) of preprocessed samples."""

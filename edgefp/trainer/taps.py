@@ -15,6 +15,9 @@ _WEIGHT_LAYERS = (
     "DepthwiseConv2D",
     "SeparableConv1D",
     "SeparableConv2D",
+    "LSTM",
+    "GRU",
+    "SimpleRNN",
 )
 
 

@@ -8,18 +8,25 @@ import numpy as np
 
 from edgefp import data
 from edgefp.errors import EdgefpError
-from edgefp.trainer.fingerprint import NeuralFingerprint
+from edgefp.isolation import step
+from edgefp.trainer.fingerprint import NeuralFingerprint, check_sample_counts
 from edgefp.trainer.models import train_classifier
 
 HOLDOUT = 0.2
+FINGERPRINTING = "fingerprinting the classifier (TensorFlow)"
 
 
-def train(dataset: data.Dataset, *, epochs=None, seed=0, layers=None, fpr=0.05, progress=True) -> NeuralFingerprint:
+def train(
+    dataset: data.Dataset, *, epochs=None, autoencoder_epochs=None, seed=0, layers=None, fpr=0.05, progress=True
+) -> NeuralFingerprint:
     """Train a classifier suited to the samples' shape on labelled ``dataset``, then fingerprint it.
 
     A stratified share HOLDOUT of the data is kept out of all training; it calibrates the fingerprint.
+    ``epochs`` and ``autoencoder_epochs`` default to automatic counts (about 1,500 steps each).
     """
     data.check(dataset, require_labels=True)
+    if not 0.0 < fpr < 1.0:
+        raise EdgefpError(f"the target false-positive rate must be between 0 and 1, got {fpr}")
     values = np.unique(dataset.y)
     if len(values) < 2:
         raise EdgefpError(f"{dataset.name}: a classifier needs at least two classes, found only {values.tolist()}")
@@ -28,13 +35,17 @@ def train(dataset: data.Dataset, *, epochs=None, seed=0, layers=None, fpr=0.05, 
     ]
     held = data.stratified_split(dataset.y, HOLDOUT, seed)
     x_fit, x_holdout = dataset.x[~held], dataset.x[held]
+    check_sample_counts(len(x_fit), len(x_holdout), HOLDOUT)
     preprocessing = data.standardizer(x_fit)
     y_fit = np.searchsorted(values, dataset.y[~held])
-    model = train_classifier(
-        data.apply_preprocessing(x_fit, preprocessing), y_fit, len(values), epochs=epochs, seed=seed, progress=progress
+    x_model = data.apply_preprocessing(x_fit, preprocessing)
+    with step("training the classifier (TensorFlow)"):
+        model = train_classifier(x_model, y_fit, len(values), epochs=epochs, seed=seed, progress=progress)
+    fingerprint = NeuralFingerprint(
+        layers=layers, fpr=fpr, holdout=HOLDOUT, epochs=autoencoder_epochs, seed=seed, progress=progress
     )
-    fingerprint = NeuralFingerprint(layers=layers, fpr=fpr, holdout=HOLDOUT, seed=seed, progress=progress)
-    return fingerprint.fit(model, x_fit, x_holdout, preprocessing=preprocessing, labels=labels)
+    with step(FINGERPRINTING):
+        return fingerprint.fit(model, x_fit, x_holdout, preprocessing=preprocessing, labels=labels)
 
 
 def fingerprint_model(
@@ -48,11 +59,13 @@ def fingerprint_model(
     if not os.path.exists(model_path):
         raise EdgefpError(f"{model_path}: no such model file; give a Keras model saved with model.save('model.keras')")
     try:
-        model = keras.models.load_model(model_path, compile=False)
+        with step("loading the Keras model"):
+            model = keras.models.load_model(model_path, compile=False)
     except Exception as exc:  # noqa: BLE001 - Keras raises many types for unreadable models
         raise EdgefpError(f"{model_path}: cannot load the Keras model ({str(exc).splitlines()[0]})") from exc
     label_names = dataset.label_names
     n_classes = int(model.outputs[0].shape[-1])
     labels = [{"index": i, "value": i, "name": label_names.get(i, str(i))} for i in range(n_classes)]
     fingerprint = NeuralFingerprint(layers=layers, fpr=fpr, epochs=epochs, seed=seed, progress=progress)
-    return fingerprint.fit(model, dataset.x, labels=labels)
+    with step(FINGERPRINTING):
+        return fingerprint.fit(model, dataset.x, labels=labels)

@@ -17,7 +17,8 @@ enum { T_F32 = 0, T_I32 = 2, T_I8 = 9 };
 enum {
     OP_ADD = 0, OP_AVERAGE_POOL = 1, OP_CONV = 3, OP_DWCONV = 4, OP_DEQUANTIZE = 6, OP_FC = 9,
     OP_MAX_POOL = 17, OP_MUL = 18, OP_RESHAPE = 22, OP_SOFTMAX = 25, OP_TANH = 28, OP_MEAN = 40,
-    OP_SUB = 41, OP_SQUEEZE = 43, OP_EXPAND_DIMS = 70, OP_SQDIFF = 99, OP_QUANTIZE = 114,
+    OP_PAD = 34, OP_SUB = 41, OP_SQUEEZE = 43, OP_EXPAND_DIMS = 70, OP_REDUCE_MAX = 82, OP_SQDIFF = 99,
+    OP_QUANTIZE = 114,
 };
 
 /* Builtin operator names for messages: code byte, name, NUL. Codes not listed print as #code. */
@@ -637,9 +638,11 @@ static int prep_mean(ctx *c, tinfo *t, void **res)
             q.inner *= in->dims[i];
         }
     }
+    if (c->code == OP_REDUCE_MAX && (in->scale != out->scale || in->zp != out->zp))
+        return op_fail(c, "input and output must share scale and zero point");
     if (!(p = alloc(c, sizeof *p)))
         return 0;
-    q.kind = K_MEAN;
+    q.kind = c->code == OP_REDUCE_MAX ? K_REDUCE_MAX : K_MEAN;
     q.in = ptr(c, in);
     q.out = ptr(c, out);
     q.ndim = (uint8_t)in->ndim;
@@ -653,6 +656,41 @@ static int prep_mean(ctx *c, tinfo *t, void **res)
     sh = sh < 31 + q.shift ? sh : 31 + q.shift;
     q.mult = (int32_t)div64((uint64_t)q.mult << sh, (uint32_t)q.count);
     q.shift -= sh;
+    *p = q;
+    *res = p;
+    return 0;
+}
+
+static int prep_pad(ctx *c, tinfo *t, void **res)
+{
+    tinfo *in = &t[0], *pads = &t[1], *out = &t[3];
+    efp_pad *p, q;
+    int32_t st, d, before, after;
+    if ((st = want(c, in, T_I8)) || (st = want(c, out, T_I8)) || (st = want(c, pads, T_I32)))
+        return st;
+    if (!pads->data)
+        return op_fail(c, "paddings must be constant");
+    if (in->ndim < 1 || in->ndim != out->ndim || pads->count != 2 * (uint32_t)in->ndim)
+        return invalid(c, "tensor shapes do not match");
+    if (in->scale != out->scale || in->zp != out->zp)
+        return op_fail(c, "input and output must share scale and zero point");
+    memset(&q, 0, sizeof q);
+    for (d = 0; d < in->ndim; d++) {
+        memcpy(&before, pads->data + 8 * d, 4);
+        memcpy(&after, pads->data + 8 * d + 4, 4);
+        if (before < 0 || after < 0 || (int64_t)in->dims[d] + before + after != out->dims[d])
+            return invalid(c, "tensor shapes do not match");
+        q.before[d] = before;
+    }
+    if (!(p = alloc(c, sizeof *p)))
+        return 0;
+    q.kind = K_PAD;
+    q.ndim = (uint8_t)in->ndim;
+    q.value = (int8_t)out->zp;
+    memcpy(q.in_dims, in->dims, sizeof q.in_dims);
+    memcpy(q.out_dims, out->dims, sizeof q.out_dims);
+    q.in = ptr(c, in);
+    q.out = ptr(c, out);
     *p = q;
     *res = p;
     return 0;
@@ -751,7 +789,8 @@ static int prep_op(ctx *c, uint32_t k, void **res)
     switch (code) {
     case OP_ADD: case OP_AVERAGE_POOL: case OP_CONV: case OP_DWCONV: case OP_DEQUANTIZE: case OP_FC:
     case OP_MAX_POOL: case OP_MUL: case OP_RESHAPE: case OP_SOFTMAX: case OP_TANH: case OP_MEAN:
-    case OP_SUB: case OP_SQUEEZE: case OP_EXPAND_DIMS: case OP_SQDIFF: case OP_QUANTIZE:
+    case OP_SUB: case OP_SQUEEZE: case OP_EXPAND_DIMS: case OP_SQDIFF: case OP_QUANTIZE: case OP_PAD:
+    case OP_REDUCE_MAX:
         break;
     default:
         return fail(c, EFP_UNSUPPORTED, "unsupported operator ", op_name(code, buf), 0);
@@ -787,7 +826,9 @@ static int prep_op(ctx *c, uint32_t k, void **res)
     case OP_FC: return nin < 2 ? op_fail(c, "missing input") : prep_fc(c, opts, t, (int)nin, res);
     case OP_AVERAGE_POOL:
     case OP_MAX_POOL: return prep_pool(c, opts, t, res);
-    case OP_MEAN: return nin < 2 ? op_fail(c, "missing input") : prep_mean(c, t, res);
+    case OP_MEAN:
+    case OP_REDUCE_MAX: return nin < 2 ? op_fail(c, "missing input") : prep_mean(c, t, res);
+    case OP_PAD: return nin != 2 ? op_fail(c, "needs input and paddings") : prep_pad(c, t, res);
     case OP_ADD: case OP_SUB: case OP_MUL:
     case OP_SQDIFF: return nin < 2 ? op_fail(c, "missing input") : prep_binary(c, opts, t, res);
     default: return prep_unary(c, opts, t, res);

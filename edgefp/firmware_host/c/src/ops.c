@@ -1,6 +1,8 @@
 /* int8 kernels, following TFLite Micro's reference kernels operation by operation. */
 #include "ops.h"
 
+#include <string.h>
+
 #include "fixedpoint.h"
 
 static int8_t clamp8(int32_t v, int32_t lo, int32_t hi) { return (int8_t)(v < lo ? lo : v > hi ? hi : v); }
@@ -159,6 +161,11 @@ static void binary(const efp_binary *p)
             }
 }
 
+static int32_t reduce_step(const efp_mean *p, int32_t acc, int8_t v)
+{
+    return p->kind == K_REDUCE_MAX ? (v > acc ? v : acc) : fp_add(acc, v);
+}
+
 static void mean(const efp_mean *p)
 {
     int32_t o, r, stride[6];
@@ -167,11 +174,11 @@ static void mean(const efp_mean *p)
     for (d = p->ndim - 1; d > 0; d--)
         stride[d - 1] = stride[d] * p->dims[d];
     for (o = 0; o < p->out_count; o++) {
-        int32_t base = 0, rem = o, sum = 0;
+        int32_t base = 0, rem = o, sum = p->kind == K_REDUCE_MAX ? -128 : 0;
         if (p->inner) { /* reduced axes contiguous: in[outer][count][inner] */
             const int8_t *in = p->in + (o / p->inner * p->count * p->inner + o % p->inner);
             for (r = 0; r < p->count; r++, in += p->inner)
-                sum = fp_add(sum, *in);
+                sum = reduce_step(p, sum, *in);
         } else {
             for (d = p->ndim - 1; d >= 0; d--)
                 if (!(p->reduce_mask >> d & 1)) {
@@ -186,11 +193,31 @@ static void mean(const efp_mean *p)
                         off += rem % p->dims[d] * stride[d];
                         rem /= p->dims[d];
                     }
-                sum = fp_add(sum, p->in[off]);
+                sum = reduce_step(p, sum, p->in[off]);
             }
         }
-        sum = fp_add(fp_mbqm(fp_sub(sum, fp_wmul(p->in_zp, p->count)), p->mult, p->shift), p->out_zp);
+        if (p->kind == K_MEAN)
+            sum = fp_add(fp_mbqm(fp_sub(sum, fp_wmul(p->in_zp, p->count)), p->mult, p->shift), p->out_zp);
         p->out[o] = clamp8(sum, -128, 127);
+    }
+}
+
+static void pad(const efp_pad *p)
+{
+    int32_t n = 1, rows = 1, r, d, row = p->in_dims[p->ndim - 1];
+    for (d = 0; d < p->ndim; d++)
+        n *= p->out_dims[d];
+    memset(p->out, p->value, (size_t)n);
+    for (d = 0; d < p->ndim - 1; d++)
+        rows *= p->in_dims[d];
+    for (r = 0; r < rows; r++) { /* each innermost row of the input, to its place in the output */
+        int32_t rem = r, off = 0, stride = p->out_dims[p->ndim - 1];
+        for (d = p->ndim - 2; d >= 0; d--) {
+            off += (rem % p->in_dims[d] + p->before[d]) * stride;
+            rem /= p->in_dims[d];
+            stride *= p->out_dims[d];
+        }
+        memcpy(p->out + off + p->before[p->ndim - 1], p->in + (size_t)r * (size_t)row, (size_t)row);
     }
 }
 
@@ -264,7 +291,9 @@ void efp_op_run(const void *op)
     case K_FC: fully_connected(op); break;
     case K_AVGPOOL:
     case K_MAXPOOL: pool(op); break;
-    case K_MEAN: mean(op); break;
+    case K_MEAN:
+    case K_REDUCE_MAX: mean(op); break;
+    case K_PAD: pad(op); break;
     case K_BINARY: binary(op); break;
     case K_SOFTMAX: softmax(op); break;
     default: unary(op); break;

@@ -6,8 +6,8 @@
 #include <stdint.h>
 
 enum efp_kind {
-    K_CONV, K_DWCONV, K_FC, K_AVGPOOL, K_MAXPOOL, K_MEAN, K_BINARY, K_SOFTMAX,
-    K_TANH, K_REQUANT, K_QUANT_F32, K_DEQUANT,
+    K_CONV, K_DWCONV, K_FC, K_AVGPOOL, K_MAXPOOL, K_MEAN, K_REDUCE_MAX, K_BINARY, K_SOFTMAX,
+    K_TANH, K_REQUANT, K_QUANT_F32, K_DEQUANT, K_PAD,
 };
 enum efp_binop { B_ADD, B_SUB, B_MUL, B_SQDIFF };
 
@@ -53,6 +53,7 @@ typedef struct {
     int8_t rsa, rsb, lso, rso;    /* input right shifts; output left and right shifts */
 } efp_binary;
 
+/* MEAN, and REDUCE_MAX (the largest int8 value: input and output share their quantization). */
 typedef struct {
     uint8_t kind, ndim, reduce_mask;
     const int8_t *in;
@@ -61,6 +62,15 @@ typedef struct {
     int32_t out_count, count, in_zp, out_zp, mult, shift;
     int32_t inner;                /* reduced axes contiguous: elements after them (0: general walk) */
 } efp_mean;
+
+/* PAD: the input copied into an output filled with the zero point (input and output share it). */
+typedef struct {
+    uint8_t kind, ndim;
+    int8_t value;
+    const int8_t *in;
+    int8_t *out;
+    int32_t in_dims[6], out_dims[6], before[6];
+} efp_pad;
 
 /* SOFTMAX, TANH, QUANTIZE (int8 or float32 in), DEQUANTIZE. */
 typedef struct {
