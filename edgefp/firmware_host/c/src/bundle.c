@@ -5,7 +5,7 @@
 #include "sha256.h"
 #include "text.h"
 
-#define BUNDLE_VERSION 2
+#define BUNDLE_VERSION 3
 #define TAR_BLOCK 512
 
 /* ---------------------------------------------------------------- a minimal JSON reader
@@ -294,7 +294,7 @@ int bundle_open(const uint8_t *archive, uint32_t len, bundle_info *b, char *err,
         return refuse(&msg, "manifest.json is not an edgefp bundle manifest", NULL);
     }
     if (!get_int(root, "version", NULL, BUNDLE_VERSION, BUNDLE_VERSION, &n)) {
-        return refuse(&msg, "bundle version is not 2; convert it again with this version of edgefp", NULL);
+        return refuse(&msg, "bundle version is not 3; convert it again with this version of edgefp", NULL);
     }
     if (!get(root, "files", &files) || !get(root, "model", &model_name)) {
         return refuse(&msg, "manifest.json lists no files", NULL);
