@@ -61,6 +61,28 @@ def test_digits_end_to_end_quality_floors(digits_run):
 NEAR_FLOOR = 0.92
 
 
+def test_sensor_set_floors_for_an_unseen_shape_and_a_fault_in_float_and_int8(tmp_path):
+    """arrow_head (1-channel sequences) with its first shape unseen, fixed seed: the fingerprint flags the
+    unseen shape and noisy signals, as the float RUN and as the int8 bundle."""
+    from edgefp.bundle import Bundle
+    from edgefp.converter.convert import convert
+    from edgefp.trainer import train
+
+    parts = [data.load(f"arrow_head:{part}") for part in ("train", "test")]
+    x, y = np.concatenate([part.x for part in parts]), np.concatenate([part.y for part in parts])
+    test, known = data.stratified_split(y, 0.4, seed=0), y != 0
+    train_set = data.Dataset(x[known & ~test], y[known & ~test], "arrow_head")
+    held_out, unseen, noisy = x[known & test], x[~known], shifts.apply(x[known & test], "noise", seed=1)
+    fingerprint = train(train_set, seed=0, progress=False)
+    fingerprint.save(str(tmp_path / "run"))
+    convert(str(tmp_path / "run"), train_set, str(tmp_path / "bundle"))
+    bundle = Bundle.load(str(tmp_path / "bundle"))
+    for name, scorer in (("float", fingerprint), ("int8", bundle)):
+        id_scores = scorer.score(held_out).ood_score
+        assert metrics.auroc(id_scores, scorer.score(unseen).ood_score) >= 0.8, name
+        assert metrics.auroc(id_scores, scorer.score(noisy).ood_score) >= 0.99, name
+
+
 def test_knn_and_relative_mahalanobis_follow_their_papers(digits_run):
     from edgefp.trainer.baselines import KNN, Mahalanobis, RelativeMahalanobis
 

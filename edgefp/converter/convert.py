@@ -106,7 +106,8 @@ def quantize(fingerprint: NeuralFingerprint, calib: np.ndarray, seed: int = 0) -
     the input's (scale, zero point)."""
     fused = batch_of_one(fingerprint.monitor_, "edgefp_model")
     model_bytes = int8_model(fused, shifts.range_samples(calib, seed))
-    in_distribution = int8_model(fused, calib[np.random.default_rng(seed).permutation(len(calib))[:500]])
+    sample = calib[np.random.default_rng(seed).permutation(len(calib))[: shifts.RANGE_SAMPLES]]
+    in_distribution = int8_model(fused, sample)
     outputs, input_quantization = _io_specs(model_bytes)
     model_bytes = _set_evidence_ranges(model_bytes, in_distribution, fingerprint, outputs)
     return strip(model_bytes), _io_specs(model_bytes)[0], input_quantization

@@ -156,7 +156,7 @@ def _config_header(m: dict, model_bytes: bytes) -> str:
         + "};",
         "",
         "/* Evidence, one int8 output each (model output index, scale, zero point), in the manifest's layers order:",
-        " * autoencoder reconstruction errors, the distance to the predicted class, the largest logit. */",
+        " * autoencoder reconstruction errors, then the largest logit. */",
         f"#define {p}NUM_LAYERS {len(layers)}",
         f"static const int {n}layer_error_index[{p}NUM_LAYERS] = {{{_ints(e['index'] for e in errors)}}};",
         f"static const float {n}layer_error_scale[{p}NUM_LAYERS] = {{{_floats(e['scale'] for e in errors)}}};",

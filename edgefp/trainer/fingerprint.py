@@ -236,9 +236,7 @@ class NeuralFingerprint:
                 )
             )
             self.autoencoders_.append(ae)
-        self.epochs_ = self.epochs
-        if names:
-            self._train_autoencoders([self._standardized(f, lay) for f, lay in zip(features, self.layers_)], fit_probs)
+        self._train_autoencoders([self._standardized(f, lay) for f, lay in zip(features, self.layers_)], fit_probs)
         self.layers_.append(Evidence(name=taps.LOGITS, kind=MAX_LOGIT, transform="negate", features=n_classes))
         for layer in self.layers_:  # each kind of evidence weighs the same, shared by its members
             members = sum(other.kind == layer.kind for other in self.layers_)
