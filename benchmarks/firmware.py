@@ -12,10 +12,16 @@ takes one nanosecond of virtual time, so the device's microseconds are thousands
    bundle needs on the chip (engine arena + score tables + OOD buffer; read from the firmware's
    DOES_NOT_FIT answer on a build with a 4 KB arena) against TFLite Micro's arena measured on the host;
 3. upload throughput over the emulated UART (QEMU's CMSDK UART on a pty), and over the native build's
-   pty for comparison: archive bytes per second of `flash`, verification and activation included.
+   pty for comparison: archive bytes per second of `flash`, verification and activation included;
+4. the peer models (tests/data/models: MLPerf Tiny and TFLite Micro examples, wrapped without a
+   fingerprint): instructions per inference with the kernels for the DSP extension and with the
+   portable ones on the same emulated core, per multiply-accumulate, against the cycles of the
+   MLPerf Tiny v0.5 reference submission (TFLite Micro with CMSIS-NN on a Cortex-M4 at 120 MHz; QEMU
+   counts instructions, a lower bound of a Cortex-M4's cycles); the engine's arena against TFLite
+   Micro's (both measured on the 64-bit host) and on the chip; the model's flash.
 
-    python -m benchmarks.firmware            # 30 epochs per classifier, 200 timed invokes
-    python -m benchmarks.firmware --quick    # 10 epochs, 20 timed invokes
+    python -m benchmarks.firmware            # 30 epochs per classifier, 200 timed invokes, every peer
+    python -m benchmarks.firmware --quick    # 10 epochs, 20 timed invokes, two small peers
 """
 
 from __future__ import annotations
@@ -25,17 +31,30 @@ import copy
 import os
 import tempfile
 
+import numpy as np
+
 from benchmarks.common import save
 from edgefp import data
 from edgefp.bundle import MODEL, Bundle, sha256
 from edgefp.converter.convert import batch_of_one, convert, int8_model, strip
-from edgefp.firmware_host import client, firmware
+from edgefp.firmware_host import client, engine, firmware
 from edgefp.firmware_host.client import DeviceError
 from edgefp.shifts import range_samples
 from edgefp.trainer import train
+from edgefp.wrap import wrap
 
-FLASH_TARGET, STATIC_RAM_TARGET, RATIO_TARGET = 32 * 1024, 8 * 1024, 1.2
+FLASH_TARGET, STATIC_RAM_TARGET, RATIO_TARGET, PER_MAC_TARGET = 32 * 1024, 8 * 1024, 1.2, 3.0
 PROBE_ARENA = 4096
+PEER_PROBE_ARENA = 64  # wrapped models need no score tables or OOD buffer: the arena is the engine's alone
+PEERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data", "models")
+QUICK_PEERS = ("tflm_hello_world_int8", "mlperf_tiny_kws_ref")
+PEER_FRAME = 12288  # the 96x96 person detector's input is 9,216 bytes
+# MLPerf Tiny v0.5 closed division, reference submission (TFLite Micro + CMSIS-NN, Cortex-M4 at 120 MHz)
+REFERENCE_CYCLES = {
+    "mlperf_tiny_kws_ref": 181.9e-3 * 120e6,
+    "mlperf_tiny_ad01_toycar_int8": 10.05e-3 * 120e6,
+    "mlperf_tiny_v01_vww_96_int8_pad": 600.5e-3 * 120e6,
+}
 
 
 def datasets() -> dict:
@@ -71,12 +90,86 @@ def instructions(device: client.Device, bundle: Bundle, runs: int) -> float:
     return client.bench(device, runs=runs, warmup=3)["instructions"]["mean"]
 
 
-def ram_needed(device: client.Device, bundle: Bundle) -> int:
+def ram_needed(device: client.Device, bundle: Bundle, probe_arena: int = PROBE_ARENA) -> int:
     try:
         client.flash(device, bundle.archive_bytes())
     except DeviceError as refused:
-        return PROBE_ARENA + int(str(refused).split("needs ")[1].split()[0])
-    raise AssertionError("a 4 KB arena fitted the bundle")
+        return probe_arena + int(str(refused).split("needs ")[1].split()[0])
+    raise AssertionError(f"a {probe_arena}-byte arena fitted the bundle")
+
+
+def macs(model: bytes) -> int:
+    """Multiply-accumulates of a model's convolutions and fully connected layers."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    m = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model, 0))
+    graph, total = m.subgraphs[0], 0
+    for op in graph.operators:
+        code = m.operatorCodes[op.opcodeIndex]
+        code = max(code.builtinCode, code.deprecatedBuiltinCode)
+        if code not in (3, 4, 9):
+            continue
+        out, weights = graph.tensors[op.outputs[0]].shape, graph.tensors[op.inputs[1]].shape
+        if code == 3:  # CONV_2D: every output against filter height x width x depth
+            total += int(np.prod(out)) * int(np.prod(weights[1:]))
+        elif code == 4:  # DEPTHWISE_CONV_2D
+            total += int(np.prod(out)) * int(weights[1] * weights[2])
+        else:  # FULLY_CONNECTED
+            total += int(np.prod(out)) * int(weights[1])
+    return total
+
+
+def peers(workdir: str, quick: bool, runs: int) -> dict:
+    """Each peer model wrapped and run on the emulated Cortex-M4: DSP kernels, portable kernels (full
+    runs), the arena a 4 KB-arena build reports missing; the host arenas beside."""
+    names = sorted(n[:-7] for n in os.listdir(PEERS) if n.endswith(".tflite") and (not quick or n[:-7] in QUICK_PEERS))
+    rows, made = {}, {}
+    for name in names:
+        made[name] = os.path.join(workdir, f"{name}.efp")
+        manifest = wrap(os.path.join(PEERS, f"{name}.tflite"), made[name])
+        model = Bundle.load(made[name]).model_bytes
+        rows[name] = {
+            "macs": macs(model),
+            "flash_bytes": manifest["flash_bytes"],
+            "tflm_arena_bytes": manifest["tflm_arena_bytes"],
+            "engine_arena_bytes": engine.arena_needed(model),
+            "reference_cycles": REFERENCE_CYCLES.get(name),
+        }
+    for kernels, cflags in (("dsp", ""), ("portable", "-DEFP_DSP=0"))[: 1 if quick else 2]:
+        elf = firmware.build("qemu-m4", max_frame=PEER_FRAME, cflags=cflags)
+        with firmware.start_qemu(elf) as chip, client.open_device(chip.url, timeout=30.0) as device:
+            for name in names:
+                client.flash(device, Bundle.load(made[name]).archive_bytes())
+                timed = client.bench(device, runs=runs, warmup=1)
+                rows[name][f"instructions_{kernels}"] = timed["instructions"]["mean"]
+    probe = firmware.start_qemu(firmware.build("qemu-m4", arena_bytes=PEER_PROBE_ARENA, max_frame=PEER_FRAME))
+    with probe, client.open_device(probe.url, timeout=30.0) as device:
+        for name in names:
+            rows[name]["chip_arena_bytes"] = ram_needed(device, Bundle.load(made[name]), PEER_PROBE_ARENA)
+    for row in rows.values():
+        row["per_mac"] = row["instructions_dsp"] / row["macs"]
+        if row["reference_cycles"]:
+            row["vs_reference"] = row["instructions_dsp"] / row["reference_cycles"]
+    return rows
+
+
+def peer_lines(rows: dict) -> list[str]:
+    lines = [
+        "| peer model | MACs | instructions (DSP kernels) | per MAC | portable kernels | reference cycles "
+        "| engine arena / TFLM (host) | arena on the chip | flash |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in rows.items():
+        portable = f"{row['instructions_portable']:,.0f}" if "instructions_portable" in row else "-"
+        reference = (
+            f"{row['reference_cycles'] / 1e6:.1f} M ({row['vs_reference']:.2f}x)" if row["reference_cycles"] else "-"
+        )
+        lines.append(
+            f"| {name} | {row['macs']:,} | {row['instructions_dsp']:,.0f} | {row['per_mac']:.2f} | {portable} "
+            f"| {reference} | {row['engine_arena_bytes']:,} / {row['tflm_arena_bytes']:,} "
+            f"| {row['chip_arena_bytes']:,} | {row['flash_bytes']:,} |"
+        )
+    return lines
 
 
 def upload_rate(url: str, archive: bytes) -> dict:
@@ -112,6 +205,7 @@ def main() -> None:
             upload = {"qemu-m4": upload_rate(chip.url, archive)}
         with firmware.start("native") as native:
             upload["native"] = upload_rate(native.url, archive)
+        peer_rows = peers(workdir, args.quick, 3 if args.quick else 10)
 
     lines = [
         "# The firmware on QEMU mps2-an386 (Cortex-M4, -icount shift=0)",
@@ -132,18 +226,27 @@ def main() -> None:
     lines += ["", "| link | archive bytes | seconds | bytes/s |", "|---|---|---|---|"]
     for link, row in upload.items():
         lines.append(f"| {link} | {row['bytes']:,} | {row['seconds']:.3f} | {row['bytes_per_s']:,.0f} |")
+    lines += ["", *peer_lines(peer_rows)]
     results = {
         "quick": args.quick,
         "epochs": epochs,
         "runs": runs,
         "sizes": sizes,
-        "targets": {"flash_bytes": FLASH_TARGET, "static_ram_bytes": STATIC_RAM_TARGET, "ratio": RATIO_TARGET},
+        "targets": {
+            "flash_bytes": FLASH_TARGET,
+            "static_ram_bytes": STATIC_RAM_TARGET,
+            "ratio": RATIO_TARGET,
+            "instructions_per_mac": PER_MAC_TARGET,
+        },
         "templates": rows,
         "upload": upload,
+        "peers": peer_rows,
         "met": {
             "flash": sizes["flash_bytes"] <= FLASH_TARGET,
             "static_ram": sizes["static_ram_bytes"] <= STATIC_RAM_TARGET,
             "ratio": all(row["ratio"] <= RATIO_TARGET for row in rows.values()),
+            "arena": all(row["engine_arena_bytes"] <= row["tflm_arena_bytes"] for row in peer_rows.values()),
+            "reference": all(row.get("vs_reference", 0) < 1 for row in peer_rows.values()),
         },
     }
     save("firmware_quick" if args.quick else "firmware", results, "\n".join(lines) + "\n")

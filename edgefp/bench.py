@@ -69,12 +69,17 @@ def summarize(
 
 def bench_bundle(bundle, runtime: str = "litert", runs: int = 200, warmup: int = 20, seed: int = 0) -> dict:
     """Time the bundle's model on this machine: interpreter start-up, first invoke, then ``runs``
-    invokes after ``warmup`` untimed ones, on a fixed random int8 input."""
+    invokes after ``warmup`` untimed ones, on a fixed random input (int8, or float32 for a model that
+    takes floats)."""
     from edgefp.runtime import open_runtime
 
     if runs < 1 or warmup < 0:
         raise EdgefpError(f"runs must be at least 1 and warm-ups at least 0, got {runs} and {warmup}")
-    sample = np.random.default_rng(seed).integers(-128, 128, size=bundle.manifest["input"]["shape"], dtype=np.int8)
+    shape, rng = bundle.manifest["input"]["shape"], np.random.default_rng(seed)
+    if bundle.manifest["input"].get("dtype", "int8") == "float32":  # a wrapped model with a float input
+        sample = rng.standard_normal(shape).astype(np.float32)
+    else:
+        sample = rng.integers(-128, 128, size=shape, dtype=np.int8)
     start = time.perf_counter_ns()
     interpreter = open_runtime(bundle.model_bytes, runtime, arena_bytes=bundle.manifest.get("tflm_arena_bytes"))
     init_ms = (time.perf_counter_ns() - start) / 1e6

@@ -25,7 +25,12 @@ SCHEMA_VERSION = 3
 MANIFEST = "manifest.json"
 MODEL = "model.tflite"
 ARCHIVE_SUFFIX = ".efp"
-RUNTIME_NAMES = {"litert": "LiteRT", "tflm": "TFLite Micro", "edgetpu": "LiteRT with the Edge TPU"}
+RUNTIME_NAMES = {
+    "litert": "LiteRT",
+    "tflm": "TFLite Micro",
+    "edgetpu": "LiteRT with the Edge TPU",
+    "firmware": "the firmware's engine",
+}
 
 
 def sha256(content: bytes) -> str:
@@ -131,6 +136,23 @@ class Bundle:
         return self.files[self.manifest["model"]]
 
     @property
+    def input_bytes(self) -> int:
+        """Bytes of one sample as the model's input takes it (int8; float32 for some wrapped models)."""
+        spec = self.manifest["input"]
+        return int(np.prod(spec["shape"])) * np.dtype(spec.get("dtype", "int8")).itemsize
+
+    @property
+    def raw_output_bytes(self) -> int:
+        """Bytes of every output of a model wrapped without a fingerprint (0 for other bundles)."""
+        specs = self.manifest["outputs"].get("raw", [])
+        return sum(int(np.prod(spec["shape"])) * np.dtype(spec["dtype"]).itemsize for spec in specs)
+
+    @property
+    def fingerprinted(self) -> bool:
+        """False for a model wrapped without a fingerprint (edgefp wrap): no labels, layers or OOD check."""
+        return bool(self.manifest.get("layers"))
+
+    @property
     def threshold(self) -> float:
         return float(self.manifest["score"]["threshold"])
 
@@ -139,8 +161,17 @@ class Bundle:
         return np.asarray([label["value"] for label in self.manifest["labels"]], dtype=np.int64)
 
     def quantize(self, x: np.ndarray, name: str = "data") -> np.ndarray:
-        """Raw samples -> the model's int8 input (preprocessing and quantisation in one step)."""
+        """Raw samples -> the model's int8 input (preprocessing and quantisation in one step). A model
+        wrapped without a fingerprint takes its input as it is: checked, never quantised."""
         spec = self.manifest["input"]
+        if not self.fingerprinted:
+            x, dtype = np.asarray(x), np.dtype(spec.get("dtype", "int8"))
+            if x.dtype != dtype or x.shape[1:] != tuple(spec["shape"]):
+                raise EdgefpError(
+                    f"{name}: {x.dtype} samples of shape {list(x.shape[1:])}; the model takes {dtype} "
+                    f"of shape {spec['shape']}, as its input tensor holds them"
+                )
+            return x
         x = data.fit_input_shape(np.asarray(x, dtype=np.float32), tuple(spec["shape"]), name)
         scaled = data.apply_preprocessing(x, spec["preprocessing"]) / np.float32(spec["scale"])
         return np.clip(np.round(scaled) + spec["zero_point"], -128, 127).astype(np.int8)
@@ -192,11 +223,17 @@ class Bundle:
                 probs[i], values[i] = self.split_outputs(interpreter.invoke(sample))
         return probs, values
 
-    def score(self, x: np.ndarray, runtime: str = "litert") -> ood.Scores:
-        """Classify and score raw samples with the int8 model on ``runtime`` (litert, tflm, edgetpu)."""
+    def score(self, x: np.ndarray, runtime: str = "litert"):
+        """Classify and score raw samples with the int8 model on ``runtime`` (litert, tflm, edgetpu,
+        firmware): ood.Scores, or for a bundle without a fingerprint the raw outputs (wrap.Outputs) of
+        samples given as the model's input takes them."""
         from edgefp.runtime import open_runtime
 
         interpreter = open_runtime(self.model_bytes, runtime, arena_bytes=self.manifest.get("tflm_arena_bytes"))
+        if not self.fingerprinted:
+            from edgefp.wrap import run
+
+            return run(self, interpreter, x)
         return self.decide(*self.invoke_all(interpreter, self.quantize(x)))
 
 

@@ -8,6 +8,7 @@ status 2; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -169,10 +170,11 @@ def _report_run(fp, out: str, as_json: bool) -> None:
 
 RUNTIME_OPTION = click.option(
     "--runtime",
-    type=click.Choice(["litert", "tflm", "edgetpu"]),
+    type=click.Choice(["litert", "tflm", "edgetpu", "firmware"]),
     default="litert",
     show_default=True,
-    help="Interpreter for a bundle: LiteRT, TFLite Micro, or LiteRT with the Edge TPU delegate.",
+    help="Interpreter for a bundle: LiteRT, TFLite Micro, LiteRT with the Edge TPU delegate, or the edgefp "
+    "firmware's engine built for this machine.",
 )
 
 
@@ -189,23 +191,26 @@ RUNTIME_OPTION = click.option(
 @JSON_OPTION
 def score(model, data, out, runtime, as_json):
     """Classify data and flag out-of-distribution samples, with a RUN (float, on the host) or a
-    bundle (int8, on the chosen runtime)."""
+    bundle (int8, on the chosen runtime); for a bundle without a fingerprint, its raw outputs."""
     from edgefp.data import load
 
     if not os.path.exists(model):
         raise EdgefpError(
             f"{model}: no such RUN directory or bundle; create one with 'edgefp train' or 'edgefp convert'"
         )
-    dataset = load(data)
     if os.path.isdir(model) and os.path.exists(os.path.join(model, "fingerprint.json")):
         from edgefp.trainer import NeuralFingerprint
 
+        dataset = load(data)
         fp = NeuralFingerprint.load(model)
         scores, labels, threshold, runtime = fp.score(dataset.x), fp.label_values_, fp.threshold_, "float"
     else:
         from edgefp.bundle import Bundle
 
         bundle = Bundle.load(model)
+        if not bundle.fingerprinted:
+            return _score_outputs(bundle, data, out, runtime, as_json)
+        dataset = load(data)
         scores, labels, threshold = bundle.score(dataset.x, runtime), bundle.label_values, bundle.threshold
     if out:
         scores.save(out)
@@ -213,6 +218,30 @@ def score(model, data, out, runtime, as_json):
     report.update({"data": data, "model": model, "runtime": runtime, "threshold": threshold, "out": out})
     lines = _score_lines(report, f"{data} ({runtime})", f"threshold {threshold:.3f}")
     _emit(report, as_json, lines)
+
+
+def _score_outputs(bundle, data: str, out: str | None, runtime: str, as_json: bool) -> None:
+    """score for a bundle without a fingerprint: raw outputs and their argmax."""
+    from edgefp.wrap import load_inputs
+
+    dataset = load_inputs(data, bundle)
+    outputs = bundle.score(dataset.x, runtime)
+    if out:
+        outputs.save(out)
+    report = outputs.summary(dataset.y)
+    report.update(data=data, model=bundle.source, runtime=runtime, out=out)
+    _emit(report, as_json, _output_lines(report, f"{data} ({runtime})"))
+
+
+def _output_lines(report: dict, source: str) -> list[str]:
+    """The human-readable summary of a model's raw outputs (a bundle without a fingerprint)."""
+    shapes = ", ".join(str(shape) for shape in report["outputs"])
+    lines = [f"{report['n']} samples from {source}: outputs {shapes} per sample (no OOD check: no fingerprint)"]
+    if report["accuracy"] is not None:
+        lines.append(f"  argmax equals y on {_percent(report['accuracy'])}")
+    if report["out"]:
+        lines.append(f"  wrote {report['out']} (output, pred)")
+    return lines
 
 
 def _score_lines(report: dict, source: str, detail: str) -> list[str]:
@@ -264,6 +293,29 @@ def convert(run, calib, out, name, ood_spec, force, as_json):
     _emit(report, as_json, lines)
 
 
+@cli.command(epilog="Example: edgefp wrap kws_ref_model.tflite --out kws.efp --name kws")
+@click.argument("model", type=click.Path())
+@click.option("--out", required=True, type=click.Path(), help="Bundle to write: a directory, or a single FILE.efp.")
+@click.option("--name", default=None, help="Bundle name, [a-z0-9_] [default: from --out].")
+@FORCE_OPTION
+@JSON_OPTION
+def wrap(model, out, name, force, as_json):
+    """Make a bundle of any int8 TFLite model, without a fingerprint: devices run it (no OOD verdicts);
+    its data is what the model's input takes, its score file the raw outputs and their argmax."""
+    from edgefp.wrap import wrap as wrap_model
+
+    manifest = wrap_model(model, out, name=name, force=force)
+    report = {key: manifest[key] for key in ("name", "input", "outputs", "ops", "flash_bytes", "tflm_arena_bytes")}
+    report["bundle"] = out
+    outputs = ", ".join(f"{spec['dtype']}{spec['shape']}" for spec in manifest["outputs"]["raw"])
+    lines = [
+        f"wrote {out} ({manifest['name']}): {manifest['input']['dtype']}{manifest['input']['shape']} -> {outputs}",
+        f"  model {manifest['flash_bytes']} bytes, TFLite Micro arena {manifest['tflm_arena_bytes']} bytes",
+        f"  ops {', '.join(manifest['ops'])}",
+    ]
+    _emit(report, as_json, lines)
+
+
 @cli.command(epilog="Example: edgefp inspect digits04/ --json")
 @click.argument("bundle", type=click.Path())
 @JSON_OPTION
@@ -276,21 +328,30 @@ def inspect(bundle, as_json):
     read = Bundle.read(bundle)
     manifest, problems = read.manifest, read.problems()
     report = {key: manifest.get(key) for key in ("name", "flash_bytes", "tflm_arena_bytes", "ops", "files")}
+    engine_arena, engine_line = _engine_arena(read, problems)
     report.update(
+        engine_arena_bytes=engine_arena,
         input=manifest["input"]["shape"],
         labels=[label["name"] for label in manifest["labels"]],
         layers=[{k: layer[k] for k in ("name", "kind", "features", "z_mean", "z_std")} for layer in manifest["layers"]],
-        threshold=manifest["score"]["threshold"],
-        target_fpr=manifest["score"]["target_fpr"],
+        threshold=manifest["score"]["threshold"] if read.fingerprinted else None,
+        target_fpr=manifest["score"]["target_fpr"] if read.fingerprinted else None,
         verified=not problems,
         problems=problems,
     )
+    dtype = manifest["input"].get("dtype", "int8")
     lines = [
         f"{bundle}: bundle '{manifest['name']}' (edgefp {manifest.get('edgefp_version')}, {manifest.get('created')})",
-        f"  input {report['input']} int8, classes {', '.join(report['labels'])}",
-        f"  model {manifest['flash_bytes']} bytes, TFLite Micro arena {manifest['tflm_arena_bytes']} bytes",
+        f"  input {report['input']} {dtype}, classes {', '.join(report['labels'])}"
+        if read.fingerprinted
+        else f"  input {report['input']} {dtype}, outputs "
+        + ", ".join(f"{spec['shape']} {spec['dtype']}" for spec in manifest["outputs"]["raw"]),
+        f"  model {manifest['flash_bytes']} bytes, TFLite Micro arena {manifest['tflm_arena_bytes']} bytes, "
+        f"{engine_line}",
         f"  ops {', '.join(manifest['ops'])}",
-        f"  OOD threshold {report['threshold']:.3f} at {100 * report['target_fpr']:.0f}% false positives; evidence:",
+        f"  OOD threshold {report['threshold']:.3f} at {100 * report['target_fpr']:.0f}% false positives; evidence:"
+        if read.fingerprinted
+        else f"  no fingerprint (wrapped from {manifest['source'].get('wrapped')}): no OOD check",
     ]
     lines += [f"    {layer['name']}: {layer['kind']} ({layer['features']} features)" for layer in report["layers"]]
     lines += [
@@ -300,6 +361,21 @@ def inspect(bundle, as_json):
     _emit(report, as_json, lines)
     if problems:
         sys.exit(1)
+
+
+def _engine_arena(read, problems) -> tuple[int | None, str]:
+    """The firmware engine's arena for the bundle's model (measured on this machine), and its line."""
+    from edgefp.firmware_host import engine
+
+    if problems:
+        return None, "firmware engine arena not measured (the files do not verify)"
+    try:
+        needed = engine.arena_needed(read.model_bytes)
+    except engine.EngineError as refused:
+        return None, f"the firmware engine cannot run it ({refused})"
+    except EdgefpError as missing:
+        return None, f"firmware engine arena not measured ({missing})"
+    return needed, f"firmware engine arena {needed} bytes"
 
 
 @cli.command("export-c", epilog="Example: edgefp export-c digits04/ --out firmware/model/")
@@ -410,6 +486,10 @@ def report(bundle, data, ood_specs, bench_files, board, runtime, out, as_json):
     from edgefp.report import build_report
 
     loaded = Bundle.load(bundle)
+    if not loaded.fingerprinted:  # data as the model's input takes it
+        from edgefp.wrap import load_inputs
+
+        load = functools.partial(load_inputs, bundle=loaded)
     target = get_board(board) if board else None
     page = build_report(
         loaded,
@@ -548,16 +628,24 @@ def flash(bundle, port, key_file, as_json):
 @JSON_OPTION
 def infer(port, data, out, key_file, as_json):
     """Run every sample on the device: prediction and OOD check happen on the device itself."""
+    from edgefp.bundle import Bundle
     from edgefp.data import load
     from edgefp.firmware_host.client import infer_samples, manifest
     from edgefp.progress import Progress
+    from edgefp.wrap import load_inputs
 
-    dataset = load(data)
-    with _open(port, key_file) as device, Progress("inferring", len(dataset), enabled=not as_json) as bar:
-        scores, latencies = infer_samples(device, dataset.x, progress=_advance(bar))
-        labels = [label["value"] for label in manifest(device)["labels"]]
+    with _open(port, key_file) as device:
+        spec = Bundle(manifest(device), {}, source=port)
+        dataset = load(data) if spec.fingerprinted else load_inputs(data, spec)
+        with Progress("inferring", len(dataset), enabled=not as_json) as bar:
+            scores, latencies = infer_samples(device, dataset.x, progress=_advance(bar))
     if out:
         scores.save(out)
+    if not spec.fingerprinted:
+        report = scores.summary(dataset.y)
+        report.update(data=data, port=port, out=out, device_latency_us=float(latencies.mean()))
+        return _emit(report, as_json, _output_lines(report, f"{data} on {port}"))
+    labels = [label["value"] for label in spec.manifest["labels"]]
     report = scores.summary(dataset.y, labels)
     report.update(data=data, port=port, out=out, device_latency_us=float(latencies.mean()))
     lines = _score_lines(report, f"{data} on {port}", f"{latencies.mean():.0f} us per inference on the device")

@@ -63,10 +63,11 @@ def build_report(
         written.append(png)
         body.append(f'<h2>{title}</h2><p class="note">{note}</p><img src="{png}" alt="{title}">{extra}')
 
-    add("fingerprint.png", _fingerprint_figure(bundle, sets), "Fingerprint", FINGERPRINT_NOTE)
-    if ood_sets:
+    if bundle.fingerprinted:
+        add("fingerprint.png", _fingerprint_figure(bundle, sets), "Fingerprint", FINGERPRINT_NOTE)
+    if ood_sets and bundle.fingerprinted:
         add("roc.png", _roc_figure(sets), "Detection (ROC)", f"{name} against each OOD set, OOD as the positive class.")
-    matrix = _confusion(bundle, data, sets[0][1])
+    matrix = _confusion(bundle, data, sets[0][1]) if bundle.fingerprinted else None
     if matrix is not None:
         note = f"The {int(matrix.sum())} samples of {name} whose class the model knows."
         add("confusion.png", _confusion_figure(bundle, matrix), "Confusion matrix", note)
@@ -105,11 +106,16 @@ def _table(head: list[str], rows: list[list]) -> str:
 
 def _header(manifest: dict, runtime: str) -> str:
     score, names = manifest["score"], ", ".join(str(label["name"]) for label in manifest["labels"])
+    outputs = ", ".join(f"{tuple(spec['shape'])} {spec['dtype']}" for spec in manifest["outputs"].get("raw", []))
     lines = [
         f"input {tuple(manifest['input']['shape'])} {manifest['input']['dtype']} · {len(manifest['labels'])} "
-        f"classes: {names}",
+        f"classes: {names}"
+        if score
+        else f"input {tuple(manifest['input']['shape'])} {manifest['input']['dtype']} · outputs {outputs}",
         f"OOD threshold {score['threshold']:.3f} at target false-positive rate {score['target_fpr']:.1%} · "
-        f"{len(manifest['layers'])} fingerprinted layers · scored with {runtime}",
+        f"{len(manifest['layers'])} fingerprinted layers · scored with {runtime}"
+        if score
+        else f"no fingerprint (wrapped from {manifest['source'].get('wrapped')}): no OOD check · run with {runtime}",
         f"model {manifest['flash_bytes']:,} B · TFLite Micro arena {manifest.get('tflm_arena_bytes') or 0:,} B · "
         f"edgefp {manifest.get('edgefp_version', '?')} · created {manifest.get('created', '?')}",
     ]
@@ -118,6 +124,12 @@ def _header(manifest: dict, runtime: str) -> str:
 
 
 def _summary(bundle, sets: list) -> str:
+    if not bundle.fingerprinted:  # raw outputs: the share of each data set's most frequent argmax
+        rows = []
+        for ds, outputs in sets:
+            counts = np.bincount(outputs.pred)
+            rows.append([ds.name, len(ds), int(np.argmax(counts)), f"{counts.max() / len(ds):.1%}"])
+        return f"<h2>Summary</h2>{_table(['data', 'samples', 'most frequent argmax', 'share'], rows)}"
     rows = []
     for i, (ds, scores) in enumerate(sets):
         summary = scores.summary(ds.y, bundle.label_values)

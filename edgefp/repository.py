@@ -216,6 +216,8 @@ class Repository:
     def add(self, source: str, tags: dict[str, str] | None = None, *, name: str | None = None, force=False) -> Entry:
         """Verify the bundle at ``source`` (directory or archive) and store it; create the repository if needed."""
         bundle = Bundle.load(source)
+        if not bundle.fingerprinted:
+            raise EdgefpError(f"{source}: a bundle without a fingerprint cannot be selected; add one of edgefp convert")
         name = name or bundle.manifest.get("name")
         if not name or not NAME_RE.match(name):
             raise EdgefpError(f"'{name}' is not a valid bundle name (use a-z, 0-9 and '_'); give --name")

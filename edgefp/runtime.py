@@ -22,7 +22,7 @@ import numpy as np
 from edgefp.errors import EdgefpError
 from edgefp.isolation import step
 
-RUNTIMES = ("litert", "tflm", "edgetpu")
+RUNTIMES = ("litert", "tflm", "edgetpu", "firmware")
 EDGETPU_LIBRARY = {"linux": "libedgetpu.so.1", "darwin": "libedgetpu.1.dylib", "win32": "edgetpu.dll"}
 
 
@@ -81,6 +81,12 @@ class LiteRT:
     def ops(self) -> list[str]:
         return sorted({op["op_name"] for op in self._interpreter._get_ops_details()} - {"DELEGATE"})
 
+    def input_details(self) -> list[dict]:
+        return self._interpreter.get_input_details()
+
+    def output_details(self) -> list[dict]:
+        return self._interpreter.get_output_details()
+
 
 class TFLiteMicro:
     """The TFLite Micro interpreter: the kernels a microcontroller runs, in a fixed tensor arena.
@@ -109,6 +115,26 @@ class TFLiteMicro:
         self._interpreter.set_input(sample[None], 0)
         self._interpreter.invoke()
         return [self._interpreter.get_output(i)[0] for i in range(self._n_outputs)]
+
+
+class FirmwareEngine:
+    """The edgefp firmware's int8 engine, built for this machine and loaded once: the arithmetic a
+    microcontroller running the edgefp firmware does (docs/firmware.md), byte for byte."""
+
+    name = "firmware"
+
+    def __init__(self, model_bytes: bytes):
+        from edgefp.firmware_host.engine import Engine, EngineError
+
+        try:
+            with step("setting the model up in the firmware's engine"):
+                self._engine = Engine(model_bytes)
+        except EngineError as refused:
+            raise EdgefpError(f"the firmware engine cannot run the model: {refused}") from None
+
+    def invoke(self, sample: np.ndarray) -> list[np.ndarray]:
+        """Run one sample (no batch axis); return every output in the model's order."""
+        return [output[0] for output in self._engine.invoke([sample])]
 
 
 def _count(details) -> int:
@@ -162,9 +188,12 @@ def _micro_failure(log: str) -> str:
 
 
 def open_runtime(model_bytes: bytes, runtime: str = "litert", *, arena_bytes: int | None = None):
-    """An interpreter for ``model_bytes``: ``litert``, ``tflm`` or ``edgetpu`` (LiteRT with the delegate)."""
+    """An interpreter for ``model_bytes``: ``litert``, ``tflm``, ``edgetpu`` (LiteRT with the delegate) or
+    ``firmware`` (the edgefp firmware's engine on this machine)."""
     if runtime == "tflm":
         return TFLiteMicro(model_bytes, arena_bytes)
+    if runtime == "firmware":
+        return FirmwareEngine(model_bytes)
     if runtime in ("litert", "edgetpu"):
         return LiteRT(model_bytes, edgetpu=runtime == "edgetpu")
     raise EdgefpError(f"unknown runtime '{runtime}'; choose one of {', '.join(RUNTIMES)}")

@@ -28,7 +28,8 @@ BYTES_PER_LINE = 12
 
 
 def export_c(manifest: dict, model_bytes: bytes, out_dir: str) -> list[str]:
-    """Write model_data.h, model_data.cc and <name>_ood_config.h into ``out_dir``; return their paths.
+    """Write model_data.h, model_data.cc and <name>_ood_config.h (none for a bundle without a fingerprint)
+    into ``out_dir``; return their paths.
 
     Files are rendered in full, written to a temporary directory inside ``out_dir`` and only then moved into
     place (replacing files of the same name), so a failure leaves none of them behind.
@@ -39,11 +40,9 @@ def export_c(manifest: dict, model_bytes: bytes, out_dir: str) -> list[str]:
     if not model_bytes:
         raise EdgefpError("the bundle's model is empty; nothing to export")
     try:
-        files = {
-            "model_data.h": _model_header(name),
-            "model_data.cc": _model_source(name, model_bytes),
-            f"{name}_ood_config.h": _config_header(manifest, model_bytes),
-        }
+        files = {"model_data.h": _model_header(name), "model_data.cc": _model_source(name, model_bytes)}
+        if manifest.get("layers"):  # a wrapped model has no OOD check to configure
+            files[f"{name}_ood_config.h"] = _config_header(manifest, model_bytes)
     except (KeyError, IndexError, TypeError, ValueError) as exc:
         raise EdgefpError(f"bundle manifest cannot be exported to C: missing or bad field ({exc})") from exc
     try:

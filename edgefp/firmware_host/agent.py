@@ -63,6 +63,11 @@ class Loaded:
     def shape(self) -> tuple[int, ...]:
         return tuple(self.bundle.manifest["input"]["shape"])
 
+    @property
+    def dtype(self) -> np.dtype:
+        """int8, or float32 for a wrapped model that takes floats."""
+        return np.dtype(self.bundle.manifest["input"].get("dtype", "int8"))
+
     @functools.cached_property
     def manifest_json(self) -> bytes:
         return json.dumps(self.bundle.manifest, sort_keys=True, separators=(",", ":")).encode()
@@ -154,9 +159,10 @@ class Agent:
         except EdgefpError as exc:
             raise Refusal(Err.UNSUPPORTED_OP, str(exc)) from None
         problems = fit_problems(self.board, len(bundle.model_bytes), arena)
-        input_bytes = int(np.prod(manifest["input"]["shape"]))
-        if input_bytes + OVERHEAD > self.max_frame:
-            problems.append(f"its input of {input_bytes} bytes does not fit a {self.max_frame}-byte frame")
+        if bundle.input_bytes + OVERHEAD > self.max_frame:
+            problems.append(f"its input of {bundle.input_bytes} bytes does not fit a {self.max_frame}-byte frame")
+        if bundle.raw_output_bytes + 4 + OVERHEAD > self.max_frame:
+            problems.append(f"its outputs of {bundle.raw_output_bytes} bytes do not fit a {self.max_frame}-byte frame")
         if problems:
             raise Refusal(Err.DOES_NOT_FIT, "; ".join(problems))
         return Loaded(bundle, interpreter, hashlib.sha256(content).digest(), len(content))
@@ -183,18 +189,24 @@ class Agent:
         with self.lock:
             if self.active is None:
                 raise EdgefpError("no bundle is active on this device; flash one first")
-            return self._run(np.asarray(x_q, dtype=np.int8).reshape(self.active.shape))
+            return self._run(np.asarray(x_q, dtype=self.active.dtype).reshape(self.active.shape))[0]
 
-    def _run(self, x_q: np.ndarray) -> protocol.InferResult:
+    def _run(self, x_q: np.ndarray) -> tuple[protocol.InferResult, list[np.ndarray]]:
+        """One input: the result INFER answers (without a fingerprint: the argmax of the first output,
+        never OOD) and every raw output."""
         loaded = self.active
         start = time.perf_counter_ns()
         outputs = loaded.interpreter.invoke(x_q)
         latency = (time.perf_counter_ns() - start) // 1000
-        probs, errors = loaded.bundle.split_outputs(outputs)
-        scores = loaded.bundle.decide(probs[None], errors[None])
-        result = protocol.InferResult(
-            int(np.argmax(probs)), probs, errors, float(scores.ood_score[0]), bool(scores.is_ood[0]), int(latency)
-        )
+        if not loaded.bundle.fingerprinted:
+            pred = min(int(np.argmax(outputs[0])), 255)
+            result = protocol.InferResult(pred, np.zeros(0, np.int8), np.zeros(0, np.int8), 0.0, False, int(latency))
+        else:
+            probs, errors = loaded.bundle.split_outputs(outputs)
+            scores = loaded.bundle.decide(probs[None], errors[None])
+            result = protocol.InferResult(
+                int(np.argmax(probs)), probs, errors, float(scores.ood_score[0]), bool(scores.is_ood[0]), int(latency)
+            )
         counters, now = self.counters, self._now_ms()
         counters.inputs += 1
         counters.ood += result.ood
@@ -207,7 +219,7 @@ class Agent:
                 self._port.write(DELIMITER + encode_frame(Msg.EVENT, 0, event.pack()))
             except OSError:  # the host went away: the reading still counts, the subscription ends
                 self._events = False
-        return result
+        return result, outputs
 
     def _now_ms(self) -> int:
         return int((time.monotonic() - self.started) * 1000) & 0xFFFFFFFF
@@ -384,15 +396,25 @@ class Agent:
         finally:
             os.close(fd)
 
-    def _infer(self, body: bytes) -> bytes:
+    def _input(self, body: bytes) -> np.ndarray:
         loaded = self._require_active()
-        expected = int(np.prod(loaded.shape))
+        expected = int(np.prod(loaded.shape)) * loaded.dtype.itemsize
         if len(body) != expected:
             raise Refusal(
                 Err.BAD_INPUT_SHAPE,
-                f"the input has {len(body)} bytes; the model takes int8 {loaded.shape}, {expected} bytes",
+                f"the input has {len(body)} bytes; the model takes {loaded.dtype} {loaded.shape}, {expected} bytes",
             )
-        return self._run(np.frombuffer(body, dtype=np.int8).reshape(loaded.shape)).pack()
+        return np.frombuffer(body, dtype=loaded.dtype.newbyteorder("<")).astype(loaded.dtype).reshape(loaded.shape)
+
+    def _infer(self, body: bytes) -> bytes:
+        return self._run(self._input(body))[0].pack()
+
+    def _infer_outputs(self, body: bytes) -> bytes:
+        result, outputs = self._run(self._input(body))
+        specs = self.active.bundle.manifest["outputs"].get("raw")
+        dtypes = [spec["dtype"] for spec in specs] if specs else [np.asarray(o).dtype for o in outputs]
+        data = b"".join(np.asarray(o).astype(np.dtype(t).newbyteorder("<")).tobytes() for o, t in zip(outputs, dtypes))
+        return struct.pack("<I", result.latency_us) + data
 
     def _bench(self, body: bytes) -> bytes:
         runs, warmup = protocol.unpack("II", body)
@@ -439,6 +461,7 @@ class Agent:
         Msg.UPLOAD_END: _upload_end,
         Msg.ACTIVATE: _activate,
         Msg.INFER: _infer,
+        Msg.INFER_OUTPUTS: _infer_outputs,
         Msg.BENCH: _bench,
         Msg.EVENTS: _events_request,
         Msg.GET_COUNTERS: _get_counters,

@@ -17,16 +17,17 @@ class Board:
     flash_bytes: int  # room for the model
     ram_bytes: int  # room for the tensor arena
     instructions_per_us: int = 0  # emulators counting instructions as time (QEMU -icount): their rate
+    dsp: bool = False  # a core with the DSP extension: the firmware's kernels for it (docs/firmware.md)
 
 
 BOARDS = {
     board.name: board
     for board in (
-        Board("nrf52840", "Nordic nRF52840, Cortex-M4F at 64 MHz", "tflm", 1 * MIB, 256 * KIB),
+        Board("nrf52840", "Nordic nRF52840, Cortex-M4F at 64 MHz", "tflm", 1 * MIB, 256 * KIB, dsp=True),
         Board("esp32s3", "Espressif ESP32-S3, Xtensa LX7 at 240 MHz (internal SRAM)", "tflm", 8 * MIB, 512 * KIB),
         Board("rp2040", "Raspberry Pi RP2040, Cortex-M0+ at 133 MHz", "tflm", 2 * MIB, 264 * KIB),
-        Board("stm32f746", "ST STM32F746, Cortex-M7 at 216 MHz", "tflm", 1 * MIB, 320 * KIB),
-        Board("qemu-m4", "the edgefp firmware on QEMU mps2-an386 (Cortex-M4)", "tflm", 1 * MIB, 160 * KIB, 1000),
+        Board("stm32f746", "ST STM32F746, Cortex-M7 at 216 MHz", "tflm", 1 * MIB, 320 * KIB, dsp=True),
+        Board("qemu-m4", "the edgefp firmware on QEMU mps2-an386 (Cortex-M4)", "tflm", 1 * MIB, 160 * KIB, 1000, True),
         Board("native", "the edgefp firmware built for this machine", "tflm", 1 * MIB, 160 * KIB),
         Board("pi", "Raspberry Pi 4/5 running LiteRT", "litert", 8 * GIB, 1 * GIB),
         Board("coral", "Coral Dev Board, LiteRT with the Edge TPU delegate", "edgetpu", 8 * GIB, 1 * GIB),

@@ -267,10 +267,19 @@ def infer(device: Device, x_q: np.ndarray) -> protocol.InferResult:
     return protocol.InferResult.unpack(device.request(Msg.INFER, np.asarray(x_q, dtype=np.int8).tobytes()))
 
 
+def infer_outputs(device: Device, x: np.ndarray, specs: list[dict]) -> tuple[list[np.ndarray], int]:
+    """One input (as the model's input takes it) through the device: every output, and the latency."""
+    body = device.request(Msg.INFER_OUTPUTS, np.asarray(x).astype(x.dtype.newbyteorder("<")).tobytes())
+    return protocol.unpack_outputs(body, specs)
+
+
 def infer_samples(device: Device, x: np.ndarray, progress=None) -> tuple:
     """Raw samples -> (the score file's Scores, device latencies in us): quantised and scored with the
-    device's own manifest, so the result equals host scoring on the device's runtime."""
+    device's own manifest, so the result equals host scoring on the device's runtime. For a bundle
+    without a fingerprint, samples as the model's input takes them -> (wrap.Outputs, latencies)."""
     bundle = Bundle(manifest(device), {}, source=device.url)
+    if not bundle.fingerprinted:
+        return _infer_outputs(device, bundle, x, progress)
     results = []
     for i, sample in enumerate(bundle.quantize(x)):
         results.append(infer(device, sample))
@@ -280,6 +289,22 @@ def infer_samples(device: Device, x: np.ndarray, progress=None) -> tuple:
         raise EdgefpError("no samples to run")
     scores = bundle.decide(np.stack([r.probs for r in results]), np.stack([r.errors for r in results]))
     return scores, np.array([r.latency_us for r in results], dtype=np.int64)
+
+
+def _infer_outputs(device: Device, bundle: Bundle, x: np.ndarray, progress) -> tuple:
+    from edgefp.wrap import Outputs
+
+    rows, latencies = [], []
+    for i, sample in enumerate(x):
+        outputs, latency = infer_outputs(device, sample, bundle.manifest["outputs"]["raw"])
+        rows.append(outputs)
+        latencies.append(latency)
+        if progress:
+            progress(i + 1, len(x))
+    if not rows:
+        raise EdgefpError("no samples to run")
+    stacked = [np.stack([row[k] for row in rows]) for k in range(len(rows[0]))]
+    return Outputs(stacked), np.array(latencies, dtype=np.int64)
 
 
 def bench(device: Device, runs: int = 200, warmup: int = 20) -> dict:

@@ -5,7 +5,6 @@ build it for a port, read its sizes, and run it as a device under QEMU (``qemu-m
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import os
 import re
@@ -19,9 +18,8 @@ import tty
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from edgefp.errors import EdgefpError
+from edgefp.firmware_host import engine
 from edgefp.firmware_host.boards import Board, get_board
 from edgefp.fsutil import atomic_directory
 from edgefp.isolation import step
@@ -39,11 +37,15 @@ def port_of(board: Board) -> str:
     return PORTS.get(board.name, TEMPLATE_PORT)
 
 
-def make_variables(board: Board, arena_bytes: int | None = None, max_frame: int | None = None) -> list[str]:
-    """The firmware's budgets from the board profile (or another arena size and largest frame), as make
-    variables. Inputs larger than a frame (2,048 bytes by default, docs/firmware.md) need a larger one."""
+def make_variables(
+    board: Board, arena_bytes: int | None = None, max_frame: int | None = None, cflags: str = ""
+) -> list[str]:
+    """The firmware's budgets from the board profile (or another arena size and largest frame), and any
+    further C flags (``-DEFP_DSP=0``: the portable kernels), as make variables. Inputs larger than a
+    frame (2,048 bytes by default, docs/firmware.md) need a larger one."""
     flags = f"-DEFP_ARENA_BYTES={arena_bytes or board.ram_bytes}"
     flags += f" -DEFP_MAX_FRAME={max_frame}" if max_frame else ""
+    flags += f" {cflags}" if cflags else ""
     return [f"BOARD={port_of(board)}", f"CFLAGS={flags}"]
 
 
@@ -76,7 +78,7 @@ def cache_dir() -> Path:
     return Path(base) / "edgefp" / "firmware"
 
 
-def build(board_name: str, *, arena_bytes: int | None = None, max_frame: int | None = None) -> Path:
+def build(board_name: str, *, arena_bytes: int | None = None, max_frame: int | None = None, cflags: str = "") -> Path:
     """Build the firmware for a tested port (cached by sources and flags); return the ELF or executable."""
     board = get_board(board_name)
     if board.name not in PORTS:
@@ -85,7 +87,7 @@ def build(board_name: str, *, arena_bytes: int | None = None, max_frame: int | N
     compiler = "gcc" if native else "arm-none-eabi-gcc"
     if shutil.which(compiler) is None or shutil.which("make") is None:
         raise EdgefpError(f"building the {board.name} firmware needs make and {compiler}; install them first")
-    variables = make_variables(board, arena_bytes, max_frame)
+    variables = make_variables(board, arena_bytes, max_frame, cflags)
     out = cache_dir() / f"{board.name}-{_sources_digest(variables)}"
     target = out / ("firmware" if native else "firmware.elf")
     if not target.exists():
@@ -129,54 +131,23 @@ def budget_lines(report: dict) -> list[str]:
     ]
 
 
-class _Engine(ctypes.Structure):
-    """``efp_engine`` of c/src/engine.h."""
-
-    _fields_ = [
-        ("model", ctypes.c_void_p),
-        ("model_len", ctypes.c_size_t),
-        ("arena", ctypes.c_void_p),
-        ("arena_len", ctypes.c_size_t),
-        ("arena_used", ctypes.c_size_t),
-        ("arena_needed", ctypes.c_size_t),
-        ("graph", ctypes.c_void_p),
-        ("error", ctypes.c_char * 96),
-    ]
-
-
-def _engine_library() -> ctypes.CDLL:
-    """The firmware's engine built for this machine as a shared library (cached)."""
-    sources = [SOURCE / "src" / name for name in ("engine.c", "ops.c")]
-    digest = hashlib.sha256(b"".join(path.read_bytes() for path in SOURCE.joinpath("src").glob("*.[ch]")))
-    target = cache_dir() / f"engine-{digest.hexdigest()[:16]}.so"
-    if not target.exists():
-        if shutil.which("gcc") is None:
-            raise EdgefpError("measuring a bundle's RAM needs gcc to build the firmware's engine; install it first")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        flags = ["-std=c99", "-O2", "-fPIC", "-shared", "-I", str(SOURCE / "src")]
-        result = subprocess.run(["gcc", *flags, *map(str, sources), "-o", f"{target}.tmp"], capture_output=True)
-        if result.returncode != 0:
-            raise EdgefpError(f"the engine did not build: {result.stderr.decode(errors='replace')[-300:]}")
-        os.replace(f"{target}.tmp", target)
-    return ctypes.CDLL(str(target))
-
-
 def bundle_ram(bundle, board_name: str) -> dict:
-    """RAM a bundle needs in the firmware (engine arena, score tables, OOD buffer) against the board's
-    arena. The engine's part is measured by the engine itself, built for this machine: 64-bit pointers
-    make it an upper bound of what a 32-bit microcontroller needs."""
+    """RAM a bundle needs in the firmware (engine arena, score tables, OOD buffer: none without a
+    fingerprint) against the board's arena. The engine's part is measured by the engine itself, built
+    for this machine with the board's kernels: 64-bit pointers make it an upper bound of what a 32-bit
+    microcontroller needs."""
     board = get_board(board_name)
-    model, engine, scratch = bundle.model_bytes, _Engine(), ctypes.create_string_buffer(16)
-    with step("checking the model with the firmware's engine"):
-        status = _engine_library().efp_engine_init(ctypes.byref(engine), model, len(model), scratch, 0)
-    if status not in (0, 3):  # EFP_OK, EFP_ARENA_TOO_SMALL
-        raise EdgefpError(f"{bundle.source}: the firmware cannot run this model: {engine.error.decode()}")
-    layers, input_bytes = len(bundle.manifest["layers"]), int(np.prod(bundle.manifest["input"]["shape"]))
-    extras = _round16(layers * 256 * 4) + _round16(OOD_CAPACITY * input_bytes)
-    needed = engine.arena_needed + extras
+    try:
+        with step("checking the model with the firmware's engine"):
+            arena = engine.arena_needed(bundle.model_bytes, dsp=board.dsp)
+    except engine.EngineError as refused:
+        raise EdgefpError(f"{bundle.source}: the firmware cannot run this model: {refused}") from None
+    layers = len(bundle.manifest["layers"])
+    extras = _round16(layers * 256 * 4) + (_round16(OOD_CAPACITY * bundle.input_bytes) if layers else 0)
+    needed = arena + extras
     return {
         "bundle": bundle.manifest["name"],
-        "engine_arena_bytes": engine.arena_needed,
+        "engine_arena_bytes": arena,
         "tables_and_ood_bytes": extras,
         "ram_bytes": needed,
         "board_ram_bytes": board.ram_bytes,

@@ -26,6 +26,7 @@ class Msg(IntEnum):
     ACTIVATE = 0x13
     INFER = 0x20
     BENCH = 0x21
+    INFER_OUTPUTS = 0x22
     EVENTS = 0x30
     GET_COUNTERS = 0x31
     GET_OOD = 0x32
@@ -217,6 +218,20 @@ class InferResult:
         score, verdict, latency = r.take("fBI")
         r.done()
         return cls(pred, probs, errors, score, bool(verdict), latency)
+
+
+def unpack_outputs(body: bytes, specs: list[dict]) -> tuple[list[np.ndarray], int]:
+    """An INFER_OUTPUTS answer: every model output as the manifest's ``outputs.raw`` describes it (one
+    sample: no batch axis), and the device's latency in us."""
+    r = Reader(body)
+    latency = r.take("I")
+    outputs = []
+    for spec in specs:
+        wire = np.dtype(spec["dtype"]).newbyteorder("<")
+        values = np.frombuffer(r.raw(int(np.prod(spec["shape"], dtype=np.int64)) * wire.itemsize), wire)
+        outputs.append(values.astype(spec["dtype"]).reshape(spec["shape"]))
+    r.done()
+    return outputs, latency
 
 
 STATS = ("mean", "std", "min", "max", "p50", "p90", "p99")

@@ -14,7 +14,7 @@
 enum msg {
     HELLO = 0x01, AUTH = 0x02, MANIFEST = 0x03,
     UPLOAD_BEGIN = 0x10, UPLOAD_CHUNK = 0x11, UPLOAD_END = 0x12, ACTIVATE = 0x13,
-    INFER = 0x20, BENCH = 0x21,
+    INFER = 0x20, BENCH = 0x21, INFER_OUTPUTS = 0x22,
     EVENTS = 0x30, GET_COUNTERS = 0x31, GET_OOD = 0x32, RESET = 0x3F,
     EVENT = 0xFE, ERROR = 0xFF, RESPONSE = 0x80,
 };
@@ -119,9 +119,21 @@ static long refuse_bytes(int code, const char *what, uint32_t n, const char *res
 }
 
 /* ---------------------------------------------------------------- bundles */
+/* Score tables and the OOD buffer: none for a model wrapped without a fingerprint. */
 static size_t extras_for(const bundle_info *b)
 {
-    return ROUND16(b->layers * 256u * sizeof(int32_t)) + ROUND16((size_t)EFP_OOD_CAPACITY * b->input_bytes);
+    return b->layers ? ROUND16(b->layers * 256u * sizeof(int32_t)) + ROUND16((size_t)EFP_OOD_CAPACITY * b->input_bytes)
+                     : 0;
+}
+
+/* Bytes of every model output, back to back (what INFER_OUTPUTS answers). */
+static size_t outputs_bytes(void)
+{
+    size_t total = 0;
+    for (size_t k = 0; k < efp_engine_output_count(&engine); ++k) {
+        total += efp_engine_output(&engine, k)->bytes;
+    }
+    return total;
 }
 
 /* Map an engine failure to an error code, the engine's message kept. */
@@ -158,12 +170,13 @@ static long load(int slot)
     if (status != EFP_OK) {
         return refuse_engine(status);
     }
-    size_t bytes, outputs = efp_engine_output_count(&engine);
-    efp_engine_input(&engine, &bytes);
-    if (bytes != b->input_bytes) {
+    size_t outputs = efp_engine_output_count(&engine);
+    const efp_io *input = efp_engine_input(&engine, 0);
+    if (efp_engine_input_count(&engine) != 1 || input->type != (b->input_float ? EFP_IO_FLOAT32 : EFP_IO_INT8) ||
+        input->bytes != b->input_bytes) {
         return refuse(INVALID_BUNDLE, "the model's input does not have the manifest's shape");
     }
-    if (b->probs_index >= outputs || (efp_engine_output(&engine, b->probs_index, &bytes), bytes != b->classes)) {
+    if (b->layers && (b->probs_index >= outputs || efp_engine_output(&engine, b->probs_index)->bytes != b->classes)) {
         return refuse(INVALID_BUNDLE, "the model's probs output does not match the manifest's labels");
     }
     for (uint32_t l = 0; l < b->layers; ++l) {
@@ -184,7 +197,7 @@ static long check(int slot, uint32_t bytes, bundle_info *b)
     if (bundle_open(slot_data(slot), bytes, b, reason, sizeof reason)) {
         return refuse(INVALID_BUNDLE, reason);
     }
-    if (b->input_bytes + OOD_HEAD + FRAME_OVERHEAD > EFP_MAX_FRAME) {
+    if (b->input_bytes + (b->layers ? OOD_HEAD : 0) + FRAME_OVERHEAD > EFP_MAX_FRAME) {
         return refuse_bytes(DOES_NOT_FIT, "its input of ", b->input_bytes, " bytes does not fit a frame");
     }
     size_t reserved = active.slot >= 0 ? active.extras : 0;
@@ -193,6 +206,8 @@ static long check(int slot, uint32_t bytes, bundle_info *b)
     long result = 0;
     if (status != EFP_OK && status != EFP_ARENA_TOO_SMALL) {
         result = refuse_engine(status);
+    } else if (status == EFP_OK && 4 + outputs_bytes() > MAX_BODY) {
+        result = refuse_bytes(DOES_NOT_FIT, "its outputs of ", (uint32_t)outputs_bytes(), " bytes do not fit a frame");
     } else if (need > EFP_ARENA_BYTES) {
         result = refuse_bytes(DOES_NOT_FIT, "the model needs ", (uint32_t)(need - EFP_ARENA_BYTES), " bytes more RAM than ");
         text_str(&msg, board_name);
@@ -226,25 +241,53 @@ static uint32_t now_ms(void)
     return ms;
 }
 
+/* The index of the largest value of an output (int8, int32 or float32); 255 for any beyond it (a u8
+ * in INFER answers and events: hosts take the argmax of INFER_OUTPUTS). */
+static uint8_t argmax(const efp_io *out)
+{
+    uint32_t size = out->type == EFP_IO_INT8 ? 1 : 4, best = 0;
+    for (uint32_t i = 1; i < out->bytes / size; ++i) {
+        const uint8_t *p = (const uint8_t *)out->data;
+        int32_t a, c;
+        float fa, fc;
+        if (size == 1) {
+            best = (int8_t)p[i] > (int8_t)p[best] ? i : best;
+            continue;
+        }
+        memcpy(&a, p + 4 * i, 4);
+        memcpy(&c, p + 4 * best, 4);
+        memcpy(&fa, &a, 4);
+        memcpy(&fc, &c, 4);
+        best = (out->type == EFP_IO_FLOAT32 ? fa > fc : a > c) ? i : best;
+    }
+    return (uint8_t)(best < 255 ? best : 255);
+}
+
 static long run(const uint8_t *x, result *r)
 {
     const bundle_info *b = &active.info;
-    size_t bytes;
-    memcpy(efp_engine_input(&engine, &bytes), x, b->input_bytes);
+    memcpy(efp_engine_input(&engine, 0)->data, x, b->input_bytes);
     uint32_t start = board_time_us();
     int status = efp_engine_invoke(&engine);
     r->latency_us = board_time_us() - start;
     if (status != EFP_OK) {
         return refuse(INTERNAL, engine.error);
     }
-    r->probs = efp_engine_output(&engine, b->probs_index, &bytes);
+    if (!b->layers) { /* no fingerprint: the argmax of the first output, never OOD */
+        r->pred = argmax(efp_engine_output(&engine, 0));
+        r->probs = NULL;
+        r->ood = 0;
+        r->score = 0.0f;
+        return 0;
+    }
+    r->probs = efp_engine_output(&engine, b->probs_index)->data;
     r->pred = 0;
     for (uint32_t k = 1; k < b->classes; ++k) {
         r->pred = r->probs[k] > r->probs[r->pred] ? (uint8_t)k : r->pred;
     }
     int64_t units = 0;
     for (uint32_t l = 0; l < b->layers; ++l) {
-        r->errors[l] = efp_engine_output(&engine, b->error_index[l], &bytes)[0];
+        r->errors[l] = *(const int8_t *)efp_engine_output(&engine, b->error_index[l])->data;
         units += active.tables[l * 256u + (uint32_t)(r->errors[l] + 128)];
     }
     r->ood = units > b->threshold_units;
@@ -513,14 +556,42 @@ static long on_infer(const uint8_t *body, size_t len, uint8_t *out)
     uint8_t *w = out;
     *w++ = r.pred;
     *w++ = (uint8_t)b->classes;
-    memcpy(w, r.probs, b->classes);
-    w += b->classes;
+    if (b->classes) {
+        memcpy(w, r.probs, b->classes);
+        w += b->classes;
+    }
     *w++ = (uint8_t)b->layers;
     memcpy(w, r.errors, b->layers);
     w += b->layers;
     w = put_f32(w, r.score);
     *w++ = r.ood;
     return put(w, r.latency_us, 4) - out;
+}
+
+/* INFER_OUTPUTS: the latency, then every model output as the model lays it out. */
+static long on_infer_outputs(const uint8_t *body, size_t len, uint8_t *out)
+{
+    if (require_active()) {
+        return -1;
+    }
+    if (len != active.info.input_bytes) {
+        refuse_bytes(BAD_INPUT_SHAPE, "the input has ", (uint32_t)len, " bytes; the model takes ");
+        text_uint(&msg, active.info.input_bytes);
+        return -1;
+    }
+    result r;
+    memset(&r, 0, sizeof r);
+    if (run(body, &r)) {
+        return -1;
+    }
+    observe(body, &r);
+    uint8_t *w = put(out, r.latency_us, 4);
+    for (size_t k = 0; k < efp_engine_output_count(&engine); ++k) {
+        const efp_io *o = efp_engine_output(&engine, k);
+        memcpy(w, o->data, o->bytes);
+        w += o->bytes;
+    }
+    return w - out;
 }
 
 static float latency_at(const uint8_t *latencies, uint32_t i)
@@ -573,8 +644,9 @@ static long on_bench(const uint8_t *body, size_t len, uint8_t *out)
         active.slot = -1;
         return refuse_engine(status);
     }
-    size_t bytes;
-    int8_t *input = efp_engine_input(&engine, &bytes);
+    const efp_io *io = efp_engine_input(&engine, 0);
+    size_t bytes = io->bytes;
+    int8_t *input = io->data;
     uint32_t seed = 0x9E3779B9u; /* a fixed pseudo-random input (xorshift32) */
     for (size_t i = 0; i < bytes; ++i) {
         seed ^= seed << 13;
@@ -698,6 +770,7 @@ static handler handler_for(uint8_t type)
     case UPLOAD_END: return on_upload_end;
     case ACTIVATE: return on_activate;
     case INFER: return on_infer;
+    case INFER_OUTPUTS: return on_infer_outputs;
     case BENCH: return on_bench;
     case EVENTS: return on_events;
     case GET_COUNTERS: return on_counters;

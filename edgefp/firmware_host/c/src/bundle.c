@@ -344,9 +344,14 @@ int bundle_open(const uint8_t *archive, uint32_t len, bundle_info *b, char *err,
         memcpy(b->name, s, s_len < EFP_NAME_MAX ? s_len : EFP_NAME_MAX);
     }
     if (!get(root, "input", &input) || !get(input, "shape", &shape) || !get(root, "outputs", &outputs) ||
-        !get(outputs, "layer_errors", &errors) || !get(root, "layers", &layers) || !get(root, "labels", &labels) ||
-        !get(root, "score", &score)) {
-        return refuse(&msg, "manifest.json lacks input, outputs, layers, labels or score", NULL);
+        !get(root, "layers", &layers) || !get(root, "labels", &labels)) {
+        return refuse(&msg, "manifest.json lacks input, outputs, layers or labels", NULL);
+    }
+    if (get(input, "dtype", &v) && !string_is(v, "int8")) {
+        if (!string_is(v, "float32")) {
+            return refuse(&msg, "manifest.json has an input dtype other than int8 and float32", NULL);
+        }
+        b->input_float = 1;
     }
     b->input_bytes = 1;
     for (int i = 0; item(shape, (uint32_t)i, &v); ++i) {
@@ -355,10 +360,15 @@ int bundle_open(const uint8_t *archive, uint32_t len, bundle_info *b, char *err,
         }
         b->input_bytes *= (uint32_t)n;
     }
+    b->input_bytes *= b->input_float ? 4u : 1u;
     b->classes = count(labels);
     b->layers = count(layers);
-    if (b->layers < 1 || b->layers > EFP_MAX_LAYERS || count(errors) != b->layers) {
-        return refuse(&msg, "manifest.json has too many or mismatched layers", NULL);
+    if (b->layers == 0) { /* a model wrapped without a fingerprint: nothing more to read */
+        return 0;
+    }
+    if (b->layers > EFP_MAX_LAYERS || !get(outputs, "layer_errors", &errors) || count(errors) != b->layers ||
+        !get(root, "score", &score)) {
+        return refuse(&msg, "manifest.json has too many or mismatched layers, or no score", NULL);
     }
     if (!get_int(outputs, "probs", "index", 0, 255, &n)) {
         return refuse(&msg, "manifest.json has no probs output", NULL);

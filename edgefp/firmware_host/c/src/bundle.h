@@ -15,9 +15,10 @@ typedef struct {
     const uint8_t *manifest;
     uint32_t manifest_len;
     char name[EFP_NAME_MAX + 1];
-    uint32_t input_bytes;     /* elements of the input shape (int8) */
+    uint32_t input_bytes;     /* bytes of the input: its elements, 4 bytes each when input_float */
+    uint8_t input_float;      /* a wrapped model that takes float32 */
     uint32_t classes;         /* labels */
-    uint32_t layers;          /* fingerprinted layers */
+    uint32_t layers;          /* fingerprinted layers; 0: a model wrapped without a fingerprint, no OOD check */
     uint32_t probs_index;     /* model output holding the probabilities */
     uint32_t error_index[EFP_MAX_LAYERS];
     int64_t score_unit;       /* table units per unit of z */

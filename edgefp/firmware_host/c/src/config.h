@@ -15,6 +15,9 @@
 #ifndef EFP_OOD_CAPACITY
 #define EFP_OOD_CAPACITY 16 /* recent OOD inputs kept for GET_OOD */
 #endif
+#ifndef EFP_MAX_BUFFERS
+#define EFP_MAX_BUFFERS 192 /* tensors and scratch buffers of a model's plan: 16 bytes of stack each at set-up */
+#endif
 #define EFP_WINDOW 100    /* inputs in the recent window of the counters */
 #define EFP_MAX_LAYERS 16 /* fingerprinted layers a bundle may have */
 #define EFP_NAME_MAX 32   /* bundle names in HELLO */

@@ -15,7 +15,10 @@ enum efp_status {
     EFP_EVAL_FAILED = 4,     /* an operator failed while running (error says which) */
 };
 
+enum efp_io_type { EFP_IO_FLOAT32 = 0, EFP_IO_INT32 = 2, EFP_IO_INT8 = 9 }; /* TFLite TensorType values */
+
 #define EFP_ERROR_LEN 96
+#define EFP_MAX_DIMS 6
 
 typedef struct efp_engine {
     const uint8_t *model;    /* the flatbuffer, used in place: must stay readable while the engine runs */
@@ -28,18 +31,28 @@ typedef struct efp_engine {
     char error[EFP_ERROR_LEN];
 } efp_engine;
 
-/* Parse and check the model (one subgraph, int8 input and outputs, every operator supported), lay
- * out every tensor and operator state in the arena and precompute what the operators need.
- * A model that QUANTIZEs a float32 input or DEQUANTIZEs to float32 outputs also runs: those
- * tensors are then float32 buffers behind the int8_t pointers below (bytes counts their size). */
+/* A model input or output: write inputs' bytes before efp_engine_invoke, read outputs' after. */
+typedef struct {
+    void *data;
+    uint32_t bytes;
+    int32_t type;            /* TFLite TensorType: EFP_IO_INT8, EFP_IO_FLOAT32 or EFP_IO_INT32 */
+    int32_t ndim, dims[EFP_MAX_DIMS];
+    float scale;             /* quantisation of int8 tensors */
+    int32_t zero_point;
+} efp_io;
+
+/* Parse and check the model (one subgraph, every operator supported), lay out every tensor and
+ * operator state in the arena and precompute what the operators need. Model inputs and outputs are
+ * int8, float32 (a QUANTIZE from float or a DEQUANTIZE to float) or int32. */
 int efp_engine_init(efp_engine *e, const uint8_t *model, size_t model_len, uint8_t *arena, size_t arena_len);
 
-/* Run the model once on what was written to the input tensor. */
+/* Run the model once on what was written to its inputs (which keep their bytes). */
 int efp_engine_invoke(efp_engine *e);
 
-/* The (single) int8 input tensor, and the int8 outputs in the model's output order. */
-int8_t *efp_engine_input(efp_engine *e, size_t *bytes);
+/* The model's inputs and outputs, in the model's order (NULL past the last). */
+size_t efp_engine_input_count(const efp_engine *e);
 size_t efp_engine_output_count(const efp_engine *e);
-const int8_t *efp_engine_output(efp_engine *e, size_t index, size_t *bytes);
+const efp_io *efp_engine_input(const efp_engine *e, size_t index);
+const efp_io *efp_engine_output(const efp_engine *e, size_t index);
 
 #endif

@@ -1,0 +1,177 @@
+"""The firmware's int8 engine (``c/src``), built for this machine as a shared library and loaded
+with ctypes: what ``export-firmware --bundle`` measures RAM with, what ``--runtime firmware`` runs,
+and what the tests compare with TFLite Micro.
+
+    engine = Engine(model_bytes)                 # arena sized to what the model needs
+    outputs = engine.invoke([x])                 # one sample per input; outputs in the model's shapes
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+from edgefp.errors import EdgefpError
+
+SOURCE = Path(__file__).with_name("c") / "src"
+UNITS = ("engine.c", "plan.c", "fixedpoint.c", "dot.c", "ops.c", "op_*.c")  # the engine; the rest is the firmware
+OK, INVALID_MODEL, UNSUPPORTED, ARENA_TOO_SMALL, EVAL_FAILED = range(5)
+MAX_DIMS = 6
+DTYPES = {0: np.float32, 2: np.int32, 9: np.int8}  # TFLite TensorType -> numpy
+
+
+class _Engine(ctypes.Structure):
+    """``efp_engine`` of c/src/engine.h."""
+
+    _fields_ = [
+        ("model", ctypes.c_void_p),
+        ("model_len", ctypes.c_size_t),
+        ("arena", ctypes.c_void_p),
+        ("arena_len", ctypes.c_size_t),
+        ("arena_used", ctypes.c_size_t),
+        ("arena_needed", ctypes.c_size_t),
+        ("graph", ctypes.c_void_p),
+        ("error", ctypes.c_char * 96),
+    ]
+
+
+class _Io(ctypes.Structure):
+    """``efp_io`` of c/src/engine.h."""
+
+    _fields_ = [
+        ("data", ctypes.c_void_p),
+        ("bytes", ctypes.c_uint32),
+        ("type", ctypes.c_int32),
+        ("ndim", ctypes.c_int32),
+        ("dims", ctypes.c_int32 * MAX_DIMS),
+        ("scale", ctypes.c_float),
+        ("zero_point", ctypes.c_int32),
+    ]
+
+
+class EngineError(EdgefpError):
+    """The engine refused a model: ``status`` is its efp_status, the message its reason."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A model input or output as the engine lays it out."""
+
+    dtype: type
+    shape: tuple[int, ...]
+    scale: float
+    zero_point: int
+    address: int
+    nbytes: int
+
+
+def sources() -> list[Path]:
+    return sorted({path for pattern in UNITS for path in SOURCE.glob(pattern)})
+
+
+@cache
+def library(dsp: bool = False) -> ctypes.CDLL:
+    """The engine built for this machine (cached by its sources). ``dsp``: the kernels written for
+    cores with the DSP extension, their instructions emulated in portable C (as tests build them)."""
+    flags = ["-std=c99", "-O2", "-fPIC", "-shared", f"-DEFP_DSP={int(dsp)}", "-I", str(SOURCE)]
+    digest = hashlib.sha256(" ".join(flags[:-1]).encode())
+    for path in sorted(SOURCE.glob("*.[ch]")):
+        digest.update(path.name.encode() + path.read_bytes())
+    from edgefp.firmware_host.firmware import cache_dir
+
+    target = cache_dir() / f"engine-{digest.hexdigest()[:16]}.so"
+    if not target.exists():
+        if shutil.which("gcc") is None:
+            raise EdgefpError("the firmware's engine needs gcc to be built for this machine; install it first")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        scratch = f"{target}.{os.getpid()}.tmp"
+        result = subprocess.run(["gcc", *flags, *map(str, sources()), "-o", scratch], capture_output=True)
+        if result.returncode != 0:
+            raise EdgefpError(f"the engine did not build: {result.stderr.decode(errors='replace')[-300:]}")
+        os.replace(scratch, target)
+    lib = ctypes.CDLL(str(target))
+    lib.efp_engine_init.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t]
+    lib.efp_engine_invoke.argtypes = [ctypes.c_void_p]
+    for name in ("efp_engine_input_count", "efp_engine_output_count"):
+        getattr(lib, name).argtypes = [ctypes.c_void_p]
+        getattr(lib, name).restype = ctypes.c_size_t
+    for name in ("efp_engine_input", "efp_engine_output"):
+        getattr(lib, name).argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        getattr(lib, name).restype = ctypes.POINTER(_Io)
+    return lib
+
+
+class Engine:
+    """One model in the engine, in an arena of ``arena_bytes`` (default: what it needs).
+
+    Raises EngineError when the engine cannot run the model (``status`` says why)."""
+
+    def __init__(self, model: bytes, arena_bytes: int | None = None, *, arena_offset: int = 0, dsp: bool = False):
+        self._lib = library(dsp)
+        self._model = ctypes.create_string_buffer(bytes(model), len(model))
+        self._state = _Engine()
+        if arena_bytes is None:
+            arena_bytes = arena_needed(model, dsp=dsp)
+        self._arena = ctypes.create_string_buffer(max(arena_bytes + arena_offset, 1))
+        arena = ctypes.addressof(self._arena) + arena_offset
+        status = self._lib.efp_engine_init(ctypes.byref(self._state), self._model, len(model), arena, arena_bytes)
+        self.arena_needed, self.arena_used = self._state.arena_needed, self._state.arena_used
+        if status != OK:
+            raise EngineError(status, self._state.error.decode(errors="replace"))
+        self.inputs = self._tensors(self._lib.efp_engine_input_count, self._lib.efp_engine_input)
+        self.outputs = self._tensors(self._lib.efp_engine_output_count, self._lib.efp_engine_output)
+
+    def _tensors(self, count, get) -> list[Tensor]:
+        tensors = []
+        for i in range(count(ctypes.byref(self._state))):
+            io = get(ctypes.byref(self._state), i).contents
+            shape = tuple(io.dims[: io.ndim])
+            tensors.append(Tensor(DTYPES[io.type], shape, io.scale, io.zero_point, io.data, io.bytes))
+        return tensors
+
+    def invoke(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Run once on one sample per input (its bytes as the input tensor takes them); return every
+        output in the model's order, in the model's shape."""
+        if len(inputs) != len(self.inputs):
+            raise EdgefpError(f"the model takes {len(self.inputs)} inputs, {len(inputs)} given")
+        for tensor, x in zip(self.inputs, inputs):
+            x = np.ascontiguousarray(x, dtype=tensor.dtype)
+            if x.nbytes != tensor.nbytes:
+                raise EdgefpError(f"an input of shape {tensor.shape[1:]} ({tensor.dtype.__name__}) was expected")
+            ctypes.memmove(tensor.address, x.ctypes.data, tensor.nbytes)
+        status = self._lib.efp_engine_invoke(ctypes.byref(self._state))
+        if status != OK:
+            raise EngineError(status, self._state.error.decode(errors="replace"))
+        return [self._read(tensor) for tensor in self.outputs]
+
+    @staticmethod
+    def _read(tensor: Tensor) -> np.ndarray:
+        out = np.empty(tensor.shape, tensor.dtype)
+        ctypes.memmove(out.ctypes.data, tensor.address, tensor.nbytes)
+        return out
+
+
+def arena_needed(model: bytes, *, dsp: bool | None = None) -> int:
+    """Bytes of arena the engine needs for the model on this machine with the kernels for cores with
+    the DSP extension (``dsp=True``), the portable ones (``False``), or whichever needs more (``None``,
+    what a firmware for any core needs); its 64-bit pointers make it an upper bound for a 32-bit chip.
+    EngineError when it cannot run the model."""
+    if dsp is None:
+        return max(arena_needed(model, dsp=False), arena_needed(model, dsp=True))
+    state, buffer = _Engine(), ctypes.create_string_buffer(bytes(model), len(model))
+    status = library(dsp).efp_engine_init(ctypes.byref(state), buffer, len(model), None, 0)
+    if status not in (OK, ARENA_TOO_SMALL):
+        raise EngineError(status, state.error.decode(errors="replace"))
+    return state.arena_needed
