@@ -40,7 +40,7 @@ from edgefp import data
 from edgefp.bundle import Bundle
 from edgefp.converter import convert as convert_module
 from edgefp.firmware_host import client
-from edgefp.firmware_host.agent import Agent, serving
+from edgefp.firmware_host.agent import Agent, Session, serving
 from edgefp.firmware_host.framing import Frame
 from edgefp.firmware_host.protocol import InferResult, Msg
 from edgefp.trainer import train
@@ -120,13 +120,13 @@ def round_trips(device: client.Device, samples: np.ndarray, warmup: int, timed: 
 
 def handler_time(agent: Agent, samples: np.ndarray, warmup: int, timed: int, reps: int) -> dict:
     """The agent's whole answer to INFER without a link: ``respond`` on a decoded frame."""
-    times, seq = [], 0
+    times, seq, session = [], 0, Session(None)
     for _ in range(reps):
         for i in range(warmup + timed):
             seq = seq % 0xFFFF + 1  # a new seq each time: never the kept answer
             frame = Frame(Msg.INFER, seq, samples[i % len(samples)].tobytes())
             before = time.perf_counter_ns()
-            agent.respond(frame)
+            agent.respond(frame, session)
             if i >= warmup:
                 times.append((time.perf_counter_ns() - before) / 1000)
     return percentiles(np.array(times))

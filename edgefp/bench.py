@@ -7,15 +7,19 @@ distribution. No TensorFlow here.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 
 import numpy as np
 
 from edgefp.errors import EdgefpError
+from edgefp.fsutil import check_file_output, write_file_atomic
+from edgefp.limits import MAX_INVOKES
 
 SCHEMA = "edgefp.bench"
 SCHEMA_VERSION = 1
+MAX_RESULT_BYTES = 64 << 20  # a result holds every timed latency: 100,000 of them take about 2 MB
 # Numbers `compare` puts side by side, with whether a larger value is better.
 COMPARED = {
     "init_ms": False,
@@ -67,26 +71,42 @@ def summarize(
     }
 
 
-def bench_bundle(bundle, runtime: str = "litert", runs: int = 200, warmup: int = 20, seed: int = 0) -> dict:
+class OverLimit(EdgefpError):
+    """A benchmark that would run past its time limit."""
+
+
+def bench_bundle(
+    bundle, runtime: str = "litert", runs: int = 200, warmup: int = 20, seed: int = 0, time_limit_s=None
+) -> dict:
     """Time the bundle's model on this machine: interpreter start-up, first invoke, then ``runs``
     invokes after ``warmup`` untimed ones, on a fixed random input (int8, or float32 for a model that
-    takes floats)."""
-    from edgefp.runtime import open_runtime
-
-    if runs < 1 or warmup < 0:
-        raise EdgefpError(f"runs must be at least 1 and warm-ups at least 0, got {runs} and {warmup}")
+    takes floats). With ``time_limit_s``, a benchmark still running after that many seconds stops with
+    OverLimit."""
+    if runs < 1 or warmup < 0 or runs + warmup > MAX_INVOKES:
+        raise EdgefpError(
+            f"runs must be at least 1, warm-ups at least 0 and both together at most {MAX_INVOKES:,}; "
+            f"got {runs} and {warmup}"
+        )
     shape, rng = bundle.manifest["input"]["shape"], np.random.default_rng(seed)
-    if bundle.manifest["input"].get("dtype", "int8") == "float32":  # a wrapped model with a float input
+    if bundle.manifest["input"]["dtype"] == "float32":  # a wrapped model with a float input
         sample = rng.standard_normal(shape).astype(np.float32)
     else:
         sample = rng.integers(-128, 128, size=shape, dtype=np.int8)
     start = time.perf_counter_ns()
-    interpreter = open_runtime(bundle.model_bytes, runtime, arena_bytes=bundle.manifest.get("tflm_arena_bytes"))
+    interpreter = bundle.interpreter(runtime)
     init_ms = (time.perf_counter_ns() - start) / 1e6
+    deadline = None if time_limit_s is None else time.monotonic() + time_limit_s
     first = _timed(interpreter, sample)
-    for _ in range(warmup):
-        interpreter.invoke(sample)
-    samples = [_timed(interpreter, sample) for _ in range(runs)]
+    samples = []
+    for i in range(warmup + runs):
+        if deadline is not None and time.monotonic() > deadline:
+            raise OverLimit(
+                f"the benchmark ran past its {time_limit_s:g}-s limit after {i} of {warmup + runs} invokes; "
+                "ask for fewer runs"
+            )
+        latency = _timed(interpreter, sample)
+        if i >= warmup:
+            samples.append(latency)
     target = {
         "kind": "host",
         "runtime": interpreter.name,
@@ -114,15 +134,33 @@ def _timed(interpreter, sample) -> float:
 def load(path: str) -> dict:
     """A bench result file, checked."""
     try:
+        if os.path.getsize(path) > MAX_RESULT_BYTES:
+            raise EdgefpError(f"{path}: more than {MAX_RESULT_BYTES} bytes; not a bench result")
         with open(path) as handle:
             result = json.load(handle)
     except FileNotFoundError:
         raise EdgefpError(f"{path}: no such bench file; write one with 'edgefp bench BUNDLE --out FILE'") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise EdgefpError(f"{path}: not a readable bench file ({exc})") from None
+    except (OSError, ValueError, RecursionError) as exc:
+        raise EdgefpError(f"{path}: not a readable bench file ({str(exc)[:200] or 'nested too deeply'})") from None
     if not isinstance(result, dict) or result.get("schema") != SCHEMA or result.get("version") != SCHEMA_VERSION:
         raise EdgefpError(f"{path}: not an {SCHEMA} v{SCHEMA_VERSION} result")
     return result
+
+
+def is_result(path: str) -> bool:
+    """Whether ``path`` holds a bench result (what ``--force`` may replace)."""
+    try:
+        load(path)
+    except EdgefpError:
+        return False
+    return True
+
+
+def save(result: dict, path: str, *, force: bool = False) -> None:
+    """Write a bench result as JSON (all at once); an existing file is replaced only with ``force``, and
+    only when it is a bench result."""
+    path = check_file_output(path, force=force, written_by_edgefp=is_result, kind="bench result")
+    write_file_atomic(path, json.dumps(result, indent=1).encode())
 
 
 def _lookup(result: dict, key: str):

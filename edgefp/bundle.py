@@ -1,8 +1,11 @@
 """Bundles: the int8 model and its manifest, as a directory or a single ``.efp`` archive (docs/bundle.md).
 
-Reading verifies everything (schema, the manifest's own digest, every file's SHA-256 and size): a
-bundle that does not verify is refused, never half-used. Scoring turns raw samples into the score
-file of the contract through any runtime of :mod:`edgefp.runtime`. No TensorFlow here.
+Reading is bounded and checked before anything is trusted: an archive is an uncompressed tar whose
+headers are read first (plain file names, no duplicates, no links, sizes within the file); then the
+manifest (at most ``MAX_MANIFEST_BYTES``) is checked by :func:`edgefp.manifest.check`; then only the
+files it lists, with the sizes it lists, are read. Verification (the manifest's own digest, every
+file's SHA-256) refuses a bundle that does not match, never half-uses it. Scoring turns raw samples
+into the score file of the contract through any runtime of :mod:`edgefp.runtime`. No TensorFlow here.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import tarfile
 
@@ -17,12 +21,21 @@ import numpy as np
 
 from edgefp import data, ood
 from edgefp.errors import EdgefpError
-from edgefp.fsutil import atomic_directory, write_file_atomic
+from edgefp.fsutil import MARKER, atomic_directory, check_file_output, write_file_atomic
 from edgefp.isolation import step
+from edgefp.limits import MAX_MANIFEST_BYTES
+from edgefp.manifest import (
+    FILE_RE,
+    MANIFEST,
+    MAX_FILES,
+    SCHEMA,
+    SCHEMA_VERSION,
+    ManifestError,
+    check,
+)
 
-SCHEMA = "edgefp.bundle"
-SCHEMA_VERSION = 3
-MANIFEST = "manifest.json"
+__all__ = ["ARCHIVE_SUFFIX", "MANIFEST", "MODEL", "SCHEMA", "SCHEMA_VERSION", "Bundle", "manifest_digest", "sha256"]
+
 MODEL = "model.tflite"
 ARCHIVE_SUFFIX = ".efp"
 RUNTIME_NAMES = {
@@ -30,6 +43,14 @@ RUNTIME_NAMES = {
     "tflm": "TFLite Micro",
     "edgetpu": "LiteRT with the Edge TPU",
     "firmware": "the firmware's engine",
+}
+TAR_BLOCK = 512
+COMPRESSION = {
+    b"\x1f\x8b": "gzip",
+    b"BZh": "bzip2",
+    b"\xfd7zXZ\x00": "xz",
+    b"\x28\xb5\x2f\xfd": "zstd",
+    b"\x5d\x00\x00": "lzma",
 }
 
 
@@ -43,46 +64,84 @@ def manifest_digest(manifest: dict) -> str:
     return sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
 
 
-class Bundle:
-    """A bundle in memory: ``manifest`` and ``files`` (name -> bytes, the manifest excluded)."""
+def parse_manifest(content: bytes, where: str) -> dict:
+    """Manifest bytes -> the checked manifest, or one clear EdgefpError: strict JSON in UTF-8 (RFC 8259, no
+    byte-order mark), no object repeating a key, and every rule of :func:`edgefp.manifest.check`."""
+    try:
+        manifest = json.loads(content.decode(), object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).splitlines()[0]
+        raise EdgefpError(f"{where}: {MANIFEST} is corrupt ({reason}); re-create the bundle") from None
+    try:
+        return check(manifest)
+    except EdgefpError as exc:
+        raise EdgefpError(f"{where}: {exc}; the bundle is corrupt or was modified, convert it again") from None
 
-    def __init__(self, manifest: dict, files: dict[str, bytes], source: str = "<memory>"):
+
+def _no_constant(name: str):
+    """NaN and Infinity are not JSON: refused."""
+    raise ValueError(f"{name} is not JSON")
+
+
+def _unique_keys(pairs: list) -> dict:
+    """A JSON object, refused when it repeats a key (readers would disagree on which one counts)."""
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        raise ValueError("an object repeats a key")
+    return found
+
+
+class Bundle:
+    """A bundle in memory: ``manifest`` and ``files`` (name -> bytes, the manifest excluded); ``unread``
+    names the entries found but not read (not listed in the manifest, or not of the listed size)."""
+
+    def __init__(self, manifest: dict, files: dict[str, bytes], source: str = "<memory>", unread=None):
         self.manifest, self.files, self.source = manifest, files, source
+        self.unread: dict[str, int] = dict(unread or {})
 
     # -------------------------------------------------------------------------------- reading
     @classmethod
-    def read(cls, path: str) -> Bundle:
-        """Read a bundle directory or archive without verifying its files (see :meth:`problems`)."""
-        if os.path.isdir(path):
-            files = {}
-            for name in sorted(os.listdir(path)):
-                full = os.path.join(path, name)
-                if os.path.isfile(full):
-                    with open(full, "rb") as handle:
-                        files[name] = handle.read()
-        elif os.path.isfile(path):
-            files = _read_archive(path)
-        else:
+    def read(cls, path: str, *, before_files=None) -> Bundle:
+        """Read a bundle directory or archive without verifying its hashes (see :meth:`problems`).
+
+        ``before_files(manifest)`` is called with the checked manifest before any listed file is read
+        (a device checks there that the bundle fits it)."""
+        if not os.path.exists(path):
             raise EdgefpError(f"{path}: no such bundle; create one with 'edgefp convert'")
-        if MANIFEST not in files:
-            raise EdgefpError(f"{path}: not a bundle (no {MANIFEST})")
         try:
-            manifest = json.loads(files.pop(MANIFEST))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise EdgefpError(f"{path}: {MANIFEST} is corrupt ({exc}); re-create the bundle") from None
-        if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
-            raise EdgefpError(f"{path}: {MANIFEST} is not an edgefp bundle manifest")
-        if manifest.get("version") != SCHEMA_VERSION:
-            raise EdgefpError(
-                f"{path}: bundle version {manifest.get('version')} is not {SCHEMA_VERSION}; "
-                "convert it again with this version of edgefp"
-            )
-        return cls(manifest, files, path)
+            if os.path.isdir(path):
+                return cls._read(None, _directory_entries(path), path, before_files)
+            with open(path, "rb") as handle:
+                return cls._read(handle, _archive_entries(handle, path), path, before_files)
+        except OSError as exc:
+            raise EdgefpError(f"{path}: cannot read the bundle ({exc.strerror or exc})") from None
 
     @classmethod
-    def load(cls, path: str) -> Bundle:
+    def from_archive(cls, content: bytes, source: str = "<archive>") -> Bundle:
+        """Read ``.efp`` archive bytes (as :meth:`read` reads a file)."""
+        handle = io.BytesIO(content)
+        return cls._read(handle, _archive_entries(handle, source), source, None)
+
+    @classmethod
+    def _read(cls, handle, entries: dict, path: str, before_files) -> Bundle:
+        sizes = {name: size for name, (_, size) in entries.items()}
+        if MANIFEST not in sizes:
+            raise EdgefpError(f"{path}: not a bundle (no {MANIFEST})")
+        if sizes[MANIFEST] > MAX_MANIFEST_BYTES:
+            raise EdgefpError(f"{path}: {MANIFEST} has {sizes[MANIFEST]} bytes, more than {MAX_MANIFEST_BYTES}")
+        manifest = parse_manifest(_read_entry(handle, entries[MANIFEST]), path)
+        if before_files is not None:
+            before_files(manifest)
+        listed = manifest["files"]
+        wanted = [name for name in sizes if name in listed and sizes[name] == listed[name]["bytes"]]
+        files = {name: _read_entry(handle, entries[name]) for name in wanted}
+        unread = {name: size for name, size in sizes.items() if name != MANIFEST and name not in files}
+        return cls(manifest, files, path, unread)
+
+    @classmethod
+    def load(cls, path: str, **options) -> Bundle:
         """Read and verify a bundle; refuse it with one clear line if anything does not match."""
-        bundle = cls.read(path)
+        bundle = cls.read(path, **options)
         problems = bundle.problems()
         if problems:
             raise EdgefpError(f"{path}: {problems[0]}; the bundle is corrupt or was modified, convert it again")
@@ -93,19 +152,20 @@ class Bundle:
         found = []
         if self.manifest.get("digest") != manifest_digest(self.manifest):
             found.append(f"{MANIFEST} does not match its digest")
-        listed = self.manifest.get("files", {})
+        listed = self.manifest["files"]
         for name, expected in listed.items():
             content = self.files.get(name)
             if content is None:
-                found.append(f"{name} is missing")
-            elif len(content) != expected.get("bytes") or sha256(content) != expected.get("sha256"):
+                found.append(f"{name} is missing" if name not in self.unread else f"{name} does not match its size")
+            elif len(content) != expected["bytes"] or sha256(content) != expected["sha256"]:
                 found.append(f"{name} does not match its SHA-256 in {MANIFEST}")
-        found += [f"{name} is not listed in {MANIFEST}" for name in self.files if name not in listed]
+        found += [f"{name} is not listed in {MANIFEST}" for name in [*self.files, *self.unread] if name not in listed]
         return found
 
     # -------------------------------------------------------------------------------- writing
     def _contents(self) -> dict[str, bytes]:
         self.manifest["digest"] = manifest_digest(self.manifest)
+        check(self.manifest)
         return {MANIFEST: json.dumps(self.manifest, indent=1).encode(), **self.files}
 
     def archive_bytes(self) -> bytes:
@@ -119,12 +179,14 @@ class Bundle:
         return buffer.getvalue()
 
     def write(self, out: str, *, force: bool = False) -> str:
-        """Write atomically: a directory, or a single archive when ``out`` ends in ``.efp``."""
+        """Write atomically: a directory, or a single archive when ``out`` ends in ``.efp``. An existing
+        ``out`` is replaced only with ``force``, and only when it is a bundle edgefp wrote."""
         if out.endswith(ARCHIVE_SUFFIX):
-            _write_archive(out, self.archive_bytes(), force=force)
+            path = check_output(out, force=force)
+            write_file_atomic(path, self.archive_bytes())
             return out
         contents = self._contents()
-        with atomic_directory(out, force=force) as tmp:
+        with atomic_directory(out, "bundle", force=force) as tmp:
             for name, content in contents.items():
                 with open(os.path.join(tmp, name), "wb") as handle:
                     handle.write(content)
@@ -159,6 +221,39 @@ class Bundle:
     @property
     def label_values(self) -> np.ndarray:
         return np.asarray([label["value"] for label in self.manifest["labels"]], dtype=np.int64)
+
+    def interpreter(self, runtime: str = "litert"):
+        """An interpreter of the model on ``runtime``, refused with one clear line when the model does not
+        have the input and outputs the manifest describes."""
+        from edgefp.runtime import open_runtime
+
+        interpreter = open_runtime(self.model_bytes, runtime, arena_bytes=self.manifest["tflm_arena_bytes"])
+        spec, outputs = self.manifest["input"], self.manifest["outputs"]
+        expected = (tuple(spec["shape"]), np.dtype(spec["dtype"]))
+        shape, dtype = interpreter.input_spec
+        if (shape, np.dtype(dtype)) != expected:
+            raise ManifestError(
+                f"{self.source}: the model takes {np.dtype(dtype).name} {shape}, the manifest says "
+                f"{expected[1].name} {expected[0]}; the bundle is corrupt or was modified, convert it again"
+            )
+        if self.fingerprinted:
+            wanted = [("the probs", outputs["probs"]), *(("a layer error", s) for s in outputs["layer_errors"])]
+        else:
+            wanted = [("a", output) for output in outputs["raw"]]
+            if len(wanted) != len(interpreter.output_specs):
+                raise ManifestError(
+                    f"{self.source}: the model has {len(interpreter.output_specs)} outputs, the manifest lists "
+                    f"{len(wanted)}; the bundle is corrupt or was modified"
+                )
+        for where, out in wanted:
+            found = interpreter.output_specs[out["index"]] if out["index"] < len(interpreter.output_specs) else None
+            dtype = np.dtype(out.get("dtype", "int8"))
+            if found is None or math.prod(found[0]) != math.prod(out["shape"]) or np.dtype(found[1]) != dtype:
+                raise ManifestError(
+                    f"{self.source}: the model's output {out['index']} is not {where} {dtype.name} output of "
+                    f"{math.prod(out['shape'])} values the manifest says; the bundle is corrupt or was modified"
+                )
+        return interpreter
 
     def quantize(self, x: np.ndarray, name: str = "data") -> np.ndarray:
         """Raw samples -> the model's int8 input (preprocessing and quantisation in one step). A model
@@ -227,9 +322,7 @@ class Bundle:
         """Classify and score raw samples with the int8 model on ``runtime`` (litert, tflm, edgetpu,
         firmware): ood.Scores, or for a bundle without a fingerprint the raw outputs (wrap.Outputs) of
         samples given as the model's input takes them."""
-        from edgefp.runtime import open_runtime
-
-        interpreter = open_runtime(self.model_bytes, runtime, arena_bytes=self.manifest.get("tflm_arena_bytes"))
+        interpreter = self.interpreter(runtime)
         if not self.fingerprinted:
             from edgefp.wrap import run
 
@@ -241,20 +334,86 @@ def _dequantize(values: np.ndarray, spec: dict) -> np.ndarray:
     return ((np.asarray(values, dtype=np.float32) - spec["zero_point"]) * np.float32(spec["scale"])).astype(np.float32)
 
 
-def _read_archive(path: str) -> dict[str, bytes]:
-    files = {}
+def _directory_entries(path: str) -> dict[str, tuple[str, int]]:
+    """name -> (file, size) of the regular files of a bundle directory (edgefp's marker excluded)."""
+    entries = {}
+    for name in sorted(os.listdir(path)):
+        full = os.path.join(path, name)
+        if name != MARKER and os.path.isfile(full):
+            entries[name] = (full, os.path.getsize(full))
+    return entries
+
+
+def _archive_entries(handle, path: str) -> dict[str, tuple[int, int]]:
+    """name -> (offset, size) of the members of an uncompressed tar, from its headers alone: anything but
+    plain, uniquely named regular files within the file is refused (pax headers are skipped, as the
+    firmware skips them)."""
+    total = handle.seek(0, os.SEEK_END)
+    handle.seek(0)
+    head = handle.read(6)
+    for magic, kind in COMPRESSION.items():
+        if head.startswith(magic):
+            raise EdgefpError(
+                f"{path}: a {kind}-compressed archive; a bundle archive is an uncompressed tar "
+                "(write one with 'edgefp convert ... --out NAME.efp')"
+            )
+    entries, offset = {}, 0
+    while offset < total:
+        handle.seek(offset)
+        header = handle.read(TAR_BLOCK)
+        if len(header) < TAR_BLOCK:
+            raise EdgefpError(f"{path}: not a readable bundle archive (truncated)")
+        if header[0] == 0:
+            break
+        size, checksum = _octal(header[124:136]), _octal(header[148:156])
+        if checksum != sum(header[:148]) + 8 * ord(" ") + sum(header[156:]) or size is None:
+            raise EdgefpError(f"{path}: not a readable bundle archive (a damaged tar header)")
+        start = offset + TAR_BLOCK
+        if size > total - start:
+            raise EdgefpError(f"{path}: not a readable bundle archive (a member runs past the end)")
+        offset = start + -(-size // TAR_BLOCK) * TAR_BLOCK
+        kind = header[156:157]
+        if kind in (b"x", b"g"):
+            continue
+        name = header[:100].split(b"\0")[0].decode("utf-8", "replace")
+        prefix = header[345:500].split(b"\0")[0] if header[257:262] == b"ustar" else b""
+        if kind not in (b"0", b"\0") or prefix or not (name == MANIFEST or FILE_RE.fullmatch(name)):
+            raise EdgefpError(f"{path}: unexpected entry '{name[:60]}' in the bundle archive")
+        if name in entries:
+            raise EdgefpError(f"{path}: the bundle archive holds '{name}' twice")
+        if len(entries) > MAX_FILES:
+            raise EdgefpError(f"{path}: the bundle archive holds more than {MAX_FILES + 1} files")
+        entries[name] = (start, size)
+    return entries
+
+
+def _octal(field: bytes) -> int | None:
+    """A numeric tar field: spaces, octal digits, then only NULs and spaces (None when it is not)."""
+    digits = field.lstrip(b" ").rstrip(b" \0")
+    if not all(48 <= c <= 55 for c in digits):
+        return None
+    return int(digits or b"0", 8)
+
+
+def _read_entry(handle, entry) -> bytes:
+    """The bytes of an entry of :func:`_directory_entries` (handle None) or :func:`_archive_entries`."""
+    where, size = entry
+    if handle is None:
+        with open(where, "rb") as file:
+            return file.read(size)
+    handle.seek(where)
+    return handle.read(size)
+
+
+def is_archive(path: str) -> bool:
+    """Whether ``path`` holds a bundle archive (what ``--force`` may replace)."""
     try:
-        with tarfile.open(path, "r") as archive:
-            for member in archive.getmembers():
-                if not member.isfile() or "/" in member.name or "\\" in member.name or member.name.startswith("."):
-                    raise EdgefpError(f"{path}: unexpected entry '{member.name}' in the bundle archive")
-                files[member.name] = archive.extractfile(member).read()
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        raise EdgefpError(f"{path}: not a readable bundle archive ({exc})") from None
-    return files
+        Bundle.read(path)
+    except EdgefpError:
+        return False
+    return True
 
 
-def _write_archive(out: str, content: bytes, *, force: bool) -> None:
-    if os.path.exists(out) and not force:
-        raise EdgefpError(f"{out} already exists; choose another --out or pass --force to replace it")
-    write_file_atomic(out, content)
+def check_output(out: str, *, force: bool) -> str:
+    """Where a bundle archive may be written: a new path, or with ``force`` a bundle archive."""
+    return check_file_output(out, force=force, written_by_edgefp=is_archive, kind="bundle archive")

@@ -12,12 +12,14 @@ import functools
 import json
 import math
 import os
+import signal
 import sys
 
 import click
 
 from edgefp import __version__
 from edgefp.errors import EdgefpError
+from edgefp.limits import MAX_INVOKES
 
 
 class FloatRange(click.FloatRange):
@@ -39,7 +41,9 @@ SEED_OPTION = click.option(
     show_default=True,
     help="Random seed (0 to 4294967295); the same seed gives the same result.",
 )
-FORCE_OPTION = click.option("--force", is_flag=True, help="Replace --out if it exists.")
+FORCE_OPTION = click.option(
+    "--force", is_flag=True, help="Replace --out if it exists and edgefp wrote it (never anything else)."
+)
 LAYERS_OPTION = click.option(
     "--layers",
     default=None,
@@ -84,6 +88,42 @@ def cli(debug: bool) -> None:
     """
 
 
+PORT_OPTION = click.option(
+    "--port",
+    required=True,
+    envvar="EDGEFP_PORT",
+    help="Device URL: a serial port (/dev/ttyACM0, COM3), socket://HOST:PORT, or a pty path [env EDGEFP_PORT].",
+)
+KEY_OPTION = click.option(
+    "--key-file",
+    type=click.Path(dir_okay=False),
+    envvar="EDGEFP_KEY_FILE",
+    help="Shared key of an agent that listens beyond this machine [env EDGEFP_KEY_FILE].",
+)
+
+
+def _read_key(path: str | None) -> bytes | None:
+    """The shared key in a key file (surrounding white space ignored): at least 16 bytes."""
+    from edgefp.limits import MIN_KEY_BYTES
+
+    if path is None:
+        return None
+    with open(path, "rb") as handle:
+        key = handle.read(1 << 16).strip()
+    if len(key) < MIN_KEY_BYTES:
+        raise EdgefpError(
+            f"{path}: the key has {len(key)} bytes, give at least {MIN_KEY_BYTES} "
+            "(make one with: python3 -c 'import secrets; print(secrets.token_hex(32))' > KEYFILE)"
+        )
+    return key
+
+
+def _open(port: str, key_file: str | None):
+    from edgefp.firmware_host.client import open_device
+
+    return open_device(port, key=_read_key(key_file))
+
+
 TRAIN_EXAMPLE = "Example: edgefp train --data motions.npz:train --out run/ --seed 1"
 
 
@@ -103,8 +143,10 @@ def train(data, out, epochs, seed, layers, fpr, force, as_json):
     data is held out of all training and calibrates the OOD threshold.
     """
     from edgefp.data import load
+    from edgefp.fsutil import check_directory_output
     from edgefp.trainer import train as train_run
 
+    check_directory_output(out, "run", force=force)  # before the training, not after
     fingerprint = train_run(load(data, require_labels=True), epochs=epochs, seed=seed, layers=_layers(layers), fpr=fpr)
     fingerprint.save(out, force=force)
     _report_run(fingerprint, out, as_json)
@@ -123,8 +165,10 @@ def train(data, out, epochs, seed, layers, fpr, force, as_json):
 def fingerprint(model, data, out, layers, fpr, epochs, seed, force, as_json):
     """Fingerprint a Keras classifier you already have (NeuralFP)."""
     from edgefp.data import load
+    from edgefp.fsutil import check_directory_output
     from edgefp.trainer import fingerprint_model
 
+    check_directory_output(out, "run", force=force)
     fp = fingerprint_model(model, load(data), layers=_layers(layers), fpr=fpr, epochs=epochs, seed=seed)
     fp.save(out, force=force)
     _report_run(fp, out, as_json)
@@ -188,12 +232,17 @@ RUNTIME_OPTION = click.option(
     help="Score file to write (.npz: pred, probs, ood_score, is_ood, layer_errors).",
 )
 @RUNTIME_OPTION
+@FORCE_OPTION
 @JSON_OPTION
-def score(model, data, out, runtime, as_json):
+def score(model, data, out, runtime, force, as_json):
     """Classify data and flag out-of-distribution samples, with a RUN (float, on the host) or a
     bundle (int8, on the chosen runtime); for a bundle without a fingerprint, its raw outputs."""
     from edgefp.data import load
+    from edgefp.fsutil import check_file_output
+    from edgefp.ood import is_score_file
 
+    if out:  # refused now rather than after the scoring
+        check_file_output(out, force=force, written_by_edgefp=is_score_file, kind="score file")
     if not os.path.exists(model):
         raise EdgefpError(
             f"{model}: no such RUN directory or bundle; create one with 'edgefp train' or 'edgefp convert'"
@@ -209,25 +258,25 @@ def score(model, data, out, runtime, as_json):
 
         bundle = Bundle.load(model)
         if not bundle.fingerprinted:
-            return _score_outputs(bundle, data, out, runtime, as_json)
+            return _score_outputs(bundle, data, out, runtime, force, as_json)
         dataset = load(data)
         scores, labels, threshold = bundle.score(dataset.x, runtime), bundle.label_values, bundle.threshold
     if out:
-        scores.save(out)
+        scores.save(out, force=force)
     report = scores.summary(dataset.y, labels)
     report.update({"data": data, "model": model, "runtime": runtime, "threshold": threshold, "out": out})
     lines = _score_lines(report, f"{data} ({runtime})", f"threshold {threshold:.3f}")
     _emit(report, as_json, lines)
 
 
-def _score_outputs(bundle, data: str, out: str | None, runtime: str, as_json: bool) -> None:
+def _score_outputs(bundle, data: str, out: str | None, runtime: str, force: bool, as_json: bool) -> None:
     """score for a bundle without a fingerprint: raw outputs and their argmax."""
     from edgefp.wrap import load_inputs
 
     dataset = load_inputs(data, bundle)
     outputs = bundle.score(dataset.x, runtime)
     if out:
-        outputs.save(out)
+        outputs.save(out, force=force)
     report = outputs.summary(dataset.y)
     report.update(data=data, model=bundle.source, runtime=runtime, out=out)
     _emit(report, as_json, _output_lines(report, f"{data} ({runtime})"))
@@ -268,7 +317,10 @@ def convert(run, calib, out, name, ood_spec, force, as_json):
     prove the conversion (float vs int8, LiteRT vs TFLite Micro)."""
     from edgefp.converter.convert import convert as convert_run
     from edgefp.data import load
+    from edgefp.manifest import NAME_RE
 
+    if name is not None and not NAME_RE.fullmatch(name):
+        raise EdgefpError(f"--name '{name}' must be 1 to 64 of a-z, 0-9 and '_' (a C identifier)")
     manifest = convert_run(run, load(calib), out, name=name, ood_data=load(ood_spec) if ood_spec else None, force=force)
     parity = manifest["parity"]
     report = {key: manifest[key] for key in ("name", "flash_bytes", "tflm_arena_bytes", "ops", "parity")}
@@ -381,14 +433,15 @@ def _engine_arena(read, problems) -> tuple[int | None, str]:
 @cli.command("export-c", epilog="Example: edgefp export-c digits04/ --out firmware/model/")
 @click.argument("bundle", type=click.Path())
 @click.option("--out", required=True, type=click.Path(), help="Directory for the generated C/C++ sources.")
+@FORCE_OPTION
 @JSON_OPTION
-def export_c_command(bundle, out, as_json):
+def export_c_command(bundle, out, force, as_json):
     """Write C/C++ sources for microcontroller firmware: the model array and an OOD config header."""
     from edgefp.bundle import Bundle
     from edgefp.converter.export_c import export_c
 
     loaded = Bundle.load(bundle)
-    written = export_c(loaded.manifest, loaded.model_bytes, out)
+    written = export_c(loaded.manifest, loaded.model_bytes, out, force=force)
     _emit({"bundle": bundle, "files": written}, as_json, [f"wrote {path}" for path in written])
 
 
@@ -412,28 +465,38 @@ def bench():
 @click.argument("bundle", type=click.Path(), required=False)
 @click.option("--port", default=None, help="Time the active bundle on this device instead (timed on the device).")
 @RUNTIME_OPTION
-@click.option("-n", "--runs", type=click.IntRange(1), default=200, show_default=True, help="Timed invokes.")
-@click.option("--warmup", type=click.IntRange(0), default=20, show_default=True, help="Untimed invokes first.")
+@click.option(
+    "-n", "--runs", type=click.IntRange(1, MAX_INVOKES), default=200, show_default=True, help="Timed invokes."
+)
+@click.option(
+    "--warmup", type=click.IntRange(0, MAX_INVOKES), default=20, show_default=True, help="Untimed invokes first."
+)
 @click.option("--out", default=None, type=click.Path(), help="Write the result (JSON) here.")
+@KEY_OPTION
+@FORCE_OPTION
 @JSON_OPTION
-def bench_run(bundle, port, runtime, runs, warmup, out, as_json):
+def bench_run(bundle, port, runtime, runs, warmup, out, key_file, force, as_json):
     """Time a bundle's model on this machine, or the active one on a device (--port): start-up, first
     inference, latency percentiles, throughput. Both give results of one schema."""
     from edgefp import bench as benchmarks
     from edgefp.bundle import Bundle
+    from edgefp.fsutil import check_file_output
 
-    if (bundle is None) == (port is None):
+    if (bundle is None) == (port is None) or port == "":
         raise EdgefpError("give a BUNDLE to time on this machine, or --port URL to time on a device")
-    if port:
+    if runs + warmup > MAX_INVOKES:
+        raise EdgefpError(f"-n and --warmup add up to {runs + warmup:,}; at most {MAX_INVOKES:,} invokes")
+    if out:  # refused now rather than after the benchmark
+        check_file_output(out, force=force, written_by_edgefp=benchmarks.is_result, kind="bench result")
+    if port is not None:
         from edgefp.firmware_host.client import bench as bench_device
 
-        with _open(port, None) as device:
+        with _open(port, key_file) as device:
             result = bench_device(device, runs=runs, warmup=warmup)
     else:
         result = benchmarks.bench_bundle(Bundle.load(bundle), runtime, runs=runs, warmup=warmup)
     if out:
-        with open(out, "w") as handle:
-            json.dump(result, handle, indent=1)
+        benchmarks.save(result, out, force=force)
     latency = result["latency_us"]
     lines = [
         f"{result['target']['label']}: {runs} runs after {warmup} warm-ups",
@@ -475,8 +538,9 @@ def bench_compare(first, second, as_json):
 @click.option("--board", default=None, help="Board whose flash and RAM budget the bundle is drawn against.")
 @RUNTIME_OPTION
 @click.option("--out", required=True, type=click.Path(), help="Directory for index.html and its figures.")
+@FORCE_OPTION
 @JSON_OPTION
-def report(bundle, data, ood_specs, bench_files, board, runtime, out, as_json):
+def report(bundle, data, ood_specs, bench_files, board, runtime, out, force, as_json):
     """Write a self-contained HTML report: the fingerprint, ROC curves, confusion matrix, latency
     histograms and the bundle's sizes against a board's budget."""
     from edgefp import bench as benchmarks
@@ -499,6 +563,7 @@ def report(bundle, data, ood_specs, bench_files, board, runtime, out, as_json):
         None if target is None else dataclasses.asdict(target),
         out,
         runtime=runtime,
+        force=force,
     )
     lines = [f"wrote {page}"]
     problems = (
@@ -509,36 +574,6 @@ def report(bundle, data, ood_specs, bench_files, board, runtime, out, as_json):
     if target is not None:
         lines.append(f"  {target.name}: " + ("; ".join(problems) if problems else "the bundle fits"))
     _emit({"report": page, "board": board, "fit_problems": problems}, as_json, lines)
-
-
-PORT_OPTION = click.option(
-    "--port",
-    required=True,
-    envvar="EDGEFP_PORT",
-    help="Device URL: a serial port (/dev/ttyACM0, COM3), socket://HOST:PORT, or a pty path [env EDGEFP_PORT].",
-)
-KEY_OPTION = click.option(
-    "--key-file",
-    type=click.Path(dir_okay=False),
-    envvar="EDGEFP_KEY_FILE",
-    help="Shared key of an agent that listens beyond this machine [env EDGEFP_KEY_FILE].",
-)
-
-
-def _read_key(path: str | None) -> bytes | None:
-    if path is None:
-        return None
-    with open(path, "rb") as handle:
-        key = handle.read().strip()
-    if not key:
-        raise EdgefpError(f"{path}: the key file is empty")
-    return key
-
-
-def _open(port: str, key_file: str | None):
-    from edgefp.firmware_host.client import open_device
-
-    return open_device(port, key=_read_key(key_file))
 
 
 def _advance(bar):
@@ -625,22 +660,27 @@ def flash(bundle, port, key_file, as_json):
 @click.option("--data", required=True, help="Data to run on the device: FILE.npz[:train|test][:CLASSES] or digits.")
 @click.option("--out", default=None, type=click.Path(), help="Score file to write (as 'edgefp score' writes it).")
 @KEY_OPTION
+@FORCE_OPTION
 @JSON_OPTION
-def infer(port, data, out, key_file, as_json):
+def infer(port, data, out, key_file, force, as_json):
     """Run every sample on the device: prediction and OOD check happen on the device itself."""
     from edgefp.bundle import Bundle
     from edgefp.data import load
     from edgefp.firmware_host.client import infer_samples, manifest
+    from edgefp.fsutil import check_file_output
+    from edgefp.ood import is_score_file
     from edgefp.progress import Progress
     from edgefp.wrap import load_inputs
 
+    if out:
+        check_file_output(out, force=force, written_by_edgefp=is_score_file, kind="score file")
     with _open(port, key_file) as device:
         spec = Bundle(manifest(device), {}, source=port)
         dataset = load(data) if spec.fingerprinted else load_inputs(data, spec)
         with Progress("inferring", len(dataset), enabled=not as_json) as bar:
             scores, latencies = infer_samples(device, dataset.x, progress=_advance(bar))
     if out:
-        scores.save(out)
+        scores.save(out, force=force)
     if not spec.fingerprinted:
         report = scores.summary(dataset.y)
         report.update(data=data, port=port, out=out, device_latency_us=float(latencies.mean()))
@@ -656,28 +696,31 @@ def infer(port, data, out, key_file, as_json):
 @PORT_OPTION
 @click.option("--out", required=True, type=click.Path(), help="Directory for ood.npz (samples and scores).")
 @KEY_OPTION
+@FORCE_OPTION
 @JSON_OPTION
-def pull_ood(port, out, key_file, as_json):
+def pull_ood(port, out, key_file, force, as_json):
     """Fetch the device's recent out-of-distribution inputs with their scores, for a human to review."""
     import numpy as np
 
     from edgefp.firmware_host.client import manifest
     from edgefp.firmware_host.client import pull_ood as pull
+    from edgefp.fsutil import atomic_directory, check_directory_output
 
+    check_directory_output(out, "OOD samples directory", force=force)
     with _open(port, key_file) as device:
         samples = pull(device)
         spec = manifest(device)["input"]
     x_q = np.stack([sample["x"] for sample in samples]) if samples else np.zeros((0, *spec["shape"]), np.int8)
-    os.makedirs(out, exist_ok=True)
+    with atomic_directory(out, "OOD samples directory", force=force) as tmp:
+        np.savez(
+            os.path.join(tmp, "ood.npz"),
+            x_int8=x_q,
+            x=(x_q.astype(np.float32) - spec["zero_point"]) * np.float32(spec["scale"]),
+            ood_score=np.array([sample["score"] for sample in samples], np.float32),
+            pred=np.array([sample["pred"] for sample in samples], np.int64),
+            timestamp_ms=np.array([sample["timestamp_ms"] for sample in samples], np.int64),
+        )
     path = os.path.join(out, "ood.npz")
-    np.savez(
-        path,
-        x_int8=x_q,
-        x=(x_q.astype(np.float32) - spec["zero_point"]) * np.float32(spec["scale"]),
-        ood_score=np.array([sample["score"] for sample in samples], np.float32),
-        pred=np.array([sample["pred"] for sample in samples], np.int64),
-        timestamp_ms=np.array([sample["timestamp_ms"] for sample in samples], np.int64),
-    )
     lines = [f"{len(samples)} OOD samples from {port} -> {path} (x: the model's preprocessed input)"]
     _emit({"port": port, "samples": len(samples), "out": path}, as_json, lines)
 
@@ -767,7 +810,25 @@ def sim(profile, tcp, data_dir, feed, rate, drift_at, drift):
     --profile qemu-m4 runs the C firmware itself on an emulated Cortex-M4 (QEMU mps2-an386, built with
     arm-none-eabi-gcc on first use; instruction-counted, so bench reports instructions); --profile native
     runs the same firmware built for this machine."""
-    import signal
+    if (drift is None) != (drift_at is None):
+        raise EdgefpError("--drift and --drift-at go together")
+    try:
+        _simulate(profile, tcp, data_dir, feed, rate, drift_at, drift)
+    except _Stopped as stopped:  # everything is cleaned up: now end as the signal would have ended us
+        signal.signal(stopped.signum, signal.SIG_DFL)
+        os.kill(os.getpid(), stopped.signum)
+
+
+class _Stopped(BaseException):
+    """SIGTERM or SIGHUP arrived: unwind, removing the emulator and the temporary slots, then end by it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _simulate(profile, tcp, data_dir, feed, rate, drift_at, drift) -> None:
+    """The body of ``edgefp sim``; SIGTERM and SIGHUP unwind it (raising _Stopped)."""
     import tempfile
     import threading
 
@@ -776,19 +837,21 @@ def sim(profile, tcp, data_dir, feed, rate, drift_at, drift):
     from edgefp.firmware_host.agent import Agent
     from edgefp.firmware_host.feed import drifted, run_feed
 
-    if (drift is None) != (drift_at is None):
-        raise EdgefpError("--drift and --drift-at go together")
+    def unwind(signum, _frame):
+        raise _Stopped(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, unwind)
     if profile in firmware.PORTS:
         if feed or data_dir:
             raise EdgefpError(f"--feed and --data-dir are for simulated boards; {profile} keeps bundles in flash")
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop the emulator with us
         with firmware.start(profile, tcp=tcp) as device:
             click.echo(device.url)
             sys.stdout.flush()
             device.process.wait()
         return
     samples = drifted(load(feed).x, drift_at, drift) if feed else None
-    with tempfile.TemporaryDirectory(prefix="edgefp-sim-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="edgefp-sim-", ignore_cleanup_errors=True) as scratch:
         device = Agent(data_dir or scratch, profile)
         if samples is not None:
             stop = threading.Event()
@@ -1114,6 +1177,10 @@ def watch(port, repo, ood_rate, window, interval, events_path, where, once, coun
     )
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the CLI and turn user errors into one line and exit status 2."""
     args = sys.argv[1:] if argv is None else argv
@@ -1123,16 +1190,16 @@ def main(argv: list[str] | None = None) -> None:
     except EdgefpError as exc:
         if debug:
             raise
-        click.echo(f"edgefp: error: {exc}", err=True)
+        click.echo(f"edgefp: error: {_one_line(str(exc))}", err=True)
         sys.exit(2)
     except click.ClickException as exc:
-        click.echo(f"edgefp: error: {exc.format_message()}", err=True)
+        click.echo(f"edgefp: error: {_one_line(exc.format_message())}", err=True)
         sys.exit(2)
     except OSError as exc:
         if debug:
             raise
         where = f"{exc.filename}: " if exc.filename else ""
-        click.echo(f"edgefp: error: {where}{exc.strerror or exc}", err=True)
+        click.echo(f"edgefp: error: {_one_line(f'{where}{exc.strerror or exc}')}", err=True)
         sys.exit(2)
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("edgefp: interrupted", err=True)

@@ -17,8 +17,10 @@ Everything a long run would trip over later is refused here, in one line: values
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +34,7 @@ BUILTIN = ("digits", *SENSOR_SETS)
 DATASETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "datasets")
 MAX_VALUE = 1e15  # largest magnitude accepted: squares and sums of such values stay far from float32's limit
 MAX_LABEL = 2**31 - 1  # labels are int32 on devices
+MAX_NPZ_BYTES = 2 << 30  # arrays of a data file, unpacked
 _CLASSES_RE = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
 
 
@@ -126,6 +129,7 @@ def _load_sensor_set(name: str, split: str | None, spec: str):
 def _load_npz(path: str, split: str | None, spec: str):
     if not os.path.exists(path):
         raise EdgefpError(f"{spec}: no such file; give an .npz file, or a built-in set: {', '.join(BUILTIN)}")
+    check_npz_size(path, spec)
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
@@ -159,6 +163,32 @@ def _load_npz(path: str, split: str | None, spec: str):
     if x.ndim >= 2 and x.size:
         check_values(x, spec)  # before float32 could turn a large value into inf
     return x.astype(np.float32), y, names
+
+
+def check_npz_size(path: str, spec: str) -> None:
+    """Refuse an .npz whose arrays would take more than MAX_NPZ_BYTES, from its zip directory and the
+    arrays' headers, before anything is decompressed (a few compressed megabytes can expand to gigabytes)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+            declared = sum(member.file_size for member in members)
+            arrays = sum(_npy_bytes(archive, member) for member in members if member.filename.endswith(".npy"))
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return  # not a zip: np.load says what is wrong with it
+    if max(declared, arrays) > MAX_NPZ_BYTES:
+        raise EdgefpError(
+            f"{spec}: its arrays take {max(declared, arrays) / (1 << 30):.1f} GiB unpacked, more than edgefp reads "
+            f"({MAX_NPZ_BYTES / (1 << 30):.0f} GiB); give fewer samples"
+        )
+
+
+def _npy_bytes(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> int:
+    """The bytes an .npy member's header says its array takes."""
+    with archive.open(member) as handle:
+        version = np.lib.format.read_magic(handle)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(handle)
+    return math.prod(shape) * dtype.itemsize
 
 
 def check(data: Dataset, *, require_labels: bool = False) -> None:

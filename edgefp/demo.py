@@ -8,6 +8,7 @@ import os
 
 from edgefp import data, metrics, shifts
 from edgefp.firmware_host.boards import get_board
+from edgefp.fsutil import output_path
 
 ID_CLASSES = "0-4"
 UNSEEN_CLASSES = "5-9"
@@ -23,14 +24,15 @@ def run_demo(out: str, *, seed: int = 0, progress: bool = True) -> dict:
     under ``out``; returns a table of accuracy, share flagged OOD and AUROC against the held-out 0-4,
     float and int8 side by side.
     """
-    import json
 
     from edgefp.bench import bench_bundle
+    from edgefp.bench import save as save_bench
     from edgefp.bundle import Bundle
     from edgefp.converter.convert import convert
     from edgefp.report import build_report
     from edgefp.trainer import train
 
+    out = output_path(out)  # never the current directory or one above it: the demo writes many files there
     run_dir, bundle_dir = os.path.join(out, "run"), os.path.join(out, "bundle")
     fingerprint = train(data.load(f"digits:train:{ID_CLASSES}"), seed=seed, progress=progress)
     fingerprint.save(run_dir, force=True)
@@ -49,7 +51,7 @@ def run_demo(out: str, *, seed: int = 0, progress: bool = True) -> dict:
         row = {"set": name}
         for model, score in models.items():
             scores = score(dataset.x)
-            scores.save(os.path.join(out, f"scores_{model}_{name.replace(' ', '_')}.npz"))
+            scores.save(os.path.join(out, f"scores_{model}_{name.replace(' ', '_')}.npz"), force=True)
             id_scores.setdefault(model, scores.ood_score)
             summary = scores.summary(dataset.y, fingerprint.label_values_)
             auroc = None if dataset is held_out else metrics.auroc(id_scores[model], scores.ood_score)
@@ -58,11 +60,10 @@ def run_demo(out: str, *, seed: int = 0, progress: bool = True) -> dict:
         rows.append(row)
     device = on_device(bundle, held_out.x, os.path.join(out, "device"))
     timing = bench_bundle(bundle, "tflm", runs=200, warmup=20)
-    with open(os.path.join(out, "bench_tflm.json"), "w") as handle:
-        json.dump(timing, handle, indent=1)
+    save_bench(timing, os.path.join(out, "bench_tflm.json"), force=True)
     board = dataclasses.asdict(get_board(REPORT_BOARD))
     ood_sets = [dataset for _, dataset in sets[1:]]
-    page = build_report(bundle, held_out, ood_sets, [timing], board, os.path.join(out, "report"))
+    page = build_report(bundle, held_out, ood_sets, [timing], board, os.path.join(out, "report"), force=True)
     return {
         "run": run_dir,
         "bundle": bundle_dir,

@@ -1,34 +1,115 @@
-"""Writing output directories all at once: build in a temporary sibling, then rename into place."""
+"""Writing outputs without losing anything: build in a temporary sibling, then rename into place; replace
+an existing output only when asked (``force``) and only when edgefp itself wrote it.
+
+Directories edgefp writes (a RUN, a bundle, a firmware project, C sources, a report, pulled samples)
+carry a marker file, ``.edgefp``, naming their kind and the entries written; ``force`` replaces such a
+directory only when it is of the same kind and holds nothing else. A file output is replaced only when
+its recogniser says edgefp wrote it (a score file, a bench result, a bundle archive). The current
+directory, any directory above it and the empty path are never outputs.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import shutil
 import tempfile
 
 from edgefp.errors import EdgefpError
 
+MARKER = ".edgefp"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def output_path(path: str) -> str:
+    """``path`` made absolute, refused when empty, the current directory, one above it or a link."""
+    if not str(path).strip():
+        raise EdgefpError("the output path is empty; name a new file or directory with --out")
+    full = os.path.abspath(path)
+    here = os.path.realpath(os.getcwd())
+    real = os.path.realpath(full)
+    if here == real or here.startswith(real.rstrip(os.sep) + os.sep):
+        raise EdgefpError(f"{path} is the current directory or one above it; name a new directory with --out")
+    if os.path.islink(full):
+        raise EdgefpError(f"{path} is a symbolic link; name a new file or directory with --out")
+    return full
+
+
+def read_marker(path: str) -> dict | None:
+    """The marker of a directory edgefp wrote (``{"kind", "files"}``), or None."""
+    try:
+        with open(os.path.join(path, MARKER)) as handle:
+            marker = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(marker, dict) or not isinstance(marker.get("files"), list):
+        return None
+    return marker
+
+
+def check_directory_output(path: str, kind: str, *, force: bool) -> str:
+    """The absolute path a ``kind`` directory may be written to, or one clear EdgefpError."""
+    full = output_path(path)
+    if not os.path.lexists(full):
+        return full
+    if not force:
+        raise EdgefpError(f"{path} already exists; choose another --out or pass --force to replace it")
+    marker = read_marker(full) if os.path.isdir(full) else None
+    if marker is None or marker.get("kind") != kind:
+        raise EdgefpError(
+            f"{path} is not a {kind} written by edgefp; --force replaces only those: remove it yourself or "
+            "choose another --out"
+        )
+    foreign = sorted(set(os.listdir(full)) - set(marker["files"]) - {MARKER})
+    if foreign:
+        raise EdgefpError(
+            f"{path} holds files edgefp did not write ({', '.join(foreign[:3])}); move them or choose another --out"
+        )
+    return full
+
+
+def check_file_output(path: str, *, force: bool, written_by_edgefp, kind: str) -> str:
+    """The absolute path a file may be written to: new, or with ``force`` a regular file that
+    ``written_by_edgefp(path)`` recognises as a ``kind`` edgefp wrote."""
+    full = output_path(path)
+    if not os.path.lexists(full):
+        return full
+    if not force:
+        raise EdgefpError(f"{path} already exists; choose another --out or pass --force to replace it")
+    if not os.path.isfile(full) or not written_by_edgefp(full):
+        raise EdgefpError(
+            f"{path} is not a {kind} written by edgefp; --force replaces only those: remove it yourself or "
+            "choose another --out"
+        )
+    return full
+
 
 @contextlib.contextmanager
-def atomic_directory(path: str, *, force: bool = False):
+def atomic_directory(path: str, kind: str, *, force: bool = False):
     """Yield a temporary directory that becomes ``path`` only if the block succeeds.
 
-    An existing ``path`` is refused unless ``force``; then it is replaced only after the new one is
-    complete, so an interrupted write leaves either the old directory or nothing, never half of one.
+    An existing ``path`` is refused unless ``force`` and it is a ``kind`` directory edgefp wrote
+    (:func:`check_directory_output`); it is replaced only after the new one is complete, so an
+    interrupted write leaves either the old directory or nothing, never half of one.
     """
-    path = os.path.abspath(path)
-    if os.path.exists(path) and not force:
-        raise EdgefpError(f"{path} already exists; choose another --out or pass --force to replace it")
+    path = check_directory_output(path, kind, force=force)
     parent = os.path.dirname(path)
     try:
         os.makedirs(parent, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=parent)
+        os.chmod(tmp, 0o777 & ~_UMASK)
     except OSError as exc:
         raise EdgefpError(f"cannot write to {parent}: {exc.strerror}") from exc
     try:
         yield tmp
-        if os.path.exists(path):
+        written = sorted(os.listdir(tmp))
+        with open(os.path.join(tmp, MARKER), "w") as handle:
+            json.dump({"kind": kind, "files": written}, handle)
+        if os.path.lexists(path):
+            check_directory_output(path, kind, force=force)  # still edgefp's, after however long the block took
             old = tmp + ".old"
             os.rename(path, old)
             os.rename(tmp, path)
@@ -38,6 +119,15 @@ def atomic_directory(path: str, *, force: bool = False):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def sha256_file(path: str) -> str:
+    """The SHA-256 of a file, read in pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_file_atomic(path: str, content: bytes) -> None:
@@ -50,6 +140,7 @@ def write_file_atomic(path: str, content: bytes) -> None:
             raw.write(content)
             raw.flush()
             os.fsync(raw.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -11,9 +11,14 @@ sample is OOD when its score exceeds the threshold calibrated at the target fals
 
 from __future__ import annotations
 
+import io
+import re
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
+
+from edgefp.fsutil import check_file_output, write_file_atomic
 
 EPS = 1e-6
 QUANTILE_LEVELS = np.linspace(0.0, 1.0, 101)
@@ -125,16 +130,20 @@ class Scores:
     is_ood: np.ndarray  # (N,) bool, ood_score above the calibrated threshold
     layer_errors: np.ndarray  # (N, L) the evidence values, one column per entry of the fingerprint's layers
 
-    def save(self, path: str) -> None:
-        with open(path, "wb") as handle:
-            np.savez(
-                handle,
-                pred=np.asarray(self.pred, dtype=np.int64),
-                probs=np.asarray(self.probs, dtype=np.float32),
-                ood_score=np.asarray(self.ood_score, dtype=np.float32),
-                is_ood=np.asarray(self.is_ood, dtype=bool),
-                layer_errors=np.asarray(self.layer_errors, dtype=np.float32),
-            )
+    def save(self, path: str, *, force: bool = False) -> None:
+        """Write the score file (all at once); an existing file is replaced only with ``force`` and only
+        when it is a score file."""
+        path = check_file_output(path, force=force, written_by_edgefp=is_score_file, kind="score file")
+        buffer = io.BytesIO()
+        np.savez(
+            buffer,
+            pred=np.asarray(self.pred, dtype=np.int64),
+            probs=np.asarray(self.probs, dtype=np.float32),
+            ood_score=np.asarray(self.ood_score, dtype=np.float32),
+            is_ood=np.asarray(self.is_ood, dtype=bool),
+            layer_errors=np.asarray(self.layer_errors, dtype=np.float32),
+        )
+        write_file_atomic(path, buffer.getvalue())
 
     def summary(self, y: np.ndarray | None, label_values: np.ndarray) -> dict:
         """Sample count, accuracy on the samples of the model's classes (when labelled), share flagged OOD."""
@@ -151,3 +160,17 @@ class Scores:
     def load(cls, path: str) -> Scores:
         with np.load(path) as npz:
             return cls(**{name: npz[name] for name in cls.__dataclass_fields__})
+
+
+def is_score_file(path: str) -> bool:
+    """Whether ``path`` is a score file: an .npz of exactly the score arrays, or of a bundle without a
+    fingerprint's outputs (``output``, ``output_1``..., ``pred``)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+    raw = {"output.npy", "pred.npy"} <= names and all(
+        re.fullmatch(r"output(_[1-9][0-9]*)?\.npy|pred\.npy", name) for name in names
+    )
+    return raw or names == {f"{name}.npy" for name in Scores.__dataclass_fields__}

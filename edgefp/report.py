@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import html
 import os
-import tempfile
 
 import numpy as np
 
 from edgefp import metrics, ood
 from edgefp.data import Dataset
 from edgefp.errors import EdgefpError
+from edgefp.fsutil import atomic_directory, check_directory_output
 from edgefp.ood import QUANTILE_LEVELS
 
 EVIDENCE_TITLES = {"autoencoder": "autoencoder", "max_logit": "largest logit"}
 EVIDENCE_UNITS = {"autoencoder": "reconstruction error", "max_logit": "largest logit (low is unusual)"}
 
-FIGURES = ("fingerprint.png", "roc.png", "confusion.png", "latency.png", "budget.png")
+REPORT_KIND = "report"
 DPI = 90
 ALARM = "#c00"
 CSS = """body{font:15px/1.5 -apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;color:#222;max-width:1100px;
@@ -46,21 +46,31 @@ def build_report(
     board: dict | None,
     out_dir: str,
     runtime: str = "litert",
+    *,
+    force: bool = False,
 ) -> str:
-    """Write the report into ``out_dir`` (created, or its report files replaced); return the path of index.html."""
+    """Write the report as the directory ``out_dir``, all at once (an existing report is replaced only
+    with ``force``; a failure leaves nothing); return the path of index.html."""
     try:
         import matplotlib
     except ImportError as exc:
         raise EdgefpError("the report needs matplotlib: pip install 'edgefp[report]'") from exc
     matplotlib.use("Agg")
-    os.makedirs(out_dir, exist_ok=True)
-    manifest, name = bundle.manifest, html.escape(data.name)
+    check_directory_output(out_dir, REPORT_KIND, force=force)
     sets = [(ds, bundle.score(ds.x, runtime)) for ds in [data, *ood_sets]]
-    body, written = [_header(manifest, runtime), _summary(bundle, sets)], []
+    with atomic_directory(out_dir, REPORT_KIND, force=force) as tmp:
+        _write_pages(tmp, bundle, sets, bench, board, runtime)
+    return os.path.join(out_dir, "index.html")
+
+
+def _write_pages(out_dir: str, bundle, sets: list, bench: list[dict], board: dict | None, runtime: str) -> None:
+    """The figures and index.html of a report into ``out_dir``."""
+    manifest, data, ood_sets = bundle.manifest, sets[0][0], [ds for ds, _ in sets[1:]]
+    name = html.escape(data.name)
+    body = [_header(manifest, runtime), _summary(bundle, sets)]
 
     def add(png, fig, title, note, extra=""):
         _save(fig, os.path.join(out_dir, png))
-        written.append(png)
         body.append(f'<h2>{title}</h2><p class="note">{note}</p><img src="{png}" alt="{title}">{extra}')
 
     if bundle.fingerprinted:
@@ -78,18 +88,14 @@ def build_report(
         rows, title = _budget_rows(manifest, board), f"Board budget: {html.escape(str(board.get('name', '')))}"
         note = html.escape(str(board.get("description", "")))
         add("budget.png", _budget_figure(rows, board), title, note, _budget_table(rows))
-    for stale in set(FIGURES) - set(written):
-        if os.path.exists(os.path.join(out_dir, stale)):
-            os.remove(os.path.join(out_dir, stale))
     page = (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>edgefp report: '
         f"{html.escape(manifest['name'])}</title><style>{CSS}</style></head><body>\n"
         + "\n".join(body)
         + "\n</body></html>\n"
     )
-    index = os.path.join(out_dir, "index.html")
-    _write_atomic(index, lambda tmp: _write_text(tmp, page))
-    return index
+    with open(os.path.join(out_dir, "index.html"), "w", encoding="utf-8") as out:
+        out.write(page)
 
 
 # ------------------------------------------------------------------------------------------ html
@@ -187,29 +193,11 @@ def _budget_table(rows: list) -> str:
 
 
 # ------------------------------------------------------------------------------------------ files
-def _write_atomic(path: str, write) -> None:
-    """Call ``write(tmp)`` on a temporary sibling of ``path``, then rename it into place (mode 644)."""
-    handle, tmp = tempfile.mkstemp(prefix=".report.", suffix=os.path.splitext(path)[1], dir=os.path.dirname(path))
-    os.close(handle)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _write_text(path: str, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as out:
-        out.write(text)
-
-
 def _save(fig, path: str) -> None:
     import matplotlib.pyplot as plt
 
     try:
-        _write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"))
+        fig.savefig(path, dpi=DPI, format="png")
     finally:
         plt.close(fig)
 

@@ -11,11 +11,15 @@ The archives and their ``.json`` sidecars are the truth; the index only makes li
 fast and can always be rebuilt from them (:meth:`Repository.reindex`). Every file is written to a
 temporary sibling and renamed into place, and the index is changed in one transaction (rebuilt into
 a new file that replaces the old one), so an interrupted command leaves the old state or the new one.
+Commands that change the repository hold an exclusive lock on ``REPO/.lock`` from their first look at
+the index to their last write, so that two at once run one after the other.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
 import json
 import os
 import re
@@ -25,9 +29,10 @@ from dataclasses import dataclass, field
 
 from edgefp.bundle import ARCHIVE_SUFFIX, Bundle, sha256
 from edgefp.errors import EdgefpError
-from edgefp.fsutil import write_file_atomic
+from edgefp.fsutil import sha256_file, write_file_atomic
 
 INDEX = "index.sqlite"
+LOCK = ".lock"
 BUNDLES = "bundles"
 NAME_RE = re.compile(r"^[a-z0-9_]+$")
 TAG_KEY_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -145,6 +150,19 @@ class Repository:
         if not self.exists():
             self._build_index([])
 
+    @contextlib.contextmanager
+    def _locked(self):
+        """Hold the repository's lock: changes by other processes wait until the block ends."""
+        try:
+            handle = open(os.path.join(self.root, LOCK), "a")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise EdgefpError(f"cannot lock the repository at {self.root}: {exc.strerror}") from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+        finally:
+            handle.close()
+
     def _build_index(self, entries: list[Entry]) -> None:
         """Write a complete index into a temporary file and rename it over the old one."""
         handle, tmp = tempfile.mkstemp(prefix=f".{INDEX}.", suffix=".partial", dir=self.root)
@@ -219,11 +237,19 @@ class Repository:
         if not bundle.fingerprinted:
             raise EdgefpError(f"{source}: a bundle without a fingerprint cannot be selected; add one of edgefp convert")
         name = name or bundle.manifest.get("name")
-        if not name or not NAME_RE.match(name):
+        if not name or not NAME_RE.fullmatch(name):
             raise EdgefpError(f"'{name}' is not a valid bundle name (use a-z, 0-9 and '_'); give --name")
         for key in tags or {}:
             if key in BUILTIN_KEYS:
                 raise EdgefpError(f"'{key}' is not a tag; it is the bundle's own metadata")
+        try:
+            os.makedirs(self.root, exist_ok=True)
+        except OSError as exc:
+            raise EdgefpError(f"cannot create the repository at {self.root}: {exc.strerror}") from None
+        with self._locked():
+            return self._add(source, bundle, name, tags or {}, force)
+
+    def _add(self, source: str, bundle: Bundle, name: str, tags: dict[str, str], force: bool) -> Entry:
         self._create()
         archive = bundle.archive_bytes()
         digest = sha256(archive)
@@ -234,7 +260,7 @@ class Repository:
         if name in existing and not force:
             raise EdgefpError(f"'{name}' is already in the repository; pass --force to replace it, or give --name")
         path = os.path.join(BUNDLES, digest + ARCHIVE_SUFFIX)
-        entry = _entry_from_bundle(bundle, name, digest, path, len(archive), _now(), tags or {})
+        entry = _entry_from_bundle(bundle, name, digest, path, len(archive), _now(), tags)
         write_file_atomic(os.path.join(self.root, path), archive)
         meta = {"name": name, "tags": entry.tags, "added": entry.added}
         write_file_atomic(self._sidecar(digest), json.dumps(meta).encode())
@@ -255,6 +281,11 @@ class Repository:
 
     def remove(self, name: str) -> Entry:
         """Take a bundle out of the index, then delete its files."""
+        self._require()
+        with self._locked():
+            return self._remove(name)
+
+    def _remove(self, name: str) -> Entry:
         matches = [entry for entry in self.entries() if entry.name == name]
         if not matches:
             names = ", ".join(entry.name for entry in self.entries()) or "none"
@@ -273,6 +304,10 @@ class Repository:
         """Rebuild the index from the stored archives; return (entries, warnings about skipped files)."""
         if not os.path.isdir(self.bundles_dir):
             raise EdgefpError(f"{self.root}: no repository here (no '{BUNDLES}' directory)")
+        with self._locked():
+            return self._reindex()
+
+    def _reindex(self) -> tuple[list[Entry], list[str]]:
         entries, skipped, names = [], [], set()
         for file_name in sorted(os.listdir(self.bundles_dir)):
             if not file_name.endswith(ARCHIVE_SUFFIX) or file_name.startswith("."):
@@ -280,9 +315,7 @@ class Repository:
             path = os.path.join(self.bundles_dir, file_name)
             digest = file_name[: -len(ARCHIVE_SUFFIX)]
             try:
-                with open(path, "rb") as handle:
-                    content = handle.read()
-                if sha256(content) != digest:
+                if sha256_file(path) != digest:
                     raise EdgefpError(f"{path}: its SHA-256 does not match its name; the file was modified")
                 bundle = Bundle.load(path)
                 meta = self._read_sidecar(digest)
@@ -293,7 +326,7 @@ class Repository:
                 if name in names:
                     raise EdgefpError(f"{path}: a second bundle named '{name}'")
                 entry = _entry_from_bundle(
-                    bundle, name, digest, os.path.join(BUNDLES, file_name), len(content), meta.get("added"),
+                    bundle, name, digest, os.path.join(BUNDLES, file_name), os.path.getsize(path), meta.get("added"),
                     meta.get("tags", {}),
                 )  # fmt: skip
             except (EdgefpError, OSError, KeyError, TypeError, ValueError) as exc:
@@ -325,10 +358,9 @@ class Repository:
         """Read and verify a stored bundle: its bytes must match the indexed SHA-256, its files the manifest."""
         path = self.archive_path(entry)
         try:
-            with open(path, "rb") as handle:
-                content = handle.read()
+            digest = sha256_file(path)
         except OSError as exc:
             raise EdgefpError(f"{path}: {exc.strerror}; run 'edgefp repo reindex'") from None
-        if sha256(content) != entry.sha256:
+        if digest != entry.sha256:
             raise EdgefpError(f"{path}: does not match its SHA-256 in the index; the file was modified")
         return Bundle.load(path)

@@ -69,8 +69,10 @@ class LiteRT:
                 model_content=model_bytes, experimental_delegates=delegates, num_threads=1, **options
             )
             self._interpreter.allocate_tensors()
-        self._input = self._interpreter.get_input_details()[0]["index"]
-        self._outputs = [detail["index"] for detail in self._interpreter.get_output_details()]
+        detail, outputs = self._interpreter.get_input_details()[0], self._interpreter.get_output_details()
+        self._input, self._outputs = detail["index"], [output["index"] for output in outputs]
+        self.input_spec = _spec(detail)
+        self.output_specs = [_spec(output) for output in outputs]
 
     def invoke(self, sample: np.ndarray) -> list[np.ndarray]:
         """Run one quantised sample (no batch axis); return every output in the model's order."""
@@ -109,6 +111,8 @@ class TFLiteMicro:
             except Exception:  # noqa: BLE001 - the wrapper raises RuntimeError, struct.error, ValueError...
                 raise EdgefpError(f"TFLite Micro cannot run the model: {_micro_failure(messages())}") from None
             self._n_outputs = _count(self._interpreter.get_output_details)
+            self.input_spec = _spec(self._interpreter.get_input_details(0))
+            self.output_specs = [_spec(self._interpreter.get_output_details(i)) for i in range(self._n_outputs)]
 
     def invoke(self, sample: np.ndarray) -> list[np.ndarray]:
         """Run one quantised sample (no batch axis); return every output in the model's order."""
@@ -131,10 +135,18 @@ class FirmwareEngine:
                 self._engine = Engine(model_bytes)
         except EngineError as refused:
             raise EdgefpError(f"the firmware engine cannot run the model: {refused}") from None
+        first, *_ = self._engine.inputs
+        self.input_spec = first.shape[1:], first.dtype
+        self.output_specs = [(output.shape[1:], output.dtype) for output in self._engine.outputs]
 
     def invoke(self, sample: np.ndarray) -> list[np.ndarray]:
         """Run one sample (no batch axis); return every output in the model's order."""
         return [output[0] for output in self._engine.invoke([sample])]
+
+
+def _spec(detail: dict) -> tuple[tuple[int, ...], type]:
+    """(shape without the batch axis, dtype) of an interpreter's tensor details."""
+    return tuple(int(n) for n in detail["shape"][1:]), detail["dtype"]
 
 
 def _count(details) -> int:

@@ -10,6 +10,7 @@ holds the raw model outputs and their argmax.
 from __future__ import annotations
 
 import datetime
+import io
 import os
 import re
 from dataclasses import dataclass
@@ -20,7 +21,9 @@ from edgefp import __version__
 from edgefp.bundle import MODEL, RUNTIME_NAMES, SCHEMA, SCHEMA_VERSION, Bundle, sha256
 from edgefp.data import Dataset, parse_spec
 from edgefp.errors import EdgefpError
+from edgefp.fsutil import check_file_output, write_file_atomic
 from edgefp.isolation import step
+from edgefp.ood import is_score_file
 
 DTYPES = {"int8": np.int8, "float32": np.float32, "int32": np.int32}
 
@@ -106,9 +109,13 @@ class Outputs:
         named = {"output" if i == 0 else f"output_{i}": output for i, output in enumerate(self.outputs)}
         return {**named, "pred": self.pred}
 
-    def save(self, path: str) -> None:
-        with open(path, "wb") as handle:
-            np.savez(handle, **self.arrays())
+    def save(self, path: str, *, force: bool = False) -> None:
+        """Write the score file (all at once); an existing file is replaced only with ``force`` and only
+        when it is a score file."""
+        path = check_file_output(path, force=force, written_by_edgefp=is_score_file, kind="score file")
+        buffer = io.BytesIO()
+        np.savez(buffer, **self.arrays())
+        write_file_atomic(path, buffer.getvalue())
 
     def summary(self, y: np.ndarray | None) -> dict:
         pred = self.pred

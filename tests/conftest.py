@@ -7,7 +7,9 @@ import tempfile
 import numpy as np
 import pytest
 
+KEY = b"a-shared-key-of-32-bytes-length!"  # for agents that require AUTH
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEMP = tempfile.gettempdir()  # found before the audit hook below: finding it opens files, which the hook sees
 
 
 def _beside_the_repository(path) -> bool:
@@ -30,7 +32,7 @@ def _beside_the_repository(path) -> bool:
         return False
     if os.path.dirname(path) != home and path.startswith(os.path.join(home, ".")):
         return False
-    if under(tempfile.gettempdir()) and not under(os.path.dirname(root)):
+    if under(TEMP) and not under(os.path.dirname(root)):
         return False
     above = os.path.dirname(root)
     while os.path.dirname(above) != above:  # every folder above the repository but the root of the disk
@@ -191,3 +193,22 @@ def upload(device, archive: bytes, sha: bytes | None = None, name: str = "x", up
     for offset in range(0, len(archive) if upto is None else upto, chunk):
         device.request(Msg.UPLOAD_CHUNK, struct.pack("<I", offset) + archive[offset : offset + chunk])
     return None if upto is not None else device.request(Msg.UPLOAD_END, timeout=client.SLOW_TIMEOUT)[0]
+
+
+def edited_archive(manifest: dict, files: dict[str, bytes]) -> bytes:
+    """The .efp bytes of a manifest (its digest computed again, as bundle.py does) and files, as someone
+    editing a bundle by hand would write them: without the writer's checks."""
+    import io
+    import json
+    import tarfile
+
+    from edgefp.bundle import manifest_digest
+
+    manifest = {**manifest, "digest": manifest_digest(manifest)}
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for name, content in [("manifest.json", json.dumps(manifest).encode()), *files.items()]:
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            archive.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()

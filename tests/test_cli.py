@@ -9,13 +9,14 @@ import pytest
 from edgefp.ood import Scores
 
 
-def edgefp(*args, env=None):
+def edgefp(*args, env=None, cwd=None):
     return subprocess.run(
         [sys.executable, "-m", "edgefp", *args],
         capture_output=True,
         text=True,
         env={**os.environ, **(env or {})},
         timeout=300,
+        cwd=cwd,
     )
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -58,6 +59,11 @@ def test_flash_infer_and_review_on_a_simulated_board(simulated_board, digits_bun
     with np.load(review / "ood.npz") as ood:
         assert pulled["samples"] == len(ood["ood_score"]) > 0
         assert (ood["ood_score"] > Bundle.load(bundle_dir).threshold).all()
+    assert "already exists" in edgefp("pull-ood", "--port", url, "--out", str(review)).stderr
+    assert edgefp("pull-ood", "--port", url, "--out", str(review), "--force").returncode == 0
+    (review / "notes.txt").write_text("mine")
+    assert "did not write (notes.txt)" in edgefp("pull-ood", "--port", url, "--out", str(review), "--force").stderr
+    assert (review / "notes.txt").read_text() == "mine"
 
     timing = json.loads(edgefp("bench", "--port", url, "-n", "20", "--warmup", "2", "--json").stdout)
     assert timing["target"]["kind"] == "device" and timing["runs"] == 20 and timing["latency_us"]["p50"] > 0
@@ -131,3 +137,19 @@ def test_devices_lists_ports_as_json():
     assert result.returncode == 0
     for port in json.loads(result.stdout)["ports"]:
         assert set(port) >= {"port", "vid_pid", "serial_number", "description"}
+
+
+@pytest.mark.parametrize("profile", ["nrf52840", "native"])
+def test_a_terminated_sim_leaves_nothing_behind(digits_bundle, tmp_path, profile):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    args = [sys.executable, "-m", "edgefp", "sim", "--profile", profile]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(scratch)})
+    try:
+        url = process.stdout.readline().strip()
+        assert edgefp("flash", digits_bundle[1], "--port", url).returncode == 0
+        assert os.listdir(scratch)  # the slots (or the flash file) live there while it runs
+    finally:
+        process.terminate()
+        assert process.wait(timeout=10) == -signal.SIGTERM  # cleaned up, then ended as the signal says
+    assert os.listdir(scratch) == []

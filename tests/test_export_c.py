@@ -10,6 +10,7 @@ from edgefp import ood
 from edgefp.bundle import Bundle
 from edgefp.converter.export_c import export_c
 from edgefp.errors import EdgefpError
+from edgefp.fsutil import MARKER
 
 pytestmark = pytest.mark.filterwarnings("ignore:Statistics for quantized inputs:UserWarning")
 
@@ -123,7 +124,7 @@ def test_writes_the_three_files_and_nothing_else(exported):
     out, paths = exported
     names = ["model_data.h", "model_data.cc", f"{NAME}_ood_config.h"]
     assert paths == [str(out / name) for name in names]
-    assert sorted(p.name for p in out.iterdir()) == sorted([*names, "use.c", "use.cc"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([*names, MARKER, "use.c", "use.cc"])
 
 
 def test_model_array_holds_exactly_the_model(exported, bundle):

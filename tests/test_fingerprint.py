@@ -194,3 +194,21 @@ def test_train_is_deterministic_for_a_seed(tmp_path):
         np.testing.assert_array_equal(a, b)
     assert runs[0].threshold_ == runs[1].threshold_
     np.testing.assert_array_equal(runs[0].score(subset.x).ood_score, runs[1].score(subset.x).ood_score)
+
+
+def test_swapped_autoencoder_or_holdout_is_refused(digits_run, tmp_path):
+    import shutil
+
+    from edgefp.trainer.fingerprint import read_fingerprint_json
+
+    _, run_dir = digits_run
+    layers = read_fingerprint_json(run_dir)["layers"]
+    for victim, donor in [(layers[0]["autoencoder"], layers[1]["autoencoder"]), ("holdout.npz", None)]:
+        copy = str(tmp_path / victim.replace("/", "_"))
+        shutil.copytree(run_dir, copy)
+        if donor:
+            shutil.copy(os.path.join(copy, donor), os.path.join(copy, victim))
+        else:
+            np.savez_compressed(os.path.join(copy, victim), x=np.zeros((5, 8, 8, 1), np.float32))
+        with pytest.raises(EdgefpError, match=f"{victim} does not match the hash"):
+            NeuralFingerprint.load(copy)

@@ -17,7 +17,7 @@ from edgefp.bundle import SCHEMA_VERSION, Bundle
 from edgefp.firmware_host import client, firmware, protocol
 from edgefp.firmware_host.client import DeviceError
 from edgefp.firmware_host.protocol import Msg, SlotState
-from tests.conftest import check_error_codes, edit_tflite, upload
+from tests.conftest import check_error_codes, edit_tflite, edited_archive, upload
 
 HAS_NATIVE = all(shutil.which(tool) for tool in ("gcc", "make"))
 HAS_QEMU = HAS_NATIVE and all(shutil.which(tool) for tool in ("arm-none-eabi-gcc", "qemu-system-arm"))
@@ -175,7 +175,7 @@ def test_archives_that_do_not_verify_are_refused(native, digits):
     model[len(model) // 2] ^= 1
     tampered = Bundle(bundle.manifest, {"model.tflite": bytes(model)}).archive_bytes()
     unlisted = Bundle(bundle.manifest, {**bundle.files, "extra.bin": b"x"}).archive_bytes()
-    older = Bundle({**bundle.manifest, "version": SCHEMA_VERSION - 1}, bundle.files).archive_bytes()
+    older = edited_archive({**bundle.manifest, "version": SCHEMA_VERSION - 1}, bundle.files)
     rng = np.random.default_rng(0)
     with client.open_device(native.url) as device:
         client.flash(device, digits[1])
@@ -265,3 +265,36 @@ def test_qemu_chip_reset_mid_upload_keeps_the_first_bundle(digits, motions):
             with pytest.raises(DeviceError, match="FRAME_TOO_LARGE"):
                 device.request(Msg.INFER, bytes(range(1, 256)) * 40)
             assert client.infer(device, x_q[0]).latency_us > 0
+
+
+def test_bench_is_capped_and_requests_are_checked_to_the_byte(tmp_path, digits):
+    import struct
+    import time
+
+    from edgefp.firmware_host.framing import DELIMITER, encode_frame
+    from edgefp.limits import MAX_INVOKES
+
+    variables = ["BOARD=host", "CFLAGS=-DEFP_ARENA_BYTES=163840 -DEFP_BENCH_MAX_US=20000"]  # a 20-ms time cap
+    built = subprocess.run(["make", "-s", "-C", str(firmware.SOURCE), *variables, f"BUILD_DIR={tmp_path / 'b'}"])
+    assert built.returncode == 0
+    with firmware.start_native(tmp_path / "b" / "firmware", str(tmp_path / "flash.bin")) as native:
+        with client.open_device(native.url) as device:
+            client.flash(device, digits[1])
+            for runs, warmup in [(MAX_INVOKES + 1, 0), (0xFFFFFFFF, 0), (1, 0xFFFFFFFF), (0xFFFFFFFF, 1)]:
+                with pytest.raises(DeviceError, match=r"OVER_LIMIT: runs \+ warmup over 100000"):
+                    client.bench(device, runs=runs, warmup=warmup)
+            started = time.monotonic()
+            with pytest.raises(DeviceError, match="OVER_LIMIT: time limit reached after"):
+                client.bench(device, runs=MAX_INVOKES, warmup=0)
+            assert time.monotonic() - started < 2
+            with pytest.raises(DeviceError, match="OUT_OF_RANGE: enable must be 0 or 1"):
+                device.request(Msg.EVENTS, b"\x02")
+            with pytest.raises(DeviceError, match="OUT_OF_RANGE: reboot must be 0 or 1"):
+                device.request(Msg.RESET, b"\x05")
+            with pytest.raises(DeviceError, match="BAD_LENGTH"):
+                device.request(Msg.AUTH, bytes(33))
+            device.port.write(DELIMITER + encode_frame(Msg.GET_COUNTERS, 0, b""))  # seq 0: never a request
+            time.sleep(0.3)
+            assert device.port.read(4096) == b""
+            assert client.bench(device, runs=5, warmup=0)["runs"] == 5 and client.counters(device)["inputs"] == 0
+            assert struct.unpack("<H", device.request(Msg.HELLO, b"\x01\x00")[:2])[0] == 1

@@ -3,6 +3,7 @@
 import contextlib
 import hashlib
 import os
+import time
 
 import numpy as np
 import pytest
@@ -11,12 +12,13 @@ import serial
 from edgefp import data
 from edgefp.bundle import Bundle
 from edgefp.errors import EdgefpError
+from edgefp.firmware_host import agent as agent_module
 from edgefp.firmware_host import client, protocol, transport
 from edgefp.firmware_host.agent import Agent, listen_tcp, serving
 from edgefp.firmware_host.boards import KIB, Board
 from edgefp.firmware_host.client import DeviceError
 from edgefp.firmware_host.protocol import Err, Msg
-from tests.conftest import check_error_codes, upload
+from tests.conftest import KEY, check_error_codes, upload
 
 
 @pytest.fixture(scope="module")
@@ -172,18 +174,24 @@ def test_events_counters_pull_ood_and_bench(tmp_path, archives, samples, digits_
 def test_tcp_beyond_loopback_needs_a_key_and_the_key_is_checked(tmp_path):
     with pytest.raises(EdgefpError, match="shared key"):
         listen_tcp(Agent(str(tmp_path), "pi"), host="0.0.0.0")
-    agent = Agent(str(tmp_path), "pi", key=b"secret")
+    with pytest.raises(EdgefpError, match="at least 16"):
+        Agent(str(tmp_path), "pi", key=b"secret")
+    agent = Agent(str(tmp_path), "pi", key=KEY)
     with serving(agent, "tcp") as url:
         with pytest.raises(EdgefpError, match="requires a shared key"):
             client.open_device(url, timeout=0.5)
-        with pytest.raises(DeviceError, match="AUTH_FAILED"):
-            client.open_device(url, timeout=0.5, key=b"wrong")
+        with pytest.raises(DeviceError, match="AUTH_FAILED: wrong key"):
+            client.open_device(url, timeout=0.5, key=KEY[::-1])
+        with pytest.raises(DeviceError, match="too many wrong keys"):  # even the right key waits a moment
+            client.open_device(url, timeout=0.5, key=KEY)
+        time.sleep(agent_module.AUTH_DELAY_S + 0.1)
         port = serial.serial_for_url(url)
         with client.Device(port, url=url, timeout=0.5) as device:
-            client.hello(device)
+            with pytest.raises(EdgefpError, match="requires a shared key"):
+                client.hello(device)  # HELLO went through, AUTH was not sent
             with pytest.raises(DeviceError, match="AUTH_REQUIRED"):
                 client.counters(device)
-        with client.open_device(url, timeout=0.5, key=b"secret") as device:
+        with client.open_device(url, timeout=0.5, key=KEY) as device:
             assert client.counters(device)["inputs"] == 0
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from edgefp import bench, data
 from edgefp.bundle import Bundle
+from edgefp.fsutil import MARKER
 from edgefp.report import build_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -65,8 +66,8 @@ def test_minimal_report_leaves_out_optional_figures(bundle, tmp_path):
 
     unlabelled = data.load("digits:test:0-4")
     unlabelled.y = None
-    index = build_report(bundle, unlabelled, [], [], None, out)  # the same directory, rewritten
+    index = build_report(bundle, unlabelled, [], [], None, out, force=True)  # the same directory, rewritten
     page, srcs = images(index)
     assert srcs == ["fingerprint.png"]
-    assert sorted(os.listdir(out)) == ["fingerprint.png", "index.html"]
+    assert sorted(os.listdir(out)) == [MARKER, "fingerprint.png", "index.html"]
     assert "Summary" in page and "http" not in page

@@ -105,3 +105,38 @@ def test_cli_repo_commands(two_bundles, tmp_path, monkeypatch):
     assert "removed other" in runner.invoke(cli, ["repo", "remove", "other"]).output
     reindexed = json.loads(runner.invoke(cli, ["repo", "reindex", "--json"]).output)
     assert reindexed["bundles"] == ["digits04"] and reindexed["warnings"] == []
+
+
+def test_adds_at_the_same_time_keep_the_index_and_the_files_in_agreement(digits_bundle, tmp_path):
+    import threading
+
+    _, bundle_dir = digits_bundle
+    variants = [renamed(bundle_dir, f"v{i}", tmp_path / f"v{i}.efp") for i in range(6)]
+    root = str(tmp_path / "repo")
+    outcomes = []
+
+    def add(path, name):
+        try:
+            Repository(root).add(path, name=name)
+            outcomes.append(("added", name))
+        except EdgefpError as exc:
+            outcomes.append((str(exc), name))
+
+    jobs = [(path, "model") for path in variants] + [(variants[0], "first"), (variants[0], "second")]
+    threads = [threading.Thread(target=add, args=job) for job in jobs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    added = [name for outcome, name in outcomes if outcome == "added"]
+    assert sorted(added) in (["first", "model"], ["model", "second"], ["model"]), outcomes
+    assert all("already in the repository" in outcome for outcome, _ in outcomes if outcome != "added")
+    repo = Repository(root)
+    entries = repo.entries()
+    assert sorted(entry.name for entry in entries) == sorted(added)
+    on_disk = sorted(name for name in os.listdir(repo.bundles_dir) if name.endswith(".efp"))
+    assert on_disk == sorted(f"{entry.sha256}.efp" for entry in entries)
+    for entry in entries:
+        with open(os.path.join(repo.bundles_dir, f"{entry.sha256}.json")) as handle:
+            assert json.load(handle)["name"] == entry.name
+        repo.load(entry)

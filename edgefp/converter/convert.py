@@ -11,9 +11,11 @@ import warnings
 import numpy as np
 
 from edgefp import __version__, data, metrics, ood, shifts
-from edgefp.bundle import MODEL, SCHEMA, SCHEMA_VERSION, Bundle, sha256
+from edgefp.bundle import ARCHIVE_SUFFIX, MODEL, SCHEMA, SCHEMA_VERSION, Bundle, check_output, sha256
 from edgefp.errors import EdgefpError
+from edgefp.fsutil import check_directory_output
 from edgefp.isolation import step
+from edgefp.manifest import MAX_NAME
 from edgefp.runtime import LiteRT, TFLiteMicro, captured_output, litert_module, tflm_arena_bytes
 from edgefp.trainer.fingerprint import MAX_LOGIT, NeuralFingerprint, read_fingerprint_json, sha256_file
 
@@ -37,8 +39,8 @@ PARITY_SAMPLES = 200
 def bundle_name(out: str) -> str:
     """A C-identifier-safe name from the output path (``digits-04.efp`` -> ``digits_04``)."""
     stem = os.path.basename(os.path.normpath(out)).removesuffix(".efp")
-    name = re.sub(r"[^a-z0-9_]", "_", stem.lower()).strip("_") or "model"
-    return name if not name[0].isdigit() else f"m_{name}"
+    name = re.sub(r"[^a-z0-9_]", "_", stem.lower()).strip("_")[:MAX_NAME] or "model"
+    return name if not name[0].isdigit() else f"m_{name[: MAX_NAME - 2]}"
 
 
 def check_convertible(model) -> None:
@@ -248,8 +250,10 @@ def _io_specs(model_bytes: bytes) -> tuple[dict, tuple[float, int]]:
 
 def convert(run_dir: str, calib: data.Dataset, out: str, *, name=None, ood_data=None, force=False) -> dict:
     """Convert a RUN into a bundle at ``out`` (directory, or ``.efp`` archive); return the parity report."""
-    if os.path.exists(out) and not force:
-        raise EdgefpError(f"{out} already exists; choose another --out or pass --force to replace it")
+    if out.endswith(ARCHIVE_SUFFIX):  # refused now rather than after the conversion
+        check_output(out, force=force)
+    else:
+        check_directory_output(out, "bundle", force=force)
     fingerprint = NeuralFingerprint.load(run_dir)
     check_convertible(fingerprint.model_)
     calib_x = fingerprint.prepare(calib.x, calib.name)

@@ -16,23 +16,23 @@ import hashlib
 import math
 import os
 import re
-import shutil
 import struct
-import tempfile
 
 from edgefp.errors import EdgefpError
+from edgefp.fsutil import atomic_directory
 from edgefp.ood import COMBINE
 
 ARENA_MARGIN = 0.25  # recommended arena = measured * (1 + margin), rounded up to 16 bytes
 BYTES_PER_LINE = 12
 
 
-def export_c(manifest: dict, model_bytes: bytes, out_dir: str) -> list[str]:
+def export_c(manifest: dict, model_bytes: bytes, out_dir: str, *, force: bool = False) -> list[str]:
     """Write model_data.h, model_data.cc and <name>_ood_config.h (none for a bundle without a fingerprint)
-    into ``out_dir``; return their paths.
+    as the directory ``out_dir``; return their paths.
 
-    Files are rendered in full, written to a temporary directory inside ``out_dir`` and only then moved into
-    place (replacing files of the same name), so a failure leaves none of them behind.
+    Files are rendered in full and the directory is written all at once, so a failure leaves nothing
+    behind; an existing ``out_dir`` is replaced only with ``force``, and only when it holds C sources
+    edgefp exported.
     """
     name = manifest.get("name")
     if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9_]+", name):
@@ -45,24 +45,11 @@ def export_c(manifest: dict, model_bytes: bytes, out_dir: str) -> list[str]:
             files[f"{name}_ood_config.h"] = _config_header(manifest, model_bytes)
     except (KeyError, IndexError, TypeError, ValueError) as exc:
         raise EdgefpError(f"bundle manifest cannot be exported to C: missing or bad field ({exc})") from exc
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=".export_c.", dir=out_dir)
-    except OSError as exc:
-        raise EdgefpError(f"cannot write to {out_dir}: {exc.strerror}") from exc
-    try:
+    with atomic_directory(out_dir, "C sources directory", force=force) as tmp:
         for fname, text in files.items():
             with open(os.path.join(tmp, fname), "w", encoding="ascii", newline="\n") as handle:
                 handle.write(text)
-        paths = []
-        for fname in files:
-            paths.append(os.path.join(out_dir, fname))
-            os.replace(os.path.join(tmp, fname), paths[-1])
-    except OSError as exc:
-        raise EdgefpError(f"cannot write to {out_dir}: {exc.strerror}") from exc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return paths
+    return [os.path.join(out_dir, fname) for fname in files]
 
 
 def _model_header(name: str) -> str:

@@ -6,6 +6,12 @@ file names the active one. An upload goes to the other slot as ``slotN.efp.parti
 (SHA-256, bundle verification, board fit, the runtime can run it), renamed into place, and becomes
 active when ``active`` is replaced by a rename: an interruption anywhere leaves the last good bundle
 served. Names sent by the host never reach the filesystem.
+
+Each host talks in a :class:`Session` of its own (a TCP connection, or the serial port): its
+authentication, its event subscription and the answer it may get again. TCP connections are served
+side by side, at most ``MAX_CLIENTS``; one that has not completed its handshake (HELLO, and AUTH on a
+keyed agent) within ``HANDSHAKE_S`` seconds is closed, so that no client can lock the others out.
+Wrong keys are slowed down per peer address (docs/security.md).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import hashlib
 import hmac
 import json
 import os
+import shutil
 import socket
 import struct
 import threading
@@ -27,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import edgefp
-from edgefp.bench import bench_bundle
+from edgefp.bench import OverLimit, bench_bundle
 from edgefp.bundle import Bundle
 from edgefp.errors import EdgefpError
 from edgefp.firmware_host import protocol
@@ -35,11 +42,21 @@ from edgefp.firmware_host.boards import Board, fit_problems, get_board
 from edgefp.firmware_host.framing import DELIMITER, OVERHEAD, Fault, Frame, FrameReader, encode_frame
 from edgefp.firmware_host.protocol import RESPONSE, Err, Msg, Slot, SlotState
 from edgefp.firmware_host.transport import SocketPort, open_pty, read_some
+from edgefp.limits import BENCH_MAX_SECONDS, MAX_FILES_BYTES, MAX_INVOKES, MAX_MANIFEST_BYTES, MIN_KEY_BYTES
+from edgefp.manifest import ManifestError
+from edgefp.runtime import ArenaError
 
 SLOTS = 2
 ACTIVE_FILE = "active"
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 POLL_S = 0.05
+MAX_CLIENTS = 8  # TCP connections served at once; more are closed at once
+HANDSHAKE_S = 5.0  # a TCP connection must complete HELLO (and AUTH on a keyed agent) within this
+SEND_TIMEOUT_S = 10.0  # a TCP client that does not read its answers for this long is dropped
+AUTH_DELAY_S, AUTH_DELAY_MAX_S = 1.0, 60.0  # after a wrong key, the peer waits 1 s, 2 s, 4 s ... at most 60 s
+MAX_PEERS = 4096  # peers whose wrong keys are remembered
+ARCHIVE_OVERHEAD = 32 << 10  # tar headers and padding around a bundle's files
+EVENTS_QUEUED = 1000  # events waiting for a session that does not read them; older ones are dropped
 
 
 class Refusal(Exception):
@@ -48,6 +65,23 @@ class Refusal(Exception):
     def __init__(self, code: Err, message: str):
         super().__init__(message)
         self.code = code
+
+
+class Session:
+    """One host's conversation with the agent: its port and peer, authentication, event subscription
+    and the answer kept for a duplicate of its last request."""
+
+    def __init__(self, port, peer: str = "serial"):
+        self.port, self.peer = port, peer
+        self.authed = self.subscribed = self.ready = False
+        self.challenge = bytes(16)
+        self.last: tuple[tuple[int, int], bytes] | None = None
+        self.outbox: collections.deque[bytes] = collections.deque(maxlen=EVENTS_QUEUED)
+
+    def flush(self) -> None:
+        """Send the events queued for this session (from its own thread, never under the agent's lock)."""
+        while self.outbox:
+            self.port.write(self.outbox.popleft())
 
 
 @dataclass
@@ -87,6 +121,8 @@ class Agent:
     """A device: bundles in ``data_dir``, inference on ``board``'s runtime, the protocol on any port."""
 
     def __init__(self, data_dir: str, board: Board | str = "pi", *, max_frame: int = 4096, key: bytes | None = None):
+        if key is not None and len(key) < MIN_KEY_BYTES:
+            raise EdgefpError(f"the shared key has {len(key)} bytes; give one of at least {MIN_KEY_BYTES}")
         self.data_dir, self.max_frame, self.key = data_dir, max_frame, key
         self.board = get_board(board) if isinstance(board, str) else board
         self.lock = threading.RLock()  # one request or sensor input at a time
@@ -98,10 +134,8 @@ class Agent:
         self._ood: collections.deque[protocol.OodSample] = collections.deque(maxlen=self.counters.capacity)
         self._upload: Upload | None = None
         self._verified: tuple[int, Loaded] | None = None  # the last upload verified, ready to activate
-        self._last: tuple[tuple[int, int], bytes] | None = None
-        self._port = None
-        self._events = self._authed = False
-        self._challenge = bytes(16)
+        self.sessions: set[Session] = set()
+        self._wrong_keys: dict[str, tuple[int, float]] = {}  # peer -> (wrong keys in a row, next try allowed)
         os.makedirs(data_dir, exist_ok=True)
         self._load()
 
@@ -139,33 +173,37 @@ class Agent:
 
     def _prepare(self, path: str) -> Loaded:
         """Check a bundle archive for this board and open its interpreter, or refuse it."""
-        with open(path, "rb") as handle:
-            content = handle.read()
         try:
-            bundle = Bundle.read(path)
+            bundle = Bundle.read(path, before_files=self._check_fit)
         except EdgefpError as exc:
             raise Refusal(Err.INVALID_BUNDLE, str(exc).replace(path, "the upload")) from None
         problems = bundle.problems()
         if problems:
             raise Refusal(Err.INVALID_BUNDLE, f"the bundle does not verify: {problems[0]}")
-        manifest = bundle.manifest
-        arena = manifest.get("tflm_arena_bytes") if self.board.runtime == "tflm" else None
-        from edgefp.runtime import ArenaError, open_runtime
-
-        try:  # TFLite Micro is only handed the manifest's arena once it has been seen to suffice
-            interpreter = open_runtime(bundle.model_bytes, self.board.runtime, arena_bytes=arena)
-        except ArenaError as exc:
-            raise Refusal(Err.INVALID_BUNDLE, str(exc)) from None
+        try:
+            interpreter = bundle.interpreter(self.board.runtime)
+        except (ManifestError, ArenaError) as exc:  # TFLite Micro only gets an arena seen to suffice
+            raise Refusal(Err.INVALID_BUNDLE, str(exc).replace(path, "the upload")) from None
         except EdgefpError as exc:
             raise Refusal(Err.UNSUPPORTED_OP, str(exc)) from None
-        problems = fit_problems(self.board, len(bundle.model_bytes), arena)
-        if bundle.input_bytes + OVERHEAD > self.max_frame:
-            problems.append(f"its input of {bundle.input_bytes} bytes does not fit a {self.max_frame}-byte frame")
-        if bundle.raw_output_bytes + 4 + OVERHEAD > self.max_frame:
-            problems.append(f"its outputs of {bundle.raw_output_bytes} bytes do not fit a {self.max_frame}-byte frame")
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return Loaded(bundle, interpreter, digest.digest(), os.path.getsize(path))
+
+    def _check_fit(self, manifest: dict) -> None:
+        """Refuse (DOES_NOT_FIT) a bundle whose model, arena, input or outputs do not fit, before its files
+        are read."""
+        arena = manifest["tflm_arena_bytes"] if self.board.runtime == "tflm" else None
+        problems = fit_problems(self.board, manifest["flash_bytes"], arena)
+        sizes = Bundle(manifest, {})
+        if sizes.input_bytes + OVERHEAD > self.max_frame:
+            problems.append(f"its input of {sizes.input_bytes} bytes does not fit a {self.max_frame}-byte frame")
+        if sizes.raw_output_bytes + 4 + OVERHEAD > self.max_frame:
+            problems.append(f"its outputs of {sizes.raw_output_bytes} bytes do not fit a {self.max_frame}-byte frame")
         if problems:
             raise Refusal(Err.DOES_NOT_FIT, "; ".join(problems))
-        return Loaded(bundle, interpreter, hashlib.sha256(content).digest(), len(content))
 
     def _abort_upload(self) -> None:
         if self._upload:
@@ -213,12 +251,11 @@ class Agent:
         self._window.append(result.ood)
         if result.ood:
             self._ood.appendleft(protocol.OodSample(counters.inputs, now, result.pred, result.score, x_q.tobytes()))
-        if self._events and self._port is not None:
-            event = protocol.Event(now, counters.inputs, result.pred, result.score, result.ood, result.latency_us)
-            try:
-                self._port.write(DELIMITER + encode_frame(Msg.EVENT, 0, event.pack()))
-            except OSError:  # the host went away: the reading still counts, the subscription ends
-                self._events = False
+        event = protocol.Event(now, counters.inputs, result.pred, result.score, result.ood, result.latency_us)
+        frame = DELIMITER + encode_frame(Msg.EVENT, 0, event.pack())
+        for session in self.sessions:
+            if session.subscribed:
+                session.outbox.append(frame)
         return result, outputs
 
     def _now_ms(self) -> int:
@@ -230,49 +267,57 @@ class Agent:
         return self.active
 
     # ------------------------------------------------------------------------------- protocol
-    def serve(self, port, stop: threading.Event | None = None) -> None:
-        """Answer frames from a pyserial-like ``port`` until it closes or ``stop`` is set; never raises on
-        what arrives (garbage gets error notices). Events and authentication last one call."""
+    def serve(self, port, stop: threading.Event | None = None, *, peer: str = "serial", deadline=None) -> None:
+        """Answer frames from a pyserial-like ``port`` in a session of its own until the port closes,
+        ``stop`` is set, or the session has not completed its handshake by ``deadline`` (monotonic
+        seconds); never raises on what arrives (garbage gets error notices)."""
         port.timeout = 0
-        reader = FrameReader(self.max_frame)
+        reader, session = FrameReader(self.max_frame), Session(port, peer)
         with self.lock:
-            self._port, self._events, self._authed = port, False, False
+            self.sessions.add(session)
         try:
-            while not (stop and stop.is_set()):
+            while not (stop and stop.is_set()) and (deadline is None or session.ready or time.monotonic() < deadline):
                 for item in reader.feed(read_some(port, POLL_S)):
                     with self.lock:
-                        port.write(DELIMITER + self.respond(item))
+                        answer = self.respond(item, session)
+                    if answer is not None:
+                        port.write(DELIMITER + answer)
+                session.flush()
         except OSError:
             pass  # the other side went away
         finally:
             with self.lock:
-                self._port = None
+                self.sessions.discard(session)
 
-    def respond(self, item: Frame | Fault) -> bytes:
-        """The frame answering one received frame (or fault); duplicates get the kept answer again."""
+    def respond(self, item: Frame | Fault, session: Session) -> bytes | None:
+        """The frame answering one received frame (or fault) in ``session``, None for a frame with seq 0
+        (never a request); duplicates get the kept answer again, only within an authenticated session."""
         if isinstance(item, Fault):
             if item.oversized:
                 return self._error(
                     item.seq, item.type, Err.FRAME_TOO_LARGE, f"frames are at most {self.max_frame} bytes"
                 )
             return self._error(0, 0, Err.BAD_FRAME, "a frame did not decode or failed its CRC")
+        if item.seq == 0:
+            return None
         key = (item.seq, zlib.crc32(struct.pack("<BH", item.type, item.seq) + item.body))
-        if item.type != Msg.HELLO and self._last and self._last[0] == key:
-            return self._last[1]
+        authed = self.key is None or session.authed
+        if item.type != Msg.HELLO and authed and session.last and session.last[0] == key:
+            return session.last[1]
         try:
-            if self.key is not None and not self._authed and item.type not in (Msg.HELLO, Msg.AUTH):
+            if not authed and item.type not in (Msg.HELLO, Msg.AUTH):
                 raise Refusal(Err.AUTH_REQUIRED, "this device requires AUTH with its shared key")
             handler = self._handlers.get(item.type)
             if handler is None:
                 raise Refusal(Err.UNKNOWN_TYPE, f"unknown request type 0x{item.type:02x}")
-            reply = encode_frame(item.type | RESPONSE, item.seq, handler(self, item.body))
+            reply = encode_frame(item.type | RESPONSE, item.seq, handler(self, item.body, session))
         except Refusal as exc:
             reply = self._error(item.seq, item.type, exc.code, str(exc))
         except protocol.BodyError as exc:
             reply = self._error(item.seq, item.type, Err.BAD_LENGTH, str(exc))
         except Exception as exc:  # noqa: BLE001 - a device answers, whatever went wrong
             reply = self._error(item.seq, item.type, Err.INTERNAL, f"{type(exc).__name__}: {exc}")
-        self._last = None if item.type == Msg.HELLO else (key, reply)
+        session.last = None if item.type == Msg.HELLO else (key, reply)
         return reply
 
     @staticmethod
@@ -283,10 +328,11 @@ class Agent:
     def _max_body(self) -> int:
         return self.max_frame - OVERHEAD
 
-    def _hello(self, body: bytes) -> bytes:
+    def _hello(self, body: bytes, session: Session) -> bytes:
         protocol.unpack("H", body)
-        self._authed = False
-        self._challenge = os.urandom(16) if self.key is not None else bytes(16)
+        session.authed = False
+        session.ready = session.ready or self.key is None
+        session.challenge = os.urandom(16) if self.key is not None else bytes(16)
         return protocol.Hello(
             self.max_frame,
             f"edgefp-agent {edgefp.__version__}",
@@ -296,27 +342,37 @@ class Agent:
             self.board.ram_bytes,
             self.slots,
             auth_required=self.key is not None,
-            challenge=self._challenge,
+            challenge=session.challenge,
         ).pack()
 
-    def _auth(self, body: bytes) -> bytes:
-        mac = protocol.Reader(body).raw(32)
-        if self.key is not None:
-            expected = hmac.new(self.key, self._challenge, hashlib.sha256).digest()
-            self._challenge = os.urandom(16)  # one try per HELLO
-            if not hmac.compare_digest(mac, expected):
-                raise Refusal(Err.AUTH_FAILED, "wrong key; send HELLO and try again")
-        self._authed = True
+    def _auth(self, body: bytes, session: Session) -> bytes:
+        mac = protocol.unpack("32s", body)
+        if self.key is None:
+            return b""
+        now = time.monotonic()
+        wrong, next_try = self._wrong_keys.get(session.peer, (0, now))
+        if now < next_try:
+            raise Refusal(Err.AUTH_FAILED, f"too many wrong keys from here; wait {next_try - now:.0f} s, then HELLO")
+        expected = hmac.new(self.key, session.challenge, hashlib.sha256).digest()
+        session.challenge = os.urandom(16)  # one try per HELLO
+        if not hmac.compare_digest(mac, expected):
+            if len(self._wrong_keys) >= MAX_PEERS:
+                del self._wrong_keys[min(self._wrong_keys, key=lambda peer: self._wrong_keys[peer][1])]
+            self._wrong_keys[session.peer] = (wrong + 1, now + min(AUTH_DELAY_S * 2**wrong, AUTH_DELAY_MAX_S))
+            raise Refusal(Err.AUTH_FAILED, "wrong key; send HELLO and try again")
+        self._wrong_keys.pop(session.peer, None)
+        session.authed = session.ready = True
         return b""
 
-    def _manifest(self, body: bytes) -> bytes:
+    def _manifest(self, body: bytes, session: Session) -> bytes:
         offset = protocol.unpack("I", body)
         content = self._require_active().manifest_json
         return struct.pack("<I", len(content)) + content[offset : offset + self._max_body - 4]
 
-    def _upload_begin(self, body: bytes) -> bytes:
+    def _upload_begin(self, body: bytes, session: Session) -> bytes:
         total, digest, _name = protocol.unpack_upload_begin(body)
-        room = min(self.board.flash_bytes, 1 << 30) + (1 << 20)  # the model, plus room for its manifest
+        room = min(self.board.flash_bytes, MAX_FILES_BYTES) + MAX_MANIFEST_BYTES + ARCHIVE_OVERHEAD
+        room = min(room, shutil.disk_usage(self.data_dir).free)
         if total > room:
             raise Refusal(Err.DOES_NOT_FIT, f"the archive needs {total - room} bytes more storage than this device has")
         self._abort_upload()
@@ -327,7 +383,7 @@ class Agent:
         self._upload = Upload(slot, total, digest, handle, hashlib.sha256())
         return struct.pack("<I", self._max_body - 4)
 
-    def _upload_chunk(self, body: bytes) -> bytes:
+    def _upload_chunk(self, body: bytes, session: Session) -> bytes:
         offset, data = protocol.unpack_offset_data(body)
         upload = self._upload
         if upload is None:
@@ -341,7 +397,7 @@ class Agent:
         upload.received += len(data)
         return struct.pack("<I", upload.received)
 
-    def _upload_end(self, body: bytes) -> bytes:
+    def _upload_end(self, body: bytes, session: Session) -> bytes:
         protocol.Reader(body).done()
         upload = self._upload
         if upload is None or upload.received != upload.total:
@@ -368,7 +424,7 @@ class Agent:
         self._verified = (upload.slot, loaded)
         return bytes([upload.slot])
 
-    def _activate(self, body: bytes) -> bytes:
+    def _activate(self, body: bytes, session: Session) -> bytes:
         digest = protocol.Reader(body).raw(32)
         slot = next((s for s, x in enumerate(self.slots) if x.state == SlotState.VERIFIED and x.sha256 == digest), None)
         if slot is None:
@@ -406,46 +462,55 @@ class Agent:
             )
         return np.frombuffer(body, dtype=loaded.dtype.newbyteorder("<")).astype(loaded.dtype).reshape(loaded.shape)
 
-    def _infer(self, body: bytes) -> bytes:
+    def _infer(self, body: bytes, session: Session) -> bytes:
         return self._run(self._input(body))[0].pack()
 
-    def _infer_outputs(self, body: bytes) -> bytes:
+    def _infer_outputs(self, body: bytes, session: Session) -> bytes:
         result, outputs = self._run(self._input(body))
         specs = self.active.bundle.manifest["outputs"].get("raw")
         dtypes = [spec["dtype"] for spec in specs] if specs else [np.asarray(o).dtype for o in outputs]
         data = b"".join(np.asarray(o).astype(np.dtype(t).newbyteorder("<")).tobytes() for o, t in zip(outputs, dtypes))
         return struct.pack("<I", result.latency_us) + data
 
-    def _bench(self, body: bytes) -> bytes:
+    def _bench(self, body: bytes, session: Session) -> bytes:
         runs, warmup = protocol.unpack("II", body)
         loaded = self._require_active()
         if runs < 1:
             raise Refusal(Err.OUT_OF_RANGE, "runs must be at least 1")
-        result = bench_bundle(loaded.bundle, self.board.runtime, runs=runs, warmup=warmup)
+        if runs + warmup > MAX_INVOKES:
+            raise Refusal(
+                Err.OVER_LIMIT, f"runs and warmup add up to {runs + warmup:,}; this device does at most {MAX_INVOKES:,}"
+            )
+        try:
+            result = bench_bundle(
+                loaded.bundle, self.board.runtime, runs=runs, warmup=warmup, time_limit_s=BENCH_MAX_SECONDS
+            )
+        except OverLimit as exc:
+            raise Refusal(Err.OVER_LIMIT, str(exc)) from None
         stats = {key: result["latency_us"][key] for key in protocol.STATS}
         return protocol.BenchResult(
             result["init_ms"], result["first_inference_us"], runs, warmup, stats, result["samples_us"]
         ).pack(self._max_body)
 
-    def _events_request(self, body: bytes) -> bytes:
-        self._events = bool(protocol.unpack("B", body))
+    def _events_request(self, body: bytes, session: Session) -> bytes:
+        session.subscribed = bool(_flag(body, "enable"))
         return b""
 
-    def _get_counters(self, body: bytes) -> bytes:
+    def _get_counters(self, body: bytes, session: Session) -> bytes:
         protocol.Reader(body).done()
         self.counters.window_inputs = len(self._window)
         self.counters.window_ood_rate = sum(self._window) / len(self._window) if self._window else 0.0
         self.counters.buffered = len(self._ood)
         return self.counters.pack()
 
-    def _get_ood(self, body: bytes) -> bytes:
+    def _get_ood(self, body: bytes, session: Session) -> bytes:
         index = protocol.unpack("I", body)
         if index >= len(self._ood):
             raise Refusal(Err.OUT_OF_RANGE, f"OOD sample {index} asked, {len(self._ood)} buffered")
         return self._ood[index].pack()
 
-    def _reset(self, body: bytes) -> bytes:
-        if protocol.unpack("B", body):
+    def _reset(self, body: bytes, session: Session) -> bytes:
+        if _flag(body, "reboot"):
             self._load()
         else:
             self._abort_upload()
@@ -470,31 +535,57 @@ class Agent:
     }
 
 
+def _flag(body: bytes, name: str) -> int:
+    """A one-byte body that must be 0 or 1 (EVENTS, RESET)."""
+    value = protocol.unpack("B", body)
+    if value > 1:
+        raise Refusal(Err.OUT_OF_RANGE, f"{name} must be 0 or 1, not {value}")
+    return value
+
+
 def listen_tcp(agent: Agent, host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     """A listening socket for :func:`serve_tcp`; beyond loopback only with a shared key."""
     if host not in LOOPBACK and agent.key is None:
-        raise EdgefpError(f"listening on {host} lets other machines in: give the agent a shared key (--key)")
+        raise EdgefpError(f"listening on {host} lets other machines in: give the agent a shared key (--key-file)")
+    if not 0 <= port <= 65535:
+        raise EdgefpError(f"port {port} is not a TCP port (0 to 65535)")
     try:
         server = socket.create_server((host, port))
     except OSError as exc:
-        raise EdgefpError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        raise EdgefpError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     return server
 
 
 def serve_tcp(agent: Agent, server: socket.socket, stop: threading.Event | None = None) -> None:
-    """Serve one TCP connection at a time until ``stop`` is set."""
+    """Serve TCP connections side by side (at most MAX_CLIENTS) until ``stop`` is set."""
     server.settimeout(POLL_S)
-    while not (stop and stop.is_set()):
-        try:
-            conn, _ = server.accept()
-        except TimeoutError:
-            continue
-        conn.setblocking(True)
-        port = SocketPort(conn)
-        try:
-            agent.serve(port, stop)
-        finally:
-            port.close()
+    threads: set[threading.Thread] = set()
+    try:
+        while not (stop and stop.is_set()):
+            threads = {thread for thread in threads if thread.is_alive()}
+            try:
+                conn, address = server.accept()
+            except TimeoutError:
+                continue
+            if len(threads) >= MAX_CLIENTS:
+                conn.close()
+                continue
+            thread = threading.Thread(target=_serve_connection, args=(agent, conn, address[0], stop), daemon=True)
+            thread.start()
+            threads.add(thread)
+    finally:
+        for thread in threads:
+            thread.join(1.0)
+
+
+def _serve_connection(agent: Agent, conn: socket.socket, peer: str, stop: threading.Event | None) -> None:
+    conn.settimeout(SEND_TIMEOUT_S)  # reads wait in select; a send stuck this long ends the connection
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    port = SocketPort(conn)
+    try:
+        agent.serve(port, stop, peer=peer, deadline=time.monotonic() + HANDSHAKE_S)
+    finally:
+        port.close()
 
 
 @contextlib.contextmanager

@@ -10,27 +10,28 @@ from __future__ import annotations
 import collections
 import hashlib
 import hmac
-import io
-import json
+import math
 import random
 import struct
-import tarfile
 import time
 from dataclasses import asdict
 
 import numpy as np
 
 from edgefp import bench as bench_mod
-from edgefp.bundle import MANIFEST, Bundle
+from edgefp.bundle import Bundle, parse_manifest
 from edgefp.errors import EdgefpError
 from edgefp.firmware_host import protocol
 from edgefp.firmware_host.boards import BOARDS
 from edgefp.firmware_host.framing import DELIMITER, MIN_FRAME, OVERHEAD, Frame, FrameReader, encode_frame
 from edgefp.firmware_host.protocol import RESPONSE, Err, Msg, SlotState
 from edgefp.firmware_host.transport import read_some
+from edgefp.limits import BENCH_MAX_SECONDS, MAX_MANIFEST_BYTES
 
-SLOW_TIMEOUT = 30.0  # verifying an upload, activating it, benchmarking
+SLOW_TIMEOUT = 30.0  # verifying an upload, activating it
+BENCH_TIMEOUT = 4 * BENCH_MAX_SECONDS + 10.0  # emulated devices count time in instructions: slower
 EVENTS_KEPT = 10000
+MAX_OOD_SAMPLES = 4096  # OOD samples a device may say it holds
 
 
 class DeviceError(EdgefpError):
@@ -50,8 +51,8 @@ class Device:
     arrive meanwhile are kept for :meth:`read_event`.
     """
 
-    def __init__(self, port, *, url: str = "<port>", timeout: float = 1.0, retries: int = 5):
-        self.port, self.url, self.timeout, self.retries = port, url, timeout, retries
+    def __init__(self, port, *, url: str = "<port>", timeout: float = 1.0, retries: int = 5, key: bytes | None = None):
+        self.port, self.url, self.timeout, self.retries, self.key = port, url, timeout, retries, key
         port.timeout = 0
         self.reader = FrameReader()
         self.max_frame = MIN_FRAME
@@ -96,11 +97,23 @@ class Device:
                 )
             self.resent += 1
         if reply.type == Msg.ERROR:
-            code, request_type, message = protocol.unpack_error(reply.body)
+            code, request_type, message = self.parse(type_, protocol.unpack_error, reply.body)
             raise DeviceError(code, request_type, message)
         if reply.type != type_ | RESPONSE:
             raise EdgefpError(f"{self.url}: the device answered {protocol.type_name(type_)} with type {reply.type}")
         return reply.body
+
+    def call(self, type_: int, body: bytes, parse, *, timeout: float | None = None):
+        """A request whose answer is parsed by ``parse`` (a malformed one is one clear EdgefpError)."""
+        return self.parse(type_, parse, self.request(type_, body, timeout=timeout))
+
+    def parse(self, type_: int, parse, body: bytes):
+        try:
+            return parse(body)
+        except protocol.BodyError as exc:
+            raise EdgefpError(
+                f"{self.url}: the device answered {protocol.type_name(type_)} with a malformed body ({exc})"
+            ) from None
 
     def read_event(self, timeout: float) -> protocol.Event | None:
         """The next event (after :func:`subscribe`), or None when none comes within ``timeout`` seconds."""
@@ -176,23 +189,25 @@ def open_device(url: str, *, timeout: float = 1.0, retries: int = 5, key: bytes 
 
 
 def handshake(device: Device, key: bytes | None = None) -> protocol.Hello:
-    """HELLO (refusing another protocol version), then AUTH when the device asks for it."""
-    info = hello(device)
+    """The first HELLO with the device's key (kept for every later HELLO)."""
+    device.key = key
+    return hello(device)
+
+
+def hello(device: Device) -> protocol.Hello:
+    """HELLO (refusing another protocol version), then AUTH with the device's key when it asks for it:
+    a HELLO ends an authenticated session, so every HELLO the host sends starts a new one."""
+    info = device.call(Msg.HELLO, struct.pack("<H", protocol.VERSION), protocol.Hello.unpack)
     if info.version != protocol.VERSION:
         raise EdgefpError(
             f"{device.url}: the device speaks protocol v{info.version}, this edgefp v{protocol.VERSION}; "
             "update the one that is older"
         )
-    if info.auth_required:
-        if key is None:
-            raise EdgefpError(f"{device.url}: the device requires a shared key; pass the key it was started with")
-        device.request(Msg.AUTH, hmac.new(key, info.challenge, hashlib.sha256).digest())
-    return info
-
-
-def hello(device: Device) -> protocol.Hello:
-    info = protocol.Hello.unpack(device.request(Msg.HELLO, struct.pack("<H", protocol.VERSION)))
     device.info, device.max_frame = info, info.max_frame
+    if info.auth_required:
+        if device.key is None:
+            raise EdgefpError(f"{device.url}: the device requires a shared key; pass the key it was started with")
+        device.request(Msg.AUTH, hmac.new(device.key, info.challenge, hashlib.sha256).digest())
     return info
 
 
@@ -210,21 +225,22 @@ def manifest(device: Device) -> dict:
         return device._manifest[1]
     content, total = b"", None
     while total is None or len(content) < total:
-        total, piece = protocol.unpack_offset_data(device.request(Msg.MANIFEST, struct.pack("<I", len(content))))
-        if not piece and len(content) < total:
-            raise EdgefpError(f"{device.url}: the device sent an empty piece of its manifest")
-        content += piece
-    device._manifest = (active.sha256, json.loads(content))
+        size, piece = device.call(Msg.MANIFEST, struct.pack("<I", len(content)), protocol.unpack_offset_data)
+        if size > MAX_MANIFEST_BYTES:
+            raise EdgefpError(
+                f"{device.url}: the device announces a manifest of {size} bytes, over {MAX_MANIFEST_BYTES}"
+            )
+        expected = min(size - len(content), MIN_FRAME - OVERHEAD - 4)  # a piece fills a frame, or ends the manifest
+        if size != (total or size) or len(piece) < expected or len(content) + len(piece) > size:
+            raise EdgefpError(f"{device.url}: the device sent its manifest in inconsistent pieces")
+        total, content = size, content + piece
+    device._manifest = (active.sha256, parse_manifest(content, f"{device.url}: the device's bundle"))
     return device._manifest[1]
 
 
 def archive_name(archive: bytes) -> str:
-    """The bundle name inside ``.efp`` archive bytes (a quick look; the device verifies everything)."""
-    try:
-        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-            return json.load(tar.extractfile(MANIFEST))["name"]
-    except (tarfile.TarError, KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise EdgefpError(f"not a bundle archive ({exc}); write one with 'edgefp convert ... --out NAME.efp'") from None
+    """The bundle name inside ``.efp`` archive bytes (read and checked as any bundle; the device verifies it again)."""
+    return Bundle.from_archive(archive, "the archive").manifest["name"]
 
 
 def flash(device: Device, archive: bytes, progress=None) -> dict:
@@ -253,8 +269,10 @@ def flash(device: Device, archive: bytes, progress=None) -> dict:
 
 
 def _upload(device: Device, archive: bytes, sha: bytes, name: str, progress) -> None:
-    body = device.request(Msg.UPLOAD_BEGIN, protocol.pack_upload_begin(len(archive), sha, name))
-    chunk = min(protocol.unpack("I", body), device.max_frame - OVERHEAD - 4)
+    begin = protocol.pack_upload_begin(len(archive), sha, name)
+    chunk = min(device.call(Msg.UPLOAD_BEGIN, begin, _u32), device.max_frame - OVERHEAD - 4)
+    if chunk < 1:
+        raise EdgefpError(f"{device.url}: the device takes upload chunks of {chunk} bytes")
     for offset in range(0, len(archive), chunk):
         device.request(Msg.UPLOAD_CHUNK, struct.pack("<I", offset) + archive[offset : offset + chunk])
         if progress:
@@ -262,15 +280,19 @@ def _upload(device: Device, archive: bytes, sha: bytes, name: str, progress) -> 
     device.request(Msg.UPLOAD_END, timeout=SLOW_TIMEOUT)
 
 
+def _u32(body: bytes) -> int:
+    return protocol.unpack("I", body)
+
+
 def infer(device: Device, x_q: np.ndarray) -> protocol.InferResult:
     """One int8 input (the model's input shape) through the device."""
-    return protocol.InferResult.unpack(device.request(Msg.INFER, np.asarray(x_q, dtype=np.int8).tobytes()))
+    return device.call(Msg.INFER, np.asarray(x_q, dtype=np.int8).tobytes(), protocol.InferResult.unpack)
 
 
 def infer_outputs(device: Device, x: np.ndarray, specs: list[dict]) -> tuple[list[np.ndarray], int]:
     """One input (as the model's input takes it) through the device: every output, and the latency."""
-    body = device.request(Msg.INFER_OUTPUTS, np.asarray(x).astype(x.dtype.newbyteorder("<")).tobytes())
-    return protocol.unpack_outputs(body, specs)
+    body = np.asarray(x).astype(x.dtype.newbyteorder("<")).tobytes()
+    return device.call(Msg.INFER_OUTPUTS, body, lambda answer: protocol.unpack_outputs(answer, specs))
 
 
 def infer_samples(device: Device, x: np.ndarray, progress=None) -> tuple:
@@ -280,9 +302,16 @@ def infer_samples(device: Device, x: np.ndarray, progress=None) -> tuple:
     bundle = Bundle(manifest(device), {}, source=device.url)
     if not bundle.fingerprinted:
         return _infer_outputs(device, bundle, x, progress)
+    classes, layers = len(bundle.manifest["labels"]), len(bundle.manifest["layers"])
     results = []
     for i, sample in enumerate(bundle.quantize(x)):
-        results.append(infer(device, sample))
+        result = infer(device, sample)
+        if (len(result.probs), len(result.errors)) != (classes, layers) or result.pred >= classes:
+            raise EdgefpError(
+                f"{device.url}: the device answered with {len(result.probs)} classes and {len(result.errors)} "
+                f"layers, its manifest has {classes} and {layers}"
+            )
+        results.append(result)
         if progress:
             progress(i + 1, len(x))
     if not results:
@@ -310,9 +339,14 @@ def _infer_outputs(device: Device, bundle: Bundle, x: np.ndarray, progress) -> t
 def bench(device: Device, runs: int = 200, warmup: int = 20) -> dict:
     """Time the active model on the device; the result has the schema of ``edgefp bench BUNDLE``."""
     spec, info = manifest(device), device.info
-    result = protocol.BenchResult.unpack(
-        device.request(Msg.BENCH, struct.pack("<II", runs, warmup), timeout=SLOW_TIMEOUT)
+    result = device.call(
+        Msg.BENCH, struct.pack("<II", runs, warmup), protocol.BenchResult.unpack, timeout=BENCH_TIMEOUT
     )
+    timings = [result.init_ms, result.first_us, *result.stats.values(), *result.latencies_us]
+    if (result.runs, result.warmup) != (runs, warmup) or not result.latencies_us or len(result.latencies_us) > runs:
+        raise EdgefpError(f"{device.url}: the device's BENCH answer does not match the request")
+    if not all(math.isfinite(value) and value >= 0 for value in timings) or result.stats["mean"] <= 0:
+        raise EdgefpError(f"{device.url}: the device's BENCH answer holds impossible timings")
     target = {
         "kind": "device",
         "board": info.board,
@@ -340,20 +374,25 @@ def bench(device: Device, runs: int = 200, warmup: int = 20) -> dict:
 
 
 def counters(device: Device) -> dict:
-    return asdict(protocol.Counters.unpack(device.request(Msg.GET_COUNTERS)))
+    return asdict(device.call(Msg.GET_COUNTERS, b"", protocol.Counters.unpack))
 
 
 def pull_ood(device: Device) -> list[dict]:
     """The device's recent OOD inputs, most recent first: int8 input (model shape), score, prediction."""
     shape = manifest(device)["input"]["shape"]
+    buffered = counters(device)["buffered"]
+    if buffered > MAX_OOD_SAMPLES:
+        raise EdgefpError(f"{device.url}: the device says it holds {buffered} OOD samples, over {MAX_OOD_SAMPLES}")
     samples = []
-    for index in range(counters(device)["buffered"]):
+    for index in range(buffered):
         try:
-            sample = protocol.OodSample.unpack(device.request(Msg.GET_OOD, struct.pack("<I", index)))
+            sample = device.call(Msg.GET_OOD, struct.pack("<I", index), protocol.OodSample.unpack)
         except DeviceError as exc:
             if exc.code == Err.OUT_OF_RANGE:  # the buffer moved on meanwhile
                 break
             raise
+        if len(sample.x) != math.prod(shape):
+            raise EdgefpError(f"{device.url}: the device sent an OOD sample of {len(sample.x)} bytes, not {shape}")
         x = np.frombuffer(sample.x, dtype=np.int8).reshape(shape)
         samples.append({**asdict(sample), "x": x})
     return samples

@@ -55,7 +55,7 @@ def export(board_name: str, out: str, *, force: bool = False) -> dict:
     if board.runtime != "tflm":
         raise EdgefpError(f"{board.name} runs {board.runtime}, not firmware; use 'edgefp agent' there")
     port = port_of(board)
-    with atomic_directory(out, force=force) as tmp:
+    with atomic_directory(out, "firmware project", force=force) as tmp:
         shutil.copy(SOURCE / "Makefile", tmp)
         shutil.copytree(SOURCE / "src", os.path.join(tmp, "src"))
         shutil.copytree(SOURCE / "boards" / port, os.path.join(tmp, "boards", port))

@@ -4,16 +4,21 @@ error codes, and pack/unpack for every body. Unpacking a malformed body raises B
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import astuple, dataclass, field
 from enum import IntEnum
 
 import numpy as np
 
+from edgefp.firmware_host.framing import MAX_FRAME, MIN_FRAME
+
 VERSION = 1
 RESPONSE = 0x80  # response type = request type | RESPONSE
 NAME_MAX = 32  # names in HELLO are cut to this many bytes, so that it fits the smallest frame
 NO_SLOT = 0xFF
+MESSAGE_MAX = 1024  # bytes of an ERROR message
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 
 
 class Msg(IntEnum):
@@ -48,6 +53,7 @@ class Err(IntEnum):
     BAD_STATE = 0x15
     OUT_OF_RANGE = 0x16
     UNSUPPORTED_OP = 0x17
+    OVER_LIMIT = 0x18
     AUTH_REQUIRED = 0x20
     AUTH_FAILED = 0x21
     INTERNAL = 0x7F
@@ -67,6 +73,11 @@ def type_name(type_: int) -> str:
 
 def error_name(code: int) -> str:
     return Err(code).name if code in Err._value2member_map_ else f"error 0x{code:02x}"
+
+
+def one_line(text: str) -> str:
+    """Text from the other side made safe to show: control characters (newlines, escapes) become spaces."""
+    return _CONTROL.sub(" ", text).strip()
 
 
 class BodyError(ValueError):
@@ -98,7 +109,7 @@ class Reader:
         return self.body[self.pos - n : self.pos]
 
     def str8(self) -> str:
-        return self.raw(self.take("B")).decode("utf-8", "replace")
+        return one_line(self.raw(self.take("B")).decode("utf-8", "replace"))
 
     def rest(self) -> bytes:
         out, self.pos = self.body[self.pos :], len(self.body)
@@ -172,6 +183,8 @@ class Hello:
                 raise BodyError(f"unknown slot state {state}")
             slots.append(Slot(SlotState(state), size, r.raw(32), r.str8()))
         r.done()
+        if not MIN_FRAME <= max_frame <= MAX_FRAME:
+            raise BodyError(f"max frame {max_frame} is outside {MIN_FRAME} to {MAX_FRAME}")
         return cls(max_frame, firmware, board, runtime, flash, ram, slots, bool(flags & 1), challenge, version)
 
     def to_dict(self) -> dict:
@@ -321,13 +334,14 @@ class OodSample:
 
 
 def pack_error(code: Err, request_type: int, message: str) -> bytes:
-    return struct.pack("<BB", code, request_type & 0xFF) + message.encode()[:1024]
+    text = one_line(message).encode()[:MESSAGE_MAX].decode("utf-8", "ignore")
+    return struct.pack("<BB", code, request_type & 0xFF) + text.encode()
 
 
 def unpack_error(body: bytes) -> tuple[int, int, str]:
     r = Reader(body)
     code, request_type = r.take("BB")
-    return code, request_type, r.rest().decode("utf-8", "replace")
+    return code, request_type, one_line(r.rest()[:MESSAGE_MAX].decode("utf-8", "replace"))
 
 
 def pack_upload_begin(total: int, sha256: bytes, name: str) -> bytes:

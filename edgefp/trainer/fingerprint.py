@@ -7,7 +7,6 @@ watched layer, and the classifier's largest logit (docs/fingerprint.md).
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import math
 import os
@@ -19,7 +18,7 @@ import numpy as np
 
 from edgefp import __version__, data, ood, shifts
 from edgefp.errors import EdgefpError
-from edgefp.fsutil import atomic_directory
+from edgefp.fsutil import atomic_directory, sha256_file
 from edgefp.progress import Progress
 from edgefp.trainer import taps
 from edgefp.trainer.models import BATCH_SIZE, seed_everything
@@ -61,14 +60,6 @@ class Evidence:
     z_std: float = 1.0
     holdout_quantiles: list[float] | None = None
     fit_quantiles: list[float] | None = None
-
-
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def bottlenecks(features: list[int], n_classes: int, budget_params: float) -> list[int]:
@@ -444,15 +435,17 @@ class NeuralFingerprint:
 
     def save(self, run_dir: str, *, force: bool = False) -> str:
         """Write the RUN directory (classifier, evidence models, fingerprint.json) atomically."""
-        with atomic_directory(run_dir, force=force) as tmp:
+        with atomic_directory(run_dir, "run", force=force) as tmp:
             os.makedirs(os.path.join(tmp, "autoencoders"))
             classifier = os.path.join(tmp, "classifier.keras")
             self.model_.save(classifier)
             for layer, ae in zip(self.autoencoder_layers_, self.autoencoders_):
                 ae.save(os.path.join(tmp, layer.file))
             np.savez_compressed(os.path.join(tmp, HOLDOUT_FILE), x=self.holdout_x_)
+            meta = self.to_dict(sha256_file(classifier))
+            meta["files"] = {name: sha256_file(os.path.join(tmp, name)) for name in _run_files(meta)}
             with open(os.path.join(tmp, "fingerprint.json"), "w") as handle:
-                json.dump(self.to_dict(sha256_file(classifier)), handle, indent=1)
+                json.dump(meta, handle, indent=1)
         return run_dir
 
     @classmethod
@@ -473,10 +466,6 @@ class NeuralFingerprint:
             seed=settings["seed"],
         )
         classifier = os.path.join(run_dir, meta["classifier"]["file"])
-        if sha256_file(classifier) != meta["classifier"]["sha256"]:
-            raise EdgefpError(
-                f"{classifier} does not match the hash in fingerprint.json; the RUN directory was modified"
-            )
         fp.model_ = keras.models.load_model(classifier, compile=False)
         fp.preprocessing_ = meta["preprocessing"]
         fp.labels_ = meta["labels"]
@@ -505,15 +494,35 @@ def read_fingerprint_json(run_dir: str) -> dict:
             meta = json.load(handle)
     except FileNotFoundError:
         raise EdgefpError(f"{run_dir}: not a RUN directory (no fingerprint.json)") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise EdgefpError(f"{path}: unreadable ({exc})") from exc
-    if meta.get("schema") != SCHEMA or meta.get("version") != SCHEMA_VERSION:
+    except (OSError, ValueError, RecursionError) as exc:
+        raise EdgefpError(f"{path}: unreadable ({type(exc).__name__})") from None
+    schema, version = (meta.get("schema"), meta.get("version")) if isinstance(meta, dict) else (None, None)
+    if (schema, version) != (SCHEMA, SCHEMA_VERSION):
         raise EdgefpError(
-            f"{path}: schema {meta.get('schema')} v{meta.get('version')} is not {SCHEMA} v{SCHEMA_VERSION}; "
+            f"{path}: schema {schema} v{version} is not {SCHEMA} v{SCHEMA_VERSION}; "
             "re-create the RUN with this version of edgefp"
         )
-    needed = [meta["classifier"]["file"], HOLDOUT_FILE] + [layer["file"] for layer in meta["layers"] if layer["file"]]
-    missing = [f for f in needed if not os.path.exists(os.path.join(run_dir, f))]
+    try:
+        files = _run_files(meta)
+    except (KeyError, TypeError):
+        files = None
+    if files is None or not all(isinstance(name, str) for name in files):
+        raise EdgefpError(f"{path}: incomplete or malformed; re-create the RUN")
+    missing = [f for f in files if not os.path.exists(os.path.join(run_dir, f))]
     if missing:
         raise EdgefpError(f"{run_dir}: missing {', '.join(missing)}; the RUN directory is incomplete")
+    hashes = meta.get("files")
+    if not isinstance(hashes, dict) or sorted(hashes) != sorted(files):
+        raise EdgefpError(f"{path}: no hashes of the RUN's files (an older edgefp wrote it); re-create the RUN")
+    for name, digest in hashes.items():
+        if sha256_file(os.path.join(run_dir, name)) != digest:
+            raise EdgefpError(
+                f"{os.path.join(run_dir, name)} does not match the hash in fingerprint.json; "
+                "the RUN directory was modified"
+            )
     return meta
+
+
+def _run_files(meta: dict) -> list[str]:
+    """The files of a RUN besides fingerprint.json: classifier, held-out samples, the evidence models."""
+    return [meta["classifier"]["file"], HOLDOUT_FILE] + [layer["file"] for layer in meta["layers"] if layer["file"]]

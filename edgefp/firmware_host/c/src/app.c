@@ -22,7 +22,8 @@ enum msg {
 enum err {
     BAD_FRAME = 0x01, UNKNOWN_TYPE = 0x02, BAD_LENGTH = 0x03, FRAME_TOO_LARGE = 0x04,
     NO_BUNDLE = 0x10, BAD_INPUT_SHAPE = 0x11, HASH_MISMATCH = 0x12, INVALID_BUNDLE = 0x13,
-    DOES_NOT_FIT = 0x14, BAD_STATE = 0x15, OUT_OF_RANGE = 0x16, UNSUPPORTED_OP = 0x17, INTERNAL = 0x7F,
+    DOES_NOT_FIT = 0x14, BAD_STATE = 0x15, OUT_OF_RANGE = 0x16, UNSUPPORTED_OP = 0x17, OVER_LIMIT = 0x18,
+    INTERNAL = 0x7F,
 };
 
 enum slot_state { EMPTY = 0, RECEIVING = 1, VERIFIED = 2, ACTIVE_SLOT = 3 };
@@ -148,6 +149,32 @@ static void clear_counters(void)
     memset(&seen, 0, sizeof seen);
 }
 
+/* The engine's model (just set up) has the input and outputs the manifest describes, and its outputs fit
+ * an INFER_OUTPUTS answer: 0, or -1 after refuse(). */
+static long model_matches(const bundle_info *b)
+{
+    const efp_io *input = efp_engine_input(&engine, 0), *probs = efp_engine_output(&engine, b->probs_index);
+    int matches = efp_engine_input_count(&engine) == 1 &&
+                  input->type == (b->input_float ? EFP_IO_FLOAT32 : EFP_IO_INT8) && input->bytes == b->input_bytes &&
+                  (!b->layers || (probs && probs->type == EFP_IO_INT8 && probs->bytes == b->classes));
+    for (uint32_t l = 0; matches && l < b->layers; ++l) {
+        const efp_io *error = efp_engine_output(&engine, b->error_index[l]);
+        matches = error && error->type == EFP_IO_INT8 && error->bytes == 1;
+    }
+    int32_t type = 0;
+    for (uint32_t k = 0; matches && !b->layers && k <= efp_engine_output_count(&engine); ++k) {
+        const efp_io *output = efp_engine_output(&engine, k);
+        uint32_t bytes = bundle_output(b, k, &type);
+        matches = output ? bytes == output->bytes && type == output->type : bytes == 0;
+    }
+    if (!matches) {
+        return refuse(INVALID_BUNDLE, "the model's input or outputs are not what manifest.json says");
+    }
+    return 4 + outputs_bytes() > MAX_BODY
+               ? refuse_bytes(DOES_NOT_FIT, "its outputs of ", (uint32_t)outputs_bytes(), " bytes do not fit a frame")
+               : 0;
+}
+
 /* Serve the verified bundle in `slot`: 0, or -1 with the reason (nothing is active then). */
 static long load(int slot)
 {
@@ -170,19 +197,8 @@ static long load(int slot)
     if (status != EFP_OK) {
         return refuse_engine(status);
     }
-    size_t outputs = efp_engine_output_count(&engine);
-    const efp_io *input = efp_engine_input(&engine, 0);
-    if (efp_engine_input_count(&engine) != 1 || input->type != (b->input_float ? EFP_IO_FLOAT32 : EFP_IO_INT8) ||
-        input->bytes != b->input_bytes) {
-        return refuse(INVALID_BUNDLE, "the model's input does not have the manifest's shape");
-    }
-    if (b->layers && (b->probs_index >= outputs || efp_engine_output(&engine, b->probs_index)->bytes != b->classes)) {
-        return refuse(INVALID_BUNDLE, "the model's probs output does not match the manifest's labels");
-    }
-    for (uint32_t l = 0; l < b->layers; ++l) {
-        if (b->error_index[l] >= outputs) {
-            return refuse(INVALID_BUNDLE, "a layer error output named in manifest.json is missing");
-        }
+    if (model_matches(b)) {
+        return -1;
     }
     active.slot = slot;
     clear_counters();
@@ -197,6 +213,9 @@ static long check(int slot, uint32_t bytes, bundle_info *b)
     if (bundle_open(slot_data(slot), bytes, b, reason, sizeof reason)) {
         return refuse(INVALID_BUNDLE, reason);
     }
+    if (bundle_tables(b, NULL)) {
+        return refuse(INVALID_BUNDLE, "a z_table in manifest.json is malformed");
+    }
     if (b->input_bytes + (b->layers ? OOD_HEAD : 0) + FRAME_OVERHEAD > EFP_MAX_FRAME) {
         return refuse_bytes(DOES_NOT_FIT, "its input of ", b->input_bytes, " bytes does not fit a frame");
     }
@@ -206,8 +225,8 @@ static long check(int slot, uint32_t bytes, bundle_info *b)
     long result = 0;
     if (status != EFP_OK && status != EFP_ARENA_TOO_SMALL) {
         result = refuse_engine(status);
-    } else if (status == EFP_OK && 4 + outputs_bytes() > MAX_BODY) {
-        result = refuse_bytes(DOES_NOT_FIT, "its outputs of ", (uint32_t)outputs_bytes(), " bytes do not fit a frame");
+    } else if (status == EFP_OK && model_matches(b)) { /* else checked when activated: the active bundle holds room */
+        result = -1;
     } else if (need > EFP_ARENA_BYTES) {
         result = refuse_bytes(DOES_NOT_FIT, "the model needs ", (uint32_t)(need - EFP_ARENA_BYTES), " bytes more RAM than ");
         text_str(&msg, board_name);
@@ -636,8 +655,11 @@ static long on_bench(const uint8_t *body, size_t len, uint8_t *out)
     if (runs < 1) {
         return refuse(OUT_OF_RANGE, "runs must be at least 1");
     }
+    if (runs > EFP_BENCH_MAX_RUNS || warmup > EFP_BENCH_MAX_RUNS - runs) {
+        return refuse_bytes(OVER_LIMIT, "runs + warmup over ", EFP_BENCH_MAX_RUNS, "");
+    }
     const bundle_info *b = &active.info;
-    uint32_t start = board_time_us();
+    uint32_t start = board_time_us(), began = start;
     int status = efp_engine_init(&engine, b->model, b->model_len, arena, EFP_ARENA_BYTES - active.extras);
     float init_ms = (float)(board_time_us() - start) / 1000.0f;
     if (status != EFP_OK) {
@@ -660,6 +682,10 @@ static long on_bench(const uint8_t *body, size_t len, uint8_t *out)
     double sum = 0.0, squares = 0.0;
     float first = 0.0f, lo = 0.0f, hi = 0.0f;
     for (uint32_t i = 0; i < 1 + warmup + runs; ++i) {
+        if (board_time_us() - began > EFP_BENCH_MAX_US) {
+            refuse_bytes(OVER_LIMIT, "time limit reached after ", i, " invokes");
+            return -1;
+        }
         start = board_time_us();
         status = efp_engine_invoke(&engine);
         float us = (float)(board_time_us() - start);
@@ -699,13 +725,28 @@ static long on_bench(const uint8_t *body, size_t len, uint8_t *out)
     return BENCH_HEAD + 4 + 4 * (long)kept_runs;
 }
 
-static long on_events(const uint8_t *body, size_t len, uint8_t *out)
+/* A one-byte body that must be 0 or 1 (EVENTS, RESET): 0 or 1, or -1 after refuse(). */
+static int flag(const uint8_t *body, size_t len, const char *name)
 {
-    (void)out;
     if (bad_length(len, 1)) {
         return -1;
     }
-    events_on = body[0] != 0;
+    if (body[0] > 1) {
+        refuse(OUT_OF_RANGE, name);
+        text_str(&msg, " must be 0 or 1");
+        return -1;
+    }
+    return body[0];
+}
+
+static long on_events(const uint8_t *body, size_t len, uint8_t *out)
+{
+    (void)out;
+    int on = flag(body, len, "enable");
+    if (on < 0) {
+        return -1;
+    }
+    events_on = on;
     return 0;
 }
 
@@ -750,12 +791,13 @@ static int reboot_after_answer;
 static long on_reset(const uint8_t *body, size_t len, uint8_t *out)
 {
     (void)out;
-    if (bad_length(len, 1)) {
+    int reboot = flag(body, len, "reboot");
+    if (reboot < 0) {
         return -1;
     }
     upload.on = 0;
     clear_counters();
-    reboot_after_answer = body[0] != 0;
+    reboot_after_answer = reboot;
     return 0;
 }
 
@@ -805,6 +847,9 @@ static void answer(const uint8_t *payload, size_t len)
     uint8_t type = payload[0];
     uint16_t seq = (uint16_t)(payload[1] | payload[2] << 8);
     uint32_t crc = read_u32(payload + len - 4);
+    if (seq == 0) {
+        return; /* seq 0 marks unsolicited frames, never a request: not executed, not answered */
+    }
     if (type != HELLO && kept && kept_seq == seq && kept_crc == crc) {
         frame_send(tx, tx_len); /* a duplicate: the kept answer again, not executed twice */
         return;

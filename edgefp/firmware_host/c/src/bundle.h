@@ -25,12 +25,18 @@ typedef struct {
     int64_t threshold_units;  /* OOD when the sum of the layers' table entries exceeds it */
     const char *tables[EFP_MAX_LAYERS]; /* each layer's z_table, a JSON array in the manifest */
     const char *tables_end[EFP_MAX_LAYERS];
+    const char *raw, *raw_end; /* a wrapped model's outputs.raw, a JSON array in the manifest */
 } bundle_info;
 
 /* 0 when the archive holds a bundle that verifies, else -1 with the reason in err. */
 int bundle_open(const uint8_t *archive, uint32_t len, bundle_info *b, char *err, size_t err_len);
 
-/* Read the layers' score tables (256 entries each) into tables[layers][256]; 0 on success. */
+/* Read the layers' score tables (256 entries each) into tables[layers][256] (only check them when
+ * tables is NULL); 0 on success. */
 int bundle_tables(const bundle_info *b, int32_t *tables);
+
+/* Bytes of output k of a model wrapped without a fingerprint as the manifest lists it, with its TFLite
+ * TensorType in type; 0 past the last (and for a fingerprinted bundle). */
+uint32_t bundle_output(const bundle_info *b, uint32_t k, int32_t *type);
 
 #endif

@@ -19,6 +19,10 @@
 #define EFP_MAX_BUFFERS 192 /* tensors and scratch buffers of a model's plan: 16 bytes of stack each at set-up */
 #endif
 #define EFP_WINDOW 100    /* inputs in the recent window of the counters */
+#define EFP_BENCH_MAX_RUNS 100000u /* runs + warmup of one BENCH (edgefp.limits.MAX_INVOKES) */
+#ifndef EFP_BENCH_MAX_US
+#define EFP_BENCH_MAX_US 5000000u /* a BENCH still running after this long stops (edgefp.limits.BENCH_MAX_SECONDS) */
+#endif
 #define EFP_MAX_LAYERS 16 /* fingerprinted layers a bundle may have */
 #define EFP_NAME_MAX 32   /* bundle names in HELLO */
 
