@@ -202,8 +202,8 @@ def test_swapped_autoencoder_or_holdout_is_refused(digits_run, tmp_path):
     from edgefp.trainer.fingerprint import read_fingerprint_json
 
     _, run_dir = digits_run
-    layers = read_fingerprint_json(run_dir)["layers"]
-    for victim, donor in [(layers[0]["autoencoder"], layers[1]["autoencoder"]), ("holdout.npz", None)]:
+    autoencoder = next(layer["file"] for layer in read_fingerprint_json(run_dir)["layers"] if layer["file"])
+    for victim, donor in [(autoencoder, "classifier.keras"), ("holdout.npz", None)]:
         copy = str(tmp_path / victim.replace("/", "_"))
         shutil.copytree(run_dir, copy)
         if donor:
