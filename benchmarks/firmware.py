@@ -35,13 +35,13 @@ import tempfile
 import numpy as np
 
 from benchmarks.common import save
-from benchmarks.int8 import classifier_only, int8_tflite, representative_data
 from edgefp import data
 from edgefp.bundle import MODEL, Bundle, sha256
-from edgefp.converter.convert import convert
+from edgefp.converter.convert import batch_of_one, convert, int8_model, strip
 from edgefp.firmware_host import client, engine, firmware
 from edgefp.firmware_host.client import DeviceError
 from edgefp.runtime import litert_module
+from edgefp.shifts import range_samples
 from edgefp.trainer import train
 from edgefp.wrap import wrap
 
@@ -75,7 +75,7 @@ def bundles(name: str, dataset: data.Dataset, epochs: int, workdir: str) -> tupl
     fingerprint.save(run_dir)
     convert(run_dir, dataset, out)
     deployed = Bundle.load(out)
-    model = int8_tflite(classifier_alone(fingerprint), [representative_data(fingerprint.prepare(dataset.x))])
+    model = strip(int8_model(classifier_alone(fingerprint), range_samples(fingerprint.prepare(dataset.x))))
     manifest = copy.deepcopy(deployed.manifest)
     details = litert_module().Interpreter(model_content=model).get_output_details()
     specs = [_spec(index, detail) for index, detail in enumerate(details)]
@@ -83,9 +83,10 @@ def bundles(name: str, dataset: data.Dataset, epochs: int, workdir: str) -> tupl
         "probs": next(spec for spec in specs if spec["shape"] != [1]),
         "layer_errors": [next(spec for spec in specs if spec["shape"] == [1])],
     }
-    quantiles = [0.0] * len(manifest["layers"][0]["holdout_error_quantiles"])
-    placeholder = {"log_error_mean": 0.0, "log_error_std": 1.0, "holdout_error_quantiles": quantiles}
-    manifest["layers"] = [{"name": "none", "features": 1, **placeholder, "z_table": [0] * 256}]
+    quantiles = [0.0] * len(manifest["layers"][0]["holdout_quantiles"])
+    placeholder = {"kind": "autoencoder", "transform": "log", "weight": 0.5, "z_mean": 0.0, "z_std": 1.0}
+    placeholder.update(holdout_quantiles=quantiles, z_table=[0] * 256)
+    manifest["layers"] = [{"name": "none", "features": 1, **placeholder}]
     manifest["files"] = {MODEL: {"sha256": sha256(model), "bytes": len(model)}}
     manifest.update(name=f"{name}_classifier", flash_bytes=len(model))
     return deployed, Bundle(manifest, {MODEL: model})
@@ -96,7 +97,7 @@ def classifier_alone(fingerprint):
     needs a layer-error output, and this one costs a handful of instructions."""
     import keras
 
-    model = classifier_only(fingerprint)
+    model = batch_of_one(fingerprint.model_, "classifier")
     probs = model.outputs[0]
     return keras.Model(model.inputs, [probs, keras.ops.mean(probs, axis=-1, keepdims=True)], name="alone")
 

@@ -1,15 +1,23 @@
-"""OOD detection quality: the fingerprint score against max-softmax, energy and Mahalanobis.
+"""OOD detection quality: the fingerprint (float and as the int8 bundle) against MSP, energy, Mahalanobis,
+relative Mahalanobis and KNN, on the same classifier, over many splits and seeds, with bootstrap intervals.
 
-For each data set, a classifier is trained on some classes (edgefp's `train`, fixed seeds); the
-held-out test samples of those classes are in-distribution, the remaining classes are near-OOD and
-shifted copies of the in-distribution test samples are far-OOD. OOD is the positive class: AUROC,
-AUPR, and FPR at 95% TPR (share of in-distribution samples flagged when 95% of OOD are caught).
-Every detector scores the same classifier; the fingerprint is scored in float and as the int8 bundle
-`edgefp convert` makes of it. Also reports the cost of fingerprinting: wall time of
-the fingerprint fit and the autoencoders' parameters against the classifier's.
+For each data set and split, a classifier is trained on some classes (edgefp's `train`); the held-out
+test samples of those classes are in-distribution, the remaining classes are near-OOD, and shifted
+copies of the in-distribution test samples are far-OOD (`edgefp/shifts.py`). OOD is the positive class:
+AUROC, AUPR, and FPR at 95 % TPR (share of in-distribution samples flagged when 95 % of OOD are caught).
+Every detector scores the same classifier on the same preprocessed inputs; the fingerprint is scored in
+float and as the int8 bundle `edgefp convert` makes of it (LiteRT).
 
-    python benchmarks/ood_quality.py            # full: 3 seeds, every held-out class
-    python benchmarks/ood_quality.py --quick    # one seed, one split: a smoke test
+Splits: digits, every class held out as half of a 5-of-10 split: 12 splits drawn at random (fixed
+generator) and their 12 complements (24 of the 252; each digit is in-distribution in 12 of them);
+basic_motions and arrow_head, each class held out in turn; gun_point (two classes) far-OOD only.
+Intervals: 95 % percentile bootstrap over the runs (splits x seeds) of a data set, 2,000 resamples;
+`vs best` is the paired difference of the int8 fingerprint to the baseline with the best mean.
+Ablation: the float fingerprint's score recombined without each kind of evidence, with one minus the
+largest probability in the max logit's place, or with every piece of evidence weighing the same.
+
+    python -m benchmarks.ood_quality            # full: 24 digits splits x 2 seeds, sensor splits x 5 seeds
+    python -m benchmarks.ood_quality --quick    # one split and seed per data set with near-OOD: a smoke test
 """
 
 from __future__ import annotations
@@ -18,36 +26,68 @@ import argparse
 import os
 import sys
 import tempfile
+import time
 
 import numpy as np
 
 from benchmarks.common import save
-from edgefp import data, metrics, shifts
+from edgefp import data, metrics, ood, shifts
 from edgefp.bundle import Bundle
 from edgefp.converter.convert import convert
 from edgefp.trainer import train
 from edgefp.trainer.baselines import BASELINES
+from edgefp.trainer.fingerprint import AUTOENCODER, MAX_LOGIT
 from edgefp.trainer.train import HOLDOUT
 
 SENSOR_SHIFTS = ("stuck", "gain", "noise", "reverse")
+IMAGE_SHIFTS = ("gaussian", "invert", "blur", "stuck")
+DIGITS_DRAWN = 12  # random 5-of-10 digit splits; with their complements, 24 splits
+BOOTSTRAP = 2000
+DETECTORS = ["fingerprint", "fingerprint_int8", *BASELINES]
+MAX_SOFTMAX = "max_softmax"
+ABLATION = {
+    "all evidence": (),
+    "autoencoders only": (MAX_LOGIT,),
+    "max logit only": (AUTOENCODER,),
+    "max-softmax for max logit": (MAX_SOFTMAX,),
+    "weighted per evidence": ("per_evidence",),
+}
 
 
-def experiments(quick: bool):
-    """(data set, all its samples, in-distribution classes, far-OOD shifts) to run.
+def digits_splits(drawn: int) -> list[tuple[int, ...]]:
+    """``drawn`` random 5-of-10 digit splits (0-4 first) and their complements."""
+    rng = np.random.default_rng(2024)
+    splits = [(0, 1, 2, 3, 4)]
+    while len(splits) < drawn:
+        split = tuple(sorted(int(c) for c in rng.choice(10, 5, replace=False)))
+        complement = tuple(c for c in range(10) if c not in split)
+        if split not in splits and complement not in splits:
+            splits.append(split)
+    return splits + [tuple(c for c in range(10) if c not in split) for split in splits]
 
-    The sensor sets' archive splits are tiny and uneven, so their train and test parts are pooled
-    and split again (stratified, 60/40) for each seed.
-    """
-    digits = data.load("digits")
-    runs = [("digits", digits, [0, 1, 2, 3, 4], ("gaussian", "invert", "blur", "stuck"))]
-    for name in ("basic_motions", "arrow_head"):
-        train_part, test_part = data.load(f"{name}:train"), data.load(f"{name}:test")
-        pooled = data.Dataset(
-            np.concatenate([train_part.x, test_part.x]), np.concatenate([train_part.y, test_part.y]), name
-        )
-        n_classes = len(np.unique(pooled.y))
-        for unseen in range(1 if quick else n_classes):
-            runs.append((name, pooled, [c for c in range(n_classes) if c != unseen], SENSOR_SHIFTS))
+
+def pooled(name: str) -> data.Dataset:
+    """A sensor set's archive train and test parts together (they are tiny and uneven; each seed splits again)."""
+    train_part, test_part = data.load(f"{name}:train"), data.load(f"{name}:test")
+    return data.Dataset(np.concatenate([train_part.x, test_part.x]), np.concatenate([train_part.y, test_part.y]), name)
+
+
+def experiments(quick: bool, seeds: int, digits_drawn: int, sets: list[str]) -> list[tuple]:
+    """(data set name, all its samples, in-distribution classes, far-OOD shifts, seed) for every run."""
+    runs = []
+    if "digits" in sets:
+        digits = data.load("digits")
+        for split in digits_splits(digits_drawn)[: 1 if quick else None]:
+            runs += [("digits", digits, list(split), IMAGE_SHIFTS, seed) for seed in range(1 if quick else seeds)]
+    for name in ("basic_motions", "arrow_head", "gun_point"):
+        if name not in sets or (quick and name == "gun_point"):
+            continue
+        dataset = pooled(name)
+        classes = sorted(int(c) for c in np.unique(dataset.y))
+        held_out = [None] if len(classes) < 3 else classes[: 1 if quick else None]
+        for unseen in held_out:
+            known = [c for c in classes if c != unseen]
+            runs += [(name, dataset, known, SENSOR_SHIFTS, seed) for seed in range(1 if quick else seeds)]
     return runs
 
 
@@ -59,96 +99,198 @@ def int8_bundle(fingerprint, calib: data.Dataset) -> Bundle:
         return Bundle.load(os.path.join(scratch, "bundle"))
 
 
+def ablated(fingerprint, scores, holdout, change: tuple[str, ...]) -> np.ndarray:
+    """The float fingerprint's score of ``scores`` recombined: without the evidence kinds in ``change``
+    (the remaining kinds weigh the same again), with one minus the largest probability in the max
+    logit's place (MAX_SOFTMAX; its z statistics from the ``holdout`` scores), or with every piece of
+    evidence weighing the same (``per_evidence``)."""
+    values, (z_mean, z_std, _) = scores.layer_errors.copy(), fingerprint.z_stats_()
+    transforms, kinds = list(fingerprint.transforms_), [layer.kind for layer in fingerprint.layers_]
+    if MAX_SOFTMAX in change:
+        j = kinds.index(MAX_LOGIT)
+        held = np.log(1.0 - holdout.probs.max(axis=1) + ood.EPS)
+        values[:, j], transforms[j] = 1.0 - scores.probs.max(axis=1), "log"
+        z_mean, z_std = z_mean.copy(), z_std.copy()
+        z_mean[j], z_std[j] = held.mean(), max(held.std(), 1e-3)
+    keep = [j for j, kind in enumerate(kinds) if kind not in change]
+    kept = [kinds[j] for j in keep]
+    weights = [1.0 / len(keep) if "per_evidence" in change else 1.0 / (kept.count(k) * len(set(kept))) for k in kept]
+    return ood.ood_score(values[:, keep], z_mean[keep], z_std[keep], weights, [transforms[j] for j in keep])
+
+
 def evaluate(dataset: data.Dataset, classes, far, seed) -> dict:
+    """One run: train, convert, score every detector on the in-distribution test set and each OOD case."""
     if dataset.name == "digits":  # the built-in fixed split
         test = data.stratified_split(dataset.y, data.DIGITS_TEST_FRACTION, seed=0)
     else:
         test = data.stratified_split(dataset.y, 0.4, seed=seed)
     known = np.isin(dataset.y, classes)
     train_set, held_out = dataset.subset(known & ~test), dataset.subset(known & test)
-    near = dataset.x[~known]
-    cases = {"near": near, **{kind: shifts.apply(held_out.x, kind, seed=seed + 1) for kind in far}}
+    cases = {"near": dataset.x[~known]} if (~known).any() else {}
+    cases.update({kind: shifts.apply(held_out.x, kind, seed=seed + 1) for kind in far})
 
+    started = time.monotonic()
     fingerprint = train(train_set, seed=seed, progress=False)
+    train_seconds = time.monotonic() - started
     prepare = fingerprint.prepare
     fit_mask = ~data.stratified_split(train_set.y, HOLDOUT, seed)
     x_fit, y_fit = prepare(train_set.x[fit_mask]), np.searchsorted(fingerprint.label_values_, train_set.y[fit_mask])
     bundle = int8_bundle(fingerprint, train_set)
-    detectors = {"fingerprint": fingerprint.score_samples, "fingerprint_int8": lambda x: bundle.score(x).ood_score}
+    detectors = {"fingerprint_int8": lambda x: bundle.score(x).ood_score}
     for name, baseline in BASELINES.items():
         fitted = baseline().fit(fingerprint.model_, x_fit, y_fit)
         detectors[name] = lambda x, fitted=fitted: fitted.score_samples(prepare(x))
+    id_float, holdout = fingerprint.score(held_out.x), fingerprint.score(fingerprint.holdout_x_)
     id_scores = {name: score(held_out.x) for name, score in detectors.items()}
     result = {
-        "accuracy": float(np.mean(fingerprint.score(held_out.x).pred == held_out.y)),
-        "id_flagged": float(np.mean(fingerprint.score(held_out.x).is_ood)),
+        "classes": [int(c) for c in classes],
+        "seed": seed,
+        "accuracy": float(np.mean(id_float.pred == held_out.y)),
+        "id_flagged": float(np.mean(id_float.is_ood)),
+        "id_flagged_int8": float(np.mean(bundle.score(held_out.x).is_ood)),
+        "train_seconds": train_seconds,
         "fit_seconds": fingerprint.fit_seconds_,
         "classifier_params": int(fingerprint.model_.count_params()),
-        "autoencoder_params": fingerprint.autoencoder_params(),
+        "fingerprint_params": fingerprint.fingerprint_params(),
         "cases": {},
+        "ablation": {},
     }
     for case, x in cases.items():
-        result["cases"][case] = {
-            name: metrics.detection_report(id_scores[name], score(x)) for name, score in detectors.items()
+        ood_float = fingerprint.score(x)
+        rows = {"fingerprint": metrics.detection_report(id_float.ood_score, ood_float.ood_score)}
+        rows.update({name: metrics.detection_report(id_scores[name], score(x)) for name, score in detectors.items()})
+        result["cases"][case] = rows
+        result["ablation"][case] = {
+            name: metrics.auroc(
+                ablated(fingerprint, id_float, holdout, without), ablated(fingerprint, ood_float, holdout, without)
+            )
+            for name, without in ABLATION.items()
         }
     return result
 
 
-def average(results: list[dict]) -> dict:
-    """Mean over runs of every number in the nested result dicts."""
-    first = results[0]
-    if isinstance(first, dict):
-        return {key: average([r[key] for r in results]) for key in first}
-    return float(np.mean(results))
+def interval(values, rng) -> tuple[float, float, float]:
+    """Mean of ``values`` and its 95 % percentile bootstrap interval."""
+    values = np.asarray(values, dtype=np.float64)
+    means = values[rng.integers(0, len(values), size=(BOOTSTRAP, len(values)))].mean(axis=1)
+    return float(values.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Per case: every detector's mean AUROC/AUPR/FPR with a bootstrap interval over the runs; the paired
+    difference of the int8 fingerprint to the best baseline; the int8-float gap; and the ablation."""
+    rng = np.random.default_rng(0)
+    summary = {"runs": len(runs), "cases": {}, "ablation": {}}
+    for key in ("accuracy", "id_flagged", "id_flagged_int8", "train_seconds", "fit_seconds"):
+        summary[key] = float(np.mean([r[key] for r in runs]))
+    summary["params_ratio"] = float(np.mean([r["fingerprint_params"] / r["classifier_params"] for r in runs]))
+    for case in runs[0]["cases"]:
+        auroc = {d: [r["cases"][case][d]["auroc"] for r in runs] for d in DETECTORS}
+        row = {
+            d: {
+                "auroc": interval(auroc[d], rng),
+                "aupr": float(np.mean([r["cases"][case][d]["aupr"] for r in runs])),
+                "fpr_at_95tpr": float(np.mean([r["cases"][case][d]["fpr_at_95tpr"] for r in runs])),
+            }
+            for d in DETECTORS
+        }
+        best = max(BASELINES, key=lambda d: np.mean(auroc[d]))
+        gap = np.subtract(auroc["fingerprint_int8"], auroc["fingerprint"])
+        per_split = {}
+        for r, g in zip(runs, gap):
+            per_split.setdefault(tuple(r["classes"]), []).append(g)
+        row["best_baseline"] = best
+        row["int8_vs_best"] = interval(np.subtract(auroc["fingerprint_int8"], auroc[best]), rng)
+        row["int8_minus_float"] = interval(gap, rng)
+        row["worst_split_int8_minus_float"] = float(min(np.mean(v) for v in per_split.values()))
+        summary["cases"][case] = row
+        summary["ablation"][case] = {
+            name: interval([r["ablation"][case][name] for r in runs], rng) for name in ABLATION
+        }
+    return summary
+
+
+def _cell(stat) -> str:
+    mean, low, high = stat
+    return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
 
 
 def table(summary: dict) -> str:
-    detectors = ["fingerprint", "fingerprint_int8", *BASELINES]
     lines = [
-        "AUROC (FPR at 95% TPR in brackets); OOD is the positive class. Best per row in bold. "
-        "fingerprint_int8: the same fingerprint converted to an int8 bundle, scored on LiteRT. "
-        "AUPR is in the JSON file.",
+        "AUROC, mean over runs [95 % bootstrap interval]; OOD is the positive class. Best mean per row in bold.",
+        "fingerprint_int8: the same fingerprint as the int8 bundle on LiteRT. `int8 - best`: paired difference of",
+        "fingerprint_int8 to the baseline with the best mean (named). FPR at 95 % TPR and AUPR are in the JSON file.",
         "",
-        "| data set | case | " + " | ".join(detectors) + " |",
-        "|---|---|" + "---|" * len(detectors),
+        "| data set | case | runs | " + " | ".join(DETECTORS) + " | int8 - best |",
+        "|---|---|---|" + "---|" * (len(DETECTORS) + 1),
     ]
     for dataset, result in summary.items():
-        for case, rows in result["cases"].items():
-            best = max(rows[d]["auroc"] for d in detectors)
-            cells = []
-            for d in detectors:
-                text = f"{rows[d]['auroc']:.3f} ({rows[d]['fpr_at_95tpr']:.2f})"
-                cells.append(f"**{text}**" if rows[d]["auroc"] == best else text)
-            lines.append(f"| {dataset} | {case} | " + " | ".join(cells) + " |")
+        for case, row in result["cases"].items():
+            top = max(row[d]["auroc"][0] for d in DETECTORS)
+            cells = [
+                f"**{_cell(row[d]['auroc'])}**" if row[d]["auroc"][0] == top else _cell(row[d]["auroc"])
+                for d in DETECTORS
+            ]
+            best = f"{_cell(row['int8_vs_best'])} ({row['best_baseline']})"
+            lines.append(f"| {dataset} | {case} | {result['runs']} | " + " | ".join(cells) + f" | {best} |")
     lines += [
         "",
-        "| data set | accuracy | ID flagged | fingerprint fit (s) | autoencoder / classifier params |",
-        "|---|---|---|---|---|",
+        "int8 against float (fingerprint_int8 - fingerprint AUROC): mean over runs [interval], and the worst split",
+        "(mean over its seeds).",
+        "",
+        "| data set | case | int8 - float | worst split |",
+        "|---|---|---|---|",
+    ]
+    for dataset, result in summary.items():
+        for case, row in result["cases"].items():
+            worst = row["worst_split_int8_minus_float"]
+            lines.append(f"| {dataset} | {case} | {_cell(row['int8_minus_float'])} | {worst:+.3f} |")
+    lines += [
+        "",
+        "Ablation (float fingerprint AUROC, mean [interval]): the score recombined from some of its evidence, with",
+        "max-softmax (one minus the largest probability) for the max logit, or weighted per evidence, not per kind.",
+        "",
+        "| data set | case | " + " | ".join(ABLATION) + " |",
+        "|---|---|" + "---|" * len(ABLATION),
+    ]
+    for dataset, result in summary.items():
+        for case, row in result["ablation"].items():
+            lines.append(f"| {dataset} | {case} | " + " | ".join(_cell(row[name]) for name in ABLATION) + " |")
+    lines += [
+        "",
+        "| data set | runs | accuracy | ID flagged float / int8 | train + fingerprint (s) | fingerprint fit (s) "
+        "| fingerprint / classifier params |",
+        "|---|---|---|---|---|---|---|",
     ]
     for dataset, r in summary.items():
-        ratio = r["autoencoder_params"] / r["classifier_params"]
         lines.append(
-            f"| {dataset} | {r['accuracy']:.3f} | {r['id_flagged']:.3f} | {r['fit_seconds']:.1f} | "
-            f"{r['autoencoder_params']:.0f} / {r['classifier_params']:.0f} = {ratio:.2f} |"
+            f"| {dataset} | {r['runs']} | {r['accuracy']:.3f} | {r['id_flagged']:.3f} / {r['id_flagged_int8']:.3f} | "
+            f"{r['train_seconds']:.1f} | {r['fit_seconds']:.1f} | {r['params_ratio']:.2f} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one seed and one split per data set")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per split (default 3)")
+    parser.add_argument("--quick", action="store_true", help="one split and seed per data set with near-OOD")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per split (default: 2 digits, 5 sensors)")
+    parser.add_argument("--digits-splits", type=int, default=DIGITS_DRAWN, help="random digits splits drawn")
+    parser.add_argument("--sets", default="digits,basic_motions,arrow_head,gun_point", help="data sets to run")
     args = parser.parse_args(argv)
-    seeds = [0] if args.quick else list(range(args.seeds))
-    per_run: dict[str, list] = {}
-    for name, dataset, classes, far in experiments(args.quick):
-        for seed in seeds:
-            print(f"{name}: classes {classes}, seed {seed}", file=sys.stderr)
-            per_run.setdefault(name, []).append(evaluate(dataset, classes, far, seed))
-    summary = {dataset: average(runs) for dataset, runs in per_run.items()}
+    sets = args.sets.split(",")
+    started = time.monotonic()
+    per_set: dict[str, list] = {}
+    plan = []
+    for name in sets:
+        seeds = args.seeds or (2 if name == "digits" else 5)
+        plan += experiments(args.quick, seeds, args.digits_splits, [name])
+    for i, (name, dataset, classes, far, seed) in enumerate(plan, 1):
+        print(f"[{i}/{len(plan)}] {name}: classes {classes}, seed {seed}", file=sys.stderr, flush=True)
+        per_set.setdefault(name, []).append(evaluate(dataset, classes, far, seed))
+    summary = {name: summarise(runs) for name, runs in per_set.items()}
     save(
         "ood_quality" + ("_quick" if args.quick else ""),
-        {"seeds": seeds, "summary": summary, "runs": per_run},
+        {"seconds": time.monotonic() - started, "summary": summary, "runs": per_set},
         table(summary),
     )
     return 0

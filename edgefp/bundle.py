@@ -271,44 +271,56 @@ class Bundle:
         scaled = data.apply_preprocessing(x, spec["preprocessing"]) / np.float32(spec["scale"])
         return np.clip(np.round(scaled) + spec["zero_point"], -128, 127).astype(np.int8)
 
-    def dequantize(self, probs_q: np.ndarray, errors_q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The int8 outputs of N samples as float (probabilities, layer errors)."""
-        outputs = self.manifest["outputs"]
-        errors = [_dequantize(errors_q[:, j], spec) for j, spec in enumerate(outputs["layer_errors"])]
-        return _dequantize(probs_q, outputs["probs"]), np.stack(errors, axis=1)
+    @property
+    def transforms(self) -> list[str]:
+        return [layer["transform"] for layer in self.manifest["layers"]]
 
-    def decide(self, probs_q: np.ndarray, errors_q: np.ndarray) -> ood.Scores:
+    def dequantize(self, probs_q: np.ndarray, values_q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The int8 outputs of N samples as float (probabilities, evidence)."""
+        outputs = self.manifest["outputs"]
+        values = [_dequantize(values_q[:, j], spec) for j, spec in enumerate(outputs["layer_errors"])]
+        return _dequantize(probs_q, outputs["probs"]), np.stack(values, axis=1)
+
+    def decide(self, probs_q: np.ndarray, values_q: np.ndarray) -> ood.Scores:
         """The int8 outputs of N samples -> the score file (dequantise, look up, compare)."""
-        probs, errors = self.dequantize(probs_q, errors_q)
-        units = self.score_units(errors_q)
+        probs, values = self.dequantize(probs_q, values_q)
+        units = self.score_units(values_q)
         return ood.Scores(
             pred=self.label_values[np.argmax(probs_q, axis=1)],
             probs=probs,
             ood_score=units / (ood.SCORE_UNIT * len(self.manifest["layers"])),
             is_ood=units > self.manifest["score"]["threshold_units"],
-            layer_errors=errors,
+            layer_errors=values,
         )
 
-    def score_units(self, errors_q: np.ndarray) -> np.ndarray:
-        """The int8 layer errors (N, L) -> scores in fixed-point units: the sum of each layer's z_table entry."""
-        return self.layer_evidence(errors_q).sum(axis=1)
+    def score_units(self, values_q: np.ndarray) -> np.ndarray:
+        """The int8 evidence (N, L) -> scores in fixed-point units: the sum of each output's z_table entry."""
+        return self.layer_evidence(values_q).sum(axis=1)
 
-    def layer_evidence(self, errors_q: np.ndarray) -> np.ndarray:
-        """The int8 layer errors (N, L) -> each layer's part of the score, ``max(z, 0)`` in fixed-point units."""
+    def layer_evidence(self, values_q: np.ndarray) -> np.ndarray:
+        """The int8 evidence (N, L) -> each output's part of the score, ``max(z, 0)`` in fixed-point units."""
         tables = np.asarray([layer["z_table"] for layer in self.manifest["layers"]], dtype=np.int64)
-        index = np.asarray(errors_q, dtype=np.int64).reshape(-1, len(tables)) + 128
+        index = np.asarray(values_q, dtype=np.int64).reshape(-1, len(tables)) + 128
         return tables[np.arange(len(tables)), index]
 
-    def invoke_all(self, interpreter, x_q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Run every quantised sample through an interpreter; return the int8 probs (N, C) and errors (N, L)."""
+    def most_unusual_q(self) -> np.ndarray:
+        """Per evidence output, the int8 value at its least usual end (127 for errors, -128 for the max logit)."""
+        return np.asarray([ood.least_usual_q(kind) for kind in self.transforms], dtype=np.int8)
+
+    def split_outputs(self, result: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """One invoke's outputs (model order, no batch axis) -> the int8 probs (C,) and evidence (L,)."""
         outputs = self.manifest["outputs"]
-        probs, errors = [], []
+        values = [np.asarray(result[spec["index"]]).reshape(-1)[0] for spec in outputs["layer_errors"]]
+        return np.asarray(result[outputs["probs"]["index"]], dtype=np.int8), np.asarray(values, dtype=np.int8)
+
+    def invoke_all(self, interpreter, x_q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Run every quantised sample through an interpreter; return the int8 probs (N, C) and evidence (N, L)."""
+        probs = np.empty((len(x_q), len(self.manifest["labels"])), dtype=np.int8)
+        values = np.empty((len(x_q), len(self.manifest["layers"])), dtype=np.int8)
         with step(f"running the int8 model on {RUNTIME_NAMES.get(interpreter.name, interpreter.name)}"):
-            for sample in x_q:
-                result = interpreter.invoke(sample)
-                probs.append(result[outputs["probs"]["index"]])
-                errors.append([result[spec["index"]][0] for spec in outputs["layer_errors"]])
-        return np.asarray(probs, dtype=np.int8), np.asarray(errors, dtype=np.int8)
+            for i, sample in enumerate(x_q):
+                probs[i], values[i] = self.split_outputs(interpreter.invoke(sample))
+        return probs, values
 
     def score(self, x: np.ndarray, runtime: str = "litert"):
         """Classify and score raw samples with the int8 model on ``runtime`` (litert, tflm, edgetpu,

@@ -47,8 +47,8 @@ FORCE_OPTION = click.option(
 LAYERS_OPTION = click.option(
     "--layers",
     default=None,
-    help="Comma-separated layers to fingerprint, 'logits' for the logits "
-    "[default: every layer with a kernel but the output layer].",
+    help="Comma-separated layers watched by autoencoders, 'logits' for the logits "
+    "[default: every layer with a kernel below the penultimate one].",
 )
 FPR_OPTION = click.option(
     "--fpr",
@@ -182,13 +182,19 @@ def fingerprint(model, data, out, layers, fpr, epochs, seed, force, as_json):
 
 def _report_run(fp, out: str, as_json: bool) -> None:
     layers = [
-        {"name": layer.name, "features": layer.features, "bottleneck": layer.bottleneck, "params": layer.params}
+        {
+            "name": layer.name,
+            "kind": layer.kind,
+            "features": layer.features,
+            "bottleneck": layer.bottleneck,
+            "params": layer.params,
+        }
         for layer in fp.layers_
     ]
     report = {
         "run": out,
         "classifier_params": int(fp.model_.count_params()),
-        "autoencoder_params": fp.autoencoder_params(),
+        "fingerprint_params": fp.fingerprint_params(),
         "layers": layers,
         "threshold": fp.threshold_,
         "target_fpr": fp.fpr,
@@ -196,14 +202,13 @@ def _report_run(fp, out: str, as_json: bool) -> None:
         "n_holdout": fp.n_holdout_,
         "fingerprint_seconds": round(fp.fit_seconds_, 2),
     }
-    ratio = report["autoencoder_params"] / report["classifier_params"]
+    ratio = report["fingerprint_params"] / report["classifier_params"]
     lines = [f"wrote {out} (fingerprint fitted in {fp.fit_seconds_:.1f} s)"]
-    lines += [
-        f"  layer {row['name']}: {row['features']} features -> {row['bottleneck']} ({row['params']} params)"
-        for row in layers
-    ]
+    for row in layers:
+        detail = f" -> {row['bottleneck']}" if row["bottleneck"] else ""
+        lines.append(f"  {row['name']}: {row['kind']}, {row['features']} features{detail} ({row['params']} params)")
     lines.append(
-        f"  autoencoders: {report['autoencoder_params']} params "
+        f"  fingerprint: {report['fingerprint_params']} params "
         f"({100 * ratio:.0f}% of the classifier's {report['classifier_params']})"
     )
     lines.append(
@@ -392,10 +397,7 @@ def inspect(bundle, as_json):
         engine_arena_bytes=engine_arena,
         input=manifest["input"]["shape"],
         labels=[label["name"] for label in manifest["labels"]],
-        layers=[
-            {k: layer[k] for k in ("name", "features", "log_error_mean", "log_error_std")}
-            for layer in manifest["layers"]
-        ],
+        layers=[{k: layer[k] for k in ("name", "kind", "features", "z_mean", "z_std")} for layer in manifest["layers"]],
         threshold=manifest["score"]["threshold"] if read.fingerprinted else None,
         target_fpr=manifest["score"]["target_fpr"] if read.fingerprinted else None,
         verified=not problems,
@@ -411,11 +413,11 @@ def inspect(bundle, as_json):
         f"  model {manifest['flash_bytes']} bytes, TFLite Micro arena {manifest['tflm_arena_bytes']} bytes, "
         f"{engine_line}",
         f"  ops {', '.join(manifest['ops'])}",
-        f"  OOD threshold {report['threshold']:.3f} at {100 * report['target_fpr']:.0f}% false positives; layers:"
+        f"  OOD threshold {report['threshold']:.3f} at {100 * report['target_fpr']:.0f}% false positives; evidence:"
         if read.fingerprinted
         else f"  no fingerprint (wrapped from {manifest['source'].get('wrapped')}): no OOD check",
     ]
-    lines += [f"    {layer['name']}: {layer['features']} features" for layer in report["layers"]]
+    lines += [f"    {layer['name']}: {layer['kind']} ({layer['features']} features)" for layer in report["layers"]]
     lines += [
         f"  {name}: sha256 {entry['sha256']}, {entry['bytes']} bytes" for name, entry in manifest["files"].items()
     ]

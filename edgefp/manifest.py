@@ -9,14 +9,15 @@ is checked when an interpreter is opened (:meth:`edgefp.bundle.Bundle.interprete
 
 from __future__ import annotations
 
+import math
 import re
 
 from edgefp.errors import EdgefpError
 from edgefp.limits import MAX_FILES_BYTES
-from edgefp.ood import QUANTILE_LEVELS, TABLE_MAX
+from edgefp.ood import COMBINE, QUANTILE_LEVELS, TABLE_MAX
 
 SCHEMA = "edgefp.bundle"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MANIFEST = "manifest.json"
 MAX_FILES = 8
 MAX_LAYERS = 16  # EFP_MAX_LAYERS of the firmware
@@ -29,7 +30,8 @@ MAX_DEPTH = 16  # JSON nesting (the schema needs 4)
 MAX_NAME = 64
 TABLE_SIZE = 256
 QUANTILES = len(QUANTILE_LEVELS)
-COMBINE = "mean_positive_z_log_error"
+KINDS = ("autoencoder", "max_logit")  # evidence of the fingerprint (docs/fingerprint.md)
+TRANSFORMS = ("log", "negate")  # how an evidence value becomes what its z-score is taken of
 NAME_RE = re.compile(rf"^[a-z0-9_]{{1,{MAX_NAME}}}$")
 FILE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -85,8 +87,9 @@ def _string(value, where: str, pattern: re.Pattern | None = None) -> str:
 
 def _quantization(spec, where: str, size: int) -> None:
     spec = _object(spec, where)
-    if spec.get("shape") != [size]:
-        _fail(f"{where}.shape", f"[{size}]", spec.get("shape"))
+    shape = _shape(spec.get("shape"), f"{where}.shape", 1)
+    if math.prod(shape) != size:
+        _fail(f"{where}.shape", f"a shape of {size} elements", shape)
     _int(spec.get("index"), f"{where}.index", 0, 255)
     _number(spec.get("scale"), f"{where}.scale", positive=True)
     _int(spec.get("zero_point"), f"{where}.zero_point", -128, 127)
@@ -171,12 +174,18 @@ def check(manifest) -> dict:
         layer = _object(layer, f"layers[{j}]")
         _string(layer.get("name"), f"layers[{j}].name")
         _int(layer.get("features"), f"layers[{j}].features", 1, MAX_INPUT_BYTES)
-        _number(layer.get("log_error_mean"), f"layers[{j}].log_error_mean")
-        _number(layer.get("log_error_std"), f"layers[{j}].log_error_std", positive=True)
+        for key, allowed in (("kind", KINDS), ("transform", TRANSFORMS)):
+            if layer.get(key) not in allowed:
+                _fail(f"layers[{j}].{key}", " or ".join(f"'{a}'" for a in allowed), layer.get(key))
+        weight = _number(layer.get("weight"), f"layers[{j}].weight", positive=True)
+        if weight >= 1:
+            _fail(f"layers[{j}].weight", "below 1 (a share of the score)", weight)
+        _number(layer.get("z_mean"), f"layers[{j}].z_mean")
+        _number(layer.get("z_std"), f"layers[{j}].z_std", positive=True)
         table = _list(layer.get("z_table"), f"layers[{j}].z_table", TABLE_SIZE, TABLE_SIZE)
         for q, entry in enumerate(table):
             _int(entry, f"layers[{j}].z_table[{q}]", 0, TABLE_MAX)
-        _quantiles(layer.get("holdout_error_quantiles"), f"layers[{j}].holdout_error_quantiles")
+        _quantiles(layer.get("holdout_quantiles"), f"layers[{j}].holdout_quantiles")
 
     score = _object(manifest.get("score"), "score")
     if score.get("combine") != COMBINE:

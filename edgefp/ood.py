@@ -1,10 +1,12 @@
-"""The fingerprint's arithmetic that every runtime shares: per-layer errors -> one OOD score -> verdict.
+"""The fingerprint's arithmetic that every runtime shares: evidence values -> one OOD score -> verdict.
 
 Kept free of TensorFlow so that devices (agent, simulator) compute exactly what the host computes.
-Each layer's reconstruction error ``e`` becomes a z-score of its log against the held-out error
-distribution, ``z = (ln(e + EPS) - mu) / sigma``; the OOD score is the mean over layers of
-``max(z, 0)`` (only errors larger than usual count as evidence), and a sample is OOD when its score
-exceeds the threshold calibrated at the target false-positive rate.
+Each piece of evidence (an autoencoder's reconstruction error, the classifier's largest logit) is one
+value per sample. A fixed transform makes it "larger = less usual" (``log``: ``ln(v + EPS)`` of an
+error; ``negate``: ``-v`` of a confidence), a z-score against its held-out distribution standardises
+it, ``z = (t(v) - z_mean) / z_std``, and the OOD score is the weighted mean over the evidence of
+``max(z, 0)`` (only values less usual than usual count; each kind of evidence weighs the same); a
+sample is OOD when its score exceeds the threshold calibrated at the target false-positive rate.
 """
 
 from __future__ import annotations
@@ -22,34 +24,66 @@ EPS = 1e-6
 QUANTILE_LEVELS = np.linspace(0.0, 1.0, 101)
 SCORE_UNIT = 1 << 16  # fixed-point units per unit of z in an int8 bundle's score tables
 TABLE_MAX = (1 << 31) - 1
+COMBINE = "mean_positive_z"
+OFF_SCALE_Z = 100.0  # the z an int8 output counts when it saturates at its least usual end
 
 
-def layer_zscores(layer_errors: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
-    """Standardised log errors, (N, L)."""
-    return (np.log(np.asarray(layer_errors, dtype=np.float64) + EPS) - mu) / sigma
+def transformed(values: np.ndarray, transforms: list[str]) -> np.ndarray:
+    """Evidence values (N, L) -> the transformed values whose z-scores are combined."""
+    values = np.asarray(values, dtype=np.float64)
+    out = np.empty_like(values)
+    for j, kind in enumerate(transforms):
+        if kind == "log":
+            out[:, j] = np.log(np.maximum(values[:, j], 0.0) + EPS)
+        elif kind == "negate":
+            out[:, j] = -values[:, j]
+        else:
+            raise ValueError(f"unknown evidence transform {kind!r}")
+    return out
 
 
-def ood_score(layer_errors: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
-    """Combine per-layer errors (N, L) into one score per sample; higher = more out-of-distribution."""
-    return np.maximum(layer_zscores(layer_errors, mu, sigma), 0.0).mean(axis=1)
+def inverse_transform(t: float, kind: str) -> float:
+    """The evidence value whose transform is ``t``."""
+    return float(np.exp(t) - EPS) if kind == "log" else -float(t)
 
 
-def log_error_stats(layer_errors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std of the log errors of in-distribution samples, per layer."""
-    logs = np.log(np.asarray(layer_errors, dtype=np.float64) + EPS)
-    return logs.mean(axis=0), np.maximum(logs.std(axis=0), 1e-3)
+def zscores(values: np.ndarray, z_mean: np.ndarray, z_std: np.ndarray, transforms: list[str]) -> np.ndarray:
+    """Standardised transformed evidence, (N, L)."""
+    return (transformed(values, transforms) - z_mean) / z_std
 
 
-def z_table(scale: float, zero_point: int, mu: float, sigma: float, eps: float = EPS) -> list[int]:
-    """One layer of an int8 bundle: ``max(z, 0)`` in fixed point for each int8 error q = -128..127.
+def ood_score(values: np.ndarray, z_mean, z_std, weights, transforms: list[str]) -> np.ndarray:
+    """Combine evidence (N, L) into one score per sample; higher = more out-of-distribution."""
+    return np.maximum(zscores(values, z_mean, z_std, transforms), 0.0) @ np.asarray(weights, dtype=np.float64)
+
+
+def z_stats(values: np.ndarray, transforms: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of the transformed evidence of in-distribution samples, per column."""
+    t = transformed(values, transforms)
+    return t.mean(axis=0), np.maximum(t.std(axis=0), 1e-3)
+
+
+def z_table(scale: float, zero_point: int, z_mean: float, z_std: float, transform: str, scale_by: float = 1.0):
+    """One evidence output of an int8 bundle: ``scale_by x max(z, 0)`` in fixed point for each int8 value
+    q = -128..127 (``scale_by``: the output's weight times the number of outputs, so that a bundle's
+    score is the table sum over ``unit x L``).
 
     The table makes an int8 bundle's score integer arithmetic (a sum of table entries), identical on
     every runtime and platform, host or microcontroller: no logarithm or float rounding to disagree on.
+    The value at the output's least usual end stands for everything beyond its int8 range, off the
+    scale the held-out data set: it counts OFF_SCALE_Z, so that a saturated output always outranks
+    values within the range.
     """
     q = np.arange(-128, 128, dtype=np.float32)
-    errors = np.maximum((q - np.float32(zero_point)) * np.float32(scale), 0.0).astype(np.float64)
-    z = np.maximum((np.log(errors + eps) - mu) / sigma, 0.0)
-    return np.minimum(np.round(z * SCORE_UNIT), TABLE_MAX).astype(np.int64).tolist()
+    values = ((q - np.float32(zero_point)) * np.float32(scale)).astype(np.float64)
+    z = np.maximum((transformed(values[:, None], [transform])[:, 0] - z_mean) / z_std, 0.0)
+    z[least_usual_q(transform) + 128] = max(z.max(), OFF_SCALE_Z)
+    return np.minimum(np.round(z * scale_by * SCORE_UNIT), TABLE_MAX).astype(np.int64).tolist()
+
+
+def least_usual_q(transform: str) -> int:
+    """The int8 value at an output's least usual end: the top of an error's range, the bottom of a max logit's."""
+    return 127 if transform == "log" else -128
 
 
 def threshold_at_fpr(id_scores: np.ndarray, fpr: float) -> float:
@@ -64,23 +98,23 @@ def quantiles(values: np.ndarray) -> list[float]:
 
 @dataclass
 class Calibration:
-    """What held-out in-distribution errors (N, L) say: per-layer log-error statistics and error
-    quantiles, and the threshold at the target false-positive rate with the scores' quantiles."""
+    """What held-out in-distribution evidence (N, L) says: per-column z statistics and value quantiles,
+    and the threshold at the target false-positive rate with the scores' quantiles."""
 
-    mu: np.ndarray
-    sigma: np.ndarray
-    error_quantiles: list[list[float]]
+    z_mean: np.ndarray
+    z_std: np.ndarray
+    value_quantiles: list[list[float]]
     threshold: float
     score_quantiles: list[float]
 
 
-def calibrate(holdout_errors: np.ndarray, fpr: float) -> Calibration:
-    mu, sigma = log_error_stats(holdout_errors)
-    scores = ood_score(holdout_errors, mu, sigma)
+def calibrate(holdout_values: np.ndarray, fpr: float, transforms: list[str], weights) -> Calibration:
+    z_mean, z_std = z_stats(holdout_values, transforms)
+    scores = ood_score(holdout_values, z_mean, z_std, weights, transforms)
     return Calibration(
-        mu=mu,
-        sigma=sigma,
-        error_quantiles=[quantiles(column) for column in np.asarray(holdout_errors).T],
+        z_mean=z_mean,
+        z_std=z_std,
+        value_quantiles=[quantiles(column) for column in np.asarray(holdout_values).T],
         threshold=threshold_at_fpr(scores, fpr),
         score_quantiles=quantiles(scores),
     )
@@ -94,7 +128,7 @@ class Scores:
     probs: np.ndarray  # (N, C) class probabilities
     ood_score: np.ndarray  # (N,) higher = more out-of-distribution
     is_ood: np.ndarray  # (N,) bool, ood_score above the calibrated threshold
-    layer_errors: np.ndarray  # (N, L) reconstruction error of each fingerprinted layer
+    layer_errors: np.ndarray  # (N, L) the evidence values, one column per entry of the fingerprint's layers
 
     def save(self, path: str, *, force: bool = False) -> None:
         """Write the score file (all at once); an existing file is replaced only with ``force`` and only

@@ -11,11 +11,14 @@ import os
 
 import numpy as np
 
-from edgefp import metrics
+from edgefp import metrics, ood
 from edgefp.data import Dataset
 from edgefp.errors import EdgefpError
 from edgefp.fsutil import atomic_directory, check_directory_output
 from edgefp.ood import QUANTILE_LEVELS
+
+EVIDENCE_TITLES = {"autoencoder": "autoencoder", "max_logit": "largest logit"}
+EVIDENCE_UNITS = {"autoencoder": "reconstruction error", "max_logit": "largest logit (low is unusual)"}
 
 REPORT_KIND = "report"
 DPI = 90
@@ -235,15 +238,20 @@ def _fingerprint_figure(bundle, sets: list):
     )
     axes = axes.ravel()
     for j, layer in enumerate(layers):
-        ax, reference = axes[j], np.asarray(layer["holdout_error_quantiles"], dtype=np.float64)
+        ax, reference = axes[j], np.asarray(layer["holdout_quantiles"], dtype=np.float64)
+        log = layer["transform"] == "log"
         every = np.concatenate([reference, *(s.layer_errors[:, j] for _, s in sets)])
-        floor = every[every > 0].min() / 2 if (every > 0).any() else 1e-4
+        floor = (every[every > 0].min() / 2 if (every > 0).any() else 1e-4) if log else -np.inf
         _steps(ax, np.maximum(reference, floor), QUANTILE_LEVELS, color="k", lw=2.2, label="fingerprint (held-out)")
         for i, (ds, s) in enumerate(sets):
             _ecdf(ax, np.maximum(s.layer_errors[:, j], floor), color=f"C{i}", lw=1.3, label=ds.name)
-        alarm = np.exp(layer["log_error_mean"] + score["threshold"] * layer["log_error_std"]) - score["eps"]
+        alarm = ood.inverse_transform(layer["z_mean"] + score["threshold"] * layer["z_std"], layer["transform"])
         _mark(ax, alarm, f"alarm {alarm:.3g}")
-        ax.set(xscale="log", title=f"{layer['name']} ({layer['features']} features)", xlabel="reconstruction error")
+        ax.set(
+            xscale="log" if log else "linear",
+            title=f"{layer['name']}: {EVIDENCE_TITLES[layer['kind']]}",
+            xlabel=EVIDENCE_UNITS[layer["kind"]],
+        )
     ax = axes[len(layers)]
     _steps(ax, score["holdout_quantiles"], QUANTILE_LEVELS, color="k", lw=2.2)
     for i, (_, s) in enumerate(sets):

@@ -2,12 +2,12 @@
 
 1. Coarse filter on the index: the target samples must fit the model's input shape, and the tags
    must match ``--where``.
-2. Fine match: each candidate's int8 bundle scores the target samples (LiteRT); per layer, the
-   target's reconstruction errors are compared with the held-out error distribution stored in the
-   fingerprint (``layers[].holdout_error_quantiles``) by a Kolmogorov-Smirnov distance. The match
-   score is the largest distance over layers divided by its critical value at the sample sizes, so
-   1.0 is the edge of what in-distribution data shows by chance (after a Bonferroni correction over
-   layers). Candidates rank by that score, lowest first.
+2. Fine match: each candidate's int8 bundle scores the target samples (LiteRT); per piece of
+   evidence (autoencoder errors, max logit), the target's values are compared with
+   their held-out distribution stored in the fingerprint (``layers[].holdout_quantiles``) by a
+   Kolmogorov-Smirnov distance. The match score is the largest distance divided by its critical value
+   at the sample sizes, so 1.0 is the edge of what in-distribution data shows by chance (after a
+   Bonferroni correction over the evidence). Candidates rank by that score, lowest first.
 3. Verdict: the best candidate fits when its match score is at most 1 and the share of target samples
    it flags as OOD is within what in-distribution data shows by chance, given the target's size and
    the number of held-out samples its threshold was set on; otherwise ``no suitable model``. Among the
@@ -106,8 +106,7 @@ def match(bundle, x: np.ndarray, name: str = "", tags: dict | None = None, runti
     n, n_layers = len(x), len(manifest["layers"])
     m = int(manifest["score"].get("n_holdout") or 101)
     distances = [
-        ks_distance(scores.layer_errors[:, j], layer["holdout_error_quantiles"])
-        for j, layer in enumerate(manifest["layers"])
+        ks_distance(scores.layer_errors[:, j], layer["holdout_quantiles"]) for j, layer in enumerate(manifest["layers"])
     ]
     critical = ks_critical(n, m, n_layers)
     fpr = float(manifest["score"]["target_fpr"])

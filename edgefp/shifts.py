@@ -84,6 +84,20 @@ def reverse(x, rng):
 SHIFTS = {f.__name__: f for f in (gaussian, noise, invert, gain, blur, stuck, reverse)}
 
 
+RANGE_SAMPLES = 500  # at most this many calibration samples set int8 ranges
+RANGE_SHARE = 0.2  # and noisy copies of this share of them
+
+
+def range_samples(calib: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The samples that set a bundle's int8 ranges: up to RANGE_SAMPLES of ``calib``, plus noisy copies of
+    a fifth of them, so that inputs unlike the calibration data (faults) do not saturate the classifier's
+    tensors before the fingerprint sees them."""
+    rng = np.random.default_rng(seed)
+    sample = np.asarray(calib, dtype=np.float32)[rng.permutation(len(calib))[:RANGE_SAMPLES]]
+    noisy = apply(sample[: max(1, int(RANGE_SHARE * len(sample)))], "noise", seed)
+    return np.concatenate([sample, noisy]).astype(np.float32)
+
+
 def apply(x: np.ndarray, kind: str, seed: int = 0) -> np.ndarray:
     """Return ``x`` shifted by the named kind (one of SHIFTS)."""
     if kind not in SHIFTS:

@@ -17,12 +17,12 @@ def test_int8_bundle_keeps_accuracy_and_ood_quality(digits_bundle):
     manifest, out = digits_bundle
     parity = manifest["parity"]
     assert parity["int8_accuracy"] >= 0.95 and parity["int8_accuracy"] >= parity["float_accuracy"] - 0.01
-    assert parity["int8_auroc"] >= 0.85 and parity["int8_auroc"] >= parity["float_auroc"] - 0.02
+    assert parity["int8_auroc"] >= 0.9 and parity["int8_auroc"] >= parity["float_auroc"] - 0.01
     bundle = Bundle.load(out)
     held_out, unseen = data.load("digits:test:0-4"), data.load("digits:test:5-9")
     id_scores, ood_scores = bundle.score(held_out.x), bundle.score(unseen.x)
     assert np.mean(id_scores.pred == held_out.y) >= 0.95
-    assert metrics.auroc(id_scores.ood_score, ood_scores.ood_score) >= 0.85
+    assert metrics.auroc(id_scores.ood_score, ood_scores.ood_score) >= 0.92
     assert id_scores.is_ood.mean() <= 0.12
 
 
@@ -34,7 +34,7 @@ def test_manifest_holds_the_contract(digits_bundle):
     assert len(manifest["outputs"]["layer_errors"]) == len(manifest["layers"])
     assert manifest["flash_bytes"] == os.path.getsize(os.path.join(out, "model.tflite"))
     assert manifest["tflm_arena_bytes"] > 0 and "CONV_2D" in manifest["ops"]
-    assert 0 < manifest["score"]["threshold"] and len(manifest["layers"][0]["holdout_error_quantiles"]) == 101
+    assert 0 < manifest["score"]["threshold"] and len(manifest["layers"][0]["holdout_quantiles"]) == 101
 
 
 def test_saturated_errors_are_still_flagged(digits_bundle):
@@ -50,7 +50,8 @@ def test_litert_and_tflite_micro_agree(digits_bundle):
     litert, micro = bundle.score(x, "litert"), bundle.score(x, "tflm")
     np.testing.assert_array_equal(litert.pred, micro.pred)
     assert np.mean(litert.is_ood == micro.is_ood) >= 0.97
-    assert np.abs(litert.ood_score - micro.ood_score).max() < 0.5
+    on_scale = (litert.ood_score < 10) & (micro.ood_score < 10)  # a saturated output counts z = 100
+    assert on_scale.mean() > 0.8 and np.abs(litert.ood_score - micro.ood_score)[on_scale].max() < 0.5
 
 
 def test_host_scoring_is_repeatable_on_each_runtime(digits_bundle):

@@ -87,13 +87,13 @@ def bundle():
             {"index": 2, "value": 7, "name": "café"},
         ],
         "layers": [
-            {"name": name, "features": 8, "z_table": ood.z_table(spec["scale"], spec["zero_point"], mu, sigma)}
+            {"name": name, "features": 8, "z_table": ood.z_table(spec["scale"], spec["zero_point"], mu, sigma, "log")}
             for name, spec, mu, sigma in zip(
                 ("dense", "dense_1"), specs[1:], (math.log(typical), math.log(typical) - 1.0), (0.5, 0.8)
             )
         ],
         "score": {
-            "combine": "mean_positive_z_log_error",
+            "combine": ood.COMBINE,
             "target_fpr": 0.05,
             "unit": ood.SCORE_UNIT,
             "threshold_units": int(0.8 * 2 * ood.SCORE_UNIT),

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from edgefp import data
-from edgefp.bundle import Bundle
+from edgefp.bundle import SCHEMA_VERSION, Bundle
 from edgefp.firmware_host import client, firmware, protocol
 from edgefp.firmware_host.client import DeviceError
 from edgefp.firmware_host.protocol import Msg, SlotState
-from tests.conftest import check_error_codes, edit_tflite, upload
+from tests.conftest import check_error_codes, edit_tflite, edited_archive, upload
 
 HAS_NATIVE = all(shutil.which(tool) for tool in ("gcc", "make"))
 HAS_QEMU = HAS_NATIVE and all(shutil.which(tool) for tool in ("arm-none-eabi-gcc", "qemu-system-arm"))
@@ -175,12 +175,18 @@ def test_archives_that_do_not_verify_are_refused(native, digits):
     model[len(model) // 2] ^= 1
     tampered = Bundle(bundle.manifest, {"model.tflite": bytes(model)}).archive_bytes()
     unlisted = Bundle(bundle.manifest, {**bundle.files, "extra.bin": b"x"}).archive_bytes()
+    older = edited_archive({**bundle.manifest, "version": SCHEMA_VERSION - 1}, bundle.files)
     rng = np.random.default_rng(0)
     with client.open_device(native.url) as device:
         client.flash(device, digits[1])
-        for archive, reason in ((tampered, "does not match its SHA-256"), (unlisted, "not listed")):
+        refusals = (
+            (tampered, "does not match its SHA-256"),
+            (unlisted, "not listed"),
+            (older, f"bundle version is not {SCHEMA_VERSION}"),
+        )
+        for archive, reason in refusals:  # the host's own checks bypassed: the device refuses each itself
             with pytest.raises(DeviceError, match=f"INVALID_BUNDLE: .*{reason}"):
-                client.flash(device, archive)
+                upload(device, archive)
         for _ in range(40):  # damage in the tar headers and the manifest: an error code, never a crash
             broken = bytearray(digits[1])
             for at in rng.integers(0, 16384, size=rng.integers(1, 8)):

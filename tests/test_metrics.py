@@ -24,3 +24,41 @@ def test_fpr_at_95_tpr_and_aupr():
     # 95% of OOD lie at or above 91: ID samples 91..99 are flagged
     assert metrics.fpr_at_tpr(id_scores, ood_scores) == pytest.approx(0.09)
     assert metrics.aupr(np.zeros(5), np.ones(5)) == 1.0
+
+
+def test_evidence_transforms_and_their_score_tables():
+    from edgefp import ood
+
+    values = np.array([[0.5, 3.0], [2.0, -1.0]])
+    t = ood.transformed(values, ["log", "negate"])
+    np.testing.assert_allclose(t, [[np.log(0.5 + ood.EPS), -3.0], [np.log(2.0 + ood.EPS), 1.0]])
+    assert ood.inverse_transform(t[0, 0], "log") == pytest.approx(0.5)
+    assert ood.inverse_transform(t[1, 1], "negate") == pytest.approx(-1.0)
+    # an error's table rises with the int8 value, the largest logit's falls; both are non-negative integers
+    errors = np.asarray(ood.z_table(0.01, -128, np.log(0.3), 0.5, "log"))
+    logits = np.asarray(ood.z_table(0.1, 0, -2.0, 1.5, "negate"))
+    assert (np.diff(errors) >= 0).all() and (np.diff(logits) <= 0).all() and errors[-1] > 0 and logits[0] > 0
+    assert min(errors.min(), logits.min()) == 0 and errors.dtype.kind == logits.dtype.kind == "i"
+    with pytest.raises(ValueError, match="unknown evidence transform"):
+        ood.transformed(values, ["log", "sqrt"])
+
+
+def test_calibration_flags_the_target_share_and_combines_positive_z_only():
+    from edgefp import ood
+
+    rng = np.random.default_rng(0)
+    holdout = np.stack([rng.lognormal(0, 0.5, 2000), rng.normal(8, 2, 2000)], axis=1)
+    weights, transforms = [0.25, 0.75], ["log", "negate"]
+    calibration = ood.calibrate(holdout, 0.05, transforms, weights)
+
+    def score(values):
+        return ood.ood_score(values, calibration.z_mean, calibration.z_std, weights, transforms)
+
+    scores = score(holdout)
+    assert np.mean(scores > calibration.threshold) == pytest.approx(0.05, abs=0.01)
+    usual = np.array([[np.exp(calibration.z_mean[0]), -calibration.z_mean[1]]])
+    assert score(usual)[0] == pytest.approx(0, abs=1e-4)
+    small_logit = usual * [1, 0.1]  # a largest logit far below the usual one is evidence; a large one is not
+    expected = 0.75 * (-0.1 * -calibration.z_mean[1] - calibration.z_mean[1]) / calibration.z_std[1]
+    assert score(small_logit)[0] == pytest.approx(expected, rel=1e-6) and expected > 1
+    assert score(usual * [0.5, 3])[0] == 0

@@ -164,7 +164,7 @@ def test_an_lstm_classifier_is_fingerprinted_then_refused_by_edgefp_convert(tmp_
         for args in commands
     ]
     assert results[0].returncode == 0, results[0].stderr[-500:]
-    assert "layer lstm:" in results[0].stdout  # the recurrent layer's output is what it fingerprints
+    assert "  lstm: autoencoder" in results[0].stdout  # the recurrent layer's output is what it fingerprints
     assert results[1].returncode == 2 and not os.path.exists(tmp_path / "bundle.efp")
     errors = [line for line in results[1].stderr.splitlines() if line.startswith("edgefp:")]
     assert len(errors) == 1 and errors[0].startswith("edgefp: error: layer 'lstm' (LSTM) cannot be deployed int8")

@@ -17,15 +17,22 @@ from edgefp.fsutil import check_directory_output
 from edgefp.isolation import step
 from edgefp.manifest import MAX_NAME
 from edgefp.runtime import LiteRT, TFLiteMicro, captured_output, litert_module, tflm_arena_bytes
-from edgefp.trainer.fingerprint import NeuralFingerprint, read_fingerprint_json, sha256_file
+from edgefp.trainer.fingerprint import MAX_LOGIT, NeuralFingerprint, read_fingerprint_json, sha256_file
 
 MIN_CALIB = 20
-MAX_REPRESENTATIVE = 500
-# Noisy copies of a fifth of the calibration samples join the representative data, so that the int8
-# range of each reconstruction error reaches beyond in-distribution errors instead of saturating just
-# above them. (Pure noise or gain x3 widen it so far that in-distribution errors get too few levels.)
-RANGE_SHIFTS = ("noise",)
-RANGE_SHARE = 0.2
+# int8 ranges. The classifier's tensors get the ranges of the calibration samples and noisy copies of
+# a fifth of them (shifts.range_samples), so that faults do not saturate them before the evidence is
+# measured; its logits, the range of the calibration samples alone (a fault's large logits are no
+# evidence, and the max logit needs the finer steps). Every tensor the evidence computes beyond the
+# classifier's gets EVIDENCE_HEADROOM times the range the calibration samples alone give it, around
+# its centre. Each error output and the squared residuals it is the mean of are set from held-out
+# data: [0, ERROR_HEADROOM x the held-out errors' 99.9 % quantile] and [0, SQUARE_HEADROOM x the 99.9 %
+# quantile of the held-out squared residuals]. Beyond them a value saturates, and a saturated output
+# counts as off the scale (ood.OFF_SCALE_Z).
+EVIDENCE_HEADROOM = 4.0
+ERROR_HEADROOM = 4.0
+SQUARE_HEADROOM = 4.0
+TAIL_Z = 3.1  # the held-out errors' 99.9 % quantile under a log-normal fit (holdouts are often small)
 PARITY_SAMPLES = 200
 
 
@@ -52,21 +59,13 @@ def check_convertible(model) -> None:
             )
 
 
-def quantize(fingerprint: NeuralFingerprint, calib: np.ndarray, seed: int = 0) -> bytes:
-    """Full-integer int8 TFLite of the fingerprint's fused graph at batch size 1 (``calib`` preprocessed)."""
-    import keras
+def int8_model(model, samples: np.ndarray) -> bytes:
+    """Full-integer int8 TFLite of a one-input Keras model at batch size 1, calibrated on ``samples``."""
     import tensorflow as tf
 
-    rng = np.random.default_rng(seed)
-    sample = calib[rng.permutation(len(calib))[:MAX_REPRESENTATIVE]]
-    wide = [shifts.apply(sample[: max(1, int(RANGE_SHARE * len(sample)))], kind, seed) for kind in RANGE_SHIFTS]
-    representative = np.concatenate([sample, *wide]).astype(np.float32)
-
-    inputs = keras.Input(tuple(fingerprint.model_.inputs[0].shape[1:]), batch_size=1, name="input")
-    fused = keras.Model(inputs, fingerprint.monitor_(inputs), name="edgefp_model")
-    converter = tf.lite.TFLiteConverter.from_keras_model(fused)
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([row[None]] for row in representative)
+    converter.representative_dataset = lambda: ([row[None]] for row in samples)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
@@ -83,25 +82,168 @@ def quantize(fingerprint: NeuralFingerprint, calib: np.ndarray, seed: int = 0) -
             raise EdgefpError(f"TensorFlow Lite could not convert the model to int8: {detail[0].strip()}") from None
 
 
-def _io_specs(model_bytes: bytes) -> tuple[dict, tuple[float, int]]:
-    """Index, shape and quantisation of the probs and layer-error outputs (from the model's signature,
-    which keeps the Keras output order), and the input's (scale, zero point)."""
-    interpreter = litert_module().Interpreter(model_content=model_bytes)
-    order = [detail["index"] for detail in interpreter.get_output_details()]
-    details = {detail["index"]: detail for detail in interpreter.get_output_details()}
-    signature = next(iter(interpreter._get_full_signature_list().values()))["outputs"]
+def batch_of_one(model, name: str):
+    """``model`` called on a batch-size-1 input, as the converter needs it."""
+    import keras
 
-    def spec(keras_output: int) -> dict:
-        detail = details[signature[f"output_{keras_output}"]]
+    inputs = keras.Input(tuple(model.inputs[0].shape[1:]), batch_size=1, name="input")
+    return keras.Model(inputs, model(inputs), name=name)
+
+
+def strip(model_bytes: bytes) -> bytes:
+    """The model without what no runtime reads: tensor and graph names, signatures, description, metadata."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(model_bytes))
+    flatbuffer_utils.strip_strings(model)
+    for entry in model.metadata or []:
+        model.buffers[entry.buffer].data = None
+    model.metadata = None
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def quantize(fingerprint: NeuralFingerprint, calib: np.ndarray, seed: int = 0) -> tuple[bytes, dict, tuple]:
+    """The fingerprint's fused graph as an int8 TFLite model at batch size 1 (``calib`` preprocessed), with
+    the int8 ranges described above and everything no runtime reads stripped; also the output specs and
+    the input's (scale, zero point)."""
+    fused = batch_of_one(fingerprint.monitor_, "edgefp_model")
+    model_bytes = int8_model(fused, shifts.range_samples(calib, seed))
+    sample = calib[np.random.default_rng(seed).permutation(len(calib))[: shifts.RANGE_SAMPLES]]
+    in_distribution = int8_model(fused, sample)
+    outputs, input_quantization = _io_specs(model_bytes)
+    model_bytes = _set_evidence_ranges(model_bytes, in_distribution, fingerprint, outputs)
+    return strip(model_bytes), _io_specs(model_bytes)[0], input_quantization
+
+
+def _error_tops(fingerprint: NeuralFingerprint) -> list[tuple[float, float] | None]:
+    """Per evidence output, the upper ends of the int8 ranges of its squared residuals and of its value
+    (``None`` for evidence that is no mean of squares)."""
+    x = fingerprint.prepare(fingerprint.holdout_x_)
+    values = fingerprint._evidence(x)
+    squares = fingerprint.squares_.predict(x, verbose=0, batch_size=256)
+    squares = iter(squares if isinstance(squares, list) else [squares])
+    tops = []
+    for j, layer in enumerate(fingerprint.layers_):
+        if layer.kind == MAX_LOGIT:
+            tops.append(None)
+            continue
+        logs = np.log(values[:, j] + ood.EPS)
+        high = max(float(values[:, j].max()), float(np.exp(logs.mean() + TAIL_Z * logs.std())))
+        square_top = SQUARE_HEADROOM * float(np.quantile(next(squares), 0.999)) + 1e-9
+        tops.append((square_top, min(ERROR_HEADROOM * high + 1e-9, square_top)))
+    return tops
+
+
+def _set_evidence_ranges(model_bytes: bytes, in_distribution: bytes, fingerprint, outputs: dict) -> bytes:
+    """Set the int8 ranges of the tensors the evidence computes from ``in_distribution`` (the same graph
+    calibrated on in-distribution samples alone) with headroom, and those of the error outputs from
+    held-out data (the kernels requantise to whatever scales the tensors carry; pass-through operators
+    keep their input's quantisation)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    ops = schema.BuiltinOperator
+    pass_through = {ops.RESHAPE, ops.SQUEEZE, ops.EXPAND_DIMS, ops.MAX_POOL_2D, ops.AVERAGE_POOL_2D}
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(model_bytes))
+    graph = model.subgraphs[0]
+    reference = flatbuffer_utils.convert_bytearray_to_object(bytearray(in_distribution)).subgraphs[0].tensors
+    if [list(t.shape) for t in reference] != [list(t.shape) for t in graph.tensors]:
+        raise EdgefpError("TensorFlow Lite converted the model into two different graphs; convert it again")
+    producer = {out: op for op in graph.operators for out in op.outputs}
+    classifier, stack = set(), [graph.outputs[outputs["probs"]["index"]]]
+    while stack:  # every tensor the class probabilities depend on
+        tensor = stack.pop()
+        if tensor not in classifier:
+            classifier.add(tensor)
+            stack += [t for t in producer[tensor].inputs if t >= 0] if tensor in producer else []
+    scales = [
+        None if t.quantization is None or t.quantization.scale is None else t.quantization.scale[0]
+        for t in graph.tensors
+    ]
+    kinds = [
+        max(model.operatorCodes[op.opcodeIndex].builtinCode, model.operatorCodes[op.opcodeIndex].deprecatedBuiltinCode)
+        for op in graph.operators
+    ]
+    top = producer[graph.outputs[outputs["probs"]["index"]]]
+    if kinds[graph.operators.index(top)] == ops.SOFTMAX:  # the logits: the max logit's precision, from the samples
+        graph.tensors[top.inputs[0]].quantization = reference[top.inputs[0]].quantization
+    for op, kind in zip(graph.operators, kinds):
+        out = op.outputs[0]
+        if out in classifier or kind == ops.TANH:
+            continue
+        if kind in pass_through:
+            graph.tensors[out].quantization = graph.tensors[op.inputs[0]].quantization
+            continue
+        low, high = _range(reference[out].quantization)
+        centre, half = (low + high) / 2, EVIDENCE_HEADROOM * (high - low) / 2
+        _set_range(graph.tensors[out], centre - half, centre + half)
+    for spec, tops in zip(outputs["layer_errors"], _error_tops(fingerprint)):
+        if tops is not None:
+            value = graph.outputs[spec["index"]]
+            _set_range(graph.tensors[producer[value].inputs[0]], 0.0, tops[0])
+            _set_range(graph.tensors[value], 0.0, tops[1])
+    weighted = {ops.FULLY_CONNECTED, ops.CONV_2D, ops.DEPTHWISE_CONV_2D}
+    for op, kind in zip(graph.operators, kinds):  # int32 biases are in units of input scale x weight scale
+        if kind in weighted and len(op.inputs) > 2 and op.inputs[2] >= 0:
+            old = scales[op.inputs[0]]
+            _rescale_bias(model, graph.tensors[op.inputs[2]], old / graph.tensors[op.inputs[0]].quantization.scale[0])
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _rescale_bias(model, bias, ratio: float) -> None:
+    """Multiply an int32 bias tensor's values by ``ratio`` and divide its scales by it (the value it stands
+    for is unchanged; its units follow a changed input scale)."""
+    if ratio == 1.0:
+        return
+    buffer = model.buffers[bias.buffer]
+    values = np.frombuffer(bytes(buffer.data), dtype="<i4").astype(np.float64) * ratio
+    buffer.data = np.clip(np.round(values), -(2**31), 2**31 - 1).astype("<i4").view(np.uint8)
+    bias.quantization.scale = (np.asarray(bias.quantization.scale, np.float64) / ratio).astype(np.float32)
+
+
+def _range(quantization) -> tuple[float, float]:
+    scale, zero_point = float(quantization.scale[0]), int(quantization.zeroPoint[0])
+    return (-128 - zero_point) * scale, (127 - zero_point) * scale
+
+
+def _set_range(tensor, low: float, high: float) -> None:
+    """Quantise ``tensor`` per tensor over [low, high] (which must hold 0: int8 represents it exactly)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    low, high = min(low, 0.0), max(high, 0.0)
+    scale = max(high - low, 1e-12) / 255.0
+    quantization = schema.QuantizationParametersT()
+    quantization.scale = np.array([scale], dtype=np.float32)
+    quantization.zeroPoint = np.array([int(np.clip(round(-128 - low / scale), -128, 127))], dtype=np.int64)
+    tensor.quantization = quantization
+
+
+def _io_specs(model_bytes: bytes) -> tuple[dict, tuple[float, int]]:
+    """Index, shape and quantisation of the probs and evidence outputs, and the input's (scale, zero point).
+    The outputs are found through the model's signature (which keeps the Keras output order) when it
+    has one, else in the order the model lists them."""
+    interpreter = litert_module().Interpreter(model_content=model_bytes)
+    details = interpreter.get_output_details()
+    order = [detail["index"] for detail in details]
+    signatures = interpreter._get_full_signature_list()
+    if signatures:
+        named = next(iter(signatures.values()))["outputs"]
+        keras_order = [named[f"output_{k}"] for k in range(len(named))]
+    else:
+        keras_order = order
+    by_index = {detail["index"]: detail for detail in details}
+
+    def spec(tensor: int) -> dict:
+        detail = by_index[tensor]
         scale, zero_point = detail["quantization"]
         return {
-            "index": order.index(detail["index"]),
+            "index": order.index(tensor),
             "shape": [int(n) for n in detail["shape"][1:]],
             "scale": float(scale),
             "zero_point": int(zero_point),
         }
 
-    specs = {"probs": spec(0), "layer_errors": [spec(j) for j in range(1, len(signature))]}
+    specs = {"probs": spec(keras_order[0]), "layer_errors": [spec(t) for t in keras_order[1:]]}
     input_detail = interpreter.get_input_details()[0]
     return specs, input_detail["quantization"]
 
@@ -117,9 +259,8 @@ def convert(run_dir: str, calib: data.Dataset, out: str, *, name=None, ood_data=
     calib_x = fingerprint.prepare(calib.x, calib.name)
     if len(calib_x) < MIN_CALIB:
         raise EdgefpError(f"{calib.name}: {len(calib_x)} calibration samples; give at least {MIN_CALIB}")
-    model_bytes = quantize(fingerprint, calib_x)
+    model_bytes, outputs, (input_scale, input_zero_point) = quantize(fingerprint, calib_x)
     TFLiteMicro(model_bytes)  # refuses, naming the operator, a model a microcontroller could not run
-    outputs, (input_scale, input_zero_point) = _io_specs(model_bytes)
     meta = read_fingerprint_json(run_dir)
     manifest = {
         "schema": SCHEMA,
@@ -141,8 +282,17 @@ def convert(run_dir: str, calib: data.Dataset, out: str, *, name=None, ood_data=
         },
         "outputs": outputs,
         "labels": fingerprint.labels_,
-        "layers": [{"name": layer.name, "features": layer.features} for layer in fingerprint.layers_],
-        "score": {"combine": meta["score"]["combine"], "eps": ood.EPS, "target_fpr": fingerprint.fpr},
+        "layers": [
+            {
+                "name": layer.name,
+                "kind": layer.kind,
+                "transform": layer.transform,
+                "weight": layer.weight,
+                "features": layer.features,
+            }
+            for layer in fingerprint.layers_
+        ],
+        "score": {"combine": ood.COMBINE, "eps": ood.EPS, "target_fpr": fingerprint.fpr},
         "ops": LiteRT(model_bytes).ops(),
         "tflm_arena_bytes": tflm_arena_bytes(model_bytes),
         "flash_bytes": len(model_bytes),
@@ -156,20 +306,24 @@ def convert(run_dir: str, calib: data.Dataset, out: str, *, name=None, ood_data=
 
 
 def recalibrate(bundle: Bundle, holdout_x: np.ndarray, fpr: float) -> None:
-    """Fingerprint statistics, score tables and threshold from the int8 model's own errors on held-out data."""
-    probs_q, errors_q = bundle.invoke_all(LiteRT(bundle.model_bytes), bundle.quantize(holdout_x))
-    _, errors = bundle.dequantize(probs_q, errors_q)
-    calibration = ood.calibrate(errors, fpr)
+    """Evidence statistics, score tables and threshold from the int8 model's own outputs on held-out data."""
+    probs_q, values_q = bundle.invoke_all(LiteRT(bundle.model_bytes), bundle.quantize(holdout_x))
+    _, values = bundle.dequantize(probs_q, values_q)
+    layers = bundle.manifest["layers"]
+    calibration = ood.calibrate(values, fpr, bundle.transforms, [layer["weight"] for layer in layers])
     outputs = bundle.manifest["outputs"]["layer_errors"]
-    for j, layer in enumerate(bundle.manifest["layers"]):
-        mu, sigma = float(calibration.mu[j]), float(calibration.sigma[j])
-        layer.update(
-            log_error_mean=mu,
-            log_error_std=sigma,
-            holdout_error_quantiles=calibration.error_quantiles[j],
-            z_table=ood.z_table(outputs[j]["scale"], outputs[j]["zero_point"], mu, sigma),
+    for j, layer in enumerate(layers):
+        z_mean, z_std = float(calibration.z_mean[j]), float(calibration.z_std[j])
+        table = ood.z_table(
+            outputs[j]["scale"],
+            outputs[j]["zero_point"],
+            z_mean,
+            z_std,
+            layer["transform"],
+            layer["weight"] * len(layers),
         )
-    units = bundle.score_units(errors_q)
+        layer.update(z_mean=z_mean, z_std=z_std, holdout_quantiles=calibration.value_quantiles[j], z_table=table)
+    units = bundle.score_units(values_q)
     threshold_units = int(np.quantile(units, 1.0 - fpr, method="higher"))
     scale = ood.SCORE_UNIT * len(bundle.manifest["layers"])
     bundle.manifest["score"].update(
@@ -200,15 +354,13 @@ def parity(fingerprint, bundle: Bundle, calib: data.Dataset, ood_data) -> dict:
         report["int8_auroc"] = metrics.auroc(int8_holdout.ood_score, int8_ood.ood_score)
         report["float_ood_flagged"] = float(np.mean(float_ood.is_ood))
         report["int8_ood_flagged"] = float(np.mean(int8_ood.is_ood))
-        errors_q = bundle.invoke_all(LiteRT(bundle.model_bytes), bundle.quantize(ood_data.x))[1]
-        report["ood_errors_saturated"] = float(np.mean(errors_q == 127))
+        values_q = bundle.invoke_all(LiteRT(bundle.model_bytes), bundle.quantize(ood_data.x))[1]
+        report["ood_values_saturated"] = float(np.mean(values_q == bundle.most_unusual_q()))
         verdicts.append(np.mean(float_ood.is_ood == int8_ood.is_ood))
         tflm_inputs = np.concatenate([tflm_inputs, ood_data.x[: PARITY_SAMPLES // 2]])
     report["verdict_agreement"] = float(np.mean(verdicts))
-    # An error at the top of the int8 range on every layer must still be flagged: saturation never hides OOD.
-    top = bundle.decide(
-        np.zeros((1, len(bundle.label_values)), np.int8), np.full((1, len(bundle.manifest["layers"])), 127, np.int8)
-    )
+    # Evidence saturated at its least usual end on every output must still be flagged: saturation never hides OOD.
+    top = bundle.decide(np.zeros((1, len(bundle.label_values)), np.int8), bundle.most_unusual_q()[None])
     report["saturated_score"] = float(top.ood_score[0])
     report["saturated_is_ood"] = bool(top.is_ood[0])
     report.update(runtime_agreement(bundle, tflm_inputs))

@@ -5,7 +5,7 @@
 - ``model_data.h`` / ``model_data.cc``: ``g_<name>_model_data`` (16-byte aligned) and ``g_<name>_model_data_size``,
   as tflite-micro's ``generate_cc_arrays.py`` writes them;
 - ``<name>_ood_config.h``: for C and C++, the input spec with the preprocessing folded into the int8 quantisation,
-  labels, output indices and quantisation, per-layer error statistics, the threshold, the arena size, and static
+  labels, output indices and quantisation, the evidence outputs' score tables, the threshold, the arena size, and static
   inline helpers ``edgefp_<name>_quantize``, ``edgefp_<name>_predict`` and ``edgefp_<name>_ood``. Macros are
   ``EDGEFP_<NAME>_*``, arrays ``edgefp_<name>_*``, so that several bundles can share one firmware.
 """
@@ -20,6 +20,7 @@ import struct
 
 from edgefp.errors import EdgefpError
 from edgefp.fsutil import atomic_directory
+from edgefp.ood import COMBINE
 
 ARENA_MARGIN = 0.25  # recommended arena = measured * (1 + margin), rounded up to 16 bytes
 BYTES_PER_LINE = 12
@@ -100,8 +101,8 @@ def _config_header(m: dict, model_bytes: bytes) -> str:
     if math.prod(probs["shape"]) != len(labels) or len(errors) != len(layers):
         raise ValueError("outputs.probs/layer_errors do not match the numbers of labels/layers")
     score = m["score"]
-    if score["combine"] != "mean_positive_z_log_error":
-        raise ValueError(f"score.combine {score['combine']!r}, expected 'mean_positive_z_log_error'")
+    if score["combine"] != COMBINE:
+        raise ValueError(f"score.combine {score['combine']!r}, expected {COMBINE!r}")
     arena = int(m["tflm_arena_bytes"])
     recommended = -(-math.ceil(arena * (1 + ARENA_MARGIN)) // 16) * 16
     guard = f"{p}OOD_CONFIG_H_"
@@ -140,14 +141,15 @@ def _config_header(m: dict, model_bytes: bytes) -> str:
         + ", ".join(_c_string(str(x["name"])) for x in labels)
         + "};",
         "",
-        "/* Per-layer reconstruction errors: one int8 output each (model output index, scale, zero point). */",
+        "/* Evidence, one int8 output each (model output index, scale, zero point), in the manifest's layers order:",
+        " * autoencoder reconstruction errors, then the largest logit. */",
         f"#define {p}NUM_LAYERS {len(layers)}",
         f"static const int {n}layer_error_index[{p}NUM_LAYERS] = {{{_ints(e['index'] for e in errors)}}};",
         f"static const float {n}layer_error_scale[{p}NUM_LAYERS] = {{{_floats(e['scale'] for e in errors)}}};",
         f"static const int {n}layer_error_zero_point[{p}NUM_LAYERS] = {{{_ints(e['zero_point'] for e in errors)}}};",
         "",
-        "/* OOD score (docs/bundle.md): z_table[l][q + 128] is max(z, 0) of int8 error q of layer l in units of",
-        " * 1/SCORE_UNIT; the sample is OOD when the sum over layers exceeds THRESHOLD_UNITS, calibrated so that",
+        "/* OOD score (docs/bundle.md): z_table[l][q + 128] is max(z, 0) of int8 value q of evidence l in units of",
+        " * 1/SCORE_UNIT; the sample is OOD when the sum over evidence exceeds THRESHOLD_UNITS, calibrated so that",
         " * about TARGET_FPR of in-distribution samples are flagged. Integer arithmetic: the host agrees exactly. */",
         f"#define {p}SCORE_UNIT {score['unit']}",
         f"#define {p}THRESHOLD_UNITS {score['threshold_units']}",
@@ -186,8 +188,8 @@ def _config_header(m: dict, model_bytes: bytes) -> str:
         "    return best;",
         "}",
         "",
-        "/* OOD verdict from the int8 layer errors (layer_errors[l]: the value of output layer_error_index[l]):",
-        " * 1 when the sample is OOD; stores the score (mean over layers of max(z, 0)) in *score unless NULL. */",
+        "/* OOD verdict from the int8 evidence (layer_errors[l]: the value of output layer_error_index[l]):",
+        " * 1 when the sample is OOD; stores the score (mean over evidence of max(z, 0)) in *score unless NULL. */",
         f"static inline int {n}ood(const int8_t *layer_errors, float *score)",
         "{",
         "    int64_t units = 0;",

@@ -264,7 +264,6 @@ class Agent:
         """One input (with its raw values when known): the result INFER answers (without a fingerprint:
         the argmax of the first output, never OOD) and every raw output."""
         loaded = self.active
-        outputs_spec = loaded.bundle.manifest["outputs"]
         start = time.perf_counter_ns()
         outputs = loaded.interpreter.invoke(x_q)
         latency = (time.perf_counter_ns() - start) // 1000
@@ -272,8 +271,7 @@ class Agent:
             pred = min(int(np.argmax(outputs[0])), 255)
             result = protocol.InferResult(pred, np.zeros(0, np.int8), np.zeros(0, np.int8), 0.0, False, int(latency))
         else:
-            probs = np.asarray(outputs[outputs_spec["probs"]["index"]], dtype=np.int8)
-            errors = np.array([outputs[spec["index"]][0] for spec in outputs_spec["layer_errors"]], dtype=np.int8)
+            probs, errors = loaded.bundle.split_outputs(outputs)
             scores = loaded.bundle.decide(probs[None], errors[None])
             result = protocol.InferResult(
                 int(np.argmax(probs)), probs, errors, float(scores.ood_score[0]), bool(scores.is_ood[0]), int(latency)

@@ -42,33 +42,99 @@ class Energy(_LogitBaseline):
         return -_logsumexp(self._logits(x))
 
 
-class Mahalanobis:
-    """Smallest Mahalanobis distance to a class mean of the penultimate features, with one shared
-    covariance (Lee et al., 2018, without input preprocessing). Uses the classifier's predictions
-    as classes when no labels are given."""
+def _penultimate_model(model):
+    """Keras model: preprocessed samples -> (penultimate features, logits)."""
+    import keras
 
-    def fit(self, model, x, y=None):
-        import keras
+    logits, _ = taps.logits_and_probs(model)
+    return keras.Model(model.inputs, [logits._keras_history.operation.input, logits])
 
-        logits, _ = taps.logits_and_probs(model)
-        penultimate = logits._keras_history.operation.input
-        self.feature_model_ = keras.Model(model.inputs, [penultimate, logits])
-        features, logit_values = self._features(x)
-        classes = np.argmax(logit_values, axis=1) if y is None else np.asarray(y)
-        self.means_ = np.stack([features[classes == c].mean(axis=0) for c in np.unique(classes)])
-        centered = features - self.means_[np.searchsorted(np.unique(classes), classes)]
-        cov = centered.T @ centered / len(features)
-        self.precision_ = np.linalg.pinv(cov + 1e-6 * np.eye(len(cov)))
-        return self
+
+class _FeatureBaseline:
+    """Detectors on the penultimate features (the input of the logits layer) of the training samples."""
 
     def _features(self, x):
         features, logits = self.feature_model_.predict(x, verbose=0, batch_size=256)
         return np.asarray(features, dtype=np.float64).reshape(len(x), -1), logits
 
+    def _fit_features(self, model, x, y):
+        """Penultimate features of ``x`` and their classes (the labels, else the classifier's predictions)."""
+        self.feature_model_ = _penultimate_model(model)
+        features, logits = self._features(x)
+        return features, np.argmax(logits, axis=1) if y is None else np.asarray(y)
+
+
+def _precision(centered: np.ndarray) -> np.ndarray:
+    cov = centered.T @ centered / len(centered)
+    return np.linalg.pinv(cov + 1e-6 * np.eye(len(cov)))
+
+
+def _squared_distances(features: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """Squared Mahalanobis distance of every sample (N, D) to every mean (K, D): (N, K)."""
+    diff = features[:, None, :] - means[None]
+    return np.einsum("ncd,de,nce->nc", diff, precision, diff)
+
+
+class Mahalanobis(_FeatureBaseline):
+    """Smallest Mahalanobis distance to a class mean of the penultimate features, with one shared
+    covariance (Lee et al., 2018, without input preprocessing). Uses the classifier's predictions
+    as classes when no labels are given."""
+
+    def fit(self, model, x, y=None):
+        features, classes = self._fit_features(model, x, y)
+        values, index = np.unique(classes, return_inverse=True)
+        self.means_ = np.stack([features[index == c].mean(axis=0) for c in range(len(values))])
+        self.precision_ = _precision(features - self.means_[index])
+        return self
+
     def score_samples(self, x) -> np.ndarray:
-        features, _ = self._features(x)
-        diff = features[:, None, :] - self.means_[None]
-        return np.einsum("ncd,de,nce->nc", diff, self.precision_, diff).min(axis=1)
+        return _squared_distances(self._features(x)[0], self.means_, self.precision_).min(axis=1)
 
 
-BASELINES = {"max_softmax": MaxSoftmax, "energy": Energy, "mahalanobis": Mahalanobis}
+class RelativeMahalanobis(Mahalanobis):
+    """Mahalanobis minus the distance to one Gaussian fit to all training features, the background
+    (Ren et al., 2021): directions in which every class varies stop counting as evidence."""
+
+    def fit(self, model, x, y=None):
+        super().fit(model, x, y)
+        features = self._features(x)[0]
+        self.background_mean_ = features.mean(axis=0)
+        self.background_precision_ = _precision(features - self.background_mean_)
+        return self
+
+    def score_samples(self, x) -> np.ndarray:
+        features = self._features(x)[0]
+        background = _squared_distances(features, self.background_mean_[None], self.background_precision_)[:, 0]
+        return _squared_distances(features, self.means_, self.precision_).min(axis=1) - background
+
+
+class KNN(_FeatureBaseline):
+    """Distance to the k-th nearest training sample of the L2-normalised penultimate features (Sun et
+    al., 2022). Without ``k``, the paper's ratio of k to training-set size (50 of 50,000), at least 1."""
+
+    def __init__(self, k: int | None = None):
+        self.k = k
+
+    def fit(self, model, x, y=None):
+        features, _ = self._fit_features(model, x, y)
+        self.bank_ = _normalised(features)
+        self.k_ = int(min(len(features), self.k or max(1, round(len(features) / 1000))))
+        return self
+
+    def score_samples(self, x) -> np.ndarray:
+        features = _normalised(self._features(x)[0])
+        distances = np.sqrt(np.maximum(2.0 - 2.0 * features @ self.bank_.T, 0.0))
+        return np.partition(distances, self.k_ - 1, axis=1)[:, self.k_ - 1]
+
+
+def _normalised(features: np.ndarray) -> np.ndarray:
+    return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+
+
+BASELINES = {
+    "max_softmax": MaxSoftmax,
+    "energy": Energy,
+    "mahalanobis": Mahalanobis,
+    "relative_mahalanobis": RelativeMahalanobis,
+    "knn": KNN,
+}

@@ -1,4 +1,8 @@
-"""NeuralFP fingerprints: one small autoencoder per latent layer and the distribution of its errors."""
+"""NeuralFP fingerprints: the evidence a small classifier offers about its inputs, and its distribution.
+
+Two kinds of evidence, one value per sample each: an autoencoder's reconstruction error for each
+watched layer, and the classifier's largest logit (docs/fingerprint.md).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from edgefp import __version__, data, ood
+from edgefp import __version__, data, ood, shifts
 from edgefp.errors import EdgefpError
 from edgefp.fsutil import atomic_directory, sha256_file
 from edgefp.progress import Progress
@@ -20,37 +24,42 @@ from edgefp.trainer import taps
 from edgefp.trainer.models import BATCH_SIZE, seed_everything
 
 SCHEMA = "edgefp.fingerprint"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 HOLDOUT_FILE = "holdout.npz"
 AE_TARGET_STEPS = 1500  # optimizer steps for the autoencoders, whatever the data size
 AE_MIN_ROWS = 640  # small fit sets are tiled to this many rows so an epoch is not a step or two
 AE_TRAINING_NOISE = 0.1  # denoising: Gaussian noise (in standardised units) on the inputs while training
+QUANT_FLOOR = 3.0  # standardisation no finer than this many int8 steps: rounding noise <= 0.1 std, as in training
 MIN_HOLDOUT = 5
 MAX_STORED_HOLDOUT = 2000  # held-out samples kept in the RUN, to recalibrate after quantisation
+AUTOENCODER, MAX_LOGIT = "autoencoder", "max_logit"
 
 
 @dataclass
-class LayerFingerprint:
-    """One fingerprinted layer: how its activations are reduced and standardised, and its error statistics."""
+class Evidence:
+    """One piece of evidence, one value per sample, and its distribution on data the model knows.
+
+    ``kind`` is ``autoencoder`` (the reconstruction error of a layer's reduced activations; ``shape``,
+    ``pool``, ``bottleneck`` and the per-channel standardisation ``mean``/``std`` describe it) or
+    ``max_logit``. ``transform`` (``log`` or ``negate``) makes its values "larger = less usual" before
+    the z-score ``(t(v) - z_mean) / z_std``; ``weight`` is its share of the score."""
 
     name: str
-    shape: list[int]
-    pool: list[int]
+    kind: str
+    transform: str
     features: int
-    bottleneck: int
-    autoencoder: str
-    params: int
-    mean: list[float]
-    std: list[float]
-    log_error_mean: float = 0.0
-    log_error_std: float = 1.0
-    holdout_error_quantiles: list[float] | None = None
-    fit_error_quantiles: list[float] | None = None
-
-
-def autoencoder_params(features: int, bottleneck: int, n_classes: int) -> int:
-    """Weights of one autoencoder: encoder d*k + k, decoder (k + C)*d + d."""
-    return 2 * features * bottleneck + bottleneck + (n_classes + 1) * features
+    weight: float = 1.0
+    params: int = 0
+    file: str | None = None
+    shape: list[int] | None = None
+    pool: list[int] | None = None
+    bottleneck: int | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    z_mean: float = 0.0
+    z_std: float = 1.0
+    holdout_quantiles: list[float] | None = None
+    fit_quantiles: list[float] | None = None
 
 
 def bottlenecks(features: list[int], n_classes: int, budget_params: float) -> list[int]:
@@ -66,18 +75,51 @@ def bottlenecks(features: list[int], n_classes: int, budget_params: float) -> li
 
 
 def _autoencoder(features: int, bottleneck: int, n_classes: int, name: str):
-    """Encoder ``tanh(W z + b)``; decoder ``W_d code + W_p probs + b``: it reads the classifier's
-    probabilities too, so it reconstructs around the predicted class (a soft class-conditional mean)
-    instead of the global mean. (Two dense layers and an add rather than a concatenation, whose
-    int8 form would force the code and the probabilities onto one quantisation scale.)"""
+    """Keras model (z, probs) -> the reconstruction residual ``W_d tanh(W_e r + b_e) + b_d - r`` of
+    ``r = z - W_p probs``: the standardised features less the probability-weighted class mean, so the
+    autoencoder models what varies within the predicted class (a label-free counterpart of
+    class-conditional Mahalanobis). A subtraction rather than a concatenation, whose int8 form would
+    force the features and the probabilities onto one quantisation scale."""
     import keras
 
     inputs = keras.Input((features,), name=f"{name}_in")
     probs = keras.Input((n_classes,), name=f"{name}_probs")
-    code = keras.layers.Dense(bottleneck, activation="tanh", name=f"{name}_encode")(inputs)
-    decoded = keras.layers.Dense(features, name=f"{name}_decode")(code)
-    class_mean = keras.layers.Dense(features, use_bias=False, name=f"{name}_class_mean")(probs)
-    return keras.Model([inputs, probs], keras.layers.Add(name=f"{name}_out")([decoded, class_mean]), name=name)
+    class_mean = keras.layers.Dense(features, use_bias=False, name=f"{name}_class_mean")
+    encode = keras.layers.Dense(bottleneck, activation="tanh", name=f"{name}_encode")
+    decode = keras.layers.Dense(features, name=f"{name}_decode")
+    residual = inputs - class_mean(probs)
+    return keras.Model([inputs, probs], decode(encode(residual)) - residual, name=name)
+
+
+def _reconstruction_error(ae, z, probs, clean=None):
+    """Symbolic residual of autoencoder ``ae`` on standardised features ``z`` (when denoising, reconstructed
+    from the noisy ``z`` and compared with the ``clean`` ones)."""
+    class_mean = ae.get_layer(f"{ae.name}_class_mean")(probs)
+    decoded = ae.get_layer(f"{ae.name}_decode")(ae.get_layer(f"{ae.name}_encode")(z - class_mean))
+    return decoded - ((z if clean is None else clean) - class_mean)
+
+
+def _extent(tensor):
+    """Symbolic per-sample (largest, smallest) value of a tensor, (N, 2)."""
+    import keras
+
+    flat = keras.ops.reshape(tensor, (-1, math.prod(tensor.shape[1:])))
+    return keras.ops.stack([keras.ops.max(flat, axis=1), keras.ops.min(flat, axis=1)], axis=1)
+
+
+def _int8_step(extent: np.ndarray) -> float:
+    """The int8 step of a tensor whose per-sample extremes on a bundle's range samples
+    (:func:`edgefp.shifts.range_samples`) are ``extent`` (N, 2): its range, with 0, over 255."""
+    return float(max(extent[:, 0].max(), 0.0) - min(extent[:, 1].min(), 0.0)) / 255.0
+
+
+def _channel_stats(features: np.ndarray, channels: int, step: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std of reduced features (N, positions x channels). A std is floored at a tenth
+    of the average (dead units do not blow errors up) and at QUANT_FLOOR int8 steps of the averaged
+    activation (``step``), so that rounding stays within the denoising noise the autoencoder learns with."""
+    shaped = features.reshape(-1, channels)
+    std = shaped.std(axis=0)
+    return shaped.mean(axis=0), np.maximum(std, max(0.1 * std.mean(), QUANT_FLOOR * step) + 1e-6)
 
 
 def check_sample_counts(n_fit: int, n_holdout: int, holdout: float) -> None:
@@ -100,11 +142,11 @@ class NeuralFingerprint:
     >>> scores = fp.score(x_new)          # pred, probs, ood_score, is_ood, layer_errors
     >>> fp.save("run/"); fp = NeuralFingerprint.load("run/")
 
-    Parameters: ``layers`` to fingerprint (default: every layer with a kernel but the output layer),
-    target false-positive rate ``fpr`` on held-out in-distribution data, the ``holdout`` share used
-    to calibrate when no held-out set is given, ``max_features`` per layer after average pooling,
-    ``budget`` for the autoencoders' parameters as a share of the classifier's, ``epochs`` for the
-    autoencoders (default: automatic), and ``seed``.
+    Parameters: ``layers`` watched by autoencoders (default: every layer with a kernel below the
+    penultimate one), target false-positive rate ``fpr`` on held-out in-distribution data, the
+    ``holdout`` share used to calibrate when no held-out set is given, ``max_features`` per layer after
+    average pooling, ``budget`` for the autoencoders' parameters as a share of the classifier's,
+    ``epochs`` for the autoencoders (default: automatic), and ``seed``.
     """
 
     def __init__(
@@ -123,8 +165,8 @@ class NeuralFingerprint:
     def fit(self, model, x, x_holdout=None, *, preprocessing=None, labels=None):
         """Fingerprint ``model`` on raw in-distribution samples ``x`` (labels are not needed).
 
-        ``x_holdout`` calibrates the error statistics and the threshold; without it a share
-        ``holdout`` of ``x`` is set aside for that and the autoencoders never see it.
+        ``x_holdout`` calibrates the evidence statistics and the threshold; without it a share
+        ``holdout`` of ``x`` is set aside for that and nothing is fit on it.
         """
         started = time.monotonic()
         if not 0.0 < self.fpr < 1.0:
@@ -155,40 +197,49 @@ class NeuralFingerprint:
         import keras
 
         reduced, shapes, pools, probs = self._reduced_taps(names)
-        *features, fit_probs = keras.Model(model.inputs, reduced + [probs]).predict(x, verbose=0, batch_size=256)
+        *features, fit_probs = keras.Model(model.inputs, [*reduced, probs]).predict(x, verbose=0, batch_size=256)
+        ranges = keras.Model(model.inputs, [_extent(taps.tap(model, name)) for name in names])
+        extents = ranges.predict(shifts.range_samples(x, self.seed), verbose=0, batch_size=256)
+        extents = extents if isinstance(extents, list) else [extents]
         for name, feats in zip(names, features):
             if not np.isfinite(feats).all():
                 raise EdgefpError(f"layer '{name}' of the classifier overflows to inf or NaN on this data; rescale it")
-        n_classes = fit_probs.shape[1]
         widths = bottlenecks([f.shape[1] for f in features], n_classes, self.budget * model.count_params())
-        self.layers_ = []
-        self.autoencoders_ = []
-        for index, (name, shape, pool, feats, width) in enumerate(zip(names, shapes, pools, features, widths)):
-            std = feats.std(axis=0)
-            std = np.maximum(std, 0.1 * std.mean() + 1e-6)
+        self.layers_, self.autoencoders_ = [], []
+        for index, (name, shape, pool, feats, extent, width) in enumerate(
+            zip(names, shapes, pools, features, extents, widths)
+        ):
+            mean, std = _channel_stats(feats, shape[-1], _int8_step(extent) / math.sqrt(math.prod(pool)))
             ae = _autoencoder(feats.shape[1], width, n_classes, f"ae{index}")
             self.layers_.append(
-                LayerFingerprint(
+                Evidence(
                     name=name,
+                    kind=AUTOENCODER,
+                    transform="log",
+                    features=feats.shape[1],
+                    params=int(ae.count_params()),
+                    file=f"autoencoders/{_file_stem(index, name)}.keras",
                     shape=list(shape),
                     pool=list(pool),
-                    features=feats.shape[1],
                     bottleneck=width,
-                    autoencoder=f"autoencoders/{_file_stem(index, name)}.keras",
-                    params=int(ae.count_params()),
-                    mean=feats.mean(axis=0).tolist(),
+                    mean=mean.tolist(),
                     std=std.tolist(),
                 )
             )
             self.autoencoders_.append(ae)
-        self._train_autoencoders(features, fit_probs)
+        self._train_autoencoders([self._standardized(f, lay) for f, lay in zip(features, self.layers_)], fit_probs)
+        self.layers_.append(Evidence(name=taps.LOGITS, kind=MAX_LOGIT, transform="negate", features=n_classes))
+        for layer in self.layers_:  # each kind of evidence weighs the same, shared by its members
+            members = sum(other.kind == layer.kind for other in self.layers_)
+            layer.weight = 1.0 / (members * len({other.kind for other in self.layers_}))
         self._build_monitor()
-        fit_errors = self._errors(x)
-        calibration = ood.calibrate(self._errors(x_holdout), self.fpr)
+        fit_values = self._evidence(x)
+        weights = np.asarray([layer.weight for layer in self.layers_])
+        calibration = ood.calibrate(self._evidence(x_holdout), self.fpr, self.transforms_, weights)
         for j, layer in enumerate(self.layers_):
-            layer.log_error_mean, layer.log_error_std = float(calibration.mu[j]), float(calibration.sigma[j])
-            layer.holdout_error_quantiles = calibration.error_quantiles[j]
-            layer.fit_error_quantiles = ood.quantiles(fit_errors[:, j])
+            layer.z_mean, layer.z_std = float(calibration.z_mean[j]), float(calibration.z_std[j])
+            layer.holdout_quantiles = calibration.value_quantiles[j]
+            layer.fit_quantiles = ood.quantiles(fit_values[:, j])
         self.threshold_ = calibration.threshold
         self.holdout_score_quantiles_ = calibration.score_quantiles
         self.n_fit_, self.n_holdout_ = len(x), len(x_holdout)
@@ -203,10 +254,14 @@ class NeuralFingerprint:
         """Raw samples -> the classifier's input (shape checked, preprocessing applied)."""
         return data.apply_preprocessing(self._shaped(x, what), self.preprocessing_)
 
-    def _reduced_taps(self, names, pools=None):
+    def _reduced_taps(self, names, pools=None, scaling=None):
         """Symbolic reduced, flattened taps of the classifier, their shapes and pools, and its probabilities.
 
-        Without ``pools`` the pooling windows are chosen from the tap shapes and ``max_features``.
+        Feature maps (sequences, images) are averaged over windows by a depthwise convolution (SAME
+        padding, stride = window), which in int8 keeps the precision the average gains instead of
+        rounding it back to the map's scale; ``scaling`` (per tap: a weight and a bias per channel)
+        folds a standardisation into it, or into a multiply-add for vectors. Without ``pools`` the
+        windows are chosen from the tap shapes and ``max_features``.
         """
         import keras
 
@@ -216,39 +271,54 @@ class NeuralFingerprint:
         for index, name in enumerate(names):
             t = logits if name == taps.LOGITS else taps.tap(model, name)
             shape = tuple(t.shape[1:])
-            pool = taps.pool_sizes(shape, self.max_features) if pools is None else pools[index]
-            if len(shape) == 3 and max(pool) > 1:
-                t = keras.layers.AveragePooling2D(tuple(pool), padding="same", name=f"fp_pool_{len(outputs)}")(t)
-            elif len(shape) == 2 and max(pool) > 1:
-                t = keras.layers.AveragePooling1D(pool[0], padding="same", name=f"fp_pool_{len(outputs)}")(t)
-            if len(shape) > 1:
-                t = keras.layers.Flatten(name=f"fp_flat_{len(outputs)}")(t)
+            pool = taps.pool_sizes(shape, self.max_features) if pools is None else tuple(pools[index])
+            channels = shape[-1]
+            weight, bias = (np.ones(channels), np.zeros(channels)) if scaling is None else scaling[index]
+            if len(shape) in (2, 3):
+                kind = keras.layers.DepthwiseConv1D if len(shape) == 2 else keras.layers.DepthwiseConv2D
+                conv = kind(pool if len(shape) == 3 else pool[0], strides=pool, padding="same", name=f"fp_pool_{index}")
+                t = keras.layers.Flatten(name=f"fp_flat_{index}")(conv(t))
+                kernel = np.ones((*pool, channels, 1)) / math.prod(pool) * np.reshape(weight, (channels, 1))
+                conv.set_weights([kernel.astype(np.float32), np.asarray(bias, np.float32)])
+            elif len(shape) == 1 and scaling is not None:
+                t = t * np.asarray(weight, np.float32) + np.asarray(bias, np.float32)
+            elif len(shape) != 1:
+                raise EdgefpError(f"layer '{name}' has outputs of shape {shape}; only vectors, sequences and images")
             outputs.append(t)
             shapes.append(shape)
             used_pools.append(tuple(pool))
         return outputs, shapes, used_pools, probs
 
-    def _train_autoencoders(self, features: list[np.ndarray], probs: np.ndarray) -> None:
-        """Train every layer's autoencoder at once, denoising, for about AE_TARGET_STEPS steps."""
+    @staticmethod
+    def _standardized(features: np.ndarray, layer: Evidence) -> np.ndarray:
+        """Reduced features (N, positions x channels) standardised per channel, as the monitor computes them."""
+        channels = len(layer.mean)
+        shaped = features.reshape(len(features), -1, channels)
+        return ((shaped - np.float32(layer.mean)) / np.float32(layer.std)).reshape(len(features), -1)
+
+    def _train_autoencoders(self, standardized: list[np.ndarray], probs: np.ndarray) -> None:
+        """Train every layer's autoencoder at once on standardised features, denoising, for about
+        AE_TARGET_STEPS steps."""
         import keras
 
-        standardized = [
-            (f - np.float32(layer.mean)) / np.float32(layer.std) for f, layer in zip(features, self.layers_)
-        ]
+        layers = self.autoencoder_layers_
         repeat = math.ceil(AE_MIN_ROWS / len(probs))
         standardized = [np.tile(z, (repeat, 1)) for z in standardized]
         probs = np.tile(probs, (repeat, 1))
-        inputs = [keras.Input((layer.features,)) for layer in self.layers_]
+        inputs = [keras.Input((layer.features,)) for layer in layers]
         class_input = keras.Input((probs.shape[1],))
         noisy = [keras.layers.GaussianNoise(AE_TRAINING_NOISE, seed=self.seed)(i) for i in inputs]
-        joint = keras.Model(inputs + [class_input], [ae([z, class_input]) for ae, z in zip(self.autoencoders_, noisy)])
+        residuals = [
+            _reconstruction_error(ae, z, class_input, clean) for ae, z, clean in zip(self.autoencoders_, noisy, inputs)
+        ]
+        joint = keras.Model(inputs + [class_input], residuals)
         joint.compile(optimizer=keras.optimizers.Adam(3e-3), loss=["mse"] * len(inputs))
         epochs = self.epochs or math.ceil(AE_TARGET_STEPS / math.ceil(len(probs) / BATCH_SIZE))
         with Progress("training autoencoders", epochs, enabled=self.progress) as progress:
             callback = keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: progress.update(1))
             joint.fit(
                 standardized + [probs],
-                standardized,
+                [np.zeros_like(z) for z in standardized],
                 batch_size=BATCH_SIZE,
                 epochs=epochs,
                 shuffle=True,
@@ -258,26 +328,34 @@ class NeuralFingerprint:
         self.epochs_ = epochs
 
     def _build_monitor(self) -> None:
-        """One Keras graph: input -> (probabilities, error of layer 1, ..., error of layer L).
-
-        Each error is an output of its own, so that int8 conversion gives each its own scale."""
+        """One Keras graph: input -> (probabilities, evidence 1, ..., evidence L), each evidence an output of
+        its own so that int8 conversion gives each its own scale; and ``squares_``, the squared residuals
+        each error is the mean of (the converter sets their int8 ranges from held-out data).
+        """
         import keras
 
-        reduced, _, _, probs = self._reduced_taps(
-            [layer.name for layer in self.layers_], [layer.pool for layer in self.layers_]
-        )
-        errors = []
-        for layer, ae, t in zip(self.layers_, self.autoencoders_, reduced):
-            z = (t - np.asarray(layer.mean, np.float32)) * (1.0 / np.asarray(layer.std, np.float32))
-            errors.append(keras.ops.mean(keras.ops.square(ae([z, probs]) - z), axis=-1, keepdims=True))
-        self.monitor_ = keras.Model(self.model_.inputs, [probs, *errors], name="monitor")
+        ae_layers = self.autoencoder_layers_
+        scaling = [(1.0 / np.asarray(lay.std), -np.asarray(lay.mean) / np.asarray(lay.std)) for lay in ae_layers]
+        names, pools = [lay.name for lay in ae_layers], [lay.pool for lay in ae_layers]
+        reduced, _, _, probs = self._reduced_taps(names, pools, scaling)
+        logits, _ = taps.logits_and_probs(self.model_)
+        values, squares = [], []
+        for ae, z in zip(self.autoencoders_, reduced):
+            square = keras.ops.square(_reconstruction_error(ae, z, probs))
+            values.append(keras.ops.mean(square, axis=-1, keepdims=True))
+            squares.append(square)
+        n_classes = int(probs.shape[-1])
+        grid = keras.layers.Reshape((1, n_classes, 1), name="fp_logit_grid")(logits)
+        values.append(keras.layers.MaxPooling2D((1, n_classes), name="fp_max_logit")(grid))
+        self.monitor_ = keras.Model(self.model_.inputs, [probs, *values], name="monitor")
+        self.squares_ = keras.Model(self.model_.inputs, squares, name="squares")
 
     def _predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Probabilities (N, C) and layer errors (N, L) of preprocessed samples."""
-        probs, *errors = self.monitor_.predict(x, verbose=0, batch_size=256)
-        return probs, np.concatenate(errors, axis=1)
+        """Probabilities (N, C) and evidence (N, L) of preprocessed samples."""
+        probs, *values = self.monitor_.predict(x, verbose=0, batch_size=256)
+        return probs, np.concatenate([v.reshape(len(v), -1) for v in values], axis=1)
 
-    def _errors(self, x: np.ndarray) -> np.ndarray:
+    def _evidence(self, x: np.ndarray) -> np.ndarray:
         return self._predict(x)[1].astype(np.float64)
 
     # ----------------------------------------------------------------------------------- scoring
@@ -285,30 +363,39 @@ class NeuralFingerprint:
     def label_values_(self) -> np.ndarray:
         return np.asarray([label["value"] for label in self.labels_], dtype=np.int64)
 
-    def log_error_stats_(self):
-        return (
-            np.asarray([layer.log_error_mean for layer in self.layers_]),
-            np.asarray([layer.log_error_std for layer in self.layers_]),
+    @property
+    def autoencoder_layers_(self) -> list[Evidence]:
+        return [layer for layer in self.layers_ if layer.kind == AUTOENCODER]
+
+    @property
+    def transforms_(self) -> list[str]:
+        return [layer.transform for layer in self.layers_]
+
+    def z_stats_(self):
+        """Per evidence: z_mean, z_std, weight."""
+        return tuple(
+            np.asarray([getattr(layer, key) for layer in self.layers_]) for key in ("z_mean", "z_std", "weight")
         )
 
     def score(self, x) -> ood.Scores:
         """Classify raw samples ``x`` and score them for out-of-distribution."""
         x = self.prepare(x)
-        probs, errors = self._predict(x)
-        score = ood.ood_score(errors, *self.log_error_stats_())
+        probs, values = self._predict(x)
+        score = ood.ood_score(values, *self.z_stats_(), self.transforms_)
         return ood.Scores(
             pred=self.label_values_[np.argmax(probs, axis=1)],
             probs=probs,
             ood_score=score,
             is_ood=score > self.threshold_,
-            layer_errors=errors,
+            layer_errors=values,
         )
 
     def score_samples(self, x) -> np.ndarray:
         """OOD score per sample (higher = more out-of-distribution), as in scikit-learn/PyOD."""
         return self.score(x).ood_score
 
-    def autoencoder_params(self) -> int:
+    def fingerprint_params(self) -> int:
+        """Weights the fingerprint adds to the classifier (its autoencoders')."""
         return sum(layer.params for layer in self.layers_)
 
     # -------------------------------------------------------------------------------- save / load
@@ -336,7 +423,7 @@ class NeuralFingerprint:
             },
             "layers": [asdict(layer) for layer in self.layers_],
             "score": {
-                "combine": "mean_positive_z_log_error",
+                "combine": ood.COMBINE,
                 "eps": ood.EPS,
                 "target_fpr": self.fpr,
                 "threshold": self.threshold_,
@@ -347,13 +434,13 @@ class NeuralFingerprint:
         }
 
     def save(self, run_dir: str, *, force: bool = False) -> str:
-        """Write the RUN directory (classifier, autoencoders, fingerprint.json) atomically."""
+        """Write the RUN directory (classifier, evidence models, fingerprint.json) atomically."""
         with atomic_directory(run_dir, "run", force=force) as tmp:
             os.makedirs(os.path.join(tmp, "autoencoders"))
             classifier = os.path.join(tmp, "classifier.keras")
             self.model_.save(classifier)
-            for layer, ae in zip(self.layers_, self.autoencoders_):
-                ae.save(os.path.join(tmp, layer.autoencoder))
+            for layer, ae in zip(self.autoencoder_layers_, self.autoencoders_):
+                ae.save(os.path.join(tmp, layer.file))
             np.savez_compressed(os.path.join(tmp, HOLDOUT_FILE), x=self.holdout_x_)
             meta = self.to_dict(sha256_file(classifier))
             meta["files"] = {name: sha256_file(os.path.join(tmp, name)) for name in _run_files(meta)}
@@ -368,8 +455,9 @@ class NeuralFingerprint:
         import keras
 
         settings = meta["settings"]
+        layers = [Evidence(**layer) for layer in meta["layers"]]
         fp = cls(
-            layers=[layer["name"] for layer in meta["layers"]],
+            layers=[layer.name for layer in layers if layer.kind == AUTOENCODER],
             fpr=meta["score"]["target_fpr"],
             holdout=settings["holdout"],
             max_features=settings["max_features"],
@@ -381,9 +469,10 @@ class NeuralFingerprint:
         fp.model_ = keras.models.load_model(classifier, compile=False)
         fp.preprocessing_ = meta["preprocessing"]
         fp.labels_ = meta["labels"]
-        fp.layers_ = [LayerFingerprint(**layer) for layer in meta["layers"]]
+        fp.layers_ = layers
         fp.autoencoders_ = [
-            keras.models.load_model(os.path.join(run_dir, layer.autoencoder), compile=False) for layer in fp.layers_
+            keras.models.load_model(os.path.join(run_dir, layer.file), compile=False)
+            for layer in fp.autoencoder_layers_
         ]
         fp.threshold_ = meta["score"]["threshold"]
         fp.holdout_score_quantiles_ = meta["score"]["holdout_quantiles"]
@@ -435,5 +524,5 @@ def read_fingerprint_json(run_dir: str) -> dict:
 
 
 def _run_files(meta: dict) -> list[str]:
-    """The files of a RUN besides fingerprint.json: classifier, held-out samples, one autoencoder per layer."""
-    return [meta["classifier"]["file"], HOLDOUT_FILE] + [layer["autoencoder"] for layer in meta["layers"]]
+    """The files of a RUN besides fingerprint.json: classifier, held-out samples, the evidence models."""
+    return [meta["classifier"]["file"], HOLDOUT_FILE] + [layer["file"] for layer in meta["layers"] if layer["file"]]

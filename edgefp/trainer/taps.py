@@ -51,17 +51,18 @@ def logits_and_probs(model):
 
 
 def default_layers(model) -> list[str]:
-    """Every layer with a kernel (convolutions, hidden dense layers) except the one computing the logits.
+    """Every layer with a kernel (convolutions, hidden dense layers) below the penultimate one (the one
+    computing the features the logits are made from); that one when there is none below it.
 
-    The logits themselves can be named with ``--layers``, but by default they are left out: OOD
-    logits are small and easy to reconstruct, so their errors weaken the combined score."""
+    The top of the classifier speaks through its own evidence (the largest logit), and the layers below
+    it measured better: docs/fingerprint.md. The logits or the penultimate layer can still be named
+    with ``--layers``."""
     logits, _ = logits_and_probs(model)
-    output_layers = {logits._keras_history.operation.name, model.layers[-1].name}
-    return [
-        layer.name
-        for layer in model.layers
-        if type(layer).__name__ in _WEIGHT_LAYERS and layer.name not in output_layers
-    ]
+    penultimate = logits._keras_history.operation.input._keras_history.operation.name
+    output = {logits._keras_history.operation.name, model.layers[-1].name}
+    kernels = [layer.name for layer in model.layers if type(layer).__name__ in _WEIGHT_LAYERS]
+    below = [name for name in kernels if name not in output and name != penultimate]
+    return below or [name for name in kernels if name == penultimate]
 
 
 def tap(model, name: str):
@@ -76,11 +77,16 @@ def tap(model, name: str):
 
 
 def pool_sizes(shape: tuple[int, ...], max_features: int) -> tuple[int, ...]:
-    """Average-pooling window per spatial/time axis that brings a feature map to at most
-    ``max_features`` values (halving the grid along its longest axis until it fits)."""
+    """Average-pooling window per spatial/time axis that brings a feature map to at most ``max_features``
+    values: the grid along the longest axis is halved until it fits. Images get square windows (the
+    int8 depthwise convolution that pools them takes one stride for both axes)."""
     *spatial, channels = shape
-    grid = list(spatial)
-    while grid and math.prod(grid) * channels > max_features and max(grid) > 1:
-        axis = grid.index(max(grid))
-        grid[axis] = math.ceil(grid[axis] / 2)
-    return tuple(math.ceil(s / g) for s, g in zip(spatial, grid))
+    if not spatial:
+        return ()
+    grid = max(spatial)
+    while True:
+        window = math.ceil(max(spatial) / grid)
+        windows = [window] * len(spatial)
+        if grid == 1 or math.prod(math.ceil(s / w) for s, w in zip(spatial, windows)) * channels <= max_features:
+            return tuple(windows)
+        grid = math.ceil(grid / 2)

@@ -5,7 +5,7 @@
 #include "sha256.h"
 #include "text.h"
 
-#define BUNDLE_VERSION 2
+#define BUNDLE_VERSION 3
 #define TAR_BLOCK 512
 #define MAX_DEPTH 16             /* JSON nesting of a manifest (edgefp.manifest.MAX_DEPTH) */
 #define MAX_FILES 8              /* files besides the manifest (edgefp.manifest.MAX_FILES) */
@@ -516,14 +516,16 @@ static int plain_name(const char *s, size_t n, int bundle_name)
     return 1;
 }
 
-/* index 0..255, a positive scale, zero_point -128..127 and shape [size]. */
+static uint32_t elements(span shape);
+
+/* index 0..255, a positive scale, zero_point -128..127 and a shape of 1 to 6 axes holding size elements. */
 static int quantization(span spec, uint32_t size, int64_t *index)
 {
-    span v, shape;
+    span shape;
     int64_t n;
     return get_int(spec, "index", NULL, 0, 255, index) && field(spec, "scale", POSITIVE) &&
-           get_int(spec, "zero_point", NULL, -128, 127, &n) && get(spec, "shape", &shape) && count(shape) == 1 &&
-           item(shape, 0, &v) && integer(v, &n) && n == size;
+           get_int(spec, "zero_point", NULL, -128, 127, &n) && get(spec, "shape", &shape) && count(shape) >= 1 &&
+           elements(shape) == size;
 }
 
 /* type none, or standardize with a mean and a positive std per channel (the shape's last axis). */
@@ -637,11 +639,14 @@ static int check_fields(span root, bundle_info *b, text *msg)
     uint8_t used[256] = {0};
     used[index] = 1;
     for (uint32_t l = 0; l < b->layers; ++l) {
-        span layer, spec;
+        span layer, spec, k;
         if (!item(errors, l, &spec) || !quantization(spec, 1, &index) || used[index] || !item(layers, l, &layer) ||
             !get(layer, "z_table", &v) || !field(layer, "name", STRING) ||
-            !get_int(layer, "features", NULL, 1, MAX_INPUT_ELEMENTS, &n) || !field(layer, "log_error_mean", ANY) ||
-            !field(layer, "log_error_std", POSITIVE) || !field(layer, "holdout_error_quantiles", QUANTILES_OF)) {
+            !get_int(layer, "features", NULL, 1, MAX_INPUT_ELEMENTS, &n) || !field(layer, "z_mean", ANY) ||
+            !field(layer, "z_std", POSITIVE) || !field(layer, "holdout_quantiles", QUANTILES_OF) ||
+            !field(layer, "weight", FRACTION) || !get(layer, "kind", &k) ||
+            !(string_is(k, "autoencoder") || string_is(k, "max_logit")) || !get(layer, "transform", &k) ||
+            !(string_is(k, "log") || string_is(k, "negate"))) {
             return refuse(msg, RULE, "layers");
         }
         used[index] = 1;
@@ -651,7 +656,7 @@ static int check_fields(span root, bundle_info *b, text *msg)
     }
     if (!get_int(score, "threshold_units", NULL, 0, INT64_MAX / 2, &b->threshold_units) ||
         !get_int(score, "unit", NULL, 1, 1 << 30, &b->score_unit) || !get(score, "combine", &v) ||
-        !string_is(v, "mean_positive_z_log_error") || !field(score, "eps", POSITIVE) || !field(score, "threshold", ANY) ||
+        !string_is(v, "mean_positive_z") || !field(score, "eps", POSITIVE) || !field(score, "threshold", ANY) ||
         !field(score, "target_fpr", FRACTION) || !field(score, "holdout_quantiles", QUANTILES_OF)) {
         return refuse(msg, RULE, "score");
     }
@@ -684,7 +689,7 @@ int bundle_open(const uint8_t *archive, uint32_t len, bundle_info *b, char *err,
         return refuse(&msg, "manifest.json is not an edgefp bundle manifest", NULL);
     }
     if (!get_int(root, "version", NULL, BUNDLE_VERSION, BUNDLE_VERSION, &n)) {
-        return refuse(&msg, "bundle version is not 2; convert it again", NULL);
+        return refuse(&msg, "bundle version is not 3; convert it again", NULL);
     }
     if (!get(root, "name", &v) || !string(v, &s, &s_len) || !plain_name(s, s_len, 1)) {
         return refuse(&msg, RULE, "name");
