@@ -112,7 +112,9 @@ def label_in_browser(url: str, queue: list[dict], truth: dict[str, str], profile
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={profile}")
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
-    script = "return document.getElementById('sample').dataset.id || null"
+    # the page shows the next sample once it has loaded it: wait for one not labelled yet, or the key
+    # would label the previous one again
+    script = "const id = document.getElementById('sample').dataset.id; return id && !state.labels[id] ? id : null"
     labelled = "return !!state.labels[arguments[0]]"
     key_of = (
         "for (const b of document.querySelectorAll('#choices button[data-key]'))"
@@ -124,7 +126,7 @@ def label_in_browser(url: str, queue: list[dict], truth: dict[str, str], profile
         _until(lambda: driver.execute_script(script))
         start = time.monotonic()
         for _ in queue:
-            shown = driver.execute_script(script)
+            shown = _until(lambda: driver.execute_script(script))
             key = driver.execute_script(key_of, truth[shown])
             keys = key if key else "n" + truth[shown] + Keys.ENTER
             ActionChains(driver).send_keys(keys).perform()
@@ -143,8 +145,9 @@ def label_in_browser(url: str, queue: list[dict], truth: dict[str, str], profile
 def _until(condition, timeout: float = 30.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if condition():
-            return
+        found = condition()
+        if found:
+            return found
         time.sleep(0.02)
     raise RuntimeError("the review page did not get there in time")
 
