@@ -13,7 +13,6 @@ import collections
 import contextlib
 import copy
 import hashlib
-import io
 import os
 import random
 import struct
@@ -25,7 +24,6 @@ import serial
 
 from edgefp import data
 from edgefp.bundle import Bundle
-from edgefp.cli import main
 from edgefp.firmware_host import agent as agent_module
 from edgefp.firmware_host import client, firmware, protocol
 from edgefp.firmware_host.agent import Agent, Session, serving
@@ -33,6 +31,7 @@ from edgefp.firmware_host.client import DeviceError
 from edgefp.firmware_host.framing import DELIMITER, Fault, Frame, FrameReader, decode_frame, encode_frame
 from edgefp.firmware_host.protocol import Err, Msg
 from tests.conftest import KEY, edited_archive
+from tests.test_bundle_safety import run_cli
 from tests.test_firmware import HAS_NATIVE
 
 SEED = int(os.environ.get("EDGEFP_FUZZ_SEED", "20240612"))
@@ -298,16 +297,6 @@ def await_answer(port, reader: FrameReader, seq: int, native) -> Frame | None:
 
 
 # ------------------------------------------------------------------------------------------ bundles
-def run_cli(*args) -> tuple[int, str]:
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            main([str(arg) for arg in args])
-        except SystemExit as exc:
-            return exc.code, err.getvalue()
-    return 0, err.getvalue()
-
-
 def mutated_bundles(bundle: Bundle, seed: int, count: int):
     """(kind, archive bytes): manifests mutated in one place and re-digested, or archives mutated as bytes."""
     mutator, archive = Mutator(seed), bundle.archive_bytes()

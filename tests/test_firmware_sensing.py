@@ -111,7 +111,9 @@ def test_the_qemu_chip_runs_a_live_drifting_sensor(tmp_path, digits_bundle):
     assert len(events) == 90 and late and np.mean(late) > 0.9 and (not clean or np.mean(clean) < 0.3)
     assert recorded["samples"] == 10 and pulled["samples"] > 0
     with np.load(out) as got:
-        assert got["is_ood"].all() and got["raw"].all() and (got["input"] > 60).all()
+        assert got["is_ood"].all() and got["raw"].all()
+        seen = {e["input"]: e["ood"] for e in events}  # the device's own verdicts, its rare false alarms included
+        assert all(seen[i] for i in got["input"].tolist() if i in seen) and np.mean(got["input"] > 60) >= 0.7
         np.testing.assert_array_equal(got["x"], drifted[got["input"] - 1])
         host = Bundle.load(digits_bundle[1]).score(got["x"], "tflm")  # the Cortex-M4 quantised it as the host does
         for key in ("pred", "probs", "ood_score", "layer_errors"):
