@@ -11,7 +11,7 @@ from tests import conftest
 
 
 def test_the_guard_tells_beside_the_repository_from_everywhere_else():
-    beside = os.path.join(os.path.dirname(conftest.ROOT), "shared", "datasets", "x.npz")
+    beside = os.path.join(os.path.dirname(conftest.ROOT), "data-next-to-the-clone", "x.npz")  # a path, never opened
     assert conftest._beside_the_repository(beside)
     inside = [os.path.join(conftest.ROOT, "edgefp", "datasets", "gun_point.npz"), tempfile.gettempdir()]
     inside += [os.path.join(sys.prefix, "lib"), os.path.join(os.path.expanduser("~"), ".cache", "edgefp")]
