@@ -629,28 +629,9 @@ static uint8_t *put_result(uint8_t *w, uint8_t pred, const int8_t *probs, const 
     return put(w, latency_us, 4);
 }
 
-static long on_infer(const uint8_t *body, size_t len, uint8_t *out)
-{
-    if (require_active()) {
-        return -1;
-    }
-    const bundle_info *b = &active.info;
-    if (len != b->input_bytes) {
-        refuse_bytes(BAD_INPUT_SHAPE, "the input has ", (uint32_t)len, " bytes; the model takes ");
-        text_uint(&msg, b->input_bytes);
-        return -1;
-    }
-    result r;
-    memset(&r, 0, sizeof r);
-    if (run(body, &r)) {
-        return -1;
-    }
-    observe(body, NULL, &r);
-    return put_result(out, r.pred, r.probs, r.errors, r.score, r.ood, r.latency_us) - out;
-}
-
-/* INFER_OUTPUTS: the latency, then every model output as the model lays it out. */
-static long on_infer_outputs(const uint8_t *body, size_t len, uint8_t *out)
+/* An input from the host: checked against the active bundle, run, counted and logged (INFER and
+ * INFER_OUTPUTS alike). */
+static int infer_request(const uint8_t *body, size_t len, result *r)
 {
     if (require_active()) {
         return -1;
@@ -660,12 +641,30 @@ static long on_infer_outputs(const uint8_t *body, size_t len, uint8_t *out)
         text_uint(&msg, active.info.input_bytes);
         return -1;
     }
-    result r;
-    memset(&r, 0, sizeof r);
-    if (run(body, &r)) {
+    memset(r, 0, sizeof *r);
+    if (run(body, r)) {
         return -1;
     }
-    observe(body, NULL, &r);
+    observe(body, NULL, r);
+    return 0;
+}
+
+static long on_infer(const uint8_t *body, size_t len, uint8_t *out)
+{
+    result r;
+    if (infer_request(body, len, &r)) {
+        return -1;
+    }
+    return put_result(out, r.pred, r.probs, r.errors, r.score, r.ood, r.latency_us) - out;
+}
+
+/* INFER_OUTPUTS: the latency, then every model output as the model lays it out. */
+static long on_infer_outputs(const uint8_t *body, size_t len, uint8_t *out)
+{
+    result r;
+    if (infer_request(body, len, &r)) {
+        return -1;
+    }
     uint8_t *w = put(out, r.latency_us, 4);
     for (size_t k = 0; k < efp_engine_output_count(&engine); ++k) {
         const efp_io *o = efp_engine_output(&engine, k);
