@@ -38,8 +38,10 @@ from benchmarks.common import save
 from edgefp import data
 from edgefp.bundle import MODEL, Bundle, sha256
 from edgefp.converter.convert import batch_of_one, convert, int8_model, strip
-from edgefp.firmware_host import client, engine, firmware
-from edgefp.firmware_host.client import DeviceError
+from edgefp.firmware_host.firmware import build as firmware
+from edgefp.firmware_host.firmware import engine
+from edgefp.firmware_host.link import client
+from edgefp.firmware_host.link.client import DeviceError
 from edgefp.runtime import litert_module
 from edgefp.shifts import range_samples
 from edgefp.trainer import train

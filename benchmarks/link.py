@@ -39,10 +39,10 @@ from benchmarks.common import save
 from edgefp import data
 from edgefp.bundle import Bundle
 from edgefp.converter import convert as convert_module
-from edgefp.firmware_host import client
-from edgefp.firmware_host.agent import Agent, Session, serving
-from edgefp.firmware_host.framing import Frame
-from edgefp.firmware_host.protocol import InferResult, Msg
+from edgefp.firmware_host.device.agent import Agent, Session, serving
+from edgefp.firmware_host.link import client
+from edgefp.firmware_host.link.framing import Frame
+from edgefp.firmware_host.link.protocol import InferResult, Msg
 from edgefp.trainer import train
 
 EFFICIENCY_TARGET = 0.95

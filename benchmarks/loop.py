@@ -235,7 +235,7 @@ def run(work: str, *, quick: bool, browser: bool, bundle: str | None = None) -> 
 
 def record_throughput(work: str, bundle: str) -> dict:
     """`record` of inputs already logged: 500 on the agent over a pty, 64 on the C firmware under QEMU."""
-    from edgefp.firmware_host import firmware
+    from edgefp.firmware_host.firmware import build as firmware
 
     found = {}
     boards = [("pi", 500, 200)] + ([("qemu-m4", 64, 20)] if firmware.can_emulate() else [])

@@ -119,7 +119,7 @@ def _read_key(path: str | None) -> bytes | None:
 
 
 def _open(port: str, key_file: str | None):
-    from edgefp.firmware_host.client import open_device
+    from edgefp.firmware_host.link.client import open_device
 
     return open_device(port, key=_read_key(key_file))
 
@@ -429,7 +429,7 @@ def inspect(bundle, as_json):
 
 def _engine_arena(read, problems) -> tuple[int | None, str]:
     """The firmware engine's arena for the bundle's model (measured on this machine), and its line."""
-    from edgefp.firmware_host import engine
+    from edgefp.firmware_host.firmware import engine
 
     if problems:
         return None, "firmware engine arena not measured (the files do not verify)"
@@ -501,7 +501,7 @@ def bench_run(bundle, port, runtime, runs, warmup, out, key_file, force, as_json
     if out:  # refused now rather than after the benchmark
         check_file_output(out, force=force, written_by_edgefp=benchmarks.is_result, kind="bench result")
     if port is not None:
-        from edgefp.firmware_host.client import bench as bench_device
+        from edgefp.firmware_host.link.client import bench as bench_device
 
         with _open(port, key_file) as device:
             result = bench_device(device, runs=runs, warmup=warmup)
@@ -600,7 +600,7 @@ def devices(probe, as_json):
     """Serial ports with their USB VID:PID, serial number and description."""
     from serial.tools.list_ports import comports
 
-    from edgefp.firmware_host.client import open_device
+    from edgefp.firmware_host.link.client import open_device
 
     found = []
     for port in sorted(comports(), key=lambda p: p.device):
@@ -634,7 +634,7 @@ def devices(probe, as_json):
 @JSON_OPTION
 def info(port, key_file, as_json):
     """What a device is and holds: protocol, board, runtime, budgets, active bundle, slots."""
-    from edgefp.firmware_host.client import info as device_info
+    from edgefp.firmware_host.link.client import info as device_info
 
     with _open(port, key_file) as device:
         report = device_info(device)
@@ -653,7 +653,7 @@ def flash(bundle, port, key_file, as_json):
     """Upload a bundle to a device in chunks, have the device verify it, and activate it (nothing is
     uploaded when the device already runs it)."""
     from edgefp.bundle import Bundle
-    from edgefp.firmware_host.client import flash as flash_device
+    from edgefp.firmware_host.link.client import flash as flash_device
     from edgefp.progress import Progress
 
     archive = Bundle.load(bundle).archive_bytes()
@@ -678,7 +678,7 @@ def infer(port, data, out, key_file, force, as_json):
     """Run every sample on the device: prediction and OOD check happen on the device itself."""
     from edgefp.bundle import Bundle
     from edgefp.data import load
-    from edgefp.firmware_host.client import infer_samples, manifest
+    from edgefp.firmware_host.link.client import infer_samples, manifest
     from edgefp.fsutil import check_file_output
     from edgefp.ood import is_score_file
     from edgefp.progress import Progress
@@ -714,8 +714,8 @@ def pull_ood(port, out, key_file, force, as_json):
     """Fetch the device's recent out-of-distribution inputs with their scores, for a human to review."""
     import numpy as np
 
-    from edgefp.firmware_host.client import manifest
-    from edgefp.firmware_host.client import pull_ood as pull
+    from edgefp.firmware_host.link.client import manifest
+    from edgefp.firmware_host.link.client import pull_ood as pull
     from edgefp.fsutil import atomic_directory, check_directory_output
 
     check_directory_output(out, "OOD samples directory", force=force)
@@ -750,7 +750,7 @@ def record(port, out, count, duration, ood_only, force, key_file, as_json):
     """Record the device's inputs (raw samples, with its scores and timestamps) into a data file the
     trainer reads, starting with the oldest it still holds. Reads them by number from the device's log:
     a dropped link loses or repeats none, and running the command again continues the file."""
-    from edgefp.firmware_host.record import record as record_device
+    from edgefp.firmware_host.link.record import record as record_device
 
     lines_out = as_json or not sys.stdout.isatty()
 
@@ -819,7 +819,7 @@ def review(
 
         options["bundle"] = Bundle.load(bundle)
     elif port:
-        from edgefp.firmware_host.client import manifest
+        from edgefp.firmware_host.link.client import manifest
 
         with _open(port, key_file) as device:
             options["manifest"] = manifest(device)
@@ -862,7 +862,7 @@ def monitor(port, log_path, count, duration, key_file, as_json):
     highlighted; JSON lines when piped or with --json; reconnects when the device resets or the link drops."""
     import datetime
 
-    from edgefp.firmware_host.monitor import follow
+    from edgefp.firmware_host.link.monitor import follow
 
     lines_out = as_json or not sys.stdout.isatty()
     log = open(log_path, "a") if log_path else None  # noqa: SIM115 - closed below
@@ -914,7 +914,7 @@ def agent(data_dir, board, serial_path, tcp, samples_address, key_file):
     """The on-device agent of a Raspberry Pi or Coral board: serves the device protocol, runs the
     active bundle and its OOD check locally, keeps the last good bundle across restarts. With --samples
     the program that owns the sensor hands it windows of raw values on a local socket."""
-    from edgefp.firmware_host.agent import Agent
+    from edgefp.firmware_host.device.agent import Agent
 
     if (serial_path is None) == (tcp is None):
         raise EdgefpError("give exactly one of --serial PATH and --tcp HOST:PORT")
@@ -970,9 +970,9 @@ def _simulate(profile, tcp, data_dir, feed, rate, drift_at, drift, drift_to, sam
     import tempfile
 
     from edgefp.data import load
-    from edgefp.firmware_host import firmware
-    from edgefp.firmware_host.agent import Agent
-    from edgefp.firmware_host.feed import feed_agent, feed_samples
+    from edgefp.firmware_host.device.agent import Agent
+    from edgefp.firmware_host.device.feed import feed_agent, feed_samples
+    from edgefp.firmware_host.firmware import build as firmware
 
     if drift_at is None and (drift or drift_to):
         raise EdgefpError("--drift and --drift-to need --drift-at, the sample the drift starts at")
@@ -1019,7 +1019,7 @@ def export_firmware(board, out, build_it, bundles, force, as_json):
     for a board: portable sources, the board's port (or a template to fill in, docs/porting.md) and
     its budgets. Bundles are flashed later over the protocol, without rebuilding."""
     from edgefp.bundle import Bundle
-    from edgefp.firmware_host import firmware
+    from edgefp.firmware_host.firmware import build as firmware
 
     loaded = [Bundle.load(path) for path in bundles]
     report = firmware.export(board, out, force=force)
@@ -1044,9 +1044,9 @@ def export_firmware(board, out, build_it, bundles, force, as_json):
 def _serve(device, serial_path: str | None, tcp: str | None, *, announce: bool, samples_address=None) -> None:
     """Serve on a serial port, a TCP address, or (neither) a new pty; print the URL when announcing.
     With ``samples_address``, also open the agent's sample socket there."""
-    from edgefp.firmware_host import agent as agent_module
-    from edgefp.firmware_host.samples import SampleServer
-    from edgefp.firmware_host.transport import open_pty
+    from edgefp.firmware_host.device import agent as agent_module
+    from edgefp.firmware_host.device.samples import SampleServer
+    from edgefp.firmware_host.link.transport import open_pty
 
     if samples_address is not None:
         server = SampleServer(device, samples_address)
@@ -1263,7 +1263,7 @@ def select_command(repo, data, where, top, deploy, key_file, as_json):
         lines.append(f"verdict: {report['verdict']}: even the best candidate does not match; a human should review")
     report["deployed"] = None
     if deploy and report["selected"]:
-        from edgefp.firmware_host.client import flash as flash_device
+        from edgefp.firmware_host.link.client import flash as flash_device
 
         entry = next(entry for entry in repository.entries() if entry.name == report["selected"])
         archive = repository.load(entry).archive_bytes()

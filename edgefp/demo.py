@@ -82,7 +82,7 @@ def on_device(bundle, x, data_dir: str) -> dict:
     else a simulated nRF52840 (the agent running TFLite Micro)."""
     import numpy as np
 
-    from edgefp.firmware_host import client
+    from edgefp.firmware_host.link import client
 
     with _device(data_dir) as (board, url), client.open_device(url, timeout=5.0) as device:
         flashed = client.flash(device, bundle.archive_bytes())
@@ -102,8 +102,8 @@ def on_device(bundle, x, data_dir: str) -> dict:
 
 @contextlib.contextmanager
 def _device(data_dir: str):
-    from edgefp.firmware_host import firmware
-    from edgefp.firmware_host.agent import Agent, serving
+    from edgefp.firmware_host.device.agent import Agent, serving
+    from edgefp.firmware_host.firmware import build as firmware
 
     if firmware.can_emulate():
         with firmware.start("qemu-m4") as chip:

@@ -128,7 +128,7 @@ class FirmwareEngine:
     name = "firmware"
 
     def __init__(self, model_bytes: bytes):
-        from edgefp.firmware_host.engine import Engine, EngineError
+        from edgefp.firmware_host.firmware.engine import Engine, EngineError
 
         try:
             with step("setting the model up in the firmware's engine"):

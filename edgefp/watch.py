@@ -2,7 +2,7 @@
 device's recent OOD samples, run selection on them against the repository, and deploy the model that
 matches, or raise a human-review alert. Every decision is appended to an events file as a JSON line.
 
-:func:`watch` takes an open :class:`~edgefp.firmware_host.client.Device` (tests and scripts inject
+:func:`watch` takes an open :class:`~edgefp.firmware_host.link.client.Device` (tests and scripts inject
 one); :func:`watch_url` opens the device by URL and reconnects when the link drops, as ``monitor`` does.
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 from edgefp import selection
 from edgefp.data import undo_preprocessing
 from edgefp.errors import EdgefpError
-from edgefp.firmware_host import client
+from edgefp.firmware_host.link import client
 from edgefp.repository import Repository
 
 DEPLOYED, NO_MATCH, ALREADY_BEST = "deployed", selection.NO_MATCH, "already best"

@@ -138,9 +138,9 @@ def synthetic(shape, classes: int, n_train: int, n_test: int, scale: float = 1.0
 
 def check_error_codes(device, archive: bytes, shape: tuple[int, ...]) -> None:
     """Bad requests get their error codes and the device keeps serving: the same for every device kind."""
-    from edgefp.firmware_host import client, protocol
-    from edgefp.firmware_host.client import DeviceError
-    from edgefp.firmware_host.protocol import Msg
+    from edgefp.firmware_host.link import client, protocol
+    from edgefp.firmware_host.link.client import DeviceError
+    from edgefp.firmware_host.link.protocol import Msg
 
     with pytest.raises(DeviceError, match="NO_BUNDLE"):
         client.infer(device, np.zeros(shape, np.int8))
@@ -184,8 +184,8 @@ def upload(device, archive: bytes, sha: bytes | None = None, name: str = "x", up
     """Raw UPLOAD_BEGIN, every chunk and UPLOAD_END (the host's own checks of the archive bypassed):
     the slot the device verified the archive in. With ``upto``, only the chunks up to that many bytes,
     then nothing more (the host went away). ``sha`` defaults to the archive's own."""
-    from edgefp.firmware_host import client, protocol
-    from edgefp.firmware_host.protocol import Msg
+    from edgefp.firmware_host.link import client, protocol
+    from edgefp.firmware_host.link.protocol import Msg
 
     sha = hashlib.sha256(archive).digest() if sha is None else sha
     begin = protocol.pack_upload_begin(len(archive), sha, name)

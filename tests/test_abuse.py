@@ -24,12 +24,13 @@ import serial
 
 from edgefp import data
 from edgefp.bundle import Bundle
-from edgefp.firmware_host import agent as agent_module
-from edgefp.firmware_host import client, firmware, protocol
-from edgefp.firmware_host.agent import Agent, Session, serving
-from edgefp.firmware_host.client import DeviceError
-from edgefp.firmware_host.framing import DELIMITER, Fault, Frame, FrameReader, decode_frame, encode_frame
-from edgefp.firmware_host.protocol import Err, Msg
+from edgefp.firmware_host.device import agent as agent_module
+from edgefp.firmware_host.device.agent import Agent, Session, serving
+from edgefp.firmware_host.firmware import build as firmware
+from edgefp.firmware_host.link import client, protocol
+from edgefp.firmware_host.link.client import DeviceError
+from edgefp.firmware_host.link.framing import DELIMITER, Fault, Frame, FrameReader, decode_frame, encode_frame
+from edgefp.firmware_host.link.protocol import Err, Msg
 from tests.conftest import KEY, edited_archive
 from tests.test_bundle_safety import run_cli
 from tests.test_firmware import HAS_NATIVE

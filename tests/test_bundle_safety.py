@@ -23,9 +23,10 @@ from edgefp import data
 from edgefp.bundle import Bundle
 from edgefp.cli import main
 from edgefp.errors import EdgefpError
-from edgefp.firmware_host import client, firmware
-from edgefp.firmware_host.agent import Agent, serving
-from edgefp.firmware_host.client import DeviceError
+from edgefp.firmware_host.device.agent import Agent, serving
+from edgefp.firmware_host.firmware import build as firmware
+from edgefp.firmware_host.link import client
+from edgefp.firmware_host.link.client import DeviceError
 from edgefp.wrap import wrap
 from tests.conftest import edited_archive, upload
 from tests.test_firmware import HAS_NATIVE

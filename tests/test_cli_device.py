@@ -77,7 +77,9 @@ def test_unreachable_device_is_one_clear_line(tmp_path):
 
 def test_device_commands_do_not_import_tensorflow():
     code = "import sys; from edgefp.cli import main\ntry: main(['info', '--help'])\nexcept SystemExit: pass\n"
-    code += "import edgefp.firmware_host.client, edgefp.firmware_host.agent; print('tensorflow' in sys.modules)"
+    code += (
+        "import edgefp.firmware_host.link.client, edgefp.firmware_host.device.agent; print('tensorflow' in sys.modules)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ})
     assert result.stdout.strip().endswith("False"), result.stderr
 
@@ -86,9 +88,9 @@ def test_monitor_reconnects_when_the_device_restarts(digits_bundle, tmp_path):
     import threading
 
     from edgefp import data
-    from edgefp.firmware_host.agent import Agent, serving
-    from edgefp.firmware_host.client import flash, open_device
-    from edgefp.firmware_host.monitor import follow
+    from edgefp.firmware_host.device.agent import Agent, serving
+    from edgefp.firmware_host.link.client import flash, open_device
+    from edgefp.firmware_host.link.monitor import follow
 
     _, bundle_dir = digits_bundle
     agent = Agent(str(tmp_path / "device"), "pi")

@@ -14,9 +14,10 @@ import pytest
 
 from edgefp import data
 from edgefp.bundle import SCHEMA_VERSION, Bundle
-from edgefp.firmware_host import client, firmware, protocol
-from edgefp.firmware_host.client import DeviceError
-from edgefp.firmware_host.protocol import Msg, SlotState
+from edgefp.firmware_host.firmware import build as firmware
+from edgefp.firmware_host.link import client, protocol
+from edgefp.firmware_host.link.client import DeviceError
+from edgefp.firmware_host.link.protocol import Msg, SlotState
 from tests.conftest import check_error_codes, edit_tflite, edited_archive, upload
 
 HAS_NATIVE = all(shutil.which(tool) for tool in ("gcc", "make"))
@@ -271,7 +272,7 @@ def test_bench_is_capped_and_requests_are_checked_to_the_byte(tmp_path, digits):
     import struct
     import time
 
-    from edgefp.firmware_host.framing import DELIMITER, encode_frame
+    from edgefp.firmware_host.link.framing import DELIMITER, encode_frame
     from edgefp.limits import MAX_INVOKES
 
     variables = ["BOARD=host", "CFLAGS=-DEFP_ARENA_BYTES=163840 -DEFP_BENCH_MAX_US=20000"]  # a 20-ms time cap

@@ -12,8 +12,8 @@ import warnings
 import numpy as np
 import pytest
 
-from edgefp.firmware_host import engine as efp
-from edgefp.firmware_host.engine import Engine, EngineError
+from edgefp.firmware_host.firmware import engine as efp
+from edgefp.firmware_host.firmware.engine import Engine, EngineError
 from edgefp.runtime import captured_output
 from tests.conftest import edit_tflite
 
@@ -587,7 +587,8 @@ def test_operator_models_are_bit_exact_on_the_emulated_cortex_m4(op_models, tmp_
     over the whole int8 range and a narrower one (RELU6, a clip to [-1, 1]), strided, dilated and
     depthwise convolutions with channels in fours and not, fully connected, float edges."""
     from edgefp.bundle import Bundle
-    from edgefp.firmware_host import client, firmware
+    from edgefp.firmware_host.firmware import build as firmware
+    from edgefp.firmware_host.link import client
     from edgefp.wrap import wrap
 
     with firmware.start("qemu-m4") as chip, client.open_device(chip.url, timeout=30.0) as device:

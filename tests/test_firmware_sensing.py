@@ -16,7 +16,8 @@ import pytest
 
 from edgefp import data
 from edgefp.bundle import Bundle
-from edgefp.firmware_host import client, firmware, protocol
+from edgefp.firmware_host.firmware import build as firmware
+from edgefp.firmware_host.link import client, protocol
 from tests.test_cli import edgefp
 
 HAS_NATIVE = all(shutil.which(tool) for tool in ("gcc", "make"))

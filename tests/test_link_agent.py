@@ -12,12 +12,12 @@ import serial
 from edgefp import data
 from edgefp.bundle import Bundle
 from edgefp.errors import EdgefpError
-from edgefp.firmware_host import agent as agent_module
-from edgefp.firmware_host import client, protocol, transport
-from edgefp.firmware_host.agent import Agent, listen_tcp, serving
 from edgefp.firmware_host.boards import KIB, Board
-from edgefp.firmware_host.client import DeviceError
-from edgefp.firmware_host.protocol import Err, Msg
+from edgefp.firmware_host.device import agent as agent_module
+from edgefp.firmware_host.device.agent import Agent, listen_tcp, serving
+from edgefp.firmware_host.link import client, protocol, transport
+from edgefp.firmware_host.link.client import DeviceError
+from edgefp.firmware_host.link.protocol import Err, Msg
 from tests.conftest import KEY, check_error_codes, upload
 
 

@@ -9,9 +9,9 @@ import zlib
 import numpy as np
 import pytest
 
-from edgefp.firmware_host import framing, protocol
-from edgefp.firmware_host.framing import Fault, Frame, FrameError, FrameReader
-from edgefp.firmware_host.protocol import BodyError, Msg
+from edgefp.firmware_host.link import framing, protocol
+from edgefp.firmware_host.link.framing import Fault, Frame, FrameError, FrameReader
+from edgefp.firmware_host.link.protocol import BodyError, Msg
 
 
 @pytest.mark.parametrize("size", [0, 1, 253, 254, 255, 508, 1000, 4096])
@@ -132,7 +132,8 @@ def test_names_of_types_and_codes():
 
 def test_device_modules_import_without_tensorflow():
     code = (
-        "import sys; from edgefp.firmware_host import agent, client, framing, protocol, transport; "
+        "import sys; from edgefp.firmware_host.device import agent; "
+        "from edgefp.firmware_host.link import client, framing, protocol, transport; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tflite_micro')))"
     )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"

@@ -10,7 +10,7 @@ from hypothesis.extra import numpy as hnp
 from edgefp import data
 from edgefp.bundle import Bundle
 from edgefp.errors import EdgefpError
-from edgefp.firmware_host import framing, protocol
+from edgefp.firmware_host.link import framing, protocol
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

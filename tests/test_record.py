@@ -15,10 +15,10 @@ import pytest
 from edgefp import data
 from edgefp.bundle import Bundle
 from edgefp.errors import EdgefpError
-from edgefp.firmware_host import client, protocol
-from edgefp.firmware_host.agent import Agent, serving
-from edgefp.firmware_host.protocol import Err, Msg
-from edgefp.firmware_host.record import Recording, record
+from edgefp.firmware_host.device.agent import Agent, serving
+from edgefp.firmware_host.link import client, protocol
+from edgefp.firmware_host.link.protocol import Err, Msg
+from edgefp.firmware_host.link.record import Recording, record
 from tests.test_cli import edgefp
 
 

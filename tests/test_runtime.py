@@ -15,9 +15,9 @@ import pytest
 from edgefp import runtime
 from edgefp.bundle import Bundle
 from edgefp.errors import EdgefpError
-from edgefp.firmware_host import client
-from edgefp.firmware_host.agent import Agent, serving
-from edgefp.firmware_host.client import DeviceError
+from edgefp.firmware_host.device.agent import Agent, serving
+from edgefp.firmware_host.link import client
+from edgefp.firmware_host.link.client import DeviceError
 from tests.conftest import edited_archive, upload
 
 LINUX = sys.platform.startswith("linux")

@@ -15,9 +15,9 @@ import pytest
 from edgefp import data
 from edgefp.bundle import Bundle
 from edgefp.errors import EdgefpError
-from edgefp.firmware_host import client
-from edgefp.firmware_host.agent import MAX_CLIENTS, Agent, serving
-from edgefp.firmware_host.samples import SampleClient, SampleServer
+from edgefp.firmware_host.device.agent import MAX_CLIENTS, Agent, serving
+from edgefp.firmware_host.device.samples import SampleClient, SampleServer
+from edgefp.firmware_host.link import client
 from tests.test_cli import edgefp
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "sensors.md"

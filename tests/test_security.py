@@ -13,12 +13,12 @@ import pytest
 from edgefp import data
 from edgefp.bundle import Bundle
 from edgefp.errors import EdgefpError
-from edgefp.firmware_host import agent as agent_module
-from edgefp.firmware_host import client, protocol
-from edgefp.firmware_host.agent import Agent, Session, serving
-from edgefp.firmware_host.client import DeviceError
-from edgefp.firmware_host.framing import DELIMITER, Frame, FrameReader, encode_frame
-from edgefp.firmware_host.protocol import Err, Msg
+from edgefp.firmware_host.device import agent as agent_module
+from edgefp.firmware_host.device.agent import Agent, Session, serving
+from edgefp.firmware_host.link import client, protocol
+from edgefp.firmware_host.link.client import DeviceError
+from edgefp.firmware_host.link.framing import DELIMITER, Frame, FrameReader, encode_frame
+from edgefp.firmware_host.link.protocol import Err, Msg
 from edgefp.limits import MAX_INVOKES
 from tests.conftest import KEY
 from tests.test_cli import edgefp
@@ -64,7 +64,7 @@ def closed_within(sock: socket.socket, seconds: float) -> bool:
 
 def respond(agent: Agent, session: Session, type_: int, body: bytes = b"", seq: int = 1):
     """The agent's answer to one request, without a link: (type, code or None, message or body)."""
-    from edgefp.firmware_host.framing import decode_frame
+    from edgefp.firmware_host.link.framing import decode_frame
 
     reply = agent.respond(Frame(type_, seq, body), session)
     if reply is None:

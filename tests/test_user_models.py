@@ -11,7 +11,8 @@ import pytest
 from edgefp import data
 from edgefp.bundle import Bundle
 from edgefp.errors import EdgefpError
-from edgefp.firmware_host import client, firmware
+from edgefp.firmware_host.firmware import build as firmware
+from edgefp.firmware_host.link import client
 from tests.conftest import synthetic
 
 CLASSES = 3

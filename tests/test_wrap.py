@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from edgefp.bundle import Bundle
-from edgefp.firmware_host import client, firmware
 from edgefp.firmware_host.boards import get_board
+from edgefp.firmware_host.firmware import build as firmware
+from edgefp.firmware_host.link import client
 
 MODELS = os.path.join(os.path.dirname(__file__), "data", "models")
 EDGEFP = [sys.executable, "-m", "edgefp"]

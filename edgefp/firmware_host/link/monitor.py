@@ -6,7 +6,7 @@ import time
 from dataclasses import asdict
 
 from edgefp.errors import EdgefpError
-from edgefp.firmware_host import client
+from edgefp.firmware_host.link import client
 
 KEEPALIVE_S = 2.0  # idle this long: subscribe again (a device that reset has forgotten the subscription)
 RETRY_S = 1.0

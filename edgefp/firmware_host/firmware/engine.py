@@ -89,7 +89,7 @@ def library(dsp: bool = False) -> ctypes.CDLL:
     digest = hashlib.sha256(" ".join(flags[:-1]).encode())
     for path in sorted(SOURCE.glob("*.[ch]")):
         digest.update(path.name.encode() + path.read_bytes())
-    from edgefp.firmware_host.firmware import cache_dir
+    from edgefp.firmware_host.firmware.build import cache_dir
 
     target = cache_dir() / f"engine-{digest.hexdigest()[:16]}.so"
     if not target.exists():

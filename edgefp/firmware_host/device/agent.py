@@ -38,11 +38,11 @@ import edgefp
 from edgefp.bench import OverLimit, bench_bundle
 from edgefp.bundle import Bundle
 from edgefp.errors import EdgefpError
-from edgefp.firmware_host import protocol
 from edgefp.firmware_host.boards import Board, fit_problems, get_board
-from edgefp.firmware_host.framing import DELIMITER, OVERHEAD, Fault, Frame, FrameReader, encode_frame
-from edgefp.firmware_host.protocol import RESPONSE, Err, Msg, Slot, SlotState
-from edgefp.firmware_host.transport import SocketPort, open_pty, read_some
+from edgefp.firmware_host.link import protocol
+from edgefp.firmware_host.link.framing import DELIMITER, OVERHEAD, Fault, Frame, FrameReader, encode_frame
+from edgefp.firmware_host.link.protocol import RESPONSE, Err, Msg, Slot, SlotState
+from edgefp.firmware_host.link.transport import SocketPort, open_pty, read_some
 from edgefp.limits import BENCH_MAX_SECONDS, MAX_FILES_BYTES, MAX_INVOKES, MAX_MANIFEST_BYTES, MIN_KEY_BYTES
 from edgefp.manifest import ManifestError
 from edgefp.runtime import ArenaError

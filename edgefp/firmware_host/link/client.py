@@ -21,11 +21,11 @@ import numpy as np
 from edgefp import bench as bench_mod
 from edgefp.bundle import Bundle, parse_manifest
 from edgefp.errors import EdgefpError
-from edgefp.firmware_host import protocol
 from edgefp.firmware_host.boards import BOARDS
-from edgefp.firmware_host.framing import DELIMITER, MIN_FRAME, OVERHEAD, Frame, FrameReader, encode_frame
-from edgefp.firmware_host.protocol import RESPONSE, Err, Msg, SlotState
-from edgefp.firmware_host.transport import read_some
+from edgefp.firmware_host.link import protocol
+from edgefp.firmware_host.link.framing import DELIMITER, MIN_FRAME, OVERHEAD, Frame, FrameReader, encode_frame
+from edgefp.firmware_host.link.protocol import RESPONSE, Err, Msg, SlotState
+from edgefp.firmware_host.link.transport import read_some
 from edgefp.limits import BENCH_MAX_SECONDS, MAX_MANIFEST_BYTES
 from edgefp.manifest import MAX_INPUT_BYTES
 

@@ -23,8 +23,8 @@ import numpy as np
 
 from edgefp.bundle import Bundle
 from edgefp.errors import EdgefpError
-from edgefp.firmware_host import client
-from edgefp.firmware_host.protocol import DataKind
+from edgefp.firmware_host.link import client
+from edgefp.firmware_host.link.protocol import DataKind
 from edgefp.fsutil import check_file_output, write_file_atomic
 from edgefp.ood import SCORE_UNIT
 

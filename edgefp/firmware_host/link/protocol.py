@@ -11,7 +11,7 @@ from enum import IntEnum
 
 import numpy as np
 
-from edgefp.firmware_host.framing import MAX_FRAME, MIN_FRAME
+from edgefp.firmware_host.link.framing import MAX_FRAME, MIN_FRAME
 
 VERSION = 1
 RESPONSE = 0x80  # response type = request type | RESPONSE

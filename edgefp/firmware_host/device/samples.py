@@ -26,7 +26,7 @@ import threading
 import numpy as np
 
 from edgefp.errors import EdgefpError
-from edgefp.firmware_host.agent import MAX_CLIENTS
+from edgefp.firmware_host.device.agent import MAX_CLIENTS
 from edgefp.ood import SCORE_UNIT
 
 MAX_VALUES = 1 << 22  # a window of more values is refused and the connection closed

@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from edgefp.errors import EdgefpError
-from edgefp.firmware_host import engine
 from edgefp.firmware_host.boards import Board, get_board
-from edgefp.firmware_host.feed import SENSOR_ASK, run_feed, sensor_frames
+from edgefp.firmware_host.device.feed import SENSOR_ASK, run_feed, sensor_frames
+from edgefp.firmware_host.firmware import engine
 from edgefp.fsutil import atomic_directory
 from edgefp.isolation import step
 
@@ -187,7 +187,7 @@ class Emulated:
 
     def feed(self, x: np.ndarray, rate_hz: float, *, repeat_from: int | None = 0) -> None:
         """Be the chip's sensor from a background thread: answer each window it asks for with the next
-        raw sample of ``x``, at ``rate_hz`` at most (see :func:`edgefp.firmware_host.feed.run_feed`)."""
+        raw sample of ``x``, at ``rate_hz`` at most (see :func:`edgefp.firmware_host.device.feed.run_feed`)."""
         if self.sensor is None:
             raise EdgefpError("this firmware has no sensor link")
         self.feeding = threading.Event()

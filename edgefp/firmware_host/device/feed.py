@@ -1,7 +1,7 @@
 """A simulated sensor: raw samples handed to a device at a fixed rate, drifting from sample N on (a
 shift of the same samples, or other data: a class the model has never seen), and staying drifted.
 
-The agent takes each sample through :meth:`~edgefp.firmware_host.agent.Agent.classify`; the C firmware
+The agent takes each sample through :meth:`~edgefp.firmware_host.device.agent.Agent.classify`; the C firmware
 (``edgefp sim --profile qemu-m4`` or ``native``) reads them from its sensor link, a byte stream of
 frames (:func:`sensor_frames`, docs/sensors.md).
 """
@@ -16,7 +16,7 @@ import numpy as np
 
 from edgefp import shifts
 from edgefp.errors import EdgefpError
-from edgefp.firmware_host.framing import DELIMITER, encode_frame
+from edgefp.firmware_host.link.framing import DELIMITER, encode_frame
 
 SENSOR_FRAME = 0x40  # frame type of the sensor link
 SENSOR_ASK = 0x3F  # the byte a chip sends on its sensor link for the next window
