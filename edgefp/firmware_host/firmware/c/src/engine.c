@@ -680,3 +680,11 @@ const efp_io *efp_engine_output(const efp_engine *e, size_t index)
     const graph *g = e->graph;
     return g && index < g->n_out ? &g->io[g->n_in + index] : NULL;
 }
+
+size_t efp_engine_size(void) { return sizeof(efp_engine); }
+
+const char *efp_engine_error(const efp_engine *e) { return e->error; }
+
+size_t efp_engine_arena_needed(const efp_engine *e) { return e->arena_needed; }
+
+size_t efp_engine_arena_used(const efp_engine *e) { return e->arena_used; }

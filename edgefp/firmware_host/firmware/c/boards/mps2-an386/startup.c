@@ -16,9 +16,9 @@ void Reset_Handler(void);
 void Default_Handler(void);
 void HardFault_Handler(void);
 
-/* Last fault, for a debugger (gdb -ex 'p board_fault_info'): stacked r0-r3, r12, lr, pc, xpsr, then
+/* Last fault, for a debugger (gdb -ex 'p efp_board_fault_info'): stacked r0-r3, r12, lr, pc, xpsr, then
  * CFSR, HFSR, MMFAR, BFAR. */
-volatile uint32_t board_fault_info[12];
+volatile uint32_t efp_board_fault_info[12];
 
 #define WEAK_DEFAULT __attribute__((weak, alias("Default_Handler")))
 void NMI_Handler(void) WEAK_DEFAULT;
@@ -48,7 +48,7 @@ void ETHERNET_IRQHandler(void) WEAK_DEFAULT;     /* 13 */
 typedef void (*vector_t)(void);
 
 __attribute__((section(".isr_vector"), used))
-const vector_t board_vectors[16 + 32] = {
+const vector_t efp_board_vectors[16 + 32] = {
     (vector_t)(uintptr_t)&__stack_top,
     Reset_Handler,
     NMI_Handler,
@@ -81,7 +81,7 @@ void Reset_Handler(void)
     /* CP10 and CP11 full access: must precede any floating-point instruction. */
     SCB_CPACR |= (0xFu << 20);
     __asm volatile("dsb\n\tisb" ::: "memory");
-    SCB_VTOR = (uint32_t)(uintptr_t)board_vectors;
+    SCB_VTOR = (uint32_t)(uintptr_t)efp_board_vectors;
 
     uint32_t *src = &__data_load;
     uint32_t *dst = &__data_start;
@@ -112,15 +112,15 @@ void Default_Handler(void)
 }
 
 /* Saves the stacked frame and fault status registers, then stops. */
-__attribute__((used)) void board_hardfault_c(uint32_t *frame)
+__attribute__((used)) void efp_board_hardfault_c(uint32_t *frame)
 {
     for (int i = 0; i < 8; i++) {
-        board_fault_info[i] = frame[i];
+        efp_board_fault_info[i] = frame[i];
     }
-    board_fault_info[8] = *(volatile uint32_t *)0xE000ED28u;   /* CFSR */
-    board_fault_info[9] = *(volatile uint32_t *)0xE000ED2Cu;   /* HFSR */
-    board_fault_info[10] = *(volatile uint32_t *)0xE000ED34u;  /* MMFAR */
-    board_fault_info[11] = *(volatile uint32_t *)0xE000ED38u;  /* BFAR */
+    efp_board_fault_info[8] = *(volatile uint32_t *)0xE000ED28u;   /* CFSR */
+    efp_board_fault_info[9] = *(volatile uint32_t *)0xE000ED2Cu;   /* HFSR */
+    efp_board_fault_info[10] = *(volatile uint32_t *)0xE000ED34u;  /* MMFAR */
+    efp_board_fault_info[11] = *(volatile uint32_t *)0xE000ED38u;  /* BFAR */
     for (;;) {
     }
 }
@@ -132,5 +132,5 @@ __attribute__((naked)) void HardFault_Handler(void)
         "ite eq\n\t"
         "mrseq r0, msp\n\t"
         "mrsne r0, psp\n\t"
-        "b board_hardfault_c\n\t");
+        "b efp_board_hardfault_c\n\t");
 }
