@@ -124,8 +124,8 @@ def render() -> str:
         "#include <stdint.h>",
         "",
     ]
-    width = max(len(name) for name, _, _ in CONSTANTS)
-    lines += [f"#define {name:<{width}} {value} /* {note} */" for name, value, note in CONSTANTS]
+    width, digits = (max(len(str(row[i])) for row in CONSTANTS) for i in (0, 1))  # aligned as clang-format does
+    lines += [f"#define {name:<{width}} {value:<{digits}} /* {note} */" for name, value, note in CONSTANTS]
     for c_name, prefix, values, note in ENUMS:
         lines += ["", f"/* {note} */", f"enum {c_name} {{"]
         lines += [f"    {prefix}{member.name} = 0x{member.value:02X}," for member in values]

@@ -8,28 +8,28 @@
 
 #include <stdint.h>
 
-#define EFP_PROTOCOL_VERSION   1 /* HELLO's protocol version */
-#define EFP_RESPONSE           128 /* response type = request type | EFP_RESPONSE */
-#define EFP_NAME_MAX           32 /* bytes of a bundle name in HELLO */
-#define EFP_NO_SLOT            255 /* HELLO's active slot when none is */
-#define EFP_FRAME_OVERHEAD     7 /* type, seq and CRC around every body */
-#define EFP_MIN_FRAME          512 /* smallest largest-frame a device may have */
-#define EFP_SENSOR_FRAME       64 /* frame type of the sensor link: offset:u32 (in values) | float32 values */
-#define EFP_SENSOR_ASK         63 /* the byte a chip sends on its sensor link for the next window */
-#define EFP_BENCH_MAX_RUNS     100000 /* runs + warm-ups of one BENCH */
-#define EFP_BENCH_MAX_SECONDS  5 /* a BENCH still running after this long stops */
-#define EFP_BUNDLE_VERSION     3 /* the manifest's version */
-#define EFP_MAX_LAYERS         16 /* fingerprinted layers a bundle may have */
-#define EFP_MAX_DIMS           6 /* dimensions of a model input or output */
+#define EFP_PROTOCOL_VERSION   1        /* HELLO's protocol version */
+#define EFP_RESPONSE           128      /* response type = request type | EFP_RESPONSE */
+#define EFP_NAME_MAX           32       /* bytes of a bundle name in HELLO */
+#define EFP_NO_SLOT            255      /* HELLO's active slot when none is */
+#define EFP_FRAME_OVERHEAD     7        /* type, seq and CRC around every body */
+#define EFP_MIN_FRAME          512      /* smallest largest-frame a device may have */
+#define EFP_SENSOR_FRAME       64       /* frame type of the sensor link: offset:u32 (in values) | float32 values */
+#define EFP_SENSOR_ASK         63       /* the byte a chip sends on its sensor link for the next window */
+#define EFP_BENCH_MAX_RUNS     100000   /* runs + warm-ups of one BENCH */
+#define EFP_BENCH_MAX_SECONDS  5        /* a BENCH still running after this long stops */
+#define EFP_BUNDLE_VERSION     3        /* the manifest's version */
+#define EFP_MAX_LAYERS         16       /* fingerprinted layers a bundle may have */
+#define EFP_MAX_DIMS           6        /* dimensions of a model input or output */
 #define EFP_MAX_INPUT_ELEMENTS 16777216 /* elements of a tensor's shape in a manifest */
-#define EFP_MAX_OUTPUTS        16 /* outputs of a model wrapped without a fingerprint */
-#define EFP_MAX_CLASSES        255 /* labels of a bundle */
-#define EFP_MAX_FILES          8 /* files of a bundle besides its manifest */
-#define EFP_MAX_DEPTH          16 /* JSON nesting of a manifest */
-#define EFP_MAX_NAME           64 /* bytes of a bundle's name in its manifest */
-#define EFP_QUANTILES          101 /* quantiles of a layer's score in a manifest */
-#define EFP_OOD_CAPACITY       16 /* recent OOD inputs kept for GET_OOD */
-#define EFP_ERROR_LEN          96 /* bytes of the engine's error message, terminator included */
+#define EFP_MAX_OUTPUTS        16       /* outputs of a model wrapped without a fingerprint */
+#define EFP_MAX_CLASSES        255      /* labels of a bundle */
+#define EFP_MAX_FILES          8        /* files of a bundle besides its manifest */
+#define EFP_MAX_DEPTH          16       /* JSON nesting of a manifest */
+#define EFP_MAX_NAME           64       /* bytes of a bundle's name in its manifest */
+#define EFP_QUANTILES          101      /* quantiles of a layer's score in a manifest */
+#define EFP_OOD_CAPACITY       16       /* recent OOD inputs kept for GET_OOD */
+#define EFP_ERROR_LEN          96       /* bytes of the engine's error message, terminator included */
 
 /* message types (link/protocol.py, Msg) */
 enum efp_msg {

@@ -104,6 +104,7 @@ void efp_eval_pad(const void *params)
         stride[d] = d == last ? 1 : stride[d + 1] * p->in_dims[d + 1];
     for (d = 0; d < last; d++) {
         rows *= p->out_dims[d];
+        /* cppcheck-suppress uninitvar ; set above for every d <= last (ndim >= 1) */
         off -= p->left[d] * stride[d];
         outside += p->left[d] > 0;
     }

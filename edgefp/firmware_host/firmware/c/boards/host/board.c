@@ -71,8 +71,12 @@ static void save_argv(void)
         }
         len += (size_t)k;
         if (len == cap) {
+            char *grown = realloc(buf, 2 * cap + 1);
+            if (grown == NULL) {
+                free(buf); /* and give up at the loop's check */
+            }
+            buf = grown;
             cap *= 2;
-            buf = realloc(buf, cap + 1);
         }
     }
     close(fd);

@@ -83,11 +83,14 @@ void Reset_Handler(void)
     __asm volatile("dsb\n\tisb" ::: "memory");
     SCB_VTOR = (uint32_t)(uintptr_t)efp_board_vectors;
 
+    /* The linker's symbols bound one region each: comparing their addresses is what they are for. */
     uint32_t *src = &__data_load;
     uint32_t *dst = &__data_start;
+    /* cppcheck-suppress comparePointers */
     while (dst < &__data_end) {
         *dst++ = *src++;
     }
+    /* cppcheck-suppress comparePointers */
     for (dst = &__bss_start; dst < &__bss_end; ) {
         *dst++ = 0;
     }
