@@ -14,10 +14,10 @@
 #include "storage.h"
 #include "text.h"
 
-#define MAX_BODY (EFP_MAX_FRAME - EFP_FRAME_OVERHEAD)
-#define CHUNK ((MAX_BODY - 4) / 16 * 16) /* upload data per frame: keeps flash writes 16-byte aligned */
-#define OOD_HEAD 13                      /* GET_OOD response before the input */
-#define BENCH_HEAD 44                    /* BENCH response before its latency count */
+#define MAX_BODY   (EFP_MAX_FRAME - EFP_FRAME_OVERHEAD)
+#define CHUNK      ((MAX_BODY - 4) / 16 * 16) /* upload data per frame: keeps flash writes 16-byte aligned */
+#define OOD_HEAD   13                         /* GET_OOD response before the input */
+#define BENCH_HEAD 44                         /* BENCH response before its latency count */
 #define ROUND16(n) (((n) + 15u) & ~(size_t)15u)
 
 static uint8_t arena[EFP_ARENA_BYTES] __attribute__((aligned(16)));
@@ -113,10 +113,7 @@ static long refuse_bytes(int code, const char *what, uint32_t n, const char *res
 
 /* ---------------------------------------------------------------- bundles */
 /* Values in the model's input (its bytes are 4 each for a wrapped model that takes float32). */
-static uint32_t elements(const efp_bundle_info *b)
-{
-    return b->input_float ? b->input_bytes / 4u : b->input_bytes;
-}
+static uint32_t elements(const efp_bundle_info *b) { return b->input_float ? b->input_bytes / 4u : b->input_bytes; }
 
 /* Score tables and the OOD buffer: none for a model wrapped without a fingerprint. */
 static size_t fingerprint_bytes(const efp_bundle_info *b)
@@ -145,7 +142,9 @@ static size_t outputs_bytes(void)
 /* Map an engine failure to an error code, the engine's message kept. */
 static long refuse_engine(int status)
 {
-    return refuse(status == EFP_UNSUPPORTED ? EFP_ERR_UNSUPPORTED_OP : status == EFP_INVALID_MODEL ? EFP_ERR_INVALID_BUNDLE : EFP_ERR_INTERNAL,
+    return refuse(status == EFP_UNSUPPORTED     ? EFP_ERR_UNSUPPORTED_OP
+                  : status == EFP_INVALID_MODEL ? EFP_ERR_INVALID_BUNDLE
+                                                : EFP_ERR_INTERNAL,
                   engine.error);
 }
 
@@ -176,9 +175,9 @@ static long model_matches(const efp_bundle_info *b)
     if (!matches) {
         return refuse(EFP_ERR_INVALID_BUNDLE, "the model's input or outputs are not what manifest.json says");
     }
-    return 4 + outputs_bytes() > MAX_BODY
-               ? refuse_bytes(EFP_ERR_DOES_NOT_FIT, "its outputs of ", (uint32_t)outputs_bytes(), " bytes do not fit a frame")
-               : 0;
+    return 4 + outputs_bytes() > MAX_BODY ? refuse_bytes(EFP_ERR_DOES_NOT_FIT, "its outputs of ",
+                                                         (uint32_t)outputs_bytes(), " bytes do not fit a frame")
+                                          : 0;
 }
 
 /* Serve the verified bundle in `slot`: 0, or -1 with the reason (nothing is active then). */
@@ -192,7 +191,8 @@ static long load(int slot)
     }
     size_t fixed = extras_for(b);
     if (fixed > EFP_ARENA_BYTES) {
-        return refuse(EFP_ERR_DOES_NOT_FIT, "the score tables and the buffers of the bundle's input do not fit the arena");
+        return refuse(EFP_ERR_DOES_NOT_FIT,
+                      "the score tables and the buffers of the bundle's input do not fit the arena");
     }
     uint8_t *end = arena + EFP_ARENA_BYTES - fixed;
     active.tables = (int32_t *)(void *)end;
@@ -205,7 +205,8 @@ static long load(int slot)
     }
     if (!b->input_float && efp_bundle_input(b, active.mean, active.std, &active.scale, &active.zero_point)) {
         if (b->layers) {
-            return refuse(EFP_ERR_INVALID_BUNDLE, "the input's scale, zero_point or preprocessing in manifest.json is malformed");
+            return refuse(EFP_ERR_INVALID_BUNDLE,
+                          "the input's scale, zero_point or preprocessing in manifest.json is malformed");
         }
         active.scale = 0.0f; /* a wrapped model whose int8 input has no scale takes no raw windows */
     }
@@ -216,7 +217,7 @@ static long load(int slot)
     size_t used = ROUND16(engine.arena_used);
     active.extras = EFP_ARENA_BYTES - used;
     efp_log_init(&active.log, arena + used, active.extras - fixed, b->classes, b->layers,
-             (uint32_t)sizeof(float) * elements(b), EFP_LOG_CAPACITY);
+                 (uint32_t)sizeof(float) * elements(b), EFP_LOG_CAPACITY);
     if (model_matches(b)) {
         return -1;
     }
@@ -248,7 +249,8 @@ static long check(int slot, uint32_t bytes, efp_bundle_info *b)
     } else if (status == EFP_OK && model_matches(b)) { /* else checked when activated: the active bundle holds room */
         result = -1;
     } else if (need > EFP_ARENA_BYTES) {
-        result = refuse_bytes(EFP_ERR_DOES_NOT_FIT, "the model needs ", (uint32_t)(need - EFP_ARENA_BYTES), " bytes more RAM than ");
+        result = refuse_bytes(EFP_ERR_DOES_NOT_FIT, "the model needs ", (uint32_t)(need - EFP_ARENA_BYTES),
+                              " bytes more RAM than ");
         efp_text_str(&msg, efp_board_name);
         efp_text_str(&msg, " has");
     }
@@ -348,7 +350,8 @@ static void observe(const uint8_t *x, const float *raw, const result *r)
     }
     efp_log_head *h = efp_log_append(&active.log);
     if (h) {
-        *h = (efp_log_head){seen.inputs + 1, now, r->latency_us, r->score, r->pred, r->ood, raw ? EFP_LOG_RAW : EFP_LOG_INT8, 0};
+        *h = (efp_log_head){
+            seen.inputs + 1, now, r->latency_us, r->score, r->pred, r->ood, raw ? EFP_LOG_RAW : EFP_LOG_INT8, 0};
         if (b->classes) {
             memcpy(efp_log_probs(h), r->probs, b->classes);
         }
@@ -424,7 +427,10 @@ static long on_hello(const uint8_t *body, size_t len, uint8_t *out)
     for (int s = 0; s < EFP_SLOTS; ++s) {
         const efp_slot_record *r = &efp_storage_record.slot[s];
         int receiving = upload.on && upload.slot == s;
-        *w++ = receiving ? EFP_SLOT_RECEIVING : !r->verified ? EFP_SLOT_EMPTY : s == active.slot ? EFP_SLOT_ACTIVE : EFP_SLOT_VERIFIED;
+        *w++ = receiving          ? EFP_SLOT_RECEIVING
+               : !r->verified     ? EFP_SLOT_EMPTY
+               : s == active.slot ? EFP_SLOT_ACTIVE
+                                  : EFP_SLOT_VERIFIED;
         w = put(w, receiving ? upload.total : r->verified ? r->bytes : 0, 4);
         if (receiving || !r->verified) {
             memset(w, 0, 32);
@@ -464,13 +470,15 @@ static long on_upload_begin(const uint8_t *body, size_t len, uint8_t *out)
     }
     uint32_t total = efp_read_u32(body);
     if (total > efp_slot_capacity()) {
-        refuse_bytes(EFP_ERR_DOES_NOT_FIT, "the archive needs ", total - efp_slot_capacity(), " bytes more storage than ");
+        refuse_bytes(EFP_ERR_DOES_NOT_FIT, "the archive needs ", total - efp_slot_capacity(),
+                     " bytes more storage than ");
         efp_text_str(&msg, efp_board_name);
         efp_text_str(&msg, " has");
         return -1;
     }
     upload.on = 0;
-    int slot = active.slot < 0 ? (efp_storage_record.slot[0].verified && !efp_storage_record.slot[1].verified) : 1 - active.slot;
+    int slot = active.slot < 0 ? (efp_storage_record.slot[0].verified && !efp_storage_record.slot[1].verified)
+                               : 1 - active.slot;
     if (efp_storage_record.slot[slot].verified) { /* forget it before its bytes change */
         efp_storage_record.slot[slot].verified = 0;
         if (efp_storage_record.active == slot) {
@@ -853,7 +861,8 @@ static long on_read_log(const uint8_t *body, size_t len, uint8_t *out)
     w = put(w, h->input, 4);
     w = put(w, h->timestamp_ms, 4);
     w = put_result(w, h->pred, efp_log_probs(h), efp_log_probs(h) + b->classes, h->score, h->ood, h->latency_us);
-    uint32_t total = h->kind == EFP_LOG_RAW ? 4u * elements(b) : b->input_bytes, room = MAX_BODY - (uint32_t)(w - out) - 5;
+    uint32_t total = h->kind == EFP_LOG_RAW ? 4u * elements(b) : b->input_bytes,
+             room = MAX_BODY - (uint32_t)(w - out) - 5;
     uint32_t piece = offset >= total ? 0 : total - offset;
     piece = piece < room ? piece : room;
     *w++ = h->kind;
@@ -880,22 +889,38 @@ static long on_reset(const uint8_t *body, size_t len, uint8_t *out)
 static handler handler_for(uint8_t type)
 {
     switch (type) {
-    case EFP_MSG_HELLO: return on_hello;
-    case EFP_MSG_AUTH: return on_auth;
-    case EFP_MSG_MANIFEST: return on_manifest;
-    case EFP_MSG_UPLOAD_BEGIN: return on_upload_begin;
-    case EFP_MSG_UPLOAD_CHUNK: return on_upload_chunk;
-    case EFP_MSG_UPLOAD_END: return on_upload_end;
-    case EFP_MSG_ACTIVATE: return on_activate;
-    case EFP_MSG_INFER: return on_infer;
-    case EFP_MSG_INFER_OUTPUTS: return on_infer_outputs;
-    case EFP_MSG_BENCH: return on_bench;
-    case EFP_MSG_EVENTS: return on_events;
-    case EFP_MSG_GET_COUNTERS: return on_counters;
-    case EFP_MSG_GET_OOD: return on_get_ood;
-    case EFP_MSG_READ_LOG: return on_read_log;
-    case EFP_MSG_RESET: return on_reset;
-    default: return NULL;
+        case EFP_MSG_HELLO:
+            return on_hello;
+        case EFP_MSG_AUTH:
+            return on_auth;
+        case EFP_MSG_MANIFEST:
+            return on_manifest;
+        case EFP_MSG_UPLOAD_BEGIN:
+            return on_upload_begin;
+        case EFP_MSG_UPLOAD_CHUNK:
+            return on_upload_chunk;
+        case EFP_MSG_UPLOAD_END:
+            return on_upload_end;
+        case EFP_MSG_ACTIVATE:
+            return on_activate;
+        case EFP_MSG_INFER:
+            return on_infer;
+        case EFP_MSG_INFER_OUTPUTS:
+            return on_infer_outputs;
+        case EFP_MSG_BENCH:
+            return on_bench;
+        case EFP_MSG_EVENTS:
+            return on_events;
+        case EFP_MSG_GET_COUNTERS:
+            return on_counters;
+        case EFP_MSG_GET_OOD:
+            return on_get_ood;
+        case EFP_MSG_READ_LOG:
+            return on_read_log;
+        case EFP_MSG_RESET:
+            return on_reset;
+        default:
+            return NULL;
     }
 }
 
@@ -946,10 +971,7 @@ static void answer(const uint8_t *payload, size_t len)
 }
 
 /* ---------------------------------------------------------------- inference from the application */
-uint32_t efp_window_values(void)
-{
-    return active.slot < 0 ? 0 : elements(&active.info);
-}
+uint32_t efp_window_values(void) { return active.slot < 0 ? 0 : elements(&active.info); }
 
 /* Run an int8 input (with its raw values when known) as an input seen; fill the verdict. */
 static int classify(const uint8_t *x, const float *raw, efp_verdict *v)
@@ -1007,7 +1029,7 @@ int efp_classify(const float *window, uint32_t values, efp_verdict *verdict)
         uint32_t c = i % b->channels;
         float z = (window[i] - active.mean[c]) / active.std[c]; /* float32 steps, as the host's numpy */
         z = z / active.scale;
-        z = z < -1000.0f ? -1000.0f : z > 1000.0f ? 1000.0f : z; /* beyond the int8 range either way */
+        z = z < -1000.0f ? -1000.0f : z > 1000.0f ? 1000.0f : z;        /* beyond the int8 range either way */
         z = (z + 12582912.0f) - 12582912.0f + (float)active.zero_point; /* rounded half to even, as np.round */
         q[i] = (int8_t)(z < -128.0f ? -128 : z > 127.0f ? 127 : (int)z);
     }
@@ -1046,10 +1068,17 @@ void efp_app_receive(const uint8_t *data, size_t len)
 {
     for (size_t i = 0; i < len; ++i) {
         switch (efp_frame_feed(&reader, data[i])) {
-        case EFP_FRAME_OK: answer(reader.payload, reader.payload_len); break;
-        case EFP_FRAME_BAD: notice(EFP_ERR_BAD_FRAME, 0, 0, "a frame did not decode or failed its CRC"); break;
-        case EFP_FRAME_OVERSIZED: notice(EFP_ERR_FRAME_TOO_LARGE, reader.type, reader.seq, "the frame exceeds the max frame"); break;
-        default: break;
+            case EFP_FRAME_OK:
+                answer(reader.payload, reader.payload_len);
+                break;
+            case EFP_FRAME_BAD:
+                notice(EFP_ERR_BAD_FRAME, 0, 0, "a frame did not decode or failed its CRC");
+                break;
+            case EFP_FRAME_OVERSIZED:
+                notice(EFP_ERR_FRAME_TOO_LARGE, reader.type, reader.seq, "the frame exceeds the max frame");
+                break;
+            default:
+                break;
         }
     }
 }

@@ -30,7 +30,7 @@ void efp_board_idle(void);
 uint32_t efp_board_flash_size(void);
 uint32_t efp_board_flash_page(void);
 const uint8_t *efp_board_flash_map(void);
-int efp_board_flash_erase(uint32_t offset, uint32_t len);  /* offset and len multiples of the page */
+int efp_board_flash_erase(uint32_t offset, uint32_t len); /* offset and len multiples of the page */
 int efp_board_flash_program(uint32_t offset, const uint8_t *data, uint32_t len);
 
 /* The sensor: fill window[0..count) with the next window of raw values (channels last, as the model's

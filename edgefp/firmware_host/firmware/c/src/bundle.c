@@ -26,10 +26,7 @@ static int refuse(efp_text *msg, const char *what, const char *name)
 }
 
 /* ---------------------------------------------------------------- the manifest's rules (edgefp/manifest.py) */
-static int is_string(efp_json v)
-{
-    return v.end - v.p >= 2 && *v.p == '"' && v.end[-1] == '"';
-}
+static int is_string(efp_json v) { return v.end - v.p >= 2 && *v.p == '"' && v.end[-1] == '"'; }
 
 enum { ANY, POSITIVE, FRACTION }; /* what number() accepts (edgefp.manifest): |x| < 1e308; x >= 1e-300; x < 1 */
 
@@ -78,7 +75,8 @@ static int field(efp_json obj, const char *key, int kind)
  * the manifest's). */
 static int plain_name(const char *s, size_t n, int bundle_name)
 {
-    if (n < 1 || n > (bundle_name ? (size_t)EFP_MAX_NAME : 100u) || (!bundle_name && n == 13 && memcmp(s, "manifest.json", 13) == 0)) {
+    if (n < 1 || n > (bundle_name ? (size_t)EFP_MAX_NAME : 100u) ||
+        (!bundle_name && n == 13 && memcmp(s, "manifest.json", 13) == 0)) {
         return 0;
     }
     for (size_t i = 0; i < n; ++i) {
@@ -100,8 +98,8 @@ static int quantization(efp_json spec, uint32_t size, int64_t *index)
     efp_json shape;
     int64_t n;
     return efp_json_get_int(spec, "index", NULL, 0, 255, index) && field(spec, "scale", POSITIVE) &&
-           efp_json_get_int(spec, "zero_point", NULL, -128, 127, &n) && efp_json_get(spec, "shape", &shape) && efp_json_count(shape) >= 1 &&
-           elements(shape) == size;
+           efp_json_get_int(spec, "zero_point", NULL, -128, 127, &n) && efp_json_get(spec, "shape", &shape) &&
+           efp_json_count(shape) >= 1 && elements(shape) == size;
 }
 
 /* type none, or standardize with a mean and a positive std per channel (the shape's last axis). */
@@ -115,9 +113,9 @@ static int preprocessing(efp_json pre, efp_json shape, uint32_t dims)
     if (efp_json_string_is(v, "none")) {
         return 1;
     }
-    return efp_json_string_is(v, "standardize") && efp_json_item(shape, dims - 1, &v) && efp_json_integer(v, &channels) &&
-           efp_json_get(pre, "mean", &v) && list_of(v, (int32_t)channels, ANY) && efp_json_get(pre, "std", &v) &&
-           list_of(v, (int32_t)channels, POSITIVE);
+    return efp_json_string_is(v, "standardize") && efp_json_item(shape, dims - 1, &v) &&
+           efp_json_integer(v, &channels) && efp_json_get(pre, "mean", &v) && list_of(v, (int32_t)channels, ANY) &&
+           efp_json_get(pre, "std", &v) && list_of(v, (int32_t)channels, POSITIVE);
 }
 
 /* n labels, each an object with a non-negative efp_json_integer value and a efp_json_string name. */
@@ -156,10 +154,10 @@ static int raw_outputs(efp_json raw)
     int64_t n;
     uint32_t k = 0;
     for (; efp_json_item(raw, k, &spec); ++k) {
-        if (!efp_json_get_int(spec, "index", NULL, k, k, &n) || !efp_json_get(spec, "shape", &shape) || !elements(shape) ||
-            !efp_json_get(spec, "dtype", &v) ||
-            !(efp_json_string_is(v, "int8") || efp_json_string_is(v, "float32") || efp_json_string_is(v, "int32")) || !field(spec, "scale", ANY) ||
-            !efp_json_get_int(spec, "zero_point", NULL, INT32_MIN, INT32_MAX, &n)) {
+        if (!efp_json_get_int(spec, "index", NULL, k, k, &n) || !efp_json_get(spec, "shape", &shape) ||
+            !elements(shape) || !efp_json_get(spec, "dtype", &v) ||
+            !(efp_json_string_is(v, "int8") || efp_json_string_is(v, "float32") || efp_json_string_is(v, "int32")) ||
+            !field(spec, "scale", ANY) || !efp_json_get_int(spec, "zero_point", NULL, INT32_MIN, INT32_MAX, &n)) {
             return 0;
         }
     }
@@ -171,8 +169,9 @@ static int check_fields(efp_json root, efp_bundle_info *b, efp_text *msg)
 {
     efp_json input, shape, pre, outputs, probs, errors, layers, labels, score, v;
     int64_t n;
-    if (!efp_json_get(root, "input", &input) || !efp_json_get(input, "shape", &shape) || !efp_json_get(root, "outputs", &outputs) ||
-        !efp_json_get(root, "layers", &layers) || !efp_json_get(root, "labels", &labels) || !efp_json_get(root, "score", &score) ||
+    if (!efp_json_get(root, "input", &input) || !efp_json_get(input, "shape", &shape) ||
+        !efp_json_get(root, "outputs", &outputs) || !efp_json_get(root, "layers", &layers) ||
+        !efp_json_get(root, "labels", &labels) || !efp_json_get(root, "score", &score) ||
         !efp_json_get(input, "preprocessing", &pre)) {
         return refuse(msg, RULE, "input");
     }
@@ -187,8 +186,8 @@ static int check_fields(efp_json root, efp_bundle_info *b, efp_text *msg)
     b->input_bytes *= b->input_float ? 4u : 1u;
     /* dims 0: a wrapped model's input is never standardised */
     if (!efp_json_get(input, "dtype", &v) || !(efp_json_string_is(v, "int8") || b->input_float) ||
-        !field(input, "scale", wrapped ? ANY : POSITIVE) || !efp_json_get_int(input, "zero_point", NULL, -128, 127, &n) ||
-        !preprocessing(pre, shape, wrapped ? 0 : dims)) {
+        !field(input, "scale", wrapped ? ANY : POSITIVE) ||
+        !efp_json_get_int(input, "zero_point", NULL, -128, 127, &n) || !preprocessing(pre, shape, wrapped ? 0 : dims)) {
         return refuse(msg, RULE, "input");
     }
     b->classes = efp_json_count(labels);
@@ -196,15 +195,16 @@ static int check_fields(efp_json root, efp_bundle_info *b, efp_text *msg)
         return refuse(msg, RULE, "labels");
     }
     if (wrapped) { /* a model wrapped without a fingerprint: its raw outputs, no score */
-        if (!efp_json_get(outputs, "raw", &v) || !raw_outputs(v) || score.end - score.p != 4 || memcmp(score.p, "null", 4) != 0) {
+        if (!efp_json_get(outputs, "raw", &v) || !raw_outputs(v) || score.end - score.p != 4 ||
+            memcmp(score.p, "null", 4) != 0) {
             return refuse(msg, RULE, "outputs");
         }
         b->raw = v.p;
         b->raw_end = v.end;
         return 0;
     }
-    if (b->layers > EFP_MAX_LAYERS || !efp_json_get(outputs, "probs", &probs) || !efp_json_get(outputs, "layer_errors", &errors) ||
-        efp_json_count(errors) != b->layers) {
+    if (b->layers > EFP_MAX_LAYERS || !efp_json_get(outputs, "probs", &probs) ||
+        !efp_json_get(outputs, "layer_errors", &errors) || efp_json_count(errors) != b->layers) {
         return refuse(msg, RULE, "layers");
     }
     int64_t index;
@@ -216,12 +216,13 @@ static int check_fields(efp_json root, efp_bundle_info *b, efp_text *msg)
     used[index] = 1;
     for (uint32_t l = 0; l < b->layers; ++l) {
         efp_json layer, spec, k;
-        if (!efp_json_item(errors, l, &spec) || !quantization(spec, 1, &index) || used[index] || !efp_json_item(layers, l, &layer) ||
-            !efp_json_get(layer, "z_table", &v) || !field(layer, "name", STRING) ||
+        if (!efp_json_item(errors, l, &spec) || !quantization(spec, 1, &index) || used[index] ||
+            !efp_json_item(layers, l, &layer) || !efp_json_get(layer, "z_table", &v) || !field(layer, "name", STRING) ||
             !efp_json_get_int(layer, "features", NULL, 1, EFP_MAX_INPUT_ELEMENTS, &n) || !field(layer, "z_mean", ANY) ||
             !field(layer, "z_std", POSITIVE) || !field(layer, "holdout_quantiles", QUANTILES_OF) ||
             !field(layer, "weight", FRACTION) || !efp_json_get(layer, "kind", &k) ||
-            !(efp_json_string_is(k, "autoencoder") || efp_json_string_is(k, "max_logit")) || !efp_json_get(layer, "transform", &k) ||
+            !(efp_json_string_is(k, "autoencoder") || efp_json_string_is(k, "max_logit")) ||
+            !efp_json_get(layer, "transform", &k) ||
             !(efp_json_string_is(k, "log") || efp_json_string_is(k, "negate"))) {
             return refuse(msg, RULE, "layers");
         }
@@ -232,8 +233,9 @@ static int check_fields(efp_json root, efp_bundle_info *b, efp_text *msg)
     }
     if (!efp_json_get_int(score, "threshold_units", NULL, 0, INT64_MAX / 2, &b->threshold_units) ||
         !efp_json_get_int(score, "unit", NULL, 1, 1 << 30, &b->score_unit) || !efp_json_get(score, "combine", &v) ||
-        !efp_json_string_is(v, "mean_positive_z") || !field(score, "eps", POSITIVE) || !field(score, "threshold", ANY) ||
-        !field(score, "target_fpr", FRACTION) || !field(score, "holdout_quantiles", QUANTILES_OF)) {
+        !efp_json_string_is(v, "mean_positive_z") || !field(score, "eps", POSITIVE) ||
+        !field(score, "threshold", ANY) || !field(score, "target_fpr", FRACTION) ||
+        !field(score, "holdout_quantiles", QUANTILES_OF)) {
         return refuse(msg, RULE, "score");
     }
     return 0;
@@ -258,7 +260,8 @@ int efp_bundle_open(const uint8_t *archive, uint32_t len, efp_bundle_info *b, ch
     const char *after = efp_json_skip_value(root.p, root.end), *s;
     size_t s_len;
     int64_t n;
-    if (!efp_json_utf8(t.data, t.size) || after == NULL || efp_json_skip_space(after, root.end) != root.end || !efp_json_well_formed(root, 0)) {
+    if (!efp_json_utf8(t.data, t.size) || after == NULL || efp_json_skip_space(after, root.end) != root.end ||
+        !efp_json_well_formed(root, 0)) {
         return refuse(&msg, "manifest.json is not strict JSON", NULL);
     }
     if (!efp_json_get(root, "schema", &v) || !efp_json_string_is(v, "edgefp.bundle")) {
@@ -287,7 +290,8 @@ int efp_bundle_open(const uint8_t *archive, uint32_t len, efp_bundle_info *b, ch
     t.next = 0;
     while ((found = efp_tar_next(&t)) == 1) {
         for (uint32_t i = 0; i <= members_seen; ++i) {
-            if (i == EFP_MAX_FILES + 1 || (i < members_seen && memcmp(seen[i] - EFP_TAR_BLOCK, t.data - EFP_TAR_BLOCK, 100) == 0)) {
+            if (i == EFP_MAX_FILES + 1 ||
+                (i < members_seen && memcmp(seen[i] - EFP_TAR_BLOCK, t.data - EFP_TAR_BLOCK, 100) == 0)) {
                 return refuse(&msg, "the archive holds too many files or one twice: ", t.name);
             }
         }
@@ -321,7 +325,8 @@ int efp_bundle_open(const uint8_t *archive, uint32_t len, efp_bundle_info *b, ch
         return refuse(&msg, "the model named in manifest.json is missing", NULL);
     }
     if (!efp_json_get_int(root, "flash_bytes", NULL, b->model_len, b->model_len, &n) ||
-        !efp_json_get_int(root, "tflm_arena_bytes", NULL, 1, 1 << 30, &n) || !efp_json_get(root, "ops", &v) || !list_of(v, -256, STRINGS)) {
+        !efp_json_get_int(root, "tflm_arena_bytes", NULL, 1, 1 << 30, &n) || !efp_json_get(root, "ops", &v) ||
+        !list_of(v, -256, STRINGS)) {
         return refuse(&msg, RULE, "flash_bytes");
     }
     return check_fields(root, b, &msg);
@@ -374,9 +379,9 @@ int efp_bundle_input(const efp_bundle_info *b, float *mean, float *std, float *s
     efp_json root = {(const char *)b->manifest, (const char *)b->manifest + b->manifest_len}, input, pre, v;
     int64_t n;
     root.p = efp_json_skip_space(root.p, root.end);
-    if (!efp_json_get(root, "input", &input) || !efp_json_get(input, "scale", &v) || !efp_json_real(v, scale) || !(*scale > 0.0f) ||
-        !efp_json_get_int(input, "zero_point", NULL, -128, 127, &n) || !efp_json_get(input, "preprocessing", &pre) ||
-        !efp_json_get(pre, "type", &v)) {
+    if (!efp_json_get(root, "input", &input) || !efp_json_get(input, "scale", &v) || !efp_json_real(v, scale) ||
+        !(*scale > 0.0f) || !efp_json_get_int(input, "zero_point", NULL, -128, 127, &n) ||
+        !efp_json_get(input, "preprocessing", &pre) || !efp_json_get(pre, "type", &v)) {
         return -1;
     }
     *zero_point = (int32_t)n;

@@ -15,15 +15,15 @@ typedef struct {
     const uint8_t *manifest;
     uint32_t manifest_len;
     char name[EFP_NAME_MAX + 1];
-    uint32_t input_bytes;     /* bytes of the input: its elements, 4 bytes each when input_float */
-    uint8_t input_float;      /* a wrapped model that takes float32 */
-    uint32_t channels;        /* the input shape's last dimension */
-    uint32_t classes;         /* labels */
-    uint32_t layers;          /* fingerprinted layers; 0: a model wrapped without a fingerprint, no OOD check */
-    uint32_t probs_index;     /* model output holding the probabilities */
+    uint32_t input_bytes; /* bytes of the input: its elements, 4 bytes each when input_float */
+    uint8_t input_float;  /* a wrapped model that takes float32 */
+    uint32_t channels;    /* the input shape's last dimension */
+    uint32_t classes;     /* labels */
+    uint32_t layers;      /* fingerprinted layers; 0: a model wrapped without a fingerprint, no OOD check */
+    uint32_t probs_index; /* model output holding the probabilities */
     uint32_t error_index[EFP_MAX_LAYERS];
-    int64_t score_unit;       /* table units per unit of z */
-    int64_t threshold_units;  /* OOD when the sum of the layers' table entries exceeds it */
+    int64_t score_unit;                 /* table units per unit of z */
+    int64_t threshold_units;            /* OOD when the sum of the layers' table entries exceeds it */
     const char *tables[EFP_MAX_LAYERS]; /* each layer's z_table, a JSON array in the manifest */
     const char *tables_end[EFP_MAX_LAYERS];
     const char *raw, *raw_end; /* a wrapped model's outputs.raw, a JSON array in the manifest */

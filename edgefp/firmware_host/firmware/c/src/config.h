@@ -22,7 +22,7 @@
 #ifndef EFP_MAX_BUFFERS
 #define EFP_MAX_BUFFERS 192 /* tensors and scratch buffers of a model's plan: 16 bytes of stack each at set-up */
 #endif
-#define EFP_WINDOW 100    /* inputs in the recent window of the counters */
+#define EFP_WINDOW 100 /* inputs in the recent window of the counters */
 #ifndef EFP_BENCH_MAX_US
 #define EFP_BENCH_MAX_US (EFP_BENCH_MAX_SECONDS * 1000000u) /* a BENCH still running after this long stops */
 #endif

@@ -16,13 +16,13 @@
  * efp_engine_invoke, read outputs' after. */
 
 typedef struct efp_engine {
-    const uint8_t *model;    /* the flatbuffer, used in place: must stay readable while the engine runs */
+    const uint8_t *model; /* the flatbuffer, used in place: must stay readable while the engine runs */
     size_t model_len;
     uint8_t *arena;
     size_t arena_len;
-    size_t arena_used;       /* after a successful init: bytes of the arena in use */
-    size_t arena_needed;     /* after EFP_ARENA_TOO_SMALL (or EFP_OK): bytes the model needs */
-    void *graph;             /* internal: the planned graph, inside the arena */
+    size_t arena_used;   /* after a successful init: bytes of the arena in use */
+    size_t arena_needed; /* after EFP_ARENA_TOO_SMALL (or EFP_OK): bytes the model needs */
+    void *graph;         /* internal: the planned graph, inside the arena */
     char error[EFP_ERROR_LEN];
 } efp_engine;
 

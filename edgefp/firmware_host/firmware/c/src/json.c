@@ -18,8 +18,7 @@ const char *efp_json_skip_value(const char *p, const char *end)
 {
     if (p < end && *p != '"' && *p != '{' && *p != '[') { /* number or literal */
         const char *start = p;
-        while (p < end && *p != ',' && *p != '}' && *p != ']' && *p != ' ' && *p != '\n' && *p != '\r' &&
-               *p != '\t') {
+        while (p < end && *p != ',' && *p != '}' && *p != ']' && *p != ' ' && *p != '\n' && *p != '\r' && *p != '\t') {
             ++p;
         }
         return p > start ? p : NULL;
@@ -45,7 +44,6 @@ const char *efp_json_skip_value(const char *p, const char *end)
     } while (depth > 0);
     return depth == 0 ? p : NULL;
 }
-
 
 int efp_json_members_begin(efp_json v, efp_json_members *m)
 {
@@ -274,8 +272,8 @@ int efp_json_hex_digest(efp_json v, uint8_t out[32])
 int efp_json_get_int(efp_json v, const char *k1, const char *k2, int64_t lo, int64_t hi, int64_t *out)
 {
     efp_json a, b;
-    return efp_json_get(v, k1, &a) && (k2 == NULL ? (b = a, 1) : efp_json_get(a, k2, &b)) && efp_json_integer(b, out) && *out >= lo &&
-           *out <= hi;
+    return efp_json_get(v, k1, &a) && (k2 == NULL ? (b = a, 1) : efp_json_get(a, k2, &b)) && efp_json_integer(b, out) &&
+           *out >= lo && *out <= hi;
 }
 
 /* Strict UTF-8: no overlong forms, no surrogates, nothing above U+10FFFF. */
@@ -319,8 +317,8 @@ int efp_json_number(efp_json v, int *negative, int *zero, int *position)
             point = 1;
         } else {
             seen |= *p != '0';
-            exponent += seen && !point;  /* digits before the point, from the first significant one */
-            exponent -= !seen && point;  /* zeros after the point before the first significant digit */
+            exponent += seen && !point; /* digits before the point, from the first significant one */
+            exponent -= !seen && point; /* zeros after the point before the first significant digit */
         }
     }
     if (p == start || (*start == '0' && p - start > 1 && start[1] != '.')) {

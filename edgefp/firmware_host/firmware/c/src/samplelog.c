@@ -1,7 +1,7 @@
 #include "samplelog.h"
 
-void efp_log_init(efp_sample_log *l, uint8_t *memory, size_t bytes, uint32_t classes, uint32_t layers, uint32_t data_bytes,
-              uint32_t most)
+void efp_log_init(efp_sample_log *l, uint8_t *memory, size_t bytes, uint32_t classes, uint32_t layers,
+                  uint32_t data_bytes, uint32_t most)
 {
     l->memory = memory;
     l->data_offset = (uint32_t)((sizeof(efp_log_head) + classes + layers + 3u) & ~3u);
@@ -27,10 +27,7 @@ efp_log_head *efp_log_append(efp_sample_log *l)
     return h;
 }
 
-uint32_t efp_log_first(const efp_sample_log *l, uint32_t seen)
-{
-    return seen + 1 - l->count;
-}
+uint32_t efp_log_first(const efp_sample_log *l, uint32_t seen) { return seen + 1 - l->count; }
 
 const efp_log_head *efp_log_find(const efp_sample_log *l, uint32_t seen, uint32_t after, int ood_only)
 {

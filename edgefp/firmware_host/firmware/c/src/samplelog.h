@@ -22,8 +22,8 @@ typedef struct {
 
 /* Lay the log out in `bytes` of `memory` (4-byte aligned): slots for `classes` probabilities, `layers`
  * errors and `data_bytes` of data each, as many as fit, at most `most`. */
-void efp_log_init(efp_sample_log *l, uint8_t *memory, size_t bytes, uint32_t classes, uint32_t layers, uint32_t data_bytes,
-              uint32_t most);
+void efp_log_init(efp_sample_log *l, uint8_t *memory, size_t bytes, uint32_t classes, uint32_t layers,
+                  uint32_t data_bytes, uint32_t most);
 
 /* The slot for the next input (the oldest one's, when the log is full), to fill in. */
 efp_log_head *efp_log_append(efp_sample_log *l);
@@ -36,6 +36,9 @@ const efp_log_head *efp_log_find(const efp_sample_log *l, uint32_t seen, uint32_
 uint32_t efp_log_first(const efp_sample_log *l, uint32_t seen);
 
 static inline int8_t *efp_log_probs(const efp_log_head *h) { return (int8_t *)(h + 1); }
-static inline uint8_t *efp_log_data(const efp_sample_log *l, const efp_log_head *h) { return (uint8_t *)h + l->data_offset; }
+static inline uint8_t *efp_log_data(const efp_sample_log *l, const efp_log_head *h)
+{
+    return (uint8_t *)h + l->data_offset;
+}
 
 #endif

@@ -18,8 +18,7 @@ static uint32_t record_crc(const efp_boot_record *r)
 
 static int record_valid(const efp_boot_record *r)
 {
-    return r->magic == RECORD_MAGIC && r->crc == record_crc(r) &&
-           (r->active == EFP_NO_SLOT || r->active < EFP_SLOTS);
+    return r->magic == RECORD_MAGIC && r->crc == record_crc(r) && (r->active == EFP_NO_SLOT || r->active < EFP_SLOTS);
 }
 
 int efp_storage_init(void)
@@ -64,15 +63,9 @@ uint32_t efp_slot_capacity(void)
     return (efp_board_flash_size() - 2 * page) / 2 / page * page;
 }
 
-static uint32_t slot_offset(int slot)
-{
-    return 2 * efp_board_flash_page() + (uint32_t)slot * efp_slot_capacity();
-}
+static uint32_t slot_offset(int slot) { return 2 * efp_board_flash_page() + (uint32_t)slot * efp_slot_capacity(); }
 
-const uint8_t *efp_slot_data(int slot)
-{
-    return efp_board_flash_map() + slot_offset(slot);
-}
+const uint8_t *efp_slot_data(int slot) { return efp_board_flash_map() + slot_offset(slot); }
 
 int efp_slot_erase(int slot, uint32_t bytes)
 {

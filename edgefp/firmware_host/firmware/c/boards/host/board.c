@@ -33,7 +33,7 @@ const char efp_board_name[] = "native";
 
 #define FLASH_PAGE 4096u
 #define FLASH_SIZE (2u * 1024u * 1024u + 2u * FLASH_PAGE)
-#define IDLE_MS 5
+#define IDLE_MS    5
 
 static uint8_t *flash;
 static efp_emulated_flash nor = {NULL, FLASH_SIZE, FLASH_PAGE}; /* its base: flash, once mapped */

@@ -24,19 +24,19 @@ const char efp_board_name[] = "qemu-m4";
 #define REG(addr) (*(volatile uint32_t *)(addr))
 
 /* CMSDK APB UART0 (the protocol) and UART1 (the sensor) */
-#define UART0_BASE      0x40004000u
-#define UART1_BASE      0x40005000u
-#define UART_DATA       REG(UART0_BASE + 0x00)
-#define UART_STATE      REG(UART0_BASE + 0x04)
-#define UART_CTRL       REG(UART0_BASE + 0x08)
-#define UART_INTSTATUS  REG(UART0_BASE + 0x0C)  /* write 1 to clear */
-#define UART_BAUDDIV    REG(UART0_BASE + 0x10)
-#define UART1_DATA      REG(UART1_BASE + 0x00)
-#define UART1_STATE     REG(UART1_BASE + 0x04)
-#define UART1_CTRL      REG(UART1_BASE + 0x08)
-#define UART1_INTSTATUS REG(UART1_BASE + 0x0C)
-#define UART1_BAUDDIV   REG(UART1_BASE + 0x10)
-#define UART1RX_IRQn    2
+#define UART0_BASE        0x40004000u
+#define UART1_BASE        0x40005000u
+#define UART_DATA         REG(UART0_BASE + 0x00)
+#define UART_STATE        REG(UART0_BASE + 0x04)
+#define UART_CTRL         REG(UART0_BASE + 0x08)
+#define UART_INTSTATUS    REG(UART0_BASE + 0x0C) /* write 1 to clear */
+#define UART_BAUDDIV      REG(UART0_BASE + 0x10)
+#define UART1_DATA        REG(UART1_BASE + 0x00)
+#define UART1_STATE       REG(UART1_BASE + 0x04)
+#define UART1_CTRL        REG(UART1_BASE + 0x08)
+#define UART1_INTSTATUS   REG(UART1_BASE + 0x0C)
+#define UART1_BAUDDIV     REG(UART1_BASE + 0x10)
+#define UART1RX_IRQn      2
 #define UART_STATE_TXFULL 0x1u
 #define UART_STATE_RXFULL 0x2u
 #define UART_CTRL_TXEN    0x1u
@@ -46,31 +46,31 @@ const char efp_board_name[] = "qemu-m4";
 #define UART0RX_IRQn      0
 
 /* CMSDK APB TIMER0 */
-#define TIMER0_BASE     0x40000000u
-#define TIMER_CTRL      REG(TIMER0_BASE + 0x00)
-#define TIMER_VALUE     REG(TIMER0_BASE + 0x04)
-#define TIMER_RELOAD    REG(TIMER0_BASE + 0x08)
-#define TIMER_INTSTATUS REG(TIMER0_BASE + 0x0C)  /* write 1 to clear */
+#define TIMER0_BASE      0x40000000u
+#define TIMER_CTRL       REG(TIMER0_BASE + 0x00)
+#define TIMER_VALUE      REG(TIMER0_BASE + 0x04)
+#define TIMER_RELOAD     REG(TIMER0_BASE + 0x08)
+#define TIMER_INTSTATUS  REG(TIMER0_BASE + 0x0C) /* write 1 to clear */
 #define TIMER_CTRL_EN    0x1u
 #define TIMER_CTRL_IRQEN 0x8u
 #define TIMER0_IRQn      8
 
-#define NVIC_ISER0      REG(0xE000E100u)
-#define NVIC_ISPR0      REG(0xE000E200u)
-#define NVIC_IPR(n)     (*(volatile uint8_t *)(0xE000E400u + (n)))
-#define SCB_AIRCR       REG(0xE000ED0Cu)
+#define NVIC_ISER0  REG(0xE000E100u)
+#define NVIC_ISPR0  REG(0xE000E200u)
+#define NVIC_IPR(n) (*(volatile uint8_t *)(0xE000E400u + (n)))
+#define SCB_AIRCR   REG(0xE000ED0Cu)
 
-#define SYSCLK_HZ       25000000u
-#define TICKS_PER_US    (SYSCLK_HZ / 1000000u)
+#define SYSCLK_HZ    25000000u
+#define TICKS_PER_US (SYSCLK_HZ / 1000000u)
 #ifndef BOARD_TICK_US
-#define BOARD_TICK_US   1000u  /* timer interrupt period */
+#define BOARD_TICK_US 1000u /* timer interrupt period */
 #endif
-#define TICK_US         BOARD_TICK_US
-#define TICK_RELOAD     (TICK_US * TICKS_PER_US - 1u)
-#define BAUD            115200u  /* QEMU ignores the rate, but BAUDDIV must be >= 16 */
+#define TICK_US     BOARD_TICK_US
+#define TICK_RELOAD (TICK_US * TICKS_PER_US - 1u)
+#define BAUD        115200u /* QEMU ignores the rate, but BAUDDIV must be >= 16 */
 
 #ifndef BOARD_UART_RX_BUF
-#define BOARD_UART_RX_BUF 512u  /* power of two */
+#define BOARD_UART_RX_BUF 512u /* power of two */
 #endif
 
 static inline uint32_t irq_save(void)
@@ -80,10 +80,7 @@ static inline uint32_t irq_save(void)
     return primask;
 }
 
-static inline void irq_restore(uint32_t primask)
-{
-    __asm volatile("msr primask, %0" ::"r"(primask) : "memory");
-}
+static inline void irq_restore(uint32_t primask) { __asm volatile("msr primask, %0" ::"r"(primask) : "memory"); }
 
 /* ---- UART ---- */
 
@@ -99,10 +96,10 @@ struct rx_ring {
     volatile uint8_t buf[BOARD_UART_RX_BUF];
 };
 extern uint8_t __efp_flash_state[];
-#define RX   ((struct rx_ring *)(__efp_flash_state + 64))
+#define RX       ((struct rx_ring *)(__efp_flash_state + 64))
 #define RX_MAGIC 0x52585247u /* "GRXR" */
-typedef char rx_ring_fits_state_block[(64 + sizeof(struct rx_ring) <= 4096 &&
-                                       (BOARD_UART_RX_BUF & (BOARD_UART_RX_BUF - 1u)) == 0) ? 1 : -1];
+typedef char rx_ring_fits_state_block
+    [(64 + sizeof(struct rx_ring) <= 4096 && (BOARD_UART_RX_BUF & (BOARD_UART_RX_BUF - 1u)) == 0) ? 1 : -1];
 
 void UART0RX_IRQHandler(void)
 {
@@ -237,14 +234,14 @@ void efp_board_idle(void)
 /* ---- flash emulation ---- */
 
 extern uint8_t __efp_flash_start[];
-extern uint8_t __efp_flash_size[];   /* linker symbols: their addresses are the values */
+extern uint8_t __efp_flash_size[]; /* linker symbols: their addresses are the values */
 extern uint8_t __efp_flash_page[];
 
 #define FLASH_BASE  ((uint8_t *)__efp_flash_start)
 #define FLASH_SIZE  ((uint32_t)(uintptr_t)__efp_flash_size)
 #define FLASH_PAGE  ((uint32_t)(uintptr_t)__efp_flash_page)
 #define FLASH_STATE ((volatile uint32_t *)__efp_flash_state)
-#define FLASH_MAGIC 0x45465046u  /* "EFPF": the region was erased once in this QEMU process */
+#define FLASH_MAGIC 0x45465046u /* "EFPF": the region was erased once in this QEMU process */
 
 uint32_t efp_board_flash_size(void) { return FLASH_SIZE; }
 uint32_t efp_board_flash_page(void) { return FLASH_PAGE; }
