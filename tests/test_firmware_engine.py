@@ -522,20 +522,6 @@ def sanitized(tmp_path_factory):
     return built
 
 
-@pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None, reason="needs arm-none-eabi-gcc")
-@pytest.mark.parametrize("cpu", ["cortex-m0plus", "cortex-m4", "cortex-m33"])
-def test_firmware_sources_compile_warning_free_for_microcontrollers(cpu, tmp_path):
-    """The portable kernels (Cortex-M0+: no DSP extension) and the DSP ones, with the project's flags."""
-    flags = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-Os", f"-mcpu={cpu}", "-mthumb", "-I", str(efp.SOURCE)]
-    for source in sorted(efp.SOURCE.glob("*.c")):
-        result = subprocess.run(
-            ["arm-none-eabi-gcc", *flags, "-c", str(source), "-o", str(tmp_path / "x.o")],
-            capture_output=True,
-            text=True,
-        )
-        assert result.returncode == 0, result.stderr
-
-
 def _run_sanitized(command: str, model: bytes, samples: bytes, tmp_path) -> tuple[str, bytes]:
     (tmp_path / "model.tflite").write_bytes(model)
     (tmp_path / "samples.bin").write_bytes(samples)

@@ -81,7 +81,7 @@ class Native:
 HOST = Toolchain(optimise="-O2")
 CORTEX_M0PLUS = Toolchain("arm-none-eabi-", "-mcpu=cortex-m0plus -mthumb -mfloat-abi=soft")
 CORTEX_M4F = Toolchain("arm-none-eabi-", "-mcpu=cortex-m4 -mthumb -mfloat-abi=hard -mfpu=fpv4-sp-d16")
-CORTEX_M7F = Toolchain("arm-none-eabi-", "-mcpu=cortex-m7 -mthumb -mfloat-abi=hard -mfpu=fpv5-d16")
+CORTEX_M7F = Toolchain("arm-none-eabi-", "-mcpu=cortex-m7 -mthumb -mfloat-abi=hard -mfpu=fpv5-sp-d16")
 ESP32S3 = Toolchain("xtensa-esp32s3-elf-", "-mlongcalls")
 
 
