@@ -15,7 +15,7 @@ from edgefp.firmware_host.firmware.launch import can_emulate, start
 from edgefp.firmware_host.link import client
 from edgefp.repository import Repository
 from edgefp.watch import DEPLOYED, NO_MATCH, to_raw, watch
-from tests.test_cli import edgefp
+from tests.cli.test_cli import edgefp
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from edgefp.bundle import Bundle
 from edgefp.firmware_host.firmware.build import SOURCE
 from edgefp.firmware_host.firmware.launch import can_emulate, start
 from edgefp.firmware_host.link import client, protocol
-from tests.test_cli import edgefp
+from tests.cli.test_cli import edgefp
 
 HAS_NATIVE = all(shutil.which(tool) for tool in ("gcc", "make"))
 HAS_QEMU = HAS_NATIVE and can_emulate()
