@@ -13,6 +13,9 @@
 #ifndef EFP_MAX_FRAME
 #define EFP_MAX_FRAME 2048 /* largest frame payload, type to CRC */
 #endif
+#if EFP_MAX_FRAME < EFP_MIN_FRAME || EFP_MAX_FRAME > EFP_FRAME_LIMIT
+#error "EFP_MAX_FRAME must be within what hosts accept (EFP_MIN_FRAME to EFP_FRAME_LIMIT)"
+#endif
 #ifndef EFP_LOG_CAPACITY
 #define EFP_LOG_CAPACITY 64 /* recent inputs kept for READ_LOG, at most (as many as the arena has room for) */
 #endif

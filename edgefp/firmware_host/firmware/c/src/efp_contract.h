@@ -13,7 +13,8 @@
 #define EFP_NAME_MAX           32       /* bytes of a bundle name in HELLO */
 #define EFP_NO_SLOT            255      /* HELLO's active slot when none is */
 #define EFP_FRAME_OVERHEAD     7        /* type, seq and CRC around every body */
-#define EFP_MIN_FRAME          512      /* smallest largest-frame a device may have */
+#define EFP_MIN_FRAME          512      /* the least a device's largest frame may be */
+#define EFP_FRAME_LIMIT        65536    /* the most a device's largest frame may be */
 #define EFP_SENSOR_FRAME       64       /* frame type of the sensor link: offset:u32 (in values) | float32 values */
 #define EFP_SENSOR_ASK         63       /* the byte a chip sends on its sensor link for the next window */
 #define EFP_BENCH_MAX_RUNS     100000   /* runs + warm-ups of one BENCH */
