@@ -16,6 +16,7 @@ from edgefp.firmware_host import boards
 from edgefp.firmware_host.boards import BOARDS
 from edgefp.firmware_host.firmware import contract
 from edgefp.firmware_host.firmware.build import SOURCE, build, compile_port, export, make_variables
+from edgefp.firmware_host.firmware.launch import start
 
 FIRMWARE_BOARDS = [name for name, board in BOARDS.items() if board.runtime == "tflm"]
 # Names a Cortex-M startup file must have: CMSIS's vector names, and main.
@@ -55,10 +56,14 @@ def test_every_firmware_board_compiles_with_its_toolchain(name):
             build(name)
 
 
-def test_a_board_without_the_firmware_is_refused_clearly(tmp_path):
+def test_boards_that_cannot_do_it_are_refused_clearly(tmp_path):
     with pytest.raises(EdgefpError, match="pi runs litert, not the firmware"):
         export("pi", str(tmp_path / "fw"))
     assert not (tmp_path / "fw").exists()
+    with pytest.raises(EdgefpError, match="nrf52840 cannot run here as a device; choose one of qemu-m4, native"):
+        start("nrf52840")
+    with pytest.raises(EdgefpError, match="the native firmware serves a pty only"):
+        BOARDS["native"].launcher.start(tmp_path / "firmware", tcp=True)
 
 
 def test_the_contract_header_is_generated_from_the_python_definitions():

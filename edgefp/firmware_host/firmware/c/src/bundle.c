@@ -16,6 +16,25 @@ static int is_manifest(const char *name)
     return memcmp(name, "manifest.json", sizeof "manifest.json") == 0; /* its terminator included */
 }
 
+/* A SHA-256 as the manifest writes it: 64 lowercase hex digits. */
+static int sha256_hex(efp_json v, uint8_t out[32])
+{
+    const char *s;
+    size_t n;
+    if (!efp_json_string(v, &s, &n) || n != 64) {
+        return 0;
+    }
+    for (int i = 0; i < 64; ++i) {
+        char c = s[i];
+        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+        if (d < 0) {
+            return 0;
+        }
+        out[i / 2] = (uint8_t)(i % 2 ? out[i / 2] | d : d << 4);
+    }
+    return 1;
+}
+
 static int refuse(efp_text *msg, const char *what, const char *name)
 {
     efp_text_str(msg, what);
@@ -304,7 +323,7 @@ int efp_bundle_open(const uint8_t *archive, uint32_t len, efp_bundle_info *b, ch
             return refuse(&msg, "a file is not listed: ", t.name);
         }
         if (!efp_json_get_int(entry, "bytes", NULL, t.size, t.size, &n) || !efp_json_get(entry, "sha256", &v) ||
-            !efp_json_hex_digest(v, expected)) {
+            !sha256_hex(v, expected)) {
             return refuse(&msg, "a file does not match its size: ", t.name);
         }
         efp_sha256(t.data, t.size, actual);

@@ -250,24 +250,6 @@ int efp_json_string_is(efp_json v, const char *expected)
     return efp_json_string(v, &s, &n) && n == strlen(expected) && memcmp(s, expected, n) == 0;
 }
 
-int efp_json_hex_digest(efp_json v, uint8_t out[32])
-{
-    const char *s;
-    size_t n;
-    if (!efp_json_string(v, &s, &n) || n != 64) {
-        return 0;
-    }
-    for (int i = 0; i < 64; ++i) {
-        char c = s[i];
-        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-        if (d < 0) {
-            return 0;
-        }
-        out[i / 2] = (uint8_t)(i % 2 ? out[i / 2] | d : d << 4);
-    }
-    return 1;
-}
-
 /* An efp_json_integer at a path of object keys below v; 1 when found and in [lo, hi]. */
 int efp_json_get_int(efp_json v, const char *k1, const char *k2, int64_t lo, int64_t hi, int64_t *out)
 {

@@ -39,7 +39,6 @@ uint32_t efp_json_count(efp_json v);                          /* its members, 0 
 int efp_json_integer(efp_json v, int64_t *out);               /* an integer that fits int64 */
 int efp_json_string(efp_json v, const char **s, size_t *n);   /* a string without escapes */
 int efp_json_string_is(efp_json v, const char *expected);
-int efp_json_hex_digest(efp_json v, uint8_t out[32]); /* 64 lowercase hex digits */
 /* An integer at a path of object keys below v (k2 NULL: one key); 1 when found and in [lo, hi]. */
 int efp_json_get_int(efp_json v, const char *k1, const char *k2, int64_t lo, int64_t hi, int64_t *out);
 
