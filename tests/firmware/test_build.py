@@ -170,6 +170,8 @@ def test_a_firmware_for_given_bundles_runs_them_alone(tmp_path, digits, motions,
     """Only the digits bundle's operators, codes for names, no sensor loop: the same scores; a model
     with another operator refused at upload as one the engine lacks, by its code."""
     options = Options(operators_of([Bundle.load(digits[0])]), op_names=False, sensor_loop=False)
+    for bundle in (Bundle.load(digits[0]), *wrapped_peers.values()):  # read from the model as LiteRT lists them
+        assert list(operators_of([bundle])) == sorted(bundle.manifest["ops"])
     assert "AVERAGE_POOL_2D" not in options.operators and "CONV_2D" in options.operators
     x = data.load(DIGITS).x[:40]
     with start_native(build("native", cflags=options.cflags()), str(tmp_path / "flash.bin")) as native:
