@@ -175,9 +175,9 @@ def bundle_ram(bundle, board_name: str, options: Options = FULL) -> dict:
     shape, layers = bundle.manifest["input"]["shape"], len(bundle.manifest["layers"])
     extras = _round16(layers * 256 * 4) + (_round16(OOD_CAPACITY * bundle.input_bytes) if layers else 0)
     standardised = bundle.manifest["input"]["preprocessing"]["type"] == "standardize"
-    sensor = (_round16(2 * 4 * shape[-1]) if standardised else 0) + (
-        _round16(4 * math.prod(shape)) if options.sensor_loop else 0
-    )
+    standardisation = _round16(2 * 4 * shape[-1]) if standardised else 0  # a mean and a std per channel
+    window = _round16(4 * math.prod(shape)) if options.sensor_loop else 0  # float32 values
+    sensor = standardisation + window
     needed = arena + extras + sensor
     return {
         "bundle": bundle.manifest["name"],

@@ -161,10 +161,9 @@ def operators(model: bytes) -> list[str]:
         offset = word(vtable + 4 + 2 * index, 2) if 4 + 2 * index < word(vtable, 2) else 0
         return table + offset if offset else None
 
-    codes = set()
-    table = field(word(0), 1)  # Model.operator_codes
-    vector = table + word(table)
-    for i in range(word(vector)):
+    codes, table = set(), field(word(0), 1)  # Model.operator_codes
+    vector = table + word(table) if table else 0
+    for i in range(word(vector) if table else 0):
         at = vector + 4 + 4 * i
         code, deprecated = field(at + word(at), 3), field(at + word(at), 0)
         codes.add(max(word(code, signed=True) if code else 0, word(deprecated, 1, signed=True) if deprecated else 0))
