@@ -84,7 +84,8 @@ def test_device_commands_do_not_import_tensorflow():
     assert result.stdout.strip().endswith("False"), result.stderr
 
 
-def test_monitor_reconnects_when_the_device_restarts(digits_bundle, tmp_path):
+def test_monitor_reconnects_when_the_device_restarts(digits_bundle, tmp_path, caplog):
+    import logging
     import threading
 
     from edgefp import data
@@ -95,15 +96,14 @@ def test_monitor_reconnects_when_the_device_restarts(digits_bundle, tmp_path):
     _, bundle_dir = digits_bundle
     agent = Agent(str(tmp_path / "device"), "pi")
     x_q = Bundle.load(bundle_dir).quantize(data.load("digits:test:5-9").x[:40])
-    events, status = [], []
+    events = []
+    caplog.set_level(logging.INFO, logger="edgefp")
     with serving(agent, "tcp") as url:
         with open_device(url) as device:
             flash(device, Bundle.load(bundle_dir).archive_bytes())
-        watcher = threading.Thread(
-            target=follow, args=(url, events.append, status.append), kwargs={"count": 6, "duration": 30}
-        )
+        watcher = threading.Thread(target=follow, args=(url, events.append), kwargs={"count": 6, "duration": 30})
         watcher.start()
-        while not events:  # one reading at a time, so that most of the 6 events come after the restart
+        while not events and watcher.is_alive():  # one reading at a time: most of the 6 events come after the restart
             agent.observe(x_q[0])
             watcher.join(0.05)
     # the device went away; it comes back on the same port, with its last good bundle
@@ -112,6 +112,7 @@ def test_monitor_reconnects_when_the_device_restarts(digits_bundle, tmp_path):
         while watcher.is_alive():
             restarted.observe(x_q[len(events) % len(x_q)])
             watcher.join(0.05)
+    status = [entry.getMessage() for entry in caplog.records]
     assert len(events) == 6 and any("lost" in s for s in status) and any("reconnected" in s for s in status)
     assert all(event["ood"] in (True, False) and event["latency_us"] >= 0 for event in events)
 

@@ -1,0 +1,70 @@
+"""The ``edgefp`` group, its command groups, and the one place that turns errors into lines."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from edgefp import __version__
+from edgefp.cli import device, loop, model
+from edgefp.cli.common import error_line, show_library_logs
+from edgefp.errors import EdgefpError
+
+
+@click.group(context_settings={"auto_envvar_prefix": "EDGEFP", "help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgefp")
+@click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
+def cli(debug: bool) -> None:
+    """Fingerprint TinyML classifiers, deploy them int8, and flag inputs they have never seen.
+
+    \b
+    Example:
+      edgefp train --data digits:train:0-4 --out run/
+      edgefp score run/ --data digits:test --out scores.npz
+    """
+
+
+for group in (model, device, loop):
+    for command in group.COMMANDS:
+        cli.add_command(command)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the CLI and turn user errors into one line and exit status 2."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    show_library_logs()
+    try:
+        code = cli.main(args=args, prog_name="edgefp", standalone_mode=False)
+    except EdgefpError as exc:
+        if debug:
+            raise
+        click.echo(f"edgefp: error: {error_line(exc)}", err=True)
+        sys.exit(2)
+    except click.ClickException as exc:
+        click.echo(f"edgefp: error: {_one_line(exc.format_message())}", err=True)
+        sys.exit(2)
+    except OSError as exc:
+        if debug:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        click.echo(f"edgefp: error: {_one_line(f'{where}{exc.strerror or exc}')}", err=True)
+        sys.exit(2)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("edgefp: interrupted", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def console() -> None:
+    """The ``edgefp`` program: :func:`main` in a child process, so that a crash in native code is
+    reported as one line naming the step, with exit status 2 (:mod:`edgefp.isolation`)."""
+    from edgefp.isolation import supervised
+
+    command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), "")
+    supervised(main, command)
