@@ -29,7 +29,7 @@ from edgefp.firmware_host.link import client
 from edgefp.firmware_host.link.client import DeviceError
 from edgefp.wrap import wrap
 from tests.conftest import edited_archive, upload
-from tests.test_firmware import HAS_NATIVE
+from tests.firmware.test_build import HAS_NATIVE
 from tests.test_wrap import MODELS
 
 GIB = 1 << 30

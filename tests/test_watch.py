@@ -16,7 +16,7 @@ from edgefp.firmware_host.firmware import build as firmware
 from edgefp.firmware_host.link import client
 from edgefp.repository import Repository
 from edgefp.watch import DEPLOYED, NO_MATCH, watch
-from tests.test_cli import edgefp
+from tests.cli.test_cli import edgefp
 
 
 @pytest.fixture(scope="module")

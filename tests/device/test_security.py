@@ -20,8 +20,8 @@ from edgefp.firmware_host.link.client import DeviceError
 from edgefp.firmware_host.link.framing import DELIMITER, Frame, FrameReader, encode_frame
 from edgefp.firmware_host.link.protocol import Err, Msg
 from edgefp.limits import MAX_INVOKES
+from tests.cli.test_cli import edgefp
 from tests.conftest import KEY
-from tests.test_cli import edgefp
 
 
 @pytest.fixture(scope="module")

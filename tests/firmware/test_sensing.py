@@ -18,7 +18,7 @@ from edgefp import data
 from edgefp.bundle import Bundle
 from edgefp.firmware_host.firmware import build as firmware
 from edgefp.firmware_host.link import client, protocol
-from tests.test_cli import edgefp
+from tests.cli.test_cli import edgefp
 
 HAS_NATIVE = all(shutil.which(tool) for tool in ("gcc", "make"))
 HAS_QEMU = HAS_NATIVE and firmware.can_emulate()
@@ -126,7 +126,7 @@ def test_the_firmware_reads_manifest_numbers_as_the_host_does(tmp_path):
     read back bit for bit, and so is the float32 nearest to arbitrary doubles; malformed numbers refused."""
     source = firmware.SOURCE / "src"
     library = tmp_path / "bundle_shim.so"
-    shim = os.path.join(os.path.dirname(__file__), "c", "bundle_shim.c")
+    shim = os.path.join(os.path.dirname(os.path.dirname(__file__)), "c", "bundle_shim.c")
     flags = ["-std=c99", "-O2", "-fPIC", "-shared", "-I", str(source)]
     subprocess.run(["gcc", *flags, shim, str(source / "sha256.c"), "-o", str(library)], check=True)
     real = ctypes.CDLL(str(library)).shim_real

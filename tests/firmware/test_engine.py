@@ -19,8 +19,8 @@ from tests.conftest import edit_tflite
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is needed to build the engine")
 
-HERE = os.path.dirname(__file__)
-MODELS = os.path.join(HERE, "data", "models")
+TESTS = os.path.dirname(os.path.dirname(__file__))
+MODELS = os.path.join(TESTS, "data", "models")
 PEERS = sorted(name[: -len(".tflite")] for name in os.listdir(MODELS) if name.endswith(".tflite"))
 
 
@@ -516,7 +516,7 @@ def sanitized(tmp_path_factory):
     built = {}
     for dsp in (0, 1):
         built[dsp] = str(out / f"engine_run_{dsp}")
-        sources = [*map(str, efp.sources()), os.path.join(HERE, "c", "engine_run.c")]
+        sources = [*map(str, efp.sources()), os.path.join(TESTS, "c", "engine_run.c")]
         subprocess.run(["gcc", *flags, f"-DEFP_DSP={dsp}", *sources, "-o", built[dsp]], check=True)
     return built
 

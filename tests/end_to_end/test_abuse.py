@@ -32,8 +32,8 @@ from edgefp.firmware_host.link.client import DeviceError
 from edgefp.firmware_host.link.framing import DELIMITER, Fault, Frame, FrameReader, decode_frame, encode_frame
 from edgefp.firmware_host.link.protocol import Err, Msg
 from tests.conftest import KEY, edited_archive
+from tests.firmware.test_build import HAS_NATIVE
 from tests.test_bundle_safety import run_cli
-from tests.test_firmware import HAS_NATIVE
 
 SEED = int(os.environ.get("EDGEFP_FUZZ_SEED", "20240612"))
 SCALE = float(os.environ.get("EDGEFP_FUZZ_SCALE", "1"))
