@@ -75,6 +75,24 @@ def test_unreachable_device_is_one_clear_line(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("link", ["pty", "tcp"])
+def test_devices_and_info_import_nothing_heavy(link, tmp_path):
+    """Listing ports and asking a device what it is need neither numpy nor an interpreter (an agent
+    in this process answers; the command runs as the console does, with the exit it ends with)."""
+    heavy = ("numpy", "tensorflow", "keras", "ai_edge_litert", "tflite_micro")
+    code = (
+        "import sys\nfrom edgefp.cli import main\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit as end:\n    code = end.code\n"
+        f"print(code, [name for name in {heavy!r} if name in sys.modules])\n"
+    )
+    from edgefp.firmware_host.device.agent import Agent, serving
+
+    with serving(Agent(str(tmp_path / "agent"), "pi"), link) as url:
+        for args in (["devices", "--json"], ["info", "--port", url, "--json"]):
+            result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+            assert result.stdout.strip().splitlines()[-1] == "0 []", result.stdout + result.stderr
+
+
 def test_device_commands_do_not_import_tensorflow():
     code = "import sys; from edgefp.cli import main\ntry: main(['info', '--help'])\nexcept SystemExit: pass\n"
     code += (
