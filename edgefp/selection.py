@@ -201,11 +201,11 @@ def select(repo: Repository, x: np.ndarray, *, where: dict[str, str] | None = No
     }
 
 
-def deploy(repo: Repository, name: str, device, progress=None) -> dict:
+def deploy(repo: Repository, name: str, device) -> dict:
     """Flash the repository's bundle ``name`` to an open ``device`` and activate it; nothing is uploaded
     when the device already runs it (``skipped`` in the report of
     :func:`edgefp.firmware_host.link.client.flash`)."""
     from edgefp.firmware_host.link import client
 
     archive = repo.load(repo.entry(name)).archive_bytes()
-    return client.flash(device, archive, progress=progress)
+    return client.flash(device, archive)

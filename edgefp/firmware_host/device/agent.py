@@ -585,7 +585,7 @@ def _flag(value: int, name: str) -> int:
 def listen_tcp(agent: Agent, host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     """A listening socket for :func:`serve_tcp`; beyond loopback only with a shared key."""
     if host not in LOOPBACK and agent.key is None:
-        raise EdgefpError(f"listening on {host} lets other machines in: give the agent a shared {option('key')}")
+        raise EdgefpError(f"listening on {host} lets other machines in: give the agent a shared key ({option('key')})")
     if not 0 <= port <= 65535:
         raise EdgefpError(f"port {port} is not a TCP port (0 to 65535)")
     try:

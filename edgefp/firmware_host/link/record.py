@@ -31,10 +31,10 @@ from edgefp.firmware_host.link.reconnect import reconnecting
 from edgefp.fsutil import atomic_directory, check_directory_output, check_file_output, write_file_atomic
 from edgefp.ood import SCORE_UNIT
 
-SAVE_EVERY_S = 1.0
-OOD_SAMPLES_KIND = "OOD samples directory"
-POLL_S = 0.05
 log = logging.getLogger(__name__)
+SAVE_EVERY_S = 1.0
+POLL_S = 0.05
+OOD_SAMPLES_KIND = "OOD samples directory"
 COLUMNS = ("x", "input", "session", "timestamp_ms", "pred", "probs", "ood_score", "is_ood", "layer_errors")
 COLUMNS += ("evidence", "raw", "model")
 
