@@ -10,8 +10,6 @@ import time
 
 import click
 
-from edgefp.errors import EdgefpError
-
 
 class FloatRange(click.FloatRange):
     """click's FloatRange, which lets NaN through (every comparison with it is false), without it."""
@@ -85,11 +83,6 @@ OPTIONS = {"key": "--key-file", "labels_path": "--labels", "samples_address": "-
 def option_name(parameter: str) -> str:
     """The option of this CLI that sets a library parameter."""
     return OPTIONS.get(parameter, "--" + parameter.replace("_", "-"))
-
-
-def error_line(exc: EdgefpError) -> str:
-    """A library error as one line, naming this CLI's options."""
-    return " ".join(exc.render(option_name).split())
 
 
 def emit(report: dict, as_json: bool, lines: list[str]) -> None:

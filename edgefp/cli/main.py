@@ -8,7 +8,7 @@ import sys
 import click
 
 from edgefp import __version__
-from edgefp.cli.common import error_line, show_library_logs
+from edgefp.cli.common import option_name, show_library_logs
 from edgefp.errors import EdgefpError
 
 # Each command and the module of edgefp.cli that defines it, imported only when the command runs (or
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     except EdgefpError as exc:
         if debug:
             raise
-        click.echo(f"edgefp: error: {error_line(exc)}", err=True)
+        click.echo(f"edgefp: error: {_one_line(exc.render(option_name))}", err=True)
         sys.exit(2)
     except click.ClickException as exc:
         click.echo(f"edgefp: error: {_one_line(exc.format_message())}", err=True)
