@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
@@ -88,6 +87,8 @@ def option_name(parameter: str) -> str:
 def emit(report: dict, as_json: bool, lines: list[str]) -> None:
     """Print a command's report: JSON with ``--json``, else its lines."""
     if as_json:
+        import json
+
         click.echo(json.dumps(report, indent=1))
     else:
         for line in lines:

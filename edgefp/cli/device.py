@@ -4,7 +4,6 @@ agent, sim, export-firmware. Their modules import nothing heavy before they need
 from __future__ import annotations
 
 import functools
-import json
 import os
 import signal
 import sys
@@ -196,6 +195,7 @@ def monitor(port, log_path, count, duration, key_file, as_json):
     """Live console of the device's inferences (prediction, OOD score and verdict, latency), OOD alerts
     highlighted; JSON lines when piped or with --json; reconnects when the device resets or the link drops."""
     import datetime
+    import json
 
     from edgefp.firmware_host.link.monitor import follow
 

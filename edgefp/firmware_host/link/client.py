@@ -8,8 +8,6 @@ which take an open Device so that tests and scripts can inject one.
 from __future__ import annotations
 
 import collections
-import hashlib
-import hmac
 import math
 import random
 import struct
@@ -215,6 +213,9 @@ def hello(device: Device) -> protocol.Hello:
     if info.auth_required:
         if device.key is None:
             raise EdgefpError(f"{device.url}: the device requires a shared key; pass the key it was started with")
+        import hashlib  # here and in flash: asking a device what it is needs no OpenSSL
+        import hmac
+
         device.request(Msg.AUTH, hmac.new(device.key, info.challenge, hashlib.sha256).digest())
     return info
 
@@ -261,6 +262,8 @@ def flash(device: Device, archive: bytes, progress=None) -> dict:
     Skipped when the device already runs that bundle; only activated when a slot holds it verified.
     ``progress(done, total)`` is called after each chunk.
     """
+    import hashlib
+
     sha, name = hashlib.sha256(archive).digest(), archive_name(archive)
     start, sent, received = time.monotonic(), device.bytes_sent, device.bytes_received
     state = {slot.sha256: slot.state for slot in hello(device).slots}.get(sha)
