@@ -228,17 +228,22 @@ def mpremote_command() -> list[str]:
 
 def interleaved(commands: dict[str, list[str]], reps: int) -> dict[str, list[float]]:
     """Wall times of each command, ``reps`` rounds in which every command runs once in turn (so that
-    a busy machine slows them all alike), after one untimed run of each (page cache, .pyc)."""
-    for command in commands.values():
-        first = subprocess.run(command, capture_output=True, text=True)
-        if first.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)} failed ({first.returncode}): {first.stderr.strip()[-300:]}")
-    times: dict[str, list[float]] = {name: [] for name in commands}
-    for _ in range(reps):
-        for name, command in commands.items():
-            before = time.perf_counter()
-            subprocess.run(command, capture_output=True, check=True)
-            times[name].append(time.perf_counter() - before)
+    a busy machine slows them all alike), after one untimed run of each (page cache, .pyc). The bytecode
+    goes to a folder of its own, so that the commands start as installed ones do even where
+    PYTHONDONTWRITEBYTECODE is set (an editable install would otherwise compile edgefp on every run)."""
+    with tempfile.TemporaryDirectory(prefix="edgefp-pycache-") as cache:
+        env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
+        env["PYTHONPYCACHEPREFIX"] = cache
+        for command in commands.values():
+            first = subprocess.run(command, capture_output=True, text=True, env=env)
+            if first.returncode != 0:
+                raise RuntimeError(f"{' '.join(command)} failed ({first.returncode}): {first.stderr.strip()[-300:]}")
+        times: dict[str, list[float]] = {name: [] for name in commands}
+        for _ in range(reps):
+            for name, command in commands.items():
+                before = time.perf_counter()
+                subprocess.run(command, capture_output=True, check=True, env=env)
+                times[name].append(time.perf_counter() - before)
     return times
 
 
