@@ -324,7 +324,7 @@ def _announce(what: str, address: str, *, url_on_stdout: bool) -> None:
 
 @click.command(
     "export-firmware",
-    epilog="Example: edgefp export-firmware --board qemu-m4 --out fw/ --build  (then: make -C fw $(cat fw/board.mk))",
+    epilog="Example: edgefp export-firmware --board qemu-m4 --out fw/ --build  (then: make -C fw)",
 )
 @click.option("--board", required=True, help="Board profile: its budgets, and its port (qemu-m4, native) or template.")
 @click.option("--out", required=True, type=click.Path(), help="Directory to write the project to.")
@@ -337,17 +337,17 @@ def export_firmware(board, out, build_it, bundles, force, as_json):
     for a board: portable sources, the board's port (or a template to fill in, docs/porting.md) and
     its budgets. Bundles are flashed later over the protocol, without rebuilding."""
     from edgefp.bundle import Bundle
-    from edgefp.firmware_host.firmware import build as firmware
+    from edgefp.firmware_host.firmware import build
 
     loaded = [Bundle.load(path) for path in bundles]
-    report = firmware.export(board, out, force=force)
+    report = build.export(board, out, force=force)
     lines = [f"firmware for {report['board']} written to {out} (port {report['port']})", f"  build: {report['make']}"]
     if not report["tested"]:
         lines.append(f"  write the board layer in {out}/boards/template/board.c first (docs/porting.md)")
     if build_it:
-        report["sizes"] = firmware.budget_report(board)
-        lines += firmware.budget_lines(report["sizes"])
-    report["bundles"] = [firmware.bundle_ram(bundle, board) for bundle in loaded]
+        report["sizes"] = build.budget_report(board)
+        lines += build.budget_lines(report["sizes"])
+    report["bundles"] = [build.bundle_ram(bundle, board) for bundle in loaded]
     for ram in report["bundles"]:
         verdict = "fits" if ram["fits"] else f"does NOT fit: {ram['ram_bytes'] - ram['board_ram_bytes']:,} bytes short"
         lines.append(

@@ -60,17 +60,18 @@ def simulate(
     budgets (slots in ``data_dir``, else a temporary directory), or for a tested firmware port the C
     firmware itself. ``sensor`` (samples, index to repeat from; :func:`~edgefp.firmware_host.device.feed.feed_samples`)
     is replayed at ``rate`` Hz as a live sensor. The URL is told to ``on_address("url", url)``."""
+    from edgefp.firmware_host.boards import get_board
     from edgefp.firmware_host.device.agent import Agent
     from edgefp.firmware_host.device.feed import feed_agent
-    from edgefp.firmware_host.firmware import build as firmware
+    from edgefp.firmware_host.firmware.launch import start
 
-    if profile in firmware.PORTS:
+    if get_board(profile).launcher is not None:
         if data_dir or samples_address:
             raise EdgefpError(
                 f"{option('data_dir')} and {option('samples_address')} are for simulated boards; "
                 f"{profile} keeps bundles in flash"
             )
-        with firmware.start(profile, tcp=tcp) as device:
+        with start(profile, tcp=tcp) as device:
             if on_address:
                 on_address("url", device.url)
             if sensor is not None:
