@@ -136,7 +136,7 @@ def test_bundles_that_do_not_fit_are_refused_and_the_last_one_serves(tmp_path, d
 @pytest.fixture(scope="module")
 def wrapped_peers(tmp_path_factory):
     """Peer models wrapped without a fingerprint: keyword spotting (int8 in, one channel), micro_speech
-    (1,960 values on its last axis) and hello_world (float-free, one value): {name: Bundle}."""
+    (1,960 values on its last axis) and hello_world (one value): {name: Bundle}."""
     from edgefp.wrap import wrap
 
     root, made = tmp_path_factory.mktemp("peers"), {}
