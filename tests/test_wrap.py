@@ -112,7 +112,7 @@ def test_data_for_a_wrapped_bundle_is_the_models_input(wrapped, tmp_path):
 def test_models_a_bundle_cannot_hold_are_refused_in_one_line(tmp_path):
     import tensorflow as tf
 
-    from tests.test_firmware_engine import _convert
+    from tests.firmware.test_engine import _convert
 
     two_inputs, _ = _convert(lambda x, y: x + y, [(4,), (4,)])
     (tmp_path / "two.tflite").write_bytes(two_inputs)
@@ -138,7 +138,7 @@ def test_float_model_with_two_outputs_scores_alike_on_the_firmware_engine_and_tf
     """float32 in (QUANTIZE first), two float32 outputs (DEQUANTIZE last): output, output_1 and pred."""
     import tensorflow as tf
 
-    from tests.test_firmware_engine import _convert
+    from tests.firmware.test_engine import _convert
 
     w = tf.constant(np.random.default_rng(3).normal(size=(12, 5)).astype(np.float32))
     model, _ = _convert(lambda x: (tf.nn.softmax(tf.reshape(x, [1, 12]) @ w), tf.tanh(x)), (3, 4), float_io=True)
@@ -155,7 +155,7 @@ def test_float_model_with_two_outputs_scores_alike_on_the_firmware_engine_and_tf
     np.testing.assert_array_equal(tflm["pred"], engine["pred"])
     if not HAS_GCC:
         return
-    from tests.test_firmware_sensing import read_all
+    from tests.firmware.test_sensing import read_all
 
     with firmware.start("native") as chip, client.open_device(chip.url) as device:  # its sensor: efp_classify
         client.flash(device, (tmp_path / "float.efp").read_bytes())
