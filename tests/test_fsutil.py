@@ -26,7 +26,7 @@ from edgefp.fsutil import (
 
 OLD = {f"old-{i}.txt": f"old {i}\n" * 200 for i in range(3)}
 NEW = {f"new-{i}.txt": f"new {i}\n" * 200 for i in range(5)}
-BIG = {f"big-{i}.txt": f"big {i}\n" * 200_000 for i in range(5)}  # 8 MB: long enough to be killed mid-write
+BIG = {f"big-{i}.txt": f"big {i}\n" * 50_000 for i in range(5)}  # 2 MB: long enough to be killed mid-write
 
 # A writer in a process of its own, writing the files of a JSON source (a directory of them, or one file of
 # their texts joined). It says "ready" once set up; with N > 0 it kills itself (SIGKILL: no clean-up runs) at
@@ -99,9 +99,9 @@ def killed_writers(tmp_path, what: str, prepare, files: dict[str, str]):
         assert child.wait(timeout=60) == -signal.SIGKILL
         child.stdout.close()
         yield tmp_path / f"step{kill_at}"
-    for moment in range(8):
+    for moment in range(6):
         child = start(tmp_path / f"moment{moment}")
-        time.sleep(took * moment / 8)
+        time.sleep(took * moment / 6)
         child.kill()
         child.wait(timeout=60)
         child.stdout.close()

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.heavy  # the benchmarks train and build, in child processes
+
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 QEMU = all(shutil.which(tool) for tool in ("make", "arm-none-eabi-gcc", "qemu-system-arm"))
 

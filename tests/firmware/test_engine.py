@@ -17,7 +17,10 @@ from edgefp.firmware_host.firmware.engine import Engine, EngineError
 from edgefp.runtime import captured_output
 from tests.conftest import edit_tflite
 
-pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is needed to build the engine")
+pytestmark = [
+    pytest.mark.heavy,
+    pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is needed to build the engine"),
+]
 
 TESTS = os.path.dirname(os.path.dirname(__file__))
 MODELS = os.path.join(TESTS, "data", "models")

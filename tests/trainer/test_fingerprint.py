@@ -9,6 +9,8 @@ from edgefp.errors import EdgefpError
 from edgefp.trainer import NeuralFingerprint, fingerprint_model
 from edgefp.trainer.baselines import BASELINES
 
+pytestmark = pytest.mark.heavy  # trains
+
 
 def test_save_load_round_trip_gives_identical_scores(digits_run):
     fingerprint, run_dir = digits_run
