@@ -152,6 +152,23 @@ def digits_run(tmp_path_factory):
     return fingerprint, run_dir
 
 
+@pytest.fixture(scope="session")
+@heavy
+def inverted_bundle(tmp_path_factory):
+    """digits 0-4 inverted, trained as digits_run is (seed 0): the same task in a second domain, as an
+    archive path (named digits04_inverted)."""
+    from edgefp import data, shifts
+    from edgefp.converter.convert import convert
+    from edgefp.trainer import train
+
+    train04 = data.load("digits:train:0-4")
+    inverted = data.Dataset(shifts.apply(train04.x, "invert"), train04.y, "digits:train:0-4 inverted")
+    root = tmp_path_factory.mktemp("inverted")
+    train(inverted, seed=0, progress=False).save(str(root / "run"))
+    convert(str(root / "run"), inverted, str(root / "digits04_inverted.efp"), name="digits04_inverted")
+    return str(root / "digits04_inverted.efp")
+
+
 def write_npz(path, **arrays):
     np.savez(path, **arrays)
     return str(path)
