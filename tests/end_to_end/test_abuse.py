@@ -32,13 +32,12 @@ from edgefp.firmware_host.link.client import DeviceError
 from edgefp.firmware_host.link.framing import DELIMITER, Fault, Frame, FrameReader, decode_frame, encode_frame
 from edgefp.firmware_host.link.protocol import Err, Msg
 from tests.conftest import KEY, edited_archive
-from tests.firmware.test_build import HAS_NATIVE
 from tests.test_bundle_safety import run_cli
 
 SEED = int(os.environ.get("EDGEFP_FUZZ_SEED", "20240612"))
 SCALE = float(os.environ.get("EDGEFP_FUZZ_SCALE", "1"))
 KNOWN_ERRORS = set(Err)
-BENCH_CAP_S = 0.02  # the devices' BENCH time cap while fuzzing (5 s normally)
+BENCH_CAP_S = 0.02  # the devices' BENCH time cap while fuzzing (5 s normally), capped_firmware's too
 DIGEST_ONLY = "refused: manifest digest"  # a rule of the host and the agent only (docs/security.md)
 
 
@@ -188,19 +187,6 @@ def assert_serves_like_the_host(url: str, bundle: Bundle, runtime: str) -> None:
         client.flash(device, bundle.archive_bytes())
         scores, _ = client.infer_samples(device, x)
     np.testing.assert_array_equal(scores.layer_errors, bundle.score(x, runtime).layer_errors)
-
-
-@pytest.fixture(scope="module")
-def capped_firmware(tmp_path_factory):
-    """The native firmware with a 20-ms BENCH time cap, so that fuzzed BENCH counts cost little."""
-    import subprocess
-
-    if not HAS_NATIVE:
-        pytest.skip("building the firmware needs gcc and make")
-    out = tmp_path_factory.mktemp("fw")
-    variables = ["BOARD=host", f"CFLAGS=-DEFP_ARENA_BYTES=163840 -DEFP_BENCH_MAX_US={int(BENCH_CAP_S * 1e6)}"]
-    subprocess.run(["make", "-s", "-C", str(firmware.SOURCE), *variables, f"BUILD_DIR={out}"], check=True)
-    return out / "firmware"
 
 
 # ------------------------------------------------------------------------------------------ frames

@@ -268,17 +268,14 @@ def test_qemu_chip_reset_mid_upload_keeps_the_first_bundle(digits, motions):
             assert client.infer(device, x_q[0]).latency_us > 0
 
 
-def test_bench_is_capped_and_requests_are_checked_to_the_byte(tmp_path, digits):
+def test_bench_is_capped_and_requests_are_checked_to_the_byte(tmp_path, digits, capped_firmware):
     import struct
     import time
 
     from edgefp.firmware_host.link.framing import DELIMITER, encode_frame
     from edgefp.limits import MAX_INVOKES
 
-    variables = ["BOARD=host", "CFLAGS=-DEFP_ARENA_BYTES=163840 -DEFP_BENCH_MAX_US=20000"]  # a 20-ms time cap
-    built = subprocess.run(["make", "-s", "-C", str(firmware.SOURCE), *variables, f"BUILD_DIR={tmp_path / 'b'}"])
-    assert built.returncode == 0
-    with firmware.start_native(tmp_path / "b" / "firmware", str(tmp_path / "flash.bin")) as native:
+    with firmware.start_native(capped_firmware, str(tmp_path / "flash.bin")) as native:
         with client.open_device(native.url) as device:
             client.flash(device, digits[1])
             for runs, warmup in [(MAX_INVOKES + 1, 0), (0xFFFFFFFF, 0), (1, 0xFFFFFFFF), (0xFFFFFFFF, 1)]:
