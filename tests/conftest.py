@@ -169,19 +169,6 @@ def inverted_bundle(tmp_path_factory):
     return str(root / "digits04_inverted.efp")
 
 
-@pytest.fixture(scope="session")
-@heavy
-def capped_firmware():
-    """The native firmware with a 20-ms BENCH time cap (built once, cached by the build)."""
-    import shutil
-
-    from edgefp.firmware_host.firmware import build
-
-    if not all(shutil.which(tool) for tool in ("gcc", "make")):
-        pytest.skip("building the firmware needs gcc and make")
-    return build.build("native", arena_bytes=163840, cflags="-DEFP_BENCH_MAX_US=20000")
-
-
 def write_npz(path, **arrays):
     np.savez(path, **arrays)
     return str(path)
