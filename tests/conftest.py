@@ -1,5 +1,6 @@
 import hashlib
 import os
+import shutil
 import struct
 import sys
 import tempfile
@@ -48,9 +49,9 @@ _READ_BESIDE: list[str] = []
 # TensorFlow, or build or emulate the firmware. A test is heavy when it is marked ``heavy`` (a module with
 # ``pytestmark``) or uses a fixture declared with ``@heavy``, directly or through other fixtures. Under
 # --fast, a test that is not heavy and still imports TensorFlow or Keras, runs a compiler, make or QEMU, or
-# runs or loads something built into edgefp's firmware cache fails, naming what it did: the selection
-# cannot drift from the rule. (A command started in a child process is out of the guard's sight: a test
-# whose child trains is marked by hand.)
+# runs or loads something built into edgefp's firmware cache fails, naming what it did, and that cache
+# starts empty, as on a fresh clone: the selection cannot drift from the rule. (A child process is out of
+# the guard's sight: a test whose child trains or builds is marked by hand.)
 HEAVY_FIXTURES: set[str] = set()
 _GUARDING = False  # True while a test that --fast kept runs
 _HEAVY_DONE: list[str] = []
@@ -100,6 +101,13 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "heavy: trains or converts a model with TensorFlow, or builds or emulates the firmware"
     )
+    if config.getoption("--fast"):  # an empty firmware cache, as on a fresh clone: a build cannot hide in it
+        os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="edgefp-fast-cache-")
+
+
+def pytest_unconfigure(config):
+    if config.getoption("--fast"):
+        shutil.rmtree(os.environ["XDG_CACHE_HOME"], ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -76,6 +76,7 @@ def test_wrapped_peer_model_scores_alike_on_the_firmware_engine_and_tflite_micro
     assert inspect["verified"] and 0 < inspect["engine_arena_bytes"] <= inspect["tflm_arena_bytes"]
 
 
+@pytest.mark.heavy  # inspect builds the firmware's engine to measure its arena, in its child process
 def test_wrapped_bundle_works_with_the_bundle_commands(wrapped, tmp_path):
     archive, data = wrapped["mlperf_tiny_kws_ref"]
     lines = edgefp("inspect", archive).stdout
