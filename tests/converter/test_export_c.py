@@ -12,7 +12,7 @@ from edgefp.converter.export_c import export_c
 from edgefp.errors import EdgefpError
 from edgefp.fsutil import MARKER
 
-pytestmark = pytest.mark.filterwarnings("ignore:Statistics for quantized inputs:UserWarning")
+pytestmark = [pytest.mark.heavy, pytest.mark.filterwarnings("ignore:Statistics for quantized inputs:UserWarning")]
 
 NAME = "tiny_ood"
 SHAPE = (4, 4, 2)

@@ -23,7 +23,7 @@ from tests.conftest import check_error_codes, edit_tflite, edited_archive, uploa
 
 HAS_NATIVE = all(shutil.which(tool) for tool in ("gcc", "make"))
 HAS_QEMU = HAS_NATIVE and all(shutil.which(tool) for tool in ("arm-none-eabi-gcc", "qemu-system-arm"))
-pytestmark = pytest.mark.skipif(not HAS_NATIVE, reason="building the firmware needs gcc and make")
+pytestmark = [pytest.mark.heavy, pytest.mark.skipif(not HAS_NATIVE, reason="building the firmware needs gcc and make")]
 qemu_only = pytest.mark.skipif(not HAS_QEMU, reason="needs arm-none-eabi-gcc and qemu-system-arm")
 DIGITS = "digits:test:0-4"
 MOTIONS_TEST = "basic_motions:test"

@@ -41,6 +41,7 @@ def test_every_firmware_board_has_a_port_toolchain_and_at_most_one_launcher():
     assert {"native", "qemu-m4"} <= {name for name, board in BOARDS.items() if board.tested}
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", FIRMWARE_BOARDS)
 def test_every_firmware_board_compiles_with_its_toolchain(name):
     """Tested ports link (the ELF or executable exists); template ports compile warning-free (-Werror)
@@ -106,6 +107,7 @@ def _public_symbols(objects: list) -> set[str]:
     return {line.split()[-1] for line in listed.stdout.splitlines() if len(line.split()) == 3}
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", ["native", "qemu-m4", "nrf52840"])
 def test_every_public_c_symbol_is_prefixed(name):
     """What the firmware's objects export (functions and globals, the board's included) starts with efp_,
@@ -124,6 +126,7 @@ def test_every_public_c_symbol_is_prefixed(name):
         assert all(n.lower().startswith("efp_") for n in names), (header.name, names)
 
 
+@pytest.mark.heavy
 @pytest.mark.skipif(not _has("make", "cppcheck"), reason="needs cppcheck (Debian: apt-get install cppcheck)")
 def test_static_analysis_finds_nothing():
     """cppcheck on every source and board, with both kernel sets (make lint)."""
