@@ -3,7 +3,7 @@ takes one nanosecond of virtual time, so the device's microseconds are thousands
 (deterministic, a stand-in for cycles).
 
 1. size: the firmware without any model (bundles live in its flash slots), built with arm-none-eabi-gcc
-   -Os and LTO: flash (text + data) against 32 KB, static RAM besides the tensor arena (data + bss -
+   -Os: flash (text + data) against 32 KB, static RAM besides the tensor arena (data + bss -
    arena) against 8 KB; the same for builds that leave out operator names, the sensor loop, and every
    operator but those of one bundle (the images bundle; keyword spotting);
 2. instructions per inference (BENCH on the chip: invokes of a fixed input after warm-ups) for a bundle
