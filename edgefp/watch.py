@@ -16,9 +16,9 @@ import time
 import numpy as np
 
 from edgefp import selection
-from edgefp.data import undo_preprocessing
 from edgefp.errors import EdgefpError
 from edgefp.firmware_host.link import client
+from edgefp.manifest import Input
 from edgefp.repository import Repository
 
 DEPLOYED, NO_MATCH, ALREADY_BEST = "deployed", selection.NO_MATCH, "already best"
@@ -26,11 +26,11 @@ MIN_SAMPLES = 8  # OOD samples pulled before selection is run on them
 RETRY_S = 1.0
 
 
-def to_raw(x_q: np.ndarray, input_spec: dict) -> np.ndarray:
+def to_raw(x_q: np.ndarray, input_spec: Input) -> np.ndarray:
     """Int8 model inputs -> raw samples: dequantise, then undo the preprocessing (inverse of
     :meth:`edgefp.bundle.Bundle.quantize`, up to rounding and clipping)."""
-    x = (np.asarray(x_q, dtype=np.float32) - np.float32(input_spec["zero_point"])) * np.float32(input_spec["scale"])
-    return undo_preprocessing(x, input_spec["preprocessing"])
+    x = (np.asarray(x_q, dtype=np.float32) - np.float32(input_spec.zero_point)) * np.float32(input_spec.scale)
+    return input_spec.preprocessing.undo(x)
 
 
 class _Window:
@@ -84,8 +84,8 @@ def decide(device, repo: Repository, samples: list[dict], *, where: dict | None 
     is not active yet. Returns the decision (without timestamp, device and rate)."""
     spec = client.manifest(device)
     active = device.info.active
-    x = to_raw(np.stack([sample["x"] for sample in samples]), spec["input"])
-    event = {"active": spec["name"], "samples": len(samples), "candidates": [], "skipped": []}
+    x = to_raw(np.stack([sample["x"] for sample in samples]), spec.input)
+    event = {"active": spec.name, "samples": len(samples), "candidates": [], "skipped": []}
     try:
         report = selection.select(repo, x, where=where)
     except EdgefpError as exc:

@@ -82,9 +82,9 @@ def feed_agent(agent, x: np.ndarray, rate_hz: float, *, repeat_from: int = 0, wa
             agent.classify(sample)
         except EdgefpError as exc:
             bundle = agent.bundle
-            if warn and bundle is not None and bundle.manifest["name"] not in warned:
-                warned.add(bundle.manifest["name"])
-                warn(f"the sensor's samples do not fit {bundle.manifest['name']}: {exc}")
+            if warn and bundle is not None and bundle.manifest.name not in warned:
+                warned.add(bundle.manifest.name)
+                warn(f"the sensor's samples do not fit {bundle.manifest.name}: {exc}")
 
     options = {"repeat_from": repeat_from, "ready": lambda: agent.bundle is not None}
     threading.Thread(target=run_feed, args=(send, x, rate_hz, stop), kwargs=options, daemon=True).start()

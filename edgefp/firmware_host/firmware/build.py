@@ -149,12 +149,12 @@ def bundle_ram(bundle, board_name: str) -> dict:
             arena = engine.arena_needed(bundle.model_bytes, dsp=board.dsp)
     except engine.EngineError as refused:
         raise EdgefpError(f"{bundle.source}: the firmware cannot run this model: {refused}") from None
-    shape, layers = bundle.manifest["input"]["shape"], len(bundle.manifest["layers"])
+    shape, layers = bundle.manifest.input.shape, len(bundle.manifest.layers)
     extras = _round16(layers * 256 * 4) + (_round16(OOD_CAPACITY * bundle.input_bytes) if layers else 0)
     sensor = _round16(2 * 4 * shape[-1]) + _round16(4 * math.prod(shape))  # input quantisation, sensor window
     needed = arena + extras + sensor
     return {
-        "bundle": bundle.manifest["name"],
+        "bundle": bundle.manifest.name,
         "engine_arena_bytes": arena,
         "tables_and_ood_bytes": extras,
         "sensor_bytes": sensor,

@@ -78,8 +78,8 @@ class Recording:
 
     def add(self, page, bundle: Bundle) -> None:
         """Append the page's entry, scored with the manifest of the bundle that produced it."""
-        entry, spec = page.entry, bundle.manifest["input"]
-        shape = tuple(spec["shape"])
+        entry, spec = page.entry, bundle.manifest.input
+        shape = spec.shape
         expected = int(np.prod(shape)) * (4 if entry.kind == DataKind.RAW else 1)
         if len(entry.data) != expected:
             raise EdgefpError(f"input {entry.input} came with {len(entry.data)} bytes; {shape} needs {expected}")
@@ -91,7 +91,7 @@ class Recording:
             x = to_raw(np.frombuffer(entry.data, np.int8).reshape(shape), spec)
         if self.columns["x"] and self.columns["x"][0].shape != shape:
             raise EdgefpError(
-                f"the device now runs {bundle.manifest['name']}, whose input is {shape}, but {self.path} holds "
+                f"the device now runs {bundle.manifest.name}, whose input is {shape}, but {self.path} holds "
                 f"samples of {self.columns['x'][0].shape}; record into another --out"
             )
         scores = bundle.decide(entry.result.probs[None], entry.result.errors[None])
@@ -107,12 +107,12 @@ class Recording:
             "layer_errors": scores.layer_errors[0],
             "evidence": bundle.layer_evidence(entry.result.errors[None])[0] / SCORE_UNIT,
             "raw": entry.kind == DataKind.RAW,
-            "model": bundle.manifest["name"],
+            "model": bundle.manifest.name,
         }
         for name, value in row.items():
             self.columns[name].append(value)
-        self.layer_names = [layer["name"] for layer in bundle.manifest["layers"]]
-        self.labels = [{"value": label["value"], "name": label["name"]} for label in bundle.manifest["labels"]]
+        self.layer_names = [layer.name for layer in bundle.manifest.layers]
+        self.labels = [{"value": label.value, "name": label.name} for label in bundle.manifest.labels]
         self.read_until = entry.input
 
     def save(self) -> None:
