@@ -72,8 +72,9 @@ def wrap(model_path: str, out: str, *, name: str | None = None, force: bool = Fa
     )
     if not re.fullmatch(r"[a-z0-9_]{1,32}", manifest.name):
         raise EdgefpError(f"bundle name '{manifest.name}' must be 1-32 characters of a-z, 0-9 and _; give --name")
-    Bundle(manifest, {MODEL: model}).write(out, force=force)
-    return manifest
+    bundle = Bundle(manifest, {MODEL: model})
+    bundle.write(out, force=force)
+    return bundle.manifest
 
 
 def _name(out: str) -> str:

@@ -82,9 +82,9 @@ def bad_arenas(digits_bundle, tmp_path_factory):
     """The digits bundle with its manifest's tflm_arena_bytes replaced (and the digest made to match)."""
     root, bundle = tmp_path_factory.mktemp("arenas"), Bundle.load(digits_bundle[1])
     out = {}
-    for value in (0, 16, 256, bundle.manifest["tflm_arena_bytes"] - 16, 2**40, "4096", True):
+    for value in (0, 16, 256, bundle.manifest.tflm_arena_bytes - 16, 2**40, "4096", True):
         path = root / f"arena{len(out)}.efp"
-        path.write_bytes(edited_archive({**bundle.manifest, "tflm_arena_bytes": value}, bundle.files))
+        path.write_bytes(edited_archive({**bundle.manifest.to_json(), "tflm_arena_bytes": value}, bundle.files))
         out[repr(value)] = str(path)
     return out
 

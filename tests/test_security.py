@@ -1,6 +1,7 @@
 """Nobody locked out and nothing trusted that should not be: the agent's sessions, keys and caps, the host's
 bounds on what a device tells it, and every device command against an agent that requires a key."""
 
+import dataclasses
 import json
 import socket
 import struct
@@ -302,7 +303,7 @@ ROGUE = {
 def test_the_host_bounds_what_a_device_says(tmp_path, archive, digits_bundle, case):
     lies, action, message = ROGUE[case]
     other = Bundle.load(digits_bundle[1])
-    other.manifest["name"] = "other"
+    other.manifest = dataclasses.replace(other.manifest, name="other")
     honest = Agent(str(tmp_path), "pi")
     with serving(honest) as url, client.open_device(url) as device:
         client.flash(device, archive)

@@ -60,7 +60,15 @@ def check_convertible(model) -> None:
             )
 
 
-def int8_model(model, samples: np.ndarray) -> bytes:
+def int8_tflite(model, calib: np.ndarray, *, name: str = "model", stripped: bool = True, seed: int = 0) -> bytes:
+    """A one-input Keras model as ``convert`` makes the bundle's int8 model before its evidence ranges are
+    set: batch size 1, the int8 ranges of the preprocessed ``calib`` samples and of noisy copies of a fifth
+    of them, and (``stripped``) nothing no runtime reads. For comparing a model with its bundle's."""
+    model_bytes = _int8_model(_batch_of_one(model, name), shifts.range_samples(calib, seed))
+    return _strip(model_bytes) if stripped else model_bytes
+
+
+def _int8_model(model, samples: np.ndarray) -> bytes:
     """Full-integer int8 TFLite of a one-input Keras model at batch size 1, calibrated on ``samples``."""
     import tensorflow as tf
 
@@ -83,7 +91,7 @@ def int8_model(model, samples: np.ndarray) -> bytes:
             raise EdgefpError(f"TensorFlow Lite could not convert the model to int8: {detail[0].strip()}") from None
 
 
-def batch_of_one(model, name: str):
+def _batch_of_one(model, name: str):
     """``model`` called on a batch-size-1 input, as the converter needs it."""
     import keras
 
@@ -91,7 +99,7 @@ def batch_of_one(model, name: str):
     return keras.Model(inputs, model(inputs), name=name)
 
 
-def strip(model_bytes: bytes) -> bytes:
+def _strip(model_bytes: bytes) -> bytes:
     """The model without what no runtime reads: tensor and graph names, signatures, description, metadata."""
     from tensorflow.lite.tools import flatbuffer_utils
 
@@ -107,13 +115,13 @@ def quantize(fingerprint: NeuralFingerprint, calib: np.ndarray, seed: int = 0) -
     """The fingerprint's fused graph as an int8 TFLite model at batch size 1 (``calib`` preprocessed), with
     the int8 ranges described above and everything no runtime reads stripped; also the output specs and
     the input's (scale, zero point)."""
-    fused = batch_of_one(fingerprint.monitor_, "edgefp_model")
-    model_bytes = int8_model(fused, shifts.range_samples(calib, seed))
+    fused = _batch_of_one(fingerprint.monitor_, "edgefp_model")
+    model_bytes = _int8_model(fused, shifts.range_samples(calib, seed))
     sample = calib[np.random.default_rng(seed).permutation(len(calib))[: shifts.RANGE_SAMPLES]]
-    in_distribution = int8_model(fused, sample)
+    in_distribution = _int8_model(fused, sample)
     outputs, input_quantization = _io_specs(model_bytes)
     model_bytes = _set_evidence_ranges(model_bytes, in_distribution, fingerprint, outputs)
-    return strip(model_bytes), _io_specs(model_bytes)[0], input_quantization
+    return _strip(model_bytes), _io_specs(model_bytes)[0], input_quantization
 
 
 def _error_tops(fingerprint: NeuralFingerprint) -> list[tuple[float, float] | None]:

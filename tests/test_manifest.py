@@ -1,0 +1,240 @@
+"""The typed manifest: every manifest the rules accept becomes one frozen object and back to the same
+JSON (so its digest holds), across the space of valid manifests; fields the format does not have, and
+free-form parts of the wrong types, are refused with the field named."""
+
+import dataclasses
+import json
+import os
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edgefp import ood
+from edgefp.bundle import Bundle, manifest_digest
+from edgefp.manifest import (
+    MAX_CLASSES,
+    MAX_LAYERS,
+    QUANTILES,
+    SCHEMA,
+    SCHEMA_VERSION,
+    TABLE_MAX,
+    Manifest,
+    ManifestError,
+)
+from edgefp.wrap import wrap
+
+SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+MODELS = os.path.join(os.path.dirname(__file__), "data", "models")
+SHA = "ab" * 32
+
+numbers = st.floats(-1e6, 1e6, allow_nan=False) | st.integers(-1000, 1000)
+positives = st.floats(1e-6, 1e6) | st.integers(1, 1000)
+shapes = st.lists(st.integers(1, 16), min_size=1, max_size=4)
+
+
+def canonical(value) -> str:
+    """JSON text that tells 1 from 1.0 (dict equality does not)."""
+    return json.dumps(value, sort_keys=True)
+
+
+@st.composite
+def optional(draw, fields: dict) -> dict:
+    """``fields`` with each entry kept or left out."""
+    return {key: value for key, value in fields.items() if draw(st.booleans())}
+
+
+@st.composite
+def quantised(draw, index: int, shape: list) -> dict:
+    return {"index": index, "shape": shape, "scale": draw(positives), "zero_point": draw(st.integers(-128, 127))}
+
+
+@st.composite
+def common(draw, shape: list, dtype: str, preprocessing: dict) -> dict:
+    size = draw(st.integers(1, 1 << 20))
+    files = {"model.tflite": {"sha256": SHA, "bytes": size}}
+    if draw(st.booleans()):
+        files["notes.txt"] = {"sha256": SHA, "bytes": draw(st.integers(0, 1000))}
+    manifest = {
+        "schema": SCHEMA,
+        "version": SCHEMA_VERSION,
+        "name": draw(st.from_regex(r"[a-z0-9_]{1,64}", fullmatch=True)),
+        "model": "model.tflite",
+        "files": files,
+        "flash_bytes": size,
+        "tflm_arena_bytes": draw(st.integers(1, 1 << 30)),
+        "ops": draw(st.lists(st.sampled_from(["CONV_2D", "FULLY_CONNECTED", "SOFTMAX", "MEAN"]), max_size=4)),
+        "input": {
+            "shape": shape,
+            "dtype": dtype,
+            "scale": draw(positives),
+            "zero_point": draw(st.integers(-128, 127)),
+            "preprocessing": preprocessing,
+        },
+    }
+    texts = st.text(max_size=20)
+    manifest |= draw(
+        optional(
+            {
+                "created": draw(texts),
+                "edgefp_version": draw(texts),
+                "digest": SHA,
+                "source": draw(st.dictionaries(st.text(max_size=10), texts, max_size=4)),
+                "parity": draw(st.dictionaries(st.text(max_size=10), st.none() | st.booleans() | numbers, max_size=6)),
+            }
+        )
+    )
+    return manifest
+
+
+@st.composite
+def fingerprinted(draw) -> dict:
+    shape, classes, layers = draw(shapes), draw(st.integers(1, MAX_CLASSES)), draw(st.integers(1, MAX_LAYERS))
+    standardize = {
+        "type": "standardize",
+        "mean": draw(st.lists(numbers, min_size=shape[-1], max_size=shape[-1])),
+        "std": draw(st.lists(positives, min_size=shape[-1], max_size=shape[-1])),
+    }
+    manifest = draw(common(shape, "int8", draw(st.sampled_from([{"type": "none"}, standardize]))))
+    indices = draw(st.permutations(range(layers + 1)))
+    quantiles = st.lists(numbers, min_size=QUANTILES, max_size=QUANTILES)
+    manifest["outputs"] = {
+        "probs": draw(quantised(indices[0], [classes])),
+        "layer_errors": [draw(quantised(i, [1])) for i in indices[1:]],
+    }
+    manifest["labels"] = [
+        {"value": draw(st.integers(0, 1 << 40)), "name": draw(st.text(max_size=12))} | draw(optional({"index": i}))
+        for i in range(classes)
+    ]
+    manifest["layers"] = [
+        {
+            "name": draw(st.text(max_size=12)),
+            "kind": draw(st.sampled_from(["autoencoder", "max_logit"])),
+            "transform": draw(st.sampled_from(["log", "negate"])),
+            "weight": draw(st.floats(1e-3, 0.999)),
+            "features": draw(st.integers(1, 64)),
+            "z_mean": draw(numbers),
+            "z_std": draw(positives),
+            "holdout_quantiles": draw(quantiles),
+            "z_table": draw(st.lists(st.integers(0, TABLE_MAX), min_size=256, max_size=256)),
+        }
+        for _ in range(layers)
+    ]
+    manifest["score"] = {
+        "combine": ood.COMBINE,
+        "eps": draw(positives),
+        "target_fpr": draw(st.floats(1e-4, 0.5)),
+        "unit": ood.SCORE_UNIT,
+        "threshold_units": draw(st.integers(0, 1 << 40)),
+        "threshold": draw(numbers),
+        "holdout_quantiles": draw(quantiles),
+    } | draw(optional({"n_holdout": draw(st.integers(1, 10**6))}))
+    return manifest
+
+
+@st.composite
+def wrapped(draw) -> dict:
+    manifest = draw(common(draw(shapes), draw(st.sampled_from(["int8", "float32"])), {"type": "none"}))
+    outputs = draw(st.integers(1, 16))
+    manifest["outputs"] = {
+        "raw": [
+            {
+                "index": i,
+                "shape": draw(st.lists(st.integers(1, 16), max_size=3)),
+                "dtype": draw(st.sampled_from(["int8", "float32", "int32"])),
+                "scale": draw(st.floats(0, 10) | st.just(0)),
+                "zero_point": draw(st.integers(-(1 << 31), (1 << 31) - 1)),
+            }
+            for i in range(outputs)
+        ]
+    }
+    manifest.update(labels=[], layers=[], score=None)
+    return manifest
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(fields=fingerprinted() | wrapped())
+def test_every_valid_manifest_comes_back_as_the_same_json(fields):
+    manifest = Manifest.from_json(fields)
+    assert canonical(manifest.to_json()) == canonical(fields)
+    assert Manifest.from_json(manifest.to_json()) == manifest
+    assert manifest_digest(manifest) == manifest_digest(fields)
+    assert manifest.fingerprinted == bool(fields["layers"])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        manifest.name = "other"
+
+
+def field_paths(value, path=()):
+    """Every object in a manifest whose fields the format names, as the path of keys and indices to it."""
+    if isinstance(value, dict):
+        if path[-1:] != ("files",):  # names of files: any plain file name
+            yield path
+        for key, child in value.items():
+            if key not in ("source", "parity"):  # free-form: any name
+                yield from field_paths(child, (*path, key))
+    elif isinstance(value, list):
+        for i, child in enumerate(value):
+            yield from field_paths(child, (*path, i))
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(fields=fingerprinted() | wrapped(), data=st.data())
+def test_a_field_the_format_does_not_have_is_refused_wherever_it_is(fields, data):
+    path = data.draw(st.sampled_from(list(field_paths(fields))))
+    target = fields
+    for key in path:
+        target = target[key]
+    target["extra_field"] = 1
+    with pytest.raises(ManifestError, match="has a field 'extra_field' the format does not have"):
+        Manifest.from_json(fields)
+
+
+@SETTINGS
+@given(
+    fields=wrapped(),
+    change=st.sampled_from(
+        [
+            ({"source": ["a"]}, "source must be an object"),
+            ({"source": {"wrapped": 3}}, "source.wrapped must be a string"),
+            ({"parity": {"auroc": "0.9"}}, "parity.auroc must be a number"),
+            ({"parity": {"n": [1]}}, "parity.n must be a number"),
+            ({"parity": {f"k{i}": 1 for i in range(65)}}, "parity must be an object of at most 64 entries"),
+            ({"created": 5}, "created must be a string"),
+            ({"digest": "AB" * 32}, "digest must be a string matching"),
+            ({"score": {"combine": ood.COMBINE}}, "score must be null for a bundle without layers"),
+        ]
+    ),
+)
+def test_free_form_and_optional_parts_of_the_wrong_type_are_refused(fields, change):
+    update, message = change
+    with pytest.raises(ManifestError, match=message):
+        Manifest.from_json(fields | update)
+
+
+@SETTINGS
+@given(fields=wrapped())
+def test_a_wrapped_manifest_states_that_its_score_is_null(fields):
+    del fields["score"]
+    with pytest.raises(ManifestError, match="score must be null for a bundle without layers"):
+        Manifest.from_json(fields)
+
+
+@SETTINGS
+@given(fields=fingerprinted(), index=st.integers(-5, -1) | st.integers(MAX_CLASSES, 1 << 40))
+def test_a_label_index_outside_the_classes_is_refused(fields, index):
+    fields["labels"][0]["index"] = index
+    with pytest.raises(ManifestError, match=r"labels\[0\].index must be an integer"):
+        Manifest.from_json(fields)
+
+
+def test_bundles_written_and_read_keep_their_manifest_and_digest(digits_bundle, tmp_path):
+    _, out = digits_bundle
+    with open(os.path.join(out, "manifest.json")) as handle:
+        on_disk = json.load(handle)
+    assert canonical(Bundle.load(out).manifest.to_json()) == canonical(on_disk)
+    hello = wrap(os.path.join(MODELS, "tflm_hello_world_int8.tflite"), str(tmp_path / "hello"))
+    for bundle in (Bundle.load(out), Bundle.load(str(tmp_path / "hello"))):
+        assert manifest_digest(bundle.manifest) == bundle.manifest.digest
+        again = Bundle.load(bundle.write(str(tmp_path / f"{bundle.manifest.name}.efp")))
+        assert again.manifest == bundle.manifest and not again.problems()
+    assert hello == Bundle.load(str(tmp_path / "hello")).manifest
