@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -97,14 +98,19 @@ def fingerprinted(draw) -> dict:
     }
     manifest = draw(common(shape, "int8", draw(st.sampled_from([{"type": "none"}, standardize]))))
     indices = draw(st.permutations(range(layers + 1)))
-    quantiles = st.lists(numbers, min_size=QUANTILES, max_size=QUANTILES)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))  # the long lists come from a drawn seed
+
+    def quantiles() -> list:
+        return sorted((rng.standard_normal(QUANTILES) * 10 ** rng.uniform(-3, 3)).tolist())
+
     manifest["outputs"] = {
         "probs": draw(quantised(indices[0], [classes])),
         "layer_errors": [draw(quantised(i, [1])) for i in indices[1:]],
     }
+    with_index, first_name = draw(st.booleans()), draw(st.text(max_size=12))
     manifest["labels"] = [
-        {"value": draw(st.integers(0, 1 << 40)), "name": draw(st.text(max_size=12))} | draw(optional({"index": i}))
-        for i in range(classes)
+        {"value": int(value), "name": first_name if i == 0 else f"class {i}"} | ({"index": i} if with_index else {})
+        for i, value in enumerate(rng.choice(1 << 40, classes, replace=False))
     ]
     manifest["layers"] = [
         {
@@ -115,8 +121,8 @@ def fingerprinted(draw) -> dict:
             "features": draw(st.integers(1, 64)),
             "z_mean": draw(numbers),
             "z_std": draw(positives),
-            "holdout_quantiles": draw(quantiles),
-            "z_table": draw(st.lists(st.integers(0, TABLE_MAX), min_size=256, max_size=256)),
+            "holdout_quantiles": quantiles(),
+            "z_table": rng.integers(0, TABLE_MAX, 256, endpoint=True).tolist(),
         }
         for _ in range(layers)
     ]
@@ -127,7 +133,7 @@ def fingerprinted(draw) -> dict:
         "unit": ood.SCORE_UNIT,
         "threshold_units": draw(st.integers(0, 1 << 40)),
         "threshold": draw(numbers),
-        "holdout_quantiles": draw(quantiles),
+        "holdout_quantiles": quantiles(),
     } | draw(optional({"n_holdout": draw(st.integers(1, 10**6))}))
     return manifest
 
