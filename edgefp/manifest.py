@@ -119,13 +119,8 @@ class Output:
     dtype: str = "int8"
 
     def to_json(self, *, with_dtype: bool) -> dict:
-        found = {"index": self.index, "shape": list(self.shape)}
-        return {
-            **found,
-            **({"dtype": self.dtype} if with_dtype else {}),
-            "scale": self.scale,
-            "zero_point": self.zero_point,
-        }
+        found = {"index": self.index, "shape": list(self.shape), "scale": self.scale, "zero_point": self.zero_point}
+        return {**found, "dtype": self.dtype} if with_dtype else found
 
 
 @dataclass(frozen=True)
@@ -159,7 +154,8 @@ class Label:
 
 @dataclass(frozen=True)
 class Layer:
-    """One piece of evidence of the fingerprint, calibrated on the int8 model (docs/bundle.md)."""
+    """One piece of evidence of the fingerprint, calibrated on the int8 model (docs/bundle.md); until
+    ``convert`` calibrates it, its statistics and table are placeholders."""
 
     name: str
     kind: str
@@ -187,7 +183,8 @@ class Layer:
 
 @dataclass(frozen=True)
 class Score:
-    """How the evidence becomes the verdict: the threshold in fixed-point units and for display."""
+    """How the evidence becomes the verdict: the threshold in fixed-point units and for display; until
+    ``convert`` calibrates it, the fields after ``target_fpr`` are placeholders."""
 
     combine: str
     eps: float
@@ -213,10 +210,11 @@ class Score:
 
 @dataclass(frozen=True)
 class Manifest:
-    """A checked bundle manifest. ``layers`` empty, ``labels`` empty and ``score`` None: a model wrapped
-    without a fingerprint (edgefp wrap), whose ``outputs.raw`` lists what it returns. ``source`` (where
-    the bundle came from) and ``parity`` (the conversion's report) are free-form: names -> strings, and
-    names -> numbers or booleans."""
+    """A bundle manifest: read with :meth:`from_json` (checked), or made by a writer (checked when the
+    bundle is written). ``layers`` empty, ``labels`` empty and ``score`` None: a model wrapped without a
+    fingerprint (edgefp wrap), whose ``outputs.raw`` lists what it returns. ``source`` (where the bundle
+    came from) and ``parity`` (the conversion's report) are free-form: names -> strings, and names ->
+    numbers, booleans or None."""
 
     name: str
     model: str

@@ -21,6 +21,7 @@ from edgefp.firmware_host.link.client import DeviceError
 from edgefp.firmware_host.link.framing import DELIMITER, Frame, FrameReader, encode_frame
 from edgefp.firmware_host.link.protocol import Err, Msg
 from edgefp.limits import MAX_INVOKES
+from edgefp.manifest import Output
 from tests.conftest import KEY
 from tests.test_cli import edgefp
 
@@ -273,7 +274,7 @@ ROGUE = {
     ),
     "outputs of another size": (
         {Msg.INFER_OUTPUTS: lambda body: struct.pack("<I", 5) + bytes(4000)},
-        lambda device, other: client.infer_outputs(device, np.zeros(64, np.int8), [{"shape": [10], "dtype": "int8"}]),
+        lambda device, other: client.infer_outputs(device, np.zeros(64, np.int8), [Output(0, (10,), 1.0, 0)]),
         "malformed body",
     ),
     "no room for chunks": (

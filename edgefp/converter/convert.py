@@ -268,6 +268,7 @@ def convert(run_dir: str, calib: data.Dataset, out: str, *, name=None, ood_data=
     TFLiteMicro(model_bytes)  # refuses, naming the operator, a model a microcontroller could not run
     meta = read_fingerprint_json(run_dir)
     pre = fingerprint.preprocessing_
+    standardize = pre["type"] == "standardize"
     manifest = Manifest(
         name=name or bundle_name(out),
         edgefp_version=__version__,
@@ -282,7 +283,9 @@ def convert(run_dir: str, calib: data.Dataset, out: str, *, name=None, ood_data=
             dtype="int8",
             scale=float(input_scale),
             zero_point=int(input_zero_point),
-            preprocessing=Preprocessing(pre["type"], *(tuple(pre[key]) for key in ("mean", "std") if key in pre)),
+            preprocessing=Preprocessing("standardize", tuple(pre["mean"]), tuple(pre["std"]))
+            if standardize
+            else Preprocessing(),
         ),
         outputs=outputs,
         labels=tuple(Label(label["value"], label["name"], label.get("index")) for label in fingerprint.labels_),

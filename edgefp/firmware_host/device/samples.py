@@ -46,7 +46,7 @@ def verdict(agent, entry) -> dict:
         "label": label.name,
         "score": float(result.score),
         "ood": bool(result.ood),
-        "evidence": {layer["name"]: round(float(z), 4) for layer, z in zip(manifest.layers, evidence)},
+        "evidence": {layer.name: round(float(z), 4) for layer, z in zip(manifest.layers, evidence)},
         "latency_us": result.latency_us,
     }
 
