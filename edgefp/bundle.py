@@ -169,7 +169,9 @@ class Bundle:
     # -------------------------------------------------------------------------------- writing
     def _contents(self) -> dict[str, bytes]:
         """The files to write: the manifest with its digest (checked again, as a reader will), and the rest."""
-        self.manifest = dataclasses.replace(self.manifest, digest=manifest_digest(self.manifest))
+        digest = manifest_digest(self.manifest)
+        if self.manifest.digest != digest:  # a manifest read intact is written as it was read
+            self.manifest = dataclasses.replace(self.manifest, digest=digest)
         Manifest.from_json(self.manifest.to_json())
         return {MANIFEST: json.dumps(self.manifest.to_json(), indent=1).encode(), **self.files}
 

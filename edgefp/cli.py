@@ -418,7 +418,7 @@ def inspect(bundle, as_json):
         f"  ops {', '.join(manifest.ops)}",
         f"  OOD threshold {report['threshold']:.3f} at {100 * report['target_fpr']:.0f}% false positives; evidence:"
         if read.fingerprinted
-        else f"  no fingerprint (wrapped from {(manifest.source or {}).get('wrapped')}): no OOD check",
+        else f"  no fingerprint (wrapped from {manifest.wrapped_from}): no OOD check",
     ]
     lines += [f"    {layer['name']}: {layer['kind']} ({layer['features']} features)" for layer in report["layers"]]
     lines += [f"  {name}: sha256 {entry.sha256}, {entry.bytes} bytes" for name, entry in manifest.files.items()]

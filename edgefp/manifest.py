@@ -7,16 +7,18 @@ error anywhere; the C firmware checks the same rules on the fields it runs (c/sr
 the model itself matches the manifest is checked when an interpreter is opened
 (:meth:`edgefp.bundle.Bundle.interpreter`).
 
-The objects are frozen and hold the JSON's own values (no number is converted), so
-``Manifest.from_json(json).to_json() == json`` for every manifest that passes: the digest, computed on
-the JSON, stays the same. A field the format does not have is refused.
+The objects are frozen and hold the JSON's own values (no number is converted). A manifest read with
+:meth:`Manifest.from_json` keeps the JSON it was read from, fields the format does not have included
+(they are ignored, as the firmware ignores them), and gives it back from :meth:`Manifest.to_json`, so its
+digest holds; one made in code (or changed with ``dataclasses.replace``) is written from its fields.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from edgefp import data
 from edgefp.errors import EdgefpError
@@ -35,7 +37,6 @@ MAX_OUTPUTS = 16  # outputs of a wrapped model
 RAW_DTYPES = ("int8", "float32", "int32")
 MAX_DEPTH = 16  # JSON nesting (the schema needs 4)
 MAX_NAME = 64
-MAX_ENTRIES = 64  # of the free-form objects: source, parity
 TABLE_SIZE = 256
 QUANTILES = len(QUANTILE_LEVELS)
 KINDS = ("autoencoder", "max_logit")  # evidence of the fingerprint (docs/fingerprint.md)
@@ -142,11 +143,11 @@ class Outputs:
 
 @dataclass(frozen=True)
 class Label:
-    """A class: the value a prediction reports, its name and (optionally) its position."""
+    """A class: the value a prediction reports, its name and (optionally, unchecked) its position."""
 
     value: int
     name: str
-    index: int | None = None
+    index: object = None
 
     def to_json(self) -> dict:
         return {**({"index": self.index} if self.index is not None else {}), "value": self.value, "name": self.name}
@@ -193,7 +194,7 @@ class Score:
     threshold_units: int = 0
     threshold: float = 0.0
     holdout_quantiles: tuple[float, ...] = ()
-    n_holdout: int | None = None
+    n_holdout: object = None  # the number of held-out samples, when given (unchecked)
 
     def to_json(self) -> dict:
         found = {
@@ -213,8 +214,7 @@ class Manifest:
     """A bundle manifest: read with :meth:`from_json` (checked), or made by a writer (checked when the
     bundle is written). ``layers`` empty, ``labels`` empty and ``score`` None: a model wrapped without a
     fingerprint (edgefp wrap), whose ``outputs.raw`` lists what it returns. ``source`` (where the bundle
-    came from) and ``parity`` (the conversion's report) are free-form: names -> strings, and names ->
-    numbers, booleans or None."""
+    came from) and ``parity`` (the conversion's report) are JSON values no reader relies on (unchecked)."""
 
     name: str
     model: str
@@ -227,26 +227,36 @@ class Manifest:
     labels: tuple[Label, ...]
     layers: tuple[Layer, ...]
     score: Score | None
-    source: dict[str, str] | None = None
-    parity: dict | None = None
+    source: object = None
+    parity: object = None
     created: str | None = None
     edgefp_version: str | None = None
     digest: str | None = None
+    document: dict | None = field(default=None, init=False, repr=False, compare=False)  # as read
 
     @property
     def fingerprinted(self) -> bool:
         """False for a model wrapped without a fingerprint: no labels, layers or OOD check."""
         return bool(self.layers)
 
+    @property
+    def wrapped_from(self) -> str | None:
+        """The model file a bundle without a fingerprint was made of (``source.wrapped``), when named."""
+        found = self.source.get("wrapped") if isinstance(self.source, dict) else None
+        return found if isinstance(found, str) else None
+
     def to_json(self) -> dict:
-        """The manifest as ``manifest.json`` holds it (fields that are None are left out)."""
+        """The manifest as ``manifest.json`` holds it: the JSON it was read from, else its fields (those
+        that are None left out)."""
+        if self.document is not None:
+            return copy.deepcopy(self.document)
         found = {
             "schema": SCHEMA,
             "version": SCHEMA_VERSION,
             "name": self.name,
             "edgefp_version": self.edgefp_version,
             "created": self.created,
-            "source": None if self.source is None else dict(self.source),
+            "source": copy.deepcopy(self.source),
             "model": self.model,
             "input": self.input.to_json(),
             "outputs": self.outputs.to_json(),
@@ -257,7 +267,7 @@ class Manifest:
             "tflm_arena_bytes": self.tflm_arena_bytes,
             "flash_bytes": self.flash_bytes,
             "files": {name: entry.to_json() for name, entry in self.files.items()},
-            "parity": None if self.parity is None else dict(self.parity),
+            "parity": copy.deepcopy(self.parity),
             "digest": self.digest,
         }
         return {key: value for key, value in found.items() if value is not None or key == "score"}
@@ -266,7 +276,9 @@ class Manifest:
     def from_json(cls, value) -> Manifest:
         """The manifest of a parsed ``manifest.json`` when it follows every rule, else ManifestError
         naming the first broken one."""
-        return _manifest(value)
+        manifest = _manifest(value)
+        object.__setattr__(manifest, "document", copy.deepcopy(value))
+        return manifest
 
 
 # ------------------------------------------------------------------------------------ the rules
@@ -279,14 +291,9 @@ def _fail(where: str, what: str, value) -> None:
     raise ManifestError(f"{MANIFEST}: {where} must be {what}, not {_show(value)}")
 
 
-def _object(value, where: str, known: tuple[str, ...] | None = None) -> dict:
-    """An object; with ``known``, holding no field outside it."""
+def _object(value, where: str) -> dict:
     if not isinstance(value, dict):
         _fail(where, "an object", value)
-    if known is not None:
-        for key in value:
-            if key not in known:
-                raise ManifestError(f"{MANIFEST}: {where} has a field '{_show(key)[1:-1]}' the format does not have")
     return value
 
 
@@ -349,7 +356,6 @@ def _manifest(value) -> Manifest:
             f"bundle version {_show(manifest.get('version'))} is not {SCHEMA_VERSION}; "
             "convert it again with this version of edgefp"
         )
-    _object(manifest, "the manifest", ("schema", "version", *Manifest.__dataclass_fields__))
     name = _string(manifest.get("name"), "name", NAME_RE)
     created, edgefp_version = _optional_string(manifest, "created"), _optional_string(manifest, "edgefp_version")
     digest = None if "digest" not in manifest else _string(manifest["digest"], "digest", SHA256_RE)
@@ -360,8 +366,6 @@ def _manifest(value) -> Manifest:
     flash_bytes = _int(manifest.get("flash_bytes"), "flash_bytes", files[model].bytes, files[model].bytes)
     arena = _int(manifest.get("tflm_arena_bytes"), "tflm_arena_bytes", 1, 1 << 30)
     ops = tuple(_string(op, f"ops[{i}]") for i, op in enumerate(_list(manifest.get("ops"), "ops", 0, 256)))
-    source = None if "source" not in manifest else _free(manifest["source"], "source", strings=True)
-    parity = None if "parity" not in manifest else _free(manifest["parity"], "parity", strings=False)
 
     layers = _list(manifest.get("layers"), "layers", 0, MAX_LAYERS)
     wrapped = not layers  # a model wrapped without a fingerprint (edgefp wrap): raw outputs, no OOD check
@@ -379,22 +383,22 @@ def _manifest(value) -> Manifest:
         ops=ops,
         input=spec,
         labels=labels,
-        source=source,
-        parity=parity,
+        source=manifest.get("source"),
+        parity=manifest.get("parity"),
         created=created,
         edgefp_version=edgefp_version,
         digest=digest,
     )
     if wrapped:
-        outputs = _object(manifest.get("outputs"), "outputs", ("raw",))
+        outputs = _object(manifest.get("outputs"), "outputs")
         raw = tuple(
             _output(output, f"outputs.raw[{i}]", i)
             for i, output in enumerate(_list(outputs.get("raw"), "outputs.raw", 1, MAX_OUTPUTS))
         )
-        if "score" not in manifest or manifest["score"] is not None:
-            _fail("score", "null for a bundle without layers", manifest.get("score", "missing"))
+        if manifest.get("score") is not None:
+            _fail("score", "null for a bundle without layers", manifest.get("score"))
         return Manifest(outputs=Outputs(raw=raw), layers=(), score=None, **common)
-    outputs = _object(manifest.get("outputs"), "outputs", ("probs", "layer_errors"))
+    outputs = _object(manifest.get("outputs"), "outputs")
     probs = _quantization(outputs.get("probs"), "outputs.probs", len(labels))
     errors = _list(outputs.get("layer_errors"), "outputs.layer_errors", len(layers), len(layers))
     errors = tuple(_quantization(error, f"outputs.layer_errors[{j}]", 1) for j, error in enumerate(errors))
@@ -417,7 +421,7 @@ def _files(value) -> dict[str, FileEntry]:
     for name, entry in files.items():
         if not FILE_RE.fullmatch(name) or name == MANIFEST:
             _fail("a name in files", f"a plain file name other than {MANIFEST}", name)
-        entry = _object(entry, f"files.{name}", ("sha256", "bytes"))
+        entry = _object(entry, f"files.{name}")
         found[name] = FileEntry(
             _string(entry.get("sha256"), f"files.{name}.sha256", SHA256_RE),
             _int(entry.get("bytes"), f"files.{name}.bytes", 0, MAX_FILES_BYTES),
@@ -426,19 +430,6 @@ def _files(value) -> dict[str, FileEntry]:
     if total > MAX_FILES_BYTES:
         _fail("files", f"at most {MAX_FILES_BYTES} bytes together", total)
     return found
-
-
-def _free(value, where: str, *, strings: bool) -> dict:
-    """A free-form object of at most MAX_ENTRIES names -> strings, or -> numbers, booleans or null."""
-    found = _object(value, where)
-    if len(found) > MAX_ENTRIES:
-        _fail(where, f"an object of at most {MAX_ENTRIES} entries", f"{len(found)} entries")
-    for key, item in found.items():
-        if strings:
-            _string(item, f"{where}.{key}")
-        elif item is not None and not isinstance(item, bool):
-            _number(item, f"{where}.{key}")
-    return dict(found)
 
 
 def _shape(value, where: str, low: int) -> tuple[int, ...]:
@@ -460,27 +451,25 @@ def _numbers(values, where: str, count: int, *, positive: bool = False) -> tuple
 def _input(value, wrapped: bool) -> Input:
     """The input's shape, dtype, quantisation and preprocessing; a wrapped model's input may be float32
     (scale 0: not quantised) and is never preprocessed."""
-    spec = _object(value, "input", ("shape", "dtype", "scale", "zero_point", "preprocessing"))
+    spec = _object(value, "input")
     shape = _shape(spec.get("shape"), "input.shape", 1)
     dtype = _choice(spec.get("dtype"), "input.dtype", ("int8", "float32") if wrapped else ("int8",))
     scale = _number(spec.get("scale"), "input.scale", positive=not wrapped)
     zero_point = _int(spec.get("zero_point"), "input.zero_point", -128, 127)
     pre = _object(spec.get("preprocessing"), "input.preprocessing")
     if pre.get("type") == "standardize" and not wrapped:
-        _object(pre, "input.preprocessing", ("type", "mean", "std"))
         mean = _numbers(pre.get("mean"), "input.preprocessing.mean", shape[-1])
         std = _numbers(pre.get("std"), "input.preprocessing.std", shape[-1], positive=True)
         preprocessing = Preprocessing("standardize", mean, std)
     else:
         _choice(pre.get("type"), "input.preprocessing.type", ("none",) if wrapped else ("none", "standardize"))
-        _object(pre, "input.preprocessing", ("type",))
         preprocessing = Preprocessing()
     return Input(shape, dtype, scale, zero_point, preprocessing)
 
 
 def _quantization(value, where: str, size: int) -> Output:
     """An int8 output of a fingerprinted model (its dtype not named)."""
-    spec = _object(value, where, ("index", "shape", "scale", "zero_point"))
+    spec = _object(value, where)
     shape = _shape(spec.get("shape"), f"{where}.shape", 1)
     if math.prod(shape) != size:
         _fail(f"{where}.shape", f"a shape of {size} elements", list(shape))
@@ -494,7 +483,7 @@ def _quantization(value, where: str, size: int) -> Output:
 
 def _output(value, where: str, index: int) -> Output:
     """One output of a wrapped model, listed in the model's order."""
-    spec = _object(value, where, ("index", "shape", "dtype", "scale", "zero_point"))
+    spec = _object(value, where)
     return Output(
         _int(spec.get("index"), f"{where}.index", index, index),
         _shape(spec.get("shape"), f"{where}.shape", 0),
@@ -505,15 +494,13 @@ def _output(value, where: str, index: int) -> Output:
 
 
 def _label(value, where: str) -> Label:
-    label = _object(value, where, ("index", "value", "name"))
-    index = None if "index" not in label else _int(label["index"], f"{where}.index", 0, MAX_CLASSES - 1)
-    return Label(
-        _int(label.get("value"), f"{where}.value", 0, INT64_MAX), _string(label.get("name"), f"{where}.name"), index
-    )
+    label = _object(value, where)
+    value, name = _int(label.get("value"), f"{where}.value", 0, INT64_MAX), _string(label.get("name"), f"{where}.name")
+    return Label(value, name, label.get("index"))
 
 
 def _layer(value, where: str) -> Layer:
-    layer = _object(value, where, tuple(Layer.__dataclass_fields__))
+    layer = _object(value, where)
     name = _string(layer.get("name"), f"{where}.name")
     features = _int(layer.get("features"), f"{where}.features", 1, MAX_INPUT_BYTES)
     kind = _choice(layer.get("kind"), f"{where}.kind", KINDS)
@@ -530,7 +517,7 @@ def _layer(value, where: str) -> Layer:
 
 
 def _score(value) -> Score:
-    score = _object(value, "score", tuple(Score.__dataclass_fields__))
+    score = _object(value, "score")
     combine = _choice(score.get("combine"), "score.combine", (COMBINE,))
     eps = _number(score.get("eps"), "score.eps", positive=True)
     quantiles = _numbers(score.get("holdout_quantiles"), "score.holdout_quantiles", QUANTILES)
@@ -540,5 +527,4 @@ def _score(value) -> Score:
     fpr = _number(score.get("target_fpr"), "score.target_fpr", positive=True)
     if fpr >= 1:
         _fail("score.target_fpr", "below 1", fpr)
-    n_holdout = None if "n_holdout" not in score else _int(score["n_holdout"], "score.n_holdout", 1, INT64_MAX)
-    return Score(combine, eps, fpr, unit, threshold_units, threshold, quantiles, n_holdout)
+    return Score(combine, eps, fpr, unit, threshold_units, threshold, quantiles, score.get("n_holdout"))

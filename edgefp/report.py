@@ -114,7 +114,6 @@ def _table(head: list[str], rows: list[list]) -> str:
 def _header(manifest: Manifest, runtime: str) -> str:
     score, names = manifest.score, ", ".join(label.name for label in manifest.labels)
     outputs = ", ".join(f"{spec.shape} {spec.dtype}" for spec in manifest.outputs.raw)
-    source = (manifest.source or {}).get("wrapped")
     lines = [
         f"input {manifest.input.shape} {manifest.input.dtype} · {len(manifest.labels)} classes: {names}"
         if score
@@ -122,7 +121,7 @@ def _header(manifest: Manifest, runtime: str) -> str:
         f"OOD threshold {score.threshold:.3f} at target false-positive rate {score.target_fpr:.1%} · "
         f"{len(manifest.layers)} fingerprinted layers · scored with {runtime}"
         if score
-        else f"no fingerprint (wrapped from {source}): no OOD check · run with {runtime}",
+        else f"no fingerprint (wrapped from {manifest.wrapped_from}): no OOD check · run with {runtime}",
         f"model {manifest.flash_bytes:,} B · TFLite Micro arena {manifest.tflm_arena_bytes:,} B · "
         f"edgefp {manifest.edgefp_version or '?'} · created {manifest.created or '?'}",
     ]

@@ -104,7 +104,7 @@ def match(bundle, x: np.ndarray, name: str = "", tags: dict | None = None, runti
     scores = bundle.score(x, runtime)
     manifest = bundle.manifest
     n, n_layers = len(x), len(manifest.layers)
-    m = manifest.score.n_holdout or 101
+    m = int(manifest.score.n_holdout or 101)
     distances = [
         ks_distance(scores.layer_errors[:, j], layer.holdout_quantiles) for j, layer in enumerate(manifest.layers)
     ]
