@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: setup firmware-tools browser-tools demo test lint bench clean
+.PHONY: setup firmware-tools browser-tools demo test lint contract bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,9 +14,9 @@ $(BIN)/.installed: pyproject.toml
 setup: $(BIN)/.installed
 
 # Debian packages the tests need, installed when missing and allowed (root or password-less sudo): the
-# firmware's cross compiler and emulator, and the browser the review page is tested in. Without them
-# those tests are skipped, saying why; the rest still run.
-FIRMWARE_PACKAGES = gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm
+# firmware's cross compiler, emulator, static analyser and formatter, and the browser the review page is
+# tested in. Without them those tests are skipped, saying why; the rest still run.
+FIRMWARE_PACKAGES = gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm cppcheck clang-format
 BROWSER_PACKAGES = chromium chromium-driver
 # $(call apt_install,commands that must exist,packages,what they are for)
 apt_install = @if $(foreach tool,$(1),command -v $(tool) >/dev/null &&) true; then exit 0; fi; \
@@ -27,7 +27,7 @@ apt_install = @if $(foreach tool,$(1),command -v $(tool) >/dev/null &&) true; th
 	  --no-install-recommends $(2) >/dev/null
 
 firmware-tools:
-	$(call apt_install,arm-none-eabi-gcc qemu-system-arm,$(FIRMWARE_PACKAGES),the QEMU firmware tests)
+	$(call apt_install,arm-none-eabi-gcc qemu-system-arm cppcheck clang-format,$(FIRMWARE_PACKAGES),the firmware tests)
 
 browser-tools:
 	$(call apt_install,chromium chromedriver,$(BROWSER_PACKAGES),the review page's browser tests)
@@ -38,6 +38,10 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check edgefp tests benchmarks
 	$(BIN)/ruff format --check edgefp tests benchmarks
+
+# The firmware's C header of the host-firmware contract (c/src/efp_contract.h), from the Python definitions.
+contract: setup
+	$(BIN)/python -m edgefp.firmware_host.firmware.contract
 
 # pytest exits 5 when it collected no tests: that is a failure here, never a pass.
 test: lint firmware-tools browser-tools

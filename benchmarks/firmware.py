@@ -38,8 +38,9 @@ from benchmarks.common import save
 from edgefp import data
 from edgefp.bundle import MODEL, Bundle, sha256
 from edgefp.converter.convert import convert, int8_tflite
-from edgefp.firmware_host.firmware import build as firmware
 from edgefp.firmware_host.firmware import engine
+from edgefp.firmware_host.firmware.build import budget_report, build
+from edgefp.firmware_host.firmware.launch import start, start_qemu
 from edgefp.firmware_host.link import client
 from edgefp.firmware_host.link.client import DeviceError
 from edgefp.manifest import QUANTILES, FileEntry, Layer, Output, Outputs
@@ -159,13 +160,13 @@ def peers(workdir: str, quick: bool, runs: int) -> dict:
             "reference_cycles": REFERENCE_CYCLES.get(name),
         }
     for kernels, cflags in (("dsp", ""), ("portable", "-DEFP_DSP=0"))[: 1 if quick else 2]:
-        elf = firmware.build("qemu-m4", max_frame=PEER_FRAME, cflags=cflags)
-        with firmware.start_qemu(elf) as chip, client.open_device(chip.url, timeout=30.0) as device:
+        elf = build("qemu-m4", max_frame=PEER_FRAME, cflags=cflags)
+        with start_qemu(elf) as chip, client.open_device(chip.url, timeout=30.0) as device:
             for name in names:
                 client.flash(device, Bundle.load(made[name]).archive_bytes())
                 timed = client.bench(device, runs=runs, warmup=1)
                 rows[name][f"instructions_{kernels}"] = timed["instructions"]["mean"]
-    probe = firmware.start_qemu(firmware.build("qemu-m4", arena_bytes=PEER_PROBE_ARENA, max_frame=PEER_FRAME))
+    probe = start_qemu(build("qemu-m4", arena_bytes=PEER_PROBE_ARENA, max_frame=PEER_FRAME))
     with probe, client.open_device(probe.url, timeout=30.0) as device:
         for name in names:
             rows[name]["chip_arena_bytes"] = ram_needed(device, Bundle.load(made[name]), PEER_PROBE_ARENA)
@@ -207,26 +208,26 @@ def main() -> None:
     args = parser.parse_args()
     epochs, runs = (10, 20) if args.quick else (30, 200)
 
-    sizes = firmware.budget_report("qemu-m4")
+    sizes = budget_report("qemu-m4")
     rows = {}
     with tempfile.TemporaryDirectory(prefix="edgefp-bench-") as workdir:
         made = {name: bundles(name, dataset, epochs, workdir) for name, dataset in datasets().items()}
-        with firmware.start("qemu-m4") as chip, client.open_device(chip.url, timeout=5.0) as device:
+        with start("qemu-m4") as chip, client.open_device(chip.url, timeout=5.0) as device:
             for name, (deployed, alone) in made.items():
                 rows[name] = {
                     "deployed": instructions(device, deployed, runs),
                     "alone": instructions(device, alone, runs),
                 }
                 rows[name]["ratio"] = rows[name]["deployed"] / rows[name]["alone"]
-        probe = firmware.start_qemu(firmware.build("qemu-m4", arena_bytes=PROBE_ARENA))
+        probe = start_qemu(build("qemu-m4", arena_bytes=PROBE_ARENA))
         with probe, client.open_device(probe.url, timeout=5.0) as device:
             for name, (deployed, _) in made.items():
                 rows[name]["ram_bytes"] = ram_needed(device, deployed)
                 rows[name]["tflm_arena_bytes"] = deployed.manifest.tflm_arena_bytes
         archive = made["sequences"][0].archive_bytes()
-        with firmware.start("qemu-m4") as chip:
+        with start("qemu-m4") as chip:
             upload = {"qemu-m4": upload_rate(chip.url, archive)}
-        with firmware.start("native") as native:
+        with start("native") as native:
             upload["native"] = upload_rate(native.url, archive)
         peer_rows = peers(workdir, args.quick, 3 if args.quick else 10)
 

@@ -235,10 +235,10 @@ def run(work: str, *, quick: bool, browser: bool, bundle: str | None = None) -> 
 
 def record_throughput(work: str, bundle: str) -> dict:
     """`record` of inputs already logged: 500 on the agent over a pty, 64 on the C firmware under QEMU."""
-    from edgefp.firmware_host.firmware import build as firmware
+    from edgefp.firmware_host.firmware.launch import can_emulate
 
     found = {}
-    boards = [("pi", 500, 200)] + ([("qemu-m4", 64, 20)] if firmware.can_emulate() else [])
+    boards = [("pi", 500, 200)] + ([("qemu-m4", 64, 20)] if can_emulate() else [])
     for board, count, rate in boards:  # the sensor goes on meanwhile, at a rate the chip's UARTs carry
         sim, url = background("sim", "--profile", board, "--feed", FEED, "--rate", str(rate))
         try:

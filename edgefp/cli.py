@@ -969,9 +969,10 @@ def _simulate(profile, tcp, data_dir, feed, rate, drift_at, drift, drift_to, sam
     import tempfile
 
     from edgefp.data import load
+    from edgefp.firmware_host.boards import get_board
     from edgefp.firmware_host.device.agent import Agent
     from edgefp.firmware_host.device.feed import feed_agent, feed_samples
-    from edgefp.firmware_host.firmware import build as firmware
+    from edgefp.firmware_host.firmware.launch import start
 
     if drift_at is None and (drift or drift_to):
         raise EdgefpError("--drift and --drift-to need --drift-at, the sample the drift starts at")
@@ -986,10 +987,10 @@ def _simulate(profile, tcp, data_dir, feed, rate, drift_at, drift, drift_to, sam
 
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, unwind)
-    if profile in firmware.PORTS:
+    if get_board(profile).launcher is not None:
         if data_dir or samples_address:
             raise EdgefpError(f"--data-dir and --samples are for simulated boards; {profile} keeps bundles in flash")
-        with firmware.start(profile, tcp=tcp) as device:
+        with start(profile, tcp=tcp) as device:
             click.echo(device.url)
             sys.stdout.flush()
             if sensor is not None:
@@ -1005,7 +1006,7 @@ def _simulate(profile, tcp, data_dir, feed, rate, drift_at, drift, drift_to, sam
 
 @cli.command(
     "export-firmware",
-    epilog="Example: edgefp export-firmware --board qemu-m4 --out fw/ --build  (then: make -C fw $(cat fw/board.mk))",
+    epilog="Example: edgefp export-firmware --board qemu-m4 --out fw/ --build  (then: make -C fw)",
 )
 @click.option("--board", required=True, help="Board profile: its budgets, and its port (qemu-m4, native) or template.")
 @click.option("--out", required=True, type=click.Path(), help="Directory to write the project to.")
@@ -1018,17 +1019,17 @@ def export_firmware(board, out, build_it, bundles, force, as_json):
     for a board: portable sources, the board's port (or a template to fill in, docs/porting.md) and
     its budgets. Bundles are flashed later over the protocol, without rebuilding."""
     from edgefp.bundle import Bundle
-    from edgefp.firmware_host.firmware import build as firmware
+    from edgefp.firmware_host.firmware import build
 
     loaded = [Bundle.load(path) for path in bundles]
-    report = firmware.export(board, out, force=force)
+    report = build.export(board, out, force=force)
     lines = [f"firmware for {report['board']} written to {out} (port {report['port']})", f"  build: {report['make']}"]
     if not report["tested"]:
         lines.append(f"  write the board layer in {out}/boards/template/board.c first (docs/porting.md)")
     if build_it:
-        report["sizes"] = firmware.budget_report(board)
-        lines += firmware.budget_lines(report["sizes"])
-    report["bundles"] = [firmware.bundle_ram(bundle, board) for bundle in loaded]
+        report["sizes"] = build.budget_report(board)
+        lines += build.budget_lines(report["sizes"])
+    report["bundles"] = [build.bundle_ram(bundle, board) for bundle in loaded]
     for ram in report["bundles"]:
         verdict = "fits" if ram["fits"] else f"does NOT fit: {ram['ram_bytes'] - ram['board_ram_bytes']:,} bytes short"
         lines.append(

@@ -103,10 +103,10 @@ def on_device(bundle, x, data_dir: str) -> dict:
 @contextlib.contextmanager
 def _device(data_dir: str):
     from edgefp.firmware_host.device.agent import Agent, serving
-    from edgefp.firmware_host.firmware import build as firmware
+    from edgefp.firmware_host.firmware.launch import can_emulate, start
 
-    if firmware.can_emulate():
-        with firmware.start("qemu-m4") as chip:
+    if can_emulate():
+        with start("qemu-m4") as chip:
             yield "qemu-m4", chip.url
     else:
         with serving(Agent(data_dir, REPORT_BOARD)) as url:

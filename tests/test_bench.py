@@ -7,7 +7,7 @@ from edgefp import bench
 from edgefp.bundle import Bundle
 from edgefp.errors import EdgefpError
 from edgefp.firmware_host.boards import BOARDS, fit_problems, get_board
-from tests.test_cli import edgefp
+from tests.cli.test_cli import edgefp
 
 
 def test_bench_bundle_follows_the_schema(digits_bundle):

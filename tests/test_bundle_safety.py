@@ -24,12 +24,13 @@ from edgefp.bundle import Bundle
 from edgefp.cli import main
 from edgefp.errors import EdgefpError
 from edgefp.firmware_host.device.agent import Agent, serving
-from edgefp.firmware_host.firmware import build as firmware
+from edgefp.firmware_host.firmware.build import build
+from edgefp.firmware_host.firmware.launch import start_native
 from edgefp.firmware_host.link import client
 from edgefp.firmware_host.link.client import DeviceError
 from edgefp.wrap import wrap
 from tests.conftest import edited_archive, upload
-from tests.test_firmware import HAS_NATIVE
+from tests.firmware.test_build import HAS_NATIVE
 from tests.test_wrap import MODELS
 
 GIB = 1 << 30
@@ -199,7 +200,7 @@ def test_crafted_bundles_are_refused_by_every_command(cases, bundle, tmp_path):
 def test_devices_refuse_crafted_uploads_and_keep_serving(cases, bundle, tmp_path):
     devices = {"agent": lambda: serving(Agent(str(tmp_path / "device"), "nrf52840"))}
     if HAS_NATIVE:
-        devices["firmware"] = lambda: firmware.start_native(firmware.build("native"), str(tmp_path / "flash.bin"))
+        devices["firmware"] = lambda: start_native(build("native"), str(tmp_path / "flash.bin"))
     x_q = bundle.quantize(data.load("digits:test:0-4").x[:3])
     for kind, start in devices.items():
         with start() as running:
@@ -255,7 +256,7 @@ def test_crafted_wrapped_bundles_are_refused_alike_by_the_host_and_the_devices(w
     with_labels = edited(bundle, "labels", [{"value": 0, "name": "sine"}])  # labels are optional, not refused
     devices = {"agent": lambda: serving(Agent(str(tmp_path / "device"), "nrf52840"))}
     if HAS_NATIVE:
-        devices["firmware"] = lambda: firmware.start_native(firmware.build("native"), str(tmp_path / "flash.bin"))
+        devices["firmware"] = lambda: start_native(build("native"), str(tmp_path / "flash.bin"))
     for case, (content, message) in wrapped_cases(bundle).items():
         path = tmp_path / "case.efp"
         path.write_bytes(content)

@@ -11,11 +11,11 @@ import pytest
 from edgefp import data, shifts
 from edgefp.bundle import Bundle
 from edgefp.firmware_host.device.agent import Agent, serving
-from edgefp.firmware_host.firmware import build as firmware
+from edgefp.firmware_host.firmware.launch import can_emulate, start
 from edgefp.firmware_host.link import client
 from edgefp.repository import Repository
 from edgefp.watch import DEPLOYED, NO_MATCH, to_raw, watch
-from tests.test_cli import edgefp
+from tests.cli.test_cli import edgefp
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_drift_on_the_c_firmware_deploys_the_inverted_model(repo, digits_bundle)
     bundle = Bundle.load(digits_bundle[1])
     test04 = data.load("digits:test:0-4").x
     drifted = shifts.apply(test04[np.random.default_rng(0).choice(len(test04), 60, replace=False)], "invert")
-    with firmware.start("native") as chip, client.open_device(chip.url) as dev:
+    with start("native") as chip, client.open_device(chip.url) as dev:
         client.flash(dev, bundle.archive_bytes())
         for sample in bundle.quantize(drifted):
             client.infer(dev, sample)
@@ -104,7 +104,7 @@ def test_drift_on_the_c_firmware_deploys_the_inverted_model(repo, digits_bundle)
         assert made[0]["samples"] == 16 and client.manifest(dev).name == "digits04_inverted"
 
 
-@pytest.mark.skipif(not firmware.can_emulate(), reason="needs arm-none-eabi-gcc and qemu-system-arm")
+@pytest.mark.skipif(not can_emulate(), reason="needs arm-none-eabi-gcc and qemu-system-arm")
 def test_watch_redeploys_the_qemu_chip_when_its_sensor_drifts(repo, tmp_path):
     """The emulated Cortex-M4 on its own drifting sensor: watch sees the OOD rate rise, deploys the
     inverted model over the UART, and the chip's OOD rate falls."""

@@ -13,7 +13,8 @@ import pytest
 
 from edgefp.bundle import Bundle
 from edgefp.firmware_host.boards import get_board
-from edgefp.firmware_host.firmware import build as firmware
+from edgefp.firmware_host.firmware.build import build
+from edgefp.firmware_host.firmware.launch import start, start_native
 from edgefp.firmware_host.link import client
 
 MODELS = os.path.join(os.path.dirname(__file__), "data", "models")
@@ -112,7 +113,7 @@ def test_data_for_a_wrapped_bundle_is_the_models_input(wrapped, tmp_path):
 def test_models_a_bundle_cannot_hold_are_refused_in_one_line(tmp_path):
     import tensorflow as tf
 
-    from tests.test_firmware_engine import _convert
+    from tests.firmware.test_engine import _convert
 
     two_inputs, _ = _convert(lambda x, y: x + y, [(4,), (4,)])
     (tmp_path / "two.tflite").write_bytes(two_inputs)
@@ -138,7 +139,7 @@ def test_float_model_with_two_outputs_scores_alike_on_the_firmware_engine_and_tf
     """float32 in (QUANTIZE first), two float32 outputs (DEQUANTIZE last): output, output_1 and pred."""
     import tensorflow as tf
 
-    from tests.test_firmware_engine import _convert
+    from tests.firmware.test_engine import _convert
 
     w = tf.constant(np.random.default_rng(3).normal(size=(12, 5)).astype(np.float32))
     model, _ = _convert(lambda x: (tf.nn.softmax(tf.reshape(x, [1, 12]) @ w), tf.tanh(x)), (3, 4), float_io=True)
@@ -155,9 +156,9 @@ def test_float_model_with_two_outputs_scores_alike_on_the_firmware_engine_and_tf
     np.testing.assert_array_equal(tflm["pred"], engine["pred"])
     if not HAS_GCC:
         return
-    from tests.test_firmware_sensing import read_all
+    from tests.firmware.test_sensing import read_all
 
-    with firmware.start("native") as chip, client.open_device(chip.url) as device:  # its sensor: efp_classify
+    with start("native") as chip, client.open_device(chip.url) as device:  # its sensor: efp_classify
         client.flash(device, (tmp_path / "float.efp").read_bytes())
         chip.feed(x, rate_hz=500, repeat_from=None)
         entries = read_all(device, len(x))
@@ -174,9 +175,9 @@ def _device_scores(url, archive, data, out):
 
 @pytest.mark.skipif(not HAS_GCC, reason="building the firmware needs gcc and make")
 def test_native_firmware_serves_every_peer_model_that_fits_its_storage(wrapped, tmp_path):
-    build = firmware.build("native", max_frame=12288)  # the 96x96 person detector's input is 9,216 bytes
+    executable = build("native", max_frame=12288)  # the 96x96 person detector's input is 9,216 bytes
     peers = {**wrapped, "vww": _wrap_vww(tmp_path)}
-    with firmware.start_native(build, str(tmp_path / "flash.bin")) as device:
+    with start_native(executable, str(tmp_path / "flash.bin")) as device:
         for name, (archive, data) in peers.items():
             bundle = Bundle.load(archive)
             if os.path.getsize(archive) > get_board("native").flash_bytes:
@@ -203,7 +204,7 @@ def _wrap_vww(tmp_path):
 def test_emulated_cortex_m4_answers_like_the_host(wrapped, tmp_path):
     """The kernels for the DSP extension, for real: keyword spotting (convolutions, depthwise, fully
     connected) and the autoencoder (fully connected, 640 outputs) on QEMU's Cortex-M4."""
-    with firmware.start("qemu-m4") as chip:
+    with start("qemu-m4") as chip:
         for name in ("mlperf_tiny_kws_ref", "mlperf_tiny_ad01_toycar_int8"):
             archive, data = wrapped[name]
             got = _device_scores(chip.url, archive, data, tmp_path / f"{name}_chip.npz")

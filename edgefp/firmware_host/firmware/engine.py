@@ -20,41 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from edgefp.errors import EdgefpError
+from edgefp.firmware_host.firmware.contract import DTYPES, Io, Status
 
 SOURCE = Path(__file__).with_name("c") / "src"
 UNITS = ("engine.c", "plan.c", "fixedpoint.c", "dot.c", "ops.c", "op_*.c")  # the engine; the rest is the firmware
-OK, INVALID_MODEL, UNSUPPORTED, ARENA_TOO_SMALL, EVAL_FAILED = range(5)
-MAX_DIMS = 6
-DTYPES = {0: np.float32, 2: np.int32, 9: np.int8}  # TFLite TensorType -> numpy
-
-
-class _Engine(ctypes.Structure):
-    """``efp_engine`` of c/src/engine.h."""
-
-    _fields_ = [
-        ("model", ctypes.c_void_p),
-        ("model_len", ctypes.c_size_t),
-        ("arena", ctypes.c_void_p),
-        ("arena_len", ctypes.c_size_t),
-        ("arena_used", ctypes.c_size_t),
-        ("arena_needed", ctypes.c_size_t),
-        ("graph", ctypes.c_void_p),
-        ("error", ctypes.c_char * 96),
-    ]
-
-
-class _Io(ctypes.Structure):
-    """``efp_io`` of c/src/engine.h."""
-
-    _fields_ = [
-        ("data", ctypes.c_void_p),
-        ("bytes", ctypes.c_uint32),
-        ("type", ctypes.c_int32),
-        ("ndim", ctypes.c_int32),
-        ("dims", ctypes.c_int32 * MAX_DIMS),
-        ("scale", ctypes.c_float),
-        ("zero_point", ctypes.c_int32),
-    ]
 
 
 class EngineError(EdgefpError):
@@ -62,7 +31,7 @@ class EngineError(EdgefpError):
 
     def __init__(self, status: int, message: str):
         super().__init__(message)
-        self.status = status
+        self.status = Status(status)
 
 
 @dataclass(frozen=True)
@@ -102,14 +71,22 @@ def library(dsp: bool = False) -> ctypes.CDLL:
             raise EdgefpError(f"the engine did not build: {result.stderr.decode(errors='replace')[-300:]}")
         os.replace(scratch, target)
     lib = ctypes.CDLL(str(target))
-    lib.efp_engine_init.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t]
-    lib.efp_engine_invoke.argtypes = [ctypes.c_void_p]
-    for name in ("efp_engine_input_count", "efp_engine_output_count"):
+    lib.efp_engine_size.restype = ctypes.c_size_t
+    lib.efp_engine_error.argtypes = [ctypes.c_void_p]
+    lib.efp_engine_error.restype = ctypes.c_char_p
+    for name in (
+        "efp_engine_arena_needed",
+        "efp_engine_arena_used",
+        "efp_engine_input_count",
+        "efp_engine_output_count",
+    ):
         getattr(lib, name).argtypes = [ctypes.c_void_p]
         getattr(lib, name).restype = ctypes.c_size_t
+    lib.efp_engine_init.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t]
+    lib.efp_engine_invoke.argtypes = [ctypes.c_void_p]
     for name in ("efp_engine_input", "efp_engine_output"):
         getattr(lib, name).argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-        getattr(lib, name).restype = ctypes.POINTER(_Io)
+        getattr(lib, name).restype = ctypes.POINTER(Io)
     return lib
 
 
@@ -121,22 +98,26 @@ class Engine:
     def __init__(self, model: bytes, arena_bytes: int | None = None, *, arena_offset: int = 0, dsp: bool = False):
         self._lib = library(dsp)
         self._model = ctypes.create_string_buffer(bytes(model), len(model))
-        self._state = _Engine()
+        self._state = _state(self._lib)
         if arena_bytes is None:
             arena_bytes = arena_needed(model, dsp=dsp)
         self._arena = ctypes.create_string_buffer(max(arena_bytes + arena_offset, 1))
         arena = ctypes.addressof(self._arena) + arena_offset
-        status = self._lib.efp_engine_init(ctypes.byref(self._state), self._model, len(model), arena, arena_bytes)
-        self.arena_needed, self.arena_used = self._state.arena_needed, self._state.arena_used
-        if status != OK:
-            raise EngineError(status, self._state.error.decode(errors="replace"))
+        status = self._lib.efp_engine_init(self._state, self._model, len(model), arena, arena_bytes)
+        self.arena_needed = self._lib.efp_engine_arena_needed(self._state)
+        self.arena_used = self._lib.efp_engine_arena_used(self._state)
+        self._check(status)
         self.inputs = self._tensors(self._lib.efp_engine_input_count, self._lib.efp_engine_input)
         self.outputs = self._tensors(self._lib.efp_engine_output_count, self._lib.efp_engine_output)
 
+    def _check(self, status: int) -> None:
+        if status != Status.OK:
+            raise EngineError(status, self._lib.efp_engine_error(self._state).decode(errors="replace"))
+
     def _tensors(self, count, get) -> list[Tensor]:
         tensors = []
-        for i in range(count(ctypes.byref(self._state))):
-            io = get(ctypes.byref(self._state), i).contents
+        for i in range(count(self._state)):
+            io = get(self._state, i).contents
             shape = tuple(io.dims[: io.ndim])
             tensors.append(Tensor(DTYPES[io.type], shape, io.scale, io.zero_point, io.data, io.bytes))
         return tensors
@@ -151,9 +132,7 @@ class Engine:
             if x.nbytes != tensor.nbytes:
                 raise EdgefpError(f"an input of shape {tensor.shape[1:]} ({tensor.dtype.__name__}) was expected")
             ctypes.memmove(tensor.address, x.ctypes.data, tensor.nbytes)
-        status = self._lib.efp_engine_invoke(ctypes.byref(self._state))
-        if status != OK:
-            raise EngineError(status, self._state.error.decode(errors="replace"))
+        self._check(self._lib.efp_engine_invoke(self._state))
         return [self._read(tensor) for tensor in self.outputs]
 
     @staticmethod
@@ -163,6 +142,11 @@ class Engine:
         return out
 
 
+def _state(lib: ctypes.CDLL) -> ctypes.Array:
+    """Room for one efp_engine (its layout is the C side's own)."""
+    return ctypes.create_string_buffer(lib.efp_engine_size())
+
+
 def arena_needed(model: bytes, *, dsp: bool | None = None) -> int:
     """Bytes of arena the engine needs for the model on this machine with the kernels for cores with
     the DSP extension (``dsp=True``), the portable ones (``False``), or whichever needs more (``None``,
@@ -170,8 +154,9 @@ def arena_needed(model: bytes, *, dsp: bool | None = None) -> int:
     EngineError when it cannot run the model."""
     if dsp is None:
         return max(arena_needed(model, dsp=False), arena_needed(model, dsp=True))
-    state, buffer = _Engine(), ctypes.create_string_buffer(bytes(model), len(model))
-    status = library(dsp).efp_engine_init(ctypes.byref(state), buffer, len(model), None, 0)
-    if status not in (OK, ARENA_TOO_SMALL):
-        raise EngineError(status, state.error.decode(errors="replace"))
-    return state.arena_needed
+    lib = library(dsp)
+    state, buffer = _state(lib), ctypes.create_string_buffer(bytes(model), len(model))
+    status = lib.efp_engine_init(state, buffer, len(model), None, 0)
+    if status not in (Status.OK, Status.ARENA_TOO_SMALL):
+        raise EngineError(status, lib.efp_engine_error(state).decode(errors="replace"))
+    return lib.efp_engine_arena_needed(state)

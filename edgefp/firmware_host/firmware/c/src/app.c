@@ -14,27 +14,10 @@
 #include "storage.h"
 #include "text.h"
 
-enum msg {
-    HELLO = 0x01, AUTH = 0x02, MANIFEST = 0x03,
-    UPLOAD_BEGIN = 0x10, UPLOAD_CHUNK = 0x11, UPLOAD_END = 0x12, ACTIVATE = 0x13,
-    INFER = 0x20, BENCH = 0x21, INFER_OUTPUTS = 0x22,
-    EVENTS = 0x30, GET_COUNTERS = 0x31, GET_OOD = 0x32, READ_LOG = 0x33, RESET = 0x3F,
-    EVENT = 0xFE, ERROR = 0xFF, RESPONSE = 0x80,
-};
-
-enum err {
-    BAD_FRAME = 0x01, UNKNOWN_TYPE = 0x02, BAD_LENGTH = 0x03, FRAME_TOO_LARGE = 0x04,
-    NO_BUNDLE = 0x10, BAD_INPUT_SHAPE = 0x11, HASH_MISMATCH = 0x12, INVALID_BUNDLE = 0x13,
-    DOES_NOT_FIT = 0x14, BAD_STATE = 0x15, OUT_OF_RANGE = 0x16, UNSUPPORTED_OP = 0x17, OVER_LIMIT = 0x18,
-    INTERNAL = 0x7F,
-};
-
-enum slot_state { EMPTY = 0, RECEIVING = 1, VERIFIED = 2, ACTIVE_SLOT = 3 };
-
-#define MAX_BODY (EFP_MAX_FRAME - FRAME_OVERHEAD)
-#define CHUNK ((MAX_BODY - 4) / 16 * 16) /* upload data per frame: keeps flash writes 16-byte aligned */
-#define OOD_HEAD 13                      /* GET_OOD response before the input */
-#define BENCH_HEAD 44                    /* BENCH response before its latency count */
+#define MAX_BODY   (EFP_MAX_FRAME - EFP_FRAME_OVERHEAD)
+#define CHUNK      ((MAX_BODY - 4) / 16 * 16) /* upload data per frame: keeps flash writes 16-byte aligned */
+#define OOD_HEAD   13                         /* GET_OOD response before the input */
+#define BENCH_HEAD 44                         /* BENCH response before its latency count */
 #define ROUND16(n) (((n) + 15u) & ~(size_t)15u)
 
 static uint8_t arena[EFP_ARENA_BYTES] __attribute__((aligned(16)));
@@ -45,12 +28,12 @@ static efp_engine engine;
  * the end: everything but the engine's part). */
 static struct {
     int slot; /* -1 when none */
-    bundle_info info;
+    efp_bundle_info info;
     int32_t *tables;
     uint8_t *ood_inputs;
     float *mean, *std, *window, scale;
     int32_t zero_point;
-    sample_log log;
+    efp_sample_log log;
     size_t extras;
 } active;
 
@@ -58,7 +41,7 @@ static struct {
     int on, slot;
     uint32_t total, received;
     uint8_t sha256[32];
-    sha256_ctx hash;
+    efp_sha256_ctx hash;
 } upload;
 
 static struct {
@@ -75,14 +58,14 @@ static struct {
 } seen;
 
 static int events_on;
-static frame_reader reader;
+static efp_frame_reader reader;
 static uint8_t tx[EFP_MAX_FRAME]; /* the answer being built, kept for duplicates of its request */
 static size_t tx_len;
 static int kept;
 static uint16_t kept_seq;
 static uint32_t kept_crc;
 static char message[EFP_ERROR_LEN + 32];
-static text msg;
+static efp_text msg;
 
 /* ---------------------------------------------------------------- little-endian fields */
 static uint8_t *put(uint8_t *w, uint64_t v, int bytes)
@@ -115,28 +98,25 @@ static int error_code;
 static long refuse(int code, const char *text1)
 {
     error_code = code;
-    text_init(&msg, message, sizeof message);
-    text_str(&msg, text1);
+    efp_text_init(&msg, message, sizeof message);
+    efp_text_str(&msg, text1);
     return -1;
 }
 
 static long refuse_bytes(int code, const char *what, uint32_t n, const char *rest)
 {
     refuse(code, what);
-    text_uint(&msg, n);
-    text_str(&msg, rest);
+    efp_text_uint(&msg, n);
+    efp_text_str(&msg, rest);
     return -1;
 }
 
 /* ---------------------------------------------------------------- bundles */
 /* Values in the model's input (its bytes are 4 each for a wrapped model that takes float32). */
-static uint32_t elements(const bundle_info *b)
-{
-    return b->input_float ? b->input_bytes / 4u : b->input_bytes;
-}
+static uint32_t elements(const efp_bundle_info *b) { return b->input_float ? b->input_bytes / 4u : b->input_bytes; }
 
 /* Score tables and the OOD buffer: none for a model wrapped without a fingerprint. */
-static size_t fingerprint_bytes(const bundle_info *b)
+static size_t fingerprint_bytes(const efp_bundle_info *b)
 {
     return b->layers ? ROUND16(b->layers * 256u * sizeof(int32_t)) + ROUND16((size_t)EFP_OOD_CAPACITY * b->input_bytes)
                      : 0;
@@ -144,7 +124,7 @@ static size_t fingerprint_bytes(const bundle_info *b)
 
 /* What a bundle keeps at the arena's end: its fingerprint's part, the input's quantisation and the
  * sensor window. */
-static size_t extras_for(const bundle_info *b)
+static size_t extras_for(const efp_bundle_info *b)
 {
     return fingerprint_bytes(b) + ROUND16(2u * sizeof(float) * b->channels) + ROUND16(sizeof(float) * elements(b));
 }
@@ -162,7 +142,9 @@ static size_t outputs_bytes(void)
 /* Map an engine failure to an error code, the engine's message kept. */
 static long refuse_engine(int status)
 {
-    return refuse(status == EFP_UNSUPPORTED ? UNSUPPORTED_OP : status == EFP_INVALID_MODEL ? INVALID_BUNDLE : INTERNAL,
+    return refuse(status == EFP_UNSUPPORTED     ? EFP_ERR_UNSUPPORTED_OP
+                  : status == EFP_INVALID_MODEL ? EFP_ERR_INVALID_BUNDLE
+                                                : EFP_ERR_INTERNAL,
                   engine.error);
 }
 
@@ -174,7 +156,7 @@ static void clear_counters(void)
 
 /* The engine's model (just set up) has the input and outputs the manifest describes, and its outputs fit
  * an INFER_OUTPUTS answer: 0, or -1 after refuse(). */
-static long model_matches(const bundle_info *b)
+static long model_matches(const efp_bundle_info *b)
 {
     const efp_io *input = efp_engine_input(&engine, 0), *probs = efp_engine_output(&engine, b->probs_index);
     int matches = efp_engine_input_count(&engine) == 1 &&
@@ -187,29 +169,30 @@ static long model_matches(const bundle_info *b)
     int32_t type = 0;
     for (uint32_t k = 0; matches && !b->layers && k <= efp_engine_output_count(&engine); ++k) {
         const efp_io *output = efp_engine_output(&engine, k);
-        uint32_t bytes = bundle_output(b, k, &type);
+        uint32_t bytes = efp_bundle_output(b, k, &type);
         matches = output ? bytes == output->bytes && type == output->type : bytes == 0;
     }
     if (!matches) {
-        return refuse(INVALID_BUNDLE, "the model's input or outputs are not what manifest.json says");
+        return refuse(EFP_ERR_INVALID_BUNDLE, "the model's input or outputs are not what manifest.json says");
     }
-    return 4 + outputs_bytes() > MAX_BODY
-               ? refuse_bytes(DOES_NOT_FIT, "its outputs of ", (uint32_t)outputs_bytes(), " bytes do not fit a frame")
-               : 0;
+    return 4 + outputs_bytes() > MAX_BODY ? refuse_bytes(EFP_ERR_DOES_NOT_FIT, "its outputs of ",
+                                                         (uint32_t)outputs_bytes(), " bytes do not fit a frame")
+                                          : 0;
 }
 
 /* Serve the verified bundle in `slot`: 0, or -1 with the reason (nothing is active then). */
 static long load(int slot)
 {
     active.slot = -1;
-    bundle_info *b = &active.info;
+    efp_bundle_info *b = &active.info;
     char reason[EFP_ERROR_LEN];
-    if (bundle_open(slot_data(slot), storage_record.slot[slot].bytes, b, reason, sizeof reason)) {
-        return refuse(INVALID_BUNDLE, reason);
+    if (efp_bundle_open(efp_slot_data(slot), efp_storage_record.slot[slot].bytes, b, reason, sizeof reason)) {
+        return refuse(EFP_ERR_INVALID_BUNDLE, reason);
     }
     size_t fixed = extras_for(b);
     if (fixed > EFP_ARENA_BYTES) {
-        return refuse(DOES_NOT_FIT, "the score tables and the buffers of the bundle's input do not fit the arena");
+        return refuse(EFP_ERR_DOES_NOT_FIT,
+                      "the score tables and the buffers of the bundle's input do not fit the arena");
     }
     uint8_t *end = arena + EFP_ARENA_BYTES - fixed;
     active.tables = (int32_t *)(void *)end;
@@ -217,12 +200,13 @@ static long load(int slot)
     active.mean = (float *)(void *)(end + fingerprint_bytes(b));
     active.std = active.mean + b->channels;
     active.window = (float *)(void *)((uint8_t *)active.mean + ROUND16(2u * sizeof(float) * b->channels));
-    if (bundle_tables(b, active.tables)) {
-        return refuse(INVALID_BUNDLE, "a z_table in manifest.json is malformed");
+    if (efp_bundle_tables(b, active.tables)) {
+        return refuse(EFP_ERR_INVALID_BUNDLE, "a z_table in manifest.json is malformed");
     }
-    if (!b->input_float && bundle_input(b, active.mean, active.std, &active.scale, &active.zero_point)) {
+    if (!b->input_float && efp_bundle_input(b, active.mean, active.std, &active.scale, &active.zero_point)) {
         if (b->layers) {
-            return refuse(INVALID_BUNDLE, "the input's scale, zero_point or preprocessing in manifest.json is malformed");
+            return refuse(EFP_ERR_INVALID_BUNDLE,
+                          "the input's scale, zero_point or preprocessing in manifest.json is malformed");
         }
         active.scale = 0.0f; /* a wrapped model whose int8 input has no scale takes no raw windows */
     }
@@ -232,8 +216,8 @@ static long load(int slot)
     }
     size_t used = ROUND16(engine.arena_used);
     active.extras = EFP_ARENA_BYTES - used;
-    log_init(&active.log, arena + used, active.extras - fixed, b->classes, b->layers,
-             (uint32_t)sizeof(float) * elements(b), EFP_LOG_CAPACITY);
+    efp_log_init(&active.log, arena + used, active.extras - fixed, b->classes, b->layers,
+                 (uint32_t)sizeof(float) * elements(b), EFP_LOG_CAPACITY);
     if (model_matches(b)) {
         return -1;
     }
@@ -244,17 +228,17 @@ static long load(int slot)
 
 /* Check the bundle that was just uploaded to `slot` (it verifies, fits, and the engine can run it),
  * keeping the active bundle's tables and OOD inputs; the active bundle's engine is set up again after. */
-static long check(int slot, uint32_t bytes, bundle_info *b)
+static long check(int slot, uint32_t bytes, efp_bundle_info *b)
 {
     char reason[EFP_ERROR_LEN];
-    if (bundle_open(slot_data(slot), bytes, b, reason, sizeof reason)) {
-        return refuse(INVALID_BUNDLE, reason);
+    if (efp_bundle_open(efp_slot_data(slot), bytes, b, reason, sizeof reason)) {
+        return refuse(EFP_ERR_INVALID_BUNDLE, reason);
     }
-    if (bundle_tables(b, NULL)) {
-        return refuse(INVALID_BUNDLE, "a z_table in manifest.json is malformed");
+    if (efp_bundle_tables(b, NULL)) {
+        return refuse(EFP_ERR_INVALID_BUNDLE, "a z_table in manifest.json is malformed");
     }
-    if (b->input_bytes + (b->layers ? OOD_HEAD : 0) + FRAME_OVERHEAD > EFP_MAX_FRAME) {
-        return refuse_bytes(DOES_NOT_FIT, "its input of ", b->input_bytes, " bytes does not fit a frame");
+    if (b->input_bytes + (b->layers ? OOD_HEAD : 0) + EFP_FRAME_OVERHEAD > EFP_MAX_FRAME) {
+        return refuse_bytes(EFP_ERR_DOES_NOT_FIT, "its input of ", b->input_bytes, " bytes does not fit a frame");
     }
     size_t reserved = active.slot >= 0 ? active.extras : 0;
     int status = efp_engine_init(&engine, b->model, b->model_len, arena, EFP_ARENA_BYTES - reserved);
@@ -265,9 +249,10 @@ static long check(int slot, uint32_t bytes, bundle_info *b)
     } else if (status == EFP_OK && model_matches(b)) { /* else checked when activated: the active bundle holds room */
         result = -1;
     } else if (need > EFP_ARENA_BYTES) {
-        result = refuse_bytes(DOES_NOT_FIT, "the model needs ", (uint32_t)(need - EFP_ARENA_BYTES), " bytes more RAM than ");
-        text_str(&msg, board_name);
-        text_str(&msg, " has");
+        result = refuse_bytes(EFP_ERR_DOES_NOT_FIT, "the model needs ", (uint32_t)(need - EFP_ARENA_BYTES),
+                              " bytes more RAM than ");
+        efp_text_str(&msg, efp_board_name);
+        efp_text_str(&msg, " has");
     }
     if (active.slot >= 0 && efp_engine_init(&engine, active.info.model, active.info.model_len, arena,
                                             EFP_ARENA_BYTES - active.extras) != EFP_OK) {
@@ -290,7 +275,7 @@ typedef struct {
 static uint32_t now_ms(void)
 {
     static uint32_t last_us, ms, rest_us;
-    uint32_t us = board_time_us();
+    uint32_t us = efp_board_time_us();
     rest_us += us - last_us;
     last_us = us;
     ms += rest_us / 1000u;
@@ -322,13 +307,13 @@ static uint8_t argmax(const efp_io *out)
 
 static long run(const uint8_t *x, result *r)
 {
-    const bundle_info *b = &active.info;
+    const efp_bundle_info *b = &active.info;
     memcpy(efp_engine_input(&engine, 0)->data, x, b->input_bytes);
-    uint32_t start = board_time_us();
+    uint32_t start = efp_board_time_us();
     int status = efp_engine_invoke(&engine);
-    r->latency_us = board_time_us() - start;
+    r->latency_us = efp_board_time_us() - start;
     if (status != EFP_OK) {
-        return refuse(INTERNAL, engine.error);
+        return refuse(EFP_ERR_INTERNAL, engine.error);
     }
     if (!b->layers) { /* no fingerprint: the argmax of the first output, never OOD */
         r->pred = argmax(efp_engine_output(&engine, 0));
@@ -359,19 +344,20 @@ static void observe(const uint8_t *x, const float *raw, const result *r)
 {
     static uint32_t sessions;
     uint32_t now = now_ms();
-    const bundle_info *b = &active.info;
+    const efp_bundle_info *b = &active.info;
     if (seen.session == 0) { /* the clock when the first input came (the host's timing), and a count */
-        seen.session = (board_time_us() ^ ++sessions * 0x9E3779B9u) | 1u;
+        seen.session = (efp_board_time_us() ^ ++sessions * 0x9E3779B9u) | 1u;
     }
-    log_head *h = log_append(&active.log);
+    efp_log_head *h = efp_log_append(&active.log);
     if (h) {
-        *h = (log_head){seen.inputs + 1, now, r->latency_us, r->score, r->pred, r->ood, raw ? LOG_RAW : LOG_INT8, 0};
+        *h = (efp_log_head){
+            seen.inputs + 1, now, r->latency_us, r->score, r->pred, r->ood, raw ? EFP_LOG_RAW : EFP_LOG_INT8, 0};
         if (b->classes) {
-            memcpy(log_probs(h), r->probs, b->classes);
+            memcpy(efp_log_probs(h), r->probs, b->classes);
         }
-        memcpy(log_probs(h) + b->classes, r->errors, b->layers);
+        memcpy(efp_log_probs(h) + b->classes, r->errors, b->layers);
         const void *data = raw ? (const void *)raw : (const void *)x;
-        memcpy(log_data(&active.log, h), data, raw ? sizeof(float) * elements(b) : b->input_bytes);
+        memcpy(efp_log_data(&active.log, h), data, raw ? sizeof(float) * elements(b) : b->input_bytes);
     }
     seen.inputs += 1;
     seen.ood += r->ood;
@@ -401,7 +387,7 @@ static void observe(const uint8_t *x, const float *raw, const result *r)
         w = put_f32(w, r->score);
         *w++ = r->ood;
         w = put(w, r->latency_us, 4);
-        frame_send(event, frame_seal(event, EVENT, 0, (size_t)(w - event - 3)));
+        efp_frame_send(event, efp_frame_seal(event, EFP_MSG_EVENT, 0, (size_t)(w - event - 3)));
     }
 }
 
@@ -412,12 +398,12 @@ typedef long (*handler)(const uint8_t *body, size_t len, uint8_t *out);
 
 static long require_active(void)
 {
-    return active.slot < 0 ? refuse(NO_BUNDLE, "no bundle is active; flash one first") : 0;
+    return active.slot < 0 ? refuse(EFP_ERR_NO_BUNDLE, "no bundle is active; flash one first") : 0;
 }
 
 static long bad_length(size_t len, size_t expected)
 {
-    return len == expected ? 0 : refuse_bytes(BAD_LENGTH, "the body must have ", (uint32_t)expected, " bytes");
+    return len == expected ? 0 : refuse_bytes(EFP_ERR_BAD_LENGTH, "the body must have ", (uint32_t)expected, " bytes");
 }
 
 static long on_hello(const uint8_t *body, size_t len, uint8_t *out)
@@ -432,16 +418,19 @@ static long on_hello(const uint8_t *body, size_t len, uint8_t *out)
     *w++ = 0; /* no AUTH: a UART is a local link */
     memset(w, 0, 16);
     w = put_str8(w + 16, EFP_FIRMWARE);
-    w = put_str8(w, board_name);
+    w = put_str8(w, efp_board_name);
     w = put_str8(w, "tflm");
-    w = put(w, slot_capacity(), 8);
+    w = put(w, efp_slot_capacity(), 8);
     w = put(w, EFP_ARENA_BYTES, 8);
-    *w++ = active.slot < 0 ? NO_SLOT : (uint8_t)active.slot;
-    *w++ = SLOTS;
-    for (int s = 0; s < SLOTS; ++s) {
-        const slot_record *r = &storage_record.slot[s];
+    *w++ = active.slot < 0 ? EFP_NO_SLOT : (uint8_t)active.slot;
+    *w++ = EFP_SLOTS;
+    for (int s = 0; s < EFP_SLOTS; ++s) {
+        const efp_slot_record *r = &efp_storage_record.slot[s];
         int receiving = upload.on && upload.slot == s;
-        *w++ = receiving ? RECEIVING : !r->verified ? EMPTY : s == active.slot ? ACTIVE_SLOT : VERIFIED;
+        *w++ = receiving          ? EFP_SLOT_RECEIVING
+               : !r->verified     ? EFP_SLOT_EMPTY
+               : s == active.slot ? EFP_SLOT_ACTIVE
+                                  : EFP_SLOT_VERIFIED;
         w = put(w, receiving ? upload.total : r->verified ? r->bytes : 0, 4);
         if (receiving || !r->verified) {
             memset(w, 0, 32);
@@ -466,7 +455,7 @@ static long on_manifest(const uint8_t *body, size_t len, uint8_t *out)
     if (bad_length(len, 4) || require_active()) {
         return -1;
     }
-    uint32_t total = active.info.manifest_len, offset = read_u32(body);
+    uint32_t total = active.info.manifest_len, offset = efp_read_u32(body);
     uint32_t piece = offset >= total ? 0 : total - offset;
     piece = piece > MAX_BODY - 4 ? MAX_BODY - 4 : piece;
     put(out, total, 4);
@@ -477,60 +466,62 @@ static long on_manifest(const uint8_t *body, size_t len, uint8_t *out)
 static long on_upload_begin(const uint8_t *body, size_t len, uint8_t *out)
 {
     if (len < 37 || len != 37u + body[36]) {
-        return refuse(BAD_LENGTH, "UPLOAD_BEGIN takes total, sha256 and a name");
+        return refuse(EFP_ERR_BAD_LENGTH, "UPLOAD_BEGIN takes total, sha256 and a name");
     }
-    uint32_t total = read_u32(body);
-    if (total > slot_capacity()) {
-        refuse_bytes(DOES_NOT_FIT, "the archive needs ", total - slot_capacity(), " bytes more storage than ");
-        text_str(&msg, board_name);
-        text_str(&msg, " has");
+    uint32_t total = efp_read_u32(body);
+    if (total > efp_slot_capacity()) {
+        refuse_bytes(EFP_ERR_DOES_NOT_FIT, "the archive needs ", total - efp_slot_capacity(),
+                     " bytes more storage than ");
+        efp_text_str(&msg, efp_board_name);
+        efp_text_str(&msg, " has");
         return -1;
     }
     upload.on = 0;
-    int slot = active.slot < 0 ? (storage_record.slot[0].verified && !storage_record.slot[1].verified) : 1 - active.slot;
-    if (storage_record.slot[slot].verified) { /* forget it before its bytes change */
-        storage_record.slot[slot].verified = 0;
-        if (storage_record.active == slot) {
-            storage_record.active = NO_SLOT;
+    int slot = active.slot < 0 ? (efp_storage_record.slot[0].verified && !efp_storage_record.slot[1].verified)
+                               : 1 - active.slot;
+    if (efp_storage_record.slot[slot].verified) { /* forget it before its bytes change */
+        efp_storage_record.slot[slot].verified = 0;
+        if (efp_storage_record.active == slot) {
+            efp_storage_record.active = EFP_NO_SLOT;
         }
-        if (storage_commit()) {
-            return refuse(INTERNAL, "the boot record could not be written");
+        if (efp_storage_commit()) {
+            return refuse(EFP_ERR_INTERNAL, "the boot record could not be written");
         }
     }
-    if (slot_erase(slot, total ? total : 1)) {
-        return refuse(INTERNAL, "the slot could not be erased");
+    if (efp_slot_erase(slot, total ? total : 1)) {
+        return refuse(EFP_ERR_INTERNAL, "the slot could not be erased");
     }
     upload.on = 1;
     upload.slot = slot;
     upload.total = total;
     upload.received = 0;
     memcpy(upload.sha256, body + 4, 32);
-    sha256_init(&upload.hash);
+    efp_sha256_init(&upload.hash);
     return put(out, CHUNK, 4) - out;
 }
 
 static long on_upload_chunk(const uint8_t *body, size_t len, uint8_t *out)
 {
     if (len < 4) {
-        return refuse(BAD_LENGTH, "UPLOAD_CHUNK takes an offset and data");
+        return refuse(EFP_ERR_BAD_LENGTH, "UPLOAD_CHUNK takes an offset and data");
     }
-    uint32_t offset = read_u32(body), n = (uint32_t)len - 4;
+    uint32_t offset = efp_read_u32(body), n = (uint32_t)len - 4;
     if (!upload.on) {
-        return refuse(BAD_STATE, "no upload in progress; send UPLOAD_BEGIN first");
+        return refuse(EFP_ERR_BAD_STATE, "no upload in progress; send UPLOAD_BEGIN first");
     }
     if (offset != upload.received) {
-        refuse_bytes(BAD_STATE, "chunk at offset ", offset, ", expected ");
-        text_uint(&msg, upload.received);
+        refuse_bytes(EFP_ERR_BAD_STATE, "chunk at offset ", offset, ", expected ");
+        efp_text_uint(&msg, upload.received);
         return -1;
     }
     if (n > upload.total - offset) {
-        return refuse_bytes(BAD_STATE, "chunk runs past the ", upload.total, " bytes announced");
+        return refuse_bytes(EFP_ERR_BAD_STATE, "chunk runs past the ", upload.total, " bytes announced");
     }
-    if (slot_program(upload.slot, offset, body + 4, n)) {
+    if (efp_slot_program(upload.slot, offset, body + 4, n)) {
         upload.on = 0;
-        return refuse(INTERNAL, "flash programming failed");
+        return refuse(EFP_ERR_INTERNAL, "flash programming failed");
     }
-    sha256_update(&upload.hash, body + 4, n);
+    efp_sha256_update(&upload.hash, body + 4, n);
     upload.received += n;
     return put(out, upload.received, 4) - out;
 }
@@ -543,35 +534,35 @@ static long on_upload_end(const uint8_t *body, size_t len, uint8_t *out)
     }
     if (!upload.on || upload.received != upload.total) {
         if (!upload.on) {
-            return refuse(BAD_STATE, "the upload is not complete (no upload)");
+            return refuse(EFP_ERR_BAD_STATE, "the upload is not complete (no upload)");
         }
-        refuse_bytes(BAD_STATE, "the upload is not complete (", upload.received, " of ");
-        text_uint(&msg, upload.total);
-        text_str(&msg, " bytes)");
+        refuse_bytes(EFP_ERR_BAD_STATE, "the upload is not complete (", upload.received, " of ");
+        efp_text_uint(&msg, upload.total);
+        efp_text_str(&msg, " bytes)");
         return -1;
     }
     upload.on = 0;
     uint8_t digest[32];
-    sha256_final(&upload.hash, digest);
+    efp_sha256_final(&upload.hash, digest);
     if (memcmp(digest, upload.sha256, 32) != 0) {
-        return refuse(HASH_MISMATCH, "the received bytes do not have the announced SHA-256; upload again");
+        return refuse(EFP_ERR_HASH_MISMATCH, "the received bytes do not have the announced SHA-256; upload again");
     }
-    sha256(slot_data(upload.slot), upload.total, digest); /* what the flash holds, not what passed by */
+    efp_sha256(efp_slot_data(upload.slot), upload.total, digest); /* what the flash holds, not what passed by */
     if (memcmp(digest, upload.sha256, 32) != 0) {
-        return refuse(INTERNAL, "the flash does not hold what was written");
+        return refuse(EFP_ERR_INTERNAL, "the flash does not hold what was written");
     }
-    bundle_info b;
+    efp_bundle_info b;
     if (check(upload.slot, upload.total, &b)) {
         return -1;
     }
-    slot_record *r = &storage_record.slot[upload.slot];
+    efp_slot_record *r = &efp_storage_record.slot[upload.slot];
     r->bytes = upload.total;
     memcpy(r->sha256, digest, 32);
     memcpy(r->name, b.name, sizeof r->name);
     r->verified = 1;
-    if (storage_commit()) {
+    if (efp_storage_commit()) {
         r->verified = 0;
-        return refuse(INTERNAL, "the boot record could not be written");
+        return refuse(EFP_ERR_INTERNAL, "the boot record could not be written");
     }
     *out = (uint8_t)upload.slot;
     return 1;
@@ -583,13 +574,13 @@ static long on_activate(const uint8_t *body, size_t len, uint8_t *out)
         return -1;
     }
     int slot = -1;
-    for (int s = 0; s < SLOTS; ++s) {
-        if (storage_record.slot[s].verified && memcmp(storage_record.slot[s].sha256, body, 32) == 0) {
+    for (int s = 0; s < EFP_SLOTS; ++s) {
+        if (efp_storage_record.slot[s].verified && memcmp(efp_storage_record.slot[s].sha256, body, 32) == 0) {
             slot = s;
         }
     }
     if (slot < 0) {
-        return refuse(BAD_STATE, "no slot holds that bundle verified; upload it first");
+        return refuse(EFP_ERR_BAD_STATE, "no slot holds that bundle verified; upload it first");
     }
     int previous = active.slot;
     if (load(slot)) {
@@ -602,9 +593,9 @@ static long on_activate(const uint8_t *body, size_t len, uint8_t *out)
         }
         return -1;
     }
-    storage_record.active = (uint8_t)slot;
-    if (storage_commit()) {
-        return refuse(INTERNAL, "the boot record could not be written");
+    efp_storage_record.active = (uint8_t)slot;
+    if (efp_storage_commit()) {
+        return refuse(EFP_ERR_INTERNAL, "the boot record could not be written");
     }
     *out = (uint8_t)slot;
     return 1;
@@ -614,7 +605,7 @@ static long on_activate(const uint8_t *body, size_t len, uint8_t *out)
 static uint8_t *put_result(uint8_t *w, uint8_t pred, const int8_t *probs, const int8_t *errors, float score,
                            uint8_t ood, uint32_t latency_us)
 {
-    const bundle_info *b = &active.info;
+    const efp_bundle_info *b = &active.info;
     *w++ = pred;
     *w++ = (uint8_t)b->classes;
     if (b->classes) {
@@ -637,8 +628,8 @@ static int infer_request(const uint8_t *body, size_t len, result *r)
         return -1;
     }
     if (len != active.info.input_bytes) {
-        refuse_bytes(BAD_INPUT_SHAPE, "the input has ", (uint32_t)len, " bytes; the model takes ");
-        text_uint(&msg, active.info.input_bytes);
+        refuse_bytes(EFP_ERR_BAD_INPUT_SHAPE, "the input has ", (uint32_t)len, " bytes; the model takes ");
+        efp_text_uint(&msg, active.info.input_bytes);
         return -1;
     }
     memset(r, 0, sizeof *r);
@@ -712,17 +703,17 @@ static long on_bench(const uint8_t *body, size_t len, uint8_t *out)
     if (bad_length(len, 8) || require_active()) {
         return -1;
     }
-    uint32_t runs = read_u32(body), warmup = read_u32(body + 4);
+    uint32_t runs = efp_read_u32(body), warmup = efp_read_u32(body + 4);
     if (runs < 1) {
-        return refuse(OUT_OF_RANGE, "runs must be at least 1");
+        return refuse(EFP_ERR_OUT_OF_RANGE, "runs must be at least 1");
     }
     if (runs > EFP_BENCH_MAX_RUNS || warmup > EFP_BENCH_MAX_RUNS - runs) {
-        return refuse_bytes(OVER_LIMIT, "runs + warmup over ", EFP_BENCH_MAX_RUNS, "");
+        return refuse_bytes(EFP_ERR_OVER_LIMIT, "runs + warmup over ", EFP_BENCH_MAX_RUNS, "");
     }
-    const bundle_info *b = &active.info;
-    uint32_t start = board_time_us(), began = start;
+    const efp_bundle_info *b = &active.info;
+    uint32_t start = efp_board_time_us(), began = start;
     int status = efp_engine_init(&engine, b->model, b->model_len, arena, EFP_ARENA_BYTES - active.extras);
-    float init_ms = (float)(board_time_us() - start) / 1000.0f;
+    float init_ms = (float)(efp_board_time_us() - start) / 1000.0f;
     if (status != EFP_OK) {
         active.slot = -1;
         return refuse_engine(status);
@@ -743,15 +734,15 @@ static long on_bench(const uint8_t *body, size_t len, uint8_t *out)
     double sum = 0.0, squares = 0.0;
     float first = 0.0f, lo = 0.0f, hi = 0.0f;
     for (uint32_t i = 0; i < 1 + warmup + runs; ++i) {
-        if (board_time_us() - began > EFP_BENCH_MAX_US) {
-            refuse_bytes(OVER_LIMIT, "time limit reached after ", i, " invokes");
+        if (efp_board_time_us() - began > EFP_BENCH_MAX_US) {
+            refuse_bytes(EFP_ERR_OVER_LIMIT, "time limit reached after ", i, " invokes");
             return -1;
         }
-        start = board_time_us();
+        start = efp_board_time_us();
         status = efp_engine_invoke(&engine);
-        float us = (float)(board_time_us() - start);
+        float us = (float)(efp_board_time_us() - start);
         if (status != EFP_OK) {
-            return refuse(INTERNAL, engine.error);
+            return refuse(EFP_ERR_INTERNAL, engine.error);
         }
         if (i == 0) {
             first = us;
@@ -793,8 +784,8 @@ static int flag(const uint8_t *body, size_t len, const char *name)
         return -1;
     }
     if (body[0] > 1) {
-        refuse(OUT_OF_RANGE, name);
-        text_str(&msg, " must be 0 or 1");
+        refuse(EFP_ERR_OUT_OF_RANGE, name);
+        efp_text_str(&msg, " must be 0 or 1");
         return -1;
     }
     return body[0];
@@ -831,11 +822,11 @@ static long on_get_ood(const uint8_t *body, size_t len, uint8_t *out)
     if (bad_length(len, 4) || require_active()) {
         return -1;
     }
-    uint32_t index = read_u32(body);
+    uint32_t index = efp_read_u32(body);
     if (index >= seen.buffered) {
-        refuse_bytes(OUT_OF_RANGE, "OOD sample ", index, " asked, ");
-        text_uint(&msg, seen.buffered);
-        text_str(&msg, " buffered");
+        refuse_bytes(EFP_ERR_OUT_OF_RANGE, "OOD sample ", index, " asked, ");
+        efp_text_uint(&msg, seen.buffered);
+        efp_text_str(&msg, " buffered");
         return -1;
     }
     uint32_t i = (seen.recent_next + EFP_OOD_CAPACITY - 1 - index) % EFP_OOD_CAPACITY;
@@ -853,14 +844,14 @@ static long on_read_log(const uint8_t *body, size_t len, uint8_t *out)
         return -1;
     }
     if (body[4] > 1) {
-        return refuse(OUT_OF_RANGE, "ood_only must be 0 or 1");
+        return refuse(EFP_ERR_OUT_OF_RANGE, "ood_only must be 0 or 1");
     }
-    const sample_log *l = &active.log;
-    const bundle_info *b = &active.info;
-    uint32_t after = read_u32(body), offset = read_u32(body + 5);
-    const log_head *h = active.slot < 0 ? NULL : log_find(l, seen.inputs, after, body[4]);
+    const efp_sample_log *l = &active.log;
+    const efp_bundle_info *b = &active.info;
+    uint32_t after = efp_read_u32(body), offset = efp_read_u32(body + 5);
+    const efp_log_head *h = active.slot < 0 ? NULL : efp_log_find(l, seen.inputs, after, body[4]);
     uint8_t *w = put(out, seen.session, 4);
-    w = put(w, log_first(l, seen.inputs), 4);
+    w = put(w, efp_log_first(l, seen.inputs), 4);
     w = put(w, seen.inputs, 4);
     w = put(w, active.slot < 0 ? 0 : l->capacity, 4);
     *w++ = h != NULL;
@@ -869,13 +860,14 @@ static long on_read_log(const uint8_t *body, size_t len, uint8_t *out)
     }
     w = put(w, h->input, 4);
     w = put(w, h->timestamp_ms, 4);
-    w = put_result(w, h->pred, log_probs(h), log_probs(h) + b->classes, h->score, h->ood, h->latency_us);
-    uint32_t total = h->kind == LOG_RAW ? 4u * elements(b) : b->input_bytes, room = MAX_BODY - (uint32_t)(w - out) - 5;
+    w = put_result(w, h->pred, efp_log_probs(h), efp_log_probs(h) + b->classes, h->score, h->ood, h->latency_us);
+    uint32_t total = h->kind == EFP_LOG_RAW ? 4u * elements(b) : b->input_bytes,
+             room = MAX_BODY - (uint32_t)(w - out) - 5;
     uint32_t piece = offset >= total ? 0 : total - offset;
     piece = piece < room ? piece : room;
     *w++ = h->kind;
     w = put(w, total, 4);
-    memcpy(w, log_data(l, h) + (offset < total ? offset : 0), piece);
+    memcpy(w, efp_log_data(l, h) + (offset < total ? offset : 0), piece);
     return (w - out) + (long)piece;
 }
 
@@ -897,22 +889,38 @@ static long on_reset(const uint8_t *body, size_t len, uint8_t *out)
 static handler handler_for(uint8_t type)
 {
     switch (type) {
-    case HELLO: return on_hello;
-    case AUTH: return on_auth;
-    case MANIFEST: return on_manifest;
-    case UPLOAD_BEGIN: return on_upload_begin;
-    case UPLOAD_CHUNK: return on_upload_chunk;
-    case UPLOAD_END: return on_upload_end;
-    case ACTIVATE: return on_activate;
-    case INFER: return on_infer;
-    case INFER_OUTPUTS: return on_infer_outputs;
-    case BENCH: return on_bench;
-    case EVENTS: return on_events;
-    case GET_COUNTERS: return on_counters;
-    case GET_OOD: return on_get_ood;
-    case READ_LOG: return on_read_log;
-    case RESET: return on_reset;
-    default: return NULL;
+        case EFP_MSG_HELLO:
+            return on_hello;
+        case EFP_MSG_AUTH:
+            return on_auth;
+        case EFP_MSG_MANIFEST:
+            return on_manifest;
+        case EFP_MSG_UPLOAD_BEGIN:
+            return on_upload_begin;
+        case EFP_MSG_UPLOAD_CHUNK:
+            return on_upload_chunk;
+        case EFP_MSG_UPLOAD_END:
+            return on_upload_end;
+        case EFP_MSG_ACTIVATE:
+            return on_activate;
+        case EFP_MSG_INFER:
+            return on_infer;
+        case EFP_MSG_INFER_OUTPUTS:
+            return on_infer_outputs;
+        case EFP_MSG_BENCH:
+            return on_bench;
+        case EFP_MSG_EVENTS:
+            return on_events;
+        case EFP_MSG_GET_COUNTERS:
+            return on_counters;
+        case EFP_MSG_GET_OOD:
+            return on_get_ood;
+        case EFP_MSG_READ_LOG:
+            return on_read_log;
+        case EFP_MSG_RESET:
+            return on_reset;
+        default:
+            return NULL;
     }
 }
 
@@ -930,43 +938,40 @@ static void notice(int code, uint8_t type, uint16_t seq, const char *text1)
 {
     uint8_t frame[3 + 2 + 64 + 4];
     char line[64];
-    text t;
-    text_init(&t, line, sizeof line);
-    text_str(&t, text1);
-    frame_send(frame, frame_seal(frame, ERROR, seq, error_body(frame + 3, code, type, line)));
+    efp_text t;
+    efp_text_init(&t, line, sizeof line);
+    efp_text_str(&t, text1);
+    efp_frame_send(frame, efp_frame_seal(frame, EFP_MSG_ERROR, seq, error_body(frame + 3, code, type, line)));
 }
 
 static void answer(const uint8_t *payload, size_t len)
 {
     uint8_t type = payload[0];
     uint16_t seq = (uint16_t)(payload[1] | payload[2] << 8);
-    uint32_t crc = read_u32(payload + len - 4);
+    uint32_t crc = efp_read_u32(payload + len - 4);
     if (seq == 0) {
         return; /* seq 0 marks unsolicited frames, never a request: not executed, not answered */
     }
-    if (type != HELLO && kept && kept_seq == seq && kept_crc == crc) {
-        frame_send(tx, tx_len); /* a duplicate: the kept answer again, not executed twice */
+    if (type != EFP_MSG_HELLO && kept && kept_seq == seq && kept_crc == crc) {
+        efp_frame_send(tx, tx_len); /* a duplicate: the kept answer again, not executed twice */
         return;
     }
     handler h = handler_for(type);
-    long n = h ? h(payload + 3, len - FRAME_OVERHEAD, tx + 3)
-               : refuse_bytes(UNKNOWN_TYPE, "unknown request type ", type, "");
-    tx_len = n >= 0 ? frame_seal(tx, type | RESPONSE, seq, (size_t)n)
-                    : frame_seal(tx, ERROR, seq, error_body(tx + 3, error_code, type, message));
-    kept = type != HELLO;
+    long n = h ? h(payload + 3, len - EFP_FRAME_OVERHEAD, tx + 3)
+               : refuse_bytes(EFP_ERR_UNKNOWN_TYPE, "unknown request type ", type, "");
+    tx_len = n >= 0 ? efp_frame_seal(tx, type | EFP_RESPONSE, seq, (size_t)n)
+                    : efp_frame_seal(tx, EFP_MSG_ERROR, seq, error_body(tx + 3, error_code, type, message));
+    kept = type != EFP_MSG_HELLO;
     kept_seq = seq;
     kept_crc = crc;
-    frame_send(tx, tx_len);
+    efp_frame_send(tx, tx_len);
     if (reboot_after_answer) {
-        board_reset();
+        efp_board_reset();
     }
 }
 
 /* ---------------------------------------------------------------- inference from the application */
-uint32_t efp_window_values(void)
-{
-    return active.slot < 0 ? 0 : elements(&active.info);
-}
+uint32_t efp_window_values(void) { return active.slot < 0 ? 0 : elements(&active.info); }
 
 /* Run an int8 input (with its raw values when known) as an input seen; fill the verdict. */
 static int classify(const uint8_t *x, const float *raw, efp_verdict *v)
@@ -1004,7 +1009,7 @@ int efp_classify(const float *window, uint32_t values, efp_verdict *verdict)
     if (active.slot < 0) {
         return EFP_NO_MODEL;
     }
-    const bundle_info *b = &active.info;
+    const efp_bundle_info *b = &active.info;
     if (values != elements(b)) {
         return EFP_WRONG_SIZE;
     }
@@ -1024,63 +1029,70 @@ int efp_classify(const float *window, uint32_t values, efp_verdict *verdict)
         uint32_t c = i % b->channels;
         float z = (window[i] - active.mean[c]) / active.std[c]; /* float32 steps, as the host's numpy */
         z = z / active.scale;
-        z = z < -1000.0f ? -1000.0f : z > 1000.0f ? 1000.0f : z; /* beyond the int8 range either way */
+        z = z < -1000.0f ? -1000.0f : z > 1000.0f ? 1000.0f : z;        /* beyond the int8 range either way */
         z = (z + 12582912.0f) - 12582912.0f + (float)active.zero_point; /* rounded half to even, as np.round */
         q[i] = (int8_t)(z < -128.0f ? -128 : z > 127.0f ? 127 : (int)z);
     }
     return classify((const uint8_t *)q, window, verdict);
 }
 
-int app_sense(void)
+int efp_app_sense(void)
 {
     uint32_t values = efp_window_values();
 #if EFP_SENSOR_HZ
     static uint32_t last_us;
-    if (board_time_us() - last_us < 1000000u / EFP_SENSOR_HZ) {
+    if (efp_board_time_us() - last_us < 1000000u / EFP_SENSOR_HZ) {
         return 0;
     }
 #endif
     efp_verdict verdict;
-    if (values == 0 || board_sensor_read(active.window, values) != 1) {
+    if (values == 0 || efp_board_sensor_read(active.window, values) != 1) {
         return 0;
     }
 #if EFP_SENSOR_HZ
-    last_us = board_time_us();
+    last_us = efp_board_time_us();
 #endif
     efp_classify(active.window, values, &verdict); /* a window of NaN is dropped as it came */
     return 1;
 }
 
-int app_poll(void)
+int efp_app_poll(void)
 {
     uint8_t chunk[64];
-    size_t n = board_uart_read(chunk, sizeof chunk);
-    app_receive(chunk, n);
+    size_t n = efp_board_uart_read(chunk, sizeof chunk);
+    efp_app_receive(chunk, n);
     return n != 0;
 }
 
-void app_receive(const uint8_t *data, size_t len)
+void efp_app_receive(const uint8_t *data, size_t len)
 {
     for (size_t i = 0; i < len; ++i) {
-        switch (frame_feed(&reader, data[i])) {
-        case FRAME_OK: answer(reader.payload, reader.payload_len); break;
-        case FRAME_BAD: notice(BAD_FRAME, 0, 0, "a frame did not decode or failed its CRC"); break;
-        case FRAME_OVERSIZED: notice(FRAME_TOO_LARGE, reader.type, reader.seq, "the frame exceeds the max frame"); break;
-        default: break;
+        switch (efp_frame_feed(&reader, data[i])) {
+            case EFP_FRAME_OK:
+                answer(reader.payload, reader.payload_len);
+                break;
+            case EFP_FRAME_BAD:
+                notice(EFP_ERR_BAD_FRAME, 0, 0, "a frame did not decode or failed its CRC");
+                break;
+            case EFP_FRAME_OVERSIZED:
+                notice(EFP_ERR_FRAME_TOO_LARGE, reader.type, reader.seq, "the frame exceeds the max frame");
+                break;
+            default:
+                break;
         }
     }
 }
 
-void app_init(void)
+void efp_app_init(void)
 {
     active.slot = -1;
-    if (storage_init()) {
+    if (efp_storage_init()) {
         return; /* no usable flash: serve the protocol without bundles */
     }
-    int first = storage_record.active == NO_SLOT ? 0 : storage_record.active;
-    for (int i = 0; i < SLOTS; ++i) { /* the active slot, else the other one if it verifies */
-        int slot = (first + i) % SLOTS;
-        if (storage_record.slot[slot].verified && load(slot) == 0) {
+    int first = efp_storage_record.active == EFP_NO_SLOT ? 0 : efp_storage_record.active;
+    for (int i = 0; i < EFP_SLOTS; ++i) { /* the active slot, else the other one if it verifies */
+        int slot = (first + i) % EFP_SLOTS;
+        if (efp_storage_record.slot[slot].verified && load(slot) == 0) {
             break;
         }
     }

@@ -5,17 +5,17 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Read storage and start serving the last active bundle (call after board_init). */
-void app_init(void);
+/* Read storage and start serving the last active bundle (call after efp_board_init). */
+void efp_app_init(void);
 
-/* Handle bytes received on the UART (answers go out through board_uart_write). */
-void app_receive(const uint8_t *data, size_t len);
+/* Handle bytes received on the UART (answers go out through efp_board_uart_write). */
+void efp_app_receive(const uint8_t *data, size_t len);
 
 /* Read what the UART received and handle it; 1 when anything came. */
-int app_poll(void);
+int efp_app_poll(void);
 
-/* Standalone mode: when the board's sensor has a window (board_sensor_read), classify it (efp.h); 1 when
+/* Standalone mode: when the board's sensor has a window (efp_board_sensor_read), classify it (efp.h); 1 when
  * a window came. */
-int app_sense(void);
+int efp_app_sense(void);
 
 #endif

@@ -15,33 +15,33 @@ typedef struct {
     const uint8_t *manifest;
     uint32_t manifest_len;
     char name[EFP_NAME_MAX + 1];
-    uint32_t input_bytes;     /* bytes of the input: its elements, 4 bytes each when input_float */
-    uint8_t input_float;      /* a wrapped model that takes float32 */
-    uint32_t channels;        /* the input shape's last dimension */
-    uint32_t classes;         /* labels */
-    uint32_t layers;          /* fingerprinted layers; 0: a model wrapped without a fingerprint, no OOD check */
-    uint32_t probs_index;     /* model output holding the probabilities */
+    uint32_t input_bytes; /* bytes of the input: its elements, 4 bytes each when input_float */
+    uint8_t input_float;  /* a wrapped model that takes float32 */
+    uint32_t channels;    /* the input shape's last dimension */
+    uint32_t classes;     /* labels */
+    uint32_t layers;      /* fingerprinted layers; 0: a model wrapped without a fingerprint, no OOD check */
+    uint32_t probs_index; /* model output holding the probabilities */
     uint32_t error_index[EFP_MAX_LAYERS];
-    int64_t score_unit;       /* table units per unit of z */
-    int64_t threshold_units;  /* OOD when the sum of the layers' table entries exceeds it */
+    int64_t score_unit;                 /* table units per unit of z */
+    int64_t threshold_units;            /* OOD when the sum of the layers' table entries exceeds it */
     const char *tables[EFP_MAX_LAYERS]; /* each layer's z_table, a JSON array in the manifest */
     const char *tables_end[EFP_MAX_LAYERS];
     const char *raw, *raw_end; /* a wrapped model's outputs.raw, a JSON array in the manifest */
-} bundle_info;
+} efp_bundle_info;
 
 /* 0 when the archive holds a bundle that verifies, else -1 with the reason in err. */
-int bundle_open(const uint8_t *archive, uint32_t len, bundle_info *b, char *err, size_t err_len);
+int efp_bundle_open(const uint8_t *archive, uint32_t len, efp_bundle_info *b, char *err, size_t err_len);
 
 /* Read the layers' score tables (256 entries each) into tables[layers][256] (only check them when
  * tables is NULL); 0 on success. */
-int bundle_tables(const bundle_info *b, int32_t *tables);
+int efp_bundle_tables(const efp_bundle_info *b, int32_t *tables);
 
 /* The input's preprocessing and quantisation (docs/bundle.md): per channel mean and std (0 and 1 when
  * there is none), the int8 scale and zero point; 0 on success. */
-int bundle_input(const bundle_info *b, float *mean, float *std, float *scale, int32_t *zero_point);
+int efp_bundle_input(const efp_bundle_info *b, float *mean, float *std, float *scale, int32_t *zero_point);
 
 /* Bytes of output k of a model wrapped without a fingerprint as the manifest lists it, with its TFLite
  * TensorType in type; 0 past the last (and for a fingerprinted bundle). */
-uint32_t bundle_output(const bundle_info *b, uint32_t k, int32_t *type);
+uint32_t efp_bundle_output(const efp_bundle_info *b, uint32_t k, int32_t *type);
 
 #endif

@@ -97,7 +97,7 @@ EFP_HOT uint32_t word(const int16_t *c) /* two int16 lanes; c is 4-byte aligned 
 /* A group of 4 values of both columns against 4 weights of two rows: 16 products. */
 #define GROUP(c, u0, u1)                                                                                               \
     do {                                                                                                               \
-        uint32_t w = efp_read4(u0), w02 = efp_sxtb16(w), w13 = efp_sxtb16_ror8(w);                                   \
+        uint32_t w = efp_read4(u0), w02 = efp_sxtb16(w), w13 = efp_sxtb16_ror8(w);                                     \
         uint32_t x0 = word(c), x1 = word(c + 2), y0 = word(c + 4), y1 = word(c + 6);                                   \
         a00 = efp_smlad(x1, w13, efp_smlad(x0, w02, a00));                                                             \
         a10 = efp_smlad(y1, w13, efp_smlad(y0, w02, a10));                                                             \

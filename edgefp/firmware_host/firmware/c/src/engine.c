@@ -12,7 +12,7 @@
 #include "plan.h"
 #include "simd.h"
 
-#define ALIGN sizeof(void *)
+#define ALIGN  sizeof(void *)
 #define CUSTOM 32 /* BuiltinOperator CUSTOM: named by its custom code */
 
 typedef struct {
@@ -32,12 +32,12 @@ struct efp_prep {
     uint32_t tensors, n_tensors, ops, n_ops, buffers, n_buffers, codes, n_codes, ins, n_ins, outs, n_outs;
     uint32_t k, op_ins, n_op_ins, op_outs, n_op_outs, opts; /* the operator being prepared */
     int32_t code;
-    int real;     /* second pass: the arena is big enough, write into it */
-    int status;   /* a failure of a helper that returns memory (efp_scratch) */
+    int real;   /* second pass: the arena is big enough, write into it */
+    int status; /* a failure of a helper that returns memory (efp_scratch) */
     uint8_t *base, *act;
-    size_t used;  /* persistent bytes so far */
+    size_t used; /* persistent bytes so far */
     graph *g;
-    step *step;   /* the operator's step (real pass) */
+    step *step; /* the operator's step (real pass) */
     efp_plan plan;
 };
 
@@ -163,7 +163,10 @@ static int io_tensor(efp_prep *c, uint32_t vec, uint32_t n, uint32_t i, efp_tens
 int efp_input(efp_prep *c, uint32_t i, efp_tensor *t) { return io_tensor(c, c->op_ins, c->n_op_ins, i, t); }
 int efp_output(efp_prep *c, uint32_t i, efp_tensor *t) { return io_tensor(c, c->op_outs, c->n_op_outs, i, t); }
 
-int32_t efp_option(efp_prep *c, int field, int size, int32_t def) { return efp_fb_int(&c->fb, c->opts, field, size, def); }
+int32_t efp_option(efp_prep *c, int field, int size, int32_t def)
+{
+    return efp_fb_int(&c->fb, c->opts, field, size, def);
+}
 
 float efp_option_f32(efp_prep *c, int field, float def)
 {
@@ -262,32 +265,32 @@ int efp_output_stage_init(efp_prep *c, efp_output_stage *q, const efp_tensor *in
  * (the 64-bit product otherwise), RoundingDivideByPOT as in efp_requantize_small; the activation
  * range by SSAT when it is the whole of int8, else by compares. */
 #define OUTPUT_SMALL(CLAMP)                                                                                            \
-    "1:\n\t"                                                                                                          \
-    "ldr %[a], [%[acc]], #4\n\t"                                                                                      \
-    "ldr %[t], [%[bias]], #4\n\t"                                                                                     \
-    "ldr %[m], [%[mult]], #4\n\t"                                                                                     \
-    "add %[a], %[a], %[t]\n\t"                                                                                        \
-    "adds %[t], %[a], %[a]\n\t"                                                                                       \
-    "bvs 3f\n\t"                                                                                                      \
-    "smmulr %[y], %[t], %[m]\n"                                                                                       \
-    "2:\n\t"                                                                                                          \
-    "ldrsb %[m], [%[shift]], #1\n\t"                                                                                  \
-    "mvn %[m], %[m]\n\t"                                                                                              \
-    "lsl %[t], %[one], %[m]\n\t"                                                                                      \
-    "sub %[t], %[t], %[y], lsr #31\n\t"                                                                               \
-    "qadd %[y], %[y], %[t]\n\t"                                                                                       \
-    "asr %[y], %[y], %[m]\n\t"                                                                                        \
-    "add %[y], %[off], %[y], asr #1\n\t" CLAMP "strb %[y], [%[out]], #1\n\t"                                          \
-    "subs %[n], %[n], #1\n\t"                                                                                         \
-    "bne 1b\n\t"                                                                                                      \
-    "b 4f\n"                                                                                                          \
-    "3:\n\t"                                                                                                          \
-    "smull %[t], %[y], %[a], %[m]\n\t"                                                                                \
-    "adds %[t], %[t], #0x40000000\n\t"                                                                                \
-    "adc %[y], %[y], #0\n\t"                                                                                          \
-    "lsr %[t], %[t], #31\n\t"                                                                                         \
-    "orr %[y], %[t], %[y], lsl #1\n\t"                                                                                \
-    "b 2b\n"                                                                                                          \
+    "1:\n\t"                                                                                                           \
+    "ldr %[a], [%[acc]], #4\n\t"                                                                                       \
+    "ldr %[t], [%[bias]], #4\n\t"                                                                                      \
+    "ldr %[m], [%[mult]], #4\n\t"                                                                                      \
+    "add %[a], %[a], %[t]\n\t"                                                                                         \
+    "adds %[t], %[a], %[a]\n\t"                                                                                        \
+    "bvs 3f\n\t"                                                                                                       \
+    "smmulr %[y], %[t], %[m]\n"                                                                                        \
+    "2:\n\t"                                                                                                           \
+    "ldrsb %[m], [%[shift]], #1\n\t"                                                                                   \
+    "mvn %[m], %[m]\n\t"                                                                                               \
+    "lsl %[t], %[one], %[m]\n\t"                                                                                       \
+    "sub %[t], %[t], %[y], lsr #31\n\t"                                                                                \
+    "qadd %[y], %[y], %[t]\n\t"                                                                                        \
+    "asr %[y], %[y], %[m]\n\t"                                                                                         \
+    "add %[y], %[off], %[y], asr #1\n\t" CLAMP "strb %[y], [%[out]], #1\n\t"                                           \
+    "subs %[n], %[n], #1\n\t"                                                                                          \
+    "bne 1b\n\t"                                                                                                       \
+    "b 4f\n"                                                                                                           \
+    "3:\n\t"                                                                                                           \
+    "smull %[t], %[y], %[a], %[m]\n\t"                                                                                 \
+    "adds %[t], %[t], #0x40000000\n\t"                                                                                 \
+    "adc %[y], %[y], #0\n\t"                                                                                           \
+    "lsr %[t], %[t], #31\n\t"                                                                                          \
+    "orr %[y], %[t], %[y], lsl #1\n\t"                                                                                 \
+    "b 2b\n"                                                                                                           \
     "4:"
 
 static void output_small(const int32_t *acc, const int32_t *bias, const int32_t *mult, const int8_t *shift, int8_t *out,
@@ -680,3 +683,11 @@ const efp_io *efp_engine_output(const efp_engine *e, size_t index)
     const graph *g = e->graph;
     return g && index < g->n_out ? &g->io[g->n_in + index] : NULL;
 }
+
+size_t efp_engine_size(void) { return sizeof(efp_engine); }
+
+const char *efp_engine_error(const efp_engine *e) { return e->error; }
+
+size_t efp_engine_arena_needed(const efp_engine *e) { return e->arena_needed; }
+
+size_t efp_engine_arena_used(const efp_engine *e) { return e->arena_used; }

@@ -6,10 +6,10 @@
 #include <stdint.h>
 
 #ifdef __GNUC__
-#define EFP_HOT static inline __attribute__((always_inline)) /* per-element helpers: no calls at -Os */
-#define EFP_LOOP static __attribute__((noinline)) /* inner loops: registers of their own */
+#define EFP_HOT  static inline __attribute__((always_inline)) /* per-element helpers: no calls at -Os */
+#define EFP_LOOP static __attribute__((noinline))             /* inner loops: registers of their own */
 #else
-#define EFP_HOT static inline
+#define EFP_HOT  static inline
 #define EFP_LOOP static
 #endif
 
@@ -113,10 +113,10 @@ static inline int32_t efp_roundf(float f)
 }
 
 /* gemmlowp's functions on raw values; int_bits: integer bits of the input's format. */
-int32_t efp_exp_on_negative(int32_t a, int int_bits);  /* exp(a), a <= 0; result Q0.31 */
-int32_t efp_one_over_one_plus_x(int32_t a);            /* 1 / (1 + a) for a in [0, 1) Q0.31 */
-int32_t efp_tanh(int32_t a, int int_bits);             /* result Q0.31 */
-int32_t efp_logistic(int32_t a, int int_bits);         /* result Q0.31 */
+int32_t efp_exp_on_negative(int32_t a, int int_bits); /* exp(a), a <= 0; result Q0.31 */
+int32_t efp_one_over_one_plus_x(int32_t a);           /* 1 / (1 + a) for a in [0, 1) Q0.31 */
+int32_t efp_tanh(int32_t a, int int_bits);            /* result Q0.31 */
+int32_t efp_logistic(int32_t a, int int_bits);        /* result Q0.31 */
 
 /* TFLite's QuantizeMultiplier: d = m * 2^(shift - 31), m in [2^30, 2^31) (negative d: negative m). */
 void efp_quantize_multiplier(double d, int32_t *m, int32_t *shift);

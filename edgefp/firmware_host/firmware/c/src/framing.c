@@ -7,7 +7,7 @@ static const uint32_t crc_nibble[16] = {
     0xedb88320, 0xf00f9344, 0xd6d6a3e8, 0xcb61b38c, 0x9b64c2b0, 0x86d3d2d4, 0xa00ae278, 0xbdbdf21c,
 };
 
-uint32_t crc32_update(uint32_t crc, const uint8_t *data, size_t len)
+uint32_t efp_crc32_update(uint32_t crc, const uint8_t *data, size_t len)
 {
     crc = ~crc;
     while (len--) {
@@ -45,56 +45,56 @@ static long cobs_decode(uint8_t *buf, size_t n, int partial)
     return (long)out;
 }
 
-enum frame_event frame_feed(frame_reader *r, uint8_t byte)
+enum efp_frame_event efp_frame_feed(efp_frame_reader *r, uint8_t byte)
 {
     if (byte != 0) {
         if (r->discarding) {
-            return FRAME_NONE;
+            return EFP_FRAME_NONE;
         }
-        if (r->len < FRAME_ENCODED_LIMIT) {
+        if (r->len < EFP_FRAME_ENCODED_LIMIT) {
             r->buf[r->len++] = byte;
-            return FRAME_NONE;
+            return EFP_FRAME_NONE;
         }
         long start = cobs_decode(r->buf, 8, 1);
         r->type = start >= 3 ? r->buf[0] : 0;
         r->seq = start >= 3 ? (uint16_t)(r->buf[1] | r->buf[2] << 8) : 0;
         r->len = 0;
         r->discarding = 1;
-        return FRAME_OVERSIZED;
+        return EFP_FRAME_OVERSIZED;
     }
     size_t n = r->len;
     int discarded = r->discarding;
     r->len = 0;
     r->discarding = 0;
     if (n == 0 || discarded) {
-        return FRAME_NONE;
+        return EFP_FRAME_NONE;
     }
     long len = cobs_decode(r->buf, n, 0);
-    if (len < FRAME_OVERHEAD || crc32_update(0, r->buf, (size_t)len - 4) != read_u32(r->buf + len - 4)) {
-        return FRAME_BAD;
+    if (len < EFP_FRAME_OVERHEAD || efp_crc32_update(0, r->buf, (size_t)len - 4) != efp_read_u32(r->buf + len - 4)) {
+        return EFP_FRAME_BAD;
     }
     r->payload = r->buf;
     r->payload_len = (size_t)len;
-    return FRAME_OK;
+    return EFP_FRAME_OK;
 }
 
-size_t frame_seal(uint8_t *payload, uint8_t type, uint16_t seq, size_t body_len)
+size_t efp_frame_seal(uint8_t *payload, uint8_t type, uint16_t seq, size_t body_len)
 {
     payload[0] = type;
     payload[1] = (uint8_t)seq;
     payload[2] = (uint8_t)(seq >> 8);
     size_t n = 3 + body_len;
-    uint32_t crc = crc32_update(0, payload, n);
+    uint32_t crc = efp_crc32_update(0, payload, n);
     for (int i = 0; i < 4; ++i) {
         payload[n++] = (uint8_t)(crc >> (8 * i));
     }
     return n;
 }
 
-void frame_send(const uint8_t *payload, size_t len)
+void efp_frame_send(const uint8_t *payload, size_t len)
 {
     static const uint8_t zero = 0, full = 0xFF;
-    board_uart_write(&zero, 1);
+    efp_board_uart_write(&zero, 1);
     size_t start = 0;
     for (;;) {
         size_t end = start;
@@ -102,18 +102,18 @@ void frame_send(const uint8_t *payload, size_t len)
             ++end;
         }
         if (end - start == 254) { /* a full block: no zero implied, the piece goes on */
-            board_uart_write(&full, 1);
-            board_uart_write(payload + start, 254);
+            efp_board_uart_write(&full, 1);
+            efp_board_uart_write(payload + start, 254);
             start = end;
             continue;
         }
         uint8_t code = (uint8_t)(end - start + 1);
-        board_uart_write(&code, 1);
-        board_uart_write(payload + start, end - start);
+        efp_board_uart_write(&code, 1);
+        efp_board_uart_write(payload + start, end - start);
         if (end >= len) {
             break;
         }
         start = end + 1; /* the zero the code implies */
     }
-    board_uart_write(&zero, 1);
+    efp_board_uart_write(&zero, 1);
 }

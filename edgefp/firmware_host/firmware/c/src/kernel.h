@@ -14,14 +14,14 @@
 enum efp_type { EFP_FLOAT32 = EFP_IO_FLOAT32, EFP_INT32 = EFP_IO_INT32, EFP_INT8 = EFP_IO_INT8 };
 
 typedef struct {
-    int32_t idx;          /* tensor index; -1: an optional input left out */
+    int32_t idx; /* tensor index; -1: an optional input left out */
     int32_t type, ndim, dims[EFP_MAX_DIMS], zp;
     uint32_t count, bytes;
-    const uint8_t *data;  /* constant data in the model; NULL for tensors computed at run time */
-    float scale;          /* the first scale */
-    uint32_t n_scales;    /* 0: not quantised; > 1: per channel along qdim */
+    const uint8_t *data; /* constant data in the model; NULL for tensors computed at run time */
+    float scale;         /* the first scale */
+    uint32_t n_scales;   /* 0: not quantised; > 1: per channel along qdim */
     uint32_t qdim;
-    uint32_t scales;      /* position of the scales in the model (efp_scale) */
+    uint32_t scales; /* position of the scales in the model (efp_scale) */
 } efp_tensor;
 
 typedef struct efp_prep efp_prep; /* the operator being prepared (engine.c) */
@@ -33,8 +33,8 @@ typedef struct {
     efp_eval_fn eval;            /* runs it; NULL for operators that only rename memory (RESHAPE) */
 } efp_op;
 
-const efp_op *efp_op_find(int32_t code);              /* ops.c; NULL: not supported */
-const char *efp_op_name(int32_t code, char *buf);     /* op_names.c; buf: 12 bytes for "#code" */
+const efp_op *efp_op_find(int32_t code);          /* ops.c; NULL: not supported */
+const char *efp_op_name(int32_t code, char *buf); /* op_names.c; buf: 12 bytes for "#code" */
 const char *efp_type_name(int32_t type, char *buf);
 
 /* ---- for prepare functions ---- */
@@ -54,8 +54,8 @@ void *efp_persist(efp_prep *p, size_t bytes);
 void *efp_scratch(efp_prep *p, size_t bytes);
 void efp_set_eval(efp_prep *p, efp_eval_fn eval); /* another kernel than the table's */
 
-void *efp_data(efp_prep *p, const efp_tensor *t);  /* a tensor's memory (NULL in the measuring pass) */
-int efp_alias(efp_prep *p, const efp_tensor *out, const efp_tensor *in); /* out is in's memory */
+void *efp_data(efp_prep *p, const efp_tensor *t); /* a tensor's memory (NULL in the measuring pass) */
+int efp_alias(efp_prep *p, const efp_tensor *out, const efp_tensor *in);     /* out is in's memory */
 void efp_in_place(efp_prep *p, const efp_tensor *out, const efp_tensor *in); /* when in dies here */
 
 /* Refusals: "<OPERATOR>: why" (EFP_UNSUPPORTED) and "invalid model: why" (EFP_INVALID_MODEL). */

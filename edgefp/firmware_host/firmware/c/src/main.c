@@ -5,11 +5,11 @@
 
 int main(void)
 {
-    board_init();
-    app_init();
+    efp_board_init();
+    efp_app_init();
     for (;;) {
-        if (!app_poll() && !app_sense()) {
-            board_idle();
+        if (!efp_app_poll() && !efp_app_sense()) {
+            efp_board_idle();
         }
     }
 }

@@ -16,7 +16,7 @@ typedef struct {
     int8_t *out;
     int32_t n[4], sa[4], sb[4]; /* collapsed output shape and input strides (0 = broadcast) */
     int32_t a_off, b_off, out_off, left_shift, ma, mb, mo;
-    int8_t rsa, rsb, lso, rso;  /* input right shifts; output left and right shifts */
+    int8_t rsa, rsb, lso, rso; /* input right shifts; output left and right shifts */
 } binary;
 
 void efp_eval_binary(const void *params)
@@ -96,7 +96,8 @@ int efp_prepare_binary(efp_prep *c)
     double r1 = 0, r2 = 0, ro;
     if ((st = efp_input(c, 0, &a)) || (st = efp_input(c, 1, &b)) || (st = efp_output(c, 0, &out)))
         return st;
-    if ((st = efp_expect(c, &a, EFP_INT8)) || (st = efp_expect(c, &b, EFP_INT8)) || (st = efp_expect(c, &out, EFP_INT8)))
+    if ((st = efp_expect(c, &a, EFP_INT8)) || (st = efp_expect(c, &b, EFP_INT8)) ||
+        (st = efp_expect(c, &out, EFP_INT8)))
         return st;
     memset(&q, 0, sizeof q);
     if ((st = efp_activation(c, code == SQUARED_DIFFERENCE ? 0 : efp_option(c, 0, 1, 0), &out, &q.act_min,

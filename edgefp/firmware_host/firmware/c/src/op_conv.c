@@ -17,7 +17,7 @@ typedef struct {
     int8_t *out;
     int32_t in_off;
     int16_t batches, in_h, in_w, in_c, out_h, out_w, out_c, f_c, k_h, k_w; /* f_c: filter depth (1: depthwise) */
-    int16_t s_h, s_w, d_h, d_w, pad_h, pad_w, per_group; /* output channels per input group */
+    int16_t s_h, s_w, d_h, d_w, pad_h, pad_w, per_group;                   /* output channels per input group */
     uint8_t depthwise;
     int16_t *columns; /* fast convolution: two interleaved im2col columns of k_h * k_w * in_c values */
     int32_t *sums;    /* fast kernels: the sums of an output pixel (two for convolutions) */
@@ -149,8 +149,8 @@ EFP_HOT void taps4(const int8_t *x, const int8_t *w, const int32_t *taps, int32_
             "smlatt %[a3], %[v], %[u], %[a3]\n\t"
             "subs %[n], %[n], #1\n\t"
             "bne 1b"
-            : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [taps] "+r"(taps), [n] "+r"(n),
-              [v] "=&r"(v), [u] "=&r"(u), [t0] "=&r"(t0), [t1] "=&r"(t1)
+            : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [taps] "+r"(taps), [n] "+r"(n), [v] "=&r"(v),
+              [u] "=&r"(u), [t0] "=&r"(t0), [t1] "=&r"(t1)
             : [x] "r"(x), [w] "r"(w), [off] "r"(off)
             : "cc", "memory");
     s[0] = a0;
@@ -161,7 +161,8 @@ EFP_HOT void taps4(const int8_t *x, const int8_t *w, const int32_t *taps, int32_
     int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
     for (; n > 0; n--, taps += 2) {
         uint32_t v = efp_read4(x + taps[0]), u = efp_read4(w + taps[1]);
-        uint32_t x02 = efp_sxtab16(off, v), x13 = efp_sxtab16_ror8(off, v), w02 = efp_sxtb16(u), w13 = efp_sxtb16_ror8(u);
+        uint32_t x02 = efp_sxtab16(off, v), x13 = efp_sxtab16_ror8(off, v), w02 = efp_sxtb16(u),
+                 w13 = efp_sxtb16_ror8(u);
         a0 = efp_smlabb(x02, w02, a0);
         a2 = efp_smlatt(x02, w02, a2);
         a1 = efp_smlabb(x13, w13, a1);
@@ -195,8 +196,8 @@ EFP_HOT void taps4_of_1(const int8_t *x, const int8_t *w, const int32_t *taps, i
             "smlatt %[a3], %[v], %[u], %[a3]\n\t"
             "subs %[n], %[n], #1\n\t"
             "bne 1b"
-            : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [taps] "+r"(taps), [n] "+r"(n),
-              [v] "=&r"(v), [u] "=&r"(u), [t0] "=&r"(t0), [t1] "=&r"(t1)
+            : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [taps] "+r"(taps), [n] "+r"(n), [v] "=&r"(v),
+              [u] "=&r"(u), [t0] "=&r"(t0), [t1] "=&r"(t1)
             : [x] "r"(x), [w] "r"(w), [off] "r"(offset)
             : "cc", "memory");
     s[0] = a0;
@@ -206,7 +207,8 @@ EFP_HOT void taps4_of_1(const int8_t *x, const int8_t *w, const int32_t *taps, i
 #else
     int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
     for (; n > 0; n--, taps += 2) {
-        uint32_t v = efp_pair(x[taps[0]] + offset), u = efp_read4(w + taps[1]), w02 = efp_sxtb16(u), w13 = efp_sxtb16_ror8(u);
+        uint32_t v = efp_pair(x[taps[0]] + offset), u = efp_read4(w + taps[1]), w02 = efp_sxtb16(u),
+                 w13 = efp_sxtb16_ror8(u);
         a0 = efp_smlabb(v, w02, a0);
         a2 = efp_smlatt(v, w02, a2);
         a1 = efp_smlabb(v, w13, a1);
@@ -290,7 +292,8 @@ int efp_prepare_conv(efp_prep *c)
         return st;
     if (in.idx < 0 || w.idx < 0)
         return efp_unsupported(c, "missing input");
-    if ((st = efp_expect(c, &in, EFP_INT8)) || (st = efp_expect(c, &w, EFP_INT8)) || (st = efp_expect(c, &out, EFP_INT8)))
+    if ((st = efp_expect(c, &in, EFP_INT8)) || (st = efp_expect(c, &w, EFP_INT8)) ||
+        (st = efp_expect(c, &out, EFP_INT8)))
         return st;
     oc = out.dims[3];
     if (in.ndim != 4 || w.ndim != 4 || out.ndim != 4 || out.dims[0] != in.dims[0])

@@ -64,7 +64,8 @@ int efp_prepare_fully_connected(efp_prep *c)
         return st;
     if (in.idx < 0 || w.idx < 0)
         return efp_unsupported(c, "missing input");
-    if ((st = efp_expect(c, &in, EFP_INT8)) || (st = efp_expect(c, &w, EFP_INT8)) || (st = efp_expect(c, &out, EFP_INT8)))
+    if ((st = efp_expect(c, &in, EFP_INT8)) || (st = efp_expect(c, &w, EFP_INT8)) ||
+        (st = efp_expect(c, &out, EFP_INT8)))
         return st;
     if (efp_option(c, 1, 1, 0))
         return efp_unsupported(c, "unsupported weights format");

@@ -8,7 +8,11 @@
 #include "ops.h"
 
 enum {
-    CONCATENATION = 2, PAD = 34, STRIDED_SLICE = 45, PADV2 = 60, PACK = 83,
+    CONCATENATION = 2,
+    PAD = 34,
+    STRIDED_SLICE = 45,
+    PADV2 = 60,
+    PACK = 83,
 };
 
 static int same_type(efp_prep *c, const efp_tensor *in, const efp_tensor *out)
@@ -23,7 +27,7 @@ static const int32_t *constant_i32(efp_prep *c, const efp_tensor *t, uint32_t co
 {
     if (t->idx < 0 || t->type != EFP_INT32 || !t->data || t->count != count) {
         *st = t->idx >= 0 && t->data && t->type == EFP_INT32 ? efp_invalid(c, "tensor shapes do not match")
-                                                              : efp_unsupported(c, "needs a constant int32 tensor");
+                                                             : efp_unsupported(c, "needs a constant int32 tensor");
         return NULL;
     }
     *st = 0;
@@ -104,6 +108,7 @@ void efp_eval_pad(const void *params)
         stride[d] = d == last ? 1 : stride[d + 1] * p->in_dims[d + 1];
     for (d = 0; d < last; d++) {
         rows *= p->out_dims[d];
+        /* cppcheck-suppress uninitvar ; set above for every d <= last (ndim >= 1) */
         off -= p->left[d] * stride[d];
         outside += p->left[d] > 0;
     }
@@ -197,7 +202,8 @@ void efp_eval_strided_slice(const void *params)
         for (i1 = p->start[1]; more(i1, p->stop[1], p->stride[1]); i1 += p->stride[1])
             for (i2 = p->start[2]; more(i2, p->stop[2], p->stride[2]); i2 += p->stride[2])
                 for (i3 = p->start[3]; more(i3, p->stop[3], p->stride[3]); i3 += p->stride[3]) {
-                    int32_t at = i0 * p->in_stride[0] + i1 * p->in_stride[1] + i2 * p->in_stride[2] + i3 * p->in_stride[3];
+                    int32_t at =
+                        i0 * p->in_stride[0] + i1 * p->in_stride[1] + i2 * p->in_stride[2] + i3 * p->in_stride[3];
                     memcpy(out, p->in + (size_t)at * (size_t)sz, (size_t)sz);
                     out += sz;
                 }

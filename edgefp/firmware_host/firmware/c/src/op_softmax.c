@@ -24,7 +24,8 @@ void efp_eval_softmax(const void *params)
         for (c = 0; c < p->depth; c++) {
             int32_t diff = in[i + c] - max;
             if (diff >= p->radius)
-                sum = efp_wadd(sum, efp_rshift(efp_exp_on_negative(efp_srdhm(efp_wshl(diff, p->shift), p->mult), 5), 12));
+                sum =
+                    efp_wadd(sum, efp_rshift(efp_exp_on_negative(efp_srdhm(efp_wshl(diff, p->shift), p->mult), 5), 12));
         }
         /* GetReciprocal(sum, 12 integer bits) */
         bits = __builtin_clz((uint32_t)sum);
@@ -33,7 +34,8 @@ void efp_eval_softmax(const void *params)
         for (c = 0; c < p->depth; c++) {
             int32_t diff = in[i + c] - max, v = -128;
             if (diff >= p->radius)
-                v = efp_rshift(efp_srdhm(scale, efp_exp_on_negative(efp_srdhm(efp_wshl(diff, p->shift), p->mult), 5)), e) -
+                v = efp_rshift(efp_srdhm(scale, efp_exp_on_negative(efp_srdhm(efp_wshl(diff, p->shift), p->mult), 5)),
+                               e) -
                     128;
             out[i + c] = efp_clamp8(v, -128, 127);
         }

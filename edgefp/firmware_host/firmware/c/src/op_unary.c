@@ -11,7 +11,13 @@
 #include "ops.h"
 
 enum {
-    DEQUANTIZE = 6, LOGISTIC = 14, RELU = 19, RELU6 = 21, TANH = 28, QUANTIZE = 114, HARD_SWISH = 117,
+    DEQUANTIZE = 6,
+    LOGISTIC = 14,
+    RELU = 19,
+    RELU6 = 21,
+    TANH = 28,
+    QUANTIZE = 114,
+    HARD_SWISH = 117,
     LEAKY_RELU = 98,
 };
 
@@ -74,26 +80,26 @@ static int8_t entry(const spec *s, int32_t q)
 {
     int32_t v = q - s->in_zp;
     switch (s->code) {
-    case TANH:
-    case LOGISTIC:
-        if (v <= -s->radius)
-            return -128;
-        if (v >= s->radius)
-            return 127;
-        v = efp_mbqm_any(v, s->m1, s->s1);
-        v = s->code == TANH ? efp_rshift(efp_tanh(v, 4), 24) : efp_rshift(efp_logistic(v, 4), 23) - 128;
-        break;
-    case RELU6:
-        v = q;
-        break;
-    case LEAKY_RELU:
-        v = s->out_zp + (v >= 0 ? efp_mbqm_any(v, s->m1, s->s1) : efp_mbqm_any(v, s->m2, s->s2));
-        break;
-    case HARD_SWISH:
-        v = hard_swish(s, q);
-        break;
-    default: /* RELU, QUANTIZE */
-        v = efp_wadd(efp_mbqm_any(v, s->m1, s->s1), s->out_zp);
+        case TANH:
+        case LOGISTIC:
+            if (v <= -s->radius)
+                return -128;
+            if (v >= s->radius)
+                return 127;
+            v = efp_mbqm_any(v, s->m1, s->s1);
+            v = s->code == TANH ? efp_rshift(efp_tanh(v, 4), 24) : efp_rshift(efp_logistic(v, 4), 23) - 128;
+            break;
+        case RELU6:
+            v = q;
+            break;
+        case LEAKY_RELU:
+            v = s->out_zp + (v >= 0 ? efp_mbqm_any(v, s->m1, s->s1) : efp_mbqm_any(v, s->m2, s->s2));
+            break;
+        case HARD_SWISH:
+            v = hard_swish(s, q);
+            break;
+        default: /* RELU, QUANTIZE */
+            v = efp_wadd(efp_mbqm_any(v, s->m1, s->s1), s->out_zp);
     }
     return efp_clamp8(v, s->lo, s->hi);
 }

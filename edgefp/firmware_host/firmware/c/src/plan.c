@@ -35,10 +35,7 @@ efp_buffer *efp_plan_root(efp_plan *p, efp_buffer *b)
     return b;
 }
 
-static int overlap(const efp_buffer *a, const efp_buffer *b)
-{
-    return a->first <= b->last && b->first <= a->last;
-}
+static int overlap(const efp_buffer *a, const efp_buffer *b) { return a->first <= b->last && b->first <= a->last; }
 
 /* The lowest offset for b clear of every placed buffer alive with it: 0 or the end of one of them. */
 static uint32_t lowest_free(const efp_plan *p, const uint8_t *placed, const efp_buffer *b)
@@ -53,8 +50,8 @@ static uint32_t lowest_free(const efp_plan *p, const uint8_t *placed, const efp_
         if (off >= best)
             continue;
         for (j = 0; j < p->n && clear; j++)
-            clear = !(placed[j] && overlap(&p->b[j], b) && off < p->b[j].off + p->b[j].size &&
-                      p->b[j].off < off + b->size);
+            clear =
+                !(placed[j] && overlap(&p->b[j], b) && off < p->b[j].off + p->b[j].size && p->b[j].off < off + b->size);
         if (clear)
             best = off;
     }

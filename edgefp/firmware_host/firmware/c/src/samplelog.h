@@ -7,35 +7,38 @@
 #include <stddef.h>
 #include <stdint.h>
 
-enum log_kind { LOG_INT8 = 0, LOG_RAW = 1 }; /* the int8 input tensor, or the raw float32 values */
+enum efp_log_kind { EFP_LOG_INT8 = 0, EFP_LOG_RAW = 1 }; /* the int8 input tensor, or the raw float32 values */
 
 typedef struct {
     uint32_t input, timestamp_ms, latency_us;
     float score;
     uint8_t pred, ood, kind, reserved;
-} log_head; /* followed by probs[classes], errors[layers], then the data (4-byte aligned) */
+} efp_log_head; /* followed by probs[classes], errors[layers], then the data (4-byte aligned) */
 
 typedef struct {
     uint8_t *memory;
     uint32_t slot_bytes, data_offset, capacity, count, next;
-} sample_log;
+} efp_sample_log;
 
 /* Lay the log out in `bytes` of `memory` (4-byte aligned): slots for `classes` probabilities, `layers`
  * errors and `data_bytes` of data each, as many as fit, at most `most`. */
-void log_init(sample_log *l, uint8_t *memory, size_t bytes, uint32_t classes, uint32_t layers, uint32_t data_bytes,
-              uint32_t most);
+void efp_log_init(efp_sample_log *l, uint8_t *memory, size_t bytes, uint32_t classes, uint32_t layers,
+                  uint32_t data_bytes, uint32_t most);
 
 /* The slot for the next input (the oldest one's, when the log is full), to fill in. */
-log_head *log_append(sample_log *l);
+efp_log_head *efp_log_append(efp_sample_log *l);
 
 /* The first input numbered above `after` (only flagged ones with ood_only), or NULL; the newest input
  * held is number `seen`. */
-const log_head *log_find(const sample_log *l, uint32_t seen, uint32_t after, int ood_only);
+const efp_log_head *efp_log_find(const efp_sample_log *l, uint32_t seen, uint32_t after, int ood_only);
 
 /* The oldest input number held (seen + 1 when none is). */
-uint32_t log_first(const sample_log *l, uint32_t seen);
+uint32_t efp_log_first(const efp_sample_log *l, uint32_t seen);
 
-static inline int8_t *log_probs(const log_head *h) { return (int8_t *)(h + 1); }
-static inline uint8_t *log_data(const sample_log *l, const log_head *h) { return (uint8_t *)h + l->data_offset; }
+static inline int8_t *efp_log_probs(const efp_log_head *h) { return (int8_t *)(h + 1); }
+static inline uint8_t *efp_log_data(const efp_sample_log *l, const efp_log_head *h)
+{
+    return (uint8_t *)h + l->data_offset;
+}
 
 #endif

@@ -2,7 +2,7 @@
 
 #include <string.h>
 
-static void start(sensor_link *s, float *window, uint32_t count)
+static void start(efp_sensor_link *s, float *window, uint32_t count)
 {
     if (window != s->window || count != s->count) { /* another bundle: start over, and ask again */
         s->window = window;
@@ -13,7 +13,7 @@ static void start(sensor_link *s, float *window, uint32_t count)
     }
 }
 
-int sensor_link_ask(sensor_link *s, float *window, uint32_t count)
+int efp_sensor_link_ask(efp_sensor_link *s, float *window, uint32_t count)
 {
     start(s, window, count);
     if (s->asked) {
@@ -23,19 +23,19 @@ int sensor_link_ask(sensor_link *s, float *window, uint32_t count)
     return 1;
 }
 
-int sensor_link_feed(sensor_link *s, uint8_t byte, float *window, uint32_t count)
+int efp_sensor_link_feed(efp_sensor_link *s, uint8_t byte, float *window, uint32_t count)
 {
     start(s, window, count);
-    if (frame_feed(&s->reader, byte) != FRAME_OK || s->reader.payload[0] != SENSOR_FRAME) {
+    if (efp_frame_feed(&s->reader, byte) != EFP_FRAME_OK || s->reader.payload[0] != EFP_SENSOR_FRAME) {
         return 0;
     }
     const uint8_t *body = s->reader.payload + 3;
-    size_t len = s->reader.payload_len - FRAME_OVERHEAD;
+    size_t len = s->reader.payload_len - EFP_FRAME_OVERHEAD;
     if (len < 4 || (len - 4) % 4 != 0) {
         s->broken = 1;
         return 0;
     }
-    uint32_t offset = read_u32(body), n = (uint32_t)(len - 4) / 4;
+    uint32_t offset = efp_read_u32(body), n = (uint32_t)(len - 4) / 4;
     if (offset == 0) {
         s->filled = 0;
         s->broken = 0;

@@ -49,7 +49,7 @@ static void compress(uint32_t s[8], const uint8_t *p)
     s[7] += h;
 }
 
-void sha256_init(sha256_ctx *c)
+void efp_sha256_init(efp_sha256_ctx *c)
 {
     static const uint32_t init[8] = {
         0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
@@ -58,7 +58,7 @@ void sha256_init(sha256_ctx *c)
     c->bytes = 0;
 }
 
-void sha256_update(sha256_ctx *c, const uint8_t *data, size_t len)
+void efp_sha256_update(efp_sha256_ctx *c, const uint8_t *data, size_t len)
 {
     size_t used = (size_t)(c->bytes % 64);
     c->bytes += len;
@@ -78,28 +78,28 @@ void sha256_update(sha256_ctx *c, const uint8_t *data, size_t len)
     memcpy(c->block, data, len);
 }
 
-void sha256_final(sha256_ctx *c, uint8_t digest[32])
+void efp_sha256_final(efp_sha256_ctx *c, uint8_t digest[32])
 {
     uint64_t bits = c->bytes * 8;
     static const uint8_t pad = 0x80, zero = 0;
-    sha256_update(c, &pad, 1);
+    efp_sha256_update(c, &pad, 1);
     while (c->bytes % 64 != 56) {
-        sha256_update(c, &zero, 1);
+        efp_sha256_update(c, &zero, 1);
     }
     uint8_t length[8];
     for (int i = 0; i < 8; ++i) {
         length[i] = (uint8_t)(bits >> (56 - 8 * i));
     }
-    sha256_update(c, length, 8);
+    efp_sha256_update(c, length, 8);
     for (int i = 0; i < 32; ++i) {
         digest[i] = (uint8_t)(c->state[i / 4] >> (24 - 8 * (i % 4)));
     }
 }
 
-void sha256(const uint8_t *data, size_t len, uint8_t digest[32])
+void efp_sha256(const uint8_t *data, size_t len, uint8_t digest[32])
 {
-    sha256_ctx c;
-    sha256_init(&c);
-    sha256_update(&c, data, len);
-    sha256_final(&c, digest);
+    efp_sha256_ctx c;
+    efp_sha256_init(&c);
+    efp_sha256_update(&c, data, len);
+    efp_sha256_final(&c, digest);
 }

@@ -9,11 +9,11 @@ typedef struct {
     uint32_t state[8];
     uint64_t bytes;
     uint8_t block[64];
-} sha256_ctx;
+} efp_sha256_ctx;
 
-void sha256_init(sha256_ctx *c);
-void sha256_update(sha256_ctx *c, const uint8_t *data, size_t len);
-void sha256_final(sha256_ctx *c, uint8_t digest[32]);
-void sha256(const uint8_t *data, size_t len, uint8_t digest[32]);
+void efp_sha256_init(efp_sha256_ctx *c);
+void efp_sha256_update(efp_sha256_ctx *c, const uint8_t *data, size_t len);
+void efp_sha256_final(efp_sha256_ctx *c, uint8_t digest[32]);
+void efp_sha256(const uint8_t *data, size_t len, uint8_t digest[32]);
 
 #endif

@@ -11,34 +11,33 @@
 
 #include "config.h"
 
-#define SLOTS 2
-#define NO_SLOT 0xFF
+#define EFP_SLOTS 2
 
 typedef struct {
     uint32_t bytes;
     uint8_t sha256[32];
     uint8_t verified;
     char name[EFP_NAME_MAX + 1];
-} slot_record;
+} efp_slot_record;
 
 typedef struct {
     uint32_t magic;
     uint32_t sequence;
-    uint8_t active; /* slot index or NO_SLOT */
-    slot_record slot[SLOTS];
+    uint8_t active; /* slot index or EFP_NO_SLOT */
+    efp_slot_record slot[EFP_SLOTS];
     uint32_t crc;
-} boot_record;
+} efp_boot_record;
 
-extern boot_record storage_record; /* the record in force */
+extern efp_boot_record efp_storage_record; /* the record in force */
 
 /* Read the newest valid record (an empty one when there is none). 0, or -1 when the flash is too small. */
-int storage_init(void);
-/* Make storage_record the record in force (written to the other page). 0 on success. */
-int storage_commit(void);
+int efp_storage_init(void);
+/* Make efp_storage_record the record in force (written to the other page). 0 on success. */
+int efp_storage_commit(void);
 
-uint32_t slot_capacity(void);
-const uint8_t *slot_data(int slot);
-int slot_erase(int slot, uint32_t bytes);
-int slot_program(int slot, uint32_t offset, const uint8_t *data, uint32_t len);
+uint32_t efp_slot_capacity(void);
+const uint8_t *efp_slot_data(int slot);
+int efp_slot_erase(int slot, uint32_t bytes);
+int efp_slot_program(int slot, uint32_t offset, const uint8_t *data, uint32_t len);
 
 #endif

@@ -9,9 +9,9 @@ typedef struct {
     char *buf;
     size_t cap; /* bytes of buf, terminator included */
     size_t len;
-} text;
+} efp_text;
 
-static inline void text_init(text *t, char *buf, size_t cap)
+static inline void efp_text_init(efp_text *t, char *buf, size_t cap)
 {
     t->buf = buf;
     t->cap = cap;
@@ -19,7 +19,7 @@ static inline void text_init(text *t, char *buf, size_t cap)
     buf[0] = 0;
 }
 
-static inline void text_str(text *t, const char *s)
+static inline void efp_text_str(efp_text *t, const char *s)
 {
     while (*s && t->len + 1 < t->cap) {
         t->buf[t->len++] = *s++;
@@ -27,7 +27,7 @@ static inline void text_str(text *t, const char *s)
     t->buf[t->len] = 0;
 }
 
-static inline void text_uint(text *t, uint32_t v)
+static inline void efp_text_uint(efp_text *t, uint32_t v)
 {
     char digits[11];
     int n = 0;

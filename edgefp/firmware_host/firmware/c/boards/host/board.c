@@ -1,11 +1,11 @@
 /* Board layer for a Linux host: lets the firmware run as a process in tests without QEMU.
  *
  *   UART   stdin / stdout (raw bytes; read after poll(), write everything)
- *   time   CLOCK_MONOTONIC since board_init
+ *   time   CLOCK_MONOTONIC since efp_board_init
  *   idle   poll() on stdin, 5 ms at most
  *   flash  a file mmap'd shared (path in EFP_FLASH_FILE), created full of 0xFF, 2 MB + 2 pages of
  *          4 KB, with NOR semantics (erase -> 0xFF, program ANDs). Without EFP_FLASH_FILE, an
- *          unlinked temporary file, kept across board_reset() through an inherited descriptor.
+ *          unlinked temporary file, kept across efp_board_reset() through an inherited descriptor.
  *   reset  re-exec of /proc/self/exe with the same arguments: the flash file survives, as on a chip.
  *   sensor the sensor link (docs/sensors.md) on the file descriptor in EFP_SENSOR_FD (a socket the
  *          launcher answers), else none.
@@ -26,15 +26,17 @@
 #include <unistd.h>
 
 #include "board.h"
+#include "emulated_flash.h"
 #include "sensor_link.h"
 
-const char board_name[] = "native";
+const char efp_board_name[] = "native";
 
 #define FLASH_PAGE 4096u
 #define FLASH_SIZE (2u * 1024u * 1024u + 2u * FLASH_PAGE)
-#define IDLE_MS 5
+#define IDLE_MS    5
 
 static uint8_t *flash;
+static efp_emulated_flash nor = {NULL, FLASH_SIZE, FLASH_PAGE}; /* its base: flash, once mapped */
 static struct timespec t_start;
 static char **saved_argv;
 static int sensor_fd = -1;
@@ -69,8 +71,12 @@ static void save_argv(void)
         }
         len += (size_t)k;
         if (len == cap) {
+            char *grown = realloc(buf, 2 * cap + 1);
+            if (grown == NULL) {
+                free(buf); /* and give up at the loop's check */
+            }
+            buf = grown;
             cap *= 2;
-            buf = realloc(buf, cap + 1);
         }
     }
     close(fd);
@@ -144,13 +150,13 @@ static void flash_open(void)
     if (m == MAP_FAILED) {
         die("mmap flash file");
     }
-    flash = m;
+    flash = nor.base = m;
     if (path != NULL && path[0] != '\0') {
         close(fd);
     }
 }
 
-void board_init(void)
+void efp_board_init(void)
 {
     signal(SIGPIPE, SIG_IGN);
     clock_gettime(CLOCK_MONOTONIC, &t_start);
@@ -165,7 +171,7 @@ void board_init(void)
 
 /* ---- UART = stdin/stdout ---- */
 
-size_t board_uart_read(uint8_t *buf, size_t max)
+size_t efp_board_uart_read(uint8_t *buf, size_t max)
 {
     if (max == 0) {
         return 0;
@@ -189,7 +195,7 @@ size_t board_uart_read(uint8_t *buf, size_t max)
     exit(0);
 }
 
-void board_uart_write(const uint8_t *buf, size_t len)
+void efp_board_uart_write(const uint8_t *buf, size_t len)
 {
     while (len > 0) {
         ssize_t k = write(1, buf, len);
@@ -209,7 +215,7 @@ void board_uart_write(const uint8_t *buf, size_t len)
 
 /* ---- time, idle ---- */
 
-uint32_t board_time_us(void)
+uint32_t efp_board_time_us(void)
 {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
@@ -217,7 +223,7 @@ uint32_t board_time_us(void)
     return (uint32_t)us;
 }
 
-void board_idle(void)
+void efp_board_idle(void)
 {
     struct pollfd p[2] = {{.fd = 0, .events = POLLIN}, {.fd = sensor_fd, .events = POLLIN}};
     poll(p, sensor_waiting && sensor_fd >= 0 ? 2 : 1, IDLE_MS);
@@ -225,23 +231,23 @@ void board_idle(void)
 
 /* ---- sensor ---- */
 
-int board_sensor_read(float *window, uint32_t count)
+int efp_board_sensor_read(float *window, uint32_t count)
 {
-    static sensor_link link;
+    static efp_sensor_link link;
     static uint8_t buf[512];
     static size_t pos, len;
     if (sensor_fd < 0) {
         return -1;
     }
-    if (sensor_link_ask(&link, window, count)) {
-        uint8_t ask = SENSOR_ASK;
+    if (efp_sensor_link_ask(&link, window, count)) {
+        uint8_t ask = EFP_SENSOR_ASK;
         if (write(sensor_fd, &ask, 1) != 1) {
             link.asked = 0; /* try again next time */
         }
     }
     for (;;) {
         while (pos < len) {
-            if (sensor_link_feed(&link, buf[pos++], window, count)) {
+            if (efp_sensor_link_feed(&link, buf[pos++], window, count)) {
                 sensor_waiting = 0;
                 return 1;
             }
@@ -262,47 +268,26 @@ int board_sensor_read(float *window, uint32_t count)
 
 /* ---- flash ---- */
 
-uint32_t board_flash_size(void) { return FLASH_SIZE; }
-uint32_t board_flash_page(void) { return FLASH_PAGE; }
-const uint8_t *board_flash_map(void) { return flash; }
+uint32_t efp_board_flash_size(void) { return FLASH_SIZE; }
+uint32_t efp_board_flash_page(void) { return FLASH_PAGE; }
+const uint8_t *efp_board_flash_map(void) { return flash; }
 
-static int in_range(uint32_t offset, uint32_t len)
-{
-    return flash != NULL && offset <= FLASH_SIZE && len <= FLASH_SIZE - offset;
-}
+int efp_board_flash_erase(uint32_t offset, uint32_t len) { return efp_emulated_flash_erase(&nor, offset, len); }
 
-int board_flash_erase(uint32_t offset, uint32_t len)
+int efp_board_flash_program(uint32_t offset, const uint8_t *data, uint32_t len)
 {
-    if (!in_range(offset, len) || offset % FLASH_PAGE != 0 || len % FLASH_PAGE != 0) {
-        return -1;
-    }
-    memset(flash + offset, 0xFF, len);
-    return 0;
-}
-
-int board_flash_program(uint32_t offset, const uint8_t *data, uint32_t len)
-{
-    if (!in_range(offset, len)) {
-        return -1;
-    }
-    int fault = 0;
-    for (uint32_t i = 0; i < len; i++) {
-        uint8_t v = (uint8_t)(flash[offset + i] & data[i]); /* NOR: programming only clears bits */
-        flash[offset + i] = v;
-        fault |= v != data[i];
-    }
-    return fault ? -1 : 0;
+    return efp_emulated_flash_program(&nor, offset, data, len);
 }
 
 /* ---- reset ---- */
 
-void board_reset(void)
+void efp_board_reset(void)
 {
     fflush(NULL);
     if (flash != NULL) {
         msync(flash, FLASH_SIZE, MS_SYNC);
         munmap(flash, FLASH_SIZE);
-        flash = NULL;
+        flash = nor.base = NULL;
     }
     if (saved_argv != NULL && saved_argv[0] != NULL) {
         execv("/proc/self/exe", saved_argv);

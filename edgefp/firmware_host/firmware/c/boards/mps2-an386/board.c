@@ -5,7 +5,7 @@
  *          adds 1000 us, reads interpolate from the counter.
  *   idle   WFI (woken by a UART byte or the 1 ms tick).
  *   flash  NOR-flash emulation in PSRAM (0x21000000, see link.ld): not part of the ELF image, so it
- *          keeps its contents across board_reset() (QEMU reloads only the ELF segments on a system
+ *          keeps its contents across efp_board_reset() (QEMU reloads only the ELF segments on a system
  *          reset). It is filled with 0xFF on the first boot of a QEMU process (a fresh chip).
  *   reset  SCB->AIRCR SYSRESETREQ (do not run QEMU with -no-reboot: it would exit instead). The RX
  *          ring is kept in PSRAM too, so bytes received around the reset reach the next boot.
@@ -16,26 +16,27 @@
 #include <string.h>
 
 #include "board.h"
+#include "emulated_flash.h"
 #include "sensor_link.h"
 
-const char board_name[] = "qemu-m4";
+const char efp_board_name[] = "qemu-m4";
 
 #define REG(addr) (*(volatile uint32_t *)(addr))
 
 /* CMSDK APB UART0 (the protocol) and UART1 (the sensor) */
-#define UART0_BASE      0x40004000u
-#define UART1_BASE      0x40005000u
-#define UART_DATA       REG(UART0_BASE + 0x00)
-#define UART_STATE      REG(UART0_BASE + 0x04)
-#define UART_CTRL       REG(UART0_BASE + 0x08)
-#define UART_INTSTATUS  REG(UART0_BASE + 0x0C)  /* write 1 to clear */
-#define UART_BAUDDIV    REG(UART0_BASE + 0x10)
-#define UART1_DATA      REG(UART1_BASE + 0x00)
-#define UART1_STATE     REG(UART1_BASE + 0x04)
-#define UART1_CTRL      REG(UART1_BASE + 0x08)
-#define UART1_INTSTATUS REG(UART1_BASE + 0x0C)
-#define UART1_BAUDDIV   REG(UART1_BASE + 0x10)
-#define UART1RX_IRQn    2
+#define UART0_BASE        0x40004000u
+#define UART1_BASE        0x40005000u
+#define UART_DATA         REG(UART0_BASE + 0x00)
+#define UART_STATE        REG(UART0_BASE + 0x04)
+#define UART_CTRL         REG(UART0_BASE + 0x08)
+#define UART_INTSTATUS    REG(UART0_BASE + 0x0C) /* write 1 to clear */
+#define UART_BAUDDIV      REG(UART0_BASE + 0x10)
+#define UART1_DATA        REG(UART1_BASE + 0x00)
+#define UART1_STATE       REG(UART1_BASE + 0x04)
+#define UART1_CTRL        REG(UART1_BASE + 0x08)
+#define UART1_INTSTATUS   REG(UART1_BASE + 0x0C)
+#define UART1_BAUDDIV     REG(UART1_BASE + 0x10)
+#define UART1RX_IRQn      2
 #define UART_STATE_TXFULL 0x1u
 #define UART_STATE_RXFULL 0x2u
 #define UART_CTRL_TXEN    0x1u
@@ -45,31 +46,31 @@ const char board_name[] = "qemu-m4";
 #define UART0RX_IRQn      0
 
 /* CMSDK APB TIMER0 */
-#define TIMER0_BASE     0x40000000u
-#define TIMER_CTRL      REG(TIMER0_BASE + 0x00)
-#define TIMER_VALUE     REG(TIMER0_BASE + 0x04)
-#define TIMER_RELOAD    REG(TIMER0_BASE + 0x08)
-#define TIMER_INTSTATUS REG(TIMER0_BASE + 0x0C)  /* write 1 to clear */
+#define TIMER0_BASE      0x40000000u
+#define TIMER_CTRL       REG(TIMER0_BASE + 0x00)
+#define TIMER_VALUE      REG(TIMER0_BASE + 0x04)
+#define TIMER_RELOAD     REG(TIMER0_BASE + 0x08)
+#define TIMER_INTSTATUS  REG(TIMER0_BASE + 0x0C) /* write 1 to clear */
 #define TIMER_CTRL_EN    0x1u
 #define TIMER_CTRL_IRQEN 0x8u
 #define TIMER0_IRQn      8
 
-#define NVIC_ISER0      REG(0xE000E100u)
-#define NVIC_ISPR0      REG(0xE000E200u)
-#define NVIC_IPR(n)     (*(volatile uint8_t *)(0xE000E400u + (n)))
-#define SCB_AIRCR       REG(0xE000ED0Cu)
+#define NVIC_ISER0  REG(0xE000E100u)
+#define NVIC_ISPR0  REG(0xE000E200u)
+#define NVIC_IPR(n) (*(volatile uint8_t *)(0xE000E400u + (n)))
+#define SCB_AIRCR   REG(0xE000ED0Cu)
 
-#define SYSCLK_HZ       25000000u
-#define TICKS_PER_US    (SYSCLK_HZ / 1000000u)
+#define SYSCLK_HZ    25000000u
+#define TICKS_PER_US (SYSCLK_HZ / 1000000u)
 #ifndef BOARD_TICK_US
-#define BOARD_TICK_US   1000u  /* timer interrupt period */
+#define BOARD_TICK_US 1000u /* timer interrupt period */
 #endif
-#define TICK_US         BOARD_TICK_US
-#define TICK_RELOAD     (TICK_US * TICKS_PER_US - 1u)
-#define BAUD            115200u  /* QEMU ignores the rate, but BAUDDIV must be >= 16 */
+#define TICK_US     BOARD_TICK_US
+#define TICK_RELOAD (TICK_US * TICKS_PER_US - 1u)
+#define BAUD        115200u /* QEMU ignores the rate, but BAUDDIV must be >= 16 */
 
 #ifndef BOARD_UART_RX_BUF
-#define BOARD_UART_RX_BUF 512u  /* power of two */
+#define BOARD_UART_RX_BUF 512u /* power of two */
 #endif
 
 static inline uint32_t irq_save(void)
@@ -79,10 +80,7 @@ static inline uint32_t irq_save(void)
     return primask;
 }
 
-static inline void irq_restore(uint32_t primask)
-{
-    __asm volatile("msr primask, %0" ::"r"(primask) : "memory");
-}
+static inline void irq_restore(uint32_t primask) { __asm volatile("msr primask, %0" ::"r"(primask) : "memory"); }
 
 /* ---- UART ---- */
 
@@ -93,15 +91,15 @@ static inline void irq_restore(uint32_t primask)
 struct rx_ring {
     uint32_t magic;
     volatile uint32_t head;    /* written by the ISR */
-    volatile uint32_t tail;    /* written by board_uart_read */
+    volatile uint32_t tail;    /* written by efp_board_uart_read */
     volatile uint32_t stalled; /* ring was full: RX interrupt off, the byte waits in the UART */
     volatile uint8_t buf[BOARD_UART_RX_BUF];
 };
 extern uint8_t __efp_flash_state[];
-#define RX   ((struct rx_ring *)(__efp_flash_state + 64))
+#define RX       ((struct rx_ring *)(__efp_flash_state + 64))
 #define RX_MAGIC 0x52585247u /* "GRXR" */
-typedef char rx_ring_fits_state_block[(64 + sizeof(struct rx_ring) <= 4096 &&
-                                       (BOARD_UART_RX_BUF & (BOARD_UART_RX_BUF - 1u)) == 0) ? 1 : -1];
+typedef char rx_ring_fits_state_block
+    [(64 + sizeof(struct rx_ring) <= 4096 && (BOARD_UART_RX_BUF & (BOARD_UART_RX_BUF - 1u)) == 0) ? 1 : -1];
 
 void UART0RX_IRQHandler(void)
 {
@@ -121,7 +119,7 @@ void UART0RX_IRQHandler(void)
     }
 }
 
-size_t board_uart_read(uint8_t *buf, size_t max)
+size_t efp_board_uart_read(uint8_t *buf, size_t max)
 {
     size_t n = 0;
     uint32_t t = RX->tail;
@@ -141,7 +139,7 @@ size_t board_uart_read(uint8_t *buf, size_t max)
     return n;
 }
 
-void board_uart_write(const uint8_t *buf, size_t len)
+void efp_board_uart_write(const uint8_t *buf, size_t len)
 {
     for (size_t i = 0; i < len; i++) {
         while (UART_STATE & UART_STATE_TXFULL) {
@@ -171,18 +169,18 @@ void UART1RX_IRQHandler(void)
     }
 }
 
-int board_sensor_read(float *window, uint32_t count)
+int efp_board_sensor_read(float *window, uint32_t count)
 {
-    static sensor_link link;
+    static efp_sensor_link link;
     int done = 0;
     uint32_t t = sensor_tail;
-    if (sensor_link_ask(&link, window, count)) {
+    if (efp_sensor_link_ask(&link, window, count)) {
         while (UART1_STATE & UART_STATE_TXFULL) {
         }
-        UART1_DATA = SENSOR_ASK;
+        UART1_DATA = EFP_SENSOR_ASK;
     }
     while (!done && t != sensor_head) {
-        done = sensor_link_feed(&link, sensor_ring[t], window, count);
+        done = efp_sensor_link_feed(&link, sensor_ring[t], window, count);
         t = (t + 1u) & (SENSOR_RX_BUF - 1u);
     }
     sensor_tail = t;
@@ -206,7 +204,7 @@ void TIMER0_IRQHandler(void)
     tick_base_us += TICK_US;
 }
 
-uint32_t board_time_us(void)
+uint32_t efp_board_time_us(void)
 {
     /* A period starts when the counter reaches 0 and raises the interrupt; it then stays at 0 for
      * one tick (much longer than a cycle under QEMU -icount) and reloads with TICK_RELOAD. */
@@ -222,7 +220,7 @@ uint32_t board_time_us(void)
     return base + elapsed / TICKS_PER_US;
 }
 
-void board_idle(void)
+void efp_board_idle(void)
 {
     /* With interrupts masked, WFI still wakes on a pending one; checking the ring in between closes
      * the window where a byte lands after the caller's read and before the WFI. */
@@ -236,65 +234,54 @@ void board_idle(void)
 /* ---- flash emulation ---- */
 
 extern uint8_t __efp_flash_start[];
-extern uint8_t __efp_flash_size[];   /* linker symbols: their addresses are the values */
+extern uint8_t __efp_flash_size[]; /* linker symbols: their addresses are the values */
 extern uint8_t __efp_flash_page[];
 
 #define FLASH_BASE  ((uint8_t *)__efp_flash_start)
 #define FLASH_SIZE  ((uint32_t)(uintptr_t)__efp_flash_size)
 #define FLASH_PAGE  ((uint32_t)(uintptr_t)__efp_flash_page)
 #define FLASH_STATE ((volatile uint32_t *)__efp_flash_state)
-#define FLASH_MAGIC 0x45465046u  /* "EFPF": the region was erased once in this QEMU process */
+#define FLASH_MAGIC 0x45465046u /* "EFPF": the region was erased once in this QEMU process */
 
-uint32_t board_flash_size(void) { return FLASH_SIZE; }
-uint32_t board_flash_page(void) { return FLASH_PAGE; }
-const uint8_t *board_flash_map(void) { return FLASH_BASE; }
+uint32_t efp_board_flash_size(void) { return FLASH_SIZE; }
+uint32_t efp_board_flash_page(void) { return FLASH_PAGE; }
+const uint8_t *efp_board_flash_map(void) { return FLASH_BASE; }
 
-static int in_range(uint32_t offset, uint32_t len)
+static efp_emulated_flash nor(void)
 {
-    return offset <= FLASH_SIZE && len <= FLASH_SIZE - offset;
+    efp_emulated_flash f = {FLASH_BASE, FLASH_SIZE, FLASH_PAGE};
+    return f;
 }
 
-int board_flash_erase(uint32_t offset, uint32_t len)
+int efp_board_flash_erase(uint32_t offset, uint32_t len)
 {
-    if (!in_range(offset, len) || offset % FLASH_PAGE != 0 || len % FLASH_PAGE != 0) {
-        return -1;
-    }
-    memset(FLASH_BASE + offset, 0xFF, len);
+    efp_emulated_flash f = nor();
+    int status = efp_emulated_flash_erase(&f, offset, len);
     __asm volatile("dsb" ::: "memory");
-    return 0;
+    return status;
 }
 
-int board_flash_program(uint32_t offset, const uint8_t *data, uint32_t len)
+int efp_board_flash_program(uint32_t offset, const uint8_t *data, uint32_t len)
 {
-    if (!in_range(offset, len)) {
-        return -1;
-    }
-    volatile uint8_t *p = FLASH_BASE + offset;
-    int fault = 0;
-    for (uint32_t i = 0; i < len; i++) {
-        uint8_t v = (uint8_t)(p[i] & data[i]); /* NOR: programming only clears bits */
-        p[i] = v;
-        if (v != data[i]) {
-            fault = 1; /* a bit that should be 1 was already 0: programmed where not erased */
-        }
-    }
+    efp_emulated_flash f = nor();
+    int status = efp_emulated_flash_program(&f, offset, data, len);
     __asm volatile("dsb" ::: "memory");
-    return fault ? -1 : 0;
+    return status;
 }
 
 /* ---- init, reset ---- */
 
-void board_init(void)
+void efp_board_init(void)
 {
     /* A fresh QEMU process starts with zeroed RAM; a chip comes erased. The marker lives outside
-     * the flash region, in PSRAM, and survives board_reset() like the flash does. */
+     * the flash region, in PSRAM, and survives efp_board_reset() like the flash does. */
     if (FLASH_STATE[0] != FLASH_MAGIC || FLASH_STATE[1] != FLASH_SIZE) {
         memset(FLASH_BASE, 0xFF, FLASH_SIZE);
         FLASH_STATE[1] = FLASH_SIZE;
         FLASH_STATE[0] = FLASH_MAGIC;
     }
 
-    if (RX->magic != RX_MAGIC) { /* first boot; after board_reset() unread bytes are kept */
+    if (RX->magic != RX_MAGIC) { /* first boot; after efp_board_reset() unread bytes are kept */
         RX->head = RX->tail = 0;
         RX->magic = RX_MAGIC;
     }
@@ -333,15 +320,15 @@ void board_init(void)
     __asm volatile("cpsie i" ::: "memory");
 }
 
-void board_reset(void)
+void efp_board_reset(void)
 {
     while (UART_STATE & UART_STATE_TXFULL) { /* finish the last byte */
     }
     /* Give the host 2 ms to react to the last answer: what it sends meanwhile lands in the RX ring,
      * which survives the reset. A byte QEMU delivers after the reset request but before the reset
      * would only reach the UART's one-byte buffer, which the reset clears. */
-    uint32_t t0 = board_time_us();
-    while (board_time_us() - t0 < 2000u) {
+    uint32_t t0 = efp_board_time_us();
+    while (efp_board_time_us() - t0 < 2000u) {
     }
     __asm volatile("dsb" ::: "memory");
     SCB_AIRCR = (0x5FAu << 16) | (1u << 2); /* VECTKEY | SYSRESETREQ */

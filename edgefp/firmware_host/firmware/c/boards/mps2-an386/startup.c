@@ -16,9 +16,9 @@ void Reset_Handler(void);
 void Default_Handler(void);
 void HardFault_Handler(void);
 
-/* Last fault, for a debugger (gdb -ex 'p board_fault_info'): stacked r0-r3, r12, lr, pc, xpsr, then
+/* Last fault, for a debugger (gdb -ex 'p efp_board_fault_info'): stacked r0-r3, r12, lr, pc, xpsr, then
  * CFSR, HFSR, MMFAR, BFAR. */
-volatile uint32_t board_fault_info[12];
+volatile uint32_t efp_board_fault_info[12];
 
 #define WEAK_DEFAULT __attribute__((weak, alias("Default_Handler")))
 void NMI_Handler(void) WEAK_DEFAULT;
@@ -30,25 +30,24 @@ void DebugMon_Handler(void) WEAK_DEFAULT;
 void PendSV_Handler(void) WEAK_DEFAULT;
 void SysTick_Handler(void) WEAK_DEFAULT;
 /* AN385/AN386 external interrupts (QEMU models 32). */
-void UART0RX_IRQHandler(void) WEAK_DEFAULT;      /* 0 */
-void UART0TX_IRQHandler(void) WEAK_DEFAULT;      /* 1 */
-void UART1RX_IRQHandler(void) WEAK_DEFAULT;      /* 2 */
-void UART1TX_IRQHandler(void) WEAK_DEFAULT;      /* 3 */
-void UART2RX_IRQHandler(void) WEAK_DEFAULT;      /* 4 */
-void UART2TX_IRQHandler(void) WEAK_DEFAULT;      /* 5 */
-void GPIO0ALL_IRQHandler(void) WEAK_DEFAULT;     /* 6 */
-void GPIO1ALL_IRQHandler(void) WEAK_DEFAULT;     /* 7 */
-void TIMER0_IRQHandler(void) WEAK_DEFAULT;       /* 8 */
-void TIMER1_IRQHandler(void) WEAK_DEFAULT;       /* 9 */
-void DUALTIMER_IRQHandler(void) WEAK_DEFAULT;    /* 10 */
-void SPI_IRQHandler(void) WEAK_DEFAULT;          /* 11 */
-void UARTOVF_IRQHandler(void) WEAK_DEFAULT;      /* 12 */
-void ETHERNET_IRQHandler(void) WEAK_DEFAULT;     /* 13 */
+void UART0RX_IRQHandler(void) WEAK_DEFAULT;   /* 0 */
+void UART0TX_IRQHandler(void) WEAK_DEFAULT;   /* 1 */
+void UART1RX_IRQHandler(void) WEAK_DEFAULT;   /* 2 */
+void UART1TX_IRQHandler(void) WEAK_DEFAULT;   /* 3 */
+void UART2RX_IRQHandler(void) WEAK_DEFAULT;   /* 4 */
+void UART2TX_IRQHandler(void) WEAK_DEFAULT;   /* 5 */
+void GPIO0ALL_IRQHandler(void) WEAK_DEFAULT;  /* 6 */
+void GPIO1ALL_IRQHandler(void) WEAK_DEFAULT;  /* 7 */
+void TIMER0_IRQHandler(void) WEAK_DEFAULT;    /* 8 */
+void TIMER1_IRQHandler(void) WEAK_DEFAULT;    /* 9 */
+void DUALTIMER_IRQHandler(void) WEAK_DEFAULT; /* 10 */
+void SPI_IRQHandler(void) WEAK_DEFAULT;       /* 11 */
+void UARTOVF_IRQHandler(void) WEAK_DEFAULT;   /* 12 */
+void ETHERNET_IRQHandler(void) WEAK_DEFAULT;  /* 13 */
 
 typedef void (*vector_t)(void);
 
-__attribute__((section(".isr_vector"), used))
-const vector_t board_vectors[16 + 32] = {
+__attribute__((section(".isr_vector"), used)) const vector_t efp_board_vectors[16 + 32] = {
     (vector_t)(uintptr_t)&__stack_top,
     Reset_Handler,
     NMI_Handler,
@@ -56,21 +55,47 @@ const vector_t board_vectors[16 + 32] = {
     MemManage_Handler,
     BusFault_Handler,
     UsageFault_Handler,
-    0, 0, 0, 0,
+    0,
+    0,
+    0,
+    0,
     SVC_Handler,
     DebugMon_Handler,
     0,
     PendSV_Handler,
     SysTick_Handler,
-    UART0RX_IRQHandler, UART0TX_IRQHandler, UART1RX_IRQHandler, UART1TX_IRQHandler,
-    UART2RX_IRQHandler, UART2TX_IRQHandler, GPIO0ALL_IRQHandler, GPIO1ALL_IRQHandler,
-    TIMER0_IRQHandler, TIMER1_IRQHandler, DUALTIMER_IRQHandler, SPI_IRQHandler,
-    UARTOVF_IRQHandler, ETHERNET_IRQHandler,
-    Default_Handler, Default_Handler,                                      /* 14, 15 */
-    Default_Handler, Default_Handler, Default_Handler, Default_Handler,    /* 16..31 */
-    Default_Handler, Default_Handler, Default_Handler, Default_Handler,
-    Default_Handler, Default_Handler, Default_Handler, Default_Handler,
-    Default_Handler, Default_Handler, Default_Handler, Default_Handler,
+    UART0RX_IRQHandler,
+    UART0TX_IRQHandler,
+    UART1RX_IRQHandler,
+    UART1TX_IRQHandler,
+    UART2RX_IRQHandler,
+    UART2TX_IRQHandler,
+    GPIO0ALL_IRQHandler,
+    GPIO1ALL_IRQHandler,
+    TIMER0_IRQHandler,
+    TIMER1_IRQHandler,
+    DUALTIMER_IRQHandler,
+    SPI_IRQHandler,
+    UARTOVF_IRQHandler,
+    ETHERNET_IRQHandler,
+    Default_Handler,
+    Default_Handler, /* 14, 15 */
+    Default_Handler,
+    Default_Handler,
+    Default_Handler,
+    Default_Handler, /* 16..31 */
+    Default_Handler,
+    Default_Handler,
+    Default_Handler,
+    Default_Handler,
+    Default_Handler,
+    Default_Handler,
+    Default_Handler,
+    Default_Handler,
+    Default_Handler,
+    Default_Handler,
+    Default_Handler,
+    Default_Handler,
 };
 
 #define SCB_CPACR (*(volatile uint32_t *)0xE000ED88u)
@@ -81,14 +106,17 @@ void Reset_Handler(void)
     /* CP10 and CP11 full access: must precede any floating-point instruction. */
     SCB_CPACR |= (0xFu << 20);
     __asm volatile("dsb\n\tisb" ::: "memory");
-    SCB_VTOR = (uint32_t)(uintptr_t)board_vectors;
+    SCB_VTOR = (uint32_t)(uintptr_t)efp_board_vectors;
 
+    /* The linker's symbols bound one region each: comparing their addresses is what they are for. */
     uint32_t *src = &__data_load;
     uint32_t *dst = &__data_start;
+    /* cppcheck-suppress comparePointers */
     while (dst < &__data_end) {
         *dst++ = *src++;
     }
-    for (dst = &__bss_start; dst < &__bss_end; ) {
+    /* cppcheck-suppress comparePointers */
+    for (dst = &__bss_start; dst < &__bss_end;) {
         *dst++ = 0;
     }
 
@@ -112,25 +140,24 @@ void Default_Handler(void)
 }
 
 /* Saves the stacked frame and fault status registers, then stops. */
-__attribute__((used)) void board_hardfault_c(uint32_t *frame)
+__attribute__((used)) void efp_board_hardfault_c(uint32_t *frame)
 {
     for (int i = 0; i < 8; i++) {
-        board_fault_info[i] = frame[i];
+        efp_board_fault_info[i] = frame[i];
     }
-    board_fault_info[8] = *(volatile uint32_t *)0xE000ED28u;   /* CFSR */
-    board_fault_info[9] = *(volatile uint32_t *)0xE000ED2Cu;   /* HFSR */
-    board_fault_info[10] = *(volatile uint32_t *)0xE000ED34u;  /* MMFAR */
-    board_fault_info[11] = *(volatile uint32_t *)0xE000ED38u;  /* BFAR */
+    efp_board_fault_info[8] = *(volatile uint32_t *)0xE000ED28u;  /* CFSR */
+    efp_board_fault_info[9] = *(volatile uint32_t *)0xE000ED2Cu;  /* HFSR */
+    efp_board_fault_info[10] = *(volatile uint32_t *)0xE000ED34u; /* MMFAR */
+    efp_board_fault_info[11] = *(volatile uint32_t *)0xE000ED38u; /* BFAR */
     for (;;) {
     }
 }
 
 __attribute__((naked)) void HardFault_Handler(void)
 {
-    __asm volatile(
-        "tst lr, #4\n\t"
-        "ite eq\n\t"
-        "mrseq r0, msp\n\t"
-        "mrsne r0, psp\n\t"
-        "b board_hardfault_c\n\t");
+    __asm volatile("tst lr, #4\n\t"
+                   "ite eq\n\t"
+                   "mrseq r0, msp\n\t"
+                   "mrsne r0, psp\n\t"
+                   "b efp_board_hardfault_c\n\t");
 }

@@ -10,7 +10,7 @@ from edgefp import data, metrics
 from edgefp.bundle import Bundle
 from edgefp.converter.convert import convert
 from edgefp.errors import EdgefpError
-from tests.test_cli import edgefp
+from tests.cli.test_cli import edgefp
 
 
 def test_int8_bundle_keeps_accuracy_and_ood_quality(digits_bundle):

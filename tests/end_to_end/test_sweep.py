@@ -17,7 +17,8 @@ import pytest
 from edgefp import data
 from edgefp.bundle import Bundle
 from edgefp.errors import EdgefpError
-from edgefp.firmware_host.firmware import build as firmware
+from edgefp.firmware_host.firmware.build import build
+from edgefp.firmware_host.firmware.launch import start_native
 from edgefp.firmware_host.link import client
 from edgefp.repository import Repository
 from edgefp.selection import select
@@ -61,8 +62,8 @@ def cell_id(cell) -> str:
 def chain(tmp_path_factory):
     """What the cells share: a firmware device (native build, larger frame), a repository, results."""
     root = tmp_path_factory.mktemp("sweep")
-    build = firmware.build("native", max_frame=MAX_FRAME)
-    with firmware.start_native(build, str(root / "flash.bin")) as native, client.open_device(native.url) as device:
+    executable = build("native", max_frame=MAX_FRAME)
+    with start_native(executable, str(root / "flash.bin")) as native, client.open_device(native.url) as device:
         yield {"root": root, "device": device, "repo": Repository(str(root / "repo")), "targets": {}, "seconds": {}}
 
 

@@ -26,14 +26,15 @@ from edgefp import data
 from edgefp.bundle import Bundle
 from edgefp.firmware_host.device import agent as agent_module
 from edgefp.firmware_host.device.agent import Agent, Session, serving
-from edgefp.firmware_host.firmware import build as firmware
+from edgefp.firmware_host.firmware.build import build
+from edgefp.firmware_host.firmware.launch import start_native
 from edgefp.firmware_host.link import client, protocol
 from edgefp.firmware_host.link.client import DeviceError
 from edgefp.firmware_host.link.framing import DELIMITER, Fault, Frame, FrameReader, decode_frame, encode_frame
 from edgefp.firmware_host.link.protocol import Err, Msg
 from tests.conftest import KEY, edited_archive
+from tests.firmware.test_build import HAS_NATIVE
 from tests.test_bundle_safety import run_cli
-from tests.test_firmware import HAS_NATIVE
 
 SEED = int(os.environ.get("EDGEFP_FUZZ_SEED", "20240612"))
 SCALE = float(os.environ.get("EDGEFP_FUZZ_SCALE", "1"))
@@ -191,16 +192,11 @@ def assert_serves_like_the_host(url: str, bundle: Bundle, runtime: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def capped_firmware(tmp_path_factory):
+def capped_firmware():
     """The native firmware with a 20-ms BENCH time cap, so that fuzzed BENCH counts cost little."""
-    import subprocess
-
     if not HAS_NATIVE:
         pytest.skip("building the firmware needs gcc and make")
-    out = tmp_path_factory.mktemp("fw")
-    variables = ["BOARD=host", f"CFLAGS=-DEFP_ARENA_BYTES=163840 -DEFP_BENCH_MAX_US={int(BENCH_CAP_S * 1e6)}"]
-    subprocess.run(["make", "-s", "-C", str(firmware.SOURCE), *variables, f"BUILD_DIR={out}"], check=True)
-    return out / "firmware"
+    return build("native", cflags=f"-DEFP_BENCH_MAX_US={int(BENCH_CAP_S * 1e6)}")
 
 
 # ------------------------------------------------------------------------------------------ frames
@@ -254,7 +250,7 @@ def test_fuzzed_frames_against_a_keyed_agent(tmp_path, corpus):
 
 def test_fuzzed_frames_against_the_firmware(tmp_path, bundle, corpus, capped_firmware):
     mutator, counts = Mutator(SEED + 1), collections.Counter()
-    with firmware.start_native(capped_firmware, str(tmp_path / "flash.bin")) as native:
+    with start_native(capped_firmware, str(tmp_path / "flash.bin")) as native:
         with client.open_device(native.url) as device:
             client.flash(device, bundle.archive_bytes())
         port = serial.serial_for_url(native.url, timeout=0)
@@ -341,7 +337,7 @@ def test_mutated_bundles_against_both_devices(tmp_path, monkeypatch, bundle, cap
     with contextlib.ExitStack() as stack:
         devices = {
             "agent": stack.enter_context(serving(Agent(str(tmp_path / "agent"), "pi"))),
-            "firmware": stack.enter_context(firmware.start_native(capped_firmware, str(tmp_path / "f.bin"))).url,
+            "firmware": stack.enter_context(start_native(capped_firmware, str(tmp_path / "f.bin"))).url,
         }
         for kind, url in devices.items():
             with client.open_device(url) as device:

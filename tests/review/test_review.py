@@ -15,7 +15,7 @@ from edgefp import data
 from edgefp.bundle import Bundle
 from edgefp.errors import EdgefpError
 from edgefp.review import Review, ReviewServer
-from tests.test_cli import edgefp
+from tests.cli.test_cli import edgefp
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 needs_browser = pytest.mark.skipif(

@@ -19,7 +19,7 @@ from edgefp.firmware_host.device.agent import Agent, serving
 from edgefp.firmware_host.link import client, protocol
 from edgefp.firmware_host.link.protocol import Err, Msg
 from edgefp.firmware_host.link.record import Recording, record
-from tests.test_cli import edgefp
+from tests.cli.test_cli import edgefp
 
 
 @pytest.fixture(scope="module")

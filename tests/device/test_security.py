@@ -22,8 +22,8 @@ from edgefp.firmware_host.link.framing import DELIMITER, Frame, FrameReader, enc
 from edgefp.firmware_host.link.protocol import Err, Msg
 from edgefp.limits import MAX_INVOKES
 from edgefp.manifest import Output
+from tests.cli.test_cli import edgefp
 from tests.conftest import KEY
-from tests.test_cli import edgefp
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edgefp.bundle import Bundle
-from tests.test_cli import edgefp
+from tests.cli.test_cli import edgefp
 
 
 @pytest.fixture(params=["pty", "tcp"])

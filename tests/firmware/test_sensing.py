@@ -4,7 +4,6 @@ chip byte for byte as host scoring does, counted, logged for READ_LOG, evented a
 
 import ctypes
 import json
-import os
 import shutil
 import struct
 import subprocess
@@ -16,12 +15,13 @@ import pytest
 
 from edgefp import data
 from edgefp.bundle import Bundle
-from edgefp.firmware_host.firmware import build as firmware
+from edgefp.firmware_host.firmware.build import SOURCE
+from edgefp.firmware_host.firmware.launch import can_emulate, start
 from edgefp.firmware_host.link import client, protocol
-from tests.test_cli import edgefp
+from tests.cli.test_cli import edgefp
 
 HAS_NATIVE = all(shutil.which(tool) for tool in ("gcc", "make"))
-HAS_QEMU = HAS_NATIVE and firmware.can_emulate()
+HAS_QEMU = HAS_NATIVE and can_emulate()
 pytestmark = pytest.mark.skipif(not HAS_NATIVE, reason="building the firmware needs gcc and make")
 
 
@@ -64,7 +64,7 @@ def test_the_native_chip_classifies_its_sensor_like_the_host(tmp_path, digits_bu
     else:
         path, x = motions_bundle, data.load("basic_motions:test").x  # 600-value windows: frames and reads in pieces
     bundle = Bundle.load(path)
-    with firmware.start("native") as chip, client.open_device(chip.url) as device:
+    with start("native") as chip, client.open_device(chip.url) as device:
         chip.feed(x, rate_hz=500, repeat_from=None)
         time.sleep(0.3)
         assert client.counters(device)["inputs"] == 0  # no bundle: the chip asks for no window
@@ -124,12 +124,20 @@ def test_the_qemu_chip_runs_a_live_drifting_sensor(tmp_path, digits_bundle):
 def test_the_firmware_reads_manifest_numbers_as_the_host_does(tmp_path):
     """Every float32 (the preprocessing and scales a manifest holds) written as Python's json writes it is
     read back bit for bit, and so is the float32 nearest to arbitrary doubles; malformed numbers refused."""
-    source = firmware.SOURCE / "src"
-    library = tmp_path / "bundle_shim.so"
-    shim = os.path.join(os.path.dirname(__file__), "c", "bundle_shim.c")
+    source = SOURCE / "src"
+    library = tmp_path / "json.so"
     flags = ["-std=c99", "-O2", "-fPIC", "-shared", "-I", str(source)]
-    subprocess.run(["gcc", *flags, shim, str(source / "sha256.c"), "-o", str(library)], check=True)
-    real = ctypes.CDLL(str(library)).shim_real
+    subprocess.run(["gcc", *flags, str(source / "json.c"), "-o", str(library)], check=True)
+    reader = ctypes.CDLL(str(library)).efp_json_real
+
+    class Json(ctypes.Structure):  # efp_json of c/src/json.h: a span of text
+        _fields_ = [("p", ctypes.c_void_p), ("end", ctypes.c_void_p)]
+
+    def real(text: bytes, out) -> int:
+        held = ctypes.create_string_buffer(text, len(text))
+        start = ctypes.addressof(held)
+        return reader(Json(start, start + len(text)), out)
+
     rng = np.random.default_rng(0)
     magnitudes = 10.0 ** rng.integers(-44, 38, 6000)
     floats = np.concatenate([rng.normal(size=6000), rng.normal(size=6000) * magnitudes]).astype(np.float32)
@@ -137,7 +145,7 @@ def test_the_firmware_reads_manifest_numbers_as_the_host_does(tmp_path):
     out = ctypes.c_float()
     for value in [*floats[np.isfinite(floats)].tolist(), *doubles.tolist(), 0.1, -0.0, 1e-45, 3.4028234663852886e38]:
         text = json.dumps(value).encode()
-        assert real(text, len(text), ctypes.byref(out)) == 1, text
+        assert real(text, ctypes.byref(out)) == 1, text
         assert np.float32(out.value).view(np.uint32) == np.float32(value).view(np.uint32), text
     for text in (b"", b"-", b".", b"1e", b"1e+", b"1.2.3", b"0x10", b"1e999", b"nan", b"--1", b"1 "):
-        assert real(text, len(text), ctypes.byref(out)) == 0, text
+        assert real(text, ctypes.byref(out)) == 0, text

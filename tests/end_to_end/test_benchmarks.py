@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-ROOT = os.path.join(os.path.dirname(__file__), "..")
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 QEMU = all(shutil.which(tool) for tool in ("make", "arm-none-eabi-gcc", "qemu-system-arm"))
 
 

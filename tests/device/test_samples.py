@@ -18,9 +18,9 @@ from edgefp.errors import EdgefpError
 from edgefp.firmware_host.device.agent import MAX_CLIENTS, Agent, serving
 from edgefp.firmware_host.device.samples import SampleClient, SampleServer
 from edgefp.firmware_host.link import client
-from tests.test_cli import edgefp
+from tests.cli.test_cli import edgefp
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "sensors.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "sensors.md"
 
 
 @pytest.fixture(scope="module")

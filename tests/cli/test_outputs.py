@@ -9,7 +9,7 @@ import pytest
 
 from edgefp.errors import EdgefpError
 from edgefp.fsutil import MARKER, atomic_directory, check_directory_output
-from tests.test_cli import edgefp
+from tests.cli.test_cli import edgefp
 
 
 def write_run_like(path):

@@ -11,7 +11,8 @@ import pytest
 from edgefp import data
 from edgefp.bundle import Bundle
 from edgefp.errors import EdgefpError
-from edgefp.firmware_host.firmware import build as firmware
+from edgefp.firmware_host.firmware.build import build
+from edgefp.firmware_host.firmware.launch import start_native
 from edgefp.firmware_host.link import client
 from tests.conftest import synthetic
 
@@ -75,7 +76,7 @@ def vector_model(keras, layers):
 @pytest.fixture(scope="module")
 def device(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("fw") / "flash.bin")
-    with firmware.start_native(firmware.build("native"), path) as native, client.open_device(native.url) as opened:
+    with start_native(build("native"), path) as native, client.open_device(native.url) as opened:
         yield opened
 
 
