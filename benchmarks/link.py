@@ -10,14 +10,18 @@ thread of this process, on a pty and on a TCP connection to 127.0.0.1:
    device spends in the interpreter (`InferResult.latency_us`), the part its request handler spends
    in all (inference, scoring, packing: `Agent.respond` called here without a link), and the rest,
    the link: framing, the transport and the host's side, host and agent sharing this process;
-3. cold start: wall time of whole `edgefp` processes (`--help`, `devices` when that command exists,
-   `info --port URL` against an `edgefp sim` on a pty and on TCP), one untimed run first, median of
-   the timed runs; target: under 0.5 s; and whether `tensorflow` gets imported (`python -X importtime`).
+3. cold start: wall time of whole `edgefp` processes (`--help`, `devices`, `info --port URL` against
+   an `edgefp sim` on a pty and on TCP) side by side with MicroPython's `mpremote devs` (the same job as
+   `edgefp devices`: list the serial ports), the commands taking turns, one untimed run of each first,
+   median of the timed runs, and the median of each round's ratio to `mpremote devs`; targets: under
+   0.5 s, and `devices` and `info` on a pty no slower than `mpremote devs` (ratio <= 1); and which
+   heavy packages get imported (`python -X importtime`).
    The same `info` is also timed inside this process (open, HELLO, close): what is left of the cold
    start is Python and imports. pyserial's `socket://` close sleeps 0.3 s, in the TCP numbers as measured.
 
-    python -m benchmarks.link            # 3 x 500 round trips, 5 runs per command
-    python -m benchmarks.link --quick    # 2 x 200 round trips, 3 runs per command
+    python -m benchmarks.link               # 3 x 500 round trips, 5 runs per command
+    python -m benchmarks.link --quick       # 2 x 200 round trips, 3 runs per command
+    python -m benchmarks.link --cold-start  # only the cold starts, 21 runs per command (no bundle made)
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from edgefp.trainer import train
 
 EFFICIENCY_TARGET = 0.95
 COLD_START_TARGET_S = 0.5
+MPREMOTE = "mpremote devs"  # the reference device-only command (pip install mpremote: the dev extra)
 BOARD = "pi"  # LiteRT
 SAMPLES = 64  # distinct inputs cycled through
 HEAVY = ("tensorflow", "keras", "ai_edge_litert", "tflite_micro")
@@ -212,47 +217,74 @@ def imported(args: list[str]) -> list[str]:
     return sorted({name.split(".")[0] for name in names} & set(HEAVY))
 
 
-def time_command(args: list[str], reps: int) -> dict:
-    command = [*edgefp_command(), *args]
-    first = subprocess.run(command, capture_output=True, text=True)  # untimed: page cache, .pyc
-    if first.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed ({first.returncode}): {first.stderr.strip()[-300:]}")
-    times = []
-    for _ in range(reps):
-        before = time.perf_counter()
-        subprocess.run(command, capture_output=True, check=True)
-        times.append(time.perf_counter() - before)
-    heavy = imported(args)
-    return {
-        "args": args,
-        "times_s": times,
-        "median_s": statistics.median(times),
-        "min_s": min(times),
-        "max_s": max(times),
-        "imports": heavy,
-        "tensorflow_imported": "tensorflow" in heavy,
-        "meets_target": statistics.median(times) < COLD_START_TARGET_S,
-    }
+def mpremote_command() -> list[str]:
+    """``mpremote devs``: the script next to this Python, else on the PATH."""
+    script = os.path.join(os.path.dirname(sys.executable), "mpremote")
+    found = script if os.access(script, os.X_OK) else shutil.which("mpremote")
+    if not found:
+        raise RuntimeError("mpremote is missing: pip install mpremote (or edgefp[dev])")
+    return [found, "devs"]
+
+
+def interleaved(commands: dict[str, list[str]], reps: int) -> dict[str, list[float]]:
+    """Wall times of each command, ``reps`` rounds in which every command runs once in turn (so that
+    a busy machine slows them all alike), after one untimed run of each (page cache, .pyc). The bytecode
+    goes to a folder of its own, so that the commands start as installed ones do even where
+    PYTHONDONTWRITEBYTECODE is set (an editable install would otherwise compile edgefp on every run)."""
+    with tempfile.TemporaryDirectory(prefix="edgefp-pycache-") as cache:
+        env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
+        env["PYTHONPYCACHEPREFIX"] = cache
+        for command in commands.values():
+            first = subprocess.run(command, capture_output=True, text=True, env=env)
+            if first.returncode != 0:
+                raise RuntimeError(f"{' '.join(command)} failed ({first.returncode}): {first.stderr.strip()[-300:]}")
+        times: dict[str, list[float]] = {name: [] for name in commands}
+        for _ in range(reps):
+            for name, command in commands.items():
+                before = time.perf_counter()
+                subprocess.run(command, capture_output=True, check=True, env=env)
+                times[name].append(time.perf_counter() - before)
+    return times
 
 
 def cold_starts(reps: int) -> dict:
-    results = {"edgefp --help": time_command(["--help"], reps)}
-    probe = subprocess.run([*edgefp_command(), "devices", "--help"], capture_output=True, text=True)
-    if probe.returncode == 0:
-        results["edgefp devices"] = time_command(["devices"], reps)
-    else:
-        message = (probe.stderr or probe.stdout).strip().splitlines()
-        results["edgefp devices"] = {"skipped": f"'edgefp devices --help' failed: {message[-1] if message else ''}"}
-    for tcp in (False, True):
-        with sim(tcp) as url:
-            result = time_command(["info", "--port", url], reps)
-        result["note"] = "includes pyserial's 0.3 s sleep on closing socket://" if tcp else ""
-        results[f"edgefp info --port {'socket://' if tcp else 'PTY'}"] = result
+    edgefp = edgefp_command()
+    commands = {
+        "edgefp --help": [*edgefp, "--help"],
+        "edgefp devices": [*edgefp, "devices"],
+        MPREMOTE: mpremote_command(),
+    }
+    with sim(False) as pty, sim(True) as tcp:
+        commands["edgefp info --port PTY"] = [*edgefp, "info", "--port", pty]
+        commands["edgefp info --port socket://"] = [*edgefp, "info", "--port", tcp]
+        times = interleaved(commands, reps)
+        heavy = {name: imported(command[len(edgefp) :]) for name, command in commands.items() if name != MPREMOTE}
+    results = {}
+    for name, runs in times.items():
+        median = statistics.median(runs)
+        results[name] = {
+            "command": commands[name],
+            "times_s": runs,
+            "median_s": median,
+            "min_s": min(runs),
+            "max_s": max(runs),
+            # each round's time over mpremote's in the same round, the median of them: a busy spell
+            # slows both sides of a ratio alike
+            "ratio_to_mpremote_devs": statistics.median(t / r for t, r in zip(runs, times[MPREMOTE])),
+            "imports": heavy.get(name, []),
+            "tensorflow_imported": "tensorflow" in heavy.get(name, []),
+            "meets_target": median < COLD_START_TARGET_S,
+        }
+    for name in ("edgefp devices", "edgefp info --port PTY"):  # at least as fast as mpremote devs
+        results[name]["meets_target"] = results[name]["meets_target"] and results[name]["ratio_to_mpremote_devs"] <= 1
+    results["edgefp info --port socket://"]["note"] = "includes pyserial's 0.3 s sleep on closing socket://"
     return results
 
 
 # ------------------------------------------------------------------------------------- report
-def table(made: dict, links: dict, cold: dict, timing: dict) -> str:
+def table(made: dict | None, links: dict, cold: dict, timing: dict) -> str:
+    if made is None:  # --cold-start
+        return "\n".join(["# The host-device link: cold start only", "", *cold_table(links, cold, timing)])
     lines = [
         "# The host-device link",
         "",
@@ -290,34 +322,45 @@ def table(made: dict, links: dict, cold: dict, timing: dict) -> str:
             f"| {infer['rtt_us']['p50']:.0f} / {infer['rtt_us']['p90']:.0f} | {split['inference']:.0f} "
             f"| {split['handler_rest']:.0f} | {split['link']:.0f} | {split['inference_share']:.0%} |"
         )
-    lines += [
+    return "\n".join(lines + cold_table(links, cold, timing))
+
+
+def cold_table(links: dict, cold: dict, timing: dict) -> list[str]:
+    lines = [
         "",
-        f"## Cold start ({timing['cold_reps']} runs after an untimed one; target: median < {COLD_START_TARGET_S} s)",
+        f"## Cold start ({timing['cold_reps']} rounds after an untimed one, the commands taking turns; target: "
+        f"median < {COLD_START_TARGET_S} s, and `devices` and `info` on a pty no slower than `{MPREMOTE}`)",
         "",
-        "| command | median s | min-max s | in-process open+info+close ms | heavy imports | target |",
-        "|---|---:|---:|---:|---|---|",
+        f"| command | median s | min-max s | / {MPREMOTE} | in-process open+info+close ms | heavy imports | target |",
+        "|---|---:|---:|---:|---:|---|---|",
     ]
     for name, result in cold.items():
-        if "skipped" in result:
-            lines.append(f"| {name} | - | - | - | - | skipped: {result['skipped']} |")
-            continue
         link = {"PTY": "pty", "socket://": "tcp"}.get(name.rsplit(" ", 1)[-1])
-        inside = f"{links[link]['info_in_process_s'] * 1000:.1f}" if link else "-"
+        inside = f"{links[link]['info_in_process_s'] * 1000:.1f}" if link and link in links else "-"
         verdict = "met" if result["meets_target"] else "MISSED"
-        if result.get("note"):
+        if name == MPREMOTE:
+            verdict = "reference"
+        elif result.get("note"):
             verdict += f" ({result['note']})"
+        imports = ", ".join(result["imports"]) or "none" if name != MPREMOTE else "-"
         lines.append(
-            f"| {name} | {result['median_s']:.3f} | {result['min_s']:.3f}-{result['max_s']:.3f} | {inside} "
-            f"| {', '.join(result['imports']) or 'none'} | {verdict} |"
+            f"| {name} | {result['median_s']:.3f} | {result['min_s']:.3f}-{result['max_s']:.3f} "
+            f"| {result['ratio_to_mpremote_devs']:.2f} | {inside} | {imports} | {verdict} |"
         )
     lines.append("")
-    return "\n".join(lines)
+    return lines
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer round trips and command runs")
+    parser.add_argument("--cold-start", action="store_true", help="only the cold starts (no bundle, no link)")
     args = parser.parse_args(argv)
+    if args.cold_start:
+        timing = {"cold_reps": 21}
+        cold = cold_starts(timing["cold_reps"])
+        save("link_cold_start", {"timing": timing, "cold_start": cold}, table(None, {}, cold, timing))
+        return 0
     if args.quick:
         timing = {"reps": 2, "warmup": 20, "timed": 200, "cold_reps": 3}
     else:

@@ -7,14 +7,13 @@ distribution. No TensorFlow here.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 
 import numpy as np
 
 from edgefp.errors import EdgefpError
-from edgefp.fsutil import check_file_output, write_file_atomic
+from edgefp.fsutil import check_file_output, read_json, write_file_atomic
 from edgefp.limits import MAX_INVOKES
 
 SCHEMA = "edgefp.bench"
@@ -133,16 +132,9 @@ def _timed(interpreter, sample) -> float:
 
 def load(path: str) -> dict:
     """A bench result file, checked."""
-    try:
-        if os.path.getsize(path) > MAX_RESULT_BYTES:
-            raise EdgefpError(f"{path}: more than {MAX_RESULT_BYTES} bytes; not a bench result")
-        with open(path) as handle:
-            result = json.load(handle)
-    except FileNotFoundError:
-        raise EdgefpError(f"{path}: no such bench file; write one with 'edgefp bench BUNDLE --out FILE'") from None
-    except (OSError, ValueError, RecursionError) as exc:
-        raise EdgefpError(f"{path}: not a readable bench file ({str(exc)[:200] or 'nested too deeply'})") from None
-    if not isinstance(result, dict) or result.get("schema") != SCHEMA or result.get("version") != SCHEMA_VERSION:
+    missing = "write one with 'edgefp bench BUNDLE --out FILE'"
+    result = read_json(path, "bench file", max_bytes=MAX_RESULT_BYTES, missing=missing)
+    if result.get("schema") != SCHEMA or result.get("version") != SCHEMA_VERSION:
         raise EdgefpError(f"{path}: not an {SCHEMA} v{SCHEMA_VERSION} result")
     return result
 

@@ -16,7 +16,7 @@ CORRUPTIONS = ("gaussian", "invert", "blur", "stuck")
 REPORT_BOARD = "nrf52840"
 
 
-def run_demo(out: str, *, seed: int = 0, progress: bool = True) -> dict:
+def run_demo(out: str, *, seed: int = 0, progress=None) -> dict:
     """Train on digits 0-4 and fingerprint; convert to an int8 bundle; score held-out 0-4, unseen 5-9
     and corrupted 0-4 with both; time the bundle on TFLite Micro and write the HTML report.
 

@@ -17,9 +17,11 @@ import os
 import shutil
 import tempfile
 
-from edgefp.errors import EdgefpError
+from edgefp.errors import EdgefpError, option
 
 MARKER = ".edgefp"
+MAX_JSON_BYTES = 64 << 20  # the largest JSON file edgefp reads (a bench result of 100,000 latencies is 2 MB)
+_CHOOSE_OR_FORCE = f"choose another {option('out')} or pass {option('force')} to replace it"
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
@@ -27,14 +29,14 @@ os.umask(_UMASK)
 def output_path(path: str) -> str:
     """``path`` made absolute, refused when empty, the current directory, one above it or a link."""
     if not str(path).strip():
-        raise EdgefpError("the output path is empty; name a new file or directory with --out")
+        raise EdgefpError(f"the output path is empty; name a new file or directory with {option('out')}")
     full = os.path.abspath(path)
     here = os.path.realpath(os.getcwd())
     real = os.path.realpath(full)
     if here == real or here.startswith(real.rstrip(os.sep) + os.sep):
-        raise EdgefpError(f"{path} is the current directory or one above it; name a new directory with --out")
+        raise EdgefpError(f"{path} is the current directory or one above it; name a new directory with {option('out')}")
     if os.path.islink(full):
-        raise EdgefpError(f"{path} is a symbolic link; name a new file or directory with --out")
+        raise EdgefpError(f"{path} is a symbolic link; name a new file or directory with {option('out')}")
     return full
 
 
@@ -50,23 +52,42 @@ def read_marker(path: str) -> dict | None:
     return marker
 
 
+def read_json(path: str, what: str, *, max_bytes: int = MAX_JSON_BYTES, missing: str = "") -> dict:
+    """The JSON object in the file ``path``, or one EdgefpError naming it a ``what`` ("bench file") and
+    saying what is wrong: missing (followed by the hint ``missing``), larger than ``max_bytes``, not
+    JSON, or not an object. Schemas are the caller's to check."""
+    try:
+        if os.path.getsize(path) > max_bytes:
+            raise EdgefpError(f"{path}: more than {max_bytes} bytes; not a {what}")
+        with open(path, "rb") as handle:
+            content = json.load(handle)
+    except FileNotFoundError:
+        raise EdgefpError(f"{path}: no such {what}" + (f"; {missing}" if missing else "")) from None
+    except (OSError, ValueError, RecursionError) as exc:
+        raise EdgefpError(f"{path}: not a readable {what} ({str(exc)[:200] or 'nested too deeply'})") from None
+    if not isinstance(content, dict):
+        raise EdgefpError(f"{path}: not a {what} (it holds no JSON object)")
+    return content
+
+
 def check_directory_output(path: str, kind: str, *, force: bool) -> str:
     """The absolute path a ``kind`` directory may be written to, or one clear EdgefpError."""
     full = output_path(path)
     if not os.path.lexists(full):
         return full
     if not force:
-        raise EdgefpError(f"{path} already exists; choose another --out or pass --force to replace it")
+        raise EdgefpError(f"{path} already exists; {_CHOOSE_OR_FORCE}")
     marker = read_marker(full) if os.path.isdir(full) else None
     if marker is None or marker.get("kind") != kind:
         raise EdgefpError(
-            f"{path} is not a {kind} written by edgefp; --force replaces only those: remove it yourself or "
-            "choose another --out"
+            f"{path} is not a {kind} written by edgefp; {option('force')} replaces only those: remove it yourself or "
+            f"choose another {option('out')}"
         )
     foreign = sorted(set(os.listdir(full)) - set(marker["files"]) - {MARKER})
     if foreign:
         raise EdgefpError(
-            f"{path} holds files edgefp did not write ({', '.join(foreign[:3])}); move them or choose another --out"
+            f"{path} holds files edgefp did not write ({', '.join(foreign[:3])}); "
+            f"move them or choose another {option('out')}"
         )
     return full
 
@@ -78,11 +99,11 @@ def check_file_output(path: str, *, force: bool, written_by_edgefp, kind: str) -
     if not os.path.lexists(full):
         return full
     if not force:
-        raise EdgefpError(f"{path} already exists; choose another --out or pass --force to replace it")
+        raise EdgefpError(f"{path} already exists; {_CHOOSE_OR_FORCE}")
     if not os.path.isfile(full) or not written_by_edgefp(full):
         raise EdgefpError(
-            f"{path} is not a {kind} written by edgefp; --force replaces only those: remove it yourself or "
-            "choose another --out"
+            f"{path} is not a {kind} written by edgefp; {option('force')} replaces only those: remove it yourself or "
+            f"choose another {option('out')}"
         )
     return full
 
@@ -130,19 +151,28 @@ def sha256_file(path: str) -> str:
     return digest.hexdigest()
 
 
-def write_file_atomic(path: str, content: bytes) -> None:
-    """Write ``content`` to a temporary sibling, flush it to disk, then rename it over ``path``."""
+@contextlib.contextmanager
+def atomic_file(path: str):
+    """Yield a temporary sibling of ``path`` to write; when the block succeeds it is flushed to disk and
+    renamed over ``path`` (a reader sees the old file or the new one, never half of one), when it fails
+    it is removed."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=directory)
+    os.close(handle)
     try:
-        with os.fdopen(handle, "wb") as raw:
-            raw.write(content)
-            raw.flush()
-            os.fsync(raw.fileno())
+        yield tmp
+        with open(tmp, "rb+") as written:
+            os.fsync(written.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def write_file_atomic(path: str, content: bytes) -> None:
+    """Write ``content`` to ``path`` through :func:`atomic_file`."""
+    with atomic_file(path) as tmp, open(tmp, "wb") as raw:
+        raw.write(content)

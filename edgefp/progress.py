@@ -1,43 +1,23 @@
-"""Progress reporting: a bar on a terminal, a few plain lines otherwise, always on stderr."""
+"""Progress of long work, told to a callback the caller gives: ``progress(task, done, total)``, e.g.
+``progress("training classifier", 3, 40)``; None (or False) tells nobody. The library shows nothing
+itself: the CLI draws a bar on stderr."""
 
 from __future__ import annotations
 
-import sys
-import time
 
-import click
+class Steps:
+    """``total`` steps of one task told to ``progress``: ``steps = Steps(progress, "training", 100)``,
+    then ``steps.update(1)`` after each (the task's start is told at once, as 0 done)."""
 
-
-class Progress:
-    """Report ``total`` steps of one task: ``with Progress("training", 100) as p: p.update(1)``."""
-
-    def __init__(self, label: str, total: int, *, enabled: bool = True):
-        self.label, self.total, self.enabled = label, max(1, total), enabled
+    def __init__(self, progress, task: str, total: int):
+        self.progress, self.task, self.total = progress or None, task, max(1, total)
         self.done = 0
-        self._bar = None
-        self._next_line = 0.0
-        self._start = 0.0
-
-    def __enter__(self) -> Progress:
-        self._start = time.monotonic()
-        if self.enabled and sys.stderr.isatty():
-            self._bar = click.progressbar(length=self.total, label=self.label, file=sys.stderr)
-            self._bar.__enter__()
-        elif self.enabled:
-            click.echo(f"{self.label} ...", err=True)
-            self._next_line = self._start + 10.0
-        return self
+        self._tell()
 
     def update(self, steps: int = 1) -> None:
         self.done += steps
-        if self._bar is not None:
-            self._bar.update(steps)
-        elif self.enabled and time.monotonic() >= self._next_line > 0:
-            click.echo(f"{self.label}: {100 * self.done // self.total}%", err=True)
-            self._next_line = time.monotonic() + 10.0
+        self._tell()
 
-    def __exit__(self, *exc) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(*exc)
-        elif self.enabled and exc[0] is None:
-            click.echo(f"{self.label}: done in {time.monotonic() - self._start:.1f} s", err=True)
+    def _tell(self) -> None:
+        if self.progress is not None:
+            self.progress(self.task, self.done, self.total)

@@ -24,14 +24,13 @@ import json
 import os
 import re
 import sqlite3
-import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from edgefp.bundle import ARCHIVE_SUFFIX, Bundle, sha256
-from edgefp.errors import EdgefpError
-from edgefp.fsutil import sha256_file, write_file_atomic
+from edgefp.errors import EdgefpError, option
+from edgefp.fsutil import atomic_file, sha256_file, write_file_atomic
 
 INDEX = "index.sqlite"
 LOCK = ".lock"
@@ -66,14 +65,15 @@ def default_root() -> str:
     return os.path.join(base, "edgefp", "repo")
 
 
-def parse_pairs(pairs, option: str) -> dict[str, str]:
-    """``("task=digits", ...)`` -> ``{"task": "digits"}``; a clear error for anything else."""
+def parse_pairs(pairs, what: str) -> dict[str, str]:
+    """``("task=digits", ...)`` -> ``{"task": "digits"}``; a clear error, naming the parameter ``what``,
+    for anything else."""
     parsed = {}
     for pair in pairs or ():
         key, sep, value = pair.partition("=")
         key, value = key.strip(), value.strip()
         if not sep or not key or not TAG_KEY_RE.match(key):
-            raise EdgefpError(f"{option} must be KEY=VALUE (KEY of letters, digits, '_', '.', '-'), got '{pair}'")
+            raise EdgefpError(f"{option(what)} must be KEY=VALUE (KEY of letters, digits, '_', '.', '-'), got '{pair}'")
         parsed[key] = value
     return parsed
 
@@ -179,9 +179,7 @@ class Repository:
 
     def _build_index(self, entries: list[Entry]) -> None:
         """Write a complete index into a temporary file and rename it over the old one."""
-        handle, tmp = tempfile.mkstemp(prefix=f".{INDEX}.", suffix=".partial", dir=self.root)
-        os.close(handle)
-        try:
+        with atomic_file(self.index_path) as tmp:
             connection = self._connect(tmp)
             try:
                 connection.executescript(_SCHEMA)
@@ -191,11 +189,6 @@ class Repository:
                 connection.execute("COMMIT")
             finally:
                 connection.close()
-            os.replace(tmp, self.index_path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
 
     @staticmethod
     def _insert(connection: sqlite3.Connection, entry: Entry) -> None:
@@ -273,7 +266,7 @@ class Repository:
             raise EdgefpError(f"{source}: a bundle without a fingerprint cannot be selected; add one of edgefp convert")
         name = name or bundle.manifest.name
         if not name or not NAME_RE.fullmatch(name):
-            raise EdgefpError(f"'{name}' is not a valid bundle name (use a-z, 0-9 and '_'); give --name")
+            raise EdgefpError(f"'{name}' is not a valid bundle name (use a-z, 0-9 and '_'); give {option('name')}")
         for key in tags or {}:
             if key in BUILTIN_KEYS:
                 raise EdgefpError(f"'{key}' is not a tag; it is the bundle's own metadata")
@@ -293,7 +286,9 @@ class Repository:
         if same:
             raise EdgefpError(f"{source}: this bundle is already in the repository as '{same[0]}'")
         if name in existing and not force:
-            raise EdgefpError(f"'{name}' is already in the repository; pass --force to replace it, or give --name")
+            raise EdgefpError(
+                f"'{name}' is already in the repository; pass {option('force')} to replace it, or give {option('name')}"
+            )
         lineage = self._lineage(existing, name, parent, data_added) if parent or data_added else None
         path = os.path.join(BUNDLES, digest + ARCHIVE_SUFFIX)
         entry = _entry_from_bundle(bundle, name, digest, path, len(archive), _now(), tags)
@@ -348,10 +343,7 @@ class Repository:
             return self._remove(name)
 
     def _remove(self, name: str) -> Entry:
-        matches = [entry for entry in self.entries() if entry.name == name]
-        if not matches:
-            names = ", ".join(entry.name for entry in self.entries()) or "none"
-            raise EdgefpError(f"no bundle '{name}' in {self.root} (it holds: {names})")
+        entry = self.entry(name)
         connection = self._connect()
         try:
             connection.execute("BEGIN IMMEDIATE")
@@ -359,8 +351,8 @@ class Repository:
             connection.execute("COMMIT")
         finally:
             connection.close()
-        self._delete_files(matches[0].sha256)
-        return matches[0]
+        self._delete_files(entry.sha256)
+        return entry
 
     def reindex(self) -> tuple[list[Entry], list[str]]:
         """Rebuild the index from the stored archives; return (entries, warnings about skipped files)."""
@@ -416,6 +408,15 @@ class Repository:
         for path in (os.path.join(self.bundles_dir, digest + ARCHIVE_SUFFIX), self._sidecar(digest)):
             if os.path.exists(path):
                 os.remove(path)
+
+    def entry(self, name: str) -> Entry:
+        """The entry of the bundle called ``name``."""
+        entries = self.entries()
+        found = [entry for entry in entries if entry.name == name]
+        if not found:
+            names = ", ".join(entry.name for entry in entries) or "none"
+            raise EdgefpError(f"no bundle '{name}' in {self.root} (it holds: {names})")
+        return found[0]
 
     def load(self, entry: Entry) -> Bundle:
         """Read and verify a stored bundle: its bytes must match the indexed SHA-256, its files the manifest."""

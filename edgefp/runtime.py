@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
+import logging
 import os
 import re
 import signal
@@ -22,6 +23,7 @@ import numpy as np
 from edgefp.errors import EdgefpError
 from edgefp.isolation import step
 
+log = logging.getLogger(__name__)
 RUNTIMES = ("litert", "tflm", "edgetpu", "firmware")
 EDGETPU_LIBRARY = {"linux": "libedgetpu.so.1", "darwin": "libedgetpu.1.dylib", "win32": "edgetpu.dll"}
 
@@ -56,10 +58,11 @@ class LiteRT:
                 delegates = [module.load_delegate(library)]
                 self.name = "edgetpu"
             except (ValueError, OSError, AttributeError) as exc:
-                print(
-                    f"edgefp: warning: Edge TPU delegate unavailable ({library}: {exc}); running on the CPU. "
-                    "Install the Edge TPU runtime (libedgetpu1-std) and plug in the accelerator to use it.",
-                    file=sys.stderr,
+                log.warning(
+                    "Edge TPU delegate unavailable (%s: %s); running on the CPU. Install the Edge TPU runtime "
+                    "(libedgetpu1-std) and plug in the accelerator to use it.",
+                    library,
+                    exc,
                 )
         # Without the default XNNPACK delegate: LiteRT's own int8 kernels, repeatable and closest to TFLite Micro.
         resolver = getattr(module, "OpResolverType", None)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgefp.data import shape_fits
-from edgefp.errors import EdgefpError
+from edgefp.errors import EdgefpError, option
 from edgefp.repository import Entry, Repository
 
 ALPHA = 0.01  # false "no suitable model" rate the verdict allows for in-distribution target data
@@ -135,7 +135,7 @@ def candidates(repo: Repository, sample_shape: tuple[int, ...], where: dict[str,
     tagged = [entry for entry in every if entry.matches(where or {})]
     if not tagged:
         wanted = " ".join(f"{key}={value}" for key, value in (where or {}).items())
-        raise EdgefpError(f"no bundle in {repo.root} matches --where {wanted} ({len(every)} bundles in all)")
+        raise EdgefpError(f"no bundle in {repo.root} matches {option('where')} {wanted} ({len(every)} bundles in all)")
     fitting = [entry for entry in tagged if shape_fits(sample_shape, entry.input_shape)]
     if not fitting:
         shapes: dict[tuple, int] = {}
@@ -199,3 +199,13 @@ def select(repo: Repository, x: np.ndarray, *, where: dict[str, str] | None = No
         "skipped": skipped,
         "alpha": ALPHA,
     }
+
+
+def deploy(repo: Repository, name: str, device) -> dict:
+    """Flash the repository's bundle ``name`` to an open ``device`` and activate it; nothing is uploaded
+    when the device already runs it (``skipped`` in the report of
+    :func:`edgefp.firmware_host.link.client.flash`)."""
+    from edgefp.firmware_host.link import client
+
+    archive = repo.load(repo.entry(name)).archive_bytes()
+    return client.flash(device, archive)

@@ -3,34 +3,27 @@ device's recent OOD samples, run selection on them against the repository, and d
 matches, or raise a human-review alert. Every decision is appended to an events file as a JSON line.
 
 :func:`watch` takes an open :class:`~edgefp.firmware_host.link.client.Device` (tests and scripts inject
-one); :func:`watch_url` opens the device by URL and reconnects when the link drops, as ``monitor`` does.
+one); :func:`watch_url` opens the device by URL and reconnects when the link drops
+(:mod:`~edgefp.firmware_host.link.reconnect`).
 """
 
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import time
 
 import numpy as np
 
 from edgefp import selection
+from edgefp.data import to_raw
 from edgefp.errors import EdgefpError
 from edgefp.firmware_host.link import client
-from edgefp.manifest import Input
+from edgefp.firmware_host.link.reconnect import reconnecting
 from edgefp.repository import Repository
 
 DEPLOYED, NO_MATCH, ALREADY_BEST = "deployed", selection.NO_MATCH, "already best"
 MIN_SAMPLES = 8  # OOD samples pulled before selection is run on them
-RETRY_S = 1.0
-
-
-def to_raw(x_q: np.ndarray, input_spec: Input) -> np.ndarray:
-    """Int8 model inputs -> raw samples: dequantise, then undo the preprocessing (inverse of
-    :meth:`edgefp.bundle.Bundle.quantize`, up to rounding and clipping)."""
-    x = (np.asarray(x_q, dtype=np.float32) - np.float32(input_spec.zero_point)) * np.float32(input_spec.scale)
-    return input_spec.preprocessing.undo(x)
 
 
 class _Window:
@@ -83,7 +76,6 @@ def decide(device, repo: Repository, samples: list[dict], *, where: dict | None 
     """Selection on pulled OOD samples (int8 inputs of the active bundle); flash the winner when it
     is not active yet. Returns the decision (without timestamp, device and rate)."""
     spec = client.manifest(device)
-    active = device.info.active
     x = to_raw(np.stack([sample["x"] for sample in samples]), spec.input)
     event = {"active": spec.name, "samples": len(samples), "candidates": [], "skipped": []}
     try:
@@ -95,12 +87,10 @@ def decide(device, repo: Repository, samples: list[dict], *, where: dict | None 
     event["skipped"] = report["skipped"]
     if report["selected"] is None:
         return {**event, "decision": NO_MATCH}
-    entry = next(entry for entry in repo.entries() if entry.name == report["selected"])
-    archive = repo.load(entry).archive_bytes()
-    if active is not None and hashlib.sha256(archive).digest() == active.sha256:
-        return {**event, "decision": ALREADY_BEST, "model": entry.name}
-    flashed = client.flash(device, archive)
-    return {**event, "decision": DEPLOYED, "model": entry.name, "flashed": flashed["sha256"]}
+    flashed = selection.deploy(repo, report["selected"], device)
+    if flashed["skipped"]:
+        return {**event, "decision": ALREADY_BEST, "model": report["selected"]}
+    return {**event, "decision": DEPLOYED, "model": report["selected"], "flashed": flashed["sha256"]}
 
 
 def watch(
@@ -149,30 +139,19 @@ def watch(
     return made
 
 
-def watch_url(url: str, repo: Repository, *, key: bytes | None = None, on_status=None, **options) -> list[dict]:
+def watch_url(url: str, repo: Repository, *, key: bytes | None = None, **options) -> list[dict]:
     """:func:`watch` on the device at ``url``, reconnecting when the link drops (a wrong URL or key fails at once)."""
     made: list[dict] = []
-    decisions, connected, report = options.pop("decisions", None), None, options.pop("on_decision", None)
+    decisions, report = options.pop("decisions", None), options.pop("on_decision", None)
 
     def on_decision(event: dict) -> None:
         made.append(event)
         if report:
             report(event)
 
-    while decisions is None or len(made) < decisions:
-        try:
-            with client.open_device(url, key=key) as device:
-                if connected is False and on_status:
-                    on_status(f"reconnected to {url}")
-                connected = True
-                left = None if decisions is None else decisions - len(made)
-                watch(device, repo, decisions=left, on_decision=on_decision, **options)
-                return made
-        except (EdgefpError, OSError) as exc:
-            if connected is None or isinstance(exc, client.DeviceError):
-                raise
-            if connected and on_status:
-                on_status(f"link to {url} lost ({str(exc).splitlines()[0]}); reconnecting")
-            connected = False
-            time.sleep(RETRY_S)
+    def work(device) -> None:
+        left = None if decisions is None else decisions - len(made)
+        watch(device, repo, decisions=left, on_decision=on_decision, **options)
+
+    reconnecting(url, work, key=key, done=lambda: decisions is not None and len(made) >= decisions)
     return made

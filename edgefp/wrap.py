@@ -20,7 +20,7 @@ import numpy as np
 from edgefp import __version__
 from edgefp.bundle import MODEL, RUNTIME_NAMES, Bundle, sha256
 from edgefp.data import Dataset, parse_spec
-from edgefp.errors import EdgefpError
+from edgefp.errors import EdgefpError, option
 from edgefp.fsutil import check_file_output, write_file_atomic
 from edgefp.isolation import step
 from edgefp.manifest import FileEntry, Input, Manifest, Output
@@ -71,7 +71,9 @@ def wrap(model_path: str, out: str, *, name: str | None = None, force: bool = Fa
         files={MODEL: FileEntry(sha256(model), len(model))},
     )
     if not re.fullmatch(r"[a-z0-9_]{1,32}", manifest.name):
-        raise EdgefpError(f"bundle name '{manifest.name}' must be 1-32 characters of a-z, 0-9 and _; give --name")
+        raise EdgefpError(
+            f"bundle name '{manifest.name}' must be 1-32 characters of a-z, 0-9 and _; give {option('name')}"
+        )
     bundle = Bundle(manifest, {MODEL: model})
     bundle.write(out, force=force)
     return bundle.manifest

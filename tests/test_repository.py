@@ -58,7 +58,7 @@ def test_add_refuses_duplicates_and_corrupt_bundles(two_bundles, tmp_path):
     with pytest.raises(EdgefpError, match="corrupt or was modified"):
         repo.add(bad_path)
     with pytest.raises(EdgefpError, match="KEY=VALUE"):
-        parse_pairs(["novalue"], "--tag")
+        parse_pairs(["novalue"], "tag")
 
 
 def test_remove_and_reindex(two_bundles, tmp_path):

@@ -100,7 +100,7 @@ def test_bad_input(repo, tmp_path):
         select(empty, np.zeros((10, 8, 8, 1), np.float32))
     with pytest.raises(EdgefpError, match="no repository here"):
         select(Repository(str(tmp_path / "missing")), np.zeros((10, 8, 8, 1), np.float32))
-    with pytest.raises(EdgefpError, match="matches --where task=sensors"):
+    with pytest.raises(EdgefpError, match="matches `where` task=sensors"):
         select(repo, np.zeros((10, 8, 8, 1), np.float32), where={"task": "sensors"})
 
 

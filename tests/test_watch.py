@@ -10,11 +10,12 @@ import pytest
 
 from edgefp import data, shifts
 from edgefp.bundle import Bundle
+from edgefp.data import to_raw
 from edgefp.firmware_host.device.agent import Agent, serving
 from edgefp.firmware_host.firmware.launch import can_emulate, start
 from edgefp.firmware_host.link import client
 from edgefp.repository import Repository
-from edgefp.watch import DEPLOYED, NO_MATCH, to_raw, watch
+from edgefp.watch import DEPLOYED, NO_MATCH, watch
 from tests.cli.test_cli import edgefp
 
 

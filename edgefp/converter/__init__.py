@@ -1,1 +1,6 @@
-"""Conversion of RUN directories into deployable int8 TFLite bundles (imports TensorFlow lazily)."""
+"""Conversion of RUN directories into deployable int8 TFLite bundles (imports TensorFlow lazily, with its
+settings made first: :mod:`edgefp.tfenv`)."""
+
+from edgefp import tfenv
+
+tfenv.configure()

@@ -20,8 +20,8 @@ import zipfile
 
 import numpy as np
 
-from edgefp.errors import EdgefpError
-from edgefp.fsutil import check_file_output, write_file_atomic
+from edgefp.errors import EdgefpError, option
+from edgefp.fsutil import check_file_output, read_json, write_file_atomic
 
 SCHEMA, VERSION = "edgefp.labels", 1
 NAME_MAX = 64
@@ -56,15 +56,16 @@ class LabelStore:
             self._load()
 
     def _load(self) -> None:
+        saved = read_json(self.path, "labels file")
         try:
-            with open(self.path) as handle:
-                saved = json.load(handle)
-            if not isinstance(saved, dict) or saved.get("schema") != SCHEMA or saved.get("version") != VERSION:
+            if saved.get("schema") != SCHEMA or saved.get("version") != VERSION:
                 raise ValueError(f"not {SCHEMA} version {VERSION}")
             self.new_classes = [{"value": int(c["value"]), "name": str(c["name"])} for c in saved["new_classes"]]
             self.labels = {str(key): dict(label) for key, label in saved["labels"].items()}
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise EdgefpError(f"{self.path}: not a labels file to continue ({exc}); give another --labels") from None
+            raise EdgefpError(
+                f"{self.path}: not a labels file to continue ({exc}); give another {option('labels_path')}"
+            ) from None
 
     @property
     def classes(self) -> list[dict]:

@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from edgefp import __version__, data, ood, shifts
-from edgefp.errors import EdgefpError
-from edgefp.fsutil import atomic_directory, sha256_file
-from edgefp.progress import Progress
+from edgefp.errors import EdgefpError, option
+from edgefp.fsutil import atomic_directory, read_json, sha256_file
+from edgefp.progress import Steps
 from edgefp.trainer import taps
 from edgefp.trainer.models import BATCH_SIZE, seed_everything
 
@@ -148,11 +148,12 @@ class NeuralFingerprint:
     penultimate one), target false-positive rate ``fpr`` on held-out in-distribution data, the
     ``holdout`` share used to calibrate when no held-out set is given, ``max_features`` per layer after
     average pooling, ``budget`` for the autoencoders' parameters as a share of the classifier's,
-    ``epochs`` for the autoencoders (default: automatic), and ``seed``.
+    ``epochs`` for the autoencoders (default: automatic), ``seed``, and a ``progress(task, done, total)``
+    callback told each epoch (:mod:`edgefp.progress`).
     """
 
     def __init__(
-        self, layers=None, fpr=0.05, holdout=0.2, max_features=32, budget=0.19, epochs=None, seed=0, progress=True
+        self, layers=None, fpr=0.05, holdout=0.2, max_features=32, budget=0.19, epochs=None, seed=0, progress=None
     ):
         self.layers = layers
         self.fpr = fpr
@@ -172,7 +173,7 @@ class NeuralFingerprint:
         """
         started = time.monotonic()
         if not 0.0 < self.fpr < 1.0:
-            raise EdgefpError(f"--fpr must be between 0 and 1, got {self.fpr}")
+            raise EdgefpError(f"{option('fpr')} must be between 0 and 1, got {self.fpr}")
         taps.check_classifier(model)
         self.model_ = model
         self.preprocessing_ = preprocessing or {"type": "none"}
@@ -193,9 +194,11 @@ class NeuralFingerprint:
         seed_everything(self.seed)
         names = list(self.layers or taps.default_layers(model))
         if not names:
-            raise EdgefpError("the classifier has no hidden layer with weights to fingerprint; name some with --layers")
+            raise EdgefpError(
+                f"the classifier has no hidden layer with weights to fingerprint; name some with {option('layers')}"
+            )
         if len(set(names)) != len(names):
-            raise EdgefpError(f"--layers names a layer twice: {names}")
+            raise EdgefpError(f"{option('layers')} names a layer twice: {names}")
         import keras
 
         reduced, shapes, pools, probs = self._reduced_taps(names)
@@ -316,17 +319,17 @@ class NeuralFingerprint:
         joint = keras.Model(inputs + [class_input], residuals)
         joint.compile(optimizer=keras.optimizers.Adam(3e-3), loss=["mse"] * len(inputs))
         epochs = self.epochs or math.ceil(AE_TARGET_STEPS / math.ceil(len(probs) / BATCH_SIZE))
-        with Progress("training autoencoders", epochs, enabled=self.progress) as progress:
-            callback = keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: progress.update(1))
-            joint.fit(
-                standardized + [probs],
-                [np.zeros_like(z) for z in standardized],
-                batch_size=BATCH_SIZE,
-                epochs=epochs,
-                shuffle=True,
-                verbose=0,
-                callbacks=[callback],
-            )
+        steps = Steps(self.progress, "training autoencoders", epochs)
+        callback = keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: steps.update(1))
+        joint.fit(
+            standardized + [probs],
+            [np.zeros_like(z) for z in standardized],
+            batch_size=BATCH_SIZE,
+            epochs=epochs,
+            shuffle=True,
+            verbose=0,
+            callbacks=[callback],
+        )
         self.epochs_ = epochs
 
     def _build_monitor(self) -> None:
@@ -509,14 +512,10 @@ def read_fingerprint_json(run_dir: str) -> dict:
     path = os.path.join(run_dir, "fingerprint.json")
     if not os.path.isdir(run_dir):
         raise EdgefpError(f"{run_dir}: no such RUN directory; create one with 'edgefp train' or 'edgefp fingerprint'")
-    try:
-        with open(path) as handle:
-            meta = json.load(handle)
-    except FileNotFoundError:
-        raise EdgefpError(f"{run_dir}: not a RUN directory (no fingerprint.json)") from None
-    except (OSError, ValueError, RecursionError) as exc:
-        raise EdgefpError(f"{path}: unreadable ({type(exc).__name__})") from None
-    schema, version = (meta.get("schema"), meta.get("version")) if isinstance(meta, dict) else (None, None)
+    if not os.path.exists(path):
+        raise EdgefpError(f"{run_dir}: not a RUN directory (no fingerprint.json)")
+    meta = read_json(path, "fingerprint file")
+    schema, version = meta.get("schema"), meta.get("version")
     if (schema, version) != (SCHEMA, SCHEMA_VERSION):
         raise EdgefpError(
             f"{path}: schema {schema} v{version} is not {SCHEMA} v{SCHEMA_VERSION}; "

@@ -67,13 +67,12 @@ def build_classifier(input_shape: tuple[int, ...], n_classes: int):
     return keras.Model(inputs, probs, name="classifier")
 
 
-def train_classifier(
-    x: np.ndarray, y: np.ndarray, n_classes: int, *, epochs: int | None, seed: int, progress: bool = True
-):
-    """Build and train a classifier on preprocessed ``x`` and class indices ``y``; return the model."""
+def train_classifier(x: np.ndarray, y: np.ndarray, n_classes: int, *, epochs: int | None, seed: int, progress=None):
+    """Build and train a classifier on preprocessed ``x`` and class indices ``y``; return the model.
+    ``progress(task, done, total)`` is told each epoch (:mod:`edgefp.progress`)."""
     import keras
 
-    from edgefp.progress import Progress
+    from edgefp.progress import Steps
 
     seed_everything(seed)
     model = build_classifier(x.shape[1:], n_classes)
@@ -83,7 +82,7 @@ def train_classifier(
         metrics=["accuracy"],
     )
     epochs = epochs or auto_epochs(len(x))
-    with Progress("training classifier", epochs, enabled=progress) as bar:
-        callback = keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: bar.update(1))
-        model.fit(x, y, batch_size=BATCH_SIZE, epochs=epochs, shuffle=True, verbose=0, callbacks=[callback])
+    steps = Steps(progress, "training classifier", epochs)
+    callback = keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: steps.update(1))
+    model.fit(x, y, batch_size=BATCH_SIZE, epochs=epochs, shuffle=True, verbose=0, callbacks=[callback])
     return model

@@ -17,12 +17,13 @@ FINGERPRINTING = "fingerprinting the classifier (TensorFlow)"
 
 
 def train(
-    dataset: data.Dataset, *, epochs=None, autoencoder_epochs=None, seed=0, layers=None, fpr=0.05, progress=True
+    dataset: data.Dataset, *, epochs=None, autoencoder_epochs=None, seed=0, layers=None, fpr=0.05, progress=None
 ) -> NeuralFingerprint:
     """Train a classifier suited to the samples' shape on labelled ``dataset``, then fingerprint it.
 
     A stratified share HOLDOUT of the data is kept out of all training; it calibrates the fingerprint.
     ``epochs`` and ``autoencoder_epochs`` default to automatic counts (about 1,500 steps each).
+    ``progress(task, done, total)`` is told each epoch (:mod:`edgefp.progress`).
     """
     data.check(dataset, require_labels=True)
     if not 0.0 < fpr < 1.0:
@@ -49,7 +50,7 @@ def train(
 
 
 def fingerprint_model(
-    model_path: str, dataset: data.Dataset, *, layers=None, fpr=0.05, epochs=None, seed=0, progress=True
+    model_path: str, dataset: data.Dataset, *, layers=None, fpr=0.05, epochs=None, seed=0, progress=None
 ) -> NeuralFingerprint:
     """Fingerprint the user's Keras classifier on unlabeled in-distribution ``dataset``.
 

@@ -75,6 +75,24 @@ def test_unreachable_device_is_one_clear_line(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("link", ["pty", "tcp"])
+def test_devices_and_info_import_nothing_heavy(link, tmp_path):
+    """Listing ports and asking a device what it is need neither numpy nor an interpreter (an agent
+    in this process answers; the command runs as the console does, with the exit it ends with)."""
+    heavy = ("numpy", "tensorflow", "keras", "ai_edge_litert", "tflite_micro")
+    code = (
+        "import sys\nfrom edgefp.cli import main\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit as end:\n    code = end.code\n"
+        f"print(code, [name for name in {heavy!r} if name in sys.modules])\n"
+    )
+    from edgefp.firmware_host.device.agent import Agent, serving
+
+    with serving(Agent(str(tmp_path / "agent"), "pi"), link) as url:
+        for args in (["devices", "--json"], ["info", "--port", url, "--json"]):
+            result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+            assert result.stdout.strip().splitlines()[-1] == "0 []", result.stdout + result.stderr
+
+
 def test_device_commands_do_not_import_tensorflow():
     code = "import sys; from edgefp.cli import main\ntry: main(['info', '--help'])\nexcept SystemExit: pass\n"
     code += (
@@ -84,7 +102,8 @@ def test_device_commands_do_not_import_tensorflow():
     assert result.stdout.strip().endswith("False"), result.stderr
 
 
-def test_monitor_reconnects_when_the_device_restarts(digits_bundle, tmp_path):
+def test_monitor_reconnects_when_the_device_restarts(digits_bundle, tmp_path, caplog):
+    import logging
     import threading
 
     from edgefp import data
@@ -95,15 +114,14 @@ def test_monitor_reconnects_when_the_device_restarts(digits_bundle, tmp_path):
     _, bundle_dir = digits_bundle
     agent = Agent(str(tmp_path / "device"), "pi")
     x_q = Bundle.load(bundle_dir).quantize(data.load("digits:test:5-9").x[:40])
-    events, status = [], []
+    events = []
+    caplog.set_level(logging.INFO, logger="edgefp")
     with serving(agent, "tcp") as url:
         with open_device(url) as device:
             flash(device, Bundle.load(bundle_dir).archive_bytes())
-        watcher = threading.Thread(
-            target=follow, args=(url, events.append, status.append), kwargs={"count": 6, "duration": 30}
-        )
+        watcher = threading.Thread(target=follow, args=(url, events.append), kwargs={"count": 6, "duration": 30})
         watcher.start()
-        while not events:  # one reading at a time, so that most of the 6 events come after the restart
+        while not events and watcher.is_alive():  # one reading at a time: most of the 6 events come after the restart
             agent.observe(x_q[0])
             watcher.join(0.05)
     # the device went away; it comes back on the same port, with its last good bundle
@@ -112,6 +130,7 @@ def test_monitor_reconnects_when_the_device_restarts(digits_bundle, tmp_path):
         while watcher.is_alive():
             restarted.observe(x_q[len(events) % len(x_q)])
             watcher.join(0.05)
+    status = [entry.getMessage() for entry in caplog.records]
     assert len(events) == 6 and any("lost" in s for s in status) and any("reconnected" in s for s in status)
     assert all(event["ood"] in (True, False) and event["latency_us"] >= 0 for event in events)
 

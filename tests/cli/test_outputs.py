@@ -38,7 +38,7 @@ def test_force_replaces_only_an_edgefp_directory_of_the_same_kind_holding_nothin
     with pytest.raises(EdgefpError, match="not a run written by edgefp"):
         check_directory_output(str(foreign), "run", force=True)
     run = write_run_like(tmp_path / "run")
-    with pytest.raises(EdgefpError, match="already exists; choose another --out or pass --force"):
+    with pytest.raises(EdgefpError, match="already exists; choose another `out` or pass `force`"):
         check_directory_output(str(run), "run", force=False)
     with pytest.raises(EdgefpError, match="not a bundle written by edgefp"):
         check_directory_output(str(run), "bundle", force=True)

@@ -1,6 +1,7 @@
 """The device's sample log (READ_LOG) and `edgefp record` against an agent over real sockets: every input
 recorded once, in order, across a cut link and a killed recorder; raw samples and scores exact."""
 
+import logging
 import os
 import signal
 import struct
@@ -92,9 +93,10 @@ def test_a_window_larger_than_a_frame_is_read_in_pieces(tmp_path, motions_bundle
     np.testing.assert_array_equal(np.frombuffer(entry.data, "<f4").reshape(window.shape), window)
 
 
-def test_record_survives_a_cut_link_without_losing_or_repeating_a_sample(tmp_path, bundle, x_mixed):
+def test_record_survives_a_cut_link_without_losing_or_repeating_a_sample(tmp_path, bundle, x_mixed, caplog):
+    caplog.set_level(logging.INFO, logger="edgefp")
     agent = active_agent(tmp_path / "agent", bundle)
-    out, status, stop = tmp_path / "field.npz", [], threading.Event()
+    out, stop = tmp_path / "field.npz", threading.Event()
 
     def sensor():
         for window in x_mixed:
@@ -106,9 +108,7 @@ def test_record_survives_a_cut_link_without_losing_or_repeating_a_sample(tmp_pat
         feeding = threading.Thread(target=sensor)
         feeding.start()
         result = {}
-        recorder = threading.Thread(
-            target=lambda: result.update(record(url, str(out), count=len(x_mixed), on_status=status.append))
-        )
+        recorder = threading.Thread(target=lambda: result.update(record(url, str(out), count=len(x_mixed))))
         recorder.start()
         while len(Recording.open(str(out))) < 20:
             time.sleep(0.05)
@@ -117,6 +117,7 @@ def test_record_survives_a_cut_link_without_losing_or_repeating_a_sample(tmp_pat
         recorder.join(60)
     stop.set()
     feeding.join()
+    status = [entry.getMessage() for entry in caplog.records]
     assert any("lost" in text for text in status) and any("reconnected" in text for text in status)
     assert result["samples"] == len(x_mixed) and result["lost"] == 0
     assert_recorded_exactly(out, x_mixed, bundle, np.arange(1, len(x_mixed) + 1))

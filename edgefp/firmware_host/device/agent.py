@@ -37,12 +37,13 @@ import numpy as np
 import edgefp
 from edgefp.bench import OverLimit, bench_bundle
 from edgefp.bundle import Bundle
-from edgefp.errors import EdgefpError
+from edgefp.errors import EdgefpError, option
 from edgefp.firmware_host.boards import Board, fit_problems, get_board
 from edgefp.firmware_host.link import protocol
 from edgefp.firmware_host.link.framing import DELIMITER, OVERHEAD, Fault, Frame, FrameReader, encode_frame
 from edgefp.firmware_host.link.protocol import RESPONSE, Err, Msg, Slot, SlotState
 from edgefp.firmware_host.link.transport import SocketPort, open_pty, read_some
+from edgefp.fsutil import write_file_atomic
 from edgefp.limits import BENCH_MAX_SECONDS, MAX_FILES_BYTES, MAX_INVOKES, MAX_MANIFEST_BYTES, MIN_KEY_BYTES
 from edgefp.manifest import Manifest, ManifestError
 from edgefp.runtime import ArenaError
@@ -464,12 +465,7 @@ class Agent:
             raise Refusal(Err.BAD_STATE, f"no slot holds bundle {digest.hex()[:16]}... verified; upload it first")
         verified = self._verified
         loaded = verified[1] if verified and verified[0] == slot else self._prepare(self._path(slot))
-        pointer = os.path.join(self.data_dir, ACTIVE_FILE)
-        with open(pointer + ".tmp", "w") as handle:
-            handle.write(str(slot))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(pointer + ".tmp", pointer)
+        write_file_atomic(os.path.join(self.data_dir, ACTIVE_FILE), str(slot).encode())
         self._sync_directory()
         for other in self.slots:
             if other.state == SlotState.ACTIVE:
@@ -589,7 +585,7 @@ def _flag(value: int, name: str) -> int:
 def listen_tcp(agent: Agent, host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     """A listening socket for :func:`serve_tcp`; beyond loopback only with a shared key."""
     if host not in LOOPBACK and agent.key is None:
-        raise EdgefpError(f"listening on {host} lets other machines in: give the agent a shared key (--key-file)")
+        raise EdgefpError(f"listening on {host} lets other machines in: give the agent a shared key ({option('key')})")
     if not 0 <= port <= 65535:
         raise EdgefpError(f"port {port} is not a TCP port (0 to 65535)")
     try:

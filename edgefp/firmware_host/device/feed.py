@@ -8,6 +8,7 @@ frames (:func:`sensor_frames`, docs/sensors.md).
 
 from __future__ import annotations
 
+import logging
 import struct
 import threading
 import time
@@ -15,9 +16,10 @@ import time
 import numpy as np
 
 from edgefp import shifts
-from edgefp.errors import EdgefpError
+from edgefp.errors import EdgefpError, option
 from edgefp.firmware_host.link.framing import DELIMITER, encode_frame
 
+log = logging.getLogger(__name__)
 SENSOR_FRAME = 0x40  # frame type of the sensor link
 SENSOR_ASK = 0x3F  # the byte a chip sends on its sensor link for the next window
 VALUES_PER_FRAME = 256  # float32 values per sensor frame (1,032-byte payloads: any firmware frame holds them)
@@ -32,7 +34,10 @@ def feed_samples(
         return x, 0
     if then is not None:
         if then.shape[1:] != x.shape[1:]:
-            raise EdgefpError(f"--drift-to has samples of {then.shape[1:]}, --feed of {x.shape[1:]}; they must match")
+            raise EdgefpError(
+                f"{option('drift_to')} has samples of {then.shape[1:]}, {option('feed')} of {x.shape[1:]}; "
+                "they must match"
+            )
         return np.concatenate([x[:drift_at], then]).astype(np.float32), min(drift_at, len(x))
     if drift is None or drift_at >= len(x):
         return x, 0
@@ -72,9 +77,9 @@ def sensor_frames(window: np.ndarray, number: int) -> bytes:
     return out
 
 
-def feed_agent(agent, x: np.ndarray, rate_hz: float, *, repeat_from: int = 0, warn=None) -> threading.Event:
+def feed_agent(agent, x: np.ndarray, rate_hz: float, *, repeat_from: int = 0) -> threading.Event:
     """Replay ``x`` into ``agent`` as its sensor from a background thread; set the returned event to stop.
-    A window the active bundle refuses (another shape) is skipped, with one ``warn(text)`` per bundle."""
+    A window the active bundle refuses (another shape) is skipped, with one warning logged per bundle."""
     stop, warned = threading.Event(), set()
 
     def send(sample: np.ndarray) -> None:
@@ -82,9 +87,9 @@ def feed_agent(agent, x: np.ndarray, rate_hz: float, *, repeat_from: int = 0, wa
             agent.classify(sample)
         except EdgefpError as exc:
             bundle = agent.bundle
-            if warn and bundle is not None and bundle.manifest.name not in warned:
+            if bundle is not None and bundle.manifest.name not in warned:
                 warned.add(bundle.manifest.name)
-                warn(f"the sensor's samples do not fit {bundle.manifest.name}: {exc}")
+                log.warning("the sensor's samples do not fit %s: %s", bundle.manifest.name, exc)
 
     options = {"repeat_from": repeat_from, "ready": lambda: agent.bundle is not None}
     threading.Thread(target=run_feed, args=(send, x, rate_hz, stop), kwargs=options, daemon=True).start()

@@ -8,18 +8,13 @@ which take an open Device so that tests and scripts can inject one.
 from __future__ import annotations
 
 import collections
-import hashlib
-import hmac
 import math
 import random
 import struct
 import time
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from edgefp import bench as bench_mod
-from edgefp.bundle import Bundle, parse_manifest
 from edgefp.errors import EdgefpError
 from edgefp.firmware_host.boards import BOARDS
 from edgefp.firmware_host.link import protocol
@@ -27,13 +22,18 @@ from edgefp.firmware_host.link.framing import DELIMITER, MIN_FRAME, OVERHEAD, Fr
 from edgefp.firmware_host.link.protocol import RESPONSE, Err, Msg, SlotState
 from edgefp.firmware_host.link.transport import read_some
 from edgefp.limits import BENCH_MAX_SECONDS, MAX_MANIFEST_BYTES
-from edgefp.manifest import MAX_INPUT_BYTES, Manifest, Output
+
+if TYPE_CHECKING:  # numpy and the bundle code are imported where they are used: 'edgefp info' needs neither
+    import numpy as np
+
+    from edgefp.bundle import Bundle
+    from edgefp.manifest import Manifest, Output
 
 SLOW_TIMEOUT = 30.0  # verifying an upload, activating it
 BENCH_TIMEOUT = 4 * BENCH_MAX_SECONDS + 10.0  # emulated devices count time in instructions: slower
 EVENTS_KEPT = 10000
 MAX_OOD_SAMPLES = 4096  # OOD samples a device may say it holds
-MAX_LOGGED_BYTES = 4 * MAX_INPUT_BYTES  # a logged input: raw float32 values of the largest input a bundle has
+LOGGED_BYTES_PER_INPUT_BYTE = 4  # a logged input: raw float32 values of the largest input a bundle has
 
 
 class DeviceError(EdgefpError):
@@ -42,6 +42,11 @@ class DeviceError(EdgefpError):
     def __init__(self, code: int, request_type: int, message: str):
         self.code = code
         super().__init__(f"device refused {protocol.type_name(request_type)}: {protocol.error_name(code)}: {message}")
+
+
+class LinkError(EdgefpError):
+    """The link failed: the device could not be opened, the link dropped, or no answer came; reconnecting
+    may cure it."""
 
 
 class Device:
@@ -63,7 +68,7 @@ class Device:
         self.bytes_sent = self.bytes_received = self.resent = 0
         self._frames: collections.deque[Frame] = collections.deque()
         self._events: collections.deque[protocol.Event] = collections.deque(maxlen=EVENTS_KEPT)
-        self._manifest: tuple[bytes, dict] | None = None
+        self._manifest: tuple[bytes, Manifest] | None = None
 
     def __enter__(self) -> Device:
         return self
@@ -93,7 +98,7 @@ class Device:
             elif timeouts < self.retries:
                 timeouts += 1
             else:
-                raise EdgefpError(
+                raise LinkError(
                     f"{self.url}: no answer to {protocol.type_name(type_)} after {timeouts + notices + 1} tries; "
                     "is the device connected and running edgefp?"
                 )
@@ -154,7 +159,7 @@ class Device:
         try:
             data = read_some(self.port, max(0.0, deadline - time.monotonic()))
         except OSError as exc:
-            raise EdgefpError(f"{self.url}: the link dropped ({exc}); check the cable or the device") from None
+            raise LinkError(f"{self.url}: the link dropped ({exc}); check the cable or the device") from None
         self.bytes_received += len(data)
         self._frames.extend(item for item in self.reader.feed(data) if isinstance(item, Frame))
 
@@ -162,7 +167,7 @@ class Device:
         try:
             self.port.write(data)
         except OSError as exc:
-            raise EdgefpError(f"{self.url}: the link dropped ({exc}); check the cable or the device") from None
+            raise LinkError(f"{self.url}: the link dropped ({exc}); check the cable or the device") from None
         self.bytes_sent += len(data)
 
 
@@ -180,7 +185,7 @@ def open_device(url: str, *, timeout: float = 1.0, retries: int = 5, key: bytes 
             hint = "check the port with 'edgefp devices'"
         else:
             hint = "check the URL (a serial port, socket://HOST:PORT or a pty path)"
-        raise EdgefpError(f"cannot open {url}: {text}; {hint}") from None
+        raise LinkError(f"cannot open {url}: {text}; {hint}") from None
     device = Device(port, url=url, timeout=timeout, retries=retries)
     try:
         handshake(device, key)
@@ -209,6 +214,9 @@ def hello(device: Device) -> protocol.Hello:
     if info.auth_required:
         if device.key is None:
             raise EdgefpError(f"{device.url}: the device requires a shared key; pass the key it was started with")
+        import hashlib  # here and in flash: asking a device what it is needs no OpenSSL
+        import hmac
+
         device.request(Msg.AUTH, hmac.new(device.key, info.challenge, hashlib.sha256).digest())
     return info
 
@@ -236,12 +244,16 @@ def manifest(device: Device) -> Manifest:
         if size != (total or size) or len(piece) < expected or len(content) + len(piece) > size:
             raise EdgefpError(f"{device.url}: the device sent its manifest in inconsistent pieces")
         total, content = size, content + piece
+    from edgefp.bundle import parse_manifest
+
     device._manifest = (active.sha256, parse_manifest(content, f"{device.url}: the device's bundle"))
     return device._manifest[1]
 
 
 def archive_name(archive: bytes) -> str:
     """The bundle name inside ``.efp`` archive bytes (read and checked as any bundle; the device verifies it again)."""
+    from edgefp.bundle import Bundle
+
     return Bundle.from_archive(archive, "the archive").manifest.name
 
 
@@ -251,6 +263,8 @@ def flash(device: Device, archive: bytes, progress=None) -> dict:
     Skipped when the device already runs that bundle; only activated when a slot holds it verified.
     ``progress(done, total)`` is called after each chunk.
     """
+    import hashlib
+
     sha, name = hashlib.sha256(archive).digest(), archive_name(archive)
     start, sent, received = time.monotonic(), device.bytes_sent, device.bytes_received
     state = {slot.sha256: slot.state for slot in hello(device).slots}.get(sha)
@@ -288,11 +302,15 @@ def _u32(body: bytes) -> int:
 
 def infer(device: Device, x_q: np.ndarray) -> protocol.InferResult:
     """One int8 input (the model's input shape) through the device."""
+    import numpy as np
+
     return device.call(Msg.INFER, np.asarray(x_q, dtype=np.int8).tobytes(), protocol.InferResult.unpack)
 
 
 def infer_outputs(device: Device, x: np.ndarray, specs: list[Output]) -> tuple[list[np.ndarray], int]:
     """One input (as the model's input takes it) through the device: every output, and the latency."""
+    import numpy as np
+
     body = np.asarray(x).astype(x.dtype.newbyteorder("<")).tobytes()
     return device.call(Msg.INFER_OUTPUTS, body, lambda answer: protocol.unpack_outputs(answer, specs))
 
@@ -301,6 +319,10 @@ def infer_samples(device: Device, x: np.ndarray, progress=None) -> tuple:
     """Raw samples -> (the score file's Scores, device latencies in us): quantised and scored with the
     device's own manifest, so the result equals host scoring on the device's runtime. For a bundle
     without a fingerprint, samples as the model's input takes them -> (wrap.Outputs, latencies)."""
+    import numpy as np
+
+    from edgefp.bundle import Bundle
+
     bundle = Bundle(manifest(device), {}, source=device.url)
     if not bundle.fingerprinted:
         return _infer_outputs(device, bundle, x, progress)
@@ -323,6 +345,8 @@ def infer_samples(device: Device, x: np.ndarray, progress=None) -> tuple:
 
 
 def _infer_outputs(device: Device, bundle: Bundle, x: np.ndarray, progress) -> tuple:
+    import numpy as np
+
     from edgefp.wrap import Outputs
 
     rows, latencies = [], []
@@ -340,6 +364,8 @@ def _infer_outputs(device: Device, bundle: Bundle, x: np.ndarray, progress) -> t
 
 def bench(device: Device, runs: int = 200, warmup: int = 20) -> dict:
     """Time the active model on the device; the result has the schema of ``edgefp bench BUNDLE``."""
+    from edgefp import bench as bench_mod
+
     spec, info = manifest(device), device.info
     result = device.call(
         Msg.BENCH, struct.pack("<II", runs, warmup), protocol.BenchResult.unpack, timeout=BENCH_TIMEOUT
@@ -381,6 +407,8 @@ def counters(device: Device) -> dict:
 
 def pull_ood(device: Device) -> list[dict]:
     """The device's recent OOD inputs, most recent first: int8 input (model shape), score, prediction."""
+    import numpy as np
+
     shape = list(manifest(device).input.shape)
     buffered = counters(device)["buffered"]
     if buffered > MAX_OOD_SAMPLES:
@@ -403,12 +431,15 @@ def pull_ood(device: Device) -> list[dict]:
 def read_log(device: Device, after: int, ood_only: bool = False) -> protocol.LogPage:
     """The device's sample log: its state, and the first input numbered above ``after`` (only flagged
     ones with ``ood_only``) with all its data, read in pieces when it exceeds a frame."""
+    from edgefp.manifest import MAX_INPUT_BYTES
+
+    max_logged = LOGGED_BYTES_PER_INPUT_BYTE * MAX_INPUT_BYTES
     page = device.call(Msg.READ_LOG, protocol.pack_read_log(after, ood_only), protocol.LogPage.unpack)
     entry = page.entry
     if page.first > page.seen + 1 or (entry and not (max(after, page.first - 1) < entry.input <= page.seen)):
         raise EdgefpError(f"{device.url}: the device's READ_LOG answer does not match its own log or the request")
-    if entry is not None and page.total > MAX_LOGGED_BYTES:
-        raise EdgefpError(f"{device.url}: the device announces an input of {page.total} bytes, over {MAX_LOGGED_BYTES}")
+    if entry is not None and page.total > max_logged:
+        raise EdgefpError(f"{device.url}: the device announces an input of {page.total} bytes, over {max_logged}")
     while entry is not None and len(entry.data) < page.total:
         more = device.call(
             Msg.READ_LOG, protocol.pack_read_log(entry.input - 1, False, len(entry.data)), protocol.LogPage.unpack

@@ -8,10 +8,12 @@ import re
 import struct
 from dataclasses import astuple, dataclass, field
 from enum import IntEnum
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from edgefp.firmware_host.link.framing import MAX_FRAME, MIN_FRAME
+
+if TYPE_CHECKING:  # imported where it is used: a HELLO needs no numpy ('edgefp info' starts faster)
+    import numpy as np
 
 VERSION = 1
 RESPONSE = 0x80  # response type = request type | RESPONSE
@@ -214,6 +216,8 @@ class InferResult:
     latency_us: int
 
     def pack(self) -> bytes:
+        import numpy as np
+
         probs, errors = np.asarray(self.probs, np.int8), np.asarray(self.errors, np.int8)
         return (
             struct.pack("<BB", self.pred, len(probs))
@@ -225,6 +229,8 @@ class InferResult:
 
     @classmethod
     def unpack(cls, body: bytes) -> InferResult:
+        import numpy as np
+
         r = Reader(body)
         pred, n_classes = r.take("BB")
         probs = np.frombuffer(r.raw(n_classes), np.int8)
@@ -237,6 +243,8 @@ class InferResult:
 def unpack_outputs(body: bytes, specs: list) -> tuple[list[np.ndarray], int]:
     """An INFER_OUTPUTS answer: every model output as the manifest's ``outputs.raw`` describes it (one
     sample: no batch axis; ``specs``: :class:`edgefp.manifest.Output`), and the device's latency in us."""
+    import numpy as np
+
     r = Reader(body)
     latency = r.take("I")
     outputs = []
@@ -376,6 +384,8 @@ class LogPage:
 
     @classmethod
     def unpack(cls, body: bytes) -> LogPage:
+        import numpy as np
+
         r = Reader(body)
         session, first, seen, capacity, found = r.take(cls.HEAD)
         page = cls(session, first, seen, capacity)

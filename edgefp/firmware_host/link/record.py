@@ -14,6 +14,7 @@ ends (``read_until`` in ``session``).
 from __future__ import annotations
 
 import io
+import logging
 import os
 import time
 import zipfile
@@ -22,15 +23,18 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgefp.bundle import Bundle
-from edgefp.errors import EdgefpError
+from edgefp.data import dequantize_input, to_raw
+from edgefp.errors import EdgefpError, option
 from edgefp.firmware_host.link import client
 from edgefp.firmware_host.link.protocol import DataKind
-from edgefp.fsutil import check_file_output, write_file_atomic
+from edgefp.firmware_host.link.reconnect import reconnecting
+from edgefp.fsutil import atomic_directory, check_directory_output, check_file_output, write_file_atomic
 from edgefp.ood import SCORE_UNIT
 
+log = logging.getLogger(__name__)
 SAVE_EVERY_S = 1.0
 POLL_S = 0.05
-RETRY_S = 1.0
+OOD_SAMPLES_KIND = "OOD samples directory"
 COLUMNS = ("x", "input", "session", "timestamp_ms", "pred", "probs", "ood_score", "is_ood", "layer_errors")
 COLUMNS += ("evidence", "raw", "model")
 
@@ -72,7 +76,8 @@ class Recording:
             recording.lost = int(arrays["lost"])
         except (OSError, ValueError, KeyError) as exc:
             raise EdgefpError(
-                f"{path}: not a recording to continue ({exc}); choose another --out, or pass --force to start over"
+                f"{path}: not a recording to continue ({exc}); choose another {option('out')}, "
+                f"or pass {option('force')} to start over"
             ) from None
         return recording
 
@@ -86,13 +91,11 @@ class Recording:
         if entry.kind == DataKind.RAW:
             x = np.frombuffer(entry.data, "<f4").reshape(shape)
         else:
-            from edgefp.watch import to_raw
-
             x = to_raw(np.frombuffer(entry.data, np.int8).reshape(shape), spec)
         if self.columns["x"] and self.columns["x"][0].shape != shape:
             raise EdgefpError(
                 f"the device now runs {bundle.manifest.name}, whose input is {shape}, but {self.path} holds "
-                f"samples of {self.columns['x'][0].shape}; record into another --out"
+                f"samples of {self.columns['x'][0].shape}; record into another {option('out')}"
             )
         scores = bundle.decide(entry.result.probs[None], entry.result.errors[None])
         row = {
@@ -154,18 +157,17 @@ def record(
     duration: float | None = None,
     key: bytes | None = None,
     on_sample=None,
-    on_status=None,
     stop=None,
 ) -> dict:
     """Record the device at ``url`` into ``out`` until the file holds ``count`` samples, ``duration``
-    seconds passed or ``stop()`` is true; reconnect when the link drops (a wrong URL or key fails at once).
-    ``on_sample(recording)`` is called after each sample, ``on_status(text)`` when the link goes or
-    comes back or inputs were lost. ``force`` starts ``out`` over when it holds an earlier recording.
-    Returns a report."""
+    seconds passed or ``stop()`` is true, reconnecting when the link drops
+    (:mod:`~edgefp.firmware_host.link.reconnect`). ``on_sample(recording)`` is called after each sample;
+    inputs lost and restarts of the device's numbering are logged. ``force`` starts ``out`` over when it
+    holds an earlier recording. Returns a report."""
     recording = Recording.open(out, force=force)
     start, recorded_before, lost_before = time.monotonic(), len(recording), recording.lost
     end = None if duration is None else start + duration
-    last_save, connected = start, None
+    last_save = start
 
     def done() -> bool:
         return (
@@ -174,29 +176,20 @@ def record(
             or (end is not None and time.monotonic() >= end)
         )
 
-    try:
+    def work(device) -> None:
+        nonlocal last_save
         while not done():
-            try:
-                with client.open_device(url, key=key) as device:
-                    if connected is False and on_status:
-                        on_status(f"reconnected to {url}")
-                    connected = True
-                    while not done():
-                        if _read_one(device, recording, ood_only, on_status):
-                            if on_sample:
-                                on_sample(recording)
-                        else:
-                            time.sleep(POLL_S)
-                        if time.monotonic() - last_save >= SAVE_EVERY_S:
-                            recording.save()
-                            last_save = time.monotonic()
-            except (EdgefpError, OSError) as exc:
-                if connected is None or isinstance(exc, client.DeviceError):
-                    raise
-                if connected and on_status:
-                    on_status(f"link to {url} lost ({str(exc).splitlines()[0]}); reconnecting")
-                connected = False
-                time.sleep(RETRY_S)
+            if _read_one(device, recording, ood_only):
+                if on_sample:
+                    on_sample(recording)
+            else:
+                time.sleep(POLL_S)
+            if time.monotonic() - last_save >= SAVE_EVERY_S:
+                recording.save()
+                last_save = time.monotonic()
+
+    try:
+        reconnecting(url, work, key=key, done=done)
     finally:
         recording.save()
     seconds = time.monotonic() - start
@@ -215,7 +208,7 @@ def record(
     }
 
 
-def _read_one(device, recording: Recording, ood_only: bool, on_status) -> bool:
+def _read_one(device, recording: Recording, ood_only: bool) -> bool:
     """Read the next sample into ``recording``; False when the device has none yet."""
     page = client.read_log(device, recording.read_until, ood_only)
     if page.session != recording.session:  # a new bundle, a reset or a restart: numbering starts over
@@ -224,19 +217,37 @@ def _read_one(device, recording: Recording, ood_only: bool, on_status) -> bool:
             recording.read_until = page.first - 1
         else:
             recording.read_until = 0
-            if on_status:
-                on_status("the device started numbering its inputs over (a new bundle, a reset or a restart)")
+            log.info("the device started numbering its inputs over (a new bundle, a reset or a restart)")
         recording.session = page.session
         page = client.read_log(device, recording.read_until, ood_only)
     gap = page.first - recording.read_until - 1
     if gap > 0:
         recording.lost += gap
         recording.read_until = page.first - 1
-        if on_status:
-            on_status(f"{gap} inputs left the device's log before they were read (it holds {page.capacity})")
+        log.info("%d inputs left the device's log before they were read (it holds %d)", gap, page.capacity)
     if page.entry is None:
         if ood_only:  # nothing flagged up to the newest input: no need to look there again
             recording.read_until = max(recording.read_until, page.seen)
         return False
     recording.add(page, Bundle(client.manifest(device), {}, source=device.url))
     return True
+
+
+def pull_ood(device, out: str, *, force: bool = False) -> dict:
+    """Write the device's recent OOD inputs, with their scores, to ``out``/ood.npz (``x_int8`` as the
+    device holds them, ``x`` the model's float input, ``ood_score``, ``pred``, ``timestamp_ms``); ``force``
+    replaces an earlier such directory. Returns a report."""
+    check_directory_output(out, OOD_SAMPLES_KIND, force=force)  # before talking to the device
+    samples = client.pull_ood(device)
+    spec = client.manifest(device).input
+    x_q = np.stack([sample["x"] for sample in samples]) if samples else np.zeros((0, *spec.shape), np.int8)
+    with atomic_directory(out, OOD_SAMPLES_KIND, force=force) as tmp:
+        np.savez(
+            os.path.join(tmp, "ood.npz"),
+            x_int8=x_q,
+            x=dequantize_input(x_q, spec),
+            ood_score=np.array([sample["score"] for sample in samples], np.float32),
+            pred=np.array([sample["pred"] for sample in samples], np.int64),
+            timestamp_ms=np.array([sample["timestamp_ms"] for sample in samples], np.int64),
+        )
+    return {"port": device.url, "samples": len(samples), "out": os.path.join(out, "ood.npz")}

@@ -10,11 +10,14 @@ import fcntl
 import os
 import random
 import select
-import socket
 import struct
 import termios
 import time
 import tty
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported by the one class that uses it: a host on a serial port or pty needs no sockets
+    import socket
 
 READ_SIZE = 65536
 
@@ -80,6 +83,8 @@ class SocketPort:
     """A connected TCP socket as a port; reading after the peer closed raises ConnectionError."""
 
     def __init__(self, sock: socket.socket, timeout: float | None = 0.0):
+        import socket
+
         self.sock, self.timeout = sock, timeout
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 

@@ -1,0 +1,36 @@
+"""The serial ports of this machine, and which of them answer the edgefp handshake."""
+
+from __future__ import annotations
+
+from edgefp.errors import EdgefpError
+
+PROBE_TIMEOUT_S = 0.3
+
+
+def list_ports(*, probe: bool = False) -> list[dict]:
+    """Each serial port with its USB VID:PID, serial number and description, sorted by name; with
+    ``probe``, also ``edgefp``: the board and runtime of an edgefp device answering there, else None."""
+    from serial.tools.list_ports import comports
+
+    found = []
+    for port in sorted(comports(), key=lambda p: p.device):
+        entry = {
+            "port": port.device,
+            "vid_pid": f"{port.vid:04x}:{port.pid:04x}" if port.vid is not None else None,
+            "serial_number": port.serial_number,
+            "description": port.description,
+        }
+        if probe:
+            entry["edgefp"] = _probe(port.device)
+        found.append(entry)
+    return found
+
+
+def _probe(url: str) -> dict | None:
+    from edgefp.firmware_host.link.client import open_device
+
+    try:
+        with open_device(url, timeout=PROBE_TIMEOUT_S, retries=1) as device:
+            return {"board": device.info.board, "runtime": device.info.runtime}
+    except EdgefpError:
+        return None
