@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: setup firmware-tools browser-tools demo test lint contract bench clean
+.PHONY: setup firmware-tools browser-tools demo test test-fast lint contract bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,8 +44,16 @@ contract: setup
 	$(BIN)/python -m edgefp.firmware_host.firmware.contract
 
 # pytest exits 5 when it collected no tests: that is a failure here, never a pass.
+pytest = $(BIN)/python -m pytest -q $(1); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
+
 test: lint firmware-tools browser-tools
-	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
+	$(call pytest,)
+
+# The fast subset, under a minute: every test but the heavy ones, those that train or convert a model with
+# TensorFlow or build or emulate the firmware. A test is heavy when it is marked so or uses a fixture
+# declared heavy (tests/conftest.py); under --fast a test that is not and still does such work fails.
+test-fast: lint
+	$(call pytest,--fast --durations=5)
 
 bench: setup
 	$(BIN)/python -m benchmarks.ood_quality

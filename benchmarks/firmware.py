@@ -3,8 +3,9 @@ takes one nanosecond of virtual time, so the device's microseconds are thousands
 (deterministic, a stand-in for cycles).
 
 1. size: the firmware without any model (bundles live in its flash slots), built with arm-none-eabi-gcc
-   -Os: flash (text + data) against 32 KB, static RAM besides the tensor arena (data + bss - arena)
-   against 8 KB;
+   -Os and LTO: flash (text + data) against 32 KB, static RAM besides the tensor arena (data + bss -
+   arena) against 8 KB; the same for builds that leave out operator names, the sensor loop, and every
+   operator but those of one bundle (the images bundle; keyword spotting);
 2. instructions per inference (BENCH on the chip: invokes of a fixed input after warm-ups) for a bundle
    of each classifier template (images: digits 0-4; sequences: basic_motions; vectors: digits as 64
    values), the deployed bundle against the classifier alone (converted with the same settings and
@@ -19,7 +20,8 @@ takes one nanosecond of virtual time, so the device's microseconds are thousands
    portable ones on the same emulated core, per multiply-accumulate, against the cycles of the
    MLPerf Tiny v0.5 reference submission (TFLite Micro with CMSIS-NN on a Cortex-M4 at 120 MHz; QEMU
    counts instructions, a lower bound of a Cortex-M4's cycles); the engine's arena against TFLite
-   Micro's (both measured on the 64-bit host) and on the chip; the model's flash.
+   Micro's (both measured on the 64-bit host) and on the chip (with and without the sensor loop); the
+   model's flash.
 
     python -m benchmarks.firmware            # 30 epochs per classifier, 200 timed invokes, every peer
     python -m benchmarks.firmware --quick    # 10 epochs, 20 timed invokes, two small peers
@@ -39,7 +41,7 @@ from edgefp import data
 from edgefp.bundle import MODEL, Bundle, sha256
 from edgefp.converter.convert import convert, int8_tflite
 from edgefp.firmware_host.firmware import engine
-from edgefp.firmware_host.firmware.build import budget_report, build
+from edgefp.firmware_host.firmware.build import Options, budget_report, build, operators_of
 from edgefp.firmware_host.firmware.launch import start, start_qemu
 from edgefp.firmware_host.link import client
 from edgefp.firmware_host.link.client import DeviceError
@@ -145,7 +147,8 @@ def macs(model: bytes) -> int:
 
 def peers(workdir: str, quick: bool, runs: int) -> dict:
     """Each peer model wrapped and run on the emulated Cortex-M4: DSP kernels, portable kernels (full
-    runs), the arena a 4 KB-arena build reports missing; the host arenas beside."""
+    runs), the arena a 64-byte-arena build reports missing (with and without the sensor loop); the host
+    arenas beside."""
     names = sorted(n[:-7] for n in os.listdir(PEERS) if n.endswith(".tflite") and (not quick or n[:-7] in QUICK_PEERS))
     rows, made = {}, {}
     for name in names:
@@ -166,10 +169,11 @@ def peers(workdir: str, quick: bool, runs: int) -> dict:
                 client.flash(device, Bundle.load(made[name]).archive_bytes())
                 timed = client.bench(device, runs=runs, warmup=1)
                 rows[name][f"instructions_{kernels}"] = timed["instructions"]["mean"]
-    probe = start_qemu(build("qemu-m4", arena_bytes=PEER_PROBE_ARENA, max_frame=PEER_FRAME))
-    with probe, client.open_device(probe.url, timeout=30.0) as device:
-        for name in names:
-            rows[name]["chip_arena_bytes"] = ram_needed(device, Bundle.load(made[name]), PEER_PROBE_ARENA)
+    for key, options in (("chip_arena_bytes", Options()), ("chip_arena_bytes_no_sensor", Options(sensor_loop=False))):
+        elf = build("qemu-m4", arena_bytes=PEER_PROBE_ARENA, max_frame=PEER_FRAME, cflags=options.cflags())
+        with start_qemu(elf) as probe, client.open_device(probe.url, timeout=30.0) as device:
+            for name in names:
+                rows[name][key] = ram_needed(device, Bundle.load(made[name]), PEER_PROBE_ARENA)
     for row in rows.values():
         row["per_mac"] = row["instructions_dsp"] / row["macs"]
         if row["reference_cycles"]:
@@ -180,7 +184,7 @@ def peers(workdir: str, quick: bool, runs: int) -> dict:
 def peer_lines(rows: dict) -> list[str]:
     lines = [
         "| peer model | MACs | instructions (DSP kernels) | per MAC | portable kernels | reference cycles "
-        "| engine arena / TFLM (host) | arena on the chip | flash |",
+        "| engine arena / TFLM (host) | arena on the chip, with / without the sensor loop | flash |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in rows.items():
@@ -191,9 +195,24 @@ def peer_lines(rows: dict) -> list[str]:
         lines.append(
             f"| {name} | {row['macs']:,} | {row['instructions_dsp']:,.0f} | {row['per_mac']:.2f} | {portable} "
             f"| {reference} | {row['engine_arena_bytes']:,} / {row['tflm_arena_bytes']:,} "
-            f"| {row['chip_arena_bytes']:,} | {row['flash_bytes']:,} |"
+            f"| {row['chip_arena_bytes']:,} / {row['chip_arena_bytes_no_sensor']:,} | {row['flash_bytes']:,} |"
         )
     return lines
+
+
+def footprints(images: Bundle) -> dict:
+    """Flash and static RAM of the firmware built whole, and built without what a deployment may not need."""
+    with open(os.path.join(PEERS, "mlperf_tiny_kws_ref.tflite"), "rb") as handle:
+        kws = engine.operators(handle.read())
+    alone = {"op_names": False, "sensor_loop": False}
+    builds = {
+        "everything": Options(),
+        "without operator names": Options(op_names=False),
+        "without the sensor loop": Options(sensor_loop=False),
+        "the images bundle alone": Options(operators_of([images]), **alone),
+        "keyword spotting alone": Options(tuple(kws), **alone),
+    }
+    return {name: budget_report("qemu-m4", options) for name, options in builds.items()}
 
 
 def upload_rate(url: str, archive: bytes) -> dict:
@@ -212,6 +231,7 @@ def main() -> None:
     rows = {}
     with tempfile.TemporaryDirectory(prefix="edgefp-bench-") as workdir:
         made = {name: bundles(name, dataset, epochs, workdir) for name, dataset in datasets().items()}
+        builds = footprints(made["images"][0])
         with start("qemu-m4") as chip, client.open_device(chip.url, timeout=5.0) as device:
             for name, (deployed, alone) in made.items():
                 rows[name] = {
@@ -238,6 +258,10 @@ def main() -> None:
         f"{sizes['static_ram_bytes']:,} bytes of static RAM besides the {sizes['arena_bytes']:,}-byte arena "
         f"(target {STATIC_RAM_TARGET:,}); text {sizes['text']:,}, data {sizes['data']:,}, bss {sizes['bss']:,}.",
         "",
+        "| build | flash | static RAM |",
+        "|---|---|---|",
+        *(f"| {name} | {row['flash_bytes']:,} | {row['static_ram_bytes']:,} |" for name, row in builds.items()),
+        "",
         "| template | instructions, deployed | classifier alone | ratio (target <= 1.2) "
         "| RAM on the chip | TFLM arena (host) |",
         "|---|---|---|---|---|---|",
@@ -256,6 +280,7 @@ def main() -> None:
         "epochs": epochs,
         "runs": runs,
         "sizes": sizes,
+        "builds": builds,
         "targets": {
             "flash_bytes": FLASH_TARGET,
             "static_ram_bytes": STATIC_RAM_TARGET,

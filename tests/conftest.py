@@ -1,5 +1,6 @@
 import hashlib
 import os
+import shutil
 import struct
 import sys
 import tempfile
@@ -44,6 +45,39 @@ def _beside_the_repository(path) -> bool:
 
 _READ_BESIDE: list[str] = []
 
+# ``make test-fast`` (pytest --fast) leaves out the heavy tests: those that train or convert a model with
+# TensorFlow, or build or emulate the firmware. A test is heavy when it is marked ``heavy`` (a module with
+# ``pytestmark``) or uses a fixture declared with ``@heavy``, directly or through other fixtures. Under
+# --fast, a test that is not heavy and still imports TensorFlow or Keras, runs a compiler, make or QEMU, or
+# runs or loads something built into edgefp's firmware cache fails, naming what it did, and that cache
+# starts empty, as on a fresh clone: the selection cannot drift from the rule. (A child process is out of
+# the guard's sight: a test whose child trains or builds is marked by hand.)
+HEAVY_FIXTURES: set[str] = set()
+_GUARDING = False  # True while a test that --fast kept runs
+_HEAVY_DONE: list[str] = []
+_HEAVY_MODULES = {"tensorflow", "keras", "tf_keras"}
+_HEAVY_PROGRAMS = {"make", "gcc", "cc", "g++", "clang", "arm-none-eabi-gcc", "qemu-system-arm"}
+_FIRMWARE_CACHE = os.sep + os.path.join("edgefp", "firmware") + os.sep
+
+
+def heavy(fixture):
+    """Declare a fixture heavy (it trains, converts or builds): every test that uses it is heavy too."""
+    HEAVY_FIXTURES.add(fixture.__name__)
+    return fixture
+
+
+def _heavy_action(event: str, args: tuple) -> str | None:
+    """What makes this audit event heavy, or None."""
+    if event == "import" and args[0].partition(".")[0] in _HEAVY_MODULES:
+        return f"imports {args[0]}"
+    if event == "subprocess.Popen" and isinstance(args[1], (list, tuple)) and args[1]:
+        program = os.fsdecode(args[1][0])
+        if os.path.basename(program) in _HEAVY_PROGRAMS or _FIRMWARE_CACHE in os.path.realpath(program):
+            return f"runs {program}"
+    if event == "ctypes.dlopen" and isinstance(args[0], (str, bytes)) and _FIRMWARE_CACHE in os.fsdecode(args[0]):
+        return f"loads {os.fsdecode(args[0])}"
+    return None
+
 
 def _audit(event: str, args: tuple) -> None:
     if event == "open" and isinstance(args[0], (str, bytes)) and _beside_the_repository(args[0]):
@@ -51,9 +85,51 @@ def _audit(event: str, args: tuple) -> None:
     elif event == "subprocess.Popen" and isinstance(args[1], (list, tuple)):
         paths = [arg for arg in map(str, args[1]) if os.sep in arg and os.path.exists(arg.split(":")[0])]
         _READ_BESIDE.extend(arg for arg in paths if _beside_the_repository(arg.split(":")[0]))
+    if _GUARDING and (action := _heavy_action(event, args)):
+        _HEAVY_DONE.append(action)
+        raise pytest.fail.Exception(f"this test {action}: mark it heavy, or use a fixture declared @heavy")
 
 
 sys.addaudithook(_audit)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--fast", action="store_true", help="leave out the heavy tests (make test-fast)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "heavy: trains or converts a model with TensorFlow, or builds or emulates the firmware"
+    )
+    if config.getoption("--fast"):  # an empty firmware cache, as on a fresh clone: a build cannot hide in it
+        os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="edgefp-fast-cache-")
+
+
+def pytest_unconfigure(config):
+    if config.getoption("--fast"):
+        shutil.rmtree(os.environ["XDG_CACHE_HOME"], ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if HEAVY_FIXTURES.intersection(item.fixturenames):
+            item.add_marker(pytest.mark.heavy)
+    if config.getoption("--fast"):
+        heavy_items = [item for item in items if item.get_closest_marker("heavy")]
+        config.hook.pytest_deselected(items=heavy_items)
+        items[:] = [item for item in items if not item.get_closest_marker("heavy")]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Under --fast, guard every test (its fixtures included) against heavy work."""
+    global _GUARDING
+    _GUARDING = item.config.getoption("--fast")
+    _HEAVY_DONE.clear()
+    try:
+        return (yield)
+    finally:
+        _GUARDING = False
 
 
 @pytest.fixture(autouse=True)
@@ -64,7 +140,15 @@ def nothing_read_beside_the_repository():
     assert not _READ_BESIDE, f"read from beside the repository, which a fresh clone lacks: {_READ_BESIDE[:3]}"
 
 
+@pytest.fixture(autouse=True)
+def nothing_heavy_under_fast():
+    """Under --fast, fail the test that did heavy work even where its code caught the guard's failure."""
+    yield
+    assert not _HEAVY_DONE, f"this test {_HEAVY_DONE[0]}: mark it heavy, or use a fixture declared @heavy"
+
+
 @pytest.fixture(scope="session")
+@heavy
 def digits_run(tmp_path_factory):
     """A classifier trained on digits 0-4 and its fingerprint, saved as a RUN (fixed seed)."""
     from edgefp import data
@@ -74,6 +158,23 @@ def digits_run(tmp_path_factory):
     run_dir = str(tmp_path_factory.mktemp("digits") / "run")
     fingerprint.save(run_dir)
     return fingerprint, run_dir
+
+
+@pytest.fixture(scope="session")
+@heavy
+def inverted_bundle(tmp_path_factory):
+    """digits 0-4 inverted, trained as digits_run is (seed 0): the same task in a second domain, as an
+    archive path (named digits04_inverted)."""
+    from edgefp import data, shifts
+    from edgefp.converter.convert import convert
+    from edgefp.trainer import train
+
+    train04 = data.load("digits:train:0-4")
+    inverted = data.Dataset(shifts.apply(train04.x, "invert"), train04.y, "digits:train:0-4 inverted")
+    root = tmp_path_factory.mktemp("inverted")
+    train(inverted, seed=0, progress=False).save(str(root / "run"))
+    convert(str(root / "run"), inverted, str(root / "digits04_inverted.efp"), name="digits04_inverted")
+    return str(root / "digits04_inverted.efp")
 
 
 def write_npz(path, **arrays):
@@ -94,6 +195,7 @@ def digits_bundle(digits_run, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+@heavy
 def motions_bundle(tmp_path_factory):
     """A small sequence bundle (basic_motions, 30 epochs, fixed seed): the 1-D template, as an archive path."""
     from edgefp import data

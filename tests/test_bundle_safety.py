@@ -251,6 +251,7 @@ def wrapped_cases(bundle: Bundle) -> dict[str, tuple[bytes, str]]:
     }
 
 
+@pytest.mark.heavy
 def test_crafted_wrapped_bundles_are_refused_alike_by_the_host_and_the_devices(wrapped, tmp_path):
     bundle, x = wrapped
     with_labels = edited(bundle, "labels", [{"value": 0, "name": "sine"}])  # labels are optional, not refused

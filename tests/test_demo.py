@@ -5,6 +5,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.heavy  # the demo trains, in a child process
+
 
 def test_demo_runs_end_to_end_and_the_device_answers_as_the_host(tmp_path):
     out = tmp_path / "demo"

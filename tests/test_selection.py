@@ -29,14 +29,12 @@ def _bundle(dataset, name, tmp):
 
 
 @pytest.fixture(scope="module")
-def repo(digits_bundle, tmp_path_factory):
-    """digits 0-4 (the session bundle), digits 0-4 inverted, digits 5-9."""
+def repo(digits_bundle, inverted_bundle, tmp_path_factory):
+    """digits 0-4 and digits 0-4 inverted (the session bundles), digits 5-9."""
     tmp = tmp_path_factory.mktemp("selection")
-    train04 = data.load("digits:train:0-4")
-    inverted = data.Dataset(shifts.apply(train04.x, "invert"), train04.y, "digits:train:0-4 inverted")
     repository = Repository(str(tmp / "repo"))
     repository.add(digits_bundle[1], {"task": "digits", "domain": "plain"})
-    repository.add(_bundle(inverted, "digits04_inverted", tmp), {"task": "digits", "domain": "inverted"})
+    repository.add(inverted_bundle, {"task": "digits", "domain": "inverted"})
     repository.add(_bundle(data.load("digits:train:5-9"), "digits59", tmp), {"task": "digits", "domain": "plain"})
     return repository
 

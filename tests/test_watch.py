@@ -20,19 +20,11 @@ from tests.cli.test_cli import edgefp
 
 
 @pytest.fixture(scope="module")
-def repo(digits_bundle, tmp_path_factory):
-    """digits 0-4 (the session bundle) and digits 0-4 inverted (a few epochs)."""
-    from edgefp.converter.convert import convert
-    from edgefp.trainer import train
-
-    tmp = tmp_path_factory.mktemp("watch")
-    train04 = data.load("digits:train:0-4")
-    inverted = data.Dataset(shifts.apply(train04.x, "invert"), train04.y, "digits:train:0-4 inverted")
-    train(inverted, epochs=8, seed=0, progress=False).save(str(tmp / "run_inverted"))
-    convert(str(tmp / "run_inverted"), inverted, str(tmp / "inverted.efp"), name="digits04_inverted")
-    repository = Repository(str(tmp / "repo"))
+def repo(digits_bundle, inverted_bundle, tmp_path_factory):
+    """digits 0-4 and digits 0-4 inverted (the session bundles)."""
+    repository = Repository(str(tmp_path_factory.mktemp("watch") / "repo"))
     repository.add(digits_bundle[1], {"domain": "plain"})
-    repository.add(str(tmp / "inverted.efp"), {"domain": "inverted"})
+    repository.add(inverted_bundle, {"domain": "inverted"})
     return repository
 
 

@@ -58,6 +58,7 @@ def _score(archive, data, runtime, out):
     return np.load(out)
 
 
+@pytest.mark.heavy
 @pytest.mark.skipif(not HAS_GCC, reason="the firmware runtime builds the engine with gcc")
 @pytest.mark.parametrize("name", WRAPPED)
 def test_wrapped_peer_model_scores_alike_on_the_firmware_engine_and_tflite_micro(wrapped, name, tmp_path):
@@ -75,6 +76,7 @@ def test_wrapped_peer_model_scores_alike_on_the_firmware_engine_and_tflite_micro
     assert inspect["verified"] and 0 < inspect["engine_arena_bytes"] <= inspect["tflm_arena_bytes"]
 
 
+@pytest.mark.heavy  # inspect builds the firmware's engine to measure its arena, in its child process
 def test_wrapped_bundle_works_with_the_bundle_commands(wrapped, tmp_path):
     archive, data = wrapped["mlperf_tiny_kws_ref"]
     lines = edgefp("inspect", archive).stdout
@@ -110,6 +112,7 @@ def test_data_for_a_wrapped_bundle_is_the_models_input(wrapped, tmp_path):
         assert result.returncode == 2 and why in result.stderr and result.stderr.count("\n") == 1, result.stderr
 
 
+@pytest.mark.heavy
 def test_models_a_bundle_cannot_hold_are_refused_in_one_line(tmp_path):
     import tensorflow as tf
 
@@ -134,6 +137,7 @@ def test_models_a_bundle_cannot_hold_are_refused_in_one_line(tmp_path):
     assert bad_name.returncode == 2 and "must be 1-32 characters of a-z, 0-9 and _" in bad_name.stderr
 
 
+@pytest.mark.heavy
 @pytest.mark.skipif(not HAS_GCC, reason="the firmware runtime builds the engine with gcc")
 def test_float_model_with_two_outputs_scores_alike_on_the_firmware_engine_and_tflite_micro(tmp_path):
     """float32 in (QUANTIZE first), two float32 outputs (DEQUANTIZE last): output, output_1 and pred."""
@@ -173,6 +177,7 @@ def _device_scores(url, archive, data, out):
     return np.load(out)
 
 
+@pytest.mark.heavy
 @pytest.mark.skipif(not HAS_GCC, reason="building the firmware needs gcc and make")
 def test_native_firmware_serves_every_peer_model_that_fits_its_storage(wrapped, tmp_path):
     executable = build("native", max_frame=12288)  # the 96x96 person detector's input is 9,216 bytes
@@ -200,6 +205,7 @@ def _wrap_vww(tmp_path):
     return archive, str(tmp_path / "vww.npz")
 
 
+@pytest.mark.heavy
 @pytest.mark.skipif(not HAS_QEMU, reason="needs arm-none-eabi-gcc and qemu-system-arm")
 def test_emulated_cortex_m4_answers_like_the_host(wrapped, tmp_path):
     """The kernels for the DSP extension, for real: keyword spotting (convolutions, depthwise, fully

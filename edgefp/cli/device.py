@@ -330,30 +330,49 @@ def _announce(what: str, address: str, *, url_on_stdout: bool) -> None:
 @click.option("--out", required=True, type=click.Path(), help="Directory to write the project to.")
 @click.option("--build", "build_it", is_flag=True, help="Also build it (tested ports) and report flash and RAM use.")
 @click.option("--bundle", "bundles", multiple=True, type=click.Path(), help="Say if this bundle fits (repeatable).")
+@click.option(
+    "--only-bundle-ops",
+    is_flag=True,
+    help="Compile only the operators the --bundle models use; other models are refused at upload.",
+)
+@click.option("--no-op-names", is_flag=True, help="Refusals give operator and type codes, not names (2.9 KB less).")
+@click.option("--no-sensor", is_flag=True, help="The board has no sensor: no sensor loop, no window in RAM.")
 @FORCE_OPTION
 @JSON_OPTION
-def export_firmware(board, out, build_it, bundles, force, as_json):
+def export_firmware(board, out, build_it, bundles, only_bundle_ops, no_op_names, no_sensor, force, as_json):
     """Write the C firmware (device protocol, two bundle slots, int8 engine, OOD check) as a project
     for a board: portable sources, the board's port (or a template to fill in, docs/porting.md) and
-    its budgets. Bundles are flashed later over the protocol, without rebuilding."""
+    its budgets. Bundles are flashed later over the protocol, without rebuilding; a firmware for given
+    bundles alone is smaller (--only-bundle-ops --no-op-names, and --no-sensor on a board without one)."""
+    from dataclasses import replace
+
     from edgefp.bundle import Bundle
     from edgefp.firmware_host.firmware import build
 
+    if only_bundle_ops and not bundles:
+        raise EdgefpError("--only-bundle-ops needs the bundles the firmware will run: give them with --bundle")
     loaded = [Bundle.load(path) for path in bundles]
-    report = build.export(board, out, force=force)
+    options = build.Options(op_names=not no_op_names, sensor_loop=not no_sensor)
+    rams = [build.bundle_ram(bundle, board, options) for bundle in loaded]  # refuses models the engine cannot run
+    operators = build.operators_of(loaded) if only_bundle_ops else None
+    options = replace(options, operators=operators)
+    report = build.export(board, out, force=force, options=options)
+    report["operators"] = list(operators) if operators else "all"
     lines = [f"firmware for {report['board']} written to {out} (port {report['port']})", f"  build: {report['make']}"]
     if not report["tested"]:
         lines.append(f"  write the board layer in {out}/boards/template/board.c first (docs/porting.md)")
     if build_it:
-        report["sizes"] = build.budget_report(board)
+        report["sizes"] = build.budget_report(board, options)
         lines += build.budget_lines(report["sizes"])
-    report["bundles"] = [build.bundle_ram(bundle, board) for bundle in loaded]
+    if operators:
+        lines.append(f"  operators: {', '.join(operators)} only")
+    report["bundles"] = rams
     for ram in report["bundles"]:
         verdict = "fits" if ram["fits"] else f"does NOT fit: {ram['ram_bytes'] - ram['board_ram_bytes']:,} bytes short"
         lines.append(
             f"  {ram['bundle']}: needs {ram['ram_bytes']:,} bytes of the {ram['board_ram_bytes']:,}-byte arena "
             f"(engine {ram['engine_arena_bytes']:,}, score tables and OOD buffer {ram['tables_and_ood_bytes']:,}, "
-            f"sensor window {ram['sensor_bytes']:,}): "
+            f"input standardisation and sensor window {ram['sensor_bytes']:,}): "
             f"{verdict}"
         )
     emit(report, as_json, lines)

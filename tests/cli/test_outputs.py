@@ -1,60 +1,13 @@
-"""Nothing lost: an output is written all at once, never over an existing path without --force, and
---force replaces only what edgefp itself wrote (of the same kind, holding nothing else)."""
+"""Nothing lost, through the commands: an output is written all at once, never over an existing path without
+--force, and --force replaces only what edgefp itself wrote (of the same kind, holding nothing else); the
+rules themselves are tested on their own in test_fsutil.py."""
 
-import json
 import os
 
 import numpy as np
-import pytest
 
-from edgefp.errors import EdgefpError
-from edgefp.fsutil import MARKER, atomic_directory, check_directory_output
+from edgefp.fsutil import MARKER
 from tests.cli.test_cli import edgefp
-
-
-def write_run_like(path):
-    with atomic_directory(str(path), "run") as tmp:
-        with open(os.path.join(tmp, "fingerprint.json"), "w") as handle:
-            handle.write("{}")
-    return path
-
-
-@pytest.mark.parametrize("out", ["", " ", ".", "..", "{cwd}", "{parent}", "/"])
-def test_the_current_directory_and_those_above_it_are_never_outputs(tmp_path, monkeypatch, out):
-    here = tmp_path / "work" / "here"
-    here.mkdir(parents=True)
-    (here / "thesis.txt").write_text("keep")
-    monkeypatch.chdir(here)
-    out = out.format(cwd=here, parent=here.parent)
-    with pytest.raises(EdgefpError, match="empty|current directory or one above it"):
-        check_directory_output(out, "run", force=True)
-    assert (here / "thesis.txt").read_text() == "keep"
-
-
-def test_force_replaces_only_an_edgefp_directory_of_the_same_kind_holding_nothing_else(tmp_path):
-    foreign = tmp_path / "foreign"
-    foreign.mkdir()
-    (foreign / "thesis.txt").write_text("keep")
-    with pytest.raises(EdgefpError, match="not a run written by edgefp"):
-        check_directory_output(str(foreign), "run", force=True)
-    run = write_run_like(tmp_path / "run")
-    with pytest.raises(EdgefpError, match="already exists; choose another `out` or pass `force`"):
-        check_directory_output(str(run), "run", force=False)
-    with pytest.raises(EdgefpError, match="not a bundle written by edgefp"):
-        check_directory_output(str(run), "bundle", force=True)
-    assert check_directory_output(str(run), "run", force=True) == str(run)
-    (run / "notes.txt").write_text("mine")
-    with pytest.raises(EdgefpError, match=r"holds files edgefp did not write \(notes.txt\)"):
-        check_directory_output(str(run), "run", force=True)
-    os.remove(run / "notes.txt")
-    os.symlink(run, tmp_path / "link")
-    with pytest.raises(EdgefpError, match="symbolic link"):
-        check_directory_output(str(tmp_path / "link"), "run", force=True)
-    with atomic_directory(str(run), "run", force=True) as tmp:
-        with open(os.path.join(tmp, "new.json"), "w") as handle:
-            handle.write("{}")
-    assert sorted(os.listdir(run)) == [MARKER, "new.json"]
-    assert json.loads((run / MARKER).read_text()) == {"kind": "run", "files": ["new.json"]}
 
 
 def test_force_never_deletes_a_users_directory(tmp_path):

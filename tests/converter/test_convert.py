@@ -181,6 +181,7 @@ def test_edgetpu_falls_back_to_the_cpu_with_a_message(digits_bundle, capfd):
         assert "Edge TPU delegate unavailable" in capfd.readouterr().err
 
 
+@pytest.mark.heavy
 def test_an_operator_tflite_micro_lacks_is_named():
     import tensorflow as tf
 

@@ -27,7 +27,7 @@ from edgefp.manifest import (
     Score,
 )
 
-pytestmark = pytest.mark.filterwarnings("ignore:Statistics for quantized inputs:UserWarning")
+pytestmark = [pytest.mark.heavy, pytest.mark.filterwarnings("ignore:Statistics for quantized inputs:UserWarning")]
 
 NAME = "tiny_ood"
 SHAPE = (4, 4, 2)

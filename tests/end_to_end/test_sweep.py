@@ -24,6 +24,8 @@ from edgefp.repository import Repository
 from edgefp.selection import select
 from tests.conftest import synthetic
 
+pytestmark = pytest.mark.heavy  # trains, converts and builds the firmware for every cell
+
 CLASSIFIER_STEPS, AUTOENCODER_EPOCHS = 150, 3  # a few epochs of a large set, more of a small one
 N_TEST = 60
 MAX_FRAME = 4096  # a 32x32x3 image (3,072 bytes) does not fit the default 2,048-byte frame

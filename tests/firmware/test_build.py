@@ -15,7 +15,7 @@ import pytest
 
 from edgefp import data
 from edgefp.bundle import SCHEMA_VERSION, Bundle
-from edgefp.firmware_host.firmware.build import build, bundle_ram
+from edgefp.firmware_host.firmware.build import Options, build, bundle_ram, operators_of
 from edgefp.firmware_host.firmware.launch import start, start_native
 from edgefp.firmware_host.link import client, protocol
 from edgefp.firmware_host.link.client import DeviceError
@@ -25,7 +25,7 @@ from tests.conftest import check_error_codes, edit_tflite, edited_archive, uploa
 
 HAS_NATIVE = all(shutil.which(tool) for tool in ("gcc", "make"))
 HAS_QEMU = HAS_NATIVE and all(shutil.which(tool) for tool in ("arm-none-eabi-gcc", "qemu-system-arm"))
-pytestmark = pytest.mark.skipif(not HAS_NATIVE, reason="building the firmware needs gcc and make")
+pytestmark = [pytest.mark.heavy, pytest.mark.skipif(not HAS_NATIVE, reason="building the firmware needs gcc and make")]
 qemu_only = pytest.mark.skipif(not HAS_QEMU, reason="needs arm-none-eabi-gcc and qemu-system-arm")
 DIGITS = "digits:test:0-4"
 MOTIONS_TEST = "basic_motions:test"
@@ -135,6 +135,58 @@ def test_bundles_that_do_not_fit_are_refused_and_the_last_one_serves(tmp_path, d
         client.bench(device, runs=3, warmup=0)
 
 
+@pytest.fixture(scope="module")
+def wrapped_peers(tmp_path_factory):
+    """Peer models wrapped without a fingerprint: keyword spotting (int8 in, one channel), micro_speech
+    (1,960 values on its last axis) and hello_world (one value): {name: Bundle}."""
+    from edgefp.wrap import wrap
+
+    root, made = tmp_path_factory.mktemp("peers"), {}
+    for name in ("mlperf_tiny_kws_ref", "tflm_micro_speech_quantized", "tflm_hello_world_int8"):
+        wrap(os.path.join(os.path.dirname(__file__), "..", "data", "models", f"{name}.tflite"), str(root / name))
+        made[name] = Bundle.load(str(root / name))
+    return made
+
+
+@pytest.mark.parametrize("sensor_loop", [True, False])
+def test_the_hosts_ram_figure_is_what_the_firmware_reserves(tmp_path, digits, motions, wrapped_peers, sensor_loop):
+    """Standardised inputs keep a mean and a std per channel, wrapped ones none; the sensor window only
+    with the sensor loop: read from the DOES_NOT_FIT answer of a firmware with a 64-byte arena."""
+    options = Options(sensor_loop=sensor_loop)
+    probe = build("native", arena_bytes=64, cflags=options.cflags())
+    bundles = {"digits": Bundle.load(digits[0]), "motions": Bundle.load(motions[0]), **wrapped_peers}
+    with start_native(probe, str(tmp_path / "flash.bin")) as native, client.open_device(native.url) as device:
+        for name, bundle in bundles.items():
+            with pytest.raises(DeviceError, match=r"DOES_NOT_FIT: the model needs \d+ bytes more RAM") as refused:
+                client.flash(device, bundle.archive_bytes())
+            reserved = 64 + int(str(refused.value).split("needs ")[1].split()[0])
+            ram = bundle_ram(bundle, "native", options)
+            assert ram["ram_bytes"] == reserved, name
+            shape, round16 = bundle.manifest["input"]["shape"], lambda n: (n + 15) // 16 * 16
+            window = round16(4 * int(np.prod(shape))) if sensor_loop else 0
+            standardisation = round16(8 * shape[-1]) if name in ("digits", "motions") else 0
+            assert ram["sensor_bytes"] == window + standardisation, name
+
+
+def test_a_firmware_for_given_bundles_runs_them_alone(tmp_path, digits, motions, wrapped_peers):
+    """Only the digits bundle's operators, codes for names, no sensor loop: the same scores; a model
+    with another operator refused at upload as one the engine lacks, by its code."""
+    options = Options(operators_of([Bundle.load(digits[0])]), op_names=False, sensor_loop=False)
+    for bundle in (Bundle.load(digits[0]), *wrapped_peers.values()):  # read from the model as LiteRT lists them
+        assert list(operators_of([bundle])) == sorted(bundle.manifest["ops"])
+    assert "AVERAGE_POOL_2D" not in options.operators and "CONV_2D" in options.operators
+    x = data.load(DIGITS).x[:40]
+    with start_native(build("native", cflags=options.cflags()), str(tmp_path / "flash.bin")) as native:
+        with client.open_device(native.url) as device:
+            client.flash(device, digits[1])
+            scores, _ = client.infer_samples(device, x)
+            assert_scores_equal(scores, Bundle.load(digits[0]).score(x, "tflm"))
+            client.flash(device, motions[1])  # the same template: the same operators
+            with pytest.raises(DeviceError, match="UNSUPPORTED_OP: unsupported operator #1$"):  # AVERAGE_POOL_2D
+                client.flash(device, wrapped_peers["mlperf_tiny_kws_ref"].archive_bytes())
+            assert client.hello(device).active.sha256 == hashlib.sha256(motions[1]).digest()
+
+
 def test_export_firmware_writes_a_project_that_builds(tmp_path, digits):
     out = tmp_path / "fw"
     result = subprocess.run(
@@ -149,6 +201,18 @@ def test_export_firmware_writes_a_project_that_builds(tmp_path, digits):
     assert report["bundles"][0]["fits"] and report["bundles"][0]["ram_bytes"] < report["sizes"]["arena_bytes"]
     made = subprocess.run(["make", "-C", str(out), f"BUILD_DIR={tmp_path / 'b'}"], capture_output=True)
     assert made.returncode == 0 and (tmp_path / "b" / "firmware").exists()
+    alone = [sys.executable, "-m", "edgefp", "export-firmware", "--board", "native", "--only-bundle-ops"]
+    refused = subprocess.run([*alone, "--out", str(tmp_path / "none")], capture_output=True, text=True)
+    assert refused.returncode == 2 and "give them with --bundle" in refused.stderr and not (tmp_path / "none").exists()
+    made = subprocess.run(
+        [*alone, "--no-op-names", "--no-sensor", "--bundle", digits[0], "--out", str(tmp_path / "alone"), "--json"],
+        capture_output=True,
+        text=True,
+    )
+    assert made.returncode == 0, made.stderr
+    assert json.loads(made.stdout)["operators"] == list(operators_of([Bundle.load(digits[0])]))
+    settings = (tmp_path / "alone" / "board.mk").read_text()
+    assert "-DEFP_OPS_ONLY -DEFP_OP_CONV_2D" in settings and "-DEFP_OP_NAMES=0 -DEFP_SENSOR_LOOP=0" in settings
     template = tmp_path / "nrf"
     subprocess.run([sys.executable, "-m", "edgefp", "export-firmware", "--board", "nrf52840", "--out", str(template)])
     assert "CROSS = arm-none-eabi-" in (template / "board.mk").read_text()

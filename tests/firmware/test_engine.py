@@ -18,7 +18,10 @@ from edgefp.firmware_host.firmware.engine import Engine, EngineError
 from edgefp.runtime import captured_output
 from tests.conftest import edit_tflite
 
-pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is needed to build the engine")
+pytestmark = [
+    pytest.mark.heavy,
+    pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is needed to build the engine"),
+]
 
 TESTS = os.path.dirname(os.path.dirname(__file__))
 MODELS = os.path.join(TESTS, "data", "models")
@@ -91,30 +94,27 @@ def structured_int8(shape) -> np.ndarray:
 # ---- the bundle templates ----
 
 
-def _bundle(dataset, tmp_path_factory, name):
-    from edgefp.bundle import Bundle
-    from edgefp.converter.convert import convert
-    from edgefp.trainer import train
-
-    root = tmp_path_factory.mktemp(name)
-    train(dataset, epochs=1, seed=0, progress=False).save(str(root / "run"))
-    convert(str(root / "run"), dataset, str(root / "bundle"))
-    return Bundle.load(str(root / "bundle"))
-
-
 @pytest.fixture(scope="module")
-def seq_bundle(tmp_path_factory):
+def seq_bundle(motions_bundle):
     from edgefp import data
+    from edgefp.bundle import Bundle
 
-    return _bundle(data.load("basic_motions:train"), tmp_path_factory, "seq"), data.load("basic_motions:test")
+    return Bundle.load(motions_bundle), data.load("basic_motions:test")
 
 
 @pytest.fixture(scope="module")
 def vec_bundle(tmp_path_factory):
+    """The vector template, trained one epoch: the engine's point is the graph's operators, not its quality."""
     from edgefp import data
+    from edgefp.bundle import Bundle
+    from edgefp.converter.convert import convert
+    from edgefp.trainer import train
 
     flat = lambda d: data.Dataset(x=d.x.reshape(len(d.x), -1), y=d.y, name="vec")  # noqa: E731
-    return _bundle(flat(data.load("digits:train:0-4")), tmp_path_factory, "vec"), flat(data.load("digits:test"))
+    dataset, root = flat(data.load("digits:train:0-4")), tmp_path_factory.mktemp("vec")
+    train(dataset, epochs=1, autoencoder_epochs=1, seed=0, progress=False).save(str(root / "run"))
+    convert(str(root / "run"), dataset, str(root / "bundle"))
+    return Bundle.load(str(root / "bundle")), flat(data.load("digits:test"))
 
 
 def _check_bundle(bundle, real, dsp):

@@ -15,7 +15,7 @@ from edgefp.errors import EdgefpError
 from edgefp.firmware_host import boards
 from edgefp.firmware_host.boards import BOARDS
 from edgefp.firmware_host.firmware import contract
-from edgefp.firmware_host.firmware.build import SOURCE, build, compile_port, export, make_variables
+from edgefp.firmware_host.firmware.build import SOURCE, Options, build, compile_port, export, make_variables, sizes
 from edgefp.firmware_host.firmware.launch import start
 
 FIRMWARE_BOARDS = [name for name, board in BOARDS.items() if board.runtime == "tflm"]
@@ -41,6 +41,7 @@ def test_every_firmware_board_has_a_port_toolchain_and_at_most_one_launcher():
     assert {"native", "qemu-m4"} <= {name for name, board in BOARDS.items() if board.tested}
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", FIRMWARE_BOARDS)
 def test_every_firmware_board_compiles_with_its_toolchain(name):
     """Tested ports link (the ELF or executable exists); template ports compile warning-free (-Werror)
@@ -54,6 +55,17 @@ def test_every_firmware_board_compiles_with_its_toolchain(name):
         assert compile_port(board, make_variables(board), "objects").is_file()
         with pytest.raises(EdgefpError, match="a template to fill in"):
             build(name)
+
+
+@pytest.mark.parametrize("name", [name for name in FIRMWARE_BOARDS if BOARDS[name].tested])
+def test_tested_ports_build_without_what_a_deployment_leaves_out(name):
+    """One operator, no operator names, no sensor loop: the port still builds warning-free, and smaller."""
+    board = BOARDS[name]
+    if not _has("make", board.toolchain.compiler, board.toolchain.size_tool):
+        pytest.skip(f"needs make and {board.toolchain.compiler}")
+    smallest = Options(("FULLY_CONNECTED",), op_names=False, sensor_loop=False)
+    full, small = (sizes(build(name, cflags=options.cflags()), board)["text"] for options in (Options(), smallest))
+    assert small < full - 4096
 
 
 def test_boards_that_cannot_do_it_are_refused_clearly(tmp_path):
@@ -95,6 +107,7 @@ def _public_symbols(objects: list) -> set[str]:
     return {line.split()[-1] for line in listed.stdout.splitlines() if len(line.split()) == 3}
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", ["native", "qemu-m4", "nrf52840"])
 def test_every_public_c_symbol_is_prefixed(name):
     """What the firmware's objects export (functions and globals, the board's included) starts with efp_,
@@ -113,6 +126,7 @@ def test_every_public_c_symbol_is_prefixed(name):
         assert all(n.lower().startswith("efp_") for n in names), (header.name, names)
 
 
+@pytest.mark.heavy
 @pytest.mark.skipif(not _has("make", "cppcheck"), reason="needs cppcheck (Debian: apt-get install cppcheck)")
 def test_static_analysis_finds_nothing():
     """cppcheck on every source and board, with both kernel sets (make lint)."""

@@ -22,7 +22,7 @@ from tests.cli.test_cli import edgefp
 
 HAS_NATIVE = all(shutil.which(tool) for tool in ("gcc", "make"))
 HAS_QEMU = HAS_NATIVE and can_emulate()
-pytestmark = pytest.mark.skipif(not HAS_NATIVE, reason="building the firmware needs gcc and make")
+pytestmark = [pytest.mark.heavy, pytest.mark.skipif(not HAS_NATIVE, reason="building the firmware needs gcc and make")]
 
 
 def read_all(device, n: int) -> list[protocol.LogEntry]:

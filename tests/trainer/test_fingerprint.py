@@ -9,6 +9,8 @@ from edgefp.errors import EdgefpError
 from edgefp.trainer import NeuralFingerprint, fingerprint_model
 from edgefp.trainer.baselines import BASELINES
 
+pytestmark = pytest.mark.heavy  # trains
+
 
 def test_save_load_round_trip_gives_identical_scores(digits_run):
     fingerprint, run_dir = digits_run
@@ -206,7 +208,7 @@ def test_train_is_deterministic_for_a_seed(tmp_path):
     from edgefp.trainer import train
 
     subset = data.load("digits:train:0-1")
-    runs = [train(subset, epochs=2, seed=7, progress=False) for _ in range(2)]
+    runs = [train(subset, epochs=2, autoencoder_epochs=2, seed=7, progress=False) for _ in range(2)]
     for a, b in zip(runs[0].model_.get_weights(), runs[1].model_.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert runs[0].threshold_ == runs[1].threshold_

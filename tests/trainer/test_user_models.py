@@ -16,6 +16,8 @@ from edgefp.firmware_host.firmware.launch import start_native
 from edgefp.firmware_host.link import client
 from tests.conftest import synthetic
 
+pytestmark = pytest.mark.heavy  # trains users' models and runs them on the native firmware
+
 CLASSES = 3
 OPERATORS = {  # what the layers become in the int8 model, beyond the usual convolutions and dense layers
     "image_model": {"DEPTHWISE_CONV_2D", "REDUCE_MAX", "ADD"},

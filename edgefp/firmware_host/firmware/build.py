@@ -10,6 +10,7 @@ import math
 import os
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgefp.errors import EdgefpError
@@ -21,6 +22,34 @@ from edgefp.isolation import step
 
 SOURCE = Path(__file__).with_name("c")
 STACK_BYTES = 16 * 1024  # bare-metal ports: the stack their link.ld sets aside (the Makefile's STACK_SIZE)
+
+
+@dataclass(frozen=True)
+class Options:
+    """What a build of the firmware keeps (docs/firmware.md, "Footprint"): by default everything.
+
+    ``operators``: only these builtin operators (names, as :func:`operators_of` gives them), the others
+    refused at upload as operators the engine lacks; ``op_names``: refusals name operators and types
+    (else they give their code numbers); ``sensor_loop``: the firmware classifies the board's own sensor
+    windows when idle (a board without a sensor needs neither the loop nor the window in the arena)."""
+
+    operators: tuple[str, ...] | None = None
+    op_names: bool = True
+    sensor_loop: bool = True
+
+    def cflags(self) -> str:
+        flags = [] if self.operators is None else ["-DEFP_OPS_ONLY", *(f"-DEFP_OP_{name}" for name in self.operators)]
+        flags += [] if self.op_names else ["-DEFP_OP_NAMES=0"]
+        flags += [] if self.sensor_loop else ["-DEFP_SENSOR_LOOP=0"]
+        return " ".join(flags)
+
+
+FULL = Options()
+
+
+def operators_of(bundles) -> tuple[str, ...]:
+    """The builtin operators the bundles' models use, for a build that runs these bundles alone."""
+    return tuple(sorted({name for bundle in bundles for name in engine.operators(bundle.model_bytes)}))
 
 
 def firmware_board(board_name: str) -> Board:
@@ -43,14 +72,16 @@ def make_variables(
     return [f"BOARD={board.port}", *board.toolchain.make_variables(), f"CFLAGS={flags}"]
 
 
-def export(board_name: str, out: str, *, force: bool = False) -> dict:
-    """Write a buildable firmware project for ``board_name`` into ``out`` (all at once)."""
+def export(board_name: str, out: str, *, force: bool = False, options: Options = FULL) -> dict:
+    """Write a buildable firmware project for ``board_name`` into ``out`` (all at once), built with
+    ``options``."""
     board = firmware_board(board_name)
     with atomic_directory(out, "firmware project", force=force) as tmp:
         shutil.copy(SOURCE / "Makefile", tmp)
         shutil.copytree(SOURCE / "src", os.path.join(tmp, "src"))
         shutil.copytree(SOURCE / "boards" / board.port, os.path.join(tmp, "boards", board.port))
-        settings = "".join(f"{name} = {value}\n" for name, value in (v.split("=", 1) for v in make_variables(board)))
+        variables = make_variables(board, cflags=options.cflags())
+        settings = "".join(f"{name} = {value}\n" for name, value in (v.split("=", 1) for v in variables))
         with open(os.path.join(tmp, "board.mk"), "w") as handle:
             handle.write(f"# {board.description}: the Makefile reads these; build with  make\n{settings}")
     return {"board": board.name, "port": board.port, "out": out, "make": f"make -C {out}", "tested": board.tested}
@@ -103,10 +134,11 @@ def sizes(target: Path, board: Board) -> dict:
     return {"text": text, "data": data, "bss": bss}
 
 
-def budget_report(board_name: str) -> dict:
-    """Flash and RAM the firmware itself takes on a tested port (no model: bundles live in the slots)."""
+def budget_report(board_name: str, options: Options = FULL) -> dict:
+    """Flash and RAM the firmware itself takes on a tested port, built with ``options`` (no model:
+    bundles live in the slots)."""
     board = firmware_board(board_name)
-    built = sizes(build(board_name), board)
+    built = sizes(build(board_name, cflags=options.cflags()), board)
     report = {
         **built,
         "flash_bytes": built["text"] + built["data"],
@@ -127,11 +159,13 @@ def budget_lines(report: dict) -> list[str]:
     ]
 
 
-def bundle_ram(bundle, board_name: str) -> dict:
-    """RAM a bundle needs in the firmware (engine arena; score tables and OOD buffer, none without a
-    fingerprint; input quantisation and sensor window) against the board's arena. The engine's part is
-    measured by the engine itself, built for this machine with the board's kernels: 64-bit pointers make
-    it an upper bound of what a 32-bit microcontroller needs."""
+def bundle_ram(bundle, board_name: str, options: Options = FULL) -> dict:
+    """RAM a bundle needs in the firmware built with ``options`` against the board's arena: the engine's
+    arena; score tables and OOD buffer (none without a fingerprint); a mean and a std per channel (a
+    standardised input only) and the sensor window (with the sensor loop only), as the firmware's
+    extras_for() counts them. The engine's part is measured by the engine itself, built for this machine
+    with the board's kernels: 64-bit pointers make it an upper bound of what a 32-bit microcontroller
+    needs."""
     board = firmware_board(board_name)
     try:
         with step("checking the model with the firmware's engine"):
@@ -140,7 +174,10 @@ def bundle_ram(bundle, board_name: str) -> dict:
         raise EdgefpError(f"{bundle.source}: the firmware cannot run this model: {refused}") from None
     shape, layers = bundle.manifest.input.shape, len(bundle.manifest.layers)
     extras = _round16(layers * 256 * 4) + (_round16(OOD_CAPACITY * bundle.input_bytes) if layers else 0)
-    sensor = _round16(2 * 4 * shape[-1]) + _round16(4 * math.prod(shape))  # input quantisation, sensor window
+    standardised = bundle.manifest["input"]["preprocessing"]["type"] == "standardize"
+    standardisation = _round16(2 * 4 * shape[-1]) if standardised else 0  # a mean and a std per channel
+    window = _round16(4 * math.prod(shape)) if options.sensor_loop else 0  # float32 values
+    sensor = standardisation + window
     needed = arena + extras + sensor
     return {
         "bundle": bundle.manifest.name,

@@ -74,6 +74,8 @@ def library(dsp: bool = False) -> ctypes.CDLL:
     lib.efp_engine_size.restype = ctypes.c_size_t
     lib.efp_engine_error.argtypes = [ctypes.c_void_p]
     lib.efp_engine_error.restype = ctypes.c_char_p
+    lib.efp_op_name.argtypes = [ctypes.c_int32, ctypes.c_char_p]
+    lib.efp_op_name.restype = ctypes.c_char_p
     for name in (
         "efp_engine_arena_needed",
         "efp_engine_arena_used",
@@ -145,6 +147,28 @@ class Engine:
 def _state(lib: ctypes.CDLL) -> ctypes.Array:
     """Room for one efp_engine (its layout is the C side's own)."""
     return ctypes.create_string_buffer(lib.efp_engine_size())
+
+
+def operators(model: bytes) -> list[str]:
+    """The builtin operators of a TFLite model the engine has checked, named as the engine names them:
+    its table of operator codes (the larger of builtin_code and deprecated_builtin_code each)."""
+
+    def word(at: int, size: int = 4, signed: bool = False) -> int:
+        return int.from_bytes(model[at : at + size], "little", signed=signed)
+
+    def field(table: int, index: int) -> int | None:  # where a table's field lies, None when absent
+        vtable = table - word(table, signed=True)
+        offset = word(vtable + 4 + 2 * index, 2) if 4 + 2 * index < word(vtable, 2) else 0
+        return table + offset if offset else None
+
+    codes, table = set(), field(word(0), 1)  # Model.operator_codes
+    vector = table + word(table) if table else 0
+    for i in range(word(vector) if table else 0):
+        at = vector + 4 + 4 * i
+        code, deprecated = field(at + word(at), 3), field(at + word(at), 0)
+        codes.add(max(word(code, signed=True) if code else 0, word(deprecated, 1, signed=True) if deprecated else 0))
+    lib, buffer = library(), ctypes.create_string_buffer(12)
+    return sorted(lib.efp_op_name(code, buffer).decode() for code in codes)
 
 
 def arena_needed(model: bytes, *, dsp: bool | None = None) -> int:

@@ -24,8 +24,8 @@ static uint8_t arena[EFP_ARENA_BYTES] __attribute__((aligned(16)));
 static efp_engine engine;
 
 /* The active bundle. The engine uses the start of the arena, the sample log what the engine leaves, and
- * the score tables, OOD inputs, input quantisation and sensor window sit at the end (extras bytes from
- * the end: everything but the engine's part). */
+ * the score tables, OOD inputs, the input's standardisation and the sensor window sit at the end (extras
+ * bytes from the end: everything but the engine's part). */
 static struct {
     int slot; /* -1 when none */
     efp_bundle_info info;
@@ -122,11 +122,22 @@ static size_t fingerprint_bytes(const efp_bundle_info *b)
                      : 0;
 }
 
-/* What a bundle keeps at the arena's end: its fingerprint's part, the input's quantisation and the
- * sensor window. */
+/* A mean and a std per channel, for an input the host standardises (efp_classify applies them). */
+static size_t standardisation_bytes(const efp_bundle_info *b)
+{
+    return b->standardised ? ROUND16(2u * sizeof(float) * b->channels) : 0;
+}
+
+/* The window the board's sensor fills, raw float32 values, when the firmware runs its sensor loop. */
+static size_t window_bytes(const efp_bundle_info *b)
+{
+    return EFP_SENSOR_LOOP ? ROUND16(sizeof(float) * elements(b)) : 0;
+}
+
+/* What a bundle keeps at the arena's end (edgefp's bundle_ram counts the same). */
 static size_t extras_for(const efp_bundle_info *b)
 {
-    return fingerprint_bytes(b) + ROUND16(2u * sizeof(float) * b->channels) + ROUND16(sizeof(float) * elements(b));
+    return fingerprint_bytes(b) + standardisation_bytes(b) + window_bytes(b);
 }
 
 /* Bytes of every model output, back to back (what INFER_OUTPUTS answers). */
@@ -199,7 +210,7 @@ static long load(int slot)
     active.ood_inputs = end + ROUND16(b->layers * 256u * sizeof(int32_t));
     active.mean = (float *)(void *)(end + fingerprint_bytes(b));
     active.std = active.mean + b->channels;
-    active.window = (float *)(void *)((uint8_t *)active.mean + ROUND16(2u * sizeof(float) * b->channels));
+    active.window = (float *)(void *)(end + fingerprint_bytes(b) + standardisation_bytes(b));
     if (efp_bundle_tables(b, active.tables)) {
         return refuse(EFP_ERR_INVALID_BUNDLE, "a z_table in manifest.json is malformed");
     }
@@ -1027,7 +1038,7 @@ int efp_classify(const float *window, uint32_t values, efp_verdict *verdict)
     int8_t q[EFP_MAX_FRAME]; /* an input fits a frame (checked at upload) */
     for (uint32_t i = 0; i < values; ++i) {
         uint32_t c = i % b->channels;
-        float z = (window[i] - active.mean[c]) / active.std[c]; /* float32 steps, as the host's numpy */
+        float z = b->standardised ? (window[i] - active.mean[c]) / active.std[c] : window[i]; /* as numpy, in float32 */
         z = z / active.scale;
         z = z < -1000.0f ? -1000.0f : z > 1000.0f ? 1000.0f : z;        /* beyond the int8 range either way */
         z = (z + 12582912.0f) - 12582912.0f + (float)active.zero_point; /* rounded half to even, as np.round */
@@ -1036,6 +1047,7 @@ int efp_classify(const float *window, uint32_t values, efp_verdict *verdict)
     return classify((const uint8_t *)q, window, verdict);
 }
 
+#if EFP_SENSOR_LOOP
 int efp_app_sense(void)
 {
     uint32_t values = efp_window_values();
@@ -1055,6 +1067,7 @@ int efp_app_sense(void)
     efp_classify(active.window, values, &verdict); /* a window of NaN is dropped as it came */
     return 1;
 }
+#endif
 
 int efp_app_poll(void)
 {

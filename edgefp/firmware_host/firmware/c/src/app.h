@@ -15,7 +15,7 @@ void efp_app_receive(const uint8_t *data, size_t len);
 int efp_app_poll(void);
 
 /* Standalone mode: when the board's sensor has a window (efp_board_sensor_read), classify it (efp.h); 1 when
- * a window came. */
+ * a window came. Only in builds with the sensor loop (EFP_SENSOR_LOOP, config.h). */
 int efp_app_sense(void);
 
 #endif

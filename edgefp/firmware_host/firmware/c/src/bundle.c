@@ -121,20 +121,25 @@ static int quantization(efp_json spec, uint32_t size, int64_t *index)
            efp_json_count(shape) >= 1 && elements(shape) == size;
 }
 
+enum { BROKEN, NONE, STANDARDIZE }; /* what preprocessing() finds */
+
 /* type none, or standardize with a mean and a positive std per channel (the shape's last axis). */
 static int preprocessing(efp_json pre, efp_json shape, uint32_t dims)
 {
     efp_json v;
     int64_t channels;
     if (!efp_json_get(pre, "type", &v)) {
-        return 0;
+        return BROKEN;
     }
     if (efp_json_string_is(v, "none")) {
-        return 1;
+        return NONE;
     }
     return efp_json_string_is(v, "standardize") && efp_json_item(shape, dims - 1, &v) &&
-           efp_json_integer(v, &channels) && efp_json_get(pre, "mean", &v) && list_of(v, (int32_t)channels, ANY) &&
-           efp_json_get(pre, "std", &v) && list_of(v, (int32_t)channels, POSITIVE);
+                   efp_json_integer(v, &channels) && efp_json_get(pre, "mean", &v) &&
+                   list_of(v, (int32_t)channels, ANY) && efp_json_get(pre, "std", &v) &&
+                   list_of(v, (int32_t)channels, POSITIVE)
+               ? STANDARDIZE
+               : BROKEN;
 }
 
 /* n labels, each an object with a non-negative efp_json_integer value and a efp_json_string name. */
@@ -203,12 +208,13 @@ static int check_fields(efp_json root, efp_bundle_info *b, efp_text *msg)
     b->channels = (uint32_t)n;
     b->input_float = wrapped && efp_json_get(input, "dtype", &v) && efp_json_string_is(v, "float32");
     b->input_bytes *= b->input_float ? 4u : 1u;
-    /* dims 0: a wrapped model's input is never standardised */
+    int kind = preprocessing(pre, shape, wrapped ? 0 : dims); /* 0 dims: a wrapped model's input has none */
     if (!efp_json_get(input, "dtype", &v) || !(efp_json_string_is(v, "int8") || b->input_float) ||
         !field(input, "scale", wrapped ? ANY : POSITIVE) ||
-        !efp_json_get_int(input, "zero_point", NULL, -128, 127, &n) || !preprocessing(pre, shape, wrapped ? 0 : dims)) {
+        !efp_json_get_int(input, "zero_point", NULL, -128, 127, &n) || kind == BROKEN) {
         return refuse(msg, RULE, "input");
     }
+    b->standardised = kind == STANDARDIZE;
     b->classes = efp_json_count(labels);
     if (b->classes < 1 - wrapped || b->classes > EFP_MAX_CLASSES || !label_values(labels, b->classes)) {
         return refuse(msg, RULE, "labels");
@@ -405,10 +411,6 @@ int efp_bundle_input(const efp_bundle_info *b, float *mean, float *std, float *s
     }
     *zero_point = (int32_t)n;
     if (efp_json_string_is(v, "none")) {
-        for (uint32_t c = 0; c < b->channels; ++c) {
-            mean[c] = 0.0f;
-            std[c] = 1.0f;
-        }
         return 0;
     }
     if (!efp_json_string_is(v, "standardize") || !efp_json_get(pre, "mean", &v) || !reals(v, mean, b->channels, 0)) {

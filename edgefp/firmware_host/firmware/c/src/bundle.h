@@ -18,6 +18,7 @@ typedef struct {
     uint32_t input_bytes; /* bytes of the input: its elements, 4 bytes each when input_float */
     uint8_t input_float;  /* a wrapped model that takes float32 */
     uint32_t channels;    /* the input shape's last dimension */
+    uint8_t standardised; /* the input's preprocessing is a mean and a std per channel (else none) */
     uint32_t classes;     /* labels */
     uint32_t layers;      /* fingerprinted layers; 0: a model wrapped without a fingerprint, no OOD check */
     uint32_t probs_index; /* model output holding the probabilities */
@@ -36,8 +37,8 @@ int efp_bundle_open(const uint8_t *archive, uint32_t len, efp_bundle_info *b, ch
  * tables is NULL); 0 on success. */
 int efp_bundle_tables(const efp_bundle_info *b, int32_t *tables);
 
-/* The input's preprocessing and quantisation (docs/bundle.md): per channel mean and std (0 and 1 when
- * there is none), the int8 scale and zero point; 0 on success. */
+/* The input's preprocessing and quantisation (docs/bundle.md): per channel mean and std (only when
+ * standardised: untouched otherwise), the int8 scale and zero point; 0 on success. */
 int efp_bundle_input(const efp_bundle_info *b, float *mean, float *std, float *scale, int32_t *zero_point);
 
 /* Bytes of output k of a model wrapped without a fingerprint as the manifest lists it, with its TFLite

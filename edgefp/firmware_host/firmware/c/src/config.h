@@ -19,6 +19,12 @@
 #ifndef EFP_LOG_CAPACITY
 #define EFP_LOG_CAPACITY 64 /* recent inputs kept for READ_LOG, at most (as many as the arena has room for) */
 #endif
+#ifndef EFP_SENSOR_LOOP
+#define EFP_SENSOR_LOOP 1 /* classify the board's sensor windows when idle; 0: a board without a sensor */
+#endif
+#ifndef EFP_OP_NAMES
+#define EFP_OP_NAMES 1 /* 1: refusals name TFLite's operators and types; 0: they give their code numbers */
+#endif
 #ifndef EFP_SENSOR_HZ
 #define EFP_SENSOR_HZ 0 /* how often efp_board_sensor_read() is asked for a window; 0: whenever the chip is idle */
 #endif

@@ -2,13 +2,18 @@
  * classified on its own, with or without a host. */
 #include "app.h"
 #include "board.h"
+#include "config.h"
 
 int main(void)
 {
     efp_board_init();
     efp_app_init();
     for (;;) {
-        if (!efp_app_poll() && !efp_app_sense()) {
+        int busy = efp_app_poll();
+#if EFP_SENSOR_LOOP
+        busy = busy || efp_app_sense();
+#endif
+        if (!busy) {
             efp_board_idle();
         }
     }

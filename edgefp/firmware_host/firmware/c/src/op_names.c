@@ -1,9 +1,12 @@
 /* Names of TFLite's builtin operators (schema BuiltinOperator 0 to 209) and tensor types, for
- * messages: every refusal names what it refuses. */
+ * messages: every refusal names what it refuses. A build without them (EFP_OP_NAMES 0) gives the code
+ * numbers instead ("#36": BuiltinOperator 36, GATHER, as the host names it). */
 #include <string.h>
 
+#include "config.h"
 #include "kernel.h"
 
+#if EFP_OP_NAMES
 static const char op_names[] =
     "ADD\0AVERAGE_POOL_2D\0CONCATENATION\0CONV_2D\0DEPTHWISE_CONV_2D\0DEPTH_TO_SPACE\0DEQUANTIZE\0EMBEDDING_LOOKUP\0"
     "FLOOR\0FULLY_CONNECTED\0HASHTABLE_LOOKUP\0L2_NORMALIZATION\0L2_POOL_2D\0LOCAL_RESPONSE_NORMALIZATION\0"
@@ -36,8 +39,11 @@ static const char op_names[] =
 static const char type_names[] =
     "FLOAT32\0FLOAT16\0INT32\0UINT8\0INT64\0STRING\0BOOL\0INT16\0COMPLEX64\0INT8\0FLOAT64\0COMPLEX128\0UINT64\0"
     "RESOURCE\0VARIANT\0UINT32\0UINT16\0INT4\0BFLOAT16\0INT2\0UINT4";
+#else
+static const char op_names[] = "", type_names[] = "";
+#endif
 
-/* The n-th of the NUL-separated names, or "#n" written into buf. */
+/* The n-th of the NUL-separated names in len bytes, or "#n" written into buf. */
 static const char *nth(const char *names, size_t len, int32_t n, char *buf)
 {
     size_t i = 0;
@@ -56,6 +62,6 @@ static const char *nth(const char *names, size_t len, int32_t n, char *buf)
     return p;
 }
 
-const char *efp_op_name(int32_t code, char *buf) { return nth(op_names, sizeof op_names, code, buf); }
+const char *efp_op_name(int32_t code, char *buf) { return nth(op_names, sizeof op_names - 1, code, buf); }
 
-const char *efp_type_name(int32_t type, char *buf) { return nth(type_names, sizeof type_names, type, buf); }
+const char *efp_type_name(int32_t type, char *buf) { return nth(type_names, sizeof type_names - 1, type, buf); }

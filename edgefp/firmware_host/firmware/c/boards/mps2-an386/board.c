@@ -11,11 +11,12 @@
  *          ring is kept in PSRAM too, so bytes received around the reset reach the next boot.
  *   sensor UART1 (0x40005000, RX IRQ 2; QEMU's second -serial): the sensor link of docs/sensors.md,
  *          asked for windows with polled TX, answered into a ring by the RX interrupt; with no second
- *          serial, no window ever comes.
+ *          serial, no window ever comes. Left out of builds without the sensor loop (EFP_SENSOR_LOOP 0).
  */
 #include <string.h>
 
 #include "board.h"
+#include "config.h"
 #include "emulated_flash.h"
 #include "sensor_link.h"
 
@@ -149,6 +150,7 @@ void efp_board_uart_write(const uint8_t *buf, size_t len)
 }
 
 /* ---- sensor: UART1 ---- */
+#if EFP_SENSOR_LOOP
 
 #define SENSOR_RX_BUF 512u /* power of two */
 static volatile uint8_t sensor_ring[SENSOR_RX_BUF];
@@ -193,6 +195,7 @@ int efp_board_sensor_read(float *window, uint32_t count)
     }
     return done;
 }
+#endif
 
 /* ---- time ---- */
 
@@ -307,6 +310,7 @@ void efp_board_init(void)
         NVIC_ISPR0 = 1u << UART0RX_IRQn; /* a byte that arrived before RXINTEN */
     }
 
+#if EFP_SENSOR_LOOP
     sensor_head = sensor_tail = sensor_stalled = 0;
     UART1_CTRL = 0;
     UART1_BAUDDIV = SYSCLK_HZ / BAUD;
@@ -316,6 +320,7 @@ void efp_board_init(void)
     NVIC_IPR(UART1RX_IRQn) = 0x40;
     NVIC_ISER0 = (1u << UART1RX_IRQn);
     NVIC_ISPR0 = 1u << UART1RX_IRQn; /* drain what came before */
+#endif
 
     __asm volatile("cpsie i" ::: "memory");
 }
