@@ -162,7 +162,7 @@ def test_the_hosts_ram_figure_is_what_the_firmware_reserves(tmp_path, digits, mo
             reserved = 64 + int(str(refused.value).split("needs ")[1].split()[0])
             ram = bundle_ram(bundle, "native", options)
             assert ram["ram_bytes"] == reserved, name
-            shape, round16 = bundle.manifest["input"]["shape"], lambda n: (n + 15) // 16 * 16
+            shape, round16 = bundle.manifest.input.shape, lambda n: (n + 15) // 16 * 16
             window = round16(4 * int(np.prod(shape))) if sensor_loop else 0
             standardisation = round16(8 * shape[-1]) if name in ("digits", "motions") else 0
             assert ram["sensor_bytes"] == window + standardisation, name
@@ -173,7 +173,7 @@ def test_a_firmware_for_given_bundles_runs_them_alone(tmp_path, digits, motions,
     with another operator refused at upload as one the engine lacks, by its code."""
     options = Options(operators_of([Bundle.load(digits[0])]), op_names=False, sensor_loop=False)
     for bundle in (Bundle.load(digits[0]), *wrapped_peers.values()):  # read from the model as LiteRT lists them
-        assert list(operators_of([bundle])) == sorted(bundle.manifest["ops"])
+        assert list(operators_of([bundle])) == sorted(bundle.manifest.ops)
     assert "AVERAGE_POOL_2D" not in options.operators and "CONV_2D" in options.operators
     x = data.load(DIGITS).x[:40]
     with start_native(build("native", cflags=options.cflags()), str(tmp_path / "flash.bin")) as native:
