@@ -39,7 +39,7 @@ import numpy as np
 from benchmarks.common import save
 from edgefp import data
 from edgefp.bundle import MODEL, Bundle, sha256
-from edgefp.converter.convert import convert, int8_tflite
+from edgefp.converter.convert import convert, int8_tflite, strip
 from edgefp.firmware_host.firmware import engine
 from edgefp.firmware_host.firmware.build import Options, budget_report, build, operators_of
 from edgefp.firmware_host.firmware.launch import start, start_qemu
@@ -80,7 +80,7 @@ def bundles(name: str, dataset: data.Dataset, epochs: int, workdir: str) -> tupl
     fingerprint.save(run_dir)
     convert(run_dir, dataset, out)
     deployed = Bundle.load(out)
-    model = int8_tflite(classifier_alone(fingerprint), fingerprint.prepare(dataset.x), name="alone")
+    model = strip(int8_tflite(classifier_alone(fingerprint), fingerprint.prepare(dataset.x), name="alone"))
     specs = [_spec(index, detail) for index, detail in enumerate(LiteRT(model).output_details())]
     manifest = dataclasses.replace(
         deployed.manifest,

@@ -32,7 +32,7 @@ import numpy as np
 from benchmarks.common import save
 from edgefp import data, metrics, shifts
 from edgefp.bundle import Bundle
-from edgefp.converter.convert import convert, int8_tflite
+from edgefp.converter.convert import convert, int8_tflite, strip
 from edgefp.runtime import LiteRT, TFLiteMicro, captured_output, tflm_arena_bytes
 from edgefp.trainer import train
 from edgefp.trainer.fingerprint import AUTOENCODER, MAX_LOGIT
@@ -130,16 +130,16 @@ def steps(fingerprint, calib_x: np.ndarray, bundle_bytes: bytes) -> dict[str, by
     monitor = fingerprint.monitor_
     kinds = [layer.kind for layer in fingerprint.layers_]
 
-    def evidence(*wanted: str, stripped: bool) -> bytes:
+    def evidence(*wanted: str) -> bytes:
         outputs = [monitor.outputs[0]] + [monitor.outputs[1 + j] for j, kind in enumerate(kinds) if kind in wanted]
-        sub = keras.Model(monitor.inputs, outputs, name="monitor")
-        return int8_tflite(sub, calib_x, name="edgefp_model", stripped=stripped)
+        return int8_tflite(keras.Model(monitor.inputs, outputs, name="monitor"), calib_x, name="edgefp_model")
 
+    classifier = int8_tflite(fingerprint.model_, calib_x, name="classifier")
     return {
-        "classifier, as converted": int8_tflite(fingerprint.model_, calib_x, name="classifier", stripped=False),
-        "classifier": int8_tflite(fingerprint.model_, calib_x, name="classifier"),
-        "+ max logit": evidence(MAX_LOGIT, stripped=True),
-        "+ autoencoders, as converted": evidence(MAX_LOGIT, AUTOENCODER, stripped=False),
+        "classifier, as converted": classifier,
+        "classifier": strip(classifier),
+        "+ max logit": strip(evidence(MAX_LOGIT)),
+        "+ autoencoders, as converted": evidence(MAX_LOGIT, AUTOENCODER),
         BUNDLE: bundle_bytes,
     }
 

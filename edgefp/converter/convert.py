@@ -60,12 +60,11 @@ def check_convertible(model) -> None:
             )
 
 
-def int8_tflite(model, calib: np.ndarray, *, name: str = "model", stripped: bool = True, seed: int = 0) -> bytes:
-    """A one-input Keras model as ``convert`` makes the bundle's int8 model before its evidence ranges are
-    set: batch size 1, the int8 ranges of the preprocessed ``calib`` samples and of noisy copies of a fifth
-    of them, and (``stripped``) nothing no runtime reads. For comparing a model with its bundle's."""
-    model_bytes = _int8_model(_batch_of_one(model, name), shifts.range_samples(calib, seed))
-    return _strip(model_bytes) if stripped else model_bytes
+def int8_tflite(model, calib: np.ndarray, *, name: str = "model", seed: int = 0) -> bytes:
+    """A one-input Keras model as ``convert`` converts the bundle's graph before it sets the evidence ranges
+    and strips it (:func:`strip`): batch size 1, the int8 ranges of the preprocessed ``calib`` samples and
+    of noisy copies of a fifth of them. For comparing a model with its bundle's."""
+    return _int8_model(_batch_of_one(model, name), shifts.range_samples(calib, seed))
 
 
 def _int8_model(model, samples: np.ndarray) -> bytes:
@@ -99,7 +98,7 @@ def _batch_of_one(model, name: str):
     return keras.Model(inputs, model(inputs), name=name)
 
 
-def _strip(model_bytes: bytes) -> bytes:
+def strip(model_bytes: bytes) -> bytes:
     """The model without what no runtime reads: tensor and graph names, signatures, description, metadata."""
     from tensorflow.lite.tools import flatbuffer_utils
 
@@ -121,7 +120,7 @@ def quantize(fingerprint: NeuralFingerprint, calib: np.ndarray, seed: int = 0) -
     in_distribution = _int8_model(fused, sample)
     outputs, input_quantization = _io_specs(model_bytes)
     model_bytes = _set_evidence_ranges(model_bytes, in_distribution, fingerprint, outputs)
-    return _strip(model_bytes), _io_specs(model_bytes)[0], input_quantization
+    return strip(model_bytes), _io_specs(model_bytes)[0], input_quantization
 
 
 def _error_tops(fingerprint: NeuralFingerprint) -> list[tuple[float, float] | None]:
