@@ -30,7 +30,7 @@ takes one nanosecond of virtual time, so the device's microseconds are thousands
 from __future__ import annotations
 
 import argparse
-import copy
+import dataclasses
 import os
 import tempfile
 
@@ -39,14 +39,14 @@ import numpy as np
 from benchmarks.common import save
 from edgefp import data
 from edgefp.bundle import MODEL, Bundle, sha256
-from edgefp.converter.convert import batch_of_one, convert, int8_model, strip
+from edgefp.converter.convert import convert, int8_tflite, strip
 from edgefp.firmware_host.firmware import engine
 from edgefp.firmware_host.firmware.build import Options, budget_report, build, operators_of
 from edgefp.firmware_host.firmware.launch import start, start_qemu
 from edgefp.firmware_host.link import client
 from edgefp.firmware_host.link.client import DeviceError
-from edgefp.runtime import litert_module
-from edgefp.shifts import range_samples
+from edgefp.manifest import QUANTILES, FileEntry, Layer, Output, Outputs
+from edgefp.runtime import LiteRT
 from edgefp.trainer import train
 from edgefp.wrap import wrap
 
@@ -80,20 +80,19 @@ def bundles(name: str, dataset: data.Dataset, epochs: int, workdir: str) -> tupl
     fingerprint.save(run_dir)
     convert(run_dir, dataset, out)
     deployed = Bundle.load(out)
-    model = strip(int8_model(classifier_alone(fingerprint), range_samples(fingerprint.prepare(dataset.x))))
-    manifest = copy.deepcopy(deployed.manifest)
-    details = litert_module().Interpreter(model_content=model).get_output_details()
-    specs = [_spec(index, detail) for index, detail in enumerate(details)]
-    manifest["outputs"] = {
-        "probs": next(spec for spec in specs if spec["shape"] != [1]),
-        "layer_errors": [next(spec for spec in specs if spec["shape"] == [1])],
-    }
-    quantiles = [0.0] * len(manifest["layers"][0]["holdout_quantiles"])
-    placeholder = {"kind": "autoencoder", "transform": "log", "weight": 0.5, "z_mean": 0.0, "z_std": 1.0}
-    placeholder.update(holdout_quantiles=quantiles, z_table=[0] * 256)
-    manifest["layers"] = [{"name": "none", "features": 1, **placeholder}]
-    manifest["files"] = {MODEL: {"sha256": sha256(model), "bytes": len(model)}}
-    manifest.update(name=f"{name}_classifier", flash_bytes=len(model))
+    model = strip(int8_tflite(classifier_alone(fingerprint), fingerprint.prepare(dataset.x), name="alone"))
+    specs = [_spec(index, detail) for index, detail in enumerate(LiteRT(model).output_details())]
+    manifest = dataclasses.replace(
+        deployed.manifest,
+        name=f"{name}_classifier",
+        outputs=Outputs(
+            probs=next(spec for spec in specs if spec.shape != (1,)),
+            layer_errors=(next(spec for spec in specs if spec.shape == (1,)),),
+        ),
+        layers=(Layer("none", "autoencoder", "log", 0.5, 1, 0.0, 1.0, (0.0,) * QUANTILES, (0,) * 256),),
+        files={MODEL: FileEntry(sha256(model), len(model))},
+        flash_bytes=len(model),
+    )
     return deployed, Bundle(manifest, {MODEL: model})
 
 
@@ -102,15 +101,14 @@ def classifier_alone(fingerprint):
     needs a layer-error output, and this one costs a handful of instructions."""
     import keras
 
-    model = batch_of_one(fingerprint.model_, "classifier")
+    model = fingerprint.model_
     probs = model.outputs[0]
     return keras.Model(model.inputs, [probs, keras.ops.mean(probs, axis=-1, keepdims=True)], name="alone")
 
 
-def _spec(index: int, detail: dict) -> dict:
+def _spec(index: int, detail: dict) -> Output:
     scale, zero_point = detail["quantization"]
-    return {"index": index, "shape": [int(n) for n in detail["shape"][1:]], "scale": float(scale),
-            "zero_point": int(zero_point)}  # fmt: skip
+    return Output(index, tuple(int(n) for n in detail["shape"][1:]), float(scale), int(zero_point))
 
 
 def instructions(device: client.Device, bundle: Bundle, runs: int) -> float:
@@ -159,8 +157,8 @@ def peers(workdir: str, quick: bool, runs: int) -> dict:
         model = Bundle.load(made[name]).model_bytes
         rows[name] = {
             "macs": macs(model),
-            "flash_bytes": manifest["flash_bytes"],
-            "tflm_arena_bytes": manifest["tflm_arena_bytes"],
+            "flash_bytes": manifest.flash_bytes,
+            "tflm_arena_bytes": manifest.tflm_arena_bytes,
             "engine_arena_bytes": engine.arena_needed(model),
             "reference_cycles": REFERENCE_CYCLES.get(name),
         }
@@ -245,7 +243,7 @@ def main() -> None:
         with probe, client.open_device(probe.url, timeout=5.0) as device:
             for name, (deployed, _) in made.items():
                 rows[name]["ram_bytes"] = ram_needed(device, deployed)
-                rows[name]["tflm_arena_bytes"] = deployed.manifest["tflm_arena_bytes"]
+                rows[name]["tflm_arena_bytes"] = deployed.manifest.tflm_arena_bytes
         archive = made["sequences"][0].archive_bytes()
         with start("qemu-m4") as chip:
             upload = {"qemu-m4": upload_rate(chip.url, archive)}

@@ -32,7 +32,7 @@ import numpy as np
 from benchmarks.common import save
 from edgefp import data, metrics, shifts
 from edgefp.bundle import Bundle
-from edgefp.converter import convert as convert_module
+from edgefp.converter.convert import convert, int8_tflite, strip
 from edgefp.runtime import LiteRT, TFLiteMicro, captured_output, tflm_arena_bytes
 from edgefp.trainer import train
 from edgefp.trainer.fingerprint import AUTOENCODER, MAX_LOGIT
@@ -129,18 +129,16 @@ def steps(fingerprint, calib_x: np.ndarray, bundle_bytes: bytes) -> dict[str, by
 
     monitor = fingerprint.monitor_
     kinds = [layer.kind for layer in fingerprint.layers_]
-    samples = shifts.range_samples(calib_x)
 
     def evidence(*wanted: str) -> bytes:
         outputs = [monitor.outputs[0]] + [monitor.outputs[1 + j] for j, kind in enumerate(kinds) if kind in wanted]
-        sub = keras.Model(monitor.inputs, outputs, name="monitor")
-        return convert_module.int8_model(convert_module.batch_of_one(sub, "edgefp_model"), samples)
+        return int8_tflite(keras.Model(monitor.inputs, outputs, name="monitor"), calib_x, name="edgefp_model")
 
-    classifier = convert_module.int8_model(convert_module.batch_of_one(fingerprint.model_, "classifier"), samples)
+    classifier = int8_tflite(fingerprint.model_, calib_x, name="classifier")
     return {
         "classifier, as converted": classifier,
-        "classifier": convert_module.strip(classifier),
-        "+ max logit": convert_module.strip(evidence(MAX_LOGIT)),
+        "classifier": strip(classifier),
+        "+ max logit": strip(evidence(MAX_LOGIT)),
         "+ autoencoders, as converted": evidence(MAX_LOGIT, AUTOENCODER),
         BUNDLE: bundle_bytes,
     }
@@ -151,23 +149,13 @@ class Runner:
     """One int8 model on one runtime; ``invoke_ns`` holds the time spent in the interpreter's invoke() alone."""
 
     def __init__(self, model_bytes: bytes, runtime: str):
-        self.runtime = runtime
-        self._interp = (
-            LiteRT(model_bytes)._interpreter
-            if runtime == "litert"
-            else TFLiteMicro(model_bytes, tflm_arena_bytes(model_bytes))._interpreter
-        )
-        if runtime == "litert":
-            self._input = self._interp.get_input_details()[0]["index"]
+        self.interpreter = LiteRT(model_bytes) if runtime == "litert" else TFLiteMicro(model_bytes)
         self.invoke_ns = 0
 
     def __call__(self, x: np.ndarray) -> None:
-        if self.runtime == "litert":
-            self._interp.set_tensor(self._input, x[None])
-        else:
-            self._interp.set_input(x[None], 0)
+        self.interpreter.set_input(x)
         start = time.perf_counter_ns()
-        self._interp.invoke()
+        self.interpreter.run()
         self.invoke_ns += time.perf_counter_ns() - start
 
 
@@ -202,7 +190,7 @@ def evaluate(name: str, case: dict, reps: int, warmup: int, timed: int, workdir:
     fingerprint = train(train_set, seed=seed, progress=False)
     run_dir, out = os.path.join(workdir, f"{name}_run"), os.path.join(workdir, f"{name}_bundle")
     fingerprint.save(run_dir)
-    convert_module.convert(run_dir, train_set, out, ood_data=data.Dataset(near, None, f"{name}:near"))
+    convert(run_dir, train_set, out, ood_data=data.Dataset(near, None, f"{name}:near"))
     bundle = Bundle.load(out)
     print(f"{name}: trained and converted in {time.monotonic() - started:.0f} s", file=sys.stderr)
 

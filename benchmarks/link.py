@@ -42,7 +42,7 @@ import numpy as np
 from benchmarks.common import save
 from edgefp import data
 from edgefp.bundle import Bundle
-from edgefp.converter import convert as convert_module
+from edgefp.converter.convert import convert
 from edgefp.firmware_host.device.agent import Agent, Session, serving
 from edgefp.firmware_host.link import client
 from edgefp.firmware_host.link.framing import Frame
@@ -66,12 +66,12 @@ def make_bundle(workdir: str) -> tuple[bytes, np.ndarray, dict]:
     fingerprint = train(train_set, seed=0, progress=False)
     run_dir, out = os.path.join(workdir, "run"), os.path.join(workdir, "digits04")
     fingerprint.save(run_dir)
-    convert_module.convert(run_dir, data.load("digits:train:0-4"), out)
+    convert(run_dir, data.load("digits:train:0-4"), out)
     bundle = Bundle.load(out)
     archive = bundle.archive_bytes()
     samples = bundle.quantize(data.load("digits:test:0-4").x[:SAMPLES])
     made = {
-        "bundle": bundle.manifest["name"],
+        "bundle": bundle.manifest.name,
         "archive_bytes": len(archive),
         "model_bytes": len(bundle.model_bytes),
         "input_shape": list(samples.shape[1:]),

@@ -139,7 +139,7 @@ def evaluate(dataset: data.Dataset, classes, far, seed) -> dict:
     detectors = {"fingerprint_int8": lambda x: bundle.score(x).ood_score}
     for name, baseline in BASELINES.items():
         fitted = baseline().fit(fingerprint.model_, x_fit, y_fit)
-        detectors[name] = lambda x, fitted=fitted: fitted.score_samples(prepare(x))
+        detectors[name] = lambda x, fitted=fitted: fitted.ood_score(prepare(x))
     id_float, holdout = fingerprint.score(held_out.x), fingerprint.score(fingerprint.holdout_x_)
     id_scores = {name: score(held_out.x) for name, score in detectors.items()}
     result = {

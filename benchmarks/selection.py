@@ -26,6 +26,7 @@ of shape-compatible bundles and the number of target samples.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -184,8 +185,8 @@ def fill(repo: Repository, paths: list[str], total: int, scratch: str) -> None:
     for i in range(have, total):
         source = paths[i % len(paths)]
         bundle = Bundle.load(source)
-        name = f"copy{i:03d}_{bundle.manifest['name']}"
-        bundle.manifest["name"] = name
+        name = f"copy{i:03d}_{bundle.manifest.name}"
+        bundle.manifest = dataclasses.replace(bundle.manifest, name=name)
         out = os.path.join(scratch, f"{name}.efp")
         bundle.write(out)
         repo.add(out, {"domain": "copy"})

@@ -86,8 +86,8 @@ def bench_bundle(
             f"runs must be at least 1, warm-ups at least 0 and both together at most {MAX_INVOKES:,}; "
             f"got {runs} and {warmup}"
         )
-    shape, rng = bundle.manifest["input"]["shape"], np.random.default_rng(seed)
-    if bundle.manifest["input"]["dtype"] == "float32":  # a wrapped model with a float input
+    shape, rng = bundle.manifest.input.shape, np.random.default_rng(seed)
+    if bundle.manifest.input.dtype == "float32":  # a wrapped model with a float input
         sample = rng.standard_normal(shape).astype(np.float32)
     else:
         sample = rng.integers(-128, 128, size=shape, dtype=np.int8)
@@ -109,17 +109,17 @@ def bench_bundle(
     target = {
         "kind": "host",
         "runtime": interpreter.name,
-        "bundle": bundle.manifest["name"],
-        "label": f"{bundle.manifest['name']} on {interpreter.name}, {platform.machine()} host",
+        "bundle": bundle.manifest.name,
+        "label": f"{bundle.manifest.name} on {interpreter.name}, {platform.machine()} host",
     }
-    arena = bundle.manifest.get("tflm_arena_bytes") if interpreter.name == "tflm" else None
+    arena = bundle.manifest.tflm_arena_bytes if interpreter.name == "tflm" else None
     return summarize(
         samples,
         target=target,
         warmup=warmup,
         init_ms=init_ms,
         first_inference_us=first,
-        model_bytes=bundle.manifest["flash_bytes"],
+        model_bytes=bundle.manifest.flash_bytes,
         arena_bytes=arena,
     )
 

@@ -2,7 +2,7 @@
 
 Reading is bounded and checked before anything is trusted: an archive is an uncompressed tar whose
 headers are read first (plain file names, no duplicates, no links, sizes within the file); then the
-manifest (at most ``MAX_MANIFEST_BYTES``) is checked by :func:`edgefp.manifest.check`; then only the
+manifest (at most ``MAX_MANIFEST_BYTES``) is checked by :meth:`edgefp.manifest.Manifest.from_json`; then only the
 files it lists, with the sizes it lists, are read. Verification (the manifest's own digest, every
 file's SHA-256) refuses a bundle that does not match, never half-uses it. Scoring turns raw samples
 into the score file of the contract through any runtime of :mod:`edgefp.runtime`. No TensorFlow here.
@@ -10,6 +10,7 @@ into the score file of the contract through any runtime of :mod:`edgefp.runtime`
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -30,8 +31,9 @@ from edgefp.manifest import (
     MAX_FILES,
     SCHEMA,
     SCHEMA_VERSION,
+    Manifest,
     ManifestError,
-    check,
+    Output,
 )
 
 __all__ = ["ARCHIVE_SUFFIX", "MANIFEST", "MODEL", "SCHEMA", "SCHEMA_VERSION", "Bundle", "manifest_digest", "sha256"]
@@ -58,22 +60,23 @@ def sha256(content: bytes) -> str:
     return hashlib.sha256(content).hexdigest()
 
 
-def manifest_digest(manifest: dict) -> str:
+def manifest_digest(manifest: Manifest | dict) -> str:
     """SHA-256 of the manifest's canonical JSON, without its own ``digest`` entry."""
-    body = {key: value for key, value in manifest.items() if key != "digest"}
+    found = manifest.to_json() if isinstance(manifest, Manifest) else manifest
+    body = {key: value for key, value in found.items() if key != "digest"}
     return sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
 
 
-def parse_manifest(content: bytes, where: str) -> dict:
+def parse_manifest(content: bytes, where: str) -> Manifest:
     """Manifest bytes -> the checked manifest, or one clear EdgefpError: strict JSON in UTF-8 (RFC 8259, no
-    byte-order mark), no object repeating a key, and every rule of :func:`edgefp.manifest.check`."""
+    byte-order mark), no object repeating a key, and every rule of :meth:`Manifest.from_json`."""
     try:
         manifest = json.loads(content.decode(), object_pairs_hook=_unique_keys, parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:
         reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).splitlines()[0]
         raise EdgefpError(f"{where}: {MANIFEST} is corrupt ({reason}); re-create the bundle") from None
     try:
-        return check(manifest)
+        return Manifest.from_json(manifest)
     except EdgefpError as exc:
         raise EdgefpError(f"{where}: {exc}; the bundle is corrupt or was modified, convert it again") from None
 
@@ -92,10 +95,11 @@ def _unique_keys(pairs: list) -> dict:
 
 
 class Bundle:
-    """A bundle in memory: ``manifest`` and ``files`` (name -> bytes, the manifest excluded); ``unread``
-    names the entries found but not read (not listed in the manifest, or not of the listed size)."""
+    """A bundle in memory: its :class:`~edgefp.manifest.Manifest` and ``files`` (name -> bytes, the manifest
+    excluded); ``unread`` names the entries found but not read (not listed in the manifest, or not of the
+    listed size)."""
 
-    def __init__(self, manifest: dict, files: dict[str, bytes], source: str = "<memory>", unread=None):
+    def __init__(self, manifest: Manifest, files: dict[str, bytes], source: str = "<memory>", unread=None):
         self.manifest, self.files, self.source = manifest, files, source
         self.unread: dict[str, int] = dict(unread or {})
 
@@ -132,8 +136,8 @@ class Bundle:
         manifest = parse_manifest(_read_entry(handle, entries[MANIFEST]), path)
         if before_files is not None:
             before_files(manifest)
-        listed = manifest["files"]
-        wanted = [name for name in sizes if name in listed and sizes[name] == listed[name]["bytes"]]
+        listed = manifest.files
+        wanted = [name for name in sizes if name in listed and sizes[name] == listed[name].bytes]
         files = {name: _read_entry(handle, entries[name]) for name in wanted}
         unread = {name: size for name, size in sizes.items() if name != MANIFEST and name not in files}
         return cls(manifest, files, path, unread)
@@ -150,23 +154,26 @@ class Bundle:
     def problems(self) -> list[str]:
         """Everything that does not verify, as sentences; empty when the bundle is intact."""
         found = []
-        if self.manifest.get("digest") != manifest_digest(self.manifest):
+        if self.manifest.digest != manifest_digest(self.manifest):
             found.append(f"{MANIFEST} does not match its digest")
-        listed = self.manifest["files"]
+        listed = self.manifest.files
         for name, expected in listed.items():
             content = self.files.get(name)
             if content is None:
                 found.append(f"{name} is missing" if name not in self.unread else f"{name} does not match its size")
-            elif len(content) != expected["bytes"] or sha256(content) != expected["sha256"]:
+            elif len(content) != expected.bytes or sha256(content) != expected.sha256:
                 found.append(f"{name} does not match its SHA-256 in {MANIFEST}")
         found += [f"{name} is not listed in {MANIFEST}" for name in [*self.files, *self.unread] if name not in listed]
         return found
 
     # -------------------------------------------------------------------------------- writing
     def _contents(self) -> dict[str, bytes]:
-        self.manifest["digest"] = manifest_digest(self.manifest)
-        check(self.manifest)
-        return {MANIFEST: json.dumps(self.manifest, indent=1).encode(), **self.files}
+        """The files to write: the manifest with its digest (checked again, as a reader will), and the rest."""
+        digest = manifest_digest(self.manifest)
+        if self.manifest.digest != digest:  # a manifest read intact is written as it was read
+            self.manifest = dataclasses.replace(self.manifest, digest=digest)
+        Manifest.from_json(self.manifest.to_json())
+        return {MANIFEST: json.dumps(self.manifest.to_json(), indent=1).encode(), **self.files}
 
     def archive_bytes(self) -> bytes:
         """The single-file ``.efp`` form: an uncompressed tar of the manifest and the files."""
@@ -195,41 +202,40 @@ class Bundle:
     # -------------------------------------------------------------------------------- running
     @property
     def model_bytes(self) -> bytes:
-        return self.files[self.manifest["model"]]
+        return self.files[self.manifest.model]
 
     @property
     def input_bytes(self) -> int:
         """Bytes of one sample as the model's input takes it (int8; float32 for some wrapped models)."""
-        spec = self.manifest["input"]
-        return int(np.prod(spec["shape"])) * np.dtype(spec.get("dtype", "int8")).itemsize
+        spec = self.manifest.input
+        return math.prod(spec.shape) * np.dtype(spec.dtype).itemsize
 
     @property
     def raw_output_bytes(self) -> int:
         """Bytes of every output of a model wrapped without a fingerprint (0 for other bundles)."""
-        specs = self.manifest["outputs"].get("raw", [])
-        return sum(int(np.prod(spec["shape"])) * np.dtype(spec["dtype"]).itemsize for spec in specs)
+        return sum(math.prod(spec.shape) * np.dtype(spec.dtype).itemsize for spec in self.manifest.outputs.raw)
 
     @property
     def fingerprinted(self) -> bool:
         """False for a model wrapped without a fingerprint (edgefp wrap): no labels, layers or OOD check."""
-        return bool(self.manifest.get("layers"))
+        return self.manifest.fingerprinted
 
     @property
     def threshold(self) -> float:
-        return float(self.manifest["score"]["threshold"])
+        return float(self.manifest.score.threshold)
 
     @property
     def label_values(self) -> np.ndarray:
-        return np.asarray([label["value"] for label in self.manifest["labels"]], dtype=np.int64)
+        return np.asarray([label.value for label in self.manifest.labels], dtype=np.int64)
 
     def interpreter(self, runtime: str = "litert"):
         """An interpreter of the model on ``runtime``, refused with one clear line when the model does not
         have the input and outputs the manifest describes."""
         from edgefp.runtime import open_runtime
 
-        interpreter = open_runtime(self.model_bytes, runtime, arena_bytes=self.manifest["tflm_arena_bytes"])
-        spec, outputs = self.manifest["input"], self.manifest["outputs"]
-        expected = (tuple(spec["shape"]), np.dtype(spec["dtype"]))
+        interpreter = open_runtime(self.model_bytes, runtime, arena_bytes=self.manifest.tflm_arena_bytes)
+        spec, outputs = self.manifest.input, self.manifest.outputs
+        expected = (spec.shape, np.dtype(spec.dtype))
         shape, dtype = interpreter.input_spec
         if (shape, np.dtype(dtype)) != expected:
             raise ManifestError(
@@ -237,49 +243,49 @@ class Bundle:
                 f"{expected[1].name} {expected[0]}; the bundle is corrupt or was modified, convert it again"
             )
         if self.fingerprinted:
-            wanted = [("the probs", outputs["probs"]), *(("a layer error", s) for s in outputs["layer_errors"])]
+            wanted = [("the probs", outputs.probs), *(("a layer error", s) for s in outputs.layer_errors)]
         else:
-            wanted = [("a", output) for output in outputs["raw"]]
+            wanted = [("a", output) for output in outputs.raw]
             if len(wanted) != len(interpreter.output_specs):
                 raise ManifestError(
                     f"{self.source}: the model has {len(interpreter.output_specs)} outputs, the manifest lists "
                     f"{len(wanted)}; the bundle is corrupt or was modified"
                 )
         for where, out in wanted:
-            found = interpreter.output_specs[out["index"]] if out["index"] < len(interpreter.output_specs) else None
-            dtype = np.dtype(out.get("dtype", "int8"))
-            if found is None or math.prod(found[0]) != math.prod(out["shape"]) or np.dtype(found[1]) != dtype:
+            found = interpreter.output_specs[out.index] if out.index < len(interpreter.output_specs) else None
+            dtype = np.dtype(out.dtype)
+            if found is None or math.prod(found[0]) != math.prod(out.shape) or np.dtype(found[1]) != dtype:
                 raise ManifestError(
-                    f"{self.source}: the model's output {out['index']} is not {where} {dtype.name} output of "
-                    f"{math.prod(out['shape'])} values the manifest says; the bundle is corrupt or was modified"
+                    f"{self.source}: the model's output {out.index} is not {where} {dtype.name} output of "
+                    f"{math.prod(out.shape)} values the manifest says; the bundle is corrupt or was modified"
                 )
         return interpreter
 
     def quantize(self, x: np.ndarray, name: str = "data") -> np.ndarray:
         """Raw samples -> the model's int8 input (preprocessing and quantisation in one step). A model
         wrapped without a fingerprint takes its input as it is: checked, never quantised."""
-        spec = self.manifest["input"]
+        spec = self.manifest.input
         if not self.fingerprinted:
-            x, dtype = np.asarray(x), np.dtype(spec.get("dtype", "int8"))
-            if x.dtype != dtype or x.shape[1:] != tuple(spec["shape"]):
+            x, dtype = np.asarray(x), np.dtype(spec.dtype)
+            if x.dtype != dtype or x.shape[1:] != spec.shape:
                 raise EdgefpError(
                     f"{name}: {x.dtype} samples of shape {list(x.shape[1:])}; the model takes {dtype} "
-                    f"of shape {spec['shape']}, as its input tensor holds them"
+                    f"of shape {list(spec.shape)}, as its input tensor holds them"
                 )
             return x
-        x = data.fit_input_shape(np.asarray(x, dtype=np.float32), tuple(spec["shape"]), name)
-        scaled = data.apply_preprocessing(x, spec["preprocessing"]) / np.float32(spec["scale"])
-        return np.clip(np.round(scaled) + spec["zero_point"], -128, 127).astype(np.int8)
+        x = data.fit_input_shape(np.asarray(x, dtype=np.float32), spec.shape, name)
+        scaled = spec.preprocessing.apply(x) / np.float32(spec.scale)
+        return np.clip(np.round(scaled) + spec.zero_point, -128, 127).astype(np.int8)
 
     @property
     def transforms(self) -> list[str]:
-        return [layer["transform"] for layer in self.manifest["layers"]]
+        return [layer.transform for layer in self.manifest.layers]
 
     def dequantize(self, probs_q: np.ndarray, values_q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The int8 outputs of N samples as float (probabilities, evidence)."""
-        outputs = self.manifest["outputs"]
-        values = [_dequantize(values_q[:, j], spec) for j, spec in enumerate(outputs["layer_errors"])]
-        return _dequantize(probs_q, outputs["probs"]), np.stack(values, axis=1)
+        outputs = self.manifest.outputs
+        values = [_dequantize(values_q[:, j], spec) for j, spec in enumerate(outputs.layer_errors)]
+        return _dequantize(probs_q, outputs.probs), np.stack(values, axis=1)
 
     def decide(self, probs_q: np.ndarray, values_q: np.ndarray) -> ood.Scores:
         """The int8 outputs of N samples -> the score file (dequantise, look up, compare)."""
@@ -288,8 +294,8 @@ class Bundle:
         return ood.Scores(
             pred=self.label_values[np.argmax(probs_q, axis=1)],
             probs=probs,
-            ood_score=units / (ood.SCORE_UNIT * len(self.manifest["layers"])),
-            is_ood=units > self.manifest["score"]["threshold_units"],
+            ood_score=units / (ood.SCORE_UNIT * len(self.manifest.layers)),
+            is_ood=units > self.manifest.score.threshold_units,
             layer_errors=values,
         )
 
@@ -299,7 +305,7 @@ class Bundle:
 
     def layer_evidence(self, values_q: np.ndarray) -> np.ndarray:
         """The int8 evidence (N, L) -> each output's part of the score, ``max(z, 0)`` in fixed-point units."""
-        tables = np.asarray([layer["z_table"] for layer in self.manifest["layers"]], dtype=np.int64)
+        tables = np.asarray([layer.z_table for layer in self.manifest.layers], dtype=np.int64)
         index = np.asarray(values_q, dtype=np.int64).reshape(-1, len(tables)) + 128
         return tables[np.arange(len(tables)), index]
 
@@ -309,14 +315,14 @@ class Bundle:
 
     def split_outputs(self, result: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """One invoke's outputs (model order, no batch axis) -> the int8 probs (C,) and evidence (L,)."""
-        outputs = self.manifest["outputs"]
-        values = [np.asarray(result[spec["index"]]).reshape(-1)[0] for spec in outputs["layer_errors"]]
-        return np.asarray(result[outputs["probs"]["index"]], dtype=np.int8), np.asarray(values, dtype=np.int8)
+        outputs = self.manifest.outputs
+        values = [np.asarray(result[spec.index]).reshape(-1)[0] for spec in outputs.layer_errors]
+        return np.asarray(result[outputs.probs.index], dtype=np.int8), np.asarray(values, dtype=np.int8)
 
     def invoke_all(self, interpreter, x_q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Run every quantised sample through an interpreter; return the int8 probs (N, C) and evidence (N, L)."""
-        probs = np.empty((len(x_q), len(self.manifest["labels"])), dtype=np.int8)
-        values = np.empty((len(x_q), len(self.manifest["layers"])), dtype=np.int8)
+        probs = np.empty((len(x_q), len(self.manifest.labels)), dtype=np.int8)
+        values = np.empty((len(x_q), len(self.manifest.layers)), dtype=np.int8)
         with step(f"running the int8 model on {RUNTIME_NAMES.get(interpreter.name, interpreter.name)}"):
             for i, sample in enumerate(x_q):
                 probs[i], values[i] = self.split_outputs(interpreter.invoke(sample))
@@ -334,8 +340,8 @@ class Bundle:
         return self.decide(*self.invoke_all(interpreter, self.quantize(x)))
 
 
-def _dequantize(values: np.ndarray, spec: dict) -> np.ndarray:
-    return ((np.asarray(values, dtype=np.float32) - spec["zero_point"]) * np.float32(spec["scale"])).astype(np.float32)
+def _dequantize(values: np.ndarray, spec: Output) -> np.ndarray:
+    return ((np.asarray(values, dtype=np.float32) - spec.zero_point) * np.float32(spec.scale)).astype(np.float32)
 
 
 def _directory_entries(path: str) -> dict[str, tuple[str, int]]:

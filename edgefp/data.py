@@ -22,10 +22,14 @@ import os
 import re
 import zipfile
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgefp.errors import EdgefpError
+
+if TYPE_CHECKING:  # the manifest reads this module's preprocessing
+    from edgefp.manifest import Input
 
 SPLITS = ("train", "test")
 DIGITS_TEST_FRACTION = 0.25
@@ -314,12 +318,12 @@ def undo_preprocessing(x: np.ndarray, preprocessing: dict) -> np.ndarray:
     return (x * std + mean).astype(np.float32)
 
 
-def dequantize_input(x_q: np.ndarray, input_spec: dict) -> np.ndarray:
+def dequantize_input(x_q: np.ndarray, input_spec: Input) -> np.ndarray:
     """Int8 model inputs -> the model's float inputs (still preprocessed)."""
-    return (np.asarray(x_q, dtype=np.float32) - np.float32(input_spec["zero_point"])) * np.float32(input_spec["scale"])
+    return (np.asarray(x_q, dtype=np.float32) - np.float32(input_spec.zero_point)) * np.float32(input_spec.scale)
 
 
-def to_raw(x_q: np.ndarray, input_spec: dict) -> np.ndarray:
+def to_raw(x_q: np.ndarray, input_spec: Input) -> np.ndarray:
     """Int8 model inputs -> raw samples: dequantise, then undo the preprocessing (the inverse of
     :meth:`edgefp.bundle.Bundle.quantize`, up to rounding and clipping)."""
-    return undo_preprocessing(dequantize_input(x_q, input_spec), input_spec["preprocessing"])
+    return input_spec.preprocessing.undo(dequantize_input(x_q, input_spec))

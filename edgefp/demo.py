@@ -69,7 +69,7 @@ def run_demo(out: str, *, seed: int = 0, progress=None) -> dict:
         "bundle": bundle_dir,
         "report": page,
         "seed": seed,
-        "parity": manifest["parity"],
+        "parity": manifest.parity,
         "tflm_latency_us": timing["latency_us"]["p50"],
         "device": device,
         "rows": rows,

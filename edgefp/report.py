@@ -15,6 +15,7 @@ from edgefp import metrics, ood
 from edgefp.data import Dataset
 from edgefp.errors import EdgefpError
 from edgefp.fsutil import atomic_directory, check_directory_output
+from edgefp.manifest import Manifest
 from edgefp.ood import QUANTILE_LEVELS
 
 EVIDENCE_TITLES = {"autoencoder": "autoencoder", "max_logit": "largest logit"}
@@ -90,7 +91,7 @@ def _write_pages(out_dir: str, bundle, sets: list, bench: list[dict], board: dic
         add("budget.png", _budget_figure(rows, board), title, note, _budget_table(rows))
     page = (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>edgefp report: '
-        f"{html.escape(manifest['name'])}</title><style>{CSS}</style></head><body>\n"
+        f"{html.escape(manifest.name)}</title><style>{CSS}</style></head><body>\n"
         + "\n".join(body)
         + "\n</body></html>\n"
     )
@@ -110,23 +111,22 @@ def _table(head: list[str], rows: list[list]) -> str:
     return "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + f"</tr>{lines}</table>"
 
 
-def _header(manifest: dict, runtime: str) -> str:
-    score, names = manifest["score"], ", ".join(str(label["name"]) for label in manifest["labels"])
-    outputs = ", ".join(f"{tuple(spec['shape'])} {spec['dtype']}" for spec in manifest["outputs"].get("raw", []))
+def _header(manifest: Manifest, runtime: str) -> str:
+    score, names = manifest.score, ", ".join(label.name for label in manifest.labels)
+    outputs = ", ".join(f"{spec.shape} {spec.dtype}" for spec in manifest.outputs.raw)
     lines = [
-        f"input {tuple(manifest['input']['shape'])} {manifest['input']['dtype']} · {len(manifest['labels'])} "
-        f"classes: {names}"
+        f"input {manifest.input.shape} {manifest.input.dtype} · {len(manifest.labels)} classes: {names}"
         if score
-        else f"input {tuple(manifest['input']['shape'])} {manifest['input']['dtype']} · outputs {outputs}",
-        f"OOD threshold {score['threshold']:.3f} at target false-positive rate {score['target_fpr']:.1%} · "
-        f"{len(manifest['layers'])} fingerprinted layers · scored with {runtime}"
+        else f"input {manifest.input.shape} {manifest.input.dtype} · outputs {outputs}",
+        f"OOD threshold {score.threshold:.3f} at target false-positive rate {score.target_fpr:.1%} · "
+        f"{len(manifest.layers)} fingerprinted layers · scored with {runtime}"
         if score
-        else f"no fingerprint (wrapped from {manifest['source'].get('wrapped')}): no OOD check · run with {runtime}",
-        f"model {manifest['flash_bytes']:,} B · TFLite Micro arena {manifest.get('tflm_arena_bytes') or 0:,} B · "
-        f"edgefp {manifest.get('edgefp_version', '?')} · created {manifest.get('created', '?')}",
+        else f"no fingerprint (wrapped from {manifest.wrapped_from}): no OOD check · run with {runtime}",
+        f"model {manifest.flash_bytes:,} B · TFLite Micro arena {manifest.tflm_arena_bytes:,} B · "
+        f"edgefp {manifest.edgefp_version or '?'} · created {manifest.created or '?'}",
     ]
     meta = "<br>".join(html.escape(line) for line in lines)
-    return f'<h1>{html.escape(manifest["name"])}</h1><p class="meta">{meta}</p>'
+    return f'<h1>{html.escape(manifest.name)}</h1><p class="meta">{meta}</p>'
 
 
 def _summary(bundle, sets: list) -> str:
@@ -172,10 +172,13 @@ def _bench_table(bench: list[dict]) -> str:
     return _table(head.split("|"), rows)
 
 
-def _budget_rows(manifest: dict, board: dict) -> list[tuple[str, int, int]]:
-    """(what, used, available) for the model in flash and the TFLM arena in RAM, where both numbers are known."""
-    pairs = [("model in flash", "flash_bytes", "flash_bytes"), ("TFLM arena in RAM", "tflm_arena_bytes", "ram_bytes")]
-    return [(what, int(manifest[m]), int(board[b])) for what, m, b in pairs if manifest.get(m) and board.get(b)]
+def _budget_rows(manifest: Manifest, board: dict) -> list[tuple[str, int, int]]:
+    """(what, used, available) for the model in flash and the TFLM arena in RAM, where the board gives both."""
+    pairs = [
+        ("model in flash", manifest.flash_bytes, "flash_bytes"),
+        ("TFLM arena in RAM", manifest.tflm_arena_bytes, "ram_bytes"),
+    ]
+    return [(what, used, int(board[b])) for what, used, b in pairs if used and board.get(b)]
 
 
 def _budget_table(rows: list) -> str:
@@ -230,7 +233,7 @@ def _mark(ax, x: float, text: str) -> None:
 def _fingerprint_figure(bundle, sets: list):
     import matplotlib.pyplot as plt
 
-    layers, score = bundle.manifest["layers"], bundle.manifest["score"]
+    layers, score = bundle.manifest.layers, bundle.manifest.score
     ncols = min(3, len(layers) + 1)
     nrows = -(-(len(layers) + 1) // ncols)
     fig, axes = plt.subplots(
@@ -238,25 +241,25 @@ def _fingerprint_figure(bundle, sets: list):
     )
     axes = axes.ravel()
     for j, layer in enumerate(layers):
-        ax, reference = axes[j], np.asarray(layer["holdout_quantiles"], dtype=np.float64)
-        log = layer["transform"] == "log"
+        ax, reference = axes[j], np.asarray(layer.holdout_quantiles, dtype=np.float64)
+        log = layer.transform == "log"
         every = np.concatenate([reference, *(s.layer_errors[:, j] for _, s in sets)])
         floor = (every[every > 0].min() / 2 if (every > 0).any() else 1e-4) if log else -np.inf
         _steps(ax, np.maximum(reference, floor), QUANTILE_LEVELS, color="k", lw=2.2, label="fingerprint (held-out)")
         for i, (ds, s) in enumerate(sets):
             _ecdf(ax, np.maximum(s.layer_errors[:, j], floor), color=f"C{i}", lw=1.3, label=ds.name)
-        alarm = ood.inverse_transform(layer["z_mean"] + score["threshold"] * layer["z_std"], layer["transform"])
+        alarm = ood.inverse_transform(layer.z_mean + score.threshold * layer.z_std, layer.transform)
         _mark(ax, alarm, f"alarm {alarm:.3g}")
         ax.set(
             xscale="log" if log else "linear",
-            title=f"{layer['name']}: {EVIDENCE_TITLES[layer['kind']]}",
-            xlabel=EVIDENCE_UNITS[layer["kind"]],
+            title=f"{layer.name}: {EVIDENCE_TITLES[layer.kind]}",
+            xlabel=EVIDENCE_UNITS[layer.kind],
         )
     ax = axes[len(layers)]
-    _steps(ax, score["holdout_quantiles"], QUANTILE_LEVELS, color="k", lw=2.2)
+    _steps(ax, score.holdout_quantiles, QUANTILE_LEVELS, color="k", lw=2.2)
     for i, (_, s) in enumerate(sets):
         _ecdf(ax, s.ood_score, color=f"C{i}", lw=1.3)
-    _mark(ax, score["threshold"], f"threshold {score['threshold']:.2f}")
+    _mark(ax, score.threshold, f"threshold {score.threshold:.2f}")
     ax.set(title="combined OOD score", xlabel="score (mean of positive z)")
     for k, ax in enumerate(axes):
         ax.set(ylim=(0, 1.02), ylabel="share of samples ≤ x" if k % ncols == 0 else None)
@@ -313,7 +316,7 @@ def _confusion(bundle, data: Dataset, scores) -> np.ndarray | None:
 def _confusion_figure(bundle, matrix: np.ndarray):
     import matplotlib.pyplot as plt
 
-    names = [str(label["name"]) for label in bundle.manifest["labels"]]
+    names = [label.name for label in bundle.manifest.labels]
     size = min(10.0, 2.6 + 0.45 * len(names))
     fig, ax = plt.subplots(figsize=(size + 1, size), layout="constrained")
     fig.colorbar(ax.imshow(matrix, cmap="Blues"), ax=ax, shrink=0.8, label="samples")

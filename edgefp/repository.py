@@ -118,12 +118,12 @@ def _entry_from_bundle(bundle: Bundle, name: str, digest: str, path: str, size: 
         name=name,
         sha256=digest,
         path=path,
-        created=manifest.get("created"),
+        created=manifest.created,
         added=added,
-        input_shape=tuple(int(n) for n in manifest["input"]["shape"]),
-        labels=[str(label.get("name", label["value"])) for label in manifest["labels"]],
-        layers=len(manifest["layers"]),
-        target_fpr=manifest.get("score", {}).get("target_fpr"),
+        input_shape=manifest.input.shape,
+        labels=[label.name for label in manifest.labels],
+        layers=len(manifest.layers),
+        target_fpr=manifest.score.target_fpr if manifest.score else None,
         bytes=size,
         tags=dict(tags),
     )
@@ -264,7 +264,7 @@ class Repository:
         bundle = Bundle.load(source)
         if not bundle.fingerprinted:
             raise EdgefpError(f"{source}: a bundle without a fingerprint cannot be selected; add one of edgefp convert")
-        name = name or bundle.manifest.get("name")
+        name = name or bundle.manifest.name
         if not name or not NAME_RE.fullmatch(name):
             raise EdgefpError(f"'{name}' is not a valid bundle name (use a-z, 0-9 and '_'); give {option('name')}")
         for key in tags or {}:
@@ -376,7 +376,7 @@ class Repository:
                 if meta is None:
                     skipped.append(f"{file_name}: no readable tags file; indexed under the bundle's own name, no tags")
                     meta = {}
-                name = meta.get("name") or bundle.manifest.get("name")
+                name = meta.get("name") or bundle.manifest.name
                 if name in names:
                     raise EdgefpError(f"{path}: a second bundle named '{name}'")
                 entry = _entry_from_bundle(

@@ -103,18 +103,18 @@ def match(bundle, x: np.ndarray, name: str = "", tags: dict | None = None, runti
     """Score target samples ``x`` with ``bundle`` and compare them with its fingerprint."""
     scores = bundle.score(x, runtime)
     manifest = bundle.manifest
-    n, n_layers = len(x), len(manifest["layers"])
-    m = int(manifest["score"].get("n_holdout") or 101)
+    n, n_layers = len(x), len(manifest.layers)
+    m = int(manifest.score.n_holdout or 101)
     distances = [
-        ks_distance(scores.layer_errors[:, j], layer["holdout_quantiles"]) for j, layer in enumerate(manifest["layers"])
+        ks_distance(scores.layer_errors[:, j], layer.holdout_quantiles) for j, layer in enumerate(manifest.layers)
     ]
     critical = ks_critical(n, m, n_layers)
-    fpr = float(manifest["score"]["target_fpr"])
+    fpr = float(manifest.score.target_fpr)
     tolerance = ood_tolerance(n, fpr, m)
     flagged = int(np.sum(scores.is_ood))
     score = max(distances) / critical
     return Match(
-        name=name or manifest.get("name", ""),
+        name=name or manifest.name,
         match_score=float(score),
         layer_ks=[round(d, 4) for d in distances],
         ks_critical=float(critical),

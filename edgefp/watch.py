@@ -76,8 +76,8 @@ def decide(device, repo: Repository, samples: list[dict], *, where: dict | None 
     """Selection on pulled OOD samples (int8 inputs of the active bundle); flash the winner when it
     is not active yet. Returns the decision (without timestamp, device and rate)."""
     spec = client.manifest(device)
-    x = to_raw(np.stack([sample["x"] for sample in samples]), spec["input"])
-    event = {"active": spec["name"], "samples": len(samples), "candidates": [], "skipped": []}
+    x = to_raw(np.stack([sample["x"] for sample in samples]), spec.input)
+    event = {"active": spec.name, "samples": len(samples), "candidates": [], "skipped": []}
     try:
         report = selection.select(repo, x, where=where)
     except EdgefpError as exc:

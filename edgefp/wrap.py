@@ -18,17 +18,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgefp import __version__
-from edgefp.bundle import MODEL, RUNTIME_NAMES, SCHEMA, SCHEMA_VERSION, Bundle, sha256
+from edgefp.bundle import MODEL, RUNTIME_NAMES, Bundle, sha256
 from edgefp.data import Dataset, parse_spec
 from edgefp.errors import EdgefpError, option
 from edgefp.fsutil import check_file_output, write_file_atomic
 from edgefp.isolation import step
+from edgefp.manifest import FileEntry, Input, Manifest, Output
+from edgefp.manifest import Outputs as OutputSpecs
 from edgefp.ood import is_score_file
 
 DTYPES = {"int8": np.int8, "float32": np.float32, "int32": np.int32}
 
 
-def wrap(model_path: str, out: str, *, name: str | None = None, force: bool = False) -> dict:
+def wrap(model_path: str, out: str, *, name: str | None = None, force: bool = False) -> Manifest:
     """Write ``model_path`` (a TFLite flatbuffer) as a bundle at ``out``; return its manifest."""
     from edgefp.runtime import LiteRT, TFLiteMicro, tflm_arena_bytes
 
@@ -45,37 +47,36 @@ def wrap(model_path: str, out: str, *, name: str | None = None, force: bool = Fa
     if len(inputs) != 1:
         raise EdgefpError(f"{model_path}: the model takes {len(inputs)} inputs; a bundle takes one (an INFER's tensor)")
     spec = _tensor(inputs[0], model_path, "input")
-    if spec["dtype"] == "int32":
+    if spec.dtype == "int32":
         raise EdgefpError(f"{model_path}: the model's input is int32; a bundle takes int8 or float32 inputs")
     try:
         TFLiteMicro(model)
         arena = tflm_arena_bytes(model)
     except EdgefpError as refused:
         raise EdgefpError(f"{model_path}: TFLite Micro cannot run the model ({refused})") from None
-    manifest = {
-        "schema": SCHEMA,
-        "version": SCHEMA_VERSION,
-        "name": name or _name(out),
-        "edgefp_version": __version__,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "source": {"model_sha256": sha256(model), "wrapped": os.path.basename(model_path)},
-        "model": MODEL,
-        "input": {**spec, "preprocessing": {"type": "none"}},
-        "outputs": {"raw": [{"index": i, **_tensor(d, model_path, "output")} for i, d in enumerate(outputs)]},
-        "labels": [],
-        "layers": [],
-        "score": None,
-        "ops": interpreter.ops(),
-        "tflm_arena_bytes": arena,
-        "flash_bytes": len(model),
-        "files": {MODEL: {"sha256": sha256(model), "bytes": len(model)}},
-    }
-    if not re.fullmatch(r"[a-z0-9_]{1,32}", manifest["name"]):
+    manifest = Manifest(
+        name=name or _name(out),
+        edgefp_version=__version__,
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        source={"model_sha256": sha256(model), "wrapped": os.path.basename(model_path)},
+        model=MODEL,
+        input=Input(spec.shape, spec.dtype, spec.scale, spec.zero_point),
+        outputs=OutputSpecs(raw=tuple(_tensor(d, model_path, "output", i) for i, d in enumerate(outputs))),
+        labels=(),
+        layers=(),
+        score=None,
+        ops=tuple(interpreter.ops()),
+        tflm_arena_bytes=arena,
+        flash_bytes=len(model),
+        files={MODEL: FileEntry(sha256(model), len(model))},
+    )
+    if not re.fullmatch(r"[a-z0-9_]{1,32}", manifest.name):
         raise EdgefpError(
-            f"bundle name '{manifest['name']}' must be 1-32 characters of a-z, 0-9 and _; give {option('name')}"
+            f"bundle name '{manifest.name}' must be 1-32 characters of a-z, 0-9 and _; give {option('name')}"
         )
-    Bundle(manifest, {MODEL: model}).write(out, force=force)
-    return manifest
+    bundle = Bundle(manifest, {MODEL: model})
+    bundle.write(out, force=force)
+    return bundle.manifest
 
 
 def _name(out: str) -> str:
@@ -84,7 +85,7 @@ def _name(out: str) -> str:
     return re.sub(r"[^a-z0-9_]", "_", base.lower())[:32] or "model"
 
 
-def _tensor(detail: dict, model_path: str, what: str) -> dict:
+def _tensor(detail: dict, model_path: str, what: str, index: int = 0) -> Output:
     """One input or output: shape of one sample (the batch axis of 1 dropped), dtype, quantisation."""
     shape, dtype = [int(v) for v in detail["shape"]], np.dtype(detail["dtype"]).name
     if dtype not in DTYPES:
@@ -92,7 +93,7 @@ def _tensor(detail: dict, model_path: str, what: str) -> dict:
     if not shape or shape[0] != 1:
         raise EdgefpError(f"{model_path}: the model's {what} has shape {shape}; a bundle needs a batch axis of 1")
     scale, zero_point = detail.get("quantization", (0.0, 0))
-    return {"shape": shape[1:], "dtype": dtype, "scale": float(scale), "zero_point": int(zero_point)}
+    return Output(index, tuple(shape[1:]), float(scale), int(zero_point), dtype)
 
 
 @dataclass
@@ -141,10 +142,10 @@ def load_inputs(spec: str, bundle: Bundle) -> Dataset:
     """Data for a bundle without a fingerprint: ``FILE.npz[:train|test]`` holding ``x`` (and ``y``) as
     the model's input tensor takes it, one sample per row."""
     source, split, classes = parse_spec(spec)
-    shape, dtype = tuple(bundle.manifest["input"]["shape"]), bundle.manifest["input"]["dtype"]
+    shape, dtype = bundle.manifest.input.shape, bundle.manifest.input.dtype
     hint = f"give an .npz whose x holds {dtype} samples of shape {list(shape)}, as the model's input takes them"
     if classes is not None or not source.endswith(".npz"):
-        raise EdgefpError(f"{spec}: the bundle '{bundle.manifest['name']}' has no fingerprint; {hint}")
+        raise EdgefpError(f"{spec}: the bundle '{bundle.manifest.name}' has no fingerprint; {hint}")
     key, ykey = (f"x_{split}", f"y_{split}") if split else ("x", "y")
     try:
         with np.load(source, allow_pickle=False) as npz:

@@ -18,9 +18,7 @@ def test_bench_bundle_follows_the_schema(digits_bundle):
     assert 0 < latency["min"] <= latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
     assert latency["mean"] == pytest.approx(np.mean(result["samples_us"]))
     assert result["throughput_per_s"] == pytest.approx(1e6 / latency["mean"])
-    assert (
-        result["arena_bytes"] == Bundle.load(out).manifest["tflm_arena_bytes"] and result["target"]["runtime"] == "tflm"
-    )
+    assert result["arena_bytes"] == Bundle.load(out).manifest.tflm_arena_bytes and result["target"]["runtime"] == "tflm"
 
 
 def test_compare_gives_ratios_and_direction():

@@ -50,7 +50,7 @@ def tar(members: list[tuple], fmt=tarfile.PAX_FORMAT) -> bytes:
 
 def with_manifest(bundle: Bundle, change) -> bytes:
     """The bundle's archive after ``change(manifest)``, its digest computed again as bundle.py does."""
-    manifest = json.loads(json.dumps(bundle.manifest))
+    manifest = bundle.manifest.to_json()
     change(manifest)
     return edited_archive(manifest, bundle.files)
 
@@ -93,10 +93,10 @@ def link(name: str, kind=tarfile.SYMTYPE) -> tarfile.TarInfo:
 
 def crafted(bundle: Bundle) -> dict[str, tuple[bytes, str]]:
     """case -> (archive bytes, what the refusal says)."""
-    manifest = json.dumps(bundle.manifest).encode()
+    manifest = json.dumps(bundle.manifest.to_json()).encode()
     model = bundle.model_bytes
     good = bundle.archive_bytes()
-    huge_manifest = {**bundle.manifest, "padding": "x" * (5 << 20)}
+    huge_manifest = {**bundle.manifest.to_json(), "padding": "x" * (5 << 20)}
     long_name = tarfile.TarInfo("a" * 120)
     long_name.size = 1
 
@@ -232,7 +232,7 @@ def wrapped(tmp_path_factory):
 
 def wrapped_cases(bundle: Bundle) -> dict[str, tuple[bytes, str]]:
     """case -> (archive bytes, what the refusal says) for a bundle without a fingerprint."""
-    raw = bundle.manifest["outputs"]["raw"]
+    raw = bundle.manifest.to_json()["outputs"]["raw"]
     standardized = {"type": "standardize", "mean": [0.0], "std": [1.0]}
     return {
         "no layers": (edited(bundle, "layers", KeyError), "layers must be a list"),
@@ -268,13 +268,13 @@ def test_crafted_wrapped_bundles_are_refused_alike_by_the_host_and_the_devices(w
         with start() as running, client.open_device(running if isinstance(running, str) else running.url) as device:
             client.flash(device, with_labels)
             client.flash(device, bundle.archive_bytes())
-            sample, raw = np.zeros(1, np.int8), bundle.manifest["outputs"]["raw"]
+            sample, raw = np.zeros(1, np.int8), bundle.manifest.outputs.raw
             expected = [output.tolist() for output in client.infer_outputs(device, sample, raw)[0]]
             for case, (content, _) in wrapped_cases(bundle).items():
                 with pytest.raises(DeviceError, match="INVALID_BUNDLE") as refused:
                     upload(device, content)
                 assert str(refused.value).count("\n") == 0, (kind, case)
-            assert client.hello(device).active.name == bundle.manifest["name"], kind
+            assert client.hello(device).active.name == bundle.manifest.name, kind
             assert [output.tolist() for output in client.infer_outputs(device, sample, raw)[0]] == expected, kind
 
 
@@ -284,7 +284,7 @@ def gzip_bomb(bundle, tmp_path_factory):
     path = tmp_path_factory.mktemp("bomb") / "bomb.efp"
     compressor = zlib.compressobj(1, zlib.DEFLATED, 31)
     with open(path, "wb") as out:
-        out.write(compressor.compress(tar([("manifest.json", json.dumps(bundle.manifest).encode())])[:-1024]))
+        out.write(compressor.compress(tar([("manifest.json", json.dumps(bundle.manifest.to_json()).encode())])[:-1024]))
         out.write(compressor.compress(header_claiming("model.tflite", GIB // 2)))
         block = bytes(1 << 24)
         for _ in range(GIB // 2 // len(block)):

@@ -52,8 +52,8 @@ def test_full_report_is_self_contained(bundle, tmp_path):
             assert handle.read(8) == PNG_SIGNATURE
     assert "http://" not in page and "https://" not in page and "<script" not in page
     assert "&lt;script&gt;" in page and "host &lt;litert&gt;" in page
-    assert bundle.manifest["name"] in page and "AUROC" in page
-    assert f"{bundle.manifest['flash_bytes'] / BOARD['flash_bytes']:.1%}" in page
+    assert bundle.manifest.name in page and "AUROC" in page
+    assert f"{bundle.manifest.flash_bytes / BOARD['flash_bytes']:.1%}" in page
     assert "does not fit" not in page
 
 

@@ -1,5 +1,6 @@
 """The model repository: add (verified, created when missing), list/filter, remove, reindex, bad input."""
 
+import dataclasses
 import json
 import os
 
@@ -15,7 +16,7 @@ from edgefp.repository import Repository, default_root, parse_pairs
 def renamed(bundle_dir, name, out):
     """A valid copy of a bundle under another manifest name (a distinct archive, as a second model)."""
     bundle = Bundle.load(bundle_dir)
-    bundle.manifest["name"] = name
+    bundle.manifest = dataclasses.replace(bundle.manifest, name=name)
     return bundle.write(str(out))
 
 

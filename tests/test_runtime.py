@@ -40,13 +40,13 @@ def fresh_bounds():
 
 def test_the_arena_is_the_smallest_tflite_micro_runs_the_model_in(model, digits_bundle, fresh_bounds):
     need = runtime.tflm_arena_bytes(model)
-    assert need == digits_bundle[0]["tflm_arena_bytes"] and need % 16 == 0
+    assert need == digits_bundle[0].tflm_arena_bytes and need % 16 == 0
     with runtime._ArenaProbe(model) as probe:
         assert probe.fits(need) and probe.recorded < need  # TFLite Micro's own record leaves something out
         assert not probe.fits(need - 16)
     interpreter = runtime.TFLiteMicro(model, need)
     x_q = Bundle.load(digits_bundle[1]).quantize(np.zeros((1, 8, 8, 1), np.float32))[0]
-    assert len(interpreter.invoke(x_q)) == 1 + len(digits_bundle[0]["layers"])
+    assert len(interpreter.invoke(x_q)) == 1 + len(digits_bundle[0].layers)
 
 
 def test_arenas_too_small_crash_tflite_micro_only_in_a_child(model, fresh_bounds, tmp_path):
@@ -82,9 +82,9 @@ def bad_arenas(digits_bundle, tmp_path_factory):
     """The digits bundle with its manifest's tflm_arena_bytes replaced (and the digest made to match)."""
     root, bundle = tmp_path_factory.mktemp("arenas"), Bundle.load(digits_bundle[1])
     out = {}
-    for value in (0, 16, 256, bundle.manifest["tflm_arena_bytes"] - 16, 2**40, "4096", True):
+    for value in (0, 16, 256, bundle.manifest.tflm_arena_bytes - 16, 2**40, "4096", True):
         path = root / f"arena{len(out)}.efp"
-        path.write_bytes(edited_archive({**bundle.manifest, "tflm_arena_bytes": value}, bundle.files))
+        path.write_bytes(edited_archive({**bundle.manifest.to_json(), "tflm_arena_bytes": value}, bundle.files))
         out[repr(value)] = str(path)
     return out
 

@@ -46,7 +46,7 @@ def _feed(agent, bundle, x):
 def test_to_raw_inverts_quantize(digits_bundle):
     bundle = Bundle.load(digits_bundle[1])
     x = data.load("digits:test:0-4").x[:20]
-    back = to_raw(bundle.quantize(x), bundle.manifest["input"])
+    back = to_raw(bundle.quantize(x), bundle.manifest.input)
     np.testing.assert_array_equal(bundle.quantize(back), bundle.quantize(x))
 
 
@@ -60,7 +60,7 @@ def test_drift_deploys_the_inverted_model(repo, device, tmp_path):
     _feed(agent, bundle, shifts.apply(test04[rng.choice(len(test04), 60, replace=False)], "invert"))
     made = watch(dev, repo, ood_rate=0.3, window=50, events_path=events, polls=3, sleep=lambda s: None)
     assert [event["decision"] for event in made] == [DEPLOYED] and made[0]["model"] == "digits04_inverted"
-    assert agent.bundle.manifest["name"] == "digits04_inverted"
+    assert agent.bundle.manifest.name == "digits04_inverted"
     logged = [json.loads(line) for line in open(events)]
     assert logged == made
     event = logged[0]
@@ -77,7 +77,7 @@ def test_noise_raises_a_human_review_alert(repo, device, tmp_path):
     made = watch(dev, repo, ood_rate=0.3, window=50, events_path=events, polls=3, sleep=lambda s: None)
     assert [event["decision"] for event in made] == [NO_MATCH] and "model" not in made[0]
     assert [json.loads(line) for line in open(events)] == made
-    assert agent.bundle.manifest["name"] == bundle.manifest["name"]  # nothing flashed
+    assert agent.bundle.manifest.name == bundle.manifest.name  # nothing flashed
     assert len(made[0]["candidates"]) == 2 and not any(c["fits"] for c in made[0]["candidates"])
 
 
@@ -94,7 +94,7 @@ def test_drift_on_the_c_firmware_deploys_the_inverted_model(repo, digits_bundle)
             client.infer(dev, sample)
         made = watch(dev, repo, ood_rate=0.3, window=50, polls=3, sleep=lambda s: None)
         assert [event["decision"] for event in made] == [DEPLOYED] and made[0]["model"] == "digits04_inverted"
-        assert made[0]["samples"] == 16 and client.manifest(dev)["name"] == "digits04_inverted"
+        assert made[0]["samples"] == 16 and client.manifest(dev).name == "digits04_inverted"
 
 
 @pytest.mark.skipif(not can_emulate(), reason="needs arm-none-eabi-gcc and qemu-system-arm")

@@ -45,7 +45,7 @@ def wrapped(tmp_path_factory):
         archive = str(root / f"{name}.efp")
         report = json.loads(edgefp("wrap", os.path.join(MODELS, f"{name}.tflite"), "--out", archive, "--json").stdout)
         assert report["name"] == name[:32] and report["tflm_arena_bytes"] > 0
-        shape = Bundle.load(archive).manifest["input"]["shape"]
+        shape = list(Bundle.load(archive).manifest.input.shape)
         x = np.random.default_rng(i).integers(-128, 128, size=(12, *shape), dtype=np.int8)
         x[:3] = np.stack([np.full(shape, v, np.int8) for v in (-128, 0, 127)])
         np.savez(root / f"{name}.npz", x=x)
@@ -192,7 +192,7 @@ def test_native_firmware_serves_every_peer_model_that_fits_its_storage(wrapped, 
             assert got["output"].tobytes() == host["output"].tobytes(), name
             np.testing.assert_array_equal(got["pred"], host["pred"])
             with client.open_device(device.url) as open_device:
-                assert client.hello(open_device).active.name == bundle.manifest["name"]
+                assert client.hello(open_device).active.name == bundle.manifest.name
         bench = json.loads(edgefp("bench", "--port", device.url, "-n", "3", "--warmup", "0", "--json").stdout)
         assert bench["runs"] == 3 and bench["latency_us"]["mean"] > 0
 

@@ -115,7 +115,7 @@ def infer(port, data, out, key_file, force, as_json):
         report = scores.summary(dataset.y)
         report.update(data=data, port=port, out=out, device_latency_us=float(latencies.mean()))
         return emit(report, as_json, output_lines(report, f"{data} on {port}"))
-    labels = [label["value"] for label in spec.manifest["labels"]]
+    labels = [label.value for label in spec.manifest.labels]
     report = scores.summary(dataset.y, labels)
     report.update(data=data, port=port, out=out, device_latency_us=float(latencies.mean()))
     lines = score_lines(report, f"{data} on {port}", f"{latencies.mean():.0f} us per inference on the device")

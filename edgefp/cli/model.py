@@ -183,12 +183,12 @@ def convert(run, calib, out, name, ood_spec, force, as_json):
         raise EdgefpError(f"--name '{name}' must be 1 to 64 of a-z, 0-9 and '_' (a C identifier)")
     ood_data = load(ood_spec) if ood_spec else None
     manifest = convert_run(run, load_all(calib), out, name=name, ood_data=ood_data, force=force)
-    parity = manifest["parity"]
-    report = {key: manifest[key] for key in ("name", "flash_bytes", "tflm_arena_bytes", "ops", "parity")}
-    report.update(bundle=out, threshold=manifest["score"]["threshold"])
+    parity, fields = manifest.parity, manifest.to_json()
+    report = {key: fields[key] for key in ("name", "flash_bytes", "tflm_arena_bytes", "ops", "parity")}
+    report.update(bundle=out, threshold=manifest.score.threshold)
     lines = [
-        f"wrote {out} ({manifest['name']}): model {manifest['flash_bytes']} bytes, "
-        f"TFLite Micro arena {manifest['tflm_arena_bytes']} bytes",
+        f"wrote {out} ({manifest.name}): model {manifest.flash_bytes} bytes, "
+        f"TFLite Micro arena {manifest.tflm_arena_bytes} bytes",
         f"  {'':28} {'float':>8} {'int8':>8}",
     ]
     rows = [("accuracy", "accuracy"), ("flagged OOD, held-out ID", "id_flagged")]
@@ -218,13 +218,14 @@ def wrap(model, out, name, force, as_json):
     from edgefp.wrap import wrap as wrap_model
 
     manifest = wrap_model(model, out, name=name, force=force)
-    report = {key: manifest[key] for key in ("name", "input", "outputs", "ops", "flash_bytes", "tflm_arena_bytes")}
+    fields = manifest.to_json()
+    report = {key: fields[key] for key in ("name", "input", "outputs", "ops", "flash_bytes", "tflm_arena_bytes")}
     report["bundle"] = out
-    outputs = ", ".join(f"{spec['dtype']}{spec['shape']}" for spec in manifest["outputs"]["raw"])
+    outputs = ", ".join(f"{spec.dtype}{list(spec.shape)}" for spec in manifest.outputs.raw)
     lines = [
-        f"wrote {out} ({manifest['name']}): {manifest['input']['dtype']}{manifest['input']['shape']} -> {outputs}",
-        f"  model {manifest['flash_bytes']} bytes, TFLite Micro arena {manifest['tflm_arena_bytes']} bytes",
-        f"  ops {', '.join(manifest['ops'])}",
+        f"wrote {out} ({manifest.name}): {manifest.input.dtype}{list(manifest.input.shape)} -> {outputs}",
+        f"  model {manifest.flash_bytes} bytes, TFLite Micro arena {manifest.tflm_arena_bytes} bytes",
+        f"  ops {', '.join(manifest.ops)}",
     ]
     emit(report, as_json, lines)
 
@@ -240,36 +241,36 @@ def inspect(bundle, as_json):
 
     read = Bundle.read(bundle)
     manifest, problems = read.manifest, read.problems()
-    report = {key: manifest.get(key) for key in ("name", "flash_bytes", "tflm_arena_bytes", "ops", "files")}
+    fields = manifest.to_json()
+    report = {key: fields[key] for key in ("name", "flash_bytes", "tflm_arena_bytes", "ops", "files")}
     engine_arena, engine_line = _engine_arena(read, problems)
     report.update(
         engine_arena_bytes=engine_arena,
-        input=manifest["input"]["shape"],
-        labels=[label["name"] for label in manifest["labels"]],
-        layers=[{k: layer[k] for k in ("name", "kind", "features", "z_mean", "z_std")} for layer in manifest["layers"]],
-        threshold=manifest["score"]["threshold"] if read.fingerprinted else None,
-        target_fpr=manifest["score"]["target_fpr"] if read.fingerprinted else None,
+        input=list(manifest.input.shape),
+        labels=[label.name for label in manifest.labels],
+        layers=[
+            {k: getattr(layer, k) for k in ("name", "kind", "features", "z_mean", "z_std")} for layer in manifest.layers
+        ],
+        threshold=manifest.score.threshold if read.fingerprinted else None,
+        target_fpr=manifest.score.target_fpr if read.fingerprinted else None,
         verified=not problems,
         problems=problems,
     )
-    dtype = manifest["input"].get("dtype", "int8")
+    dtype = manifest.input.dtype
     lines = [
-        f"{bundle}: bundle '{manifest['name']}' (edgefp {manifest.get('edgefp_version')}, {manifest.get('created')})",
+        f"{bundle}: bundle '{manifest.name}' (edgefp {manifest.edgefp_version}, {manifest.created})",
         f"  input {report['input']} {dtype}, classes {', '.join(report['labels'])}"
         if read.fingerprinted
         else f"  input {report['input']} {dtype}, outputs "
-        + ", ".join(f"{spec['shape']} {spec['dtype']}" for spec in manifest["outputs"]["raw"]),
-        f"  model {manifest['flash_bytes']} bytes, TFLite Micro arena {manifest['tflm_arena_bytes']} bytes, "
-        f"{engine_line}",
-        f"  ops {', '.join(manifest['ops'])}",
+        + ", ".join(f"{list(spec.shape)} {spec.dtype}" for spec in manifest.outputs.raw),
+        f"  model {manifest.flash_bytes} bytes, TFLite Micro arena {manifest.tflm_arena_bytes} bytes, {engine_line}",
+        f"  ops {', '.join(manifest.ops)}",
         f"  OOD threshold {report['threshold']:.3f} at {100 * report['target_fpr']:.0f}% false positives; evidence:"
         if read.fingerprinted
-        else f"  no fingerprint (wrapped from {manifest['source'].get('wrapped')}): no OOD check",
+        else f"  no fingerprint (wrapped from {manifest.wrapped_from}): no OOD check",
     ]
     lines += [f"    {layer['name']}: {layer['kind']} ({layer['features']} features)" for layer in report["layers"]]
-    lines += [
-        f"  {name}: sha256 {entry['sha256']}, {entry['bytes']} bytes" for name, entry in manifest["files"].items()
-    ]
+    lines += [f"  {name}: sha256 {entry.sha256}, {entry.bytes} bytes" for name, entry in manifest.files.items()]
     lines.append("  files verify: yes" if not problems else f"  files verify: NO: {'; '.join(problems)}")
     emit(report, as_json, lines)
     if problems:
@@ -424,9 +425,7 @@ def report(bundle, data, ood_specs, bench_files, board, runtime, out, force, as_
     )
     lines = [f"wrote {page}"]
     problems = (
-        []
-        if target is None
-        else fit_problems(target, loaded.manifest["flash_bytes"], loaded.manifest["tflm_arena_bytes"])
+        [] if target is None else fit_problems(target, loaded.manifest.flash_bytes, loaded.manifest.tflm_arena_bytes)
     )
     if target is not None:
         lines.append(f"  {target.name}: " + ("; ".join(problems) if problems else "the bundle fits"))

@@ -3,6 +3,7 @@ the fingerprint recalibrated on the int8 model's own outputs, and a parity repor
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import re
@@ -11,11 +12,11 @@ import warnings
 import numpy as np
 
 from edgefp import __version__, data, metrics, ood, shifts
-from edgefp.bundle import ARCHIVE_SUFFIX, MODEL, SCHEMA, SCHEMA_VERSION, Bundle, check_output, sha256
+from edgefp.bundle import ARCHIVE_SUFFIX, MODEL, Bundle, check_output, sha256
 from edgefp.errors import EdgefpError
 from edgefp.fsutil import check_directory_output
 from edgefp.isolation import step
-from edgefp.manifest import MAX_NAME
+from edgefp.manifest import MAX_NAME, FileEntry, Input, Label, Layer, Manifest, Output, Outputs, Preprocessing, Score
 from edgefp.runtime import LiteRT, TFLiteMicro, captured_output, litert_module, tflm_arena_bytes
 from edgefp.trainer.fingerprint import MAX_LOGIT, NeuralFingerprint, read_fingerprint_json, sha256_file
 
@@ -59,7 +60,14 @@ def check_convertible(model) -> None:
             )
 
 
-def int8_model(model, samples: np.ndarray) -> bytes:
+def int8_tflite(model, calib: np.ndarray, *, name: str = "model", seed: int = 0) -> bytes:
+    """A one-input Keras model as ``convert`` converts the bundle's graph before it sets the evidence ranges
+    and strips it (:func:`strip`): batch size 1, the int8 ranges of the preprocessed ``calib`` samples and
+    of noisy copies of a fifth of them. For comparing a model with its bundle's."""
+    return _int8_model(_batch_of_one(model, name), shifts.range_samples(calib, seed))
+
+
+def _int8_model(model, samples: np.ndarray) -> bytes:
     """Full-integer int8 TFLite of a one-input Keras model at batch size 1, calibrated on ``samples``."""
     import tensorflow as tf
 
@@ -82,7 +90,7 @@ def int8_model(model, samples: np.ndarray) -> bytes:
             raise EdgefpError(f"TensorFlow Lite could not convert the model to int8: {detail[0].strip()}") from None
 
 
-def batch_of_one(model, name: str):
+def _batch_of_one(model, name: str):
     """``model`` called on a batch-size-1 input, as the converter needs it."""
     import keras
 
@@ -102,14 +110,14 @@ def strip(model_bytes: bytes) -> bytes:
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
-def quantize(fingerprint: NeuralFingerprint, calib: np.ndarray, seed: int = 0) -> tuple[bytes, dict, tuple]:
+def quantize(fingerprint: NeuralFingerprint, calib: np.ndarray, seed: int = 0) -> tuple[bytes, Outputs, tuple]:
     """The fingerprint's fused graph as an int8 TFLite model at batch size 1 (``calib`` preprocessed), with
     the int8 ranges described above and everything no runtime reads stripped; also the output specs and
     the input's (scale, zero point)."""
-    fused = batch_of_one(fingerprint.monitor_, "edgefp_model")
-    model_bytes = int8_model(fused, shifts.range_samples(calib, seed))
+    fused = _batch_of_one(fingerprint.monitor_, "edgefp_model")
+    model_bytes = _int8_model(fused, shifts.range_samples(calib, seed))
     sample = calib[np.random.default_rng(seed).permutation(len(calib))[: shifts.RANGE_SAMPLES]]
-    in_distribution = int8_model(fused, sample)
+    in_distribution = _int8_model(fused, sample)
     outputs, input_quantization = _io_specs(model_bytes)
     model_bytes = _set_evidence_ranges(model_bytes, in_distribution, fingerprint, outputs)
     return strip(model_bytes), _io_specs(model_bytes)[0], input_quantization
@@ -134,7 +142,7 @@ def _error_tops(fingerprint: NeuralFingerprint) -> list[tuple[float, float] | No
     return tops
 
 
-def _set_evidence_ranges(model_bytes: bytes, in_distribution: bytes, fingerprint, outputs: dict) -> bytes:
+def _set_evidence_ranges(model_bytes: bytes, in_distribution: bytes, fingerprint, outputs: Outputs) -> bytes:
     """Set the int8 ranges of the tensors the evidence computes from ``in_distribution`` (the same graph
     calibrated on in-distribution samples alone) with headroom, and those of the error outputs from
     held-out data (the kernels requantise to whatever scales the tensors carry; pass-through operators
@@ -150,7 +158,7 @@ def _set_evidence_ranges(model_bytes: bytes, in_distribution: bytes, fingerprint
     if [list(t.shape) for t in reference] != [list(t.shape) for t in graph.tensors]:
         raise EdgefpError("TensorFlow Lite converted the model into two different graphs; convert it again")
     producer = {out: op for op in graph.operators for out in op.outputs}
-    classifier, stack = set(), [graph.outputs[outputs["probs"]["index"]]]
+    classifier, stack = set(), [graph.outputs[outputs.probs.index]]
     while stack:  # every tensor the class probabilities depend on
         tensor = stack.pop()
         if tensor not in classifier:
@@ -164,7 +172,7 @@ def _set_evidence_ranges(model_bytes: bytes, in_distribution: bytes, fingerprint
         max(model.operatorCodes[op.opcodeIndex].builtinCode, model.operatorCodes[op.opcodeIndex].deprecatedBuiltinCode)
         for op in graph.operators
     ]
-    top = producer[graph.outputs[outputs["probs"]["index"]]]
+    top = producer[graph.outputs[outputs.probs.index]]
     if kinds[graph.operators.index(top)] == ops.SOFTMAX:  # the logits: the max logit's precision, from the samples
         graph.tensors[top.inputs[0]].quantization = reference[top.inputs[0]].quantization
     for op, kind in zip(graph.operators, kinds):
@@ -177,9 +185,9 @@ def _set_evidence_ranges(model_bytes: bytes, in_distribution: bytes, fingerprint
         low, high = _range(reference[out].quantization)
         centre, half = (low + high) / 2, EVIDENCE_HEADROOM * (high - low) / 2
         _set_range(graph.tensors[out], centre - half, centre + half)
-    for spec, tops in zip(outputs["layer_errors"], _error_tops(fingerprint)):
+    for spec, tops in zip(outputs.layer_errors, _error_tops(fingerprint)):
         if tops is not None:
-            value = graph.outputs[spec["index"]]
+            value = graph.outputs[spec.index]
             _set_range(graph.tensors[producer[value].inputs[0]], 0.0, tops[0])
             _set_range(graph.tensors[value], 0.0, tops[1])
     weighted = {ops.FULLY_CONNECTED, ops.CONV_2D, ops.DEPTHWISE_CONV_2D}
@@ -218,7 +226,7 @@ def _set_range(tensor, low: float, high: float) -> None:
     tensor.quantization = quantization
 
 
-def _io_specs(model_bytes: bytes) -> tuple[dict, tuple[float, int]]:
+def _io_specs(model_bytes: bytes) -> tuple[Outputs, tuple[float, int]]:
     """Index, shape and quantisation of the probs and evidence outputs, and the input's (scale, zero point).
     The outputs are found through the model's signature (which keeps the Keras output order) when it
     has one, else in the order the model lists them."""
@@ -233,23 +241,19 @@ def _io_specs(model_bytes: bytes) -> tuple[dict, tuple[float, int]]:
         keras_order = order
     by_index = {detail["index"]: detail for detail in details}
 
-    def spec(tensor: int) -> dict:
+    def spec(tensor: int) -> Output:
         detail = by_index[tensor]
         scale, zero_point = detail["quantization"]
-        return {
-            "index": order.index(tensor),
-            "shape": [int(n) for n in detail["shape"][1:]],
-            "scale": float(scale),
-            "zero_point": int(zero_point),
-        }
+        return Output(order.index(tensor), tuple(int(n) for n in detail["shape"][1:]), float(scale), int(zero_point))
 
-    specs = {"probs": spec(keras_order[0]), "layer_errors": [spec(t) for t in keras_order[1:]]}
+    specs = Outputs(probs=spec(keras_order[0]), layer_errors=tuple(spec(t) for t in keras_order[1:]))
     input_detail = interpreter.get_input_details()[0]
     return specs, input_detail["quantization"]
 
 
-def convert(run_dir: str, calib: data.Dataset, out: str, *, name=None, ood_data=None, force=False) -> dict:
-    """Convert a RUN into a bundle at ``out`` (directory, or ``.efp`` archive); return the parity report."""
+def convert(run_dir: str, calib: data.Dataset, out: str, *, name=None, ood_data=None, force=False) -> Manifest:
+    """Convert a RUN into a bundle at ``out`` (directory, or ``.efp`` archive); return its manifest (the
+    parity report in ``parity``)."""
     if out.endswith(ARCHIVE_SUFFIX):  # refused now rather than after the conversion
         check_output(out, force=force)
     else:
@@ -262,77 +266,77 @@ def convert(run_dir: str, calib: data.Dataset, out: str, *, name=None, ood_data=
     model_bytes, outputs, (input_scale, input_zero_point) = quantize(fingerprint, calib_x)
     TFLiteMicro(model_bytes)  # refuses, naming the operator, a model a microcontroller could not run
     meta = read_fingerprint_json(run_dir)
-    manifest = {
-        "schema": SCHEMA,
-        "version": SCHEMA_VERSION,
-        "name": name or bundle_name(out),
-        "edgefp_version": __version__,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "source": {
+    pre = fingerprint.preprocessing_
+    standardize = pre["type"] == "standardize"
+    manifest = Manifest(
+        name=name or bundle_name(out),
+        edgefp_version=__version__,
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        source={
             "fingerprint_sha256": sha256_file(os.path.join(run_dir, "fingerprint.json")),
             "classifier_sha256": meta["classifier"]["sha256"],
         },
-        "model": MODEL,
-        "input": {
-            "shape": list(fingerprint.model_.inputs[0].shape[1:]),
-            "dtype": "int8",
-            "scale": float(input_scale),
-            "zero_point": int(input_zero_point),
-            "preprocessing": fingerprint.preprocessing_,
-        },
-        "outputs": outputs,
-        "labels": fingerprint.labels_,
-        "layers": [
-            {
-                "name": layer.name,
-                "kind": layer.kind,
-                "transform": layer.transform,
-                "weight": layer.weight,
-                "features": layer.features,
-            }
+        model=MODEL,
+        input=Input(
+            shape=tuple(int(n) for n in fingerprint.model_.inputs[0].shape[1:]),
+            dtype="int8",
+            scale=float(input_scale),
+            zero_point=int(input_zero_point),
+            preprocessing=Preprocessing("standardize", tuple(pre["mean"]), tuple(pre["std"]))
+            if standardize
+            else Preprocessing(),
+        ),
+        outputs=outputs,
+        labels=tuple(Label(label["value"], label["name"], label.get("index")) for label in fingerprint.labels_),
+        layers=tuple(
+            Layer(layer.name, layer.kind, layer.transform, layer.weight, layer.features)
             for layer in fingerprint.layers_
-        ],
-        "score": {"combine": ood.COMBINE, "eps": ood.EPS, "target_fpr": fingerprint.fpr},
-        "ops": LiteRT(model_bytes).ops(),
-        "tflm_arena_bytes": tflm_arena_bytes(model_bytes),
-        "flash_bytes": len(model_bytes),
-        "files": {MODEL: {"sha256": sha256(model_bytes), "bytes": len(model_bytes)}},
-    }
+        ),
+        score=Score(combine=ood.COMBINE, eps=ood.EPS, target_fpr=fingerprint.fpr),
+        ops=tuple(LiteRT(model_bytes).ops()),
+        tflm_arena_bytes=tflm_arena_bytes(model_bytes),
+        flash_bytes=len(model_bytes),
+        files={MODEL: FileEntry(sha256(model_bytes), len(model_bytes))},
+    )
     bundle = Bundle(manifest, {MODEL: model_bytes})
     recalibrate(bundle, fingerprint.holdout_x_, fingerprint.fpr)
-    manifest["parity"] = parity(fingerprint, bundle, calib, ood_data)
+    bundle.manifest = dataclasses.replace(bundle.manifest, parity=parity(fingerprint, bundle, calib, ood_data))
     bundle.write(out, force=force)
-    return manifest
+    return bundle.manifest
 
 
 def recalibrate(bundle: Bundle, holdout_x: np.ndarray, fpr: float) -> None:
     """Evidence statistics, score tables and threshold from the int8 model's own outputs on held-out data."""
     probs_q, values_q = bundle.invoke_all(LiteRT(bundle.model_bytes), bundle.quantize(holdout_x))
     _, values = bundle.dequantize(probs_q, values_q)
-    layers = bundle.manifest["layers"]
-    calibration = ood.calibrate(values, fpr, bundle.transforms, [layer["weight"] for layer in layers])
-    outputs = bundle.manifest["outputs"]["layer_errors"]
-    for j, layer in enumerate(layers):
+    layers = bundle.manifest.layers
+    calibration = ood.calibrate(values, fpr, bundle.transforms, [layer.weight for layer in layers])
+    calibrated = []
+    for j, (layer, output) in enumerate(zip(layers, bundle.manifest.outputs.layer_errors)):
         z_mean, z_std = float(calibration.z_mean[j]), float(calibration.z_std[j])
-        table = ood.z_table(
-            outputs[j]["scale"],
-            outputs[j]["zero_point"],
-            z_mean,
-            z_std,
-            layer["transform"],
-            layer["weight"] * len(layers),
+        table = ood.z_table(output.scale, output.zero_point, z_mean, z_std, layer.transform, layer.weight * len(layers))
+        calibrated.append(
+            dataclasses.replace(
+                layer,
+                z_mean=z_mean,
+                z_std=z_std,
+                holdout_quantiles=tuple(calibration.value_quantiles[j]),
+                z_table=tuple(table),
+            )
         )
-        layer.update(z_mean=z_mean, z_std=z_std, holdout_quantiles=calibration.value_quantiles[j], z_table=table)
+    bundle.manifest = dataclasses.replace(bundle.manifest, layers=tuple(calibrated))
     units = bundle.score_units(values_q)
     threshold_units = int(np.quantile(units, 1.0 - fpr, method="higher"))
-    scale = ood.SCORE_UNIT * len(bundle.manifest["layers"])
-    bundle.manifest["score"].update(
+    scale = ood.SCORE_UNIT * len(layers)
+    score = dataclasses.replace(
+        bundle.manifest.score,
         unit=ood.SCORE_UNIT,
         threshold_units=threshold_units,
         threshold=threshold_units / scale,
-        holdout_quantiles=ood.quantiles(units / scale),
+        holdout_quantiles=tuple(ood.quantiles(units / scale)),
         n_holdout=len(holdout_x),
     )
+    bundle.manifest = dataclasses.replace(bundle.manifest, score=score)
 
 
 def parity(fingerprint, bundle: Bundle, calib: data.Dataset, ood_data) -> dict:
@@ -371,7 +375,7 @@ def runtime_agreement(bundle: Bundle, x: np.ndarray) -> dict:
     """How often LiteRT and TFLite Micro give identical int8 outputs, and the largest difference."""
     x_q = bundle.quantize(x)
     litert = bundle.invoke_all(LiteRT(bundle.model_bytes), x_q)
-    micro = bundle.invoke_all(TFLiteMicro(bundle.model_bytes, bundle.manifest["tflm_arena_bytes"]), x_q)
+    micro = bundle.invoke_all(TFLiteMicro(bundle.model_bytes, bundle.manifest.tflm_arena_bytes), x_q)
     same = np.ones(len(x_q), dtype=bool)
     largest = 0
     for a, b in zip(litert, micro):

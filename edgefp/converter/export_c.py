@@ -15,36 +15,34 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import re
 import struct
 
 from edgefp.errors import EdgefpError
 from edgefp.fsutil import atomic_directory
-from edgefp.ood import COMBINE
+from edgefp.manifest import Manifest
 
 ARENA_MARGIN = 0.25  # recommended arena = measured * (1 + margin), rounded up to 16 bytes
 BYTES_PER_LINE = 12
 
 
-def export_c(manifest: dict, model_bytes: bytes, out_dir: str, *, force: bool = False) -> list[str]:
+def export_c(manifest: Manifest, model_bytes: bytes, out_dir: str, *, force: bool = False) -> list[str]:
     """Write model_data.h, model_data.cc and <name>_ood_config.h (none for a bundle without a fingerprint)
-    as the directory ``out_dir``; return their paths.
+    as the directory ``out_dir``; return their paths. ``manifest`` is a checked one (its name a C
+    identifier's part, its fields complete).
 
     Files are rendered in full and the directory is written all at once, so a failure leaves nothing
     behind; an existing ``out_dir`` is replaced only with ``force``, and only when it holds C sources
     edgefp exported.
     """
-    name = manifest.get("name")
-    if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9_]+", name):
-        raise EdgefpError(f"bundle name {name!r} is not C identifier-safe: use only a-z, 0-9 and _")
+    name = manifest.name
     if not model_bytes:
         raise EdgefpError("the bundle's model is empty; nothing to export")
     try:
         files = {"model_data.h": _model_header(name), "model_data.cc": _model_source(name, model_bytes)}
-        if manifest.get("layers"):  # a wrapped model has no OOD check to configure
+        if manifest.fingerprinted:  # a wrapped model has no OOD check to configure
             files[f"{name}_ood_config.h"] = _config_header(manifest, model_bytes)
-    except (KeyError, IndexError, TypeError, ValueError) as exc:
-        raise EdgefpError(f"bundle manifest cannot be exported to C: missing or bad field ({exc})") from exc
+    except ValueError as exc:
+        raise EdgefpError(f"bundle manifest cannot be exported to C: {exc}") from exc
     with atomic_directory(out_dir, "C sources directory", force=force) as tmp:
         for fname, text in files.items():
             with open(os.path.join(tmp, fname), "w", encoding="ascii", newline="\n") as handle:
@@ -76,34 +74,23 @@ def _model_source(name: str, model_bytes: bytes) -> str:
     )
 
 
-def _config_header(m: dict, model_bytes: bytes) -> str:
-    name = m["name"]
+def _config_header(m: Manifest, model_bytes: bytes) -> str:
+    """The on-device OOD config of a fingerprinted bundle (int8 input, one probs and L evidence outputs)."""
+    name = m.name
     p, n = f"EDGEFP_{name.upper()}_", f"edgefp_{name}_"  # macro and identifier prefixes
-    shape = [int(d) for d in m["input"]["shape"]]
+    shape = list(m.input.shape)
     channels, elements = shape[-1], math.prod(shape)
-    if m["input"]["dtype"] != "int8":
-        raise ValueError(f"input dtype {m['input']['dtype']!r}, expected 'int8'")
-    scale, zero_point = float(m["input"]["scale"]), int(m["input"]["zero_point"])
-    pre = m["input"]["preprocessing"]
-    if pre["type"] == "standardize":
-        mean, std = [float(v) for v in pre["mean"]], [float(v) for v in pre["std"]]
-        if len(mean) != channels or len(std) != channels:
-            raise ValueError(f"preprocessing has {len(mean)} means and {len(std)} stds for {channels} channels")
-    elif pre["type"] == "none":
-        mean, std = [0.0] * channels, [1.0] * channels
+    scale, zero_point, pre = float(m.input.scale), m.input.zero_point, m.input.preprocessing
+    if pre.type == "standardize":
+        mean, std = [float(v) for v in pre.mean], [float(v) for v in pre.std]
     else:
-        raise ValueError(f"unknown preprocessing type {pre['type']!r}")
+        mean, std = [0.0] * channels, [1.0] * channels
     a = [1.0 / (s * scale) for s in std]
     b = [zero_point - mu / (s * scale) for mu, s in zip(mean, std)]
 
-    labels, layers = m["labels"], m["layers"]
-    probs, errors = m["outputs"]["probs"], m["outputs"]["layer_errors"]
-    if math.prod(probs["shape"]) != len(labels) or len(errors) != len(layers):
-        raise ValueError("outputs.probs/layer_errors do not match the numbers of labels/layers")
-    score = m["score"]
-    if score["combine"] != COMBINE:
-        raise ValueError(f"score.combine {score['combine']!r}, expected {COMBINE!r}")
-    arena = int(m["tflm_arena_bytes"])
+    labels, layers, score = m.labels, m.layers, m.score
+    probs, errors = m.outputs.probs, m.outputs.layer_errors
+    arena = m.tflm_arena_bytes
     recommended = -(-math.ceil(arena * (1 + ARENA_MARGIN)) // 16) * 16
     guard = f"{p}OOD_CONFIG_H_"
     lines = [
@@ -125,7 +112,7 @@ def _config_header(m: dict, model_bytes: bytes) -> str:
         f"#define {p}INPUT_SCALE {_f32(scale)}",
         f"#define {p}INPUT_ZERO_POINT {zero_point}",
         f"static const int {n}input_shape[{p}INPUT_RANK] = {{{', '.join(map(str, shape))}}};",
-        f"/* Preprocessing ({pre['type']}) folded into the quantisation: for element i of channel c = i % CHANNELS,",
+        f"/* Preprocessing ({pre.type}) folded into the quantisation: for element i of channel c = i % CHANNELS,",
         " * q = clamp(round(x * input_a[c] + input_b[c]), -128, 127), with a_c = 1 / (std_c * scale) and",
         " * b_c = zero_point - mean_c / (std_c * scale). */",
         f"static const float {n}input_a[{p}INPUT_CHANNELS] = {{{_floats(a)}}};",
@@ -133,29 +120,29 @@ def _config_header(m: dict, model_bytes: bytes) -> str:
         "",
         "/* Output probs: class probabilities, int8; the predicted label is label_values[argmax]. */",
         f"#define {p}NUM_CLASSES {len(labels)}",
-        f"#define {p}PROBS_INDEX {int(probs['index'])}",
-        f"#define {p}PROBS_SCALE {_f32(probs['scale'])}",
-        f"#define {p}PROBS_ZERO_POINT {int(probs['zero_point'])}",
-        f"static const int {n}label_values[{p}NUM_CLASSES] = {{{', '.join(str(int(x['value'])) for x in labels)}}};",
+        f"#define {p}PROBS_INDEX {probs.index}",
+        f"#define {p}PROBS_SCALE {_f32(probs.scale)}",
+        f"#define {p}PROBS_ZERO_POINT {probs.zero_point}",
+        f"static const int {n}label_values[{p}NUM_CLASSES] = {{{_ints(label.value for label in labels)}}};",
         f"static const char *const {n}label_names[{p}NUM_CLASSES] = {{"
-        + ", ".join(_c_string(str(x["name"])) for x in labels)
+        + ", ".join(_c_string(label.name) for label in labels)
         + "};",
         "",
         "/* Evidence, one int8 output each (model output index, scale, zero point), in the manifest's layers order:",
         " * autoencoder reconstruction errors, then the largest logit. */",
         f"#define {p}NUM_LAYERS {len(layers)}",
-        f"static const int {n}layer_error_index[{p}NUM_LAYERS] = {{{_ints(e['index'] for e in errors)}}};",
-        f"static const float {n}layer_error_scale[{p}NUM_LAYERS] = {{{_floats(e['scale'] for e in errors)}}};",
-        f"static const int {n}layer_error_zero_point[{p}NUM_LAYERS] = {{{_ints(e['zero_point'] for e in errors)}}};",
+        f"static const int {n}layer_error_index[{p}NUM_LAYERS] = {{{_ints(e.index for e in errors)}}};",
+        f"static const float {n}layer_error_scale[{p}NUM_LAYERS] = {{{_floats(e.scale for e in errors)}}};",
+        f"static const int {n}layer_error_zero_point[{p}NUM_LAYERS] = {{{_ints(e.zero_point for e in errors)}}};",
         "",
         "/* OOD score (docs/bundle.md): z_table[l][q + 128] is max(z, 0) of int8 value q of evidence l in units of",
         " * 1/SCORE_UNIT; the sample is OOD when the sum over evidence exceeds THRESHOLD_UNITS, calibrated so that",
         " * about TARGET_FPR of in-distribution samples are flagged. Integer arithmetic: the host agrees exactly. */",
-        f"#define {p}SCORE_UNIT {score['unit']}",
-        f"#define {p}THRESHOLD_UNITS {score['threshold_units']}",
-        f"#define {p}TARGET_FPR {_f32(score['target_fpr'])}",
+        f"#define {p}SCORE_UNIT {score.unit}",
+        f"#define {p}THRESHOLD_UNITS {score.threshold_units}",
+        f"#define {p}TARGET_FPR {_f32(score.target_fpr)}",
         f"static const int32_t {n}z_table[{p}NUM_LAYERS][256] = {{",
-        *(f"    {{{_ints(layer['z_table'])}}}," for layer in layers),
+        *(f"    {{{_ints(layer.z_table)}}}," for layer in layers),
         "};",
         "",
         "/* TFLite Micro tensor arena. TFLM_ARENA_BYTES was measured on the host, a 64-bit build whose pointers and",

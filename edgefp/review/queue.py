@@ -18,6 +18,7 @@ import numpy as np
 
 from edgefp import data
 from edgefp.errors import EdgefpError
+from edgefp.manifest import Manifest
 from edgefp.ood import SCORE_UNIT
 
 NEIGHBOURS = 3
@@ -35,7 +36,7 @@ class Reference:
 class Queue:
     """The samples of ``path`` to review, in order, and everything shown beside them."""
 
-    def __init__(self, path: str, *, bundle=None, manifest: dict | None = None, reference=None, everything=False):
+    def __init__(self, path: str, *, bundle=None, manifest: Manifest | None = None, reference=None, everything=False):
         dataset = data.load(path)
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
@@ -62,9 +63,9 @@ class Queue:
         self.pred = np.asarray(arrays["pred"], np.int64) if "pred" in arrays else None
         self.evidence = np.asarray(arrays["evidence"], np.float64) if "evidence" in arrays else None
         if manifest is not None:
-            self.classes = [{"value": int(label["value"]), "name": str(label["name"])} for label in manifest["labels"]]
-            self.layers = [layer["name"] for layer in manifest["layers"]]
-            self.threshold = float(manifest["score"]["threshold"])
+            self.classes = [{"value": label.value, "name": label.name} for label in manifest.labels]
+            self.layers = [layer.name for layer in manifest.layers]
+            self.threshold = float(manifest.score.threshold)
         else:
             values, names = arrays.get("model_label_values", []), arrays.get("model_label_names", [])
             self.classes = [{"value": int(v), "name": str(name)} for v, name in zip(values, names)]

@@ -1,7 +1,9 @@
 """Standard OOD baselines on the same classifier, for comparison with the fingerprint score.
 
-Each follows the estimator contract: ``fit`` returns ``self``, ``score_samples`` gives one score per
-sample, higher = more out-of-distribution. Inputs are preprocessed samples, as the classifier takes them.
+Each has ``fit`` returning ``self`` and ``ood_score`` giving one score per sample, higher = more
+out-of-distribution, as :meth:`edgefp.trainer.NeuralFingerprint.ood_score` (scikit-learn's
+``score_samples`` is the opposite: higher = more normal). Inputs are preprocessed samples, as the
+classifier takes them.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ class _LogitBaseline:
 class MaxSoftmax(_LogitBaseline):
     """One minus the largest class probability (Hendrycks & Gimpel, 2017)."""
 
-    def score_samples(self, x) -> np.ndarray:
+    def ood_score(self, x) -> np.ndarray:
         logits = self._logits(x)
         return 1.0 - np.exp(logits.max(axis=1) - _logsumexp(logits))
 
@@ -38,7 +40,7 @@ class MaxSoftmax(_LogitBaseline):
 class Energy(_LogitBaseline):
     """Negative log-sum-exp of the logits, the free energy (Liu et al., 2020)."""
 
-    def score_samples(self, x) -> np.ndarray:
+    def ood_score(self, x) -> np.ndarray:
         return -_logsumexp(self._logits(x))
 
 
@@ -87,7 +89,7 @@ class Mahalanobis(_FeatureBaseline):
         self.precision_ = _precision(features - self.means_[index])
         return self
 
-    def score_samples(self, x) -> np.ndarray:
+    def ood_score(self, x) -> np.ndarray:
         return _squared_distances(self._features(x)[0], self.means_, self.precision_).min(axis=1)
 
 
@@ -102,7 +104,7 @@ class RelativeMahalanobis(Mahalanobis):
         self.background_precision_ = _precision(features - self.background_mean_)
         return self
 
-    def score_samples(self, x) -> np.ndarray:
+    def ood_score(self, x) -> np.ndarray:
         features = self._features(x)[0]
         background = _squared_distances(features, self.background_mean_[None], self.background_precision_)[:, 0]
         return _squared_distances(features, self.means_, self.precision_).min(axis=1) - background
@@ -121,7 +123,7 @@ class KNN(_FeatureBaseline):
         self.k_ = int(min(len(features), self.k or max(1, round(len(features) / 1000))))
         return self
 
-    def score_samples(self, x) -> np.ndarray:
+    def ood_score(self, x) -> np.ndarray:
         features = _normalised(self._features(x)[0])
         distances = np.sqrt(np.maximum(2.0 - 2.0 * features @ self.bank_.T, 0.0))
         return np.partition(distances, self.k_ - 1, axis=1)[:, self.k_ - 1]

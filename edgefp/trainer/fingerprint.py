@@ -140,6 +140,8 @@ class NeuralFingerprint:
 
     >>> fp = NeuralFingerprint(fpr=0.05).fit(model, x_train)
     >>> scores = fp.score(x_new)          # pred, probs, ood_score, is_ood, layer_errors
+    >>> fp.ood_score(x_new)               # higher = more out-of-distribution
+    >>> fp.predict(x_new)                 # +1 inlier, -1 outlier, as scikit-learn's outlier detectors
     >>> fp.save("run/"); fp = NeuralFingerprint.load("run/")
 
     Parameters: ``layers`` watched by autoencoders (default: every layer with a kernel below the
@@ -393,9 +395,27 @@ class NeuralFingerprint:
             layer_errors=values,
         )
 
-    def score_samples(self, x) -> np.ndarray:
-        """OOD score per sample (higher = more out-of-distribution), as in scikit-learn/PyOD."""
+    def ood_score(self, x) -> np.ndarray:
+        """The kit's OOD score per raw sample: higher = more out-of-distribution (the score files' ``ood_score``)."""
         return self.score(x).ood_score
+
+    # scikit-learn's outlier-detector conventions (as IsolationForest): higher = more normal, 0 at the threshold
+    @property
+    def offset_(self) -> float:
+        """The threshold in :meth:`score_samples` terms: ``decision_function = score_samples - offset_``."""
+        return -float(self.threshold_)
+
+    def score_samples(self, x) -> np.ndarray:
+        """Normality per raw sample, as scikit-learn's ``score_samples``: higher = more normal (``-ood_score``)."""
+        return -self.ood_score(x)
+
+    def decision_function(self, x) -> np.ndarray:
+        """``score_samples(x) - offset_``: negative for the samples the fingerprint flags out of distribution."""
+        return self.score_samples(x) - self.offset_
+
+    def predict(self, x) -> np.ndarray:
+        """+1 for an inlier, -1 for an outlier (a sample flagged out of distribution), as scikit-learn's."""
+        return np.where(self.decision_function(x) < 0, -1, 1)
 
     def fingerprint_params(self) -> int:
         """Weights the fingerprint adds to the classifier (its autoencoders')."""

@@ -15,7 +15,7 @@ from tests.cli.test_cli import edgefp
 
 def test_int8_bundle_keeps_accuracy_and_ood_quality(digits_bundle):
     manifest, out = digits_bundle
-    parity = manifest["parity"]
+    parity = manifest.parity
     assert parity["int8_accuracy"] >= 0.95 and parity["int8_accuracy"] >= parity["float_accuracy"] - 0.01
     assert parity["int8_auroc"] >= 0.9 and parity["int8_auroc"] >= parity["float_auroc"] - 0.01
     bundle = Bundle.load(out)
@@ -29,18 +29,18 @@ def test_int8_bundle_keeps_accuracy_and_ood_quality(digits_bundle):
 def test_manifest_holds_the_contract(digits_bundle):
     manifest, out = digits_bundle
     for key in ("name", "input", "outputs", "labels", "layers", "score", "files", "ops", "tflm_arena_bytes"):
-        assert key in manifest
-    assert manifest["input"]["dtype"] == "int8" and manifest["input"]["preprocessing"]["type"] == "standardize"
-    assert len(manifest["outputs"]["layer_errors"]) == len(manifest["layers"])
-    assert manifest["flash_bytes"] == os.path.getsize(os.path.join(out, "model.tflite"))
-    assert manifest["tflm_arena_bytes"] > 0 and "CONV_2D" in manifest["ops"]
-    assert 0 < manifest["score"]["threshold"] and len(manifest["layers"][0]["holdout_quantiles"]) == 101
+        assert key in manifest.to_json()
+    assert manifest.input.dtype == "int8" and manifest.input.preprocessing.type == "standardize"
+    assert len(manifest.outputs.layer_errors) == len(manifest.layers)
+    assert manifest.flash_bytes == os.path.getsize(os.path.join(out, "model.tflite"))
+    assert manifest.tflm_arena_bytes > 0 and "CONV_2D" in manifest.ops
+    assert 0 < manifest.score.threshold and len(manifest.layers[0].holdout_quantiles) == 101
 
 
 def test_saturated_errors_are_still_flagged(digits_bundle):
     manifest, _ = digits_bundle
-    assert manifest["parity"]["saturated_is_ood"]
-    assert manifest["parity"]["saturated_score"] > 1.5 * manifest["score"]["threshold"]
+    assert manifest.parity["saturated_is_ood"]
+    assert manifest.parity["saturated_score"] > 1.5 * manifest.score.threshold
 
 
 def test_litert_and_tflite_micro_agree(digits_bundle):

@@ -1,3 +1,5 @@
+import dataclasses
+import hashlib
 import math
 import re
 import shutil
@@ -11,6 +13,19 @@ from edgefp.bundle import Bundle
 from edgefp.converter.export_c import export_c
 from edgefp.errors import EdgefpError
 from edgefp.fsutil import MARKER
+from edgefp.manifest import (
+    QUANTILES,
+    FileEntry,
+    Input,
+    Label,
+    Layer,
+    Manifest,
+    ManifestError,
+    Output,
+    Outputs,
+    Preprocessing,
+    Score,
+)
 
 pytestmark = [pytest.mark.heavy, pytest.mark.filterwarnings("ignore:Statistics for quantized inputs:UserWarning")]
 
@@ -65,42 +80,39 @@ def bundle():
         detail = interpreter.get_output_details()[order.index(signature[f"output_{position}"])]
         scale, zero_point = detail["quantization"]
         index = order.index(detail["index"])
-        specs.append({"index": index, "shape": [int(detail["shape"][-1])], "scale": scale, "zero_point": zero_point})
-    outputs = {"probs": specs[0], "layer_errors": specs[1:]}
-    typical = (0 - specs[1]["zero_point"]) * specs[1]["scale"]
-    manifest = {
-        "schema": "edgefp.bundle",
-        "version": 1,
-        "name": NAME,
-        "model": "model.tflite",
-        "input": {
-            "shape": list(SHAPE),
-            "dtype": "int8",
-            "scale": in_scale,
-            "zero_point": in_zp,
-            "preprocessing": {"type": "standardize", "mean": MEAN, "std": STD},
-        },
-        "outputs": outputs,
-        "labels": [
-            {"index": 0, "value": 0, "name": "zero"},
-            {"index": 1, "value": 3, "name": 'a "quoted" \\ name??=\n'},
-            {"index": 2, "value": 7, "name": "café"},
-        ],
-        "layers": [
-            {"name": name, "features": 8, "z_table": ood.z_table(spec["scale"], spec["zero_point"], mu, sigma, "log")}
-            for name, spec, mu, sigma in zip(
-                ("dense", "dense_1"), specs[1:], (math.log(typical), math.log(typical) - 1.0), (0.5, 0.8)
-            )
-        ],
-        "score": {
-            "combine": ood.COMBINE,
-            "target_fpr": 0.05,
-            "unit": ood.SCORE_UNIT,
-            "threshold_units": int(0.8 * 2 * ood.SCORE_UNIT),
-        },
-        "tflm_arena_bytes": 2000,
-        "flash_bytes": len(model_bytes),
-    }
+        specs.append(Output(index, (int(detail["shape"][-1]),), float(scale), int(zero_point)))
+    typical = (0 - specs[1].zero_point) * specs[1].scale
+    layers = tuple(
+        Layer(
+            name,
+            "autoencoder",
+            "log",
+            0.5,
+            8,
+            mu,
+            sigma,
+            (0.0,) * QUANTILES,
+            tuple(ood.z_table(spec.scale, spec.zero_point, mu, sigma, "log")),
+        )
+        for name, spec, mu, sigma in zip(
+            ("dense", "dense_1"), specs[1:], (math.log(typical), math.log(typical) - 1.0), (0.5, 0.8)
+        )
+    )
+    threshold_units = int(0.8 * 2 * ood.SCORE_UNIT)
+    manifest = Manifest(
+        name=NAME,
+        model="model.tflite",
+        files={"model.tflite": FileEntry(hashlib.sha256(model_bytes).hexdigest(), len(model_bytes))},
+        flash_bytes=len(model_bytes),
+        tflm_arena_bytes=2000,
+        ops=(),
+        input=Input(SHAPE, "int8", float(in_scale), int(in_zp), Preprocessing("standardize", tuple(MEAN), tuple(STD))),
+        outputs=Outputs(probs=specs[0], layer_errors=tuple(specs[1:])),
+        labels=(Label(0, "zero", 0), Label(3, 'a "quoted" \\ name??=\n', 1), Label(7, "café", 2)),
+        layers=layers,
+        score=Score(ood.COMBINE, ood.EPS, 0.05, ood.SCORE_UNIT, threshold_units, 0.8, (0.0,) * QUANTILES),
+    )
+    assert Manifest.from_json(manifest.to_json()) == manifest  # a manifest a bundle could hold
     return manifest, model_bytes
 
 
@@ -199,10 +211,10 @@ int main()
     np.testing.assert_array_equal(got[:, 1], expected.is_ood)
     assert 0 < expected.is_ood.sum() < len(errors)
 
-    inp = manifest["input"]
-    standardized = (x.reshape(3, *SHAPE).astype(np.float64) - MEAN) / STD / inp["scale"]
+    inp = manifest.input
+    standardized = (x.reshape(3, *SHAPE).astype(np.float64) - MEAN) / STD / inp.scale
     rounded = np.sign(standardized) * np.floor(np.abs(standardized) + 0.5)  # half away from zero, like roundf
-    expected_q = np.clip(rounded + inp["zero_point"], -128, 127).reshape(3, -1)
+    expected_q = np.clip(rounded + inp.zero_point, -128, 127).reshape(3, -1)
     got_q = np.array([line.split() for line in lines[len(errors) : len(errors) + 3]], np.int64)
     assert np.abs(got_q - expected_q).max() <= 1 and np.mean(got_q == expected_q) > 0.95  # ties may round apart
     assert lines[-1] == f"pred 2 size {len(model_bytes)}"
@@ -217,17 +229,17 @@ def test_header_spells_floats_as_float32_literals(exported, bundle):
     assert r'"a \"quoted\" \\ name\?\?=\012", "caf\303\251"' in header
 
 
-@pytest.mark.parametrize("name", ["Tiny", "tiny-model", "", None, "a*/b"])
-def test_bad_name_is_refused_and_nothing_is_written(bundle, tmp_path, name):
-    manifest, model_bytes = bundle
-    with pytest.raises(EdgefpError, match="not C identifier-safe"):
-        export_c({**manifest, "name": name}, model_bytes, str(tmp_path / "out"))
-    assert not (tmp_path / "out").exists()
+@pytest.mark.parametrize("name", ["Tiny", "tiny-model", "", None, "a*/b", "x" * 65])
+def test_names_that_are_no_c_identifier_never_reach_the_export(bundle, name):
+    manifest, _ = bundle
+    with pytest.raises(ManifestError, match="name must be a string matching"):
+        Manifest.from_json({**manifest.to_json(), "name": name})
 
 
-def test_bad_manifest_leaves_no_files(bundle, tmp_path):
+def test_a_scale_beyond_float32_leaves_no_files(bundle, tmp_path):
     manifest, model_bytes = bundle
-    broken = {**manifest, "score": {**manifest["score"], "target_fpr": float("inf")}}
+    outputs = dataclasses.replace(manifest.outputs, probs=dataclasses.replace(manifest.outputs.probs, scale=1e300))
+    broken = Manifest.from_json(dataclasses.replace(manifest, outputs=outputs).to_json())  # within the manifest's rules
     with pytest.raises(EdgefpError, match="not a finite float32"):
         export_c(broken, model_bytes, str(tmp_path))
     assert list(tmp_path.iterdir()) == []

@@ -1,6 +1,7 @@
 """Host and agent end to end over a real pty and TCP: flash, infer (exactly host scoring), faults, restarts."""
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import time
@@ -28,7 +29,7 @@ def archives(digits_bundle, tmp_path_factory):
     out = tmp_path_factory.mktemp("archives")
     bundle = Bundle.load(bundle_dir)
     first = bundle.write(str(out / "digits04.efp"))
-    bundle.manifest["name"] = "digits04b"
+    bundle.manifest = dataclasses.replace(bundle.manifest, name="digits04b")
     second = bundle.write(str(out / "digits04b.efp"))
     return [open(path, "rb").read() for path in (first, second)]
 
@@ -123,8 +124,8 @@ def test_bundle_too_big_for_the_board_is_refused_saying_by_how_much(tmp_path, ar
         with pytest.raises(DeviceError) as refused:
             client.flash(device, archives[0])
         assert refused.value.code == Err.DOES_NOT_FIT
-        assert f"needs {manifest['flash_bytes'] - 16 * KIB} bytes more flash than tiny" in str(refused.value)
-        assert f"needs {manifest['tflm_arena_bytes'] - 8 * KIB} bytes more RAM" in str(refused.value)
+        assert f"needs {manifest.flash_bytes - 16 * KIB} bytes more flash than tiny" in str(refused.value)
+        assert f"needs {manifest.tflm_arena_bytes - 8 * KIB} bytes more RAM" in str(refused.value)
         assert client.hello(device).active is None
     assert os.listdir(tmp_path) == []
 
@@ -168,7 +169,7 @@ def test_events_counters_pull_ood_and_bench(tmp_path, archives, samples, digits_
     for sample, index in zip(ood, flagged):
         np.testing.assert_array_equal(sample["x"], x_q[index])
     assert result["schema"] == "edgefp.bench" and result["runs"] == 30 and len(result["samples_us"]) == 30
-    assert result["target"]["kind"] == "device" and result["model_bytes"] == bundle.manifest["flash_bytes"]
+    assert result["target"]["kind"] == "device" and result["model_bytes"] == bundle.manifest.flash_bytes
 
 
 def test_tcp_beyond_loopback_needs_a_key_and_the_key_is_checked(tmp_path):

@@ -79,7 +79,7 @@ def test_the_sample_socket_answers_each_window_with_a_verdict(agent, bundle, tmp
     )
     assert [a["ood"] for a in answers] == host.is_ood.tolist()
     np.testing.assert_array_equal([a["score"] for a in answers], host.ood_score)
-    names = [layer["name"] for layer in bundle.manifest["layers"]]
+    names = [layer.name for layer in bundle.manifest.layers]
     for answer, score in zip(answers, host.ood_score):
         assert list(answer["evidence"]) == names
         assert sum(answer["evidence"].values()) / len(names) == pytest.approx(score, abs=1e-3)

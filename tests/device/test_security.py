@@ -1,6 +1,7 @@
 """Nobody locked out and nothing trusted that should not be: the agent's sessions, keys and caps, the host's
 bounds on what a device tells it, and every device command against an agent that requires a key."""
 
+import dataclasses
 import json
 import socket
 import struct
@@ -20,6 +21,7 @@ from edgefp.firmware_host.link.client import DeviceError
 from edgefp.firmware_host.link.framing import DELIMITER, Frame, FrameReader, encode_frame
 from edgefp.firmware_host.link.protocol import Err, Msg
 from edgefp.limits import MAX_INVOKES
+from edgefp.manifest import Output
 from tests.cli.test_cli import edgefp
 from tests.conftest import KEY
 
@@ -272,7 +274,7 @@ ROGUE = {
     ),
     "outputs of another size": (
         {Msg.INFER_OUTPUTS: lambda body: struct.pack("<I", 5) + bytes(4000)},
-        lambda device, other: client.infer_outputs(device, np.zeros(64, np.int8), [{"shape": [10], "dtype": "int8"}]),
+        lambda device, other: client.infer_outputs(device, np.zeros(64, np.int8), [Output(0, (10,), 1.0, 0)]),
         "malformed body",
     ),
     "no room for chunks": (
@@ -302,7 +304,7 @@ ROGUE = {
 def test_the_host_bounds_what_a_device_says(tmp_path, archive, digits_bundle, case):
     lies, action, message = ROGUE[case]
     other = Bundle.load(digits_bundle[1])
-    other.manifest["name"] = "other"
+    other.manifest = dataclasses.replace(other.manifest, name="other")
     honest = Agent(str(tmp_path), "pi")
     with serving(honest) as url, client.open_device(url) as device:
         client.flash(device, archive)

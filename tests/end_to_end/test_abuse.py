@@ -301,7 +301,7 @@ def mutated_bundles(bundle: Bundle, seed: int, count: int):
         if i % 3 == 2:
             yield "archive bytes", mutator.bytes(archive)
         else:
-            yield "manifest", edited_archive(mutator.json(bundle.manifest), bundle.files)
+            yield "manifest", edited_archive(mutator.json(bundle.manifest.to_json()), bundle.files)
 
 
 def test_mutated_bundles_against_the_commands(tmp_path, bundle):

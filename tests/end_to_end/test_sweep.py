@@ -83,7 +83,7 @@ def test_every_shape_runs_the_whole_chain(chain, cell):
     fingerprint = train(train_set, epochs=epochs, autoencoder_epochs=AUTOENCODER_EPOCHS, seed=0, progress=False)
     fingerprint.save(run)
     manifest = convert(run, train_set, out)
-    assert manifest["parity"]["runtime_pred_agreement"] >= 0.95
+    assert manifest.parity["runtime_pred_agreement"] >= 0.95
     bundle = Bundle.load(out)
     chance = 1 / classes
     scores = {runtime: bundle.score(test_set.x, runtime) for runtime in ("litert", "tflm")}
@@ -99,7 +99,7 @@ def test_every_shape_runs_the_whole_chain(chain, cell):
     for key in ("pred", "probs", "ood_score", "is_ood", "layer_errors"):
         np.testing.assert_array_equal(getattr(on_device, key), getattr(expected, key), err_msg=key)
     chain["repo"].add(out, {"cell": cell_id(cell)})
-    chain["targets"][manifest["name"]] = test_set.x
+    chain["targets"][manifest.name] = test_set.x
     chain["seconds"][cell_id(cell)] = time.monotonic() - started
 
 

@@ -2,6 +2,7 @@
 'native') and for an emulated Cortex-M4 (arm-none-eabi-gcc + QEMU mps2-an386, 'qemu-m4'). Results
 must equal TFLite Micro's on the host byte for byte; faults must get error codes, never a dead device."""
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -19,6 +20,7 @@ from edgefp.firmware_host.firmware.launch import start, start_native
 from edgefp.firmware_host.link import client, protocol
 from edgefp.firmware_host.link.client import DeviceError
 from edgefp.firmware_host.link.protocol import Msg, SlotState
+from edgefp.manifest import FileEntry
 from tests.conftest import check_error_codes, edit_tflite, edited_archive, upload
 
 HAS_NATIVE = all(shutil.which(tool) for tool in ("gcc", "make"))
@@ -99,7 +101,7 @@ def test_bundles_swap_without_rebuilding_and_survive_power_loss(tmp_path, digits
         assert_scores_equal(scores, Bundle.load(digits[0]).score(x, "tflm"))
         upload(device, motions[1], upto=len(motions[1]) // 3)
         client.reset(device, reboot=True)  # the chip restarts mid-upload: the same
-        assert client.hello(device).active.name == Bundle.load(digits[0]).manifest["name"]
+        assert client.hello(device).active.name == Bundle.load(digits[0]).manifest.name
 
 
 def test_faults_get_error_codes_and_the_device_keeps_running(native, digits):
@@ -160,7 +162,7 @@ def test_the_hosts_ram_figure_is_what_the_firmware_reserves(tmp_path, digits, mo
             reserved = 64 + int(str(refused.value).split("needs ")[1].split()[0])
             ram = bundle_ram(bundle, "native", options)
             assert ram["ram_bytes"] == reserved, name
-            shape, round16 = bundle.manifest["input"]["shape"], lambda n: (n + 15) // 16 * 16
+            shape, round16 = bundle.manifest.input.shape, lambda n: (n + 15) // 16 * 16
             window = round16(4 * int(np.prod(shape))) if sensor_loop else 0
             standardisation = round16(8 * shape[-1]) if name in ("digits", "motions") else 0
             assert ram["sensor_bytes"] == window + standardisation, name
@@ -171,7 +173,7 @@ def test_a_firmware_for_given_bundles_runs_them_alone(tmp_path, digits, motions,
     with another operator refused at upload as one the engine lacks, by its code."""
     options = Options(operators_of([Bundle.load(digits[0])]), op_names=False, sensor_loop=False)
     for bundle in (Bundle.load(digits[0]), *wrapped_peers.values()):  # read from the model as LiteRT lists them
-        assert list(operators_of([bundle])) == sorted(bundle.manifest["ops"])
+        assert list(operators_of([bundle])) == sorted(bundle.manifest.ops)
     assert "AVERAGE_POOL_2D" not in options.operators and "CONV_2D" in options.operators
     x = data.load(DIGITS).x[:40]
     with start_native(build("native", cflags=options.cflags()), str(tmp_path / "flash.bin")) as native:
@@ -228,7 +230,8 @@ def test_a_model_with_an_unknown_operator_is_refused_by_name(native, digits):
 
     bundle = Bundle.load(digits[0])
     model = edit_tflite(bundle.model_bytes, mean_to_gather)
-    bundle.manifest["files"]["model.tflite"] = {"sha256": hashlib.sha256(model).hexdigest(), "bytes": len(model)}
+    listed = {"model.tflite": FileEntry(hashlib.sha256(model).hexdigest(), len(model))}
+    bundle.manifest = dataclasses.replace(bundle.manifest, files=listed)
     with client.open_device(native.url) as device:
         client.flash(device, digits[1])
         with pytest.raises(DeviceError, match="UNSUPPORTED_OP: unsupported operator GATHER"):
@@ -242,7 +245,7 @@ def test_archives_that_do_not_verify_are_refused(native, digits):
     model[len(model) // 2] ^= 1
     tampered = Bundle(bundle.manifest, {"model.tflite": bytes(model)}).archive_bytes()
     unlisted = Bundle(bundle.manifest, {**bundle.files, "extra.bin": b"x"}).archive_bytes()
-    older = edited_archive({**bundle.manifest, "version": SCHEMA_VERSION - 1}, bundle.files)
+    older = edited_archive({**bundle.manifest.to_json(), "version": SCHEMA_VERSION - 1}, bundle.files)
     rng = np.random.default_rng(0)
     with client.open_device(native.url) as device:
         client.flash(device, digits[1])
@@ -268,10 +271,10 @@ def test_archives_that_do_not_verify_are_refused(native, digits):
 
 def oversized_archive(path: str) -> bytes:
     """A valid bundle archive of more than 2 MB (the model plus a listed padding file)."""
-    manifest = json.loads(json.dumps(Bundle.load(path).manifest))
-    padding = bytes(2 << 20)
-    manifest["files"]["padding.bin"] = {"sha256": hashlib.sha256(padding).hexdigest(), "bytes": len(padding)}
-    return Bundle(manifest, {**Bundle.load(path).files, "padding.bin": padding}).archive_bytes()
+    bundle, padding = Bundle.load(path), bytes(2 << 20)
+    files = {**bundle.manifest.files, "padding.bin": FileEntry(hashlib.sha256(padding).hexdigest(), len(padding))}
+    manifest = dataclasses.replace(bundle.manifest, files=files)
+    return Bundle(manifest, {**bundle.files, "padding.bin": padding}).archive_bytes()
 
 
 def test_archive_beyond_storage_is_refused_at_once(native, digits):

@@ -121,7 +121,7 @@ def _check_bundle(bundle, real, dsp):
     x = bundle.quantize(real.x)
     x = np.concatenate([x, random_int8(x.shape[1:], n=100)])
     engine = assert_bit_exact(bundle.model_bytes, x, dsp)
-    assert 0 < engine.arena_used <= bundle.manifest["tflm_arena_bytes"]
+    assert 0 < engine.arena_used <= bundle.manifest.tflm_arena_bytes
 
 
 def test_image_bundle_is_bit_exact(digits_bundle, dsp):
@@ -584,12 +584,12 @@ def test_operator_models_are_bit_exact_on_the_emulated_cortex_m4(op_models, tmp_
             (tmp_path / f"{name}.tflite").write_bytes(model)
             manifest = wrap(str(tmp_path / f"{name}.tflite"), str(tmp_path / f"{name}.efp"))
             client.flash(device, Bundle.load(str(tmp_path / f"{name}.efp")).archive_bytes())
-            if manifest["input"]["dtype"] == "float32":
+            if manifest.input.dtype == "float32":
                 x = np.random.default_rng(2).normal(scale=2.0, size=(20, *shapes[0])).astype(np.float32)
             else:
                 x = np.concatenate([structured_int8(shapes[0])[:4], random_int8(shapes[0], n=16)])
             got = []
             for sample in x:
-                outputs, _ = client.infer_outputs(device, sample, manifest["outputs"]["raw"])
+                outputs, _ = client.infer_outputs(device, sample, manifest.outputs.raw)
                 got.append(np.concatenate([out.reshape(-1).view(np.uint8) for out in outputs]))
             np.testing.assert_array_equal(np.array(got), tflm_run(model, [x]), err_msg=name)

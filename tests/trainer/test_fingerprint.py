@@ -85,6 +85,23 @@ def test_sensor_set_floors_for_an_unseen_shape_and_a_fault_in_float_and_int8(tmp
         assert metrics.auroc(id_scores, scorer.score(noisy).ood_score) >= 0.99, name
 
 
+def test_the_estimator_follows_scikit_learns_sign_conventions(digits_run):
+    """score_samples: higher = more normal; decision_function = score_samples - offset_, negative exactly
+    where the score file says OOD; predict: +1 inlier, -1 outlier; ood_score: the score files' own."""
+    fingerprint, _ = digits_run
+    x = np.concatenate([data.load("digits:test:0-4").x[:40], data.load("digits:test:5-9").x[:40]])
+    scores = fingerprint.score(x)
+    np.testing.assert_allclose(fingerprint.ood_score(x), scores.ood_score, rtol=1e-6)
+    normal = fingerprint.score_samples(x)
+    np.testing.assert_allclose(normal, -scores.ood_score, rtol=1e-6)
+    assert normal[40:].mean() < normal[:40].mean()  # unseen digits are less normal
+    decision = fingerprint.decision_function(x)
+    assert fingerprint.offset_ == -fingerprint.threshold_
+    np.testing.assert_array_equal(decision < 0, scores.is_ood)
+    np.testing.assert_array_equal(fingerprint.predict(x), np.where(scores.is_ood, -1, 1))
+    assert 0 < scores.is_ood.sum() < len(x)
+
+
 def test_knn_and_relative_mahalanobis_follow_their_papers(digits_run):
     from edgefp.trainer.baselines import KNN, Mahalanobis, RelativeMahalanobis
 
@@ -92,8 +109,8 @@ def test_knn_and_relative_mahalanobis_follow_their_papers(digits_run):
     x_fit = fingerprint.prepare(data.load("digits:train:0-4").x, "train")
     knn = KNN().fit(fingerprint.model_, x_fit)
     assert knn.k_ == max(1, round(len(x_fit) / 1000))
-    np.testing.assert_allclose(knn.score_samples(x_fit[:20]), 0.0, atol=1e-6)  # each is its own nearest
-    assert KNN(k=5).fit(fingerprint.model_, x_fit).score_samples(x_fit[:20]).min() > 0
+    np.testing.assert_allclose(knn.ood_score(x_fit[:20]), 0.0, atol=1e-6)  # each is its own nearest
+    assert KNN(k=5).fit(fingerprint.model_, x_fit).ood_score(x_fit[:20]).min() > 0
     plain, relative = Mahalanobis().fit(fingerprint.model_, x_fit), RelativeMahalanobis().fit(fingerprint.model_, x_fit)
     x = fingerprint.prepare(data.load("digits:test").x[:30], "test")
     features = relative._features(x)[0]
@@ -103,7 +120,7 @@ def test_knn_and_relative_mahalanobis_follow_their_papers(digits_run):
         relative.background_precision_,
         features - relative.background_mean_,
     )
-    np.testing.assert_allclose(relative.score_samples(x), plain.score_samples(x) - background, rtol=1e-6)
+    np.testing.assert_allclose(relative.ood_score(x), plain.ood_score(x) - background, rtol=1e-6)
 
 
 def test_default_taps_leave_the_top_to_its_own_evidence_and_pool_images_square(digits_run):
@@ -123,7 +140,7 @@ def test_baselines_score_higher_for_unseen_digits(digits_run):
     x_id, x_ood = prepare(data.load("digits:test:0-4").x, "id"), prepare(data.load("digits:test:5-9").x, "ood")
     for name, baseline in BASELINES.items():
         detector = baseline().fit(fingerprint.model_, x_fit)
-        assert metrics.auroc(detector.score_samples(x_id), detector.score_samples(x_ood)) > 0.75, name
+        assert metrics.auroc(detector.ood_score(x_id), detector.ood_score(x_ood)) > 0.75, name
 
 
 def _sequential_model(path):

@@ -112,9 +112,9 @@ def test_a_users_model_runs_bit_exact_on_the_firmware(build, device, tmp_path):
     fingerprint.save(str(tmp_path / "run"))
     manifest = convert(str(tmp_path / "run"), train_set, str(tmp_path / "bundle.efp"))
     bundle = Bundle.load(str(tmp_path / "bundle.efp"))
-    assert OPERATORS[build.__name__] <= set(manifest["ops"])
+    assert OPERATORS[build.__name__] <= set(manifest.ops)
     # a model that learned (chance is 1/3; training on 240 samples varies with what ran before in the process)
-    assert manifest["parity"]["int8_accuracy"] >= 0.6 and manifest["parity"]["runtime_pred_agreement"] >= 0.95
+    assert manifest.parity["int8_accuracy"] >= 0.6 and manifest.parity["runtime_pred_agreement"] >= 0.95
     expected = bundle.score(test_set.x, "tflm")
     assert np.mean(expected.pred == test_set.y) >= 0.6
     client.flash(device, bundle.archive_bytes())

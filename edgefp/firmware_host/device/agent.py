@@ -45,7 +45,7 @@ from edgefp.firmware_host.link.protocol import RESPONSE, Err, Msg, Slot, SlotSta
 from edgefp.firmware_host.link.transport import SocketPort, open_pty, read_some
 from edgefp.fsutil import write_file_atomic
 from edgefp.limits import BENCH_MAX_SECONDS, MAX_FILES_BYTES, MAX_INVOKES, MAX_MANIFEST_BYTES, MIN_KEY_BYTES
-from edgefp.manifest import ManifestError
+from edgefp.manifest import Manifest, ManifestError
 from edgefp.runtime import ArenaError
 
 SLOTS = 2
@@ -98,16 +98,16 @@ class Loaded:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(self.bundle.manifest["input"]["shape"])
+        return self.bundle.manifest.input.shape
 
     @property
     def dtype(self) -> np.dtype:
         """int8, or float32 for a wrapped model that takes floats."""
-        return np.dtype(self.bundle.manifest["input"].get("dtype", "int8"))
+        return np.dtype(self.bundle.manifest.input.dtype)
 
     @functools.cached_property
     def manifest_json(self) -> bytes:
-        return json.dumps(self.bundle.manifest, sort_keys=True, separators=(",", ":")).encode()
+        return json.dumps(self.bundle.manifest.to_json(), sort_keys=True, separators=(",", ":")).encode()
 
 
 @dataclass
@@ -182,7 +182,7 @@ class Agent:
 
     @staticmethod
     def _slot(state: SlotState, loaded: Loaded) -> Slot:
-        return Slot(state, loaded.size, loaded.sha256, loaded.bundle.manifest["name"])
+        return Slot(state, loaded.size, loaded.sha256, loaded.bundle.manifest.name)
 
     def _prepare(self, path: str) -> Loaded:
         """Check a bundle archive for this board and open its interpreter, or refuse it."""
@@ -205,11 +205,11 @@ class Agent:
                 digest.update(block)
         return Loaded(bundle, interpreter, digest.digest(), os.path.getsize(path))
 
-    def _check_fit(self, manifest: dict) -> None:
+    def _check_fit(self, manifest: Manifest) -> None:
         """Refuse (DOES_NOT_FIT) a bundle whose model, arena, input or outputs do not fit, before its files
         are read."""
-        arena = manifest["tflm_arena_bytes"] if self.board.runtime == "tflm" else None
-        problems = fit_problems(self.board, manifest["flash_bytes"], arena)
+        arena = manifest.tflm_arena_bytes if self.board.runtime == "tflm" else None
+        problems = fit_problems(self.board, manifest.flash_bytes, arena)
         sizes = Bundle(manifest, {})
         if sizes.input_bytes + OVERHEAD > self.max_frame:
             problems.append(f"its input of {sizes.input_bytes} bytes does not fit a {self.max_frame}-byte frame")
@@ -496,8 +496,8 @@ class Agent:
 
     def _infer_outputs(self, body: bytes, session: Session) -> bytes:
         result, outputs = self._run(self._input(body))
-        specs = self.active.bundle.manifest["outputs"].get("raw")
-        dtypes = [spec["dtype"] for spec in specs] if specs else [np.asarray(o).dtype for o in outputs]
+        specs = self.active.bundle.manifest.outputs.raw
+        dtypes = [spec.dtype for spec in specs] if specs else [np.asarray(o).dtype for o in outputs]
         data = b"".join(np.asarray(o).astype(np.dtype(t).newbyteorder("<")).tobytes() for o, t in zip(outputs, dtypes))
         return struct.pack("<I", result.latency_us) + data
 

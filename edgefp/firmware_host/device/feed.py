@@ -87,9 +87,9 @@ def feed_agent(agent, x: np.ndarray, rate_hz: float, *, repeat_from: int = 0) ->
             agent.classify(sample)
         except EdgefpError as exc:
             bundle = agent.bundle
-            if bundle is not None and bundle.manifest["name"] not in warned:
-                warned.add(bundle.manifest["name"])
-                log.warning("the sensor's samples do not fit %s: %s", bundle.manifest["name"], exc)
+            if bundle is not None and bundle.manifest.name not in warned:
+                warned.add(bundle.manifest.name)
+                log.warning("the sensor's samples do not fit %s: %s", bundle.manifest.name, exc)
 
     options = {"repeat_from": repeat_from, "ready": lambda: agent.bundle is not None}
     threading.Thread(target=run_feed, args=(send, x, rate_hz, stop), kwargs=options, daemon=True).start()

@@ -38,15 +38,15 @@ def verdict(agent, entry) -> dict:
     manifest = agent.active.bundle.manifest
     result = entry.result
     evidence = agent.active.bundle.layer_evidence(result.errors[None])[0] / SCORE_UNIT
-    label = manifest["labels"][result.pred]
+    label = manifest.labels[result.pred]
     return {
         "input": entry.input,
         "timestamp_ms": entry.timestamp_ms,
-        "pred": label["value"],
-        "label": label.get("name", str(label["value"])),
+        "pred": label.value,
+        "label": label.name,
         "score": float(result.score),
         "ood": bool(result.ood),
-        "evidence": {layer["name"]: round(float(z), 4) for layer, z in zip(manifest["layers"], evidence)},
+        "evidence": {layer.name: round(float(z), 4) for layer, z in zip(manifest.layers, evidence)},
         "latency_us": result.latency_us,
     }
 

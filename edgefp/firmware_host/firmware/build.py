@@ -172,15 +172,15 @@ def bundle_ram(bundle, board_name: str, options: Options = FULL) -> dict:
             arena = engine.arena_needed(bundle.model_bytes, dsp=board.dsp)
     except engine.EngineError as refused:
         raise EdgefpError(f"{bundle.source}: the firmware cannot run this model: {refused}") from None
-    shape, layers = bundle.manifest["input"]["shape"], len(bundle.manifest["layers"])
+    shape, layers = bundle.manifest.input.shape, len(bundle.manifest.layers)
     extras = _round16(layers * 256 * 4) + (_round16(OOD_CAPACITY * bundle.input_bytes) if layers else 0)
-    standardised = bundle.manifest["input"]["preprocessing"]["type"] == "standardize"
+    standardised = bundle.manifest.input.preprocessing.type == "standardize"
     standardisation = _round16(2 * 4 * shape[-1]) if standardised else 0  # a mean and a std per channel
     window = _round16(4 * math.prod(shape)) if options.sensor_loop else 0  # float32 values
     sensor = standardisation + window
     needed = arena + extras + sensor
     return {
-        "bundle": bundle.manifest["name"],
+        "bundle": bundle.manifest.name,
         "engine_arena_bytes": arena,
         "tables_and_ood_bytes": extras,
         "sensor_bytes": sensor,

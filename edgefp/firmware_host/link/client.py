@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # numpy and the bundle code are imported where they are used:
     import numpy as np
 
     from edgefp.bundle import Bundle
+    from edgefp.manifest import Manifest, Output
 
 SLOW_TIMEOUT = 30.0  # verifying an upload, activating it
 BENCH_TIMEOUT = 4 * BENCH_MAX_SECONDS + 10.0  # emulated devices count time in instructions: slower
@@ -67,7 +68,7 @@ class Device:
         self.bytes_sent = self.bytes_received = self.resent = 0
         self._frames: collections.deque[Frame] = collections.deque()
         self._events: collections.deque[protocol.Event] = collections.deque(maxlen=EVENTS_KEPT)
-        self._manifest: tuple[bytes, dict] | None = None
+        self._manifest: tuple[bytes, Manifest] | None = None
 
     def __enter__(self) -> Device:
         return self
@@ -225,7 +226,7 @@ def info(device: Device) -> dict:
     return {"url": device.url, **hello(device).to_dict()}
 
 
-def manifest(device: Device) -> dict:
+def manifest(device: Device) -> Manifest:
     """The active bundle's manifest, read in pieces (kept until the active bundle changes)."""
     active = (device.info or hello(device)).active
     if active is None:
@@ -253,7 +254,7 @@ def archive_name(archive: bytes) -> str:
     """The bundle name inside ``.efp`` archive bytes (read and checked as any bundle; the device verifies it again)."""
     from edgefp.bundle import Bundle
 
-    return Bundle.from_archive(archive, "the archive").manifest["name"]
+    return Bundle.from_archive(archive, "the archive").manifest.name
 
 
 def flash(device: Device, archive: bytes, progress=None) -> dict:
@@ -306,7 +307,7 @@ def infer(device: Device, x_q: np.ndarray) -> protocol.InferResult:
     return device.call(Msg.INFER, np.asarray(x_q, dtype=np.int8).tobytes(), protocol.InferResult.unpack)
 
 
-def infer_outputs(device: Device, x: np.ndarray, specs: list[dict]) -> tuple[list[np.ndarray], int]:
+def infer_outputs(device: Device, x: np.ndarray, specs: list[Output]) -> tuple[list[np.ndarray], int]:
     """One input (as the model's input takes it) through the device: every output, and the latency."""
     import numpy as np
 
@@ -325,7 +326,7 @@ def infer_samples(device: Device, x: np.ndarray, progress=None) -> tuple:
     bundle = Bundle(manifest(device), {}, source=device.url)
     if not bundle.fingerprinted:
         return _infer_outputs(device, bundle, x, progress)
-    classes, layers = len(bundle.manifest["labels"]), len(bundle.manifest["layers"])
+    classes, layers = len(bundle.manifest.labels), len(bundle.manifest.layers)
     results = []
     for i, sample in enumerate(bundle.quantize(x)):
         result = infer(device, sample)
@@ -350,7 +351,7 @@ def _infer_outputs(device: Device, bundle: Bundle, x: np.ndarray, progress) -> t
 
     rows, latencies = [], []
     for i, sample in enumerate(x):
-        outputs, latency = infer_outputs(device, sample, bundle.manifest["outputs"]["raw"])
+        outputs, latency = infer_outputs(device, sample, bundle.manifest.outputs.raw)
         rows.append(outputs)
         latencies.append(latency)
         if progress:
@@ -378,9 +379,9 @@ def bench(device: Device, runs: int = 200, warmup: int = 20) -> dict:
         "kind": "device",
         "board": info.board,
         "runtime": info.runtime,
-        "bundle": spec["name"],
+        "bundle": spec.name,
         "url": device.url,
-        "label": f"{spec['name']} on {info.runtime}, {info.board} at {device.url}",
+        "label": f"{spec.name} on {info.runtime}, {info.board} at {device.url}",
     }
     summary = bench_mod.summarize(
         result.latencies_us,
@@ -388,8 +389,8 @@ def bench(device: Device, runs: int = 200, warmup: int = 20) -> dict:
         warmup=result.warmup,
         init_ms=result.init_ms,
         first_inference_us=result.first_us,
-        model_bytes=spec["flash_bytes"],
-        arena_bytes=spec.get("tflm_arena_bytes") if info.runtime == "tflm" else None,
+        model_bytes=spec.flash_bytes,
+        arena_bytes=spec.tflm_arena_bytes if info.runtime == "tflm" else None,
     )
     if len(result.latencies_us) < result.runs:  # statistics over every run, not only those that fit a frame
         summary.update(runs=result.runs, latency_us=result.stats, throughput_per_s=1e6 / result.stats["mean"])
@@ -408,7 +409,7 @@ def pull_ood(device: Device) -> list[dict]:
     """The device's recent OOD inputs, most recent first: int8 input (model shape), score, prediction."""
     import numpy as np
 
-    shape = manifest(device)["input"]["shape"]
+    shape = list(manifest(device).input.shape)
     buffered = counters(device)["buffered"]
     if buffered > MAX_OOD_SAMPLES:
         raise EdgefpError(f"{device.url}: the device says it holds {buffered} OOD samples, over {MAX_OOD_SAMPLES}")

@@ -240,18 +240,18 @@ class InferResult:
         return cls(pred, probs, errors, score, bool(verdict), latency)
 
 
-def unpack_outputs(body: bytes, specs: list[dict]) -> tuple[list[np.ndarray], int]:
+def unpack_outputs(body: bytes, specs: list) -> tuple[list[np.ndarray], int]:
     """An INFER_OUTPUTS answer: every model output as the manifest's ``outputs.raw`` describes it (one
-    sample: no batch axis), and the device's latency in us."""
+    sample: no batch axis; ``specs``: :class:`edgefp.manifest.Output`), and the device's latency in us."""
     import numpy as np
 
     r = Reader(body)
     latency = r.take("I")
     outputs = []
     for spec in specs:
-        wire = np.dtype(spec["dtype"]).newbyteorder("<")
-        values = np.frombuffer(r.raw(int(np.prod(spec["shape"], dtype=np.int64)) * wire.itemsize), wire)
-        outputs.append(values.astype(spec["dtype"]).reshape(spec["shape"]))
+        wire = np.dtype(spec.dtype).newbyteorder("<")
+        values = np.frombuffer(r.raw(int(np.prod(spec.shape, dtype=np.int64)) * wire.itemsize), wire)
+        outputs.append(values.astype(spec.dtype).reshape(spec.shape))
     r.done()
     return outputs, latency
 

@@ -83,8 +83,8 @@ class Recording:
 
     def add(self, page, bundle: Bundle) -> None:
         """Append the page's entry, scored with the manifest of the bundle that produced it."""
-        entry, spec = page.entry, bundle.manifest["input"]
-        shape = tuple(spec["shape"])
+        entry, spec = page.entry, bundle.manifest.input
+        shape = spec.shape
         expected = int(np.prod(shape)) * (4 if entry.kind == DataKind.RAW else 1)
         if len(entry.data) != expected:
             raise EdgefpError(f"input {entry.input} came with {len(entry.data)} bytes; {shape} needs {expected}")
@@ -94,7 +94,7 @@ class Recording:
             x = to_raw(np.frombuffer(entry.data, np.int8).reshape(shape), spec)
         if self.columns["x"] and self.columns["x"][0].shape != shape:
             raise EdgefpError(
-                f"the device now runs {bundle.manifest['name']}, whose input is {shape}, but {self.path} holds "
+                f"the device now runs {bundle.manifest.name}, whose input is {shape}, but {self.path} holds "
                 f"samples of {self.columns['x'][0].shape}; record into another {option('out')}"
             )
         scores = bundle.decide(entry.result.probs[None], entry.result.errors[None])
@@ -110,12 +110,12 @@ class Recording:
             "layer_errors": scores.layer_errors[0],
             "evidence": bundle.layer_evidence(entry.result.errors[None])[0] / SCORE_UNIT,
             "raw": entry.kind == DataKind.RAW,
-            "model": bundle.manifest["name"],
+            "model": bundle.manifest.name,
         }
         for name, value in row.items():
             self.columns[name].append(value)
-        self.layer_names = [layer["name"] for layer in bundle.manifest["layers"]]
-        self.labels = [{"value": label["value"], "name": label["name"]} for label in bundle.manifest["labels"]]
+        self.layer_names = [layer.name for layer in bundle.manifest.layers]
+        self.labels = [{"value": label.value, "name": label.name} for label in bundle.manifest.labels]
         self.read_until = entry.input
 
     def save(self) -> None:
@@ -239,8 +239,8 @@ def pull_ood(device, out: str, *, force: bool = False) -> dict:
     replaces an earlier such directory. Returns a report."""
     check_directory_output(out, OOD_SAMPLES_KIND, force=force)  # before talking to the device
     samples = client.pull_ood(device)
-    spec = client.manifest(device)["input"]
-    x_q = np.stack([sample["x"] for sample in samples]) if samples else np.zeros((0, *spec["shape"]), np.int8)
+    spec = client.manifest(device).input
+    x_q = np.stack([sample["x"] for sample in samples]) if samples else np.zeros((0, *spec.shape), np.int8)
     with atomic_directory(out, OOD_SAMPLES_KIND, force=force) as tmp:
         np.savez(
             os.path.join(tmp, "ood.npz"),
