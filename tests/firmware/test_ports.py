@@ -57,6 +57,7 @@ def test_every_firmware_board_compiles_with_its_toolchain(name):
             build(name)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", [name for name in FIRMWARE_BOARDS if BOARDS[name].tested])
 def test_tested_ports_build_without_what_a_deployment_leaves_out(name):
     """One operator, no operator names, no sensor loop: the port still builds warning-free, and smaller."""
