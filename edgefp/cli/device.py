@@ -249,7 +249,7 @@ def agent(data_dir, board, serial_path, tcp, samples_address, key_file):
         raise EdgefpError("give exactly one of --serial PATH and --tcp HOST:PORT")
     device = Agent(data_dir, board, key=read_key(key_file))
     options = {"serial_path": serial_path, "tcp": tcp, "samples_address": samples_address}
-    serve(device, on_address=functools.partial(_announce, url_on_stdout=False), **options)
+    _until_signalled(serve, device, on_address=functools.partial(_announce, url_on_stdout=False), **options)
 
 
 @click.command(
@@ -292,6 +292,12 @@ def sim(profile, tcp, data_dir, feed, rate, drift_at, drift, drift_to, samples_a
         raise EdgefpError("--drift-at drifts the fed samples: give --feed DATA too")
     sensor = feed_samples(load(feed).x, drift_at, drift, load(drift_to).x if drift_to else None) if feed else None
     options = {"tcp": tcp, "data_dir": data_dir, "sensor": sensor, "rate": rate, "samples_address": samples_address}
+    _until_signalled(simulate, profile, on_address=functools.partial(_announce, url_on_stdout=True), **options)
+
+
+def _until_signalled(run, *args, **kwargs) -> None:
+    """``run(*args, **kwargs)``, a device served until the process is told to end: on SIGTERM or SIGHUP
+    unwind (the emulator, temporary slots and the sample socket's file go), then end as the signal would."""
 
     def unwind(signum, _frame):
         raise _Stopped(signum)
@@ -299,14 +305,14 @@ def sim(profile, tcp, data_dir, feed, rate, drift_at, drift, drift_to, samples_a
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, unwind)
     try:
-        simulate(profile, on_address=functools.partial(_announce, url_on_stdout=True), **options)
-    except _Stopped as stopped:  # everything is cleaned up: now end as the signal would have ended us
+        run(*args, **kwargs)
+    except _Stopped as stopped:
         signal.signal(stopped.signum, signal.SIG_DFL)
         os.kill(os.getpid(), stopped.signum)
 
 
 class _Stopped(BaseException):
-    """SIGTERM or SIGHUP arrived: unwind, removing the emulator and the temporary slots, then end by it."""
+    """SIGTERM or SIGHUP arrived: unwind what the served device holds, then end by the signal."""
 
     def __init__(self, signum: int):
         super().__init__(signum)

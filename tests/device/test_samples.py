@@ -3,6 +3,7 @@ INFER requests go: counters, the sample log, the OOD buffer, events; verdicts eq
 
 import json
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -145,3 +146,18 @@ def test_a_simulated_board_takes_windows_on_its_sample_socket(tmp_path, digits_b
     finally:
         process.terminate()
         process.wait(timeout=10)
+    assert process.returncode == -signal.SIGTERM and not sock.exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_an_agent_told_to_end_removes_its_sample_socket(tmp_path, signum):
+    sock = tmp_path / "samples.sock"
+    args = ["agent", "--data-dir", str(tmp_path / "slots"), "--tcp", "127.0.0.1:0", "--samples", str(sock)]
+    process = subprocess.Popen([sys.executable, "-m", "edgefp", *args], stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stderr.readline().strip() == f"samples: {sock}" and sock.exists()
+        assert process.stderr.readline().startswith("socket://127.0.0.1:")
+    finally:
+        process.send_signal(signum)
+        process.wait(timeout=10)
+    assert process.returncode == -signum and not sock.exists()

@@ -3,6 +3,7 @@ simulated boards of ``edgefp sim`` (the agent with a board profile, or the C fir
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 
 import numpy as np
@@ -23,27 +24,28 @@ def serve(agent, *, serial_path: str | None = None, tcp: str | None = None, samp
         if on_address:
             on_address(what, address)
 
-    if samples_address is not None:
-        announce("samples", SampleServer(agent, samples_address).address)
-    if tcp is not None:
-        host, _, port_text = tcp.rpartition(":")
-        if not host or not port_text.isdigit():
-            raise EdgefpError(f"{option('tcp')} must be HOST:PORT, got '{tcp}'")
-        server = agent_module.listen_tcp(agent, host, int(port_text))
-        announce("url", f"socket://{host}:{server.getsockname()[1]}")
-        agent_module.serve_tcp(agent, server)
-        return
-    if serial_path is not None:
-        import serial
+    with contextlib.ExitStack() as opened:  # the sample socket's file goes when serving ends, however it ends
+        if samples_address is not None:
+            announce("samples", opened.enter_context(SampleServer(agent, samples_address)).address)
+        if tcp is not None:
+            host, _, port_text = tcp.rpartition(":")
+            if not host or not port_text.isdigit():
+                raise EdgefpError(f"{option('tcp')} must be HOST:PORT, got '{tcp}'")
+            server = agent_module.listen_tcp(agent, host, int(port_text))
+            announce("url", f"socket://{host}:{server.getsockname()[1]}")
+            agent_module.serve_tcp(agent, server)
+            return
+        if serial_path is not None:
+            import serial
 
-        try:
-            port = serial.Serial(serial_path, timeout=0)
-        except serial.SerialException as exc:
-            raise EdgefpError(f"cannot open {serial_path}: {exc}") from None
-    else:
-        port, path = open_pty()
-        announce("url", path)
-    agent.serve(port)
+            try:
+                port = serial.Serial(serial_path, timeout=0)
+            except serial.SerialException as exc:
+                raise EdgefpError(f"cannot open {serial_path}: {exc}") from None
+        else:
+            port, path = open_pty()
+            announce("url", path)
+        agent.serve(port)
 
 
 def simulate(
