@@ -46,8 +46,10 @@ contract: setup
 # pytest exits 5 when it collected no tests: that is a failure here, never a pass.
 pytest = $(BIN)/python -m pytest -q $(1); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
 
+# The whole suite in two runs: the fast subset under its guard (so that it stays fast), then the heavy tests.
 test: lint firmware-tools browser-tools
-	$(call pytest,)
+	$(call pytest,--fast)
+	$(call pytest,--heavy)
 
 # The fast subset, under a minute: every test but the heavy ones, those that train or convert a model with
 # TensorFlow or build or emulate the firmware. A test is heavy when it is marked so or uses a fixture

@@ -95,6 +95,7 @@ sys.addaudithook(_audit)
 
 def pytest_addoption(parser):
     parser.addoption("--fast", action="store_true", help="leave out the heavy tests (make test-fast)")
+    parser.addoption("--heavy", action="store_true", help="only the heavy tests (make test: --fast, then --heavy)")
 
 
 def pytest_configure(config):
@@ -114,10 +115,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if HEAVY_FIXTURES.intersection(item.fixturenames):
             item.add_marker(pytest.mark.heavy)
-    if config.getoption("--fast"):
-        heavy_items = [item for item in items if item.get_closest_marker("heavy")]
-        config.hook.pytest_deselected(items=heavy_items)
-        items[:] = [item for item in items if not item.get_closest_marker("heavy")]
+    if config.getoption("--fast") or config.getoption("--heavy"):
+        keep_heavy = config.getoption("--heavy")
+        left_out = [item for item in items if bool(item.get_closest_marker("heavy")) != keep_heavy]
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = [item for item in items if bool(item.get_closest_marker("heavy")) == keep_heavy]
 
 
 @pytest.hookimpl(wrapper=True)
