@@ -33,7 +33,6 @@ from edgefp.manifest import (
     SCHEMA_VERSION,
     Manifest,
     ManifestError,
-    Output,
 )
 
 __all__ = ["ARCHIVE_SUFFIX", "MANIFEST", "MODEL", "SCHEMA", "SCHEMA_VERSION", "Bundle", "manifest_digest", "sha256"]
@@ -284,8 +283,8 @@ class Bundle:
     def dequantize(self, probs_q: np.ndarray, values_q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The int8 outputs of N samples as float (probabilities, evidence)."""
         outputs = self.manifest.outputs
-        values = [_dequantize(values_q[:, j], spec) for j, spec in enumerate(outputs.layer_errors)]
-        return _dequantize(probs_q, outputs.probs), np.stack(values, axis=1)
+        values = [data.dequantize(values_q[:, j], spec) for j, spec in enumerate(outputs.layer_errors)]
+        return data.dequantize(probs_q, outputs.probs), np.stack(values, axis=1)
 
     def decide(self, probs_q: np.ndarray, values_q: np.ndarray) -> ood.Scores:
         """The int8 outputs of N samples -> the score file (dequantise, look up, compare)."""
@@ -338,10 +337,6 @@ class Bundle:
 
             return run(self, interpreter, x)
         return self.decide(*self.invoke_all(interpreter, self.quantize(x)))
-
-
-def _dequantize(values: np.ndarray, spec: Output) -> np.ndarray:
-    return ((np.asarray(values, dtype=np.float32) - spec.zero_point) * np.float32(spec.scale)).astype(np.float32)
 
 
 def _directory_entries(path: str) -> dict[str, tuple[str, int]]:

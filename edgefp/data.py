@@ -29,7 +29,7 @@ import numpy as np
 from edgefp.errors import EdgefpError
 
 if TYPE_CHECKING:  # the manifest reads this module's preprocessing
-    from edgefp.manifest import Input
+    from edgefp.manifest import Input, Output
 
 SPLITS = ("train", "test")
 DIGITS_TEST_FRACTION = 0.25
@@ -318,12 +318,13 @@ def undo_preprocessing(x: np.ndarray, preprocessing: dict) -> np.ndarray:
     return (x * std + mean).astype(np.float32)
 
 
-def dequantize_input(x_q: np.ndarray, input_spec: Input) -> np.ndarray:
-    """Int8 model inputs -> the model's float inputs (still preprocessed)."""
-    return (np.asarray(x_q, dtype=np.float32) - np.float32(input_spec.zero_point)) * np.float32(input_spec.scale)
+def dequantize(values_q: np.ndarray, spec: Input | Output) -> np.ndarray:
+    """A tensor's int8 values -> its float values, by the manifest's scale and zero point of that input or
+    output (model inputs come back still preprocessed)."""
+    return (np.asarray(values_q, dtype=np.float32) - np.float32(spec.zero_point)) * np.float32(spec.scale)
 
 
 def to_raw(x_q: np.ndarray, input_spec: Input) -> np.ndarray:
     """Int8 model inputs -> raw samples: dequantise, then undo the preprocessing (the inverse of
     :meth:`edgefp.bundle.Bundle.quantize`, up to rounding and clipping)."""
-    return input_spec.preprocessing.undo(dequantize_input(x_q, input_spec))
+    return input_spec.preprocessing.undo(dequantize(x_q, input_spec))

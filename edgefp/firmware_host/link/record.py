@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgefp.bundle import Bundle
-from edgefp.data import dequantize_input, to_raw
+from edgefp.data import dequantize, to_raw
 from edgefp.errors import EdgefpError, option
 from edgefp.firmware_host.link import client
 from edgefp.firmware_host.link.protocol import DataKind
@@ -245,7 +245,7 @@ def pull_ood(device, out: str, *, force: bool = False) -> dict:
         np.savez(
             os.path.join(tmp, "ood.npz"),
             x_int8=x_q,
-            x=dequantize_input(x_q, spec),
+            x=dequantize(x_q, spec),
             ood_score=np.array([sample["score"] for sample in samples], np.float32),
             pred=np.array([sample["pred"] for sample in samples], np.int64),
             timestamp_ms=np.array([sample["timestamp_ms"] for sample in samples], np.int64),
