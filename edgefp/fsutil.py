@@ -70,6 +70,13 @@ def read_json(path: str, what: str, *, max_bytes: int = MAX_JSON_BYTES, missing:
     return content
 
 
+def _not_written_by_edgefp(path: str, kind: str) -> EdgefpError:
+    return EdgefpError(
+        f"{path} is not a {kind} written by edgefp; {option('force')} replaces only those: remove it yourself or "
+        f"choose another {option('out')}"
+    )
+
+
 def check_directory_output(path: str, kind: str, *, force: bool) -> str:
     """The absolute path a ``kind`` directory may be written to, or one clear EdgefpError."""
     full = output_path(path)
@@ -79,10 +86,7 @@ def check_directory_output(path: str, kind: str, *, force: bool) -> str:
         raise EdgefpError(f"{path} already exists; {_CHOOSE_OR_FORCE}")
     marker = read_marker(full) if os.path.isdir(full) else None
     if marker is None or marker.get("kind") != kind:
-        raise EdgefpError(
-            f"{path} is not a {kind} written by edgefp; {option('force')} replaces only those: remove it yourself or "
-            f"choose another {option('out')}"
-        )
+        raise _not_written_by_edgefp(path, kind)
     foreign = sorted(set(os.listdir(full)) - set(marker["files"]) - {MARKER})
     if foreign:
         raise EdgefpError(
@@ -101,10 +105,7 @@ def check_file_output(path: str, *, force: bool, written_by_edgefp, kind: str) -
     if not force:
         raise EdgefpError(f"{path} already exists; {_CHOOSE_OR_FORCE}")
     if not os.path.isfile(full) or not written_by_edgefp(full):
-        raise EdgefpError(
-            f"{path} is not a {kind} written by edgefp; {option('force')} replaces only those: remove it yourself or "
-            f"choose another {option('out')}"
-        )
+        raise _not_written_by_edgefp(path, kind)
     return full
 
 
