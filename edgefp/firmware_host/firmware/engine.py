@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import numpy as np
 
 from edgefp.errors import EdgefpError
 from edgefp.firmware_host.firmware.contract import DTYPES, Io, Status
+from edgefp.fsutil import atomic_file
 
 SOURCE = Path(__file__).with_name("c") / "src"
 UNITS = ("engine.c", "plan.c", "fixedpoint.c", "dot.c", "ops.c", "op_*.c")  # the engine; the rest is the firmware
@@ -64,12 +64,10 @@ def library(dsp: bool = False) -> ctypes.CDLL:
     if not target.exists():
         if shutil.which("gcc") is None:
             raise EdgefpError("the firmware's engine needs gcc to be built for this machine; install it first")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        scratch = f"{target}.{os.getpid()}.tmp"
-        result = subprocess.run(["gcc", *flags, *map(str, sources()), "-o", scratch], capture_output=True)
-        if result.returncode != 0:
-            raise EdgefpError(f"the engine did not build: {result.stderr.decode(errors='replace')[-300:]}")
-        os.replace(scratch, target)
+        with atomic_file(str(target)) as scratch:
+            result = subprocess.run(["gcc", *flags, *map(str, sources()), "-o", scratch], capture_output=True)
+            if result.returncode != 0:
+                raise EdgefpError(f"the engine did not build: {result.stderr.decode(errors='replace')[-300:]}")
     lib = ctypes.CDLL(str(target))
     lib.efp_engine_size.restype = ctypes.c_size_t
     lib.efp_engine_error.argtypes = [ctypes.c_void_p]
