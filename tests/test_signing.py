@@ -190,6 +190,18 @@ def test_keys_and_signing_through_the_cli(tmp_path, keys):
     assert Signature.unpack(Bundle.load(bundle).signature).version == 3
 
 
+def test_export_firmware_builds_the_key_in(tmp_path, keys, capsys):
+    out = tmp_path / "fw"
+    with pytest.raises(SystemExit) as exited:
+        main(["export-firmware", "--board", "qemu-m4", "--out", str(out), "--trust", keys[0]["public_key"]])
+    assert exited.value.code == 0
+    trusted = load_public_key(keys[0]["public_key"])
+    assert "-DEFP_TRUST_KEY=" + ",".join(f"0x{b:02x}" for b in trusted) in (out / "board.mk").read_text()
+    assert (out / "third_party" / "pins.json").is_file() and (out / "third_party" / "monocypher").is_dir()
+    bad = ["export-firmware", "--board", "qemu-m4", "--out", str(tmp_path / "fw2"), "--trust", keys[0]["private_key"]]
+    assert "not a public key" in one_line_error(capsys, bad) and not (tmp_path / "fw2").exists()
+
+
 def _bad_keys(tmp_path, keys):
     p256 = ec.generate_private_key(ec.SECP256R1())
     pem = p256.private_bytes(PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
@@ -225,12 +237,16 @@ def test_bad_key_files_are_one_line_and_exit_2(tmp_path, keys, capsys):
     assert "not a public key" in one_line_error(capsys, [*trust, bundle])
 
 
-def test_repo_add_and_select_deploy_keep_the_signature(tmp_path, keys, digits_bundle):
+def test_repo_add_and_select_deploy_keep_the_signature(tmp_path, keys, digits_bundle, capsys):
     from edgefp.repository import Repository
 
     signed = str(tmp_path / "digits04.efp")
     Bundle.load(digits_bundle[1]).write(signed)
     assert edgefp("sign", signed, "--key", keys[0]["private_key"]).returncode == 0
+    with pytest.raises(SystemExit):
+        main(["inspect", signed, "--json"])
+    shown = json.loads(capsys.readouterr().out)["signature"]
+    assert shown["key_id"] == key_id(load_public_key(keys[0]["public_key"])).hex() and shown["version"] > 1
     repo = Repository(str(tmp_path / "repo"))
     repo.add(signed, {"task": "digits"})
     assert repo.load(repo.entry("digits04")).signature == Bundle.load(signed).signature

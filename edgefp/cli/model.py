@@ -246,9 +246,16 @@ def inspect(bundle, as_json):
 
     Exits with status 1 when the files do not verify."""
     from edgefp.bundle import Bundle
+    from edgefp.signing import Signature, SignatureError
 
     read = Bundle.read(bundle)
     manifest, problems = read.manifest, read.problems()
+    try:
+        found = Signature.unpack(read.signature) if read.signature is not None else None
+        signature = {"version": found.version, "key_id": found.key_id.hex()} if found else None
+        signed = f"version {found.version}, key id {found.key_id.hex()} (devices check it)" if found else "no"
+    except SignatureError as damaged:
+        signature, signed = {"error": str(damaged)}, str(damaged)
     fields = manifest.to_json()
     report = {key: fields[key] for key in ("name", "flash_bytes", "tflm_arena_bytes", "ops", "files")}
     engine_arena, engine_line = _engine_arena(read, problems)
@@ -263,6 +270,7 @@ def inspect(bundle, as_json):
         target_fpr=manifest.score.target_fpr if read.fingerprinted else None,
         verified=not problems,
         problems=problems,
+        signature=signature,
     )
     dtype = manifest.input.dtype
     lines = [
@@ -280,6 +288,7 @@ def inspect(bundle, as_json):
     lines += [f"    {layer['name']}: {layer['kind']} ({layer['features']} features)" for layer in report["layers"]]
     lines += [f"  {name}: sha256 {entry.sha256}, {entry.bytes} bytes" for name, entry in manifest.files.items()]
     lines.append("  files verify: yes" if not problems else f"  files verify: NO: {'; '.join(problems)}")
+    lines.append(f"  signed: {signed}")
     emit(report, as_json, lines)
     if problems:
         sys.exit(1)
