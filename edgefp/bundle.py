@@ -34,7 +34,7 @@ from edgefp.manifest import (
     Manifest,
     ManifestError,
 )
-from edgefp.signing import SIGNATURE_BYTES, SIGNATURE_FILE, Signature
+from edgefp.signing import SIGNATURE_BYTES, SIGNATURE_FILE, Signature, sign_manifest
 
 __all__ = ["ARCHIVE_SUFFIX", "MANIFEST", "MODEL", "SCHEMA", "SCHEMA_VERSION", "Bundle", "manifest_digest", "sha256"]
 
@@ -136,9 +136,7 @@ class Bundle:
 
     def sign(self, private_key, version: int) -> Signature:
         """Sign the manifest as this bundle writes it, as ``version`` (docs/security.md)."""
-        from edgefp.signing import sign
-
-        found = sign(self.manifest_bytes, private_key, version)
+        found = sign_manifest(self.manifest_bytes, private_key, version)
         self._signature = found.pack()
         return found
 

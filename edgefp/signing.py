@@ -122,7 +122,8 @@ def load_private_key(path: str):
             f"{path}: not a signing key ({hint}); give the signing.key 'edgefp keys generate' wrote"
         ) from None
     if not isinstance(key, Ed25519PrivateKey):
-        raise EdgefpError(f"{path}: a {type(key).__name__.lstrip('_')}, not an Ed25519 key; use 'edgefp keys generate'")
+        kind = type(key).__name__.lstrip("_")
+        raise EdgefpError(f"{path}: not an Ed25519 key but {kind}; make one with 'edgefp keys generate'")
     return key
 
 
@@ -141,12 +142,12 @@ def load_public_key(path: str) -> bytes:
             f"{path}: not a public key ({hint}); give the signing.pub 'edgefp keys generate' wrote"
         ) from None
     if not isinstance(key, Ed25519PublicKey):
-        raise EdgefpError(f"{path}: a {type(key).__name__.lstrip('_')}, not an Ed25519 public key")
+        raise EdgefpError(f"{path}: not an Ed25519 public key but {type(key).__name__.lstrip('_')}")
     return public_raw(key)
 
 
 # --------------------------------------------------------------------------------- sign and check
-def sign(manifest_bytes: bytes, private_key, version: int) -> Signature:
+def sign_manifest(manifest_bytes: bytes, private_key, version: int) -> Signature:
     """The signature of a manifest (as the bundle holds its bytes) at ``version``."""
     if not 1 <= version <= MAX_VERSION:
         raise EdgefpError(f"version {version} is out of range (1 to 2^64-1)")
