@@ -198,6 +198,7 @@ def test_export_firmware_builds_the_key_in(tmp_path, keys, capsys):
     trusted = load_public_key(keys[0]["public_key"])
     assert "-DEFP_TRUST_KEY=" + ",".join(f"0x{b:02x}" for b in trusted) in (out / "board.mk").read_text()
     assert (out / "third_party" / "pins.json").is_file() and (out / "third_party" / "monocypher").is_dir()
+    assert f"signed with key {key_id(trusted).hex()}" in capsys.readouterr().out
     bad = ["export-firmware", "--board", "qemu-m4", "--out", str(tmp_path / "fw2"), "--trust", keys[0]["private_key"]]
     assert "not a public key" in one_line_error(capsys, bad) and not (tmp_path / "fw2").exists()
 

@@ -389,6 +389,11 @@ def export_firmware(board, out, build_it, bundles, only_bundle_ops, no_op_names,
         lines += build.budget_lines(report["sizes"])
     if operators:
         lines.append(f"  operators: {', '.join(operators)} only")
+    if options.trust is not None:
+        from edgefp.signing import key_id
+
+        report["trust_key_id"] = key_id(options.trust).hex()
+        lines.append(f"  takes only bundles signed with key {report['trust_key_id']}, never older ones")
     report["bundles"] = rams
     for ram in report["bundles"]:
         verdict = "fits" if ram["fits"] else f"does NOT fit: {ram['ram_bytes'] - ram['board_ram_bytes']:,} bytes short"
