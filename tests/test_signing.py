@@ -12,6 +12,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import tarfile
 
 import numpy as np
@@ -141,6 +142,19 @@ def test_an_agent_that_trusts_a_key_refuses_what_its_owner_did_not_sign(tmp_path
         serves(device, archives["v11"])  # after a restart, the newest serves and older ones stay refused
         with pytest.raises(DeviceError, match="ROLLBACK: the bundle is version 10; this device runs version 11"):
             upload(device, archives["v10"])
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "edgefp", "sim", "--tcp", "--trust", keys[0]["public_key"]],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with client.open_device(sim.stdout.readline().strip()) as device:  # a simulated board trusts it too
+            with pytest.raises(DeviceError, match="UPLOAD_END: BAD_SIGNATURE"):
+                client.flash(device, archives["unsigned"])
+            client.flash(device, archives["v10"])
+    finally:
+        sim.terminate()
+        sim.wait(10)
     with serving(Agent(str(tmp_path / "open"), "pi")) as url, client.open_device(url) as device:
         for name in ("unsigned", "other key", "v5"):  # a device without a key takes any intact bundle
             client.flash(device, archives[name])
