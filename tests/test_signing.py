@@ -164,11 +164,16 @@ def test_an_agent_that_trusts_a_key_refuses_what_its_owner_did_not_sign(tmp_path
 @pytest.mark.heavy
 @needs_gcc
 def test_the_firmware_that_trusts_a_key_refuses_the_same(tmp_path, keys, archives):
+    from edgefp.firmware_host.firmware.build import Options, build
     from edgefp.firmware_host.firmware.launch import start
 
     trusted, flash = load_public_key(keys[0]["public_key"]), str(tmp_path / "flash.bin")
     with start("native", trust=trusted, flash_file=flash) as chip, client.open_device(chip.url) as device:
         check_refusals(device, archives)
+    built = build("native", cflags=Options(trust=trusted).cflags()).parent / "obj-host" / "src" / "signature.o"
+    listed = subprocess.run(["nm", "-g", "--defined-only", str(built)], capture_output=True, text=True, check=True)
+    exported = {line.split()[-1] for line in listed.stdout.splitlines() if len(line.split()) == 3}
+    assert exported == {"efp_signature_check", "efp_ed25519_check"}  # Monocypher's and SHA-512's are local
     with start("native", trust=trusted, flash_file=flash) as chip, client.open_device(chip.url) as device:
         serves(device, archives["v11"])
         with pytest.raises(DeviceError, match="ROLLBACK"):
