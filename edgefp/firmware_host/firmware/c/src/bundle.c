@@ -325,7 +325,7 @@ int efp_bundle_open(const uint8_t *archive, uint32_t len, efp_bundle_info *b, ch
             continue;
         }
         uint8_t expected[32], actual[32];
-        if (strcmp(t.name, "manifest.sig") == 0 && t.size == EFP_SIGNATURE_BYTES &&
+        if (memcmp(t.name, "manifest.sig", sizeof "manifest.sig") == 0 && t.size == EFP_SIGNATURE_BYTES &&
             !efp_json_get(files, t.name, &entry)) {
             b->signature = t.data; /* checked by a firmware that trusts a key (signature.h) */
             continue;
