@@ -14,7 +14,9 @@ typedef struct {
     uint32_t model_len;
     const uint8_t *manifest;
     uint32_t manifest_len;
+#ifdef EFP_TRUST_KEY
     const uint8_t *signature; /* manifest.sig (EFP_SIGNATURE_BYTES), NULL when the bundle is unsigned */
+#endif
     char name[EFP_NAME_MAX + 1];
     uint32_t input_bytes; /* bytes of the input: its elements, 4 bytes each when input_float */
     uint8_t input_float;  /* a wrapped model that takes float32 */
