@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import queue
 import threading
 import time
 import zlib
@@ -30,6 +31,9 @@ SESSION_S = 300  # the broker keeps a device's subscriptions and QoS 1 requests 
 IDLE_S = 120.0  # a controller's session that sent nothing for this long is closed
 MAX_SESSIONS = 8
 TICK_S = 0.1
+ANSWER_S, SLOW_S = 2.0, 30.0  # a gateway waits this long for a device's answer before it sends the next request
+SLOW_REQUESTS = {Msg.UPLOAD_END, Msg.ACTIVATE, Msg.BENCH, Msg.RESET}
+ROUTES_KEPT = 4096
 
 
 def status_payload(device_id: str, tags: dict, hello: protocol.Hello, counters: protocol.Counters, last_event):
@@ -199,9 +203,10 @@ def on_broker(agent, *, member: AgentMember, serial_path=None, tcp=None, samples
 
 class Gateway(Member):
     """A device on a serial line, on the broker: the gateway keeps the link, forwards each controller's
-    frames under sequence numbers of its own and routes the answers back, turns the device's events into
-    MQTT events, and asks it for HELLO and counters for the status. The device's id defaults to its board
-    and port; a device that requires a shared key is not supported."""
+    frames under sequence numbers of its own, one request at a time (a microcontroller reads the next
+    request when it has answered the last), routes the answers back, turns the device's events into
+    MQTT events, and asks it for HELLO and counters for the status. A device that requires a shared
+    key is not supported."""
 
     def __init__(self, url: str, broker: mqtt.Broker, device_id: str, tags: dict | None = None, **options):
         self.device = client.open_device(url)  # the handshake: the device answers and speaks this protocol
@@ -209,54 +214,66 @@ class Gateway(Member):
             self.device.close()
             raise EdgefpError(f"{url}: the device requires a shared key; the gateway serves devices without one")
         self.url, self.port = url, self.device.port
-        self._write_lock, self._answered = threading.Lock(), threading.Condition()
-        self._seq = 0
-        self._routes: collections.OrderedDict[int, tuple[str | None, int]] = collections.OrderedDict()
+        self._requests: queue.Queue = queue.Queue()  # (session or None, frame, answer slot or None)
+        self._answered = threading.Condition()
+        self._seq, self._waiting = 0, None  # the gateway's last sequence number; the one awaiting an answer
+        self._routes: collections.OrderedDict[int, tuple] = collections.OrderedDict()  # seq -> (session, seq, slot)
         self._last: dict[str, tuple[tuple[int, int], int]] = {}  # session -> ((seq, crc), gateway seq)
         self._readers: dict[str, FrameReader] = {}
-        self._answers: dict[int, Frame] = {}
         self._stop, self._activated = threading.Event(), threading.Event()
-        self._link = threading.Thread(target=self._read_link, daemon=True)
-        self._link.start()
+        self._threads = [threading.Thread(target=target, daemon=True) for target in (self._read_link, self._write_link)]
+        for thread in self._threads:
+            thread.start()
         super().__init__(broker, device_id, tags, **options)
 
-    def _send(self, session: str | None, frame: Frame) -> int:
-        """Forward ``frame`` under a sequence number of the gateway's (the same one for a repeat)."""
-        key = (frame.seq, zlib.crc32(bytes([frame.type]) + frame.body))
-        with self._write_lock:
+    def _write_link(self) -> None:
+        """Send the queued requests one at a time, each when the last was answered or timed out."""
+        while not self._stop.is_set():
+            try:
+                session, frame, slot = self._requests.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            key = (frame.seq, zlib.crc32(bytes([frame.type]) + frame.body))
             last = self._last.get(session) if session is not None else None
-            if last and last[0] == key:
+            if last and last[0] == key:  # a repeat: the same number, so that the device answers it again
                 seq = last[1]
             else:
                 self._seq = self._seq % 0xFFFF + 1
                 seq = self._seq
-                self._routes[seq] = (session, frame.seq)
-                while len(self._routes) > 4096:
+                self._routes[seq] = (session, frame.seq, slot)
+                while len(self._routes) > ROUTES_KEPT:
                     self._routes.popitem(last=False)
                 if session is not None:
                     self._last[session] = (key, seq)
-            self.port.write(DELIMITER + encode_frame(frame.type, seq, frame.body))
-        return seq
+            with self._answered:
+                self._waiting = seq
+            try:
+                self.port.write(DELIMITER + encode_frame(frame.type, seq, frame.body))
+            except OSError:
+                self._stop.set()
+                return
+            wait = SLOW_S if frame.type in SLOW_REQUESTS else ANSWER_S
+            with self._answered:
+                self._answered.wait_for(lambda: self._waiting is None or self._stop.is_set(), wait)
 
-    def _ask(self, type_: int, body: bytes, parse, timeout: float = 5.0):
+    def _ask(self, type_: int, body: bytes, parse):
         """The gateway's own request to the device; its parsed answer."""
-        seq = self._send(None, Frame(type_, 0, body))
-        deadline = time.monotonic() + timeout
+        slot: list[Frame] = []
+        self._requests.put((None, Frame(type_, 0, body), slot))
         with self._answered:
-            while seq not in self._answers:
-                if time.monotonic() > deadline or self._stop.is_set():
-                    raise client.LinkError(f"{self.url}: no answer to {protocol.type_name(type_)} from the device")
-                self._answered.wait(0.1)
-            answer = self._answers.pop(seq)
-        if answer.type == Msg.ERROR:
-            raise client.DeviceError(*protocol.unpack_error(answer.body))
-        return parse(answer.body)
+            if not self._answered.wait_for(lambda: slot or self._stop.is_set(), SLOW_S):
+                raise client.LinkError(f"{self.url}: no answer to {protocol.type_name(type_)} from the device")
+        if not slot:
+            raise client.LinkError(f"{self.url}: the link to the device dropped")
+        if slot[0].type == Msg.ERROR:
+            raise client.DeviceError(*protocol.unpack_error(slot[0].body))
+        return parse(slot[0].body)
 
     def deliver(self, session: str, data: bytes) -> None:
         reader = self._readers.setdefault(session, FrameReader())
         for item in reader.feed(data):
             if isinstance(item, Frame):
-                self._send(session, item)
+                self._requests.put((session, item, None))
 
     def _read_link(self) -> None:
         reader = FrameReader()
@@ -269,6 +286,8 @@ class Gateway(Member):
             for item in reader.feed(data):
                 if isinstance(item, Frame):
                     self._route(item)
+        with self._answered:
+            self._answered.notify_all()
 
     def _route(self, frame: Frame) -> None:
         if frame.type == Msg.EVENT:
@@ -276,13 +295,16 @@ class Gateway(Member):
             if event.ood:
                 self.publish_event(event.input, event, None)
             return
-        session, seq = self._routes.get(frame.seq, (None, None))
+        session, seq, slot = self._routes.get(frame.seq, (None, None, None))
         if seq is None:
             return
+        with self._answered:
+            if self._waiting == frame.seq:
+                self._waiting = None
+            if slot is not None:
+                slot.append(frame)
+            self._answered.notify_all()
         if session is None:
-            with self._answered:
-                self._answers[frame.seq] = frame
-                self._answered.notify_all()
             return
         if frame.type == Msg.ACTIVATE | RESPONSE:
             self._activated.set()
@@ -304,6 +326,7 @@ class Gateway(Member):
 
     def close(self) -> None:
         self._stop.set()
-        self._link.join(2)
+        for thread in self._threads:
+            thread.join(2)
         self.device.close()
         super().close()
