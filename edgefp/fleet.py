@@ -96,12 +96,11 @@ class Controller:
             time.sleep(0.05)
 
     def devices(self, where: dict[str, str] | None = None) -> list[dict]:
-        """Every device the broker has a status or an online flag of, matching ``where``, by id: each with
-        at least ``device_id``, ``online``, ``bundle`` and ``tags``."""
+        """Every device the broker has a status of, matching ``where``, by id: each with at least
+        ``device_id``, ``online``, ``bundle`` and ``tags``."""
         found = []
-        for device_id in sorted(set(self._status) | set(self._online)):
-            status = {"device_id": device_id, "bundle": None, "tags": {}, **self._status.get(device_id, {})}
-            status["online"] = self._online.get(device_id, False)
+        for device_id in sorted(self._status):
+            status = {**self._status[device_id], "online": self._online.get(device_id, False)}
             if matches(status, where or {}):
                 found.append(status)
         return found

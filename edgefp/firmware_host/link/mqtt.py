@@ -201,6 +201,8 @@ def local_broker(*, password_file: str | None = None):
         login = f"password_file {password_file}\nallow_anonymous false" if password_file else "allow_anonymous true"
         settings = [f"listener {port} 127.0.0.1", login, "persistence false", "sys_interval 1"]
         settings.append("max_queued_messages 100000")  # a controller away for a while misses no QoS 1 event
+        if os.geteuid() == 0:
+            settings.append("user root")  # started as root it would become 'mosquitto', who cannot read our files
         with open(config, "w") as handle:
             handle.write("\n".join(settings) + "\n")
         process = subprocess.Popen([program, "-c", config], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
