@@ -216,7 +216,9 @@ class FleetWatch:
         verdict = "ok"
         with self._lock:
             number = int(event["input"])
-            if number < self._last.get(device_id, 0):  # the device started counting again (a new bundle)
+            if device_id not in self._last:  # first seen: its window starts here
+                self._start[device_id] = number - 1
+            elif number < self._last[device_id]:  # the device started counting again (a new bundle)
                 self._ood.pop(device_id, None)
                 self._start[device_id] = 0
             self._last[device_id] = number
@@ -246,10 +248,14 @@ class FleetWatch:
                 job = self._jobs.get(timeout=0.2)
             except queue.Empty:
                 continue
-            made.append(self.decide(*job))
+            event = self.decide(*job)
+            if event is not None:
+                made.append(event)
         return made
 
-    def decide(self, group: str, device_id: str, rate: float, number: int) -> dict:
+    def decide(self, group: str, device_id: str, rate: float, number: int) -> dict | None:
+        """Pull the device's OOD samples of the window, run selection on them and deploy the winner (to the
+        group too); the decision, recorded, or None when the device holds too few samples of the window."""
         from edgefp import watch
 
         event = {"time": watch._now(), "device": device_id, "group": group, "ood_rate": round(rate, 4)}
@@ -258,6 +264,8 @@ class FleetWatch:
         try:
             with self.controller.open(device_id) as device:
                 samples = [s for s in client.pull_ood(device) if s["input"] > number - self.window]
+                if len(samples) < self.min_samples:
+                    return None  # the drift is seen again when the window has filled afresh
                 event.update(watch.decide(device, self.repo, samples, where=self.where))
             if event["decision"] == watch.DEPLOYED and self.group_by:
                 same = [

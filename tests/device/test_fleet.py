@@ -24,8 +24,7 @@ from edgefp.wrap import wrap
 from tests.cli.test_cli import edgefp
 
 MODELS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "models")
-pytestmark = pytest.mark.skipif(not (mqtt.shutil.which("mosquitto") or os.path.exists("/usr/sbin/mosquitto")),
-                                reason="needs mosquitto (make firmware-tools)")  # fmt: skip
+pytestmark = pytest.mark.skipif(not mqtt.mosquitto(), reason="needs mosquitto (make firmware-tools)")
 
 
 @pytest.fixture(scope="module")

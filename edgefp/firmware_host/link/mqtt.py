@@ -188,11 +188,16 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def mosquitto() -> str | None:
+    """Mosquitto's program (Debian puts it in /usr/sbin, not on every user's PATH), or None."""
+    return shutil.which(MOSQUITTO) or shutil.which(MOSQUITTO, path="/usr/sbin")
+
+
 @contextlib.contextmanager
 def local_broker(*, password_file: str | None = None):
     """Run Mosquitto on a free loopback port with a configuration of its own (no persistence, anonymous
     unless ``password_file``); yield its URL. The broker stops when the block ends."""
-    program = shutil.which(MOSQUITTO) or next((p for p in ("/usr/sbin/mosquitto",) if os.path.exists(p)), None)
+    program = mosquitto()
     if program is None:
         raise EdgefpError("Mosquitto is not installed; install the Debian package 'mosquitto' (make firmware-tools)")
     with tempfile.TemporaryDirectory(prefix="edgefp-broker-") as scratch:
