@@ -210,17 +210,23 @@ def local_broker(*, password_file: str | None = None):
             settings.append("user root")  # started as root it would become 'mosquitto', who cannot read our files
         with open(config, "w") as handle:
             handle.write("\n".join(settings) + "\n")
-        process = subprocess.Popen([program, "-c", config], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        log = open(os.path.join(scratch, "mosquitto.log"), "w+b")  # a pipe nobody reads would fill and stop it
+        process = subprocess.Popen([program, "-c", config], stdout=subprocess.DEVNULL, stderr=log)
         try:
             deadline = time.monotonic() + 10
             while True:
                 with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
                     break
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise EdgefpError(f"Mosquitto did not start: {process.stderr.read().decode(errors='replace')}")
+                    log.seek(0)
+                    raise EdgefpError(f"Mosquitto did not start: {log.read().decode(errors='replace').strip()}")
                 time.sleep(0.02)
             yield f"mqtt://127.0.0.1:{port}"
         finally:
             process.terminate()
-            process.wait(10)
-            process.stderr.close()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            log.close()
