@@ -16,6 +16,12 @@
     python -m benchmarks.fleet           # 500 agents x 20 s; deploy to 100
     python -m benchmarks.fleet --quick   # 100 agents x 5 s; deploy to 20
     python -m benchmarks.fleet --broker mqtt://HOST:PORT   # against a broker already running (events only)
+    python -m benchmarks.fleet --amqtt PATH  # Mosquitto against amqtt (PATH: its `amqtt` program), MQTT 3.1.1
+
+3. brokers (``--amqtt``): a Python broker from PyPI, amqtt, against Mosquitto for a demo-sized fleet. amqtt
+   answers no MQTT 5 CONNECT (the fleet's session expiry), so both are measured with plain MQTT 3.1.1 clients:
+   100 publishers at 10 QoS 1 messages per second each for 10 s, one subscriber; received, lost,
+   latency p50 / p99, the broker's CPU seconds (from /proc).
 """
 
 from __future__ import annotations
@@ -197,6 +203,83 @@ def deploy(url: str, devices: int, processes: int) -> dict:
     }
 
 
+def race(url: str, pid: int, clients: int = 100, rate: float = 10.0, seconds: float = 10.0) -> dict:
+    """Plain MQTT 3.1.1 publishers (QoS 1) and one subscriber through the broker at ``url`` (process ``pid``)."""
+    import paho.mqtt.client as paho
+
+    broker = mqtt.parse_broker(url)
+
+    def client(name: str):
+        made = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=name, protocol=paho.MQTTv311)
+        made.connect(broker.host, broker.port)
+        made.loop_start()
+        return made
+
+    latencies, seen = [], set()
+    subscriber = client("race-sub")
+
+    def on_message(client, userdata, message) -> None:
+        number, sent_at = message.payload.split(b" ")
+        latencies.append(time.time() - float(sent_at))
+        seen.add(number)
+
+    subscriber.on_message = on_message
+    subscriber.subscribe("race/#", qos=1)
+    publishers = [client(f"race-{i}") for i in range(clients)]
+    time.sleep(1.0)
+    cpu = _cpu_seconds(pid)
+    start, sent, infos = time.time(), 0, []
+    while time.time() - start < seconds:
+        for index, publisher in enumerate(publishers):
+            infos.append(publisher.publish(f"race/{index}", f"{index}-{sent} {time.time()}", qos=1))
+            sent += 1
+        time.sleep(max(0.0, start + sent / clients / rate - time.time()))
+    for info in infos:
+        info.wait_for_publish(10)
+    time.sleep(2.0)
+    cpu = _cpu_seconds(pid) - cpu
+    for made in (*publishers, subscriber):
+        made.disconnect()
+        made.loop_stop()
+    lat = np.array(latencies) * 1000
+    return {
+        "sent": sent,
+        "received": len(seen),
+        "lost": sent - len(seen),
+        "messages_per_second": sent / seconds,
+        "latency_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))},
+        "broker_cpu_s": cpu,
+    }
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def compare_brokers(amqtt: str) -> dict:
+    """The same race through Mosquitto and through amqtt, one after the other."""
+    figures = {}
+    with mqtt.local_broker() as url:
+        figures["mosquitto"] = race(url, int(subprocess.check_output(["pgrep", "-n", "-x", "mosquitto"])))
+    with tempfile.TemporaryDirectory() as scratch:
+        port = mqtt.free_port()
+        config = os.path.join(scratch, "amqtt.yaml")
+        with open(config, "w") as handle:
+            handle.write(f"listeners:\n  default:\n    type: tcp\n    bind: 127.0.0.1:{port}\n")
+            handle.write("plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n    allow_anonymous: true\n")
+        log = open(os.path.join(scratch, "amqtt.log"), "w")
+        broker = subprocess.Popen([amqtt, "-c", config], stdout=log, stderr=log)
+        try:
+            time.sleep(3.0)
+            figures["amqtt"] = race(f"mqtt://127.0.0.1:{port}", broker.pid)
+        finally:
+            broker.terminate()
+            broker.wait(10)
+            log.close()
+    return figures
+
+
 def markdown(figures: dict) -> str:
     e, d = figures["events"], figures.get("deploy")
     lines = [
@@ -235,6 +318,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--broker", default=None, help="Use this broker (events only) instead of a local Mosquitto.")
+    parser.add_argument("--amqtt", default=None, help="Compare Mosquitto with the amqtt broker at this program.")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -243,6 +327,17 @@ def main() -> None:
             events_worker(url, int(rest[0]), int(rest[1]), float(rest[2]), float(rest[3]))
         else:
             agents_worker(url, int(rest[0]), int(rest[1]))
+        return
+    if args.amqtt:
+        figures = compare_brokers(args.amqtt)
+        lines = ["| MQTT 3.1.1, 100 publishers x 10 QoS 1 msg/s, 10 s | Mosquitto | amqtt |", "|---|---|---|"]
+        for key, label in (("received", "received"), ("lost", "lost")):
+            lines.append(f"| {label} | {figures['mosquitto'][key]:,} | {figures['amqtt'][key]:,} |")
+        lines.append(f"| broker CPU | {figures['mosquitto']['broker_cpu_s']:.2f} s | {figures['amqtt']['broker_cpu_s']:.2f} s |")
+        for key in ("p50", "p99"):
+            row = [f"{figures[name]['latency_ms'][key]:.1f} ms" for name in ("mosquitto", "amqtt")]
+            lines.append(f"| latency {key} | {row[0]} | {row[1]} |")
+        save("fleet_brokers", figures, "\n".join(lines) + "\n")
         return
     agents, seconds, devices = (100, 5, 20) if args.quick else (500, 20, 100)
     if args.broker:
