@@ -333,7 +333,8 @@ def main() -> None:
         lines = ["| MQTT 3.1.1, 100 publishers x 10 QoS 1 msg/s, 10 s | Mosquitto | amqtt |", "|---|---|---|"]
         for key, label in (("received", "received"), ("lost", "lost")):
             lines.append(f"| {label} | {figures['mosquitto'][key]:,} | {figures['amqtt'][key]:,} |")
-        lines.append(f"| broker CPU | {figures['mosquitto']['broker_cpu_s']:.2f} s | {figures['amqtt']['broker_cpu_s']:.2f} s |")
+        cpu = [f"{figures[name]['broker_cpu_s']:.2f} s" for name in ("mosquitto", "amqtt")]
+        lines.append(f"| broker CPU | {cpu[0]} | {cpu[1]} |")
         for key in ("p50", "p99"):
             row = [f"{figures[name]['latency_ms'][key]:.1f} ms" for name in ("mosquitto", "amqtt")]
             lines.append(f"| latency {key} | {row[0]} | {row[1]} |")
