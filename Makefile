@@ -63,6 +63,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.link
 	$(BIN)/python -m benchmarks.selection
 	$(BIN)/python -m benchmarks.firmware
+	$(BIN)/python -m benchmarks.fleet
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .ruff_cache .hypothesis
