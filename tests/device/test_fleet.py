@@ -4,6 +4,7 @@ refusals, last will, login, and the CLI's one-line errors (no trained model: a w
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,12 +43,12 @@ def broker():
 
 
 @contextlib.contextmanager
-def members(url: str, tmp_path, boards: dict[str, tuple[Board | str, dict]]):
+def members(url: str, tmp_path, boards: dict[str, tuple[Board | str, dict]], ca_file: str | None = None):
     """Agents on the broker, each served by its member's loop in a thread; yields {id: agent}."""
     stop, agents, threads = threading.Event(), {}, []
     for device_id, (board, tags) in boards.items():
         agents[device_id] = Agent(str(tmp_path / device_id), board)
-        member = AgentMember(agents[device_id], parse_broker(url), device_id, tags, status_s=0.2)
+        member = AgentMember(agents[device_id], parse_broker(url, ca_file), device_id, tags, status_s=0.2)
         threads.append(threading.Thread(target=member.run, args=(stop,), daemon=True))
         threads[-1].start()
     try:
@@ -145,6 +146,28 @@ def test_a_broker_with_passwords_refuses_a_wrong_login(tmp_path, hello):
                     assert deploy(controller, hello[1], {})[0]["result"] == DEPLOYED
             finally:
                 del os.environ[mqtt.PASSWORD_ENV]
+
+
+@pytest.mark.skipif(not shutil.which("openssl"), reason="needs openssl")
+def test_tls_brokers_are_checked_against_the_given_ca(tmp_path, hello):
+    """mqtts:// with --broker-ca: a broker whose certificate that CA signed is reached, one it did not is
+    refused (the system's CAs know neither)."""
+    key, cert = str(tmp_path / "broker.key"), str(tmp_path / "broker.pem")
+    names = "subjectAltName=IP:127.0.0.1,DNS:localhost"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"]
+        + ["-addext", names, "-keyout", key, "-out", cert],
+        check=True,
+        capture_output=True,
+    )
+    with local_broker(tls=(cert, key)) as url:
+        assert url.startswith("mqtts://")
+        with pytest.raises(EdgefpError, match="cannot reach the broker at mqtts://.*certificate verify failed"):
+            Controller(parse_broker(url))
+        with members(url, tmp_path, {"pi-1": ("pi", {})}, ca_file=cert):
+            with Controller(parse_broker(url, cert)) as controller:
+                wait_for(lambda: controller.devices())
+                assert deploy(controller, hello[1], {})[0]["result"] == DEPLOYED
 
 
 def test_broker_urls_are_checked():

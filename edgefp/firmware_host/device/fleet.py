@@ -115,7 +115,8 @@ class Member:
 
     def close(self) -> None:
         """Leave the broker: offline now (the last will says the same if this never runs)."""
-        self.client.publish(topic(self.device_id, "online"), b"false", qos=1, retain=True).wait_for_publish(5)
+        with contextlib.suppress(RuntimeError, ValueError):  # the broker is gone: its will says the same
+            self.client.publish(topic(self.device_id, "online"), b"false", qos=1, retain=True).wait_for_publish(5)
         self.client.disconnect()
         self.client.loop_stop()
 

@@ -149,10 +149,6 @@ class TunnelPort:
     def fileno(self) -> int:
         return self._read
 
-    @property
-    def in_waiting(self) -> int:
-        return 1
-
     def deliver(self, data: bytes) -> None:
         self.last_used = time.monotonic()
         with self._lock, contextlib.suppress(OSError):
@@ -194,9 +190,10 @@ def mosquitto() -> str | None:
 
 
 @contextlib.contextmanager
-def local_broker(*, password_file: str | None = None):
+def local_broker(*, password_file: str | None = None, tls: tuple[str, str] | None = None):
     """Run Mosquitto on a free loopback port with a configuration of its own (no persistence, anonymous
-    unless ``password_file``); yield its URL. The broker stops when the block ends."""
+    unless ``password_file``, TLS with ``tls`` = (certificate file, key file)); yield its URL. The broker
+    stops when the block ends."""
     program = mosquitto()
     if program is None:
         raise EdgefpError("Mosquitto is not installed; install the Debian package 'mosquitto' (make firmware-tools)")
@@ -205,6 +202,8 @@ def local_broker(*, password_file: str | None = None):
         config = os.path.join(scratch, "mosquitto.conf")
         login = f"password_file {password_file}\nallow_anonymous false" if password_file else "allow_anonymous true"
         settings = [f"listener {port} 127.0.0.1", login, "persistence false", "sys_interval 1"]
+        if tls:
+            settings += [f"certfile {tls[0]}", f"keyfile {tls[1]}"]
         settings.append("max_queued_messages 100000")  # a controller away for a while misses no QoS 1 event
         if os.geteuid() == 0:
             settings.append("user root")  # started as root it would become 'mosquitto', who cannot read our files
@@ -221,7 +220,7 @@ def local_broker(*, password_file: str | None = None):
                     log.seek(0)
                     raise EdgefpError(f"Mosquitto did not start: {log.read().decode(errors='replace').strip()}")
                 time.sleep(0.02)
-            yield f"mqtt://127.0.0.1:{port}"
+            yield f"{'mqtts' if tls else 'mqtt'}://127.0.0.1:{port}"
         finally:
             process.terminate()
             try:
