@@ -38,10 +38,19 @@ def matches(status: dict, where: dict[str, str]) -> bool:
 class Controller:
     """A connection to the fleet's broker: device statuses as they come, events to ``on_event(device_id,
     event)`` when given (QoS 1; ``session_expiry_s`` > 0 with a fixed ``client_id`` keeps them while the
-    controller is away), and devices opened over the broker with :meth:`open`."""
+    controller is away), and devices opened over the broker with :meth:`open` (with the shared ``key`` of
+    agents that require one)."""
 
-    def __init__(self, broker: mqtt.Broker, *, client_id: str | None = None, on_event=None, session_expiry_s: int = 0):
-        self.session = client_id or f"edgefp-controller-{os.urandom(4).hex()}"
+    def __init__(
+        self,
+        broker: mqtt.Broker,
+        *,
+        client_id: str | None = None,
+        on_event=None,
+        session_expiry_s: int = 0,
+        key: bytes | None = None,
+    ):
+        self.session, self.key = client_id or f"edgefp-controller-{os.urandom(4).hex()}", key
         mqtt.check_device_id(self.session)
         self.on_event = on_event
         self._status: dict[str, dict] = {}
@@ -122,7 +131,7 @@ class Controller:
         self._ports[device_id] = port
         device = client.Device(port, url=f"mqtt:{device_id}", timeout=timeout, retries=3)
         try:
-            client.handshake(device)
+            client.handshake(device, self.key)
         except BaseException:
             device.close()
             raise
@@ -191,6 +200,7 @@ class FleetWatch:
         events_path: str | None = None,
         client_id: str = "edgefp-watch",
         session_expiry_s: int = 3600,
+        key: bytes | None = None,
         on_decision=None,
         on_verdict=None,
     ):
@@ -204,7 +214,7 @@ class FleetWatch:
         self._jobs: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
         self.controller = Controller(
-            broker, client_id=client_id, on_event=self.handle_event, session_expiry_s=session_expiry_s
+            broker, client_id=client_id, on_event=self.handle_event, session_expiry_s=session_expiry_s, key=key
         )
 
     def group_of(self, status: dict) -> str:

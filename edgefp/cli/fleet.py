@@ -9,7 +9,17 @@ import time
 
 import click
 
-from edgefp.cli.common import BROKER_CA_OPTION, BROKER_OPTION, JSON_OPTION, PORT_OPTION, broker, emit, percent
+from edgefp.cli.common import (
+    BROKER_CA_OPTION,
+    BROKER_OPTION,
+    JSON_OPTION,
+    KEY_OPTION,
+    PORT_OPTION,
+    broker,
+    emit,
+    percent,
+    read_key,
+)
 
 FLEET_WHERE = click.option(
     "--where", multiple=True, help="Only devices with this tag (or device_id=ID, bundle=NAME), KEY=VALUE; repeatable."
@@ -59,8 +69,9 @@ def status(broker_url, broker_ca, where, as_json):
 @BROKER_OPTION
 @BROKER_CA_OPTION
 @click.option("--where", multiple=True, required=True, help="Devices with this tag (or device_id=ID), KEY=VALUE.")
+@KEY_OPTION
 @JSON_OPTION
-def deploy(bundle, broker_url, broker_ca, where, as_json):
+def deploy(bundle, broker_url, broker_ca, where, key_file, as_json):
     """Send a bundle through the broker to every online device whose tags match, all at once: each
     verifies it, writes it to its inactive slot and activates it (or refuses it and keeps its bundle).
     One line per device as it finishes, then a summary; exit status 1 when any device did not end
@@ -72,7 +83,7 @@ def deploy(bundle, broker_url, broker_ca, where, as_json):
     archive = Bundle.load(bundle).archive_bytes()
     wanted = parse_pairs(where, "where")
     start = time.monotonic()
-    with fleet_module.Controller(broker(broker_url, broker_ca)) as controller:
+    with fleet_module.Controller(broker(broker_url, broker_ca), key=read_key(key_file)) as controller:
         controller.settle()
 
         def on_result(result: dict) -> None:

@@ -240,7 +240,7 @@ def watch(
         from edgefp.fleet import FleetWatch
 
         options = {"ood_rate": ood_rate, "window": window or 100, "group_by": group_by, "events_path": events_path}
-        options["on_decision"] = on_decision
+        options.update(on_decision=on_decision, key=read_key(key_file))
         fleet = FleetWatch(broker(broker_url, broker_ca), repository, where=parse_pairs(where, "where"), **options)
         if not lines_out:
             click.echo(f"watching the fleet on {broker_url}: acting at OOD rate {percent(ood_rate).strip()}; Ctrl-C")

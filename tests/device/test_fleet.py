@@ -23,6 +23,7 @@ from edgefp.firmware_host.link.mqtt import local_broker, parse_broker
 from edgefp.fleet import ALREADY_ACTIVE, DEPLOYED, OFFLINE, REFUSED, Controller, deploy
 from edgefp.wrap import wrap
 from tests.cli.test_cli import edgefp
+from tests.conftest import KEY
 
 MODELS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "models")
 pytestmark = pytest.mark.skipif(not mqtt.mosquitto(), reason="needs mosquitto (make firmware-tools)")
@@ -43,11 +44,12 @@ def broker():
 
 
 @contextlib.contextmanager
-def members(url: str, tmp_path, boards: dict[str, tuple[Board | str, dict]], ca_file: str | None = None):
-    """Agents on the broker, each served by its member's loop in a thread; yields {id: agent}."""
+def members(url: str, tmp_path, boards: dict[str, tuple[Board | str, dict]], ca_file=None, key=None):
+    """Agents on the broker (with a shared ``key``), each served by its member's loop in a thread; yields
+    {id: agent}."""
     stop, agents, threads = threading.Event(), {}, []
     for device_id, (board, tags) in boards.items():
-        agents[device_id] = Agent(str(tmp_path / device_id), board)
+        agents[device_id] = Agent(str(tmp_path / device_id), board, key=key)
         member = AgentMember(agents[device_id], parse_broker(url, ca_file), device_id, tags, status_s=0.2)
         threads.append(threading.Thread(target=member.run, args=(stop,), daemon=True))
         threads[-1].start()
@@ -95,6 +97,24 @@ def test_deploy_by_tag_reports_each_device_with_its_refusal(broker, hello, tmp_p
         assert [(found["device_id"], found["result"]) for found in again] == [("pi-2", ALREADY_ACTIVE)]
         with pytest.raises(EdgefpError, match="no device matches `where` site=moon .4 devices known"):
             deploy(controller, hello[1], {"site": "moon"})
+
+
+def test_an_agent_with_a_key_takes_bundles_from_controllers_that_know_it(broker, hello, tmp_path):
+    """Anyone who may publish on the broker reaches the device: an agent with a shared key refuses the
+    controllers without it."""
+    with members(broker, tmp_path, {"pi-1": ("pi", {})}, key=KEY) as agents:
+        with Controller(parse_broker(broker)) as controller:
+            wait_for(lambda: controller.devices())
+            [refused] = deploy(controller, hello[1], {})
+        assert refused["result"] == "failed" and "requires a shared key" in refused["message"]
+        with Controller(parse_broker(broker), key=b"x" * 32) as controller:
+            wait_for(lambda: controller.devices())
+            [wrong] = deploy(controller, hello[1], {})
+        assert wrong["result"] == REFUSED and wrong["error"] == "AUTH_FAILED"
+        assert agents["pi-1"].bundle is None
+        with Controller(parse_broker(broker), key=KEY) as controller:
+            wait_for(lambda: controller.devices())
+            assert deploy(controller, hello[1], {})[0]["result"] == DEPLOYED
 
 
 def test_a_killed_agent_is_offline_by_its_last_will_and_deploys_skip_it(broker, hello, tmp_path):
