@@ -222,17 +222,20 @@ class FleetWatch:
         return f"{self.group_by}={tags[self.group_by]}" if self.group_by in tags else status["device_id"]
 
     def handle_event(self, device_id: str, event: dict) -> str:
-        """Count one OOD event; returns the verdict: "ok", "drift" (a decision is queued) or "waiting"."""
+        """Count one OOD event; returns the verdict: "ok", "drift" (a decision is queued), "waiting" (one is
+        being made for the group) or "duplicate" (counted already)."""
         verdict = "ok"
         with self._lock:
             number = int(event["input"])
+            recent = self._ood.setdefault(device_id, collections.deque())
+            if number in recent:  # QoS 1 delivers at least once: counted already
+                return self._tell(device_id, event, "duplicate")
             if device_id not in self._last:  # first seen: its window starts here
                 self._start[device_id] = number - 1
             elif number < self._last[device_id]:  # the device started counting again (a new bundle)
-                self._ood.pop(device_id, None)
+                recent.clear()
                 self._start[device_id] = 0
             self._last[device_id] = number
-            recent = self._ood.setdefault(device_id, collections.deque())
             recent.append(number)
             while recent and recent[0] <= number - self.window:
                 recent.popleft()
@@ -246,6 +249,9 @@ class FleetWatch:
                     self._busy.add(group)
                     self._jobs.put((group, device_id, len(recent) / self.window, number))
                     verdict = "drift"
+        return self._tell(device_id, event, verdict)
+
+    def _tell(self, device_id: str, event: dict, verdict: str) -> str:
         if self.on_verdict:
             self.on_verdict(device_id, event, verdict)
         return verdict

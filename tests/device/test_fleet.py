@@ -20,7 +20,7 @@ from edgefp.firmware_host.device.agent import Agent
 from edgefp.firmware_host.device.fleet import AgentMember
 from edgefp.firmware_host.link import mqtt
 from edgefp.firmware_host.link.mqtt import local_broker, parse_broker
-from edgefp.fleet import ALREADY_ACTIVE, DEPLOYED, OFFLINE, REFUSED, Controller, deploy
+from edgefp.fleet import ALREADY_ACTIVE, DEPLOYED, OFFLINE, REFUSED, Controller, FleetWatch, deploy
 from edgefp.wrap import wrap
 from tests.cli.test_cli import edgefp
 from tests.conftest import KEY
@@ -188,6 +188,35 @@ def test_tls_brokers_are_checked_against_the_given_ca(tmp_path, hello):
             with Controller(parse_broker(url, cert)) as controller:
                 wait_for(lambda: controller.devices())
                 assert deploy(controller, hello[1], {})[0]["result"] == DEPLOYED
+
+
+def test_the_fleet_watch_counts_each_device_window_from_its_events(broker):
+    """OOD events carry input numbers: a device's rate is the share of its last `window` inputs that were
+    OOD, from the first input seen; repeats (QoS 1) count once; counting starting again (a new bundle)
+    starts a fresh window; a second device of the same group waits while the group's decision is made."""
+    verdicts = []
+    fleet = FleetWatch(parse_broker(broker), None, ood_rate=0.5, window=10, min_samples=3, group_by="site")
+    fleet.on_verdict = lambda device_id, event, verdict: verdicts.append((device_id, event["input"], verdict))
+    try:
+        fleet.controller._status.update(
+            {name: {"device_id": name, "tags": {"site": "lab"}} for name in ("a", "b")}
+        )  # as their retained status would say
+        for number in (101, 103, 103, 105, 107):  # first seen at 101: not a full window until 110
+            fleet.handle_event("a", {"input": number})
+        assert [v for _, _, v in verdicts] == ["ok", "ok", "duplicate", "ok", "ok"]
+        assert fleet.handle_event("a", {"input": 110}) == "drift"  # 5 of the 10 inputs 101..110
+        assert fleet._jobs.get_nowait() == ("site=lab", "a", 0.5, 110)
+        for number in range(1, 12):
+            verdict = fleet.handle_event("b", {"input": number})
+        assert verdict == "waiting"  # b drifts too, but lab's decision is being made
+        fleet._restart("site=lab")
+        assert fleet.handle_event("a", {"input": 111}) == "ok"  # a fresh window from 110
+        for number in (2, 4, 6, 8, 10):  # a new bundle: counting started again, from 0
+            verdict = fleet.handle_event("a", {"input": number})
+        assert verdict == "drift" and fleet._jobs.get_nowait()[3] == 10
+        assert fleet.handle_event("a", {"input": 12}) == "waiting"
+    finally:
+        fleet.close()
 
 
 def test_broker_urls_are_checked():
