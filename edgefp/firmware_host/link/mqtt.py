@@ -90,9 +90,12 @@ def connect(
     on every reconnect, ``will`` (topic, payload) is published retained at QoS 1 if the connection
     drops. A persistent session (``session_expiry_s`` > 0) keeps QoS 1 messages while the client is
     away. Raises EdgefpError when the broker cannot be reached or refuses the login."""
-    import paho.mqtt.client as paho
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties
+    try:
+        import paho.mqtt.client as paho
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+    except ImportError:
+        raise EdgefpError("the fleet needs paho-mqtt: pip install 'edgefp[device]'") from None
 
     client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
     if broker.username is not None:
