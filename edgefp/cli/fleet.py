@@ -14,7 +14,6 @@ from edgefp.cli.common import (
     BROKER_OPTION,
     JSON_OPTION,
     KEY_OPTION,
-    PORT_OPTION,
     broker,
     emit,
     percent,
@@ -106,7 +105,7 @@ def deploy(bundle, broker_url, broker_ca, where, key_file, as_json):
 
 
 @click.command(epilog="Example: edgefp gateway --port /dev/ttyACM0 --broker mqtt://192.168.1.2:1883 --tag site=lab")
-@PORT_OPTION
+@click.option("--port", required=True, help="The device's URL: a serial port (/dev/ttyACM0, COM3) or a pty path.")
 @BROKER_OPTION
 @BROKER_CA_OPTION
 @click.option("--device-id", default=None, help="The device's id in the fleet [default: HOST-PORTNAME].")
