@@ -69,9 +69,9 @@ class Member:
             on_message=self._on_message,
             subscriptions=((topic(device_id, "rx", "+"), 1),),
             will=(topic(device_id, "online"), b"false"),
+            birth=(topic(device_id, "online"), b"true"),  # again after a reconnection (the will may have fired)
             session_expiry_s=SESSION_S,
         )
-        self.client.publish(topic(device_id, "online"), b"true", qos=1, retain=True)
 
     def _on_message(self, client, userdata, message) -> None:
         self.deliver(message.topic.rsplit("/", 1)[1], message.payload)

@@ -84,12 +84,14 @@ def connect(
     on_message=None,
     subscriptions: tuple[tuple[str, int], ...] = (),
     will: tuple[str, bytes] | None = None,
+    birth: tuple[str, bytes] | None = None,
     session_expiry_s: int = 0,
 ):
     """A connected paho client (MQTT 5) with its network loop running; ``subscriptions`` are made again
     on every reconnect, ``will`` (topic, payload) is published retained at QoS 1 if the connection
-    drops. A persistent session (``session_expiry_s`` > 0) keeps QoS 1 messages while the client is
-    away. Raises EdgefpError when the broker cannot be reached or refuses the login."""
+    drops, and ``birth`` (topic, payload) retained at QoS 1 on every connection. A persistent session
+    (``session_expiry_s`` > 0) keeps QoS 1 messages while the client is away. Raises EdgefpError when
+    the broker cannot be reached or refuses the login."""
     try:
         import paho.mqtt.client as paho
         from paho.mqtt.packettypes import PacketTypes
@@ -110,6 +112,8 @@ def connect(
         outcome[:] = [reason]
         if not reason.is_failure and subscriptions:
             client.subscribe(list(subscriptions))
+        if not reason.is_failure and birth:
+            client.publish(birth[0], birth[1], qos=1, retain=True)
         connected.set()
 
     client.on_connect = on_connect
