@@ -150,6 +150,23 @@ def test_a_killed_agent_is_offline_by_its_last_will_and_deploys_skip_it(broker, 
     assert table.returncode == 0 and "pi-7" in table.stdout and "1 devices, 0 online" in table.stdout
 
 
+def test_devices_and_controllers_come_back_when_the_broker_restarts(tmp_path, hello):
+    """The broker goes away, its retained messages with it, and comes back on the same port: the agent
+    reconnects and says again that it is online and what it runs, and the controller, subscribed again,
+    deploys to it."""
+    port = mqtt.free_port()
+    with contextlib.ExitStack() as stack:
+        with local_broker(port=port) as url:
+            stack.enter_context(members(url, tmp_path, {"pi-1": ("pi", {"site": "lab"})}))
+            controller = stack.enter_context(Controller(parse_broker(url)))
+            wait_for(lambda: controller.devices({"site": "lab"}))
+        controller._status.clear()
+        controller._online.clear()
+        with local_broker(port=port):
+            wait_for(lambda: [found["online"] for found in controller.devices({"site": "lab"})] == [True], 20)
+            assert deploy(controller, hello[1], {"site": "lab"})[0]["result"] == DEPLOYED
+
+
 def test_a_broker_with_passwords_refuses_a_wrong_login(tmp_path, hello):
     passwords = tmp_path / "passwords"
     subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "fleet", "s3cret"], check=True)

@@ -197,15 +197,15 @@ def mosquitto() -> str | None:
 
 
 @contextlib.contextmanager
-def local_broker(*, password_file: str | None = None, tls: tuple[str, str] | None = None):
-    """Run Mosquitto on a free loopback port with a configuration of its own (no persistence, anonymous
-    unless ``password_file``, TLS with ``tls`` = (certificate file, key file)); yield its URL. The broker
-    stops when the block ends."""
+def local_broker(*, password_file: str | None = None, tls: tuple[str, str] | None = None, port: int = 0):
+    """Run Mosquitto on loopback, on ``port`` or a free one, with a configuration of its own (no
+    persistence, anonymous unless ``password_file``, TLS with ``tls`` = (certificate file, key file));
+    yield its URL. The broker stops when the block ends."""
     program = mosquitto()
     if program is None:
         raise EdgefpError("Mosquitto is not installed; install the Debian package 'mosquitto' (make firmware-tools)")
     with tempfile.TemporaryDirectory(prefix="edgefp-broker-") as scratch:
-        port = free_port()
+        port = port or free_port()
         config = os.path.join(scratch, "mosquitto.conf")
         login = f"password_file {password_file}\nallow_anonymous false" if password_file else "allow_anonymous true"
         settings = [f"listener {port} 127.0.0.1", login, "persistence false", "sys_interval 1"]
