@@ -113,15 +113,16 @@ def deploy(bundle, broker_url, broker_ca, where, key_file, as_json):
 def gateway(port, broker_url, broker_ca, device_id, tags):
     """Put a device on a serial line (the C firmware on a board, under QEMU or built for this machine)
     on an MQTT broker: its status and OOD events are published, and controllers reach it through the
-    broker (fleet deploy, watch --broker) as over the cable. Runs until stopped."""
+    broker (fleet deploy, watch --broker) as over the cable. Runs until stopped; when the link drops the
+    device is offline until it answers again."""
     from edgefp.cli.device import _until_signalled
-    from edgefp.firmware_host.device.fleet import Gateway
+    from edgefp.firmware_host.device.fleet import serve_gateway
+    from edgefp.firmware_host.link.mqtt import check_device_id
     from edgefp.repository import parse_pairs
 
-    where_to = broker(broker_url, broker_ca)
-    member = Gateway(port, where_to, device_id or default_id(port), parse_pairs(tags, "tag"))
-    click.echo(f"{member.device_id} on {where_to.url}", err=True)
-    _until_signalled(member.run)
+    where_to, device_id = broker(broker_url, broker_ca), check_device_id(device_id or default_id(port))
+    click.echo(f"{device_id} on {where_to.url}", err=True)
+    _until_signalled(serve_gateway, port, where_to, device_id, parse_pairs(tags, "tag"))
 
 
 def default_id(port: str | None = None) -> str:

@@ -15,6 +15,7 @@ import pytest
 from edgefp import data, shifts
 from edgefp.firmware_host.device.fleet import Gateway
 from edgefp.firmware_host.firmware.launch import start
+from edgefp.firmware_host.link.client import open_device
 from edgefp.firmware_host.link.mqtt import local_broker, mosquitto, parse_broker
 from edgefp.fleet import Controller
 from edgefp.repository import Repository
@@ -54,7 +55,8 @@ def test_fleet_deployed_by_tag_and_healed_by_watch(digits_bundle, inverted_bundl
     sites = {name: ("pi", {"site": name[:-2], "fleet": "demo"}) for name in ("north-1", "north-2", "west-1")}
     stop, events = threading.Event(), str(tmp_path / "fleet.jsonl")
     with local_broker() as url, members(url, tmp_path, sites) as agents, start("native") as chip:
-        gateway = Gateway(chip.url, parse_broker(url), "south-chip", {"site": "south", "fleet": "demo"}, status_s=0.5)
+        link = open_device(chip.url)
+        gateway = Gateway(link, parse_broker(url), "south-chip", {"site": "south", "fleet": "demo"})
         serving = threading.Thread(target=gateway.run, args=(stop,), daemon=True)
         serving.start()
         try:
@@ -84,6 +86,7 @@ def test_fleet_deployed_by_tag_and_healed_by_watch(digits_bundle, inverted_bundl
         finally:
             stop.set()
             serving.join(10)
+            link.close()
     decisions = [json.loads(line) for line in out.splitlines()]
     assert decisions == [json.loads(line) for line in open(events)]
     by_group = {decision["group"]: decision for decision in decisions}

@@ -206,15 +206,13 @@ class Gateway(Member):
     """A device on a serial line, on the broker: the gateway keeps the link, forwards each controller's
     frames under sequence numbers of its own, one request at a time (a microcontroller reads the next
     request when it has answered the last), routes the answers back, turns the device's events into
-    MQTT events, and asks it for HELLO and counters for the status. A device that requires a shared
-    key is not supported."""
+    MQTT events, and asks it for HELLO and counters for the status. ``device`` is open (its handshake
+    done) and stays the caller's to close; a device that requires a shared key is not supported."""
 
-    def __init__(self, url: str, broker: mqtt.Broker, device_id: str, tags: dict | None = None, **options):
-        self.device = client.open_device(url)  # the handshake: the device answers and speaks this protocol
-        if self.device.info.auth_required:
-            self.device.close()
-            raise EdgefpError(f"{url}: the device requires a shared key; the gateway serves devices without one")
-        self.url, self.port = url, self.device.port
+    def __init__(self, device: client.Device, broker: mqtt.Broker, device_id: str, tags: dict | None = None, **options):
+        if device.info.auth_required:
+            raise EdgefpError(f"{device.url}: the device requires a shared key; the gateway serves devices without one")
+        self.url, self.port = device.url, device.port
         self._requests: queue.Queue = queue.Queue()  # (session or None, frame, answer slot or None)
         self._answered = threading.Condition()
         self._seq, self._waiting = 0, None  # the gateway's last sequence number; the one awaiting an answer
@@ -329,5 +327,14 @@ class Gateway(Member):
         self._stop.set()
         for thread in self._threads:
             thread.join(2)
-        self.device.close()
         super().close()
+
+
+def serve_gateway(url: str, broker: mqtt.Broker, device_id: str, tags: dict | None = None, *, stop=None) -> None:
+    """Put the device at ``url`` on the broker until ``stop`` is set (or the process ends); when the link
+    drops (the board resets, the cable is pulled) the device goes offline, and comes back when it
+    answers again (:func:`~edgefp.firmware_host.link.reconnect.reconnecting`)."""
+    from edgefp.firmware_host.link.reconnect import reconnecting
+
+    stop = stop or threading.Event()
+    reconnecting(url, lambda device: Gateway(device, broker, device_id, tags).run(stop), done=stop.is_set)
