@@ -241,9 +241,11 @@ def watch(
 
         options = {"ood_rate": ood_rate, "window": window or 100, "group_by": group_by, "events_path": events_path}
         options.update(on_decision=on_decision, key=read_key(key_file))
-        fleet = FleetWatch(broker(broker_url, broker_ca), repository, where=parse_pairs(where, "where"), **options)
+        where_to = broker(broker_url, broker_ca)
+        fleet = FleetWatch(where_to, repository, where=parse_pairs(where, "where"), **options)
         if not lines_out:
-            click.echo(f"watching the fleet on {broker_url}: acting at OOD rate {percent(ood_rate).strip()}; Ctrl-C")
+            rate = percent(ood_rate).strip()
+            click.echo(f"watching the fleet on {where_to.url}: acting at OOD rate {rate}; Ctrl-C stops")
         try:
             fleet.run(decisions=decisions)
         finally:
