@@ -26,6 +26,7 @@ ROOT = "edgefp/devices"  # edgefp/devices/<device-id>/{status,online,events,rx/<
 KEEPALIVE_S = 30
 CONNECT_TIMEOUT_S = 10.0
 PASSWORD_ENV = "EDGEFP_BROKER_PASSWORD"
+MAX_QUEUED = 10000  # messages a client holds for the broker
 MOSQUITTO = "mosquitto"
 
 
@@ -100,6 +101,7 @@ def connect(
         raise EdgefpError("the fleet needs paho-mqtt: pip install 'edgefp[device]'") from None
 
     client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+    client.max_queued_messages_set(MAX_QUEUED)  # while the broker is away, the oldest are kept, newer ones dropped
     if broker.username is not None:
         client.username_pw_set(broker.username, broker.password)
     if broker.tls:
