@@ -31,8 +31,8 @@ pytestmark = [
 ]  # fmt: skip
 
 
-def feed(agent, x: np.ndarray, stop: threading.Event) -> threading.Thread:
-    """The agent's sensor: raw windows of ``x`` over and over at 50 Hz until ``stop``."""
+def feed(agent, x: np.ndarray, stop: threading.Event) -> None:
+    """The agent's sensor: raw windows of ``x`` over and over at 50 Hz until ``stop``, from a thread."""
 
     def run():
         while not stop.is_set():
@@ -41,9 +41,7 @@ def feed(agent, x: np.ndarray, stop: threading.Event) -> threading.Thread:
                     return
                 agent.classify(window)
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
+    threading.Thread(target=run, daemon=True).start()
 
 
 def test_fleet_deployed_by_tag_and_healed_by_watch(digits_bundle, inverted_bundle, tmp_path):
@@ -71,8 +69,8 @@ def test_fleet_deployed_by_tag_and_healed_by_watch(digits_bundle, inverted_bundl
             watch += ["--group-by", "site", "--window", "40", "--count", "2", "--events", events]
             watcher = subprocess.Popen(watch, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             try:
-                feeding = [feed(agents[name], x, stop) for name, x in (("north-1", inverted), ("west-1", test04))]
-                feeding.append(feed(agents["north-2"], inverted, stop))
+                for name, x in (("north-1", inverted), ("north-2", inverted), ("west-1", test04)):
+                    feed(agents[name], x, stop)
                 chip.feed(inverted, 100)
                 out, err = watcher.communicate(timeout=60)
             finally:
