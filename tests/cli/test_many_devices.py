@@ -98,7 +98,8 @@ def test_flash_many_where_one_dies_one_refuses_and_one_never_answers(bundles, tm
 
         dead = on_each(urls, upload, on_progress=kill_victim)
         assert [o.ok for o in dead] == [True, True, False]
-        assert victim[1] in dead[2].error and "dropped" in dead[2].error and dead[2].seconds > 0
+        assert dead[2].error.startswith(f"{victim[1]}: ") and dead[2].seconds > 0
+        assert "the link dropped" in dead[2].error or "no answer" in dead[2].error  # a link error, whichever came first
         assert [active(url) for url in urls[:2]] == ["tflm_hello_world_int8"] * 2
         victim[0] = start_sim("nrf52840", "tcp", victim[2])  # back, on a new port, from its own slots
         victim[1] = victim[0].stdout.readline().strip()
