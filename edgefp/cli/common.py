@@ -134,6 +134,9 @@ def open_device(port: str, key_file: str | None):
     return open_url(port, key=read_key(key_file))
 
 
+SOME_FAILED = 1  # the exit status of a command on several devices when any of them failed
+
+
 def device_ports(ports: tuple[str, ...], all_ports: bool) -> list[str]:
     """The devices a command works on: the --port URLs (each once), or with --all every serial port that
     answers the edgefp handshake."""
@@ -187,9 +190,6 @@ def on_devices(ports: list[str], key_file: str | None, operation, *, task: str, 
         for line in table:
             click.echo(line)
     return SOME_FAILED if failed else 0
-
-
-SOME_FAILED = 1  # the exit status of a command on several devices when any of them failed
 
 
 class DeviceLines:

@@ -23,6 +23,7 @@ class Outcome:
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
+        """JSON-ready, the port named as the device it reaches."""
         return {"device": self.port, "ok": self.ok, "error": self.error, "seconds": self.seconds, "result": self.result}
 
 
