@@ -10,6 +10,7 @@ import threading
 import time
 
 import click
+from click.core import ParameterSource
 
 from edgefp.errors import EdgefpError
 
@@ -139,8 +140,8 @@ SOME_FAILED = 1  # the exit status of a command on several devices when any of t
 
 def device_ports(ports: tuple[str, ...], all_ports: bool) -> list[str]:
     """The devices a command works on: the --port URLs (each once), or with --all every serial port that
-    answers the edgefp handshake."""
-    if all_ports and ports:
+    answers the edgefp handshake (which overrides URLs from the environment, EDGEFP_PORT)."""
+    if all_ports and ports and click.get_current_context().get_parameter_source("ports") != ParameterSource.ENVIRONMENT:
         raise EdgefpError("give --port URL (repeatable) or --all, not both")
     if all_ports:
         from edgefp.firmware_host.link.ports import answering

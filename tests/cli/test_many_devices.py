@@ -161,6 +161,7 @@ def test_all_takes_every_port_that_answers_the_handshake(bundles, tmp_path, monk
             main(list(args))
         return end.value.code
 
+    monkeypatch.setenv("EDGEFP_PORT", str(tmp_path / "not-this-one"))  # --all overrides the environment's URLs
     try:
         found.append(os.ttyname(silent))
         assert run("flash", bundles["tflm_hello_world_int8"], "--all") == 2
