@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from edgefp.errors import EdgefpError
 
+WAKE_S = 0.2  # how often the waiting thread wakes to see a Ctrl-C
 JOIN_S = 5.0  # after Ctrl-C: how long the devices' work may take to end when told to stop
 
 
@@ -55,7 +56,8 @@ def on_each(ports, work, *, on_progress=None, on_done=None, stop: threading.Even
         thread.start()
     try:
         for thread in threads:
-            thread.join()
+            while thread.is_alive():  # Ctrl-C is seen even when its signal reached another thread
+                thread.join(WAKE_S)
     except KeyboardInterrupt:
         if stop is not None:
             stop.set()
