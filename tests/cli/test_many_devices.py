@@ -3,6 +3,7 @@ command line against simulated boards on ptys and sockets, where one device dies
 and one never answers while the others carry on."""
 
 import contextlib
+import io
 import json
 import os
 import re
@@ -136,6 +137,49 @@ def test_flash_many_where_one_dies_one_refuses_and_one_never_answers(bundles, tm
         written = sorted(os.listdir(out))  # one result per device that answered, named after its port
         assert written == sorted(re.sub(r"[^\w.-]+", "_", url).strip("_") + ".json" for url in urls[:2])
         assert all(json.loads((out / name).read_text())["runs"] == 5 for name in written)
+
+
+def test_on_a_terminal_each_device_keeps_one_line_redrawn_in_place(bundles, tmp_path, monkeypatch, capsys):
+    from edgefp.cli.common import on_devices
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal, archive = Terminal(), Bundle.load(bundles["mlperf_tiny_kws_ref"]).archive_bytes()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.setenv("COLUMNS", "60")
+    missing = "no-such-port"
+    with serving(Agent(str(tmp_path / "a"), "nrf52840")) as a, serving(Agent(str(tmp_path / "b"), "pi"), "tcp") as b:
+        code = on_devices(
+            [a, b, missing],
+            None,
+            lambda device, progress: client.flash(device, archive, progress),
+            task="flashing",
+            summary=lambda report: report["name"],
+            as_json=False,
+        )
+    assert code == 1 and "2 of 3 devices ok" in capsys.readouterr().out
+    rows = screen(terminal.getvalue())
+    assert [row.split()[0] for row in rows] == [a, b, missing] and all(len(row) < 60 for row in rows)
+    assert [row.split()[1] for row in rows] == ["done", "done", "FAILED:"]
+    assert terminal.getvalue().count("\x1b[3F") >= 3  # drawn again in place as the devices went on
+
+
+def screen(text: str) -> list[str]:
+    """The lines a terminal shows after ``text``, which moves up with ESC[nF and clears a line with ESC[2K."""
+    rows, row = [""], 0
+    for token in re.split(r"(\x1b\[\d*[FK]|\n)", text):
+        if token == "\n":
+            row += 1
+            rows += [""] * (row + 1 - len(rows))
+        elif token.endswith("F") and token.startswith("\x1b["):
+            row -= int(token[2:-1])
+        elif token == "\x1b[2K":
+            rows[row] = ""
+        else:
+            rows[row] += token
+    return [line for line in rows if line]
 
 
 @pytest.mark.parametrize("bad", [[], ["--all", "--port", "x"], ["--port", ""]])
