@@ -292,7 +292,7 @@ def monitor(ports, all_ports, log_path, count, duration, key_file, as_json):
             return follow(url, printer(url), key=key, stop=stop.is_set, count=count, duration=duration)
 
         outcomes = on_each(urls, watch, on_done=failed, stop=stop)
-        return SOME_FAILED if not all(outcome.ok for outcome in outcomes) else 0
+        return 0 if all(outcome.ok for outcome in outcomes) else SOME_FAILED
     finally:
         if log:
             log.close()

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from edgefp.bundle import Bundle
-from edgefp.firmware_host.device.agent import Agent, serving
+from edgefp.firmware_host.device.agent import AUTH_DELAY_S, Agent, serving
 from edgefp.firmware_host.link import client
 from edgefp.firmware_host.link.fanout import on_each
 from tests.cli.test_cli import edgefp
@@ -54,13 +54,21 @@ def simulators(tmp_path, *specs):
         yield running
     finally:
         for process, _, _ in running:
-            process.kill()
-            process.wait(10)
+            kill(process)
 
 
 def start_sim(profile: str, link: str, data_dir: str) -> subprocess.Popen:
+    """`edgefp sim` in a process group of its own (the command and the process serving the board)."""
     args = [sys.executable, "-m", "edgefp", "sim", "--profile", profile, "--data-dir", data_dir]
-    return subprocess.Popen(args + (["--tcp"] if link == "tcp" else []), stdout=subprocess.PIPE, text=True)
+    args += ["--tcp"] if link == "tcp" else []
+    return subprocess.Popen(args, stdout=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def kill(sim: subprocess.Popen) -> None:
+    """Pull the board's plug: SIGKILL to the command and the process serving the board at once."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(sim.pid, signal.SIGKILL)
+    sim.wait(10)
 
 
 def active(url: str, key: bytes | None = None) -> str | None:
@@ -90,8 +98,7 @@ def test_flash_many_where_one_dies_one_refuses_and_one_never_answers(bundles, tm
 
         def kill_victim(port: str, done: int, total: int) -> None:
             if port == victim[1] and victim[0].poll() is None:
-                victim[0].kill()
-                victim[0].wait(10)
+                kill(victim[0])
 
         def upload(url: str, progress) -> dict:
             with client.open_device(url) as device:
@@ -124,6 +131,7 @@ def test_flash_many_where_one_dies_one_refuses_and_one_never_answers(bundles, tm
         assert sum(line.startswith(urls[0]) and "done" in line for line in progress) == 1
 
         # info and bench on all of them: the keyed agent still runs its last good bundle
+        time.sleep(AUTH_DELAY_S)  # a peer that gave a wrong key waits this long before its next try
         ports = [arg for url in [*urls[:2], victim[1], keyed] for arg in ("--port", url)]
         result = edgefp("info", *ports, "--key-file", str(key_file), "--json")
         assert result.returncode == 0, result.stderr
