@@ -35,7 +35,7 @@ def answering() -> list[str]:
     return [entry["port"] for entry in list_ports(probe=True) if entry["edgefp"]]
 
 
-def _probe(url: str, _progress=None) -> dict | None:
+def _probe(url: str, _progress) -> dict | None:
     from edgefp.firmware_host.link.client import open_device
 
     try:
