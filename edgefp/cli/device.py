@@ -44,11 +44,14 @@ def devices(probe, as_json):
         f"{e['port']:<16} {e['vid_pid'] or '-':<10} {e['serial_number'] or '-':<18} {e['description']}" for e in found
     ]
     if probe:
-        lines = [
-            f"{line}  [{'edgefp ' + e['edgefp']['board'] if e['edgefp'] else 'not edgefp'}]"
-            for line, e in zip(lines, found)
-        ]
+        lines = [f"{line}  [{_probed(e['edgefp'])}]" for line, e in zip(lines, found)]
     emit({"ports": found}, as_json, lines or ["no serial ports found"])
+
+
+def _probed(answer: dict | None) -> str:
+    if answer is None:
+        return "not edgefp"
+    return f"edgefp {answer['board']}" + (", key required" if answer["key_required"] else "")
 
 
 @click.command(epilog="Example: edgefp info --port /dev/ttyACM0 --json  (several: --port A --port B, or --all)")

@@ -218,12 +218,22 @@ def test_all_takes_every_port_that_answers_the_handshake(bundles, tmp_path, monk
         found.append(os.ttyname(silent))
         assert run("flash", bundles["tflm_hello_world_int8"], "--all") == 2
         assert "no serial port answers the edgefp handshake" in capsys.readouterr().err
-        with serving(Agent(str(tmp_path / "a"), "pi"), "pty") as a, serving(Agent(str(tmp_path / "b"), "pi")) as b:
-            found += [b, a]
-            assert run("flash", bundles["tflm_hello_world_int8"], "--all", "--json") == 0
+        key_file = tmp_path / "key"
+        key_file.write_bytes(KEY)
+        with contextlib.ExitStack() as stack:
+            a, b, keyed = (
+                stack.enter_context(serving(Agent(str(tmp_path / name), "pi", key=key)))
+                for name, key in (("a", None), ("b", None), ("keyed", KEY))
+            )
+            found += [keyed, b, a]
+            assert run("devices", "--probe", "--json") == 0
+            probed = {entry["port"]: entry["edgefp"] for entry in json.loads(capsys.readouterr().out)["ports"]}
+            assert probed[found[0]] is None and probed[a] == {"board": "pi", "runtime": "litert", "key_required": False}
+            assert probed[keyed]["key_required"]  # it answered the handshake: it is found, and asks for its key
+            assert run("flash", bundles["tflm_hello_world_int8"], "--all", "--key-file", str(key_file), "--json") == 0
             outcomes = json.loads(capsys.readouterr().out)
-            assert [o["device"] for o in outcomes] == sorted([a, b]) and all(o["ok"] for o in outcomes)
-            assert active(a) == active(b) == "tflm_hello_world_int8"
+            assert [o["device"] for o in outcomes] == sorted([a, b, keyed]) and all(o["ok"] for o in outcomes)
+            assert active(a) == active(b) == active(keyed, KEY) == "tflm_hello_world_int8"
     finally:
         os.close(silent_master)
         os.close(silent)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from edgefp.errors import EdgefpError
 
 PROBE_TIMEOUT_S = 0.3
@@ -9,8 +11,8 @@ PROBE_TIMEOUT_S = 0.3
 
 def list_ports(*, probe: bool = False) -> list[dict]:
     """Each serial port with its USB VID:PID, serial number and description, sorted by name; with
-    ``probe``, also ``edgefp``: the board and runtime of an edgefp device answering there, else None
-    (every port probed at once)."""
+    ``probe``, also ``edgefp``: the board and runtime of an edgefp device answering there, and whether it
+    requires a key, else None (every port probed at once)."""
     from serial.tools.list_ports import comports
 
     from edgefp.firmware_host.link.fanout import on_each
@@ -36,10 +38,15 @@ def answering() -> list[str]:
 
 
 def _probe(url: str, _progress) -> dict | None:
-    from edgefp.firmware_host.link.client import open_device
+    """The board and runtime of the edgefp device answering HELLO at ``url`` (one that asks for a key
+    answered too), else None."""
+    from edgefp.firmware_host.link.client import Device, hello, open_port
 
     try:
-        with open_device(url, timeout=PROBE_TIMEOUT_S, retries=1) as device:
-            return {"board": device.info.board, "runtime": device.info.runtime}
+        with Device(open_port(url), url=url, timeout=PROBE_TIMEOUT_S, retries=1) as device:
+            with contextlib.suppress(EdgefpError):  # HELLO answered (device.info) and no key given: still edgefp
+                hello(device)
     except EdgefpError:
         return None
+    found = device.info
+    return found and {"board": found.board, "runtime": found.runtime, "key_required": found.auth_required}
