@@ -52,9 +52,9 @@ def on_each(ports, work, *, on_progress=None, on_done=None, stop: threading.Even
             on_done(outcome)
 
     threads = [threading.Thread(target=run, args=(outcome,), daemon=True) for outcome in outcomes]
-    for thread in threads:
-        thread.start()
     try:
+        for thread in threads:
+            thread.start()
         for thread in threads:
             while thread.is_alive():  # Ctrl-C is seen even when its signal reached another thread
                 thread.join(WAKE_S)
@@ -63,7 +63,8 @@ def on_each(ports, work, *, on_progress=None, on_done=None, stop: threading.Even
             stop.set()
             deadline = time.monotonic() + JOIN_S
             for thread in threads:
-                thread.join(max(0.0, deadline - time.monotonic()))
+                if thread.ident is not None:  # started
+                    thread.join(max(0.0, deadline - time.monotonic()))
         raise
     return outcomes
 
