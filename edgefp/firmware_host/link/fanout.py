@@ -45,7 +45,7 @@ def on_each(ports, work, *, on_progress=None, on_done=None, stop: threading.Even
 
         try:
             outcome.result, outcome.ok = work(outcome.port, progress), True
-        except Exception as exc:  # noqa: BLE001 - any failure is this device's alone, reported as its outcome
+        except Exception as exc:  # any failure is this device's alone, reported as its outcome
             outcome.error = error_text(exc)
         outcome.seconds = time.monotonic() - start
         if on_done is not None:
