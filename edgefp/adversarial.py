@@ -20,6 +20,8 @@ firmware's engine) from the same adversarial samples: whether quantisation chang
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from edgefp import metrics, ood
@@ -69,7 +71,7 @@ class DifferentiableScore:
         """(logits (N, C) float32, OOD score (N,) float64) of raw samples ``x`` (a tensor of the input shape)."""
         import tensorflow as tf
 
-        logits, *values = self.model((x - self.mean) / self.std, training=False)
+        logits, *values = self.model([(x - self.mean) / self.std], training=False)
         score = tf.zeros(tf.shape(logits)[:1], tf.float64)
         for j, value in enumerate(values):
             v = tf.reshape(tf.cast(value, tf.float64), [-1])
@@ -187,10 +189,10 @@ def evaluate(
     classifier for the float detectors, the int8 model on each runtime for that runtime's row.
     ``progress(task, done, total)`` is told after each attack.
     """
-    detectors = detectors or {}
-    known = np.isin(y, fingerprint.label_values_)
+    started, detectors = time.monotonic(), detectors or {}
+    known = np.zeros(len(x), bool) if y is None else np.isin(y, fingerprint.label_values_)
     if not known.any():
-        raise EdgefpError("the attacked samples need labels of the model's classes")
+        raise EdgefpError("adversarial samples are made of labelled samples of the model's classes; give such data")
     x, y = np.asarray(x, np.float32)[known], np.asarray(y)[known]
     labels = np.searchsorted(fingerprint.label_values_, y)
     bounds = value_range(fingerprint.holdout_x_, x)
@@ -237,4 +239,5 @@ def evaluate(
         result["attacks"].setdefault(kind, []).append(row)
         if progress:
             progress("attacking", done, len(plan))
+    result["seconds"] = time.monotonic() - started
     return result
