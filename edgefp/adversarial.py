@@ -133,14 +133,20 @@ def attack(
     rng = np.random.default_rng(seed)
     current = np.clip(x + eps * rng.uniform(-1, 1, x.shape).astype(np.float32), lower, upper)
     best, best_wrong, best_score = current.copy(), np.zeros(len(x), bool), np.full(len(x), np.inf)
-    for i in range(steps + 1):
-        sign, wrong, score = step(current)
+
+    def keep(current, wrong, score):
+        """The adaptive attack's best so far: misclassified, with the lowest score."""
         better = wrong & (~best_wrong | (score < best_score))
         best[better], best_wrong[better], best_score[better] = current[better], True, score[better]
-        if i < steps:
-            current = np.clip(current + STEP_SHARE * eps / steps * sign, lower, upper)
+
+    for _ in range(steps):
+        sign, wrong, score = step(current)
+        if kind == "adaptive":
+            keep(current, wrong, score)
+        current = np.clip(current + STEP_SHARE * eps / steps * sign, lower, upper)
     if kind == "pgd":
         return current
+    keep(current, *step(current)[1:])
     best[~best_wrong] = current[~best_wrong]
     return best
 
