@@ -154,3 +154,5 @@ def test_report_adversarial_through_the_command(digits_run, digits_bundle, motio
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "is not the RUN the bundle was converted from" in result.stderr and "--adversarial" in result.stderr
     assert not (tmp_path / "x").exists()
+    result = edgefp("report", digits_bundle[1], "--data", str(samples), "--budget", "0.1", "--out", str(tmp_path / "x"))
+    assert result.returncode == 2 and "--budget sets the budget of the attacks of --adversarial" in result.stderr

@@ -24,7 +24,7 @@ from edgefp.cli.common import (
     percent,
     score_lines,
 )
-from edgefp.errors import EdgefpError
+from edgefp.errors import EdgefpError, option
 from edgefp.limits import MAX_INVOKES
 
 TRAIN_EXAMPLE = "Example: edgefp train --data digits:train:0-4 --data field.reviewed.npz --out run/ --seed 1"
@@ -426,6 +426,10 @@ def report(bundle, data, ood_specs, bench_files, board, adversarial_run, budgets
     from edgefp.report import build_report
     from edgefp.scoring import load_for
 
+    if budgets and not adversarial_run:
+        raise EdgefpError(
+            f"{option('budget')} sets the budget of the attacks of {option('adversarial')}; give that too"
+        )
     loaded = Bundle.load(bundle)
     target = get_board(board) if board else None
     dataset = load_for(loaded, data)
@@ -455,7 +459,6 @@ def report(bundle, data, ood_specs, bench_files, board, adversarial_run, budgets
 def _attack_for_report(bundle, run_dir: str, dataset, budgets, runtime: str) -> dict:
     """:func:`edgefp.adversarial.evaluate` of ``dataset`` on the RUN ``bundle`` was converted from, on ``runtime``."""
     from edgefp import adversarial
-    from edgefp.errors import option
     from edgefp.isolation import step
     from edgefp.trainer.fingerprint import NeuralFingerprint, read_fingerprint_json
 
