@@ -283,7 +283,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=None, help="seeds per split (default: 2 digits, 5 sensors)")
     parser.add_argument("--digits-splits", type=int, default=DIGITS_DRAWN, help="random digits splits drawn")
     parser.add_argument("--sets", default="digits,basic_motions,arrow_head,gun_point", help="data sets to run")
-    parser.add_argument("--adversarial", action="store_true", help="also attack every run's classifier (FGSM, PGD)")
+    parser.add_argument(
+        "--adversarial", action="store_true", help="also attack every run's classifier (FGSM, PGD, adaptive PGD)"
+    )
     args = parser.parse_args(argv)
     sets = args.sets.split(",")
     started = time.monotonic()
@@ -292,9 +294,9 @@ def main(argv=None) -> int:
     for name in sets:
         seeds = args.seeds or (2 if name == "digits" else 5)
         plan += experiments(args.quick, seeds, args.digits_splits, [name])
+    attacks = ("quick" if args.quick else "full") if args.adversarial else None
     for i, (name, dataset, classes, far, seed) in enumerate(plan, 1):
         print(f"[{i}/{len(plan)}] {name}: classes {classes}, seed {seed}", file=sys.stderr, flush=True)
-        attacks = ("quick" if args.quick else "full") if args.adversarial else None
         per_set.setdefault(name, []).append(evaluate(dataset, classes, far, seed, attacks))
     summary = {name: summarise(runs) for name, runs in per_set.items()}
     markdown = table(summary)

@@ -41,7 +41,7 @@ ADVERSARIAL_NOTE = (
     "Adversarial copies of the in-distribution samples, made on the float classifier of the bundle's RUN: FGSM, "
     "PGD, and adaptive PGD that also lowers the fingerprint's OOD score (L-infinity; budget: share of each "
     "channel's value range), then run by this bundle. Success: share of its correct predictions turned wrong; "
-    "undetected: turned wrong and not flagged at the bundle's threshold; AUROC: clean against successful "
+    "undetected: share of them turned wrong and not flagged at the bundle's threshold; AUROC: clean against successful "
     "adversarial samples. The fingerprint flags inputs unlike its training data; an attacker who knows it can "
     "stay close enough to that data to pass."
 )
@@ -95,14 +95,8 @@ def _write_pages(
         note = f"The {int(matrix.sum())} samples of {name} whose class the model knows."
         add("confusion.png", _confusion_figure(bundle, matrix), "Confusion matrix", note)
     if adversarial:
-        title = "Adversarial inputs"
-        add(
-            "adversarial.png",
-            _adversarial_figure(adversarial, runtime),
-            title,
-            ADVERSARIAL_NOTE,
-            _adversarial_table(adversarial, runtime),
-        )
+        table = _adversarial_table(adversarial, runtime)
+        add("adversarial.png", _adversarial_figure(adversarial, runtime), "Adversarial inputs", ADVERSARIAL_NOTE, table)
     if bench:
         note = "Latency of every timed inference of each benchmark, median (p50) and p99 marked."
         add("latency.png", _latency_figure(bench), "Latency", note, _bench_table(bench))
