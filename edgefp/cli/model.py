@@ -29,7 +29,7 @@ from edgefp.cli.common import (
     percent,
     score_lines,
 )
-from edgefp.errors import EdgefpError
+from edgefp.errors import EdgefpError, option
 from edgefp.limits import MAX_INVOKES
 
 TRAIN_EXAMPLE = "Example: edgefp train --data digits:train:0-4 --data field.reviewed.npz --out run/ --seed 1"
@@ -446,29 +446,53 @@ def bench_compare(first, second, as_json):
 @click.option("--ood", "ood_specs", multiple=True, help="Out-of-distribution data; repeat for several sets.")
 @click.option("--bench", "bench_files", multiple=True, type=click.Path(), help="Bench result (JSON); repeatable.")
 @click.option("--board", default=None, help="Board whose flash and RAM budget the bundle is drawn against.")
+@click.option(
+    "--adversarial",
+    "adversarial_run",
+    default=None,
+    type=click.Path(),
+    help="The RUN the bundle was converted from: adds a panel of adversarial copies of --data made on it.",
+)
+@click.option(
+    "--budget",
+    "budgets",
+    multiple=True,
+    type=click.FloatRange(0.0, 1.0, min_open=True),
+    help="Attack budget for --adversarial, a share of each channel's range; repeatable [default: 0.05 0.1 0.2].",
+)
 @RUNTIME_OPTION
 @click.option("--out", required=True, type=click.Path(), help="Directory for index.html and its figures.")
 @FORCE_OPTION
 @JSON_OPTION
-def report(bundle, data, ood_specs, bench_files, board, runtime, out, force, as_json):
+def report(bundle, data, ood_specs, bench_files, board, adversarial_run, budgets, runtime, out, force, as_json):
     """Write a self-contained HTML report: the fingerprint, ROC curves, confusion matrix, latency
-    histograms and the bundle's sizes against a board's budget."""
+    histograms and the bundle's sizes against a board's budget; with --adversarial RUN, how the bundle
+    fares against adversarial inputs."""
     from edgefp import bench as benchmarks
     from edgefp.bundle import Bundle
     from edgefp.firmware_host.boards import fit_problems, get_board
     from edgefp.report import build_report
     from edgefp.scoring import load_for
 
+    if budgets and not adversarial_run:
+        raise EdgefpError(
+            f"{option('budget')} sets the budget of the attacks of {option('adversarial')}; give that too"
+        )
     loaded = Bundle.load(bundle)
     target = get_board(board) if board else None
+    dataset = load_for(loaded, data)
+    attacked = None
+    if adversarial_run:
+        attacked = _attack_for_report(loaded, adversarial_run, dataset, budgets, runtime)
     page = build_report(
         loaded,
-        load_for(loaded, data),
+        dataset,
         [load_for(loaded, spec) for spec in ood_specs],
         [benchmarks.load(path) for path in bench_files],
         None if target is None else dataclasses.asdict(target),
         out,
         runtime=runtime,
+        adversarial=attacked,
         force=force,
     )
     lines = [f"wrote {page}"]
@@ -478,6 +502,34 @@ def report(bundle, data, ood_specs, bench_files, board, runtime, out, force, as_
     if target is not None:
         lines.append(f"  {target.name}: " + ("; ".join(problems) if problems else "the bundle fits"))
     emit({"report": page, "board": board, "fit_problems": problems}, as_json, lines)
+
+
+def _attack_for_report(bundle, run_dir: str, dataset, budgets, runtime: str) -> dict:
+    """:func:`edgefp.adversarial.evaluate` of ``dataset`` on the RUN ``bundle`` was converted from, on ``runtime``."""
+    from edgefp import adversarial
+    from edgefp.isolation import step
+    from edgefp.trainer.fingerprint import NeuralFingerprint, read_fingerprint_json
+
+    if not bundle.fingerprinted:
+        raise EdgefpError(
+            f"{option('adversarial')} needs a bundle with a fingerprint; this one was wrapped without one"
+        )
+    source = bundle.manifest.source if isinstance(bundle.manifest.source, dict) else {}
+    if read_fingerprint_json(run_dir)["classifier"]["sha256"] != source.get("classifier_sha256"):
+        raise EdgefpError(
+            f"{run_dir} is not the RUN the bundle was converted from (another classifier); "
+            f"give {option('adversarial')} that RUN"
+        )
+    with step("attacking the float classifier (TensorFlow)"):
+        fingerprint = NeuralFingerprint.load(run_dir)
+        return adversarial.evaluate(
+            fingerprint,
+            dataset.x,
+            dataset.y,
+            bundle=bundle,
+            runtimes=(runtime,),
+            budgets=tuple(budgets) or adversarial.BUDGETS,
+        )
 
 
 @click.command(epilog="Example: edgefp demo --out demo-out/")
