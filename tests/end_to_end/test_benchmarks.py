@@ -22,6 +22,7 @@ QEMU = all(shutil.which(tool) for tool in ("make", "arm-none-eabi-gcc", "qemu-sy
         ("ood_quality", ["--sets", "digits,basic_motions", "--adversarial"], ["summary", "runs"]),
         ("int8", [], ["timing", "results"]),
         ("link", [], []),
+        ("many_devices", [], ["boards"]),
         ("selection", ["--epochs", "5"], []),  # every path still runs; its goals are still met
         pytest.param(
             "firmware", [], ["sizes", "templates", "upload"], marks=pytest.mark.skipif(not QEMU, reason="no QEMU")
