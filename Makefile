@@ -61,6 +61,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.ood_quality
 	$(BIN)/python -m benchmarks.int8
 	$(BIN)/python -m benchmarks.link
+	$(BIN)/python -m benchmarks.many_devices
 	$(BIN)/python -m benchmarks.selection
 	$(BIN)/python -m benchmarks.firmware
 	$(BIN)/python -m benchmarks.fleet

@@ -14,6 +14,7 @@ from edgefp.cli.common import (
     BROKER_OPTION,
     JSON_OPTION,
     KEY_OPTION,
+    SOME_FAILED,
     broker,
     emit,
     percent,
@@ -101,7 +102,7 @@ def deploy(bundle, broker_url, broker_ca, where, key_file, as_json):
     lines.append(f"{len(results) - len(failed)} of {len(results)} devices run {bundle} ({report['seconds']:.1f} s)")
     emit(report, as_json, lines)
     if failed:
-        sys.exit(1)
+        sys.exit(SOME_FAILED)
 
 
 @click.command(epilog="Example: edgefp gateway --port /dev/ttyACM0 --broker mqtt://192.168.1.2:1883 --tag site=lab")

@@ -173,6 +173,17 @@ class Device:
 
 def open_device(url: str, *, timeout: float = 1.0, retries: int = 5, key: bytes | None = None, baudrate=115200):
     """Open a device by URL (a serial port, ``socket://host:port``, a pty path) and shake hands."""
+    device = Device(open_port(url, baudrate), url=url, timeout=timeout, retries=retries)
+    try:
+        handshake(device, key)
+    except BaseException:
+        device.close()
+        raise
+    return device
+
+
+def open_port(url: str, baudrate=115200):
+    """The pyserial port at ``url``, open; one clear LinkError saying what to do when it cannot be opened."""
     import serial
 
     try:
@@ -186,13 +197,7 @@ def open_device(url: str, *, timeout: float = 1.0, retries: int = 5, key: bytes 
         else:
             hint = "check the URL (a serial port, socket://HOST:PORT or a pty path)"
         raise LinkError(f"cannot open {url}: {text}; {hint}") from None
-    device = Device(port, url=url, timeout=timeout, retries=retries)
-    try:
-        handshake(device, key)
-    except BaseException:
-        device.close()
-        raise
-    return device
+    return port
 
 
 def handshake(device: Device, key: bytes | None = None) -> protocol.Hello:
