@@ -2,10 +2,12 @@
 refusals, last will, login, and the CLI's one-line errors (no trained model: a wrapped TFLite model)."""
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -16,10 +18,11 @@ import pytest
 from edgefp.bundle import Bundle
 from edgefp.errors import EdgefpError
 from edgefp.firmware_host.boards import Board
-from edgefp.firmware_host.device.agent import Agent
-from edgefp.firmware_host.device.fleet import AgentMember
-from edgefp.firmware_host.link import mqtt
+from edgefp.firmware_host.device.agent import Agent, serving
+from edgefp.firmware_host.device.fleet import AgentMember, Gateway
+from edgefp.firmware_host.link import client, mqtt, protocol
 from edgefp.firmware_host.link.mqtt import local_broker, parse_broker
+from edgefp.firmware_host.link.protocol import Msg
 from edgefp.fleet import ALREADY_ACTIVE, DEPLOYED, OFFLINE, REFUSED, Controller, FleetWatch, deploy
 from edgefp.wrap import wrap
 from tests.cli.test_cli import edgefp
@@ -115,6 +118,38 @@ def test_an_agent_with_a_key_takes_bundles_from_controllers_that_know_it(broker,
         with Controller(parse_broker(broker), key=KEY) as controller:
             wait_for(lambda: controller.devices())
             assert deploy(controller, hello[1], {})[0]["result"] == DEPLOYED
+
+
+def test_a_gateway_puts_a_serial_device_on_the_broker(broker, hello, tmp_path):
+    """A device on a serial line (an agent on a pty, as the firmware is on a UART) behind a gateway:
+    its status on the broker, a deploy through it, and a request the controller sends again (its answer
+    lost) is answered again by the device, not run twice."""
+    agent, stop = Agent(str(tmp_path / "serial"), "pi"), threading.Event()
+    with serving(agent, "pty") as url, client.open_device(url) as link:
+        gateway = Gateway(link, parse_broker(broker), "serial-1", {"site": "lab"})
+        thread = threading.Thread(target=gateway.run, args=(stop,), daemon=True)
+        thread.start()
+        try:
+            with Controller(parse_broker(broker)) as controller:
+                wait_for(lambda: controller.devices({"site": "lab"}))
+                assert controller.devices()[0]["firmware"].startswith("edgefp-agent")
+                assert [found["result"] for found in deploy(controller, hello[1], {"site": "lab"})] == [DEPLOYED]
+                assert agent.bundle.manifest.name == "hello"
+                wait_for(lambda: controller.devices({"bundle": "hello"}))
+                with controller.open("serial-1") as device:
+                    archive = hello[1]
+                    begin = protocol.pack_upload_begin(len(archive), hashlib.sha256(archive).digest(), "again")
+                    device.request(Msg.UPLOAD_BEGIN, begin)
+                    chunk = struct.pack("<I", 0) + archive[:100]
+                    assert device.request(Msg.UPLOAD_CHUNK, chunk) == struct.pack("<I", 100)
+                    device.seq -= 1  # the same frame again: the device replays its answer
+                    assert device.request(Msg.UPLOAD_CHUNK, chunk) == struct.pack("<I", 100)
+                    assert device.request(Msg.UPLOAD_CHUNK, struct.pack("<I", 100) + archive[100:200])
+        finally:
+            stop.set()
+            thread.join(10)
+        with Controller(parse_broker(broker)) as controller:
+            wait_for(lambda: controller.devices() and not controller.devices()[0]["online"])
 
 
 def test_a_killed_agent_is_offline_by_its_last_will_and_deploys_skip_it(broker, hello, tmp_path):
