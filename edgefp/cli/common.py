@@ -91,6 +91,19 @@ REPO_OPTION = click.option(
 WHERE_OPTION = click.option(
     "--where", multiple=True, help="Only bundles with this tag (or name=NAME), KEY=VALUE; repeatable."
 )
+BROKER_OPTION = click.option(
+    "--broker",
+    "broker_url",
+    envvar="EDGEFP_BROKER",
+    help="MQTT broker: mqtt://[USER@]HOST:PORT, or mqtts://... for TLS [env EDGEFP_BROKER; password in "
+    "EDGEFP_BROKER_PASSWORD].",
+)
+BROKER_CA_OPTION = click.option(
+    "--broker-ca",
+    type=click.Path(dir_okay=False),
+    envvar="EDGEFP_BROKER_CA",
+    help="CA certificate to trust for an mqtts:// broker [default: the system's].",
+)
 # The library's parameters whose option is spelled otherwise than --NAME-IN-KEBAB-CASE.
 OPTIONS = {"key": "--key-file", "labels_path": "--labels", "samples_address": "--samples", "serial_path": "--serial"}
 
@@ -133,6 +146,15 @@ def open_device(port: str, key_file: str | None):
     from edgefp.firmware_host.link.client import open_device as open_url
 
     return open_url(port, key=read_key(key_file))
+
+
+def broker(url: str | None, ca_file: str | None):
+    """The broker of --broker and --broker-ca, or an error when --broker is missing."""
+    from edgefp.firmware_host.link.mqtt import parse_broker
+
+    if not url:
+        raise EdgefpError("give the fleet's broker with --broker mqtt://HOST:PORT (or set EDGEFP_BROKER)")
+    return parse_broker(url, ca_file)
 
 
 SOME_FAILED = 1  # the exit status of a command on several devices when any of them failed

@@ -12,6 +12,8 @@ import click
 
 from edgefp.cli.common import (
     ALL_OPTION,
+    BROKER_CA_OPTION,
+    BROKER_OPTION,
     FORCE_OPTION,
     JSON_OPTION,
     KEY_OPTION,
@@ -20,6 +22,7 @@ from edgefp.cli.common import (
     SOME_FAILED,
     FloatRange,
     ProgressBar,
+    broker,
     device_ports,
     emit,
     lines_wanted,
@@ -302,12 +305,18 @@ def monitor(ports, all_ports, log_path, count, duration, key_file, as_json):
 
 
 @click.command(
-    epilog="Example: edgefp agent --data-dir /var/lib/edgefp --serial /dev/ttyGS0 --samples /run/edgefp/samples.sock"
+    epilog="Example: edgefp agent --data-dir /var/lib/edgefp --serial /dev/ttyGS0 "
+    "--samples /run/edgefp/samples.sock\n\n"
+    "Example: edgefp agent --data-dir /var/lib/edgefp --broker mqtt://192.168.1.2:1883 --device-id pi-7 --tag site=lab"
 )
 @click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="Where the two bundle slots live.")
 @click.option("--board", default="pi", show_default=True, help="Board profile (runtime and budgets).")
 @click.option("--serial", "serial_path", default=None, help="Serve on this serial port (e.g. USB gadget /dev/ttyGS0).")
 @click.option("--tcp", default=None, help="Serve on HOST:PORT instead; beyond 127.0.0.1 only with --key-file.")
+@BROKER_OPTION
+@BROKER_CA_OPTION
+@click.option("--device-id", default=None, help="With --broker: this device's id in the fleet [default: host name].")
+@click.option("--tag", "tags", multiple=True, help="With --broker: a tag of this device, KEY=VALUE; repeatable.")
 @click.option(
     "--samples",
     "samples_address",
@@ -315,17 +324,33 @@ def monitor(ports, all_ports, log_path, count, duration, key_file, as_json):
     help="Take windows from the program that owns the sensor: a socket path or 127.0.0.1:PORT (docs/sensors.md).",
 )
 @KEY_OPTION
-def agent(data_dir, board, serial_path, tcp, samples_address, key_file):
+def agent(data_dir, board, serial_path, tcp, broker_url, broker_ca, device_id, tags, samples_address, key_file):
     """The on-device agent of a Raspberry Pi or Coral board: serves the device protocol, runs the
     active bundle and its OOD check locally, keeps the last good bundle across restarts. With --samples
-    the program that owns the sensor hands it windows of raw values on a local socket."""
+    the program that owns the sensor hands it windows of raw values on a local socket. With --broker it
+    joins an MQTT fleet (docs/fleet.md): retained status, OOD events, and controllers reach it through
+    the broker; --serial or --tcp may serve as well."""
     from edgefp.firmware_host.device.agent import Agent
     from edgefp.firmware_host.device.serve import serve
 
-    if (serial_path is None) == (tcp is None):
-        raise EdgefpError("give exactly one of --serial PATH and --tcp HOST:PORT")
+    if broker_url is None and (serial_path is None) == (tcp is None):
+        raise EdgefpError("give exactly one of --serial PATH and --tcp HOST:PORT, or --broker URL")
+    if serial_path is not None and tcp is not None:
+        raise EdgefpError("give one of --serial PATH and --tcp HOST:PORT, not both")
+    if broker_url is None and (device_id or tags):
+        raise EdgefpError("--device-id and --tag name the device in a fleet: give --broker too")
     device = Agent(data_dir, board, key=read_key(key_file))
     options = {"serial_path": serial_path, "tcp": tcp, "samples_address": samples_address}
+    if broker_url is not None:
+        from edgefp.cli.fleet import default_id
+        from edgefp.firmware_host.device.fleet import AgentMember, on_broker
+        from edgefp.repository import parse_pairs
+
+        where_to = broker(broker_url, broker_ca)
+        member = AgentMember(device, where_to, device_id or default_id(), parse_pairs(tags, "tag"))
+        click.echo(f"{member.device_id} on {where_to.url}", err=True)
+        options["member"] = member
+        serve = on_broker
     _until_signalled(serve, device, on_address=functools.partial(_announce, url_on_stdout=False), **options)
 
 
