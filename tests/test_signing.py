@@ -14,6 +14,8 @@ import stat
 import subprocess
 import sys
 import tarfile
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -26,10 +28,13 @@ from edgefp.bundle import Bundle
 from edgefp.cli import cli, main
 from edgefp.errors import EdgefpError
 from edgefp.firmware_host.device.agent import Agent, serving
+from edgefp.firmware_host.device.fleet import AgentMember
 from edgefp.firmware_host.firmware import third_party
-from edgefp.firmware_host.link import client
+from edgefp.firmware_host.link import client, mqtt
 from edgefp.firmware_host.link.client import DeviceError
+from edgefp.firmware_host.link.mqtt import local_broker, parse_broker
 from edgefp.firmware_host.link.protocol import Msg
+from edgefp.fleet import DEPLOYED, REFUSED, Controller, deploy
 from edgefp.signing import SIGNATURE_FILE, Signature, generate_keys, key_id, load_private_key, load_public_key
 from edgefp.wrap import wrap
 from tests.cli.test_cli import edgefp
@@ -99,7 +104,7 @@ def archives(keys, tmp_path_factory):
     return found
 
 
-REFUSED = {
+REFUSALS = {
     "unsigned": "BAD_SIGNATURE",
     "other key": "BAD_SIGNATURE",
     "forged": "BAD_SIGNATURE",
@@ -121,7 +126,7 @@ def serves(device, archive: bytes) -> None:
 def check_refusals(device, archives) -> None:
     """What a device that trusts the owner's key takes and refuses, the last good bundle serving throughout."""
     client.flash(device, archives["v10"])
-    for name, code in REFUSED.items():
+    for name, code in REFUSALS.items():
         with pytest.raises(DeviceError, match=f"UPLOAD_END: {code}"):
             upload(device, archives[name])
         serves(device, archives["v10"])
@@ -345,3 +350,29 @@ def test_the_vendored_sources_are_the_pinned_ones(tmp_path, monkeypatch):
     monkeypatch.setattr(third_party, "DIR", copy)
     with pytest.raises(EdgefpError, match="monocypher.c is not the file pinned"):
         third_party.check()
+
+
+@pytest.mark.skipif(not mqtt.mosquitto(), reason="needs mosquitto (make firmware-tools)")
+def test_a_fleet_deploy_meets_the_same_check(tmp_path, keys, archives):
+    """A deploy through the broker installs through the agent's own upload: the same refusals."""
+    agent = Agent(str(tmp_path / "pi-1"), "pi", trust=load_public_key(keys[0]["public_key"]))
+    stop = threading.Event()
+    with local_broker() as url:
+        member = AgentMember(agent, parse_broker(url), "pi-1", {"site": "lab"}, status_s=0.2)
+        thread = threading.Thread(target=member.run, args=(stop,), daemon=True)
+        thread.start()
+        try:
+            with Controller(parse_broker(url)) as controller:
+                deadline = time.monotonic() + 10
+                while not controller.devices() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                results = [deploy(controller, archives[name], {"site": "lab"})[0] for name in ("unsigned", "v10", "v5")]
+        finally:
+            stop.set()
+            thread.join(10)
+    assert [(r["result"], r.get("error")) for r in results] == [
+        (REFUSED, "BAD_SIGNATURE"),
+        (DEPLOYED, None),
+        (REFUSED, "ROLLBACK"),
+    ]
+    assert agent.active.bundle.archive_bytes() == archives["v10"]
