@@ -45,7 +45,7 @@ def verify_against_pypi(download_dir: str) -> list[str]:
     for name, pin in pins().items():
         sdist = Path(download_dir) / pin["sdist"]
         if not sdist.exists():
-            command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-build-isolation"]
+            command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps"]
             command += ["--no-binary", pin["package"], f"{pin['package']}=={pin['version']}", "-d", download_dir]
             result = subprocess.run(command, capture_output=True, text=True)
             if result.returncode != 0 or not sdist.exists():
