@@ -153,10 +153,10 @@ def sha256_file(path: str) -> str:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str):
-    """Yield a temporary sibling of ``path`` to write; when the block succeeds it is flushed to disk and
-    renamed over ``path`` (a reader sees the old file or the new one, never half of one), when it fails
-    it is removed."""
+def atomic_file(path: str, mode: int = 0o666):
+    """Yield a temporary sibling of ``path`` to write (readable by its owner only while written); when the
+    block succeeds it is flushed to disk, given ``mode`` (less the umask) and renamed over ``path`` (a reader
+    sees the old file or the new one, never half of one), when it fails it is removed."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=directory)
@@ -165,7 +165,7 @@ def atomic_file(path: str):
         yield tmp
         with open(tmp, "rb+") as written:
             os.fsync(written.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.chmod(tmp, mode & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -173,7 +173,7 @@ def atomic_file(path: str):
         raise
 
 
-def write_file_atomic(path: str, content: bytes) -> None:
+def write_file_atomic(path: str, content: bytes, mode: int = 0o666) -> None:
     """Write ``content`` to ``path`` through :func:`atomic_file`."""
-    with atomic_file(path) as tmp, open(tmp, "wb") as raw:
+    with atomic_file(path, mode) as tmp, open(tmp, "wb") as raw:
         raw.write(content)

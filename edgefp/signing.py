@@ -19,6 +19,7 @@ import struct
 import time
 from dataclasses import dataclass
 
+from edgefp import fsutil
 from edgefp.errors import EdgefpError
 
 SIGNATURE_FILE = "manifest.sig"
@@ -76,18 +77,13 @@ def generate_keys(out: str, *, force: bool = False) -> dict:
     existing = [path for path in (private_path, public_path) if os.path.exists(path)]
     if existing and not force:
         raise EdgefpError(f"{existing[0]} exists; a new key replaces it only with --force (devices trust the old one)")
-    os.makedirs(out, exist_ok=True)
     key = Ed25519PrivateKey.generate()
     private = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    for path, content, mode in ((private_path, private, 0o600), (public_path, public, 0o644)):
-        tmp = f"{path}.tmp-{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(content)
-        os.replace(tmp, path)
+    fsutil.write_file_atomic(private_path, private, mode=0o600)
+    fsutil.write_file_atomic(public_path, public)
     raw = public_raw(key.public_key())
     return {"private_key": private_path, "public_key": public_path, "key_id": key_id(raw).hex()}
 
