@@ -32,7 +32,7 @@ import numpy as np
 from benchmarks.common import save
 from edgefp import data, metrics, shifts
 from edgefp.bundle import Bundle
-from edgefp.converter.convert import convert, int8_tflite, strip
+from edgefp.converter.convert import convert, int8_tflite, quantize, strip
 from edgefp.runtime import LiteRT, TFLiteMicro, captured_output, tflm_arena_bytes
 from edgefp.trainer import train
 from edgefp.trainer.fingerprint import AUTOENCODER, MAX_LOGIT
@@ -140,6 +140,7 @@ def steps(fingerprint, calib_x: np.ndarray, bundle_bytes: bytes) -> dict[str, by
         "classifier": strip(classifier),
         "+ max logit": strip(evidence(MAX_LOGIT)),
         "+ autoencoders, as converted": evidence(MAX_LOGIT, AUTOENCODER),
+        "+ autoencoders, weights per channel": quantize(fingerprint, calib_x, per_tensor=False)[0],
         BUNDLE: bundle_bytes,
     }
 

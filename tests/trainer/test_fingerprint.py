@@ -27,7 +27,7 @@ def test_fingerprint_json_documents_the_distribution(digits_run):
     fingerprint, run_dir = digits_run
     with open(os.path.join(run_dir, "fingerprint.json")) as handle:
         meta = json.load(handle)
-    assert meta["schema"] == "edgefp.fingerprint" and meta["version"] == 2
+    assert meta["schema"] == "edgefp.fingerprint" and meta["version"] == 3
     assert meta["score"]["target_fpr"] == 0.05 and meta["score"]["n_holdout"] > 0
     assert meta["score"]["combine"] == "mean_positive_z"
     assert [layer["kind"] for layer in meta["layers"]] == ["autoencoder", "autoencoder", "max_logit"]
@@ -192,6 +192,22 @@ def test_modified_or_incomplete_run_is_refused(digits_run, tmp_path):
     os.remove(os.path.join(copy, "classifier.keras"))
     with pytest.raises(EdgefpError, match="incomplete"):
         NeuralFingerprint.load(copy)
+
+
+def test_run_of_another_fingerprint_version_is_refused_with_what_to_do(digits_run, tmp_path):
+    import shutil
+
+    _, run_dir = digits_run
+    copy = str(tmp_path / "copy")
+    shutil.copytree(run_dir, copy)
+    path = os.path.join(copy, "fingerprint.json")
+    with open(path) as handle:
+        meta = json.load(handle)
+    for version, message in ((2, "older edgefp.*retrain the RUN with 'edgefp train'"), (4, "re-create the RUN")):
+        with open(path, "w") as handle:
+            json.dump({**meta, "version": version}, handle)
+        with pytest.raises(EdgefpError, match=message):
+            NeuralFingerprint.load(copy)
 
 
 def test_same_seed_gives_the_same_fingerprint(tmp_path):
