@@ -366,6 +366,7 @@ def recalibrate(bundle: Bundle, holdout_x: np.ndarray, fpr: float) -> None:
     probs_q, values_q = bundle.invoke_all(LiteRT(bundle.model_bytes), bundle.quantize(holdout_x))
     _, values = bundle.dequantize(probs_q, values_q)
     layers = bundle.manifest.layers
+    values = ood.resolved(values, [output.scale for output in bundle.manifest.outputs.layer_errors], bundle.transforms)
     calibration = ood.calibrate(values, fpr, bundle.transforms, [layer.weight for layer in layers])
     calibrated = []
     for j, (layer, output) in enumerate(zip(layers, bundle.manifest.outputs.layer_errors)):
