@@ -7,7 +7,8 @@ classifier is trained and fingerprinted, saved as a RUN and converted to a bundl
 1. parity: accuracy on the in-distribution test set and OOD AUROC (ID test vs near-OOD, vs far-OOD),
    float (Keras) against int8 (LiteRT); targets: accuracy within 1 point, AUROC within 0.01;
 2. overhead, step by step: the classifier alone, then with each kind of evidence added (max logit,
-   then the autoencoders: the bundle as `convert` writes it), every model stripped of what no runtime
+   then the autoencoders: with the evidence's weights quantised per output channel as the converter
+   does, then per tensor: the bundle as `convert` writes it), every model stripped of what no runtime
    reads (names, signatures, metadata) but the `as converted` ones. Every model is converted with
    the bundle's settings and representative data. Per model: LiteRT and TFLite Micro latency per
    invoke (warm-ups excluded, the models alternated between repetitions so that they share the

@@ -300,7 +300,8 @@ class NeuralFingerprint:
         Feature maps (sequences, images) are averaged over windows by a depthwise convolution (SAME
         padding, stride = window), which in int8 keeps the precision the average gains instead of
         rounding it back to the map's scale; ``scaling`` (per tap: a weight and a bias per channel)
-        folds a standardisation into it, or into a multiply-add for vectors. Without ``pools`` the
+        folds a standardisation into it. A vector is multiplied by its weight alone: its bias is the
+        caller's to add (the monitor's class mean carries it, one operator less). Without ``pools`` the
         windows are chosen from the tap shapes and ``max_features``.
         """
         import keras
@@ -322,7 +323,6 @@ class NeuralFingerprint:
                 conv.set_weights([kernel.astype(np.float32), np.asarray(bias, np.float32)])
             elif len(shape) == 1 and scaling is not None:
                 t = t * np.asarray(weight, np.float32)
-                t = t + np.asarray(bias, np.float32) if np.any(bias) else t
             elif len(shape) != 1:
                 raise EdgefpError(f"layer '{name}' has outputs of shape {shape}; only vectors, sequences and images")
             outputs.append(t)
@@ -382,11 +382,8 @@ class NeuralFingerprint:
         import keras
 
         ae_layers = self.autoencoder_layers_
-        scaling, offsets = [], []  # a vector's standardisation offset goes into the class mean's bias: one op less
-        for lay in ae_layers:
-            weight, bias = 1.0 / np.asarray(lay.std), -np.asarray(lay.mean) / np.asarray(lay.std)
-            scaling.append((weight, bias if lay.pool else np.zeros_like(bias)))
-            offsets.append(np.zeros(lay.features) if lay.pool else bias)
+        scaling = [(1.0 / np.asarray(lay.std), -np.asarray(lay.mean) / np.asarray(lay.std)) for lay in ae_layers]
+        offsets = [np.zeros(lay.features) if lay.pool else bias for lay, (_, bias) in zip(ae_layers, scaling)]
         names, pools = [lay.name for lay in ae_layers], [lay.pool for lay in ae_layers]
         reduced, _, _, probs = self._reduced_taps(names, pools, scaling)
         logits, _ = taps.logits_and_probs(self.model_)

@@ -23,6 +23,22 @@ def test_save_load_round_trip_gives_identical_scores(digits_run):
     assert [layer.name for layer in loaded.layers_] == [layer.name for layer in fingerprint.layers_]
 
 
+def test_autoencoders_in_one_block_score_as_each_alone(digits_run):
+    """The monitor's block (block-diagonal encoder and decoder, one squared difference) gives every
+    autoencoder's own error, as its saved model computes it."""
+    import keras
+
+    fingerprint, _ = digits_run
+    x = fingerprint.prepare(data.load("digits:test:0-4").x[:60])
+    layers = fingerprint.autoencoder_layers_
+    reduced, _, _, probs = fingerprint._reduced_taps([layer.name for layer in layers], [layer.pool for layer in layers])
+    *features, p = keras.Model(fingerprint.model_.inputs, [*reduced, probs]).predict(x, verbose=0)
+    errors = fingerprint._evidence(x)
+    for j, (layer, autoencoder, feats) in enumerate(zip(layers, fingerprint.autoencoders_, features)):
+        residual = autoencoder.predict([fingerprint._standardized(feats, layer), p], verbose=0)
+        np.testing.assert_allclose(errors[:, j], np.mean(residual.astype(np.float64) ** 2, axis=1), rtol=1e-4)
+
+
 def test_fingerprint_json_documents_the_distribution(digits_run):
     fingerprint, run_dir = digits_run
     with open(os.path.join(run_dir, "fingerprint.json")) as handle:
