@@ -14,9 +14,9 @@ $(BIN)/.installed: pyproject.toml
 setup: $(BIN)/.installed
 
 # Debian packages the tests need, installed when missing and allowed (root or password-less sudo): the
-# firmware's cross compiler, emulator, static analyser and formatter, and the browser the review page is
-# tested in. Without them those tests are skipped, saying why; the rest still run.
-FIRMWARE_PACKAGES = gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm cppcheck clang-format
+# firmware's cross compiler, emulator, static analyser and formatter, the MQTT broker of the fleet tests, and
+# the browser the review page is tested in. Without them those tests are skipped, saying why; the rest still run.
+FIRMWARE_PACKAGES = gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm cppcheck clang-format mosquitto
 BROWSER_PACKAGES = chromium chromium-driver
 # $(call apt_install,commands that must exist,packages,what they are for)
 apt_install = @if $(foreach tool,$(1),command -v $(tool) >/dev/null &&) true; then exit 0; fi; \
@@ -27,7 +27,7 @@ apt_install = @if $(foreach tool,$(1),command -v $(tool) >/dev/null &&) true; th
 	  --no-install-recommends $(2) >/dev/null
 
 firmware-tools:
-	$(call apt_install,arm-none-eabi-gcc qemu-system-arm cppcheck clang-format,$(FIRMWARE_PACKAGES),the firmware tests)
+	$(call apt_install,arm-none-eabi-gcc qemu-system-arm cppcheck clang-format mosquitto,$(FIRMWARE_PACKAGES),the firmware and fleet tests)
 
 browser-tools:
 	$(call apt_install,chromium chromedriver,$(BROWSER_PACKAGES),the review page's browser tests)
@@ -61,8 +61,10 @@ bench: setup
 	$(BIN)/python -m benchmarks.ood_quality
 	$(BIN)/python -m benchmarks.int8
 	$(BIN)/python -m benchmarks.link
+	$(BIN)/python -m benchmarks.many_devices
 	$(BIN)/python -m benchmarks.selection
 	$(BIN)/python -m benchmarks.firmware
+	$(BIN)/python -m benchmarks.fleet
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .ruff_cache .hypothesis

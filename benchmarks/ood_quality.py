@@ -18,6 +18,7 @@ largest probability in the max logit's place, or with every piece of evidence we
 
     python -m benchmarks.ood_quality            # full: 24 digits splits x 2 seeds, sensor splits x 5 seeds
     python -m benchmarks.ood_quality --quick    # one split and seed per data set with near-OOD: a smoke test
+    python -m benchmarks.ood_quality --adversarial   # also FGSM, PGD and adaptive PGD against every classifier
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import time
 
 import numpy as np
 
+from benchmarks import adversarial_summary
 from benchmarks.common import save
 from edgefp import data, metrics, ood, shifts
 from edgefp.bundle import Bundle
@@ -118,8 +120,9 @@ def ablated(fingerprint, scores, holdout, change: tuple[str, ...]) -> np.ndarray
     return ood.ood_score(values[:, keep], z_mean[keep], z_std[keep], weights, [transforms[j] for j in keep])
 
 
-def evaluate(dataset: data.Dataset, classes, far, seed) -> dict:
-    """One run: train, convert, score every detector on the in-distribution test set and each OOD case."""
+def evaluate(dataset: data.Dataset, classes, far, seed, attacks: str | None = None) -> dict:
+    """One run: train, convert, score every detector on the in-distribution test set and each OOD case;
+    with ``attacks`` (``full`` or ``quick``), on adversarial samples too."""
     if dataset.name == "digits":  # the built-in fixed split
         test = data.stratified_split(dataset.y, data.DIGITS_TEST_FRACTION, seed=0)
     else:
@@ -166,6 +169,10 @@ def evaluate(dataset: data.Dataset, classes, far, seed) -> dict:
             )
             for name, without in ABLATION.items()
         }
+    if attacks:
+        result["adversarial"] = adversarial_summary.run(
+            fingerprint, held_out, detectors, bundle, seed, attacks == "quick"
+        )
     return result
 
 
@@ -276,6 +283,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=None, help="seeds per split (default: 2 digits, 5 sensors)")
     parser.add_argument("--digits-splits", type=int, default=DIGITS_DRAWN, help="random digits splits drawn")
     parser.add_argument("--sets", default="digits,basic_motions,arrow_head,gun_point", help="data sets to run")
+    parser.add_argument(
+        "--adversarial", action="store_true", help="also attack every run's classifier (FGSM, PGD, adaptive PGD)"
+    )
     args = parser.parse_args(argv)
     sets = args.sets.split(",")
     started = time.monotonic()
@@ -284,14 +294,20 @@ def main(argv=None) -> int:
     for name in sets:
         seeds = args.seeds or (2 if name == "digits" else 5)
         plan += experiments(args.quick, seeds, args.digits_splits, [name])
+    attacks = ("quick" if args.quick else "full") if args.adversarial else None
     for i, (name, dataset, classes, far, seed) in enumerate(plan, 1):
         print(f"[{i}/{len(plan)}] {name}: classes {classes}, seed {seed}", file=sys.stderr, flush=True)
-        per_set.setdefault(name, []).append(evaluate(dataset, classes, far, seed))
+        per_set.setdefault(name, []).append(evaluate(dataset, classes, far, seed, attacks))
     summary = {name: summarise(runs) for name, runs in per_set.items()}
+    markdown = table(summary)
+    if args.adversarial:
+        for name, runs in per_set.items():
+            summary[name]["adversarial"] = adversarial_summary.summarise([r["adversarial"] for r in runs])
+        markdown += "\n" + adversarial_summary.table({name: s["adversarial"] for name, s in summary.items()})
     save(
-        "ood_quality" + ("_quick" if args.quick else ""),
+        "ood_quality" + ("_adversarial" if args.adversarial else "") + ("_quick" if args.quick else ""),
         {"seconds": time.monotonic() - started, "summary": summary, "runs": per_set},
-        table(summary),
+        markdown,
     )
     return 0
 

@@ -194,7 +194,7 @@ class Score:
     threshold_units: int = 0
     threshold: float = 0.0
     holdout_quantiles: tuple[float, ...] = ()
-    n_holdout: object = None  # the number of held-out samples, when given (unchecked)
+    n_holdout: int | None = None  # the number of held-out samples, when given
 
     def to_json(self) -> dict:
         found = {
@@ -527,4 +527,7 @@ def _score(value) -> Score:
     fpr = _number(score.get("target_fpr"), "score.target_fpr", positive=True)
     if fpr >= 1:
         _fail("score.target_fpr", "below 1", fpr)
-    return Score(combine, eps, fpr, unit, threshold_units, threshold, quantiles, score.get("n_holdout"))
+    n_holdout = score.get("n_holdout")
+    if n_holdout is not None:
+        n_holdout = _int(n_holdout, "score.n_holdout", 1, INT64_MAX)
+    return Score(combine, eps, fpr, unit, threshold_units, threshold, quantiles, n_holdout)

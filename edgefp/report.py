@@ -37,6 +37,14 @@ FINGERPRINT_NOTE = (
     "used to. The red line is the layer's alarm level, the error at which that layer alone reaches the threshold; "
     "errors of 0 are drawn at the left edge. The last panel combines the layers into the OOD score."
 )
+ADVERSARIAL_NOTE = (
+    "Adversarial copies of the in-distribution samples, made on the float classifier of the bundle's RUN: FGSM, "
+    "PGD, and adaptive PGD that also lowers the fingerprint's OOD score (L-infinity; budget: share of each "
+    "channel's value range), then run by this bundle. Success: share of its correct predictions turned wrong; "
+    "undetected: share of them turned wrong and not flagged at the bundle's threshold; AUROC: clean against successful "
+    "adversarial samples. The fingerprint flags inputs unlike its training data; an attacker who knows it can "
+    "stay close enough to that data to pass."
+)
 
 
 def build_report(
@@ -48,10 +56,12 @@ def build_report(
     out_dir: str,
     runtime: str = "litert",
     *,
+    adversarial: dict | None = None,
     force: bool = False,
 ) -> str:
     """Write the report as the directory ``out_dir``, all at once (an existing report is replaced only
-    with ``force``; a failure leaves nothing); return the path of index.html."""
+    with ``force``; a failure leaves nothing); return the path of index.html. ``adversarial``: the
+    result of :func:`edgefp.adversarial.evaluate` with ``runtime`` among its runtimes, drawn as a panel."""
     try:
         import matplotlib
     except ImportError as exc:
@@ -60,11 +70,13 @@ def build_report(
     check_directory_output(out_dir, REPORT_KIND, force=force)
     sets = [(ds, bundle.score(ds.x, runtime)) for ds in [data, *ood_sets]]
     with atomic_directory(out_dir, REPORT_KIND, force=force) as tmp:
-        _write_pages(tmp, bundle, sets, bench, board, runtime)
+        _write_pages(tmp, bundle, sets, bench, board, runtime, adversarial)
     return os.path.join(out_dir, "index.html")
 
 
-def _write_pages(out_dir: str, bundle, sets: list, bench: list[dict], board: dict | None, runtime: str) -> None:
+def _write_pages(
+    out_dir: str, bundle, sets: list, bench: list[dict], board: dict | None, runtime: str, adversarial: dict | None
+) -> None:
     """The figures and index.html of a report into ``out_dir``."""
     manifest, data, ood_sets = bundle.manifest, sets[0][0], [ds for ds, _ in sets[1:]]
     name = html.escape(data.name)
@@ -82,6 +94,9 @@ def _write_pages(out_dir: str, bundle, sets: list, bench: list[dict], board: dic
     if matrix is not None:
         note = f"The {int(matrix.sum())} samples of {name} whose class the model knows."
         add("confusion.png", _confusion_figure(bundle, matrix), "Confusion matrix", note)
+    if adversarial:
+        table = _adversarial_table(adversarial, runtime)
+        add("adversarial.png", _adversarial_figure(adversarial, runtime), "Adversarial inputs", ADVERSARIAL_NOTE, table)
     if bench:
         note = "Latency of every timed inference of each benchmark, median (p50) and p99 marked."
         add("latency.png", _latency_figure(bench), "Latency", note, _bench_table(bench))
@@ -170,6 +185,18 @@ def _bench_table(bench: list[dict]) -> str:
         for b in bench
     ]
     return _table(head.split("|"), rows)
+
+
+def _adversarial_table(result: dict, runtime: str) -> str:
+    rows = []
+    for kind, attacks in result["attacks"].items():
+        for row in attacks:
+            device = row["runtimes"][runtime]
+            auroc = "—" if device["auroc"] is None else f"{device['auroc']:.3f}"
+            cells = [f"{row['success']:.1%}", f"{device['success']:.1%}", f"{device['undetected_at_threshold']:.1%}"]
+            rows.append([kind, f"{row['budget']:g}", *cells, auroc])
+    head = ["attack", "budget", "success (float)", f"success ({runtime})", f"undetected ({runtime})", "AUROC"]
+    return _table(head, rows)
 
 
 def _budget_rows(manifest: Manifest, board: dict) -> list[tuple[str, int, int]]:
@@ -343,6 +370,23 @@ def _latency_figure(bench: list[dict]):
         ax.set(title=f"{_bench_label(b)} ({b['runs']} runs)", ylabel="runs")
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     axes[-1, 0].set_xlabel("latency per inference (µs)")
+    return fig
+
+
+def _adversarial_figure(result: dict, runtime: str):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+    for i, (kind, attacks) in enumerate(result["attacks"].items()):
+        budgets = [row["budget"] for row in attacks]
+        devices = [row["runtimes"][runtime] for row in attacks]
+        ax.plot(budgets, [d["success"] for d in devices], "o-", color=f"C{i}", label=f"{kind}: success")
+        undetected = [d["undetected_at_threshold"] for d in devices]
+        ax.plot(budgets, undetected, "s--", color=f"C{i}", label=f"{kind}: undetected")
+    ax.set(xlabel="budget (share of each channel's range)", ylabel=f"share of correct predictions ({runtime})")
+    ax.set(ylim=(-0.02, 1.02))
+    ax.grid(alpha=0.25)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return fig
 
 

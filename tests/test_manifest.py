@@ -218,6 +218,14 @@ def test_a_field_of_the_wrong_type_is_refused_naming_it(fields, change):
 
 
 @SETTINGS
+@given(fields=fingerprinted(), n_holdout=st.sampled_from(["50", 2.5, 0, -3, True, [7], 1 << 63]))
+def test_a_held_out_count_that_is_not_a_positive_integer_is_refused(fields, n_holdout):
+    fields["score"]["n_holdout"] = n_holdout
+    with pytest.raises(ManifestError, match="score.n_holdout must be an integer"):
+        Manifest.from_json(fields)
+
+
+@SETTINGS
 @given(fields=wrapped())
 def test_a_wrapped_manifest_has_no_score(fields):
     with pytest.raises(ManifestError, match="score must be null for a bundle without layers"):

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import sys
+import threading
 import time
 
 import click
+from click.core import ParameterSource
+
+from edgefp.errors import EdgefpError
 
 
 class FloatRange(click.FloatRange):
@@ -59,6 +64,17 @@ PORT_OPTION = click.option(
     envvar="EDGEFP_PORT",
     help="Device URL: a serial port (/dev/ttyACM0, COM3), socket://HOST:PORT, or a pty path [env EDGEFP_PORT].",
 )
+PORTS_OPTION = click.option(
+    "--port",
+    "ports",
+    multiple=True,
+    envvar="EDGEFP_PORT",
+    help="Device URL: a serial port (/dev/ttyACM0, COM3), socket://HOST:PORT, or a pty path; repeat it for several "
+    "devices at once [env EDGEFP_PORT, URLs separated by spaces].",
+)
+ALL_OPTION = click.option(
+    "--all", "all_ports", is_flag=True, help="Every serial port that answers the edgefp handshake (devices --probe)."
+)
 KEY_OPTION = click.option(
     "--key-file",
     type=click.Path(dir_okay=False),
@@ -74,6 +90,19 @@ REPO_OPTION = click.option(
 )
 WHERE_OPTION = click.option(
     "--where", multiple=True, help="Only bundles with this tag (or name=NAME), KEY=VALUE; repeatable."
+)
+BROKER_OPTION = click.option(
+    "--broker",
+    "broker_url",
+    envvar="EDGEFP_BROKER",
+    help="MQTT broker: mqtt://[USER@]HOST:PORT, or mqtts://... for TLS [env EDGEFP_BROKER; password in "
+    "EDGEFP_BROKER_PASSWORD].",
+)
+BROKER_CA_OPTION = click.option(
+    "--broker-ca",
+    type=click.Path(dir_okay=False),
+    envvar="EDGEFP_BROKER_CA",
+    help="CA certificate to trust for an mqtts:// broker [default: the system's].",
 )
 # The library's parameters whose option is spelled otherwise than --NAME-IN-KEBAB-CASE.
 OPTIONS = {"key": "--key-file", "labels_path": "--labels", "samples_address": "--samples", "serial_path": "--serial"}
@@ -117,6 +146,128 @@ def open_device(port: str, key_file: str | None):
     from edgefp.firmware_host.link.client import open_device as open_url
 
     return open_url(port, key=read_key(key_file))
+
+
+def broker(url: str | None, ca_file: str | None):
+    """The broker of --broker and --broker-ca, or an error when --broker is missing."""
+    from edgefp.firmware_host.link.mqtt import parse_broker
+
+    if not url:
+        raise EdgefpError("give the fleet's broker with --broker mqtt://HOST:PORT (or set EDGEFP_BROKER)")
+    return parse_broker(url, ca_file)
+
+
+SOME_FAILED = 1  # the exit status of a command on several devices when any of them failed
+
+
+def device_ports(ports: tuple[str, ...], all_ports: bool) -> list[str]:
+    """The devices a command works on: the --port URLs (each once), or with --all every serial port that
+    answers the edgefp handshake (which overrides URLs from the environment, EDGEFP_PORT)."""
+    if all_ports and ports and click.get_current_context().get_parameter_source("ports") != ParameterSource.ENVIRONMENT:
+        raise EdgefpError("give --port URL (repeatable) or --all, not both")
+    if all_ports:
+        from edgefp.firmware_host.link.ports import answering
+
+        found = answering()
+        if not found:
+            raise EdgefpError(
+                "no serial port answers the edgefp handshake; connect a device and check 'edgefp devices --probe', "
+                "or name it with --port URL"
+            )
+        return found
+    if not ports or "" in ports:
+        raise EdgefpError("give the device with --port URL (repeatable for several), or --all")
+    return list(dict.fromkeys(ports))
+
+
+def on_devices(ports: list[str], key_file: str | None, operation, *, task: str, summary, as_json: bool) -> int:
+    """``operation(device, progress)`` on several devices at once, each opened by its URL
+    (:func:`~edgefp.firmware_host.link.fanout.on_each`): a line of progress per device on stderr while it
+    runs, then a table (device, result, seconds, and ``summary(result)`` or the error), or with ``--json``
+    a list of objects (device, ok, error, seconds, result). Returns the exit status: 0 when every device
+    succeeded, :data:`SOME_FAILED` when any failed."""
+    from edgefp.firmware_host.link.client import open_device as open_url
+    from edgefp.firmware_host.link.fanout import on_each
+
+    key = read_key(key_file)
+
+    def work(port: str, progress):
+        with open_url(port, key=key) as device:
+            return operation(device, progress)
+
+    with DeviceLines(ports, task, enabled=not as_json) as lines:
+        outcomes = on_each(ports, work, on_progress=lines.progress, on_done=lines.done)
+    width = max(len("device"), *(len(port) for port in ports))
+    table = [f"{'device':<{width}}  result  seconds"] + [
+        f"{o.port:<{width}}  {'ok' if o.ok else 'FAILED':<6}  {o.seconds:7.2f}  "
+        + (summary(o.result) if o.ok else o.error)
+        for o in outcomes
+    ]
+    failed = sum(not outcome.ok for outcome in outcomes)
+    table.append(f"{len(outcomes) - failed} of {len(outcomes)} devices ok")
+    if as_json:
+        import json
+
+        click.echo(json.dumps([outcome.to_dict() for outcome in outcomes], indent=1))
+    else:
+        for line in table:
+            click.echo(line)
+    return SOME_FAILED if failed else 0
+
+
+class DeviceLines:
+    """One line per device on stderr while work runs on several at once: redrawn in place on a terminal;
+    otherwise plain lines, when a device starts, every :data:`LINE_EVERY_S` seconds of its progress, and
+    when it ends."""
+
+    LINE_EVERY_S = 10.0
+    REDRAW_EVERY_S = 0.1
+
+    def __init__(self, ports: list[str], task: str, enabled: bool = True):
+        self.task, self.enabled, self.tty = task, enabled, enabled and sys.stderr.isatty()
+        self.width = max(len(port) for port in ports)
+        self.states = {port: f"{task} ..." for port in ports}
+        self._lock = threading.Lock()
+        self._drawn = 0
+        self._next: dict[str, float] = {}
+
+    def __enter__(self) -> DeviceLines:
+        for port in self.states:
+            self._show(port, self.states[port], now=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.tty:
+            with self._lock:
+                self._redraw()
+
+    def progress(self, port: str, done: int, total: int) -> None:
+        self._show(port, f"{self.task} {100 * done // max(total, 1)}%", now=False)
+
+    def done(self, outcome) -> None:
+        verdict = "done" if outcome.ok else f"FAILED: {outcome.error}"
+        self._show(outcome.port, f"{verdict} ({outcome.seconds:.1f} s)", now=True)
+
+    def _show(self, port: str, text: str, *, now: bool) -> None:
+        if not self.enabled:
+            return
+        with self._lock:
+            self.states[port] = text
+            moment = time.monotonic()
+            if not now and moment < self._next.get(port, 0.0):
+                return
+            self._next[port] = moment + (self.REDRAW_EVERY_S if self.tty else self.LINE_EVERY_S)
+            if self.tty:
+                self._redraw()
+            else:
+                click.echo(f"{port:<{self.width}}  {text}", err=True)
+
+    def _redraw(self) -> None:
+        columns = shutil.get_terminal_size().columns
+        up = f"\x1b[{self._drawn}F" if self._drawn else ""
+        lines = [f"\x1b[2K{f'{port:<{self.width}}  {text}'[: columns - 1]}" for port, text in self.states.items()]
+        click.echo(up + "\n".join(lines), err=True)
+        self._drawn = len(lines)
 
 
 def lines_wanted(as_json: bool) -> bool:

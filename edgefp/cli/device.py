@@ -11,14 +11,22 @@ import sys
 import click
 
 from edgefp.cli.common import (
+    ALL_OPTION,
+    BROKER_CA_OPTION,
+    BROKER_OPTION,
     FORCE_OPTION,
     JSON_OPTION,
     KEY_OPTION,
     PORT_OPTION,
+    PORTS_OPTION,
+    SOME_FAILED,
     FloatRange,
     ProgressBar,
+    broker,
+    device_ports,
     emit,
     lines_wanted,
+    on_devices,
     open_device,
     output_lines,
     read_key,
@@ -39,21 +47,34 @@ def devices(probe, as_json):
         f"{e['port']:<16} {e['vid_pid'] or '-':<10} {e['serial_number'] or '-':<18} {e['description']}" for e in found
     ]
     if probe:
-        lines = [
-            f"{line}  [{'edgefp ' + e['edgefp']['board'] if e['edgefp'] else 'not edgefp'}]"
-            for line, e in zip(lines, found)
-        ]
+        lines = [f"{line}  [{_probed(e['edgefp'])}]" for line, e in zip(lines, found)]
     emit({"ports": found}, as_json, lines or ["no serial ports found"])
 
 
-@click.command(epilog="Example: edgefp info --port /dev/ttyACM0 --json")
-@PORT_OPTION
+def _probed(answer: dict | None) -> str:
+    if answer is None:
+        return "not edgefp"
+    return f"edgefp {answer['board']}" + (", key required" if answer["key_required"] else "")
+
+
+@click.command(epilog="Example: edgefp info --port /dev/ttyACM0 --json  (several: --port A --port B, or --all)")
+@PORTS_OPTION
+@ALL_OPTION
 @KEY_OPTION
 @JSON_OPTION
-def info(port, key_file, as_json):
-    """What a device is and holds: protocol, board, runtime, budgets, active bundle, slots."""
+def info(ports, all_ports, key_file, as_json):
+    """What a device is and holds: protocol, board, runtime, budgets, active bundle, slots. On several
+    devices at once (--port repeated, or --all): a table, exit status 1 when any of them failed."""
     from edgefp.firmware_host.link.client import info as device_info
 
+    urls = device_ports(ports, all_ports)
+    if len(urls) > 1 or all_ports:
+
+        def ask(device, _progress) -> dict:
+            return device_info(device)
+
+        return on_devices(urls, key_file, ask, task="asking", summary=_info_summary, as_json=as_json)
+    (port,) = urls
     with open_device(port, key_file) as device:
         report = device_info(device)
     lines = [f"{port}:"] + [f"  {key}: {value}" for key, value in report.items() if key != "url"]
@@ -62,28 +83,56 @@ def info(port, key_file, as_json):
     emit(report, as_json, lines)
 
 
-@click.command(epilog="Example: edgefp flash digits04.efp --port /dev/ttyACM0")
+def _info_summary(report: dict) -> str:
+    active = report["active"]
+    bundle = f"{active['name']} active" if active else "no bundle active"
+    return f"{report['board']} ({report['runtime']}), {bundle}"
+
+
+@click.command(
+    epilog="Example: edgefp flash digits04.efp --port /dev/ttyACM0  (several at once: --port A --port B, or --all)"
+)
 @click.argument("bundle", type=click.Path())
-@PORT_OPTION
+@PORTS_OPTION
+@ALL_OPTION
 @KEY_OPTION
 @JSON_OPTION
-def flash(bundle, port, key_file, as_json):
+def flash(bundle, ports, all_ports, key_file, as_json):
     """Upload a bundle to a device in chunks, have the device verify it, and activate it (nothing is
-    uploaded when the device already runs it)."""
+    uploaded when the device already runs it). On several devices at once (--port repeated, or --all):
+    a line of progress per device, then a table; a device that fails keeps its last good bundle and
+    disturbs none of the others; exit status 1 when any failed."""
     from edgefp.bundle import Bundle
     from edgefp.firmware_host.link.client import flash as flash_device
 
     archive = Bundle.load(bundle).archive_bytes()
+    urls = device_ports(ports, all_ports)
+    if len(urls) > 1 or all_ports:
+
+        def upload(device, progress) -> dict:
+            return flash_device(device, archive, progress)
+
+        return on_devices(urls, key_file, upload, task="flashing", summary=_flash_summary, as_json=as_json)
+    (port,) = urls
     with open_device(port, key_file) as device, ProgressBar(enabled=not as_json) as progress:
         task = f"flashing {bundle}"
         progress(task, 0, len(archive))
         report = flash_device(device, archive, progress=progress.counter(task))
-    state = "already active, nothing uploaded" if report["skipped"] else "verified and active"
-    lines = [f"{report['name']} ({report['bytes']} bytes) on {port}: {state} in {report['seconds']:.2f} s"]
+    lines = [
+        f"{report['name']} ({report['bytes']} bytes) on {port}: {_flash_state(report)} in {report['seconds']:.2f} s"
+    ]
     if report["uploaded"]:
         report["efficiency"] = report["bytes"] / report["wire_bytes"]
         lines.append(f"  {report['wire_bytes']} bytes on the wire (payload / wire = {report['efficiency']:.3f})")
     emit(report, as_json, lines)
+
+
+def _flash_state(report: dict) -> str:
+    return "already active, nothing uploaded" if report["skipped"] else "verified and active"
+
+
+def _flash_summary(report: dict) -> str:
+    return f"{report['name']} {_flash_state(report)}"
 
 
 @click.command(epilog="Example: edgefp infer --port /dev/ttyACM0 --data digits:test --out device.npz")
@@ -182,55 +231,92 @@ def record(port, out, count, duration, ood_only, force, key_file, as_json):
     emit(report, as_json, lines)
 
 
-@click.command(epilog="Example: edgefp monitor --port /dev/ttyACM0 --log events.jsonl")
-@PORT_OPTION
+@click.command(
+    epilog="Example: edgefp monitor --port /dev/ttyACM0 --log events.jsonl  (merged: --port A --port B, or --all)"
+)
+@PORTS_OPTION
+@ALL_OPTION
 @click.option(
     "--log", "log_path", default=None, type=click.Path(dir_okay=False), help="Append events here as JSON lines."
 )
-@click.option("--count", type=click.IntRange(1), default=None, help="Stop after this many events.")
+@click.option("--count", type=click.IntRange(1), default=None, help="Stop after this many events (from each device).")
 @click.option("--duration", type=FloatRange(0, min_open=True), default=None, help="Stop after this many seconds.")
 @KEY_OPTION
 @JSON_OPTION
-def monitor(port, log_path, count, duration, key_file, as_json):
+def monitor(ports, all_ports, log_path, count, duration, key_file, as_json):
     """Live console of the device's inferences (prediction, OOD score and verdict, latency), OOD alerts
-    highlighted; JSON lines when piped or with --json; reconnects when the device resets or the link drops."""
+    highlighted; JSON lines when piped or with --json; reconnects when the device resets or the link drops.
+    Several devices (--port repeated, or --all) merge into one stream, each line naming its device (a
+    "device" field in JSON); each reconnects on its own, one failing leaves the others running (exit
+    status 1 at the end), and Ctrl-C ends them all."""
     import datetime
     import json
+    import threading
 
+    from edgefp.firmware_host.link.fanout import on_each
     from edgefp.firmware_host.link.monitor import follow
 
-    lines_out = lines_wanted(as_json)
+    urls = device_ports(ports, all_ports)
+    several, width = len(urls) > 1 or all_ports, max(len(url) for url in urls)
+    lines_out, key, printing = lines_wanted(as_json), read_key(key_file), threading.Lock()
     log = open(log_path, "a") if log_path else None  # noqa: SIM115 - closed below
 
-    def on_event(event: dict) -> None:
-        line = json.dumps(event)
-        if log:
-            log.write(line + "\n")
-            log.flush()
-        if lines_out:
-            click.echo(line)
-            return
-        stamp = datetime.datetime.fromtimestamp(event["received"]).strftime("%H:%M:%S.%f")[:-3]
-        text = (
-            f"{stamp}  #{event['input']:<6} pred {event['pred']:<3} score {event['score']:7.3f}  "
-            f"{event['latency_us']:>6} us  {'OOD' if event['ood'] else 'ok'}"
-        )
-        click.echo(click.style(text, fg="red", bold=True) if event["ood"] else text)
+    def printer(url: str):
+        def on_event(event: dict) -> None:
+            if several:
+                event = {"device": url, **event}
+            line = json.dumps(event)
+            with printing:
+                if log:
+                    log.write(line + "\n")
+                    log.flush()
+                if lines_out:
+                    click.echo(line)
+                    return
+                stamp = datetime.datetime.fromtimestamp(event["received"]).strftime("%H:%M:%S.%f")[:-3]
+                text = (
+                    f"{stamp}  #{event['input']:<6} pred {event['pred']:<3} score {event['score']:7.3f}  "
+                    f"{event['latency_us']:>6} us  {'OOD' if event['ood'] else 'ok'}"
+                )
+                text = f"{url:<{width}}  {text}" if several else text
+                click.echo(click.style(text, fg="red", bold=True) if event["ood"] else text)
+
+        return on_event
+
+    def failed(outcome) -> None:
+        if not outcome.ok:
+            with printing:
+                click.echo(f"edgefp: {outcome.port}: FAILED: {outcome.error}", err=True)
 
     try:
-        follow(port, on_event, key=read_key(key_file), count=count, duration=duration)
+        if not several:
+            follow(urls[0], printer(urls[0]), key=key, count=count, duration=duration)
+            return 0
+        stop = threading.Event()
+
+        def watch(url: str, _progress) -> int:
+            return follow(url, printer(url), key=key, stop=stop.is_set, count=count, duration=duration)
+
+        outcomes = on_each(urls, watch, on_done=failed, stop=stop)
+        return 0 if all(outcome.ok for outcome in outcomes) else SOME_FAILED
     finally:
         if log:
             log.close()
 
 
 @click.command(
-    epilog="Example: edgefp agent --data-dir /var/lib/edgefp --serial /dev/ttyGS0 --samples /run/edgefp/samples.sock"
+    epilog="Example: edgefp agent --data-dir /var/lib/edgefp --serial /dev/ttyGS0 "
+    "--samples /run/edgefp/samples.sock\n\n"
+    "Example: edgefp agent --data-dir /var/lib/edgefp --broker mqtt://192.168.1.2:1883 --device-id pi-7 --tag site=lab"
 )
 @click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="Where the two bundle slots live.")
 @click.option("--board", default="pi", show_default=True, help="Board profile (runtime and budgets).")
 @click.option("--serial", "serial_path", default=None, help="Serve on this serial port (e.g. USB gadget /dev/ttyGS0).")
 @click.option("--tcp", default=None, help="Serve on HOST:PORT instead; beyond 127.0.0.1 only with --key-file.")
+@BROKER_OPTION
+@BROKER_CA_OPTION
+@click.option("--device-id", default=None, help="With --broker: this device's id in the fleet [default: host name].")
+@click.option("--tag", "tags", multiple=True, help="With --broker: a tag of this device, KEY=VALUE; repeatable.")
 @click.option(
     "--samples",
     "samples_address",
@@ -238,17 +324,33 @@ def monitor(port, log_path, count, duration, key_file, as_json):
     help="Take windows from the program that owns the sensor: a socket path or 127.0.0.1:PORT (docs/sensors.md).",
 )
 @KEY_OPTION
-def agent(data_dir, board, serial_path, tcp, samples_address, key_file):
+def agent(data_dir, board, serial_path, tcp, broker_url, broker_ca, device_id, tags, samples_address, key_file):
     """The on-device agent of a Raspberry Pi or Coral board: serves the device protocol, runs the
     active bundle and its OOD check locally, keeps the last good bundle across restarts. With --samples
-    the program that owns the sensor hands it windows of raw values on a local socket."""
+    the program that owns the sensor hands it windows of raw values on a local socket. With --broker it
+    joins an MQTT fleet (docs/fleet.md): retained status, OOD events, and controllers reach it through
+    the broker; --serial or --tcp may serve as well."""
     from edgefp.firmware_host.device.agent import Agent
     from edgefp.firmware_host.device.serve import serve
 
-    if (serial_path is None) == (tcp is None):
-        raise EdgefpError("give exactly one of --serial PATH and --tcp HOST:PORT")
+    if broker_url is None and (serial_path is None) == (tcp is None):
+        raise EdgefpError("give exactly one of --serial PATH and --tcp HOST:PORT, or --broker URL")
+    if serial_path is not None and tcp is not None:
+        raise EdgefpError("give one of --serial PATH and --tcp HOST:PORT, not both")
+    if broker_url is None and (device_id or tags):
+        raise EdgefpError("--device-id and --tag name the device in a fleet: give --broker too")
     device = Agent(data_dir, board, key=read_key(key_file))
     options = {"serial_path": serial_path, "tcp": tcp, "samples_address": samples_address}
+    if broker_url is not None:
+        from edgefp.cli.fleet import default_id
+        from edgefp.firmware_host.device.fleet import AgentMember, on_broker
+        from edgefp.repository import parse_pairs
+
+        where_to = broker(broker_url, broker_ca)
+        member = AgentMember(device, where_to, device_id or default_id(), parse_pairs(tags, "tag"))
+        click.echo(f"{member.device_id} on {where_to.url}", err=True)
+        options["member"] = member
+        serve = on_broker
     _until_signalled(serve, device, on_address=functools.partial(_announce, url_on_stdout=False), **options)
 
 

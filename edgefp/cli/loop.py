@@ -9,12 +9,14 @@ import sys
 import click
 
 from edgefp.cli.common import (
+    BROKER_CA_OPTION,
+    BROKER_OPTION,
     JSON_OPTION,
     KEY_OPTION,
-    PORT_OPTION,
     REPO_OPTION,
     WHERE_OPTION,
     FloatRange,
+    broker,
     emit,
     lines_wanted,
     open_device,
@@ -165,14 +167,22 @@ def select_command(repo, data, where, top, deploy, key_file, as_json):
     emit(report, as_json, lines)
 
 
-@click.command(epilog="Example: edgefp watch --port /dev/ttyACM0 --repo models/ --ood-rate 0.3 --events drift.jsonl")
-@PORT_OPTION
+@click.command(
+    epilog="Example: edgefp watch --port /dev/ttyACM0 --repo models/ --ood-rate 0.3 --events drift.jsonl\n\n"
+    "Example: edgefp watch --broker mqtt://127.0.0.1:1883 --repo models/ --group-by site"
+)
+@click.option("--port", default=None, envvar="EDGEFP_PORT", help="The device's URL (as for flash) [env EDGEFP_PORT].")
+@BROKER_OPTION
+@BROKER_CA_OPTION
 @REPO_OPTION
 @click.option(
     "--ood-rate", type=FloatRange(0, 1, min_open=True), default=0.3, show_default=True, help="Act at this rate."
 )
-@click.option("--window", type=click.IntRange(1), default=None, help="Inputs the rate is over [default: device's].")
-@click.option("--interval", type=FloatRange(0), default=1.0, show_default=True, help="Seconds between polls.")
+@click.option(
+    "--window", type=click.IntRange(1), default=None, help="Inputs the rate is over [default: device's; fleet 100]."
+)
+@click.option("--interval", type=FloatRange(0), default=1.0, show_default=True, help="Seconds between polls (--port).")
+@click.option("--group-by", default=None, help="With --broker: one decision per group of devices with this tag.")
 @click.option(
     "--events",
     "events_path",
@@ -186,34 +196,63 @@ def select_command(repo, data, where, top, deploy, key_file, as_json):
 @click.option("--count", type=click.IntRange(1), default=None, help="Stop after this many decisions.")
 @KEY_OPTION
 @JSON_OPTION
-def watch(port, repo, ood_rate, window, interval, events_path, where, once, count, key_file, as_json):
+def watch(
+    port, broker_url, broker_ca, repo, ood_rate, window, interval, group_by, events_path, where, once, count, key_file,
+    as_json,
+):  # fmt: skip
     """The drift loop: follow the device's OOD rate; when it reaches --ood-rate, run selection on the
-    device's recent OOD samples, flash the model that matches, or else raise a human-review alert."""
+    device's recent OOD samples, flash the model that matches, or else raise a human-review alert.
+    With --broker, the same for every device of an MQTT fleet (docs/fleet.md), from their OOD events:
+    per device, or per group of devices sharing a tag (--group-by), one decision per drift."""
     from edgefp.repository import parse_pairs
     from edgefp.watch import DEPLOYED, NO_MATCH, watch_url
 
+    if (port is None) == (broker_url is None):
+        raise EdgefpError("give one of --port URL (one device) and --broker URL (a fleet)")
     repository = _repository(repo)
     repository.entries()  # a missing repository fails now, not at the first drift
     lines_out = lines_wanted(as_json)
 
     def on_decision(event: dict) -> None:
-        for skipped in event["skipped"]:
+        for skipped in event.get("skipped", []):
             warn(f"skipped {skipped['name']}: {skipped['reason']}")
         if lines_out:
             click.echo(json.dumps(event))
             return
-        head = f"{event['time'][11:19]}  OOD rate {percent(event['ood_rate']).strip()} over {event['window']} inputs"
-        scores = ", ".join(f"{c['name']} {c['match_score']:.2f}" for c in event["candidates"])
-        head += f", {event['samples']} samples pulled; match: {scores or '-'}"
+        head = f"{event['time'][11:19]}  {event['device']}: OOD rate {percent(event['ood_rate']).strip()}"
+        scores = ", ".join(f"{c['name']} {c['match_score']:.2f}" for c in event.get("candidates", []))
+        head += f" over {event['window']} inputs, {event.get('samples', 0)} samples pulled; match: {scores or '-'}"
         if event["decision"] == DEPLOYED:
-            click.echo(f"{head}\n  deployed {event['model']} (was {event['active']})")
+            others = [result["device_id"] for result in event.get("group_deployed", [])]
+            also = f"; also to {', '.join(others)}" if others else ""
+            click.echo(f"{head}\n  deployed {event['model']} (was {event['active']}){also}")
         elif event["decision"] == NO_MATCH:
             reason = event.get("reason") or "no model of the repository matches the drifted data"
             alert = f"  HUMAN REVIEW: {reason}; {event['active']} stays active (events in {events_path})"
             click.echo(f"{head}\n" + click.style(alert, fg="red", bold=True))
+        elif event["decision"] == "failed":
+            click.echo(f"{head}\n  no decision: {event['reason']}")
         else:
             click.echo(f"{head}\n  {event['active']} is already the best model")
 
+    decisions = 1 if once else count
+    if broker_url is not None:
+        from edgefp.fleet import FleetWatch
+
+        options = {"ood_rate": ood_rate, "window": window or 100, "group_by": group_by, "events_path": events_path}
+        options.update(on_decision=on_decision, key=read_key(key_file))
+        where_to = broker(broker_url, broker_ca)
+        fleet = FleetWatch(where_to, repository, where=parse_pairs(where, "where"), **options)
+        if not lines_out:
+            rate = percent(ood_rate).strip()
+            click.echo(f"watching the fleet on {where_to.url}: acting at OOD rate {rate}; Ctrl-C stops")
+        try:
+            fleet.run(decisions=decisions)
+        finally:
+            fleet.close()
+        return
+    if group_by:
+        raise EdgefpError("--group-by groups the devices of a fleet: give --broker, not --port")
     if not lines_out:
         click.echo(f"watching {port}: acting at OOD rate {percent(ood_rate).strip()}; Ctrl-C stops")
     watch_url(
@@ -226,7 +265,7 @@ def watch(port, repo, ood_rate, window, interval, events_path, where, once, coun
         interval=interval,
         events_path=events_path,
         where=parse_pairs(where, "where"),
-        decisions=1 if once else count,
+        decisions=decisions,
     )
 
 

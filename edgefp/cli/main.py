@@ -18,7 +18,7 @@ COMMANDS = {
     "inspect": "model", "export-c": "model", "bench": "model", "report": "model", "demo": "model",
     "devices": "device", "info": "device", "flash": "device", "infer": "device", "pull-ood": "device",
     "record": "device", "monitor": "device", "agent": "device", "sim": "device", "export-firmware": "device",
-    "repo": "loop", "select": "loop", "watch": "loop", "review": "loop",
+    "repo": "loop", "select": "loop", "watch": "loop", "review": "loop", "fleet": "fleet", "gateway": "fleet",
 }  # fmt: skip
 # Commands that run no native code (no model, no interpreter, no firmware): nothing for the crash
 # supervisor to report, so they run in this process and start as fast as a plain Python program.

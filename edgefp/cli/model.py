@@ -4,11 +4,14 @@ export-c, bench, report, demo."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import sys
 
 import click
 
 from edgefp.cli.common import (
+    ALL_OPTION,
     FORCE_OPTION,
     FPR_OPTION,
     JSON_OPTION,
@@ -17,14 +20,16 @@ from edgefp.cli.common import (
     RUNTIME_OPTION,
     SEED_OPTION,
     ProgressBar,
+    device_ports,
     emit,
     layer_names,
+    on_devices,
     open_device,
     output_lines,
     percent,
     score_lines,
 )
-from edgefp.errors import EdgefpError
+from edgefp.errors import EdgefpError, option
 from edgefp.limits import MAX_INVOKES
 
 TRAIN_EXAMPLE = "Example: edgefp train --data digits:train:0-4 --data field.reviewed.npz --out run/ --seed 1"
@@ -323,9 +328,17 @@ def bench():
     """Time a bundle (edgefp bench BUNDLE), or compare two results (edgefp bench compare A.json B.json)."""
 
 
-@bench.command("run", epilog="Example: edgefp bench digits04/ --runtime tflm -n 500 --out tflm.json")
+@bench.command(
+    "run", epilog="Example: edgefp bench digits04/ --runtime tflm -n 500 --out tflm.json  (a device: --port URL)"
+)
 @click.argument("bundle", type=click.Path(), required=False)
-@click.option("--port", default=None, help="Time the active bundle on this device instead (timed on the device).")
+@click.option(
+    "--port",
+    "ports",
+    multiple=True,
+    help="Time the active bundle on this device instead (timed on the device); repeat it for several at once.",
+)
+@ALL_OPTION
 @RUNTIME_OPTION
 @click.option(
     "-n", "--runs", type=click.IntRange(1, MAX_INVOKES), default=200, show_default=True, help="Timed invokes."
@@ -333,27 +346,34 @@ def bench():
 @click.option(
     "--warmup", type=click.IntRange(0, MAX_INVOKES), default=20, show_default=True, help="Untimed invokes first."
 )
-@click.option("--out", default=None, type=click.Path(), help="Write the result (JSON) here.")
+@click.option(
+    "--out", default=None, type=click.Path(), help="Write the result (JSON) here; several devices: into this directory."
+)
 @KEY_OPTION
 @FORCE_OPTION
 @JSON_OPTION
-def bench_run(bundle, port, runtime, runs, warmup, out, key_file, force, as_json):
+def bench_run(bundle, ports, all_ports, runtime, runs, warmup, out, key_file, force, as_json):
     """Time a bundle's model on this machine, or the active one on a device (--port): start-up, first
-    inference, latency percentiles, throughput. Both give results of one schema."""
+    inference, latency percentiles, throughput. Both give results of one schema. Several devices at once
+    (--port repeated, or --all) give a table, a result file each in --out (named after the port) and exit
+    status 1 when any failed."""
     from edgefp import bench as benchmarks
     from edgefp.bundle import Bundle
     from edgefp.fsutil import check_file_output
 
-    if (bundle is None) == (port is None) or port == "":
+    if (bundle is None) == (not ports and not all_ports) or "" in ports:
         raise EdgefpError("give a BUNDLE to time on this machine, or --port URL to time on a device")
     if runs + warmup > MAX_INVOKES:
         raise EdgefpError(f"-n and --warmup add up to {runs + warmup:,}; at most {MAX_INVOKES:,} invokes")
+    urls = device_ports(ports, all_ports) if bundle is None else []
+    if len(urls) > 1 or all_ports:
+        return _bench_devices(urls, runs, warmup, out, key_file, force, as_json)
     if out:  # refused now rather than after the benchmark
         check_file_output(out, force=force, written_by_edgefp=benchmarks.is_result, kind="bench result")
-    if port is not None:
+    if urls:
         from edgefp.firmware_host.link.client import bench as bench_device
 
-        with open_device(port, key_file) as device:
+        with open_device(urls[0], key_file) as device:
             result = bench_device(device, runs=runs, warmup=warmup)
     else:
         result = benchmarks.bench_bundle(Bundle.load(bundle), runtime, runs=runs, warmup=warmup)
@@ -371,6 +391,34 @@ def bench_run(bundle, port, runtime, runs, warmup, out, key_file, force, as_json
     if out:
         lines.append(f"  wrote {out}")
     emit({key: value for key, value in result.items() if key != "samples_us"}, as_json, lines)
+
+
+def _bench_devices(urls, runs, warmup, out, key_file, force, as_json) -> int:
+    """``bench --port`` on several devices at once; with ``out``, a directory of one result per device."""
+    from edgefp import bench as benchmarks
+    from edgefp.firmware_host.link.client import bench as bench_device
+    from edgefp.fsutil import check_file_output
+
+    paths = {url: os.path.join(out, re.sub(r"[^\w.-]+", "_", url).strip("_") + ".json") for url in urls} if out else {}
+    for path in paths.values():  # refused now rather than after the benchmarks
+        check_file_output(path, force=force, written_by_edgefp=benchmarks.is_result, kind="bench result")
+    if out:
+        os.makedirs(out, exist_ok=True)
+
+    def time_it(device, _progress) -> dict:
+        result = bench_device(device, runs=runs, warmup=warmup)
+        if out:
+            benchmarks.save(result, paths[device.url], force=force)
+        return {key: value for key, value in result.items() if key != "samples_us"} | {"out": paths.get(device.url)}
+
+    def summary(result: dict) -> str:
+        latency = result["latency_us"]
+        text = (
+            f"p50 {latency['p50']:.1f} us, p99 {latency['p99']:.1f} us, {result['throughput_per_s']:.0f} inferences/s"
+        )
+        return text + (f" -> {result['out']}" if result["out"] else "")
+
+    return on_devices(urls, key_file, time_it, task="timing", summary=summary, as_json=as_json)
 
 
 @bench.command("compare", epilog="Example: edgefp bench compare litert.json tflm.json")
@@ -398,29 +446,53 @@ def bench_compare(first, second, as_json):
 @click.option("--ood", "ood_specs", multiple=True, help="Out-of-distribution data; repeat for several sets.")
 @click.option("--bench", "bench_files", multiple=True, type=click.Path(), help="Bench result (JSON); repeatable.")
 @click.option("--board", default=None, help="Board whose flash and RAM budget the bundle is drawn against.")
+@click.option(
+    "--adversarial",
+    "adversarial_run",
+    default=None,
+    type=click.Path(),
+    help="The RUN the bundle was converted from: adds a panel of adversarial copies of --data made on it.",
+)
+@click.option(
+    "--budget",
+    "budgets",
+    multiple=True,
+    type=click.FloatRange(0.0, 1.0, min_open=True),
+    help="Attack budget for --adversarial, a share of each channel's range; repeatable [default: 0.05 0.1 0.2].",
+)
 @RUNTIME_OPTION
 @click.option("--out", required=True, type=click.Path(), help="Directory for index.html and its figures.")
 @FORCE_OPTION
 @JSON_OPTION
-def report(bundle, data, ood_specs, bench_files, board, runtime, out, force, as_json):
+def report(bundle, data, ood_specs, bench_files, board, adversarial_run, budgets, runtime, out, force, as_json):
     """Write a self-contained HTML report: the fingerprint, ROC curves, confusion matrix, latency
-    histograms and the bundle's sizes against a board's budget."""
+    histograms and the bundle's sizes against a board's budget; with --adversarial RUN, how the bundle
+    fares against adversarial inputs."""
     from edgefp import bench as benchmarks
     from edgefp.bundle import Bundle
     from edgefp.firmware_host.boards import fit_problems, get_board
     from edgefp.report import build_report
     from edgefp.scoring import load_for
 
+    if budgets and not adversarial_run:
+        raise EdgefpError(
+            f"{option('budget')} sets the budget of the attacks of {option('adversarial')}; give that too"
+        )
     loaded = Bundle.load(bundle)
     target = get_board(board) if board else None
+    dataset = load_for(loaded, data)
+    attacked = None
+    if adversarial_run:
+        attacked = _attack_for_report(loaded, adversarial_run, dataset, budgets, runtime)
     page = build_report(
         loaded,
-        load_for(loaded, data),
+        dataset,
         [load_for(loaded, spec) for spec in ood_specs],
         [benchmarks.load(path) for path in bench_files],
         None if target is None else dataclasses.asdict(target),
         out,
         runtime=runtime,
+        adversarial=attacked,
         force=force,
     )
     lines = [f"wrote {page}"]
@@ -430,6 +502,34 @@ def report(bundle, data, ood_specs, bench_files, board, runtime, out, force, as_
     if target is not None:
         lines.append(f"  {target.name}: " + ("; ".join(problems) if problems else "the bundle fits"))
     emit({"report": page, "board": board, "fit_problems": problems}, as_json, lines)
+
+
+def _attack_for_report(bundle, run_dir: str, dataset, budgets, runtime: str) -> dict:
+    """:func:`edgefp.adversarial.evaluate` of ``dataset`` on the RUN ``bundle`` was converted from, on ``runtime``."""
+    from edgefp import adversarial
+    from edgefp.isolation import step
+    from edgefp.trainer.fingerprint import NeuralFingerprint, read_fingerprint_json
+
+    if not bundle.fingerprinted:
+        raise EdgefpError(
+            f"{option('adversarial')} needs a bundle with a fingerprint; this one was wrapped without one"
+        )
+    source = bundle.manifest.source if isinstance(bundle.manifest.source, dict) else {}
+    if read_fingerprint_json(run_dir)["classifier"]["sha256"] != source.get("classifier_sha256"):
+        raise EdgefpError(
+            f"{run_dir} is not the RUN the bundle was converted from (another classifier); "
+            f"give {option('adversarial')} that RUN"
+        )
+    with step("attacking the float classifier (TensorFlow)"):
+        fingerprint = NeuralFingerprint.load(run_dir)
+        return adversarial.evaluate(
+            fingerprint,
+            dataset.x,
+            dataset.y,
+            bundle=bundle,
+            runtimes=(runtime,),
+            budgets=tuple(budgets) or adversarial.BUDGETS,
+        )
 
 
 @click.command(epilog="Example: edgefp demo --out demo-out/")

@@ -18,9 +18,11 @@ QEMU = all(shutil.which(tool) for tool in ("make", "arm-none-eabi-gcc", "qemu-sy
 @pytest.mark.parametrize(
     "name, options, keys",
     [
-        ("ood_quality", ["--sets", "digits,basic_motions"], ["summary", "runs"]),  # an image set, a sensor set
+        # an image set, a sensor set, and the attacks on both
+        ("ood_quality", ["--sets", "digits,basic_motions", "--adversarial"], ["summary", "runs"]),
         ("int8", [], ["timing", "results"]),
         ("link", [], []),
+        ("many_devices", [], ["boards"]),
         ("selection", ["--epochs", "5"], []),  # every path still runs; its goals are still met
         pytest.param(
             "firmware", [], ["sizes", "templates", "upload"], marks=pytest.mark.skipif(not QEMU, reason="no QEMU")
@@ -37,7 +39,9 @@ def test_benchmark_quick_mode_writes_its_results(name, options, keys, tmp_path):
         text=True,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    with open(tmp_path / f"{name}_quick.json") as handle:
+    stem = name + ("_adversarial" if "--adversarial" in options else "") + "_quick"
+    with open(tmp_path / f"{stem}.json") as handle:
         saved = json.load(handle)
     assert all(key in saved for key in keys) and saved["environment"]["versions"]
-    assert (tmp_path / f"{name}_quick.md").read_text().count("|") > 10
+    assert (tmp_path / f"{stem}.md").read_text().count("|") > 10
+    assert "--adversarial" not in options or all("adversarial" in s for s in saved["summary"].values())

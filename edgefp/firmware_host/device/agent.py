@@ -148,6 +148,7 @@ class Agent:
         self._upload: Upload | None = None
         self._verified: tuple[int, Loaded] | None = None  # the last upload verified, ready to activate
         self.sessions: set[Session] = set()
+        self.listeners: list = []  # listener(result, input number) after each input, under the lock
         self._wrong_keys: dict[str, tuple[int, float]] = {}  # peer -> (wrong keys in a row, next try allowed)
         os.makedirs(data_dir, exist_ok=True)
         self._load()
@@ -290,6 +291,8 @@ class Agent:
         for session in self.sessions:
             if session.subscribed:
                 session.outbox.append(frame)
+        for listener in self.listeners:
+            listener(result, counters.inputs)
         return result, outputs
 
     def _now_ms(self) -> int:
@@ -525,12 +528,17 @@ class Agent:
         session.subscribed = bool(_flag(protocol.unpack("B", body), "enable"))
         return b""
 
+    def current_counters(self) -> protocol.Counters:
+        """The counters as GET_COUNTERS answers them."""
+        with self.lock:
+            self.counters.window_inputs = len(self._window)
+            self.counters.window_ood_rate = sum(self._window) / len(self._window) if self._window else 0.0
+            self.counters.buffered = len(self._ood)
+            return self.counters
+
     def _get_counters(self, body: bytes, session: Session) -> bytes:
         protocol.Reader(body).done()
-        self.counters.window_inputs = len(self._window)
-        self.counters.window_ood_rate = sum(self._window) / len(self._window) if self._window else 0.0
-        self.counters.buffered = len(self._ood)
-        return self.counters.pack()
+        return self.current_counters().pack()
 
     def _get_ood(self, body: bytes, session: Session) -> bytes:
         index = protocol.unpack("I", body)

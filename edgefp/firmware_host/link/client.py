@@ -173,6 +173,17 @@ class Device:
 
 def open_device(url: str, *, timeout: float = 1.0, retries: int = 5, key: bytes | None = None, baudrate=115200):
     """Open a device by URL (a serial port, ``socket://host:port``, a pty path) and shake hands."""
+    device = Device(open_port(url, baudrate), url=url, timeout=timeout, retries=retries)
+    try:
+        handshake(device, key)
+    except BaseException:
+        device.close()
+        raise
+    return device
+
+
+def open_port(url: str, baudrate=115200):
+    """The pyserial port at ``url``, open; one clear LinkError saying what to do when it cannot be opened."""
     import serial
 
     try:
@@ -186,13 +197,7 @@ def open_device(url: str, *, timeout: float = 1.0, retries: int = 5, key: bytes 
         else:
             hint = "check the URL (a serial port, socket://HOST:PORT or a pty path)"
         raise LinkError(f"cannot open {url}: {text}; {hint}") from None
-    device = Device(port, url=url, timeout=timeout, retries=retries)
-    try:
-        handshake(device, key)
-    except BaseException:
-        device.close()
-        raise
-    return device
+    return port
 
 
 def handshake(device: Device, key: bytes | None = None) -> protocol.Hello:
@@ -406,25 +411,36 @@ def counters(device: Device) -> dict:
 
 
 def pull_ood(device: Device) -> list[dict]:
-    """The device's recent OOD inputs, most recent first: int8 input (model shape), score, prediction."""
+    """The device's recent OOD inputs, most recent first: int8 input (model shape), score, prediction;
+    each once. A device that goes on running inputs meanwhile moves its buffer (newest first) under the
+    reads: a sample read already means it moved, and the reads skip ahead, twice as far each time, until
+    they reach samples not read yet."""
     import numpy as np
 
     shape = list(manifest(device).input.shape)
     buffered = counters(device)["buffered"]
     if buffered > MAX_OOD_SAMPLES:
         raise EdgefpError(f"{device.url}: the device says it holds {buffered} OOD samples, over {MAX_OOD_SAMPLES}")
-    samples = []
-    for index in range(buffered):
+    samples, seen, index, skip = [], set(), 0, 1
+    for _ in range(2 * buffered):
         try:
             sample = device.call(Msg.GET_OOD, struct.pack("<I", index), protocol.OodSample.unpack)
         except DeviceError as exc:
-            if exc.code == Err.OUT_OF_RANGE:  # the buffer moved on meanwhile
+            if exc.code == Err.OUT_OF_RANGE:  # the end of the buffer
                 break
             raise
         if len(sample.x) != math.prod(shape):
             raise EdgefpError(f"{device.url}: the device sent an OOD sample of {len(sample.x)} bytes, not {shape}")
+        if sample.input in seen:  # the buffer moved: this one was read already
+            index, skip = index + skip, skip * 2
+            continue
+        index, skip = index + 1, 1
+        seen.add(sample.input)
         x = np.frombuffer(sample.x, dtype=np.int8).reshape(shape)
         samples.append({**asdict(sample), "x": x})
+        if len(samples) == buffered:
+            break
+    samples.sort(key=lambda sample: -sample["input"])
     return samples
 
 

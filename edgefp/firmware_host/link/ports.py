@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from edgefp.errors import EdgefpError
 
 PROBE_TIMEOUT_S = 0.3
@@ -9,28 +11,42 @@ PROBE_TIMEOUT_S = 0.3
 
 def list_ports(*, probe: bool = False) -> list[dict]:
     """Each serial port with its USB VID:PID, serial number and description, sorted by name; with
-    ``probe``, also ``edgefp``: the board and runtime of an edgefp device answering there, else None."""
+    ``probe``, also ``edgefp``: the board and runtime of an edgefp device answering there, and whether it
+    requires a key, else None (every port probed at once)."""
     from serial.tools.list_ports import comports
 
-    found = []
-    for port in sorted(comports(), key=lambda p: p.device):
-        entry = {
+    from edgefp.firmware_host.link.fanout import on_each
+
+    found = [
+        {
             "port": port.device,
             "vid_pid": f"{port.vid:04x}:{port.pid:04x}" if port.vid is not None else None,
             "serial_number": port.serial_number,
             "description": port.description,
         }
-        if probe:
-            entry["edgefp"] = _probe(port.device)
-        found.append(entry)
+        for port in sorted(comports(), key=lambda p: p.device)
+    ]
+    if probe:
+        for entry, outcome in zip(found, on_each([entry["port"] for entry in found], _probe)):
+            entry["edgefp"] = outcome.result
     return found
 
 
-def _probe(url: str) -> dict | None:
-    from edgefp.firmware_host.link.client import open_device
+def answering() -> list[str]:
+    """The serial ports where an edgefp device answers the handshake, sorted by name."""
+    return [entry["port"] for entry in list_ports(probe=True) if entry["edgefp"]]
+
+
+def _probe(url: str, _progress) -> dict | None:
+    """The board and runtime of the edgefp device answering HELLO at ``url`` (one that asks for a key
+    answered too), else None."""
+    from edgefp.firmware_host.link.client import Device, hello, open_port
 
     try:
-        with open_device(url, timeout=PROBE_TIMEOUT_S, retries=1) as device:
-            return {"board": device.info.board, "runtime": device.info.runtime}
+        with Device(open_port(url), url=url, timeout=PROBE_TIMEOUT_S, retries=1) as device:
+            with contextlib.suppress(EdgefpError):  # HELLO answered (device.info) and no key given: still edgefp
+                hello(device)
     except EdgefpError:
         return None
+    found = device.info
+    return found and {"board": found.board, "runtime": found.runtime, "key_required": found.auth_required}
