@@ -64,6 +64,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.many_devices
 	$(BIN)/python -m benchmarks.selection
 	$(BIN)/python -m benchmarks.firmware
+	$(BIN)/python -m benchmarks.signing
 	$(BIN)/python -m benchmarks.fleet
 
 clean:

@@ -34,6 +34,7 @@ from edgefp.manifest import (
     Manifest,
     ManifestError,
 )
+from edgefp.signing import SIGNATURE_BYTES, SIGNATURE_FILE, Signature, sign_manifest
 
 __all__ = ["ARCHIVE_SUFFIX", "MANIFEST", "MODEL", "SCHEMA", "SCHEMA_VERSION", "Bundle", "manifest_digest", "sha256"]
 
@@ -96,11 +97,48 @@ def _unique_keys(pairs: list) -> dict:
 class Bundle:
     """A bundle in memory: its :class:`~edgefp.manifest.Manifest` and ``files`` (name -> bytes, the manifest
     excluded); ``unread`` names the entries found but not read (not listed in the manifest, or not of the
-    listed size)."""
+    listed size). A bundle read keeps its manifest's bytes and its signature (``manifest.sig``, see
+    :mod:`edgefp.signing`) and writes them as it read them while its manifest is unchanged; a changed
+    manifest is written anew, without the signature it no longer matches."""
 
-    def __init__(self, manifest: Manifest, files: dict[str, bytes], source: str = "<memory>", unread=None):
+    def __init__(
+        self,
+        manifest: Manifest,
+        files: dict[str, bytes],
+        source: str = "<memory>",
+        unread=None,
+        *,
+        manifest_bytes: bytes | None = None,
+        signature: bytes | None = None,
+    ):
         self.manifest, self.files, self.source = manifest, files, source
         self.unread: dict[str, int] = dict(unread or {})
+        self._as_read = (manifest, manifest_bytes) if manifest_bytes is not None else None
+        self._signature = signature
+
+    @property
+    def manifest_bytes(self) -> bytes:
+        """``manifest.json`` as this bundle writes it (as it was read, while the manifest is unchanged)."""
+        if self._as_read is not None and self._as_read[0] is self.manifest:
+            return self._as_read[1]
+        digest = manifest_digest(self.manifest)
+        if self.manifest.digest != digest:  # a manifest read intact is written as it was read
+            self.manifest = dataclasses.replace(self.manifest, digest=digest)
+        Manifest.from_json(self.manifest.to_json())
+        content = json.dumps(self.manifest.to_json(), indent=1).encode()
+        self._as_read, self._signature = (self.manifest, content), None  # a signature of other bytes goes
+        return content
+
+    @property
+    def signature(self) -> bytes | None:
+        """The bytes of ``manifest.sig`` (None when unsigned, or when the manifest changed since it was signed)."""
+        return self._signature if self._as_read is not None and self._as_read[0] is self.manifest else None
+
+    def sign(self, private_key, version: int) -> Signature:
+        """Sign the manifest as this bundle writes it, as ``version`` (docs/security.md)."""
+        found = sign_manifest(self.manifest_bytes, private_key, version)
+        self._signature = found.pack()
+        return found
 
     # -------------------------------------------------------------------------------- reading
     @classmethod
@@ -132,14 +170,19 @@ class Bundle:
             raise EdgefpError(f"{path}: not a bundle (no {MANIFEST})")
         if sizes[MANIFEST] > MAX_MANIFEST_BYTES:
             raise EdgefpError(f"{path}: {MANIFEST} has {sizes[MANIFEST]} bytes, more than {MAX_MANIFEST_BYTES}")
-        manifest = parse_manifest(_read_entry(handle, entries[MANIFEST]), path)
+        manifest_bytes = _read_entry(handle, entries[MANIFEST])
+        manifest = parse_manifest(manifest_bytes, path)
         if before_files is not None:
             before_files(manifest)
         listed = manifest.files
         wanted = [name for name in sizes if name in listed and sizes[name] == listed[name].bytes]
         files = {name: _read_entry(handle, entries[name]) for name in wanted}
-        unread = {name: size for name, size in sizes.items() if name != MANIFEST and name not in files}
-        return cls(manifest, files, path, unread)
+        signature = None
+        if sizes.get(SIGNATURE_FILE) == SIGNATURE_BYTES and SIGNATURE_FILE not in listed:
+            signature = _read_entry(handle, entries[SIGNATURE_FILE])
+        kept = (MANIFEST, SIGNATURE_FILE) if signature is not None else (MANIFEST,)
+        unread = {name: size for name, size in sizes.items() if name not in kept and name not in files}
+        return cls(manifest, files, path, unread, manifest_bytes=manifest_bytes, signature=signature)
 
     @classmethod
     def load(cls, path: str, **options) -> Bundle:
@@ -167,12 +210,12 @@ class Bundle:
 
     # -------------------------------------------------------------------------------- writing
     def _contents(self) -> dict[str, bytes]:
-        """The files to write: the manifest with its digest (checked again, as a reader will), and the rest."""
-        digest = manifest_digest(self.manifest)
-        if self.manifest.digest != digest:  # a manifest read intact is written as it was read
-            self.manifest = dataclasses.replace(self.manifest, digest=digest)
-        Manifest.from_json(self.manifest.to_json())
-        return {MANIFEST: json.dumps(self.manifest.to_json(), indent=1).encode(), **self.files}
+        """The files to write: the manifest with its digest (checked again, as a reader will), its signature
+        when it has one, and the rest."""
+        contents = {MANIFEST: self.manifest_bytes}
+        if self.signature is not None:
+            contents[SIGNATURE_FILE] = self.signature
+        return {**contents, **self.files}
 
     def archive_bytes(self) -> bytes:
         """The single-file ``.efp`` form: an uncompressed tar of the manifest and the files."""
@@ -386,8 +429,8 @@ def _archive_entries(handle, path: str) -> dict[str, tuple[int, int]]:
             raise EdgefpError(f"{path}: unexpected entry '{name[:60]}' in the bundle archive")
         if name in entries:
             raise EdgefpError(f"{path}: the bundle archive holds '{name}' twice")
-        if len(entries) > MAX_FILES:
-            raise EdgefpError(f"{path}: the bundle archive holds more than {MAX_FILES + 1} files")
+        if len(entries) > MAX_FILES + 1:  # the manifest, its signature and the files it lists
+            raise EdgefpError(f"{path}: the bundle archive holds more than {MAX_FILES + 2} files")
         entries[name] = (start, size)
     return entries
 

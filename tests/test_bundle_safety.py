@@ -116,7 +116,7 @@ def crafted(bundle: Bundle) -> dict[str, tuple[bytes, str]]:
         "path": (tar([("manifest.json", manifest), ("../model.tflite", model)]), "unexpected entry"),
         "hidden": (tar([("manifest.json", manifest), (".model.tflite", model)]), "unexpected entry"),
         "long name": (tar([("manifest.json", manifest), (long_name, b"x")], tarfile.GNU_FORMAT), "unexpected entry"),
-        "many files": (tar([("manifest.json", manifest)] + [(f"f{i}", b"") for i in range(12)]), "more than 9 files"),
+        "many files": (tar([("manifest.json", manifest)] + [(f"f{i}", b"") for i in range(12)]), "more than 10 files"),
         "huge manifest": (tar([("manifest.json", json.dumps(huge_manifest).encode()), ("model.tflite", model)]),
                           "more than 4194304"),
         "not a tar": (os.urandom(2048), "damaged tar header"),

@@ -1,7 +1,7 @@
 """The ``edgefp`` command line: it parses, calls the library and prints; nothing else.
 
 Commands live in groups: :mod:`~edgefp.cli.model` (train, fingerprint, convert, wrap, score, inspect,
-export-c, bench, report, demo), :mod:`~edgefp.cli.device` (devices, info, flash, infer, pull-ood,
+export-c, bench, report, demo, keys, sign), :mod:`~edgefp.cli.device` (devices, info, flash, infer, pull-ood,
 record, monitor, agent, sim, export-firmware) and :mod:`~edgefp.cli.loop` (repo, select, watch,
 review); :mod:`~edgefp.cli.common` holds what they share.
 

@@ -304,6 +304,21 @@ def monitor(ports, all_ports, log_path, count, duration, key_file, as_json):
             log.close()
 
 
+TRUST_OPTION = click.option(
+    "--trust",
+    "trust_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Accept only bundles signed with the key of this signing.pub, never an older one (docs/security.md).",
+)
+
+
+def read_trust(path: str | None) -> bytes | None:
+    from edgefp.signing import load_public_key
+
+    return load_public_key(path) if path else None
+
+
 @click.command(
     epilog="Example: edgefp agent --data-dir /var/lib/edgefp --serial /dev/ttyGS0 "
     "--samples /run/edgefp/samples.sock\n\n"
@@ -324,7 +339,10 @@ def monitor(ports, all_ports, log_path, count, duration, key_file, as_json):
     help="Take windows from the program that owns the sensor: a socket path or 127.0.0.1:PORT (docs/sensors.md).",
 )
 @KEY_OPTION
-def agent(data_dir, board, serial_path, tcp, broker_url, broker_ca, device_id, tags, samples_address, key_file):
+@TRUST_OPTION
+def agent(
+    data_dir, board, serial_path, tcp, broker_url, broker_ca, device_id, tags, samples_address, key_file, trust_path
+):
     """The on-device agent of a Raspberry Pi or Coral board: serves the device protocol, runs the
     active bundle and its OOD check locally, keeps the last good bundle across restarts. With --samples
     the program that owns the sensor hands it windows of raw values on a local socket. With --broker it
@@ -339,7 +357,7 @@ def agent(data_dir, board, serial_path, tcp, broker_url, broker_ca, device_id, t
         raise EdgefpError("give one of --serial PATH and --tcp HOST:PORT, not both")
     if broker_url is None and (device_id or tags):
         raise EdgefpError("--device-id and --tag name the device in a fleet: give --broker too")
-    device = Agent(data_dir, board, key=read_key(key_file))
+    device = Agent(data_dir, board, key=read_key(key_file), trust=read_trust(trust_path))
     options = {"serial_path": serial_path, "tcp": tcp, "samples_address": samples_address}
     if broker_url is not None:
         from edgefp.cli.fleet import default_id
@@ -373,7 +391,8 @@ def agent(data_dir, board, serial_path, tcp, broker_url, broker_ca, device_id, t
     default=None,
     help="Also take windows from programs on this machine: a socket path or 127.0.0.1:PORT (docs/sensors.md).",
 )
-def sim(profile, tcp, data_dir, feed, rate, drift_at, drift, drift_to, samples_address):
+@TRUST_OPTION
+def sim(profile, tcp, data_dir, feed, rate, drift_at, drift, drift_to, samples_address, trust_path):
     """A simulated board: the agent with a board profile's runtime and budgets (microcontroller
     profiles run TFLite Micro and refuse bundles that do not fit). Prints the URL on its first line.
     With --feed it is also a live sensor, replaying data (drifting from --drift-at on, and staying
@@ -394,6 +413,7 @@ def sim(profile, tcp, data_dir, feed, rate, drift_at, drift, drift_to, samples_a
         raise EdgefpError("--drift-at drifts the fed samples: give --feed DATA too")
     sensor = feed_samples(load(feed).x, drift_at, drift, load(drift_to).x if drift_to else None) if feed else None
     options = {"tcp": tcp, "data_dir": data_dir, "sensor": sensor, "rate": rate, "samples_address": samples_address}
+    options["trust"] = read_trust(trust_path)
     _until_signalled(simulate, profile, on_address=functools.partial(_announce, url_on_stdout=True), **options)
 
 
@@ -445,9 +465,10 @@ def _announce(what: str, address: str, *, url_on_stdout: bool) -> None:
 )
 @click.option("--no-op-names", is_flag=True, help="Refusals give operator and type codes, not names (2.9 KB less).")
 @click.option("--no-sensor", is_flag=True, help="The board has no sensor: no sensor loop, no window in RAM.")
+@TRUST_OPTION
 @FORCE_OPTION
 @JSON_OPTION
-def export_firmware(board, out, build_it, bundles, only_bundle_ops, no_op_names, no_sensor, force, as_json):
+def export_firmware(board, out, build_it, bundles, only_bundle_ops, no_op_names, no_sensor, trust_path, force, as_json):
     """Write the C firmware (device protocol, two bundle slots, int8 engine, OOD check) as a project
     for a board: portable sources, the board's port (or a template to fill in, docs/porting.md) and
     its budgets. Bundles are flashed later over the protocol, without rebuilding; a firmware for given
@@ -460,7 +481,7 @@ def export_firmware(board, out, build_it, bundles, only_bundle_ops, no_op_names,
     if only_bundle_ops and not bundles:
         raise EdgefpError("--only-bundle-ops needs the bundles the firmware will run: give them with --bundle")
     loaded = [Bundle.load(path) for path in bundles]
-    options = build.Options(op_names=not no_op_names, sensor_loop=not no_sensor)
+    options = build.Options(op_names=not no_op_names, sensor_loop=not no_sensor, trust=read_trust(trust_path))
     rams = [build.bundle_ram(bundle, board, options) for bundle in loaded]  # refuses models the engine cannot run
     operators = build.operators_of(loaded) if only_bundle_ops else None
     options = replace(options, operators=operators)
@@ -474,6 +495,11 @@ def export_firmware(board, out, build_it, bundles, only_bundle_ops, no_op_names,
         lines += build.budget_lines(report["sizes"])
     if operators:
         lines.append(f"  operators: {', '.join(operators)} only")
+    if options.trust is not None:
+        from edgefp.signing import key_id
+
+        report["trust_key_id"] = key_id(options.trust).hex()
+        lines.append(f"  takes only bundles signed with key {report['trust_key_id']}, never older ones")
     report["bundles"] = rams
     for ram in report["bundles"]:
         verdict = "fits" if ram["fits"] else f"does NOT fit: {ram['ram_bytes'] - ram['board_ram_bytes']:,} bytes short"

@@ -16,6 +16,7 @@ from edgefp.errors import EdgefpError
 COMMANDS = {
     "train": "model", "fingerprint": "model", "score": "model", "convert": "model", "wrap": "model",
     "inspect": "model", "export-c": "model", "bench": "model", "report": "model", "demo": "model",
+    "keys": "model", "sign": "model",
     "devices": "device", "info": "device", "flash": "device", "infer": "device", "pull-ood": "device",
     "record": "device", "monitor": "device", "agent": "device", "sim": "device", "export-firmware": "device",
     "repo": "loop", "select": "loop", "watch": "loop", "review": "loop", "fleet": "fleet", "gateway": "fleet",

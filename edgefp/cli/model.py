@@ -175,19 +175,27 @@ def score(model, data, out, runtime, force, as_json):
 @click.option("--out", required=True, type=click.Path(), help="Bundle to write: a directory, or a single FILE.efp.")
 @click.option("--name", default=None, help="Bundle name, C identifier-safe [default: from --out].")
 @click.option("--ood", "ood_spec", default=None, help="Out-of-distribution samples: adds AUROC to the parity report.")
+@click.option(
+    "--sign", "sign_key", default=None, type=click.Path(dir_okay=False), help="Sign the bundle with this signing.key."
+)
 @FORCE_OPTION
 @JSON_OPTION
-def convert(run, calib, out, name, ood_spec, force, as_json):
+def convert(run, calib, out, name, ood_spec, sign_key, force, as_json):
     """Quantise a RUN to an int8 TFLite bundle, recalibrate its OOD threshold on the int8 model, and
     prove the conversion (float vs int8, LiteRT vs TFLite Micro)."""
-    from edgefp.converter.convert import convert as convert_run
-    from edgefp.data import load, load_all
     from edgefp.manifest import NAME_RE
+    from edgefp.signing import load_private_key
 
     if name is not None and not NAME_RE.fullmatch(name):
         raise EdgefpError(f"--name '{name}' must be 1 to 64 of a-z, 0-9 and '_' (a C identifier)")
+    signing_key = load_private_key(sign_key) if sign_key else None  # a bad key is refused before the conversion
+    from edgefp.converter.convert import convert as convert_run
+    from edgefp.data import load, load_all
+
     ood_data = load(ood_spec) if ood_spec else None
-    manifest = convert_run(run, load_all(calib), out, name=name, ood_data=ood_data, force=force)
+    manifest = convert_run(
+        run, load_all(calib), out, name=name, ood_data=ood_data, force=force, signing_key=signing_key
+    )
     parity, fields = manifest.parity, manifest.to_json()
     report = {key: fields[key] for key in ("name", "flash_bytes", "tflm_arena_bytes", "ops", "parity")}
     report.update(bundle=out, threshold=manifest.score.threshold)
@@ -243,9 +251,16 @@ def inspect(bundle, as_json):
 
     Exits with status 1 when the files do not verify."""
     from edgefp.bundle import Bundle
+    from edgefp.signing import Signature, SignatureError
 
     read = Bundle.read(bundle)
     manifest, problems = read.manifest, read.problems()
+    try:
+        found = Signature.unpack(read.signature) if read.signature is not None else None
+        signature = {"version": found.version, "key_id": found.key_id.hex()} if found else None
+        signed = f"version {found.version}, key id {found.key_id.hex()} (devices check it)" if found else "no"
+    except SignatureError as damaged:
+        signature, signed = {"error": str(damaged)}, str(damaged)
     fields = manifest.to_json()
     report = {key: fields[key] for key in ("name", "flash_bytes", "tflm_arena_bytes", "ops", "files")}
     engine_arena, engine_line = _engine_arena(read, problems)
@@ -260,6 +275,7 @@ def inspect(bundle, as_json):
         target_fpr=manifest.score.target_fpr if read.fingerprinted else None,
         verified=not problems,
         problems=problems,
+        signature=signature,
     )
     dtype = manifest.input.dtype
     lines = [
@@ -277,6 +293,7 @@ def inspect(bundle, as_json):
     lines += [f"    {layer['name']}: {layer['kind']} ({layer['features']} features)" for layer in report["layers"]]
     lines += [f"  {name}: sha256 {entry.sha256}, {entry.bytes} bytes" for name, entry in manifest.files.items()]
     lines.append("  files verify: yes" if not problems else f"  files verify: NO: {'; '.join(problems)}")
+    lines.append(f"  signed: {signed}")
     emit(report, as_json, lines)
     if problems:
         sys.exit(1)
@@ -577,4 +594,47 @@ def demo(out, seed, as_json):
     emit(report, as_json, lines)
 
 
-COMMANDS = [train, fingerprint, score, convert, wrap, inspect, export_c_command, bench, report, demo]
+@click.group()
+def keys():
+    """Signing keys for bundles (docs/security.md)."""
+
+
+@keys.command("generate", epilog="Example: edgefp keys generate --out ~/.edgefp/keys")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory for signing.key and .pub.")
+@click.option("--force", is_flag=True, help="Replace a key pair there (devices that trust it refuse new bundles).")
+@JSON_OPTION
+def keys_generate(out, force, as_json):
+    """Make an Ed25519 key pair: OUT/signing.key signs bundles (keep it off devices, readable by you
+    alone), OUT/signing.pub is what devices trust (agent --trust, export-firmware --trust)."""
+    from edgefp.signing import generate_keys
+
+    report = generate_keys(out, force=force)
+    lines = [
+        f"wrote {report['private_key']} (keep it secret) and {report['public_key']} (for devices)",
+        f"  key id {report['key_id']}",
+    ]
+    emit(report, as_json, lines)
+
+
+@click.command(epilog="Example: edgefp sign digits04.efp --key ~/.edgefp/keys/signing.key")
+@click.argument("bundle", type=click.Path())
+@click.option("--key", "key_path", required=True, type=click.Path(dir_okay=False), help="The signing.key to sign with.")
+@click.option(
+    "--version",
+    "version",
+    type=click.IntRange(1, (1 << 64) - 1),
+    default=None,
+    help="Version to sign as; devices refuse older ones [default: the time in seconds, past the bundle's last].",
+)
+@JSON_OPTION
+def sign(bundle, key_path, version, as_json):
+    """Sign a bundle in place (Ed25519 over its manifest and a version that only grows): devices that
+    trust the key's signing.pub take it, and refuse unsigned, otherwise signed and older bundles."""
+    from edgefp.signing import sign_bundle
+
+    report = sign_bundle(bundle, key_path, version)
+    line = f"signed {bundle} ({report['name']}): version {report['version']}, key id {report['key_id']}"
+    emit(report, as_json, [line])
+
+
+COMMANDS = [train, fingerprint, score, convert, wrap, inspect, export_c_command, bench, report, demo, keys, sign]

@@ -307,9 +307,11 @@ def _io_specs(model_bytes: bytes) -> tuple[Outputs, tuple[float, int]]:
     return specs, input_detail["quantization"]
 
 
-def convert(run_dir: str, calib: data.Dataset, out: str, *, name=None, ood_data=None, force=False) -> Manifest:
-    """Convert a RUN into a bundle at ``out`` (directory, or ``.efp`` archive); return its manifest (the
-    parity report in ``parity``)."""
+def convert(
+    run_dir: str, calib: data.Dataset, out: str, *, name=None, ood_data=None, force=False, signing_key=None
+) -> Manifest:
+    """Convert a RUN into a bundle at ``out`` (directory, or ``.efp`` archive), signed with ``signing_key``
+    when given (edgefp.signing); return its manifest (the parity report in ``parity``)."""
     if out.endswith(ARCHIVE_SUFFIX):  # refused now rather than after the conversion
         check_output(out, force=force)
     else:
@@ -355,6 +357,10 @@ def convert(run_dir: str, calib: data.Dataset, out: str, *, name=None, ood_data=
         files={MODEL: FileEntry(sha256(model_bytes), len(model_bytes))},
     )
     bundle = Bundle(manifest, {MODEL: model_bytes})
+    if signing_key is not None:
+        from edgefp.signing import next_version
+
+        bundle.sign(signing_key, next_version())
     recalibrate(bundle, fingerprint.holdout_x_, fingerprint.fpr)
     bundle.manifest = dataclasses.replace(bundle.manifest, parity=parity(fingerprint, bundle, calib, ood_data))
     bundle.write(out, force=force)

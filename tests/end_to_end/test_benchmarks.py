@@ -27,6 +27,7 @@ QEMU = all(shutil.which(tool) for tool in ("make", "arm-none-eabi-gcc", "qemu-sy
         pytest.param(
             "firmware", [], ["sizes", "templates", "upload"], marks=pytest.mark.skipif(not QEMU, reason="no QEMU")
         ),
+        pytest.param("signing", [], ["instructions_accept"], marks=pytest.mark.skipif(not QEMU, reason="no QEMU")),
     ],
 )
 def test_benchmark_quick_mode_writes_its_results(name, options, keys, tmp_path):

@@ -7,6 +7,11 @@ file names the active one. An upload goes to the other slot as ``slotN.efp.parti
 active when ``active`` is replaced by a rename: an interruption anywhere leaves the last good bundle
 served. Names sent by the host never reach the filesystem.
 
+An agent given a public key (``trust``) accepts only bundles signed with it (edgefp.signing) and never
+one older than the last it activated: the version and manifest hash of that one live in ``signed.json``,
+replaced by a rename when a bundle is activated. Uploads, restarts and activations all go through
+:meth:`Agent._prepare`, so no way of installing a bundle skips the check.
+
 Each host talks in a :class:`Session` of its own (a TCP connection, or the serial port): its
 authentication, its event subscription and the answer it may get again. TCP connections are served
 side by side, at most ``MAX_CLIENTS``; one that has not completed its handshake (HELLO, and AUTH on a
@@ -36,7 +41,7 @@ import numpy as np
 
 import edgefp
 from edgefp.bench import OverLimit, bench_bundle
-from edgefp.bundle import Bundle
+from edgefp.bundle import Bundle, sha256
 from edgefp.errors import EdgefpError, option
 from edgefp.firmware_host.boards import Board, fit_problems, get_board
 from edgefp.firmware_host.link import protocol
@@ -47,9 +52,11 @@ from edgefp.fsutil import write_file_atomic
 from edgefp.limits import BENCH_MAX_SECONDS, MAX_FILES_BYTES, MAX_INVOKES, MAX_MANIFEST_BYTES, MIN_KEY_BYTES
 from edgefp.manifest import Manifest, ManifestError
 from edgefp.runtime import ArenaError
+from edgefp.signing import RollbackError, Signature, SignatureError, check, check_version
 
 SLOTS = 2
 ACTIVE_FILE = "active"
+SIGNED_FILE = "signed.json"  # version and manifest SHA-256 of the last signed bundle activated
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 POLL_S = 0.05
 LOG_CAPACITY = 4096  # recent inputs kept for READ_LOG (edgefp record)
@@ -95,6 +102,7 @@ class Loaded:
     interpreter: object
     sha256: bytes
     size: int
+    signature: Signature | None = None  # checked against the agent's public key, when it has one
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -131,10 +139,11 @@ class Agent:
         max_frame: int = 4096,
         key: bytes | None = None,
         log_capacity: int = LOG_CAPACITY,
+        trust: bytes | None = None,
     ):
         if key is not None and len(key) < MIN_KEY_BYTES:
             raise EdgefpError(f"the shared key has {len(key)} bytes; give one of at least {MIN_KEY_BYTES}")
-        self.data_dir, self.max_frame, self.key = data_dir, max_frame, key
+        self.data_dir, self.max_frame, self.key, self.trust = data_dir, max_frame, key, trust
         self.board = get_board(board) if isinstance(board, str) else board
         self.lock = threading.RLock()  # one request or sensor input at a time
         self.started = time.monotonic()
@@ -194,6 +203,7 @@ class Agent:
         problems = bundle.problems()
         if problems:
             raise Refusal(Err.INVALID_BUNDLE, f"the bundle does not verify: {problems[0]}")
+        signature = self._check_signature(bundle)
         try:
             interpreter = bundle.interpreter(self.board.runtime)
         except (ManifestError, ArenaError) as exc:  # TFLite Micro only gets an arena seen to suffice
@@ -204,7 +214,32 @@ class Agent:
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
-        return Loaded(bundle, interpreter, digest.digest(), os.path.getsize(path))
+        return Loaded(bundle, interpreter, digest.digest(), os.path.getsize(path), signature)
+
+    def _check_signature(self, bundle: Bundle) -> Signature | None:
+        """With a public key: the bundle's signature, refused (BAD_SIGNATURE, ROLLBACK) unless it is signed
+        with that key and not older than the last signed bundle activated."""
+        if self.trust is None:
+            return None
+        try:
+            found = check(bundle.signature, bundle.manifest_bytes, self.trust)
+            check_version(found, bundle.manifest_bytes, self._last_signed())
+        except SignatureError as exc:
+            raise Refusal(Err.BAD_SIGNATURE, str(exc)) from None
+        except RollbackError as exc:
+            raise Refusal(Err.ROLLBACK, str(exc)) from None
+        return found
+
+    def _last_signed(self) -> tuple[int, bytes] | None:
+        """Version and manifest SHA-256 of the last signed bundle activated (None before the first)."""
+        try:
+            with open(os.path.join(self.data_dir, SIGNED_FILE)) as handle:
+                state = json.load(handle)
+            return int(state["version"]), bytes.fromhex(state["manifest_sha256"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # never fall back to accepting older bundles
+            raise Refusal(Err.INTERNAL, f"{SIGNED_FILE} is unreadable ({exc}); restore it") from None
 
     def _check_fit(self, manifest: Manifest) -> None:
         """Refuse (DOES_NOT_FIT) a bundle whose model, arena, input or outputs do not fit, before its files
@@ -468,6 +503,10 @@ class Agent:
             raise Refusal(Err.BAD_STATE, f"no slot holds bundle {digest.hex()[:16]}... verified; upload it first")
         verified = self._verified
         loaded = verified[1] if verified and verified[0] == slot else self._prepare(self._path(slot))
+        if loaded.signature is not None:
+            self._check_signature(loaded.bundle)  # another bundle may have been activated since it verified
+            state = {"version": loaded.signature.version, "manifest_sha256": sha256(loaded.bundle.manifest_bytes)}
+            write_file_atomic(os.path.join(self.data_dir, SIGNED_FILE), json.dumps(state).encode())
         write_file_atomic(os.path.join(self.data_dir, ACTIVE_FILE), str(slot).encode())
         self._sync_directory()
         for other in self.slots:

@@ -57,10 +57,12 @@ def simulate(
     rate: float = 10.0,
     samples_address=None,
     on_address=None,
+    trust: bytes | None = None,
 ) -> None:
     """Act as a board of ``profile`` until the process ends: the agent with the profile's runtime and
     budgets (slots in ``data_dir``, else a temporary directory), or for a tested firmware port the C
-    firmware itself. ``sensor`` (samples, index to repeat from; :func:`~edgefp.firmware_host.device.feed.feed_samples`)
+    firmware itself; with ``trust`` (a raw Ed25519 public key) either accepts only bundles signed with it.
+    ``sensor`` (samples, index to repeat from; :func:`~edgefp.firmware_host.device.feed.feed_samples`)
     is replayed at ``rate`` Hz as a live sensor. The URL is told to ``on_address("url", url)``."""
     from edgefp.firmware_host.boards import get_board
     from edgefp.firmware_host.device.agent import Agent
@@ -73,7 +75,7 @@ def simulate(
                 f"{option('data_dir')} and {option('samples_address')} are for simulated boards; "
                 f"{profile} keeps bundles in flash"
             )
-        with start(profile, tcp=tcp) as device:
+        with start(profile, tcp=tcp, trust=trust) as device:
             if on_address:
                 on_address("url", device.url)
             if sensor is not None:
@@ -81,7 +83,7 @@ def simulate(
             device.process.wait()
         return
     with tempfile.TemporaryDirectory(prefix="edgefp-sim-", ignore_cleanup_errors=True) as scratch:
-        agent = Agent(data_dir or scratch, profile)
+        agent = Agent(data_dir or scratch, profile, trust=trust)
         if sensor is not None:
             feed_agent(agent, sensor[0], rate, repeat_from=sensor[1])
         tcp_address = "127.0.0.1:0" if tcp else None

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from edgefp.errors import EdgefpError
 from edgefp.firmware_host.boards import BOARDS, Board, get_board
-from edgefp.firmware_host.firmware import engine
+from edgefp.firmware_host.firmware import engine, third_party
 from edgefp.firmware_host.firmware.contract import OOD_CAPACITY
 from edgefp.fsutil import atomic_directory
 from edgefp.isolation import step
@@ -31,16 +31,20 @@ class Options:
     ``operators``: only these builtin operators (names, as :func:`operators_of` gives them), the others
     refused at upload as operators the engine lacks; ``op_names``: refusals name operators and types
     (else they give their code numbers); ``sensor_loop``: the firmware classifies the board's own sensor
-    windows when idle (a board without a sensor needs neither the loop nor the window in the arena)."""
+    windows when idle (a board without a sensor needs neither the loop nor the window in the arena);
+    ``trust``: a raw Ed25519 public key built in, so that the firmware accepts only bundles signed with it
+    (docs/security.md)."""
 
     operators: tuple[str, ...] | None = None
     op_names: bool = True
     sensor_loop: bool = True
+    trust: bytes | None = None
 
     def cflags(self) -> str:
         flags = [] if self.operators is None else ["-DEFP_OPS_ONLY", *(f"-DEFP_OP_{name}" for name in self.operators)]
         flags += [] if self.op_names else ["-DEFP_OP_NAMES=0"]
         flags += [] if self.sensor_loop else ["-DEFP_SENSOR_LOOP=0"]
+        flags += [] if self.trust is None else ["-DEFP_TRUST_KEY=" + ",".join(f"0x{b:02x}" for b in self.trust)]
         return " ".join(flags)
 
 
@@ -79,6 +83,7 @@ def export(board_name: str, out: str, *, force: bool = False, options: Options =
     with atomic_directory(out, "firmware project", force=force) as tmp:
         shutil.copy(SOURCE / "Makefile", tmp)
         shutil.copytree(SOURCE / "src", os.path.join(tmp, "src"))
+        shutil.copytree(SOURCE / "third_party", os.path.join(tmp, "third_party"))
         shutil.copytree(SOURCE / "boards" / board.port, os.path.join(tmp, "boards", board.port))
         variables = make_variables(board, cflags=options.cflags())
         settings = "".join(f"{name} = {value}\n" for name, value in (v.split("=", 1) for v in variables))
@@ -116,6 +121,7 @@ def compile_port(board: Board, variables: list[str], goal: str = "all") -> Path:
     compiler = board.toolchain.compiler
     if shutil.which(compiler) is None or shutil.which("make") is None:
         raise EdgefpError(f"building the {board.name} firmware needs make and {compiler}; install them first")
+    third_party.check()
     out = cache_dir() / f"{board.name}-{_sources_digest(variables)}"
     target = out / (board.toolchain.target if goal == "all" else "objects.done")
     if not target.exists():

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefp import limits, manifest
+from edgefp import limits, manifest, signing
 from edgefp.firmware_host.device import feed
 from edgefp.firmware_host.link import framing, protocol
 
@@ -82,6 +82,7 @@ CONSTANTS = [
     ("EFP_MAX_FILES", manifest.MAX_FILES, "files of a bundle besides its manifest"),
     ("EFP_MAX_DEPTH", manifest.MAX_DEPTH, "JSON nesting of a manifest"),
     ("EFP_MAX_NAME", manifest.MAX_NAME, "bytes of a bundle's name in its manifest"),
+    ("EFP_SIGNATURE_BYTES", signing.SIGNATURE_BYTES, "bytes of a bundle's signature, manifest.sig"),
     ("EFP_QUANTILES", manifest.QUANTILES, "quantiles of a layer's score in a manifest"),
     ("EFP_OOD_CAPACITY", OOD_CAPACITY, "recent OOD inputs kept for GET_OOD"),
     ("EFP_ERROR_LEN", ERROR_LEN, "bytes of the engine's error message, terminator included"),

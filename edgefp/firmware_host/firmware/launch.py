@@ -174,13 +174,17 @@ def scratch_flash() -> str:
     return path
 
 
-def start(board_name: str, *, tcp: bool = False, flash_file: str | None = None) -> Emulated:
-    """Build (if needed) and start the firmware of a board with a launcher as a device."""
+def start(board_name: str, *, tcp: bool = False, flash_file: str | None = None, trust: bytes | None = None) -> Emulated:
+    """Build (if needed) and start the firmware of a board with a launcher as a device; with ``trust`` (a raw
+    Ed25519 public key) built in, so that it accepts only bundles signed with it."""
     board = get_board(board_name)
     if board.launcher is None:
         runnable = ", ".join(name for name, other in BOARDS.items() if other.launcher)
         raise EdgefpError(f"{board.name} cannot run here as a device; choose one of {runnable}")
-    return board.launcher.start(build(board_name), tcp=tcp, flash_file=flash_file)
+    from edgefp.firmware_host.firmware.build import Options
+
+    cflags = Options(trust=trust).cflags()
+    return board.launcher.start(build(board_name, cflags=cflags), tcp=tcp, flash_file=flash_file)
 
 
 def free_port() -> int:

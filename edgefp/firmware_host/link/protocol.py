@@ -59,6 +59,8 @@ class Err(IntEnum):
     OVER_LIMIT = 0x18
     AUTH_REQUIRED = 0x20
     AUTH_FAILED = 0x21
+    BAD_SIGNATURE = 0x22
+    ROLLBACK = 0x23
     INTERNAL = 0x7F
 
 

@@ -11,6 +11,7 @@
 #include "framing.h"
 #include "samplelog.h"
 #include "sha256.h"
+#include "signature.h"
 #include "storage.h"
 #include "text.h"
 
@@ -191,6 +192,50 @@ static long model_matches(const efp_bundle_info *b)
                                           : 0;
 }
 
+#ifdef EFP_TRUST_KEY
+static const uint8_t trust_key[32] = {EFP_TRUST_KEY};
+static uint64_t signed_version; /* of the bundle signed_refused() accepted last */
+static uint8_t signed_manifest[32];
+
+/* A firmware that trusts a key takes only bundles signed with it, never older than the last one activated
+ * (BAD_SIGNATURE, ROLLBACK): 0, or -1 with the reason. */
+static long signed_refused(const efp_bundle_info *b)
+{
+    if (b->signature == NULL) {
+        return refuse(EFP_ERR_BAD_SIGNATURE, "the bundle is not signed; this device takes only signed bundles");
+    }
+    int status = efp_signature_check(b->signature, b->manifest, b->manifest_len, trust_key, &signed_version);
+    if (status != EFP_SIGNATURE_OK) {
+        return refuse(EFP_ERR_BAD_SIGNATURE, status == EFP_SIGNATURE_MALFORMED ? "manifest.sig is not a signature"
+                                             : status == EFP_SIGNATURE_OTHER_KEY
+                                                 ? "the bundle is signed with another key"
+                                                 : "the signature does not verify");
+    }
+    efp_sha256(b->manifest, b->manifest_len, signed_manifest);
+    const efp_boot_record *r = &efp_storage_record;
+    if (signed_version < r->signed_version ||
+        (signed_version == r->signed_version && memcmp(signed_manifest, r->signed_manifest, 32) != 0)) {
+        return refuse(EFP_ERR_ROLLBACK, "the bundle is older than the one this device runs");
+    }
+    return 0;
+}
+
+/* Remember the bundle signed_refused() accepted last as the one activated (committed with the record). */
+static void signed_activated(void)
+{
+    efp_storage_record.signed_version = signed_version;
+    memcpy(efp_storage_record.signed_manifest, signed_manifest, 32);
+}
+#else
+static long signed_refused(const efp_bundle_info *b)
+{
+    (void)b;
+    return 0;
+}
+
+static void signed_activated(void) {}
+#endif
+
 /* Serve the verified bundle in `slot`: 0, or -1 with the reason (nothing is active then). */
 static long load(int slot)
 {
@@ -199,6 +244,9 @@ static long load(int slot)
     char reason[EFP_ERROR_LEN];
     if (efp_bundle_open(efp_slot_data(slot), efp_storage_record.slot[slot].bytes, b, reason, sizeof reason)) {
         return refuse(EFP_ERR_INVALID_BUNDLE, reason);
+    }
+    if (signed_refused(b)) {
+        return -1;
     }
     size_t fixed = extras_for(b);
     if (fixed > EFP_ARENA_BYTES) {
@@ -244,6 +292,9 @@ static long check(int slot, uint32_t bytes, efp_bundle_info *b)
     char reason[EFP_ERROR_LEN];
     if (efp_bundle_open(efp_slot_data(slot), bytes, b, reason, sizeof reason)) {
         return refuse(EFP_ERR_INVALID_BUNDLE, reason);
+    }
+    if (signed_refused(b)) {
+        return -1;
     }
     if (efp_bundle_tables(b, NULL)) {
         return refuse(EFP_ERR_INVALID_BUNDLE, "a z_table in manifest.json is malformed");
@@ -605,6 +656,7 @@ static long on_activate(const uint8_t *body, size_t len, uint8_t *out)
         return -1;
     }
     efp_storage_record.active = (uint8_t)slot;
+    signed_activated();
     if (efp_storage_commit()) {
         return refuse(EFP_ERR_INTERNAL, "the boot record could not be written");
     }

@@ -1,6 +1,6 @@
-/* A bundle archive in storage (docs/bundle.md): an uncompressed tar of manifest.json and the model,
- * read in place. Opening verifies every file against the SHA-256 and size the manifest lists and
- * reads what the firmware needs from the manifest. */
+/* A bundle archive in storage (docs/bundle.md): an uncompressed tar of manifest.json, the model and
+ * perhaps the manifest's signature, read in place. Opening verifies every file against the SHA-256 and size the
+ * manifest lists and reads what the firmware needs from the manifest. */
 #ifndef EFP_BUNDLE_H
 #define EFP_BUNDLE_H
 
@@ -14,6 +14,9 @@ typedef struct {
     uint32_t model_len;
     const uint8_t *manifest;
     uint32_t manifest_len;
+#ifdef EFP_TRUST_KEY
+    const uint8_t *signature; /* manifest.sig (EFP_SIGNATURE_BYTES), NULL when the bundle is unsigned */
+#endif
     char name[EFP_NAME_MAX + 1];
     uint32_t input_bytes; /* bytes of the input: its elements, 4 bytes each when input_float */
     uint8_t input_float;  /* a wrapped model that takes float32 */

@@ -28,6 +28,7 @@
 #define EFP_MAX_FILES          8        /* files of a bundle besides its manifest */
 #define EFP_MAX_DEPTH          16       /* JSON nesting of a manifest */
 #define EFP_MAX_NAME           64       /* bytes of a bundle's name in its manifest */
+#define EFP_SIGNATURE_BYTES    88       /* bytes of a bundle's signature, manifest.sig */
 #define EFP_QUANTILES          101      /* quantiles of a layer's score in a manifest */
 #define EFP_OOD_CAPACITY       16       /* recent OOD inputs kept for GET_OOD */
 #define EFP_ERROR_LEN          96       /* bytes of the engine's error message, terminator included */
@@ -70,6 +71,8 @@ enum efp_err {
     EFP_ERR_OVER_LIMIT = 0x18,
     EFP_ERR_AUTH_REQUIRED = 0x20,
     EFP_ERR_AUTH_FAILED = 0x21,
+    EFP_ERR_BAD_SIGNATURE = 0x22,
+    EFP_ERR_ROLLBACK = 0x23,
     EFP_ERR_INTERNAL = 0x7F,
 };
 

@@ -1,9 +1,10 @@
 /* Bundle storage in the board's flash: two boot-record pages, then two slots.
  *
  * The boot record says which slots hold a verified bundle (size, SHA-256, name) and which one is
- * active. It is written alternately to its two pages with a growing sequence number and a CRC, so
- * committing a new record is one page program: a reset or power loss before it completes leaves
- * the previous record, and with it the last good bundle, in force. */
+ * active, and in a firmware that trusts a key the version of the last signed bundle activated (rollback
+ * protection). It is written alternately to its
+ * two pages with a growing sequence number and a CRC, so committing a new record is one page program: a reset or power
+ * loss before it completes leaves the previous record, and with it the last good bundle, in force. */
 #ifndef EFP_STORAGE_H
 #define EFP_STORAGE_H
 
@@ -25,6 +26,10 @@ typedef struct {
     uint32_t sequence;
     uint8_t active; /* slot index or EFP_NO_SLOT */
     efp_slot_record slot[EFP_SLOTS];
+#ifdef EFP_TRUST_KEY
+    uint64_t signed_version;     /* the last signed bundle activated (a firmware that trusts a key): its */
+    uint8_t signed_manifest[32]; /* version and the SHA-256 of its manifest.json; 0 before the first */
+#endif
     uint32_t crc;
 } efp_boot_record;
 
