@@ -7,7 +7,8 @@ classifier is trained and fingerprinted, saved as a RUN and converted to a bundl
 1. parity: accuracy on the in-distribution test set and OOD AUROC (ID test vs near-OOD, vs far-OOD),
    float (Keras) against int8 (LiteRT); targets: accuracy within 1 point, AUROC within 0.01;
 2. overhead, step by step: the classifier alone, then with each kind of evidence added (max logit,
-   then the autoencoders: the bundle as `convert` writes it), every model stripped of what no runtime
+   then the autoencoders: with the evidence's weights quantised per output channel as the converter
+   does, then per tensor: the bundle as `convert` writes it), every model stripped of what no runtime
    reads (names, signatures, metadata) but the `as converted` ones. Every model is converted with
    the bundle's settings and representative data. Per model: LiteRT and TFLite Micro latency per
    invoke (warm-ups excluded, the models alternated between repetitions so that they share the
@@ -32,7 +33,7 @@ import numpy as np
 from benchmarks.common import save
 from edgefp import data, metrics, shifts
 from edgefp.bundle import Bundle
-from edgefp.converter.convert import convert, int8_tflite, strip
+from edgefp.converter.convert import convert, int8_tflite, quantize, strip
 from edgefp.runtime import LiteRT, TFLiteMicro, captured_output, tflm_arena_bytes
 from edgefp.trainer import train
 from edgefp.trainer.fingerprint import AUTOENCODER, MAX_LOGIT
@@ -140,6 +141,7 @@ def steps(fingerprint, calib_x: np.ndarray, bundle_bytes: bytes) -> dict[str, by
         "classifier": strip(classifier),
         "+ max logit": strip(evidence(MAX_LOGIT)),
         "+ autoencoders, as converted": evidence(MAX_LOGIT, AUTOENCODER),
+        "+ autoencoders, weights per channel": quantize(fingerprint, calib_x, per_tensor=False)[0],
         BUNDLE: bundle_bytes,
     }
 

@@ -63,6 +63,14 @@ def z_stats(values: np.ndarray, transforms: list[str]) -> tuple[np.ndarray, np.n
     return t.mean(axis=0), np.maximum(t.std(axis=0), 1e-3)
 
 
+def resolved(values: np.ndarray, steps, transforms: list[str]) -> np.ndarray:
+    """int8 evidence (N, L), dequantised, as its transform is to see it: an error that rounds to 0 lies
+    somewhere below half an int8 ``step`` and counts half a step (as 0, its logarithm would make it the
+    most usual value by decades, and a few such held-out values would swamp the z statistics)."""
+    floors = np.asarray([step / 2 if kind == "log" else -np.inf for step, kind in zip(steps, transforms)])
+    return np.maximum(values, floors)
+
+
 def z_table(scale: float, zero_point: int, z_mean: float, z_std: float, transform: str, scale_by: float = 1.0):
     """One evidence output of an int8 bundle: ``scale_by x max(z, 0)`` in fixed point for each int8 value
     q = -128..127 (``scale_by``: the output's weight times the number of outputs, so that a bundle's
@@ -75,8 +83,10 @@ def z_table(scale: float, zero_point: int, z_mean: float, z_std: float, transfor
     values within the range.
     """
     q = np.arange(-128, 128, dtype=np.float32)
-    values = ((q - np.float32(zero_point)) * np.float32(scale)).astype(np.float64)
-    z = np.maximum((transformed(values[:, None], [transform])[:, 0] - z_mean) / z_std, 0.0)
+    values = resolved(
+        ((q - np.float32(zero_point)) * np.float32(scale)).astype(np.float64)[:, None], [scale], [transform]
+    )
+    z = np.maximum((transformed(values, [transform])[:, 0] - z_mean) / z_std, 0.0)
     z[least_usual_q(transform) + 128] = max(z.max(), OFF_SCALE_Z)
     return np.minimum(np.round(z * scale_by * SCORE_UNIT), TABLE_MAX).astype(np.int64).tolist()
 

@@ -43,6 +43,17 @@ def test_evidence_transforms_and_their_score_tables():
         ood.transformed(values, ["log", "sqrt"])
 
 
+def test_an_int8_error_of_zero_counts_half_a_step():
+    from edgefp import ood
+
+    values = np.array([[0.0, 0.3, -5.0], [0.002, 0.0, 2.0]])
+    resolved = ood.resolved(values, [0.01, 0.001, 0.1], ["log", "log", "negate"])
+    np.testing.assert_array_equal(resolved, [[0.005, 0.3, -5.0], [0.005, 0.0005, 2.0]])  # the max logit is as it was
+    table = np.asarray(ood.z_table(0.01, -128, np.log(1e-4), 1.0, "log"))
+    half_step = (np.log(0.005 + ood.EPS) - np.log(1e-4)) * ood.SCORE_UNIT
+    assert table[0] == round(half_step) > 0 and table[1] > table[0]  # 0 is as usual as half a step, no more
+
+
 def test_calibration_flags_the_target_share_and_combines_positive_z_only():
     from edgefp import ood
 

@@ -26,10 +26,10 @@ MIN_CALIB = 20
 # measured; its logits, the range of the calibration samples alone (a fault's large logits are no
 # evidence, and the max logit needs the finer steps). Every tensor the evidence computes beyond the
 # classifier's gets EVIDENCE_HEADROOM times the range the calibration samples alone give it, around
-# its centre. Each error output and the squared residuals it is the mean of are set from held-out
-# data: [0, ERROR_HEADROOM x the held-out errors' 99.9 % quantile] and [0, SQUARE_HEADROOM x the 99.9 %
-# quantile of the held-out squared residuals]. Beyond them a value saturates, and a saturated output
-# counts as off the scale (ood.OFF_SCALE_Z).
+# its centre. Each error output and the squared residuals (one tensor for every autoencoder) are set
+# from held-out data: [0, ERROR_HEADROOM x the held-out errors' 99.9 % quantile] and [0, SQUARE_HEADROOM
+# x the largest of the autoencoders' 99.9 % quantiles of their held-out squared residuals]. Beyond them
+# a value saturates, and a saturated output counts as off the scale (ood.OFF_SCALE_Z).
 EVIDENCE_HEADROOM = 4.0
 ERROR_HEADROOM = 4.0
 SQUARE_HEADROOM = 4.0
@@ -110,26 +110,33 @@ def strip(model_bytes: bytes) -> bytes:
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
-def quantize(fingerprint: NeuralFingerprint, calib: np.ndarray, seed: int = 0) -> tuple[bytes, Outputs, tuple]:
+def quantize(
+    fingerprint: NeuralFingerprint, calib: np.ndarray, seed: int = 0, per_tensor: bool = True
+) -> tuple[bytes, Outputs, tuple]:
     """The fingerprint's fused graph as an int8 TFLite model at batch size 1 (``calib`` preprocessed), with
-    the int8 ranges described above and everything no runtime reads stripped; also the output specs and
+    the int8 ranges described above, the evidence's FULLY_CONNECTED weights quantised ``per_tensor`` (else
+    per output channel, as converted) and everything no runtime reads stripped; also the output specs and
     the input's (scale, zero point)."""
     fused = _batch_of_one(fingerprint.monitor_, "edgefp_model")
     model_bytes = _int8_model(fused, shifts.range_samples(calib, seed))
     sample = calib[np.random.default_rng(seed).permutation(len(calib))[: shifts.RANGE_SAMPLES]]
     in_distribution = _int8_model(fused, sample)
     outputs, input_quantization = _io_specs(model_bytes)
-    model_bytes = _set_evidence_ranges(model_bytes, in_distribution, fingerprint, outputs)
+    model_bytes = _set_evidence_ranges(model_bytes, in_distribution, fingerprint, outputs, per_tensor)
     return strip(model_bytes), _io_specs(model_bytes)[0], input_quantization
 
 
-def _error_tops(fingerprint: NeuralFingerprint) -> list[tuple[float, float] | None]:
-    """Per evidence output, the upper ends of the int8 ranges of its squared residuals and of its value
-    (``None`` for evidence that is no mean of squares)."""
+def _error_tops(fingerprint: NeuralFingerprint) -> tuple[float, list[float | None]]:
+    """The upper ends of the int8 ranges of the squared residuals (one tensor for every autoencoder) and
+    of each evidence output (``None`` for evidence that is no mean of squares)."""
     x = fingerprint.prepare(fingerprint.holdout_x_)
     values = fingerprint._evidence(x)
     squares = fingerprint.squares_.predict(x, verbose=0, batch_size=256)
-    squares = iter(squares if isinstance(squares, list) else [squares])
+    bounds = np.cumsum([0] + [layer.features for layer in fingerprint.autoencoder_layers_])
+    square_top = SQUARE_HEADROOM * max(
+        float(np.quantile(squares[:, start:end], 0.999)) for start, end in zip(bounds[:-1], bounds[1:])
+    )
+    square_top += 1e-9
     tops = []
     for j, layer in enumerate(fingerprint.layers_):
         if layer.kind == MAX_LOGIT:
@@ -137,12 +144,13 @@ def _error_tops(fingerprint: NeuralFingerprint) -> list[tuple[float, float] | No
             continue
         logs = np.log(values[:, j] + ood.EPS)
         high = max(float(values[:, j].max()), float(np.exp(logs.mean() + TAIL_Z * logs.std())))
-        square_top = SQUARE_HEADROOM * float(np.quantile(next(squares), 0.999)) + 1e-9
-        tops.append((square_top, min(ERROR_HEADROOM * high + 1e-9, square_top)))
-    return tops
+        tops.append(min(ERROR_HEADROOM * high + 1e-9, square_top))
+    return square_top, tops
 
 
-def _set_evidence_ranges(model_bytes: bytes, in_distribution: bytes, fingerprint, outputs: Outputs) -> bytes:
+def _set_evidence_ranges(
+    model_bytes: bytes, in_distribution: bytes, fingerprint, outputs: Outputs, per_tensor: bool
+) -> bytes:
     """Set the int8 ranges of the tensors the evidence computes from ``in_distribution`` (the same graph
     calibrated on in-distribution samples alone) with headroom, and those of the error outputs from
     held-out data (the kernels requantise to whatever scales the tensors carry; pass-through operators
@@ -151,7 +159,7 @@ def _set_evidence_ranges(model_bytes: bytes, in_distribution: bytes, fingerprint
     from tensorflow.lite.tools import flatbuffer_utils
 
     ops = schema.BuiltinOperator
-    pass_through = {ops.RESHAPE, ops.SQUEEZE, ops.EXPAND_DIMS, ops.MAX_POOL_2D, ops.AVERAGE_POOL_2D}
+    pass_through = {ops.RESHAPE, ops.SQUEEZE, ops.EXPAND_DIMS, ops.MAX_POOL_2D, ops.AVERAGE_POOL_2D, ops.REDUCE_MAX}
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(model_bytes))
     graph = model.subgraphs[0]
     reference = flatbuffer_utils.convert_bytearray_to_object(bytearray(in_distribution)).subgraphs[0].tensors
@@ -185,17 +193,65 @@ def _set_evidence_ranges(model_bytes: bytes, in_distribution: bytes, fingerprint
         low, high = _range(reference[out].quantization)
         centre, half = (low + high) / 2, EVIDENCE_HEADROOM * (high - low) / 2
         _set_range(graph.tensors[out], centre - half, centre + half)
-    for spec, tops in zip(outputs.layer_errors, _error_tops(fingerprint)):
-        if tops is not None:
+    for op, kind in zip(graph.operators, kinds):  # concatenated tensors share one quantisation, as they share bytes
+        if kind == ops.CONCATENATION and op.outputs[0] not in classifier:
+            joined = [_range(graph.tensors[t].quantization) for t in (*op.inputs, op.outputs[0])]
+            low, high = min(r[0] for r in joined), max(r[1] for r in joined)
+            for tensor in (*op.inputs, op.outputs[0]):
+                _set_range(graph.tensors[tensor], low, high)
+                while tensor in producer and kinds[graph.operators.index(producer[tensor])] in pass_through:
+                    if producer[tensor].inputs[0] in classifier:
+                        break
+                    tensor = producer[tensor].inputs[0]
+                    _set_range(graph.tensors[tensor], low, high)
+    square_top, tops = _error_tops(fingerprint)
+    for spec, top in zip(outputs.layer_errors, tops):
+        if top is not None:
             value = graph.outputs[spec.index]
-            _set_range(graph.tensors[producer[value].inputs[0]], 0.0, tops[0])
-            _set_range(graph.tensors[value], 0.0, tops[1])
+            _set_range(graph.tensors[producer[value].inputs[0]], 0.0, square_top)
+            _set_range(graph.tensors[value], 0.0, top)
+    for op, kind in zip(graph.operators, kinds):
+        if per_tensor and kind == ops.FULLY_CONNECTED and op.outputs[0] not in classifier:
+            _per_tensor_weights(model, graph, op, scales[op.inputs[0]])
     weighted = {ops.FULLY_CONNECTED, ops.CONV_2D, ops.DEPTHWISE_CONV_2D}
     for op, kind in zip(graph.operators, kinds):  # int32 biases are in units of input scale x weight scale
         if kind in weighted and len(op.inputs) > 2 and op.inputs[2] >= 0:
             old = scales[op.inputs[0]]
             _rescale_bias(model, graph.tensors[op.inputs[2]], old / graph.tensors[op.inputs[0]].quantization.scale[0])
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _per_tensor_weights(model, graph, op, input_scale: float) -> None:
+    """Quantise a FULLY_CONNECTED's weights (and bias) per tensor rather than per output channel: one scale
+    and zero point per tensor instead of one per channel, in the model and in the runtimes' memory.
+    Each row keeps its values to within half a step of the largest row's scale."""
+    weights = graph.tensors[op.inputs[1]]
+    old = np.asarray(weights.quantization.scale, np.float64)
+    if len(old) == 1:
+        return
+    scale = float(old.max())
+    buffer = model.buffers[weights.buffer]
+    values = np.frombuffer(bytes(buffer.data), np.int8).reshape(len(old), -1).astype(np.float64)
+    buffer.data = (
+        np.clip(np.round(values * (old / scale)[:, None]), -127, 127).astype(np.int8).reshape(-1).view(np.uint8)
+    )
+    _set_scale(weights, scale)
+    if len(op.inputs) > 2 and op.inputs[2] >= 0:
+        bias = graph.tensors[op.inputs[2]]
+        buffer = model.buffers[bias.buffer]
+        values = np.frombuffer(bytes(buffer.data), "<i4").astype(np.float64) * old / scale
+        buffer.data = np.clip(np.round(values), -(2**31), 2**31 - 1).astype("<i4").view(np.uint8)
+        _set_scale(bias, input_scale * scale)
+
+
+def _set_scale(tensor, scale: float) -> None:
+    """Symmetric per-tensor quantisation (zero point 0) of a constant tensor."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    quantization = schema.QuantizationParametersT()
+    quantization.scale = np.array([scale], dtype=np.float32)
+    quantization.zeroPoint = np.array([0], dtype=np.int64)
+    tensor.quantization = quantization
 
 
 def _rescale_bias(model, bias, ratio: float) -> None:
@@ -316,6 +372,7 @@ def recalibrate(bundle: Bundle, holdout_x: np.ndarray, fpr: float) -> None:
     probs_q, values_q = bundle.invoke_all(LiteRT(bundle.model_bytes), bundle.quantize(holdout_x))
     _, values = bundle.dequantize(probs_q, values_q)
     layers = bundle.manifest.layers
+    values = ood.resolved(values, [output.scale for output in bundle.manifest.outputs.layer_errors], bundle.transforms)
     calibration = ood.calibrate(values, fpr, bundle.transforms, [layer.weight for layer in layers])
     calibrated = []
     for j, (layer, output) in enumerate(zip(layers, bundle.manifest.outputs.layer_errors)):

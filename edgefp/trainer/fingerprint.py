@@ -24,7 +24,7 @@ from edgefp.trainer import taps
 from edgefp.trainer.models import BATCH_SIZE, seed_everything
 
 SCHEMA = "edgefp.fingerprint"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 HOLDOUT_FILE = "holdout.npz"
 AE_TARGET_STEPS = 1500  # optimizer steps for the autoencoders, whatever the data size
 AE_MIN_ROWS = 640  # small fit sets are tiled to this many rows so an epoch is not a step or two
@@ -105,6 +105,41 @@ def _extent(tensor):
 
     flat = keras.ops.reshape(tensor, (-1, math.prod(tensor.shape[1:])))
     return keras.ops.stack([keras.ops.max(flat, axis=1), keras.ops.min(flat, axis=1)], axis=1)
+
+
+def _joint_weights(autoencoders) -> dict:
+    """The autoencoders' weights as one block: class means side by side, encoders and decoders on a block
+    diagonal; ``columns`` holds each autoencoder's feature columns."""
+    parts = [
+        [ae.get_layer(f"{ae.name}_{part}").get_weights() for part in ("class_mean", "encode", "decode")]
+        for ae in autoencoders
+    ]
+    features = [class_mean[0].shape[1] for class_mean, _, _ in parts]
+    codes = [encode[0].shape[1] for _, encode, _ in parts]
+    encode = np.zeros((sum(features), sum(codes)), np.float32)
+    decode = np.zeros((sum(codes), sum(features)), np.float32)
+    columns, row, code = [], 0, 0
+    for (_, (w_e, _), (w_d, _)), f, c in zip(parts, features, codes):
+        encode[row : row + f, code : code + c] = w_e
+        decode[code : code + c, row : row + f] = w_d
+        columns.append(np.arange(row, row + f))
+        row, code = row + f, code + c
+    return {
+        "class_mean": np.concatenate([class_mean[0] for class_mean, _, _ in parts], axis=1),
+        "encode": encode,
+        "encode_bias": np.concatenate([e[1] for _, e, _ in parts]),
+        "decode": decode,
+        "decode_bias": np.concatenate([d[1] for _, _, d in parts]),
+        "columns": columns,
+    }
+
+
+def _squared_difference(a, b):
+    """Symbolic ``(a - b)^2`` as one TensorFlow Lite operator (SQUARED_DIFFERENCE)."""
+    import keras
+    import tensorflow as tf
+
+    return keras.layers.Lambda(lambda pair: tf.math.squared_difference(*pair), name="fp_square")([a, b])
 
 
 def _int8_step(extent: np.ndarray) -> float:
@@ -265,7 +300,8 @@ class NeuralFingerprint:
         Feature maps (sequences, images) are averaged over windows by a depthwise convolution (SAME
         padding, stride = window), which in int8 keeps the precision the average gains instead of
         rounding it back to the map's scale; ``scaling`` (per tap: a weight and a bias per channel)
-        folds a standardisation into it, or into a multiply-add for vectors. Without ``pools`` the
+        folds a standardisation into it. A vector is multiplied by its weight alone: its bias is the
+        caller's to add (the monitor's class mean carries it, one operator less). Without ``pools`` the
         windows are chosen from the tap shapes and ``max_features``.
         """
         import keras
@@ -286,7 +322,7 @@ class NeuralFingerprint:
                 kernel = np.ones((*pool, channels, 1)) / math.prod(pool) * np.reshape(weight, (channels, 1))
                 conv.set_weights([kernel.astype(np.float32), np.asarray(bias, np.float32)])
             elif len(shape) == 1 and scaling is not None:
-                t = t * np.asarray(weight, np.float32) + np.asarray(bias, np.float32)
+                t = t * np.asarray(weight, np.float32)
             elif len(shape) != 1:
                 raise EdgefpError(f"layer '{name}' has outputs of shape {shape}; only vectors, sequences and images")
             outputs.append(t)
@@ -335,25 +371,45 @@ class NeuralFingerprint:
     def _build_monitor(self) -> None:
         """One Keras graph: input -> (probabilities, evidence 1, ..., evidence L), each evidence an output of
         its own so that int8 conversion gives each its own scale; and ``squares_``, the squared residuals
-        each error is the mean of (the converter sets their int8 ranges from held-out data).
+        of every autoencoder, side by side (the converter sets their int8 range from held-out data).
+
+        The autoencoders run as one block: the reduced taps side by side, one class-mean layer, one
+        encoder and one decoder whose weights are the autoencoders' own on a block diagonal, one squared
+        difference, and per autoencoder a layer that averages its squared residuals. A handful of
+        operators whatever the number of layers: on a microcontroller every operator and tensor costs
+        memory of its own, whatever its size.
         """
         import keras
 
         ae_layers = self.autoencoder_layers_
         scaling = [(1.0 / np.asarray(lay.std), -np.asarray(lay.mean) / np.asarray(lay.std)) for lay in ae_layers]
+        offsets = [np.zeros(lay.features) if lay.pool else bias for lay, (_, bias) in zip(ae_layers, scaling)]
         names, pools = [lay.name for lay in ae_layers], [lay.pool for lay in ae_layers]
         reduced, _, _, probs = self._reduced_taps(names, pools, scaling)
         logits, _ = taps.logits_and_probs(self.model_)
-        values, squares = [], []
-        for ae, z in zip(self.autoencoders_, reduced):
-            square = keras.ops.square(_reconstruction_error(ae, z, probs))
-            values.append(keras.ops.mean(square, axis=-1, keepdims=True))
-            squares.append(square)
-        n_classes = int(probs.shape[-1])
-        grid = keras.layers.Reshape((1, n_classes, 1), name="fp_logit_grid")(logits)
-        values.append(keras.layers.MaxPooling2D((1, n_classes), name="fp_max_logit")(grid))
+        features = reduced[0] if len(reduced) == 1 else keras.layers.Concatenate(name="fp_features")(reduced)
+        weights = _joint_weights(self.autoencoders_)
+        class_offset = -np.concatenate(offsets).astype(np.float32)
+        class_mean = keras.layers.Dense(
+            weights["class_mean"].shape[1], use_bias=bool(np.any(class_offset)), name="fp_class_mean"
+        )
+        encode = keras.layers.Dense(weights["encode"].shape[1], activation="tanh", name="fp_encode")
+        decode = keras.layers.Dense(weights["decode"].shape[1], name="fp_decode")
+        residual = keras.layers.Subtract(name="fp_residual")([features, class_mean(probs)])
+        square = _squared_difference(decode(encode(residual)), residual)
+        class_mean.set_weights([weights["class_mean"], class_offset][: 1 + class_mean.use_bias])
+        encode.set_weights([weights["encode"], weights["encode_bias"]])
+        decode.set_weights([weights["decode"], weights["decode_bias"]])
+        values = []
+        for index, columns in enumerate(weights["columns"]):
+            average = keras.layers.Dense(1, use_bias=False, name=f"fp_error_{index}")
+            values.append(average(square))
+            selector = np.zeros((square.shape[-1], 1), np.float32)
+            selector[columns] = 1.0 / len(columns)
+            average.set_weights([selector])
+        values.append(keras.ops.max(logits, axis=-1, keepdims=True))
         self.monitor_ = keras.Model(self.model_.inputs, [probs, *values], name="monitor")
-        self.squares_ = keras.Model(self.model_.inputs, squares, name="squares")
+        self.squares_ = keras.Model(self.model_.inputs, square, name="squares")
 
     def _predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities (N, C) and evidence (N, L) of preprocessed samples."""
@@ -516,6 +572,11 @@ def read_fingerprint_json(run_dir: str) -> dict:
         raise EdgefpError(f"{run_dir}: not a RUN directory (no fingerprint.json)")
     meta = read_json(path, "fingerprint file")
     schema, version = meta.get("schema"), meta.get("version")
+    if schema == SCHEMA and isinstance(version, int) and version < SCHEMA_VERSION:
+        raise EdgefpError(
+            f"{path}: a fingerprint of version {version}, written by an older edgefp; this edgefp reads version "
+            f"{SCHEMA_VERSION}: retrain the RUN with 'edgefp train' (or 'edgefp fingerprint')"
+        )
     if (schema, version) != (SCHEMA, SCHEMA_VERSION):
         raise EdgefpError(
             f"{path}: schema {schema} v{version} is not {SCHEMA} v{SCHEMA_VERSION}; "

@@ -37,6 +37,29 @@ def test_manifest_holds_the_contract(digits_bundle):
     assert 0 < manifest.score.threshold and len(manifest.layers[0].holdout_quantiles) == 101
 
 
+def test_autoencoders_run_as_one_block_with_weights_per_tensor(digits_bundle):
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    manifest, out = digits_bundle
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(Bundle.load(out).model_bytes, 0))
+    graph = model.subgraphs[0]
+    names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    codes = [model.operatorCodes[op.opcodeIndex] for op in graph.operators]
+    kinds = [names[max(code.builtinCode, code.deprecatedBuiltinCode)] for code in codes]
+    autoencoders = [layer for layer in manifest.layers if layer.kind == "autoencoder"]
+    assert len(autoencoders) == 2
+    for kind in ("CONCATENATION", "SUB", "TANH", "SQUARED_DIFFERENCE", "REDUCE_MAX"):
+        assert kinds.count(kind) == 1, kind
+    square = graph.operators[kinds.index("SQUARED_DIFFERENCE")].outputs[0]
+    averages = [op for op, kind in zip(graph.operators, kinds) if kind == "FULLY_CONNECTED" and op.inputs[0] == square]
+    assert len(averages) == len(autoencoders)
+    softmax = graph.operators[kinds.index("SOFTMAX")].outputs[0]
+    evidence = [op for op, kind in zip(graph.operators, kinds) if kind == "FULLY_CONNECTED"][-(3 + len(averages)) :]
+    assert evidence[0].inputs[0] == softmax  # the class mean, then encoder, decoder and the averages
+    for op in evidence:
+        assert len(graph.tensors[op.inputs[1]].quantization.scale) == 1
+
+
 def test_saturated_errors_are_still_flagged(digits_bundle):
     manifest, _ = digits_bundle
     assert manifest.parity["saturated_is_ood"]

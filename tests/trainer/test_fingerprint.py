@@ -23,11 +23,27 @@ def test_save_load_round_trip_gives_identical_scores(digits_run):
     assert [layer.name for layer in loaded.layers_] == [layer.name for layer in fingerprint.layers_]
 
 
+def test_autoencoders_in_one_block_score_as_each_alone(digits_run):
+    """The monitor's block (block-diagonal encoder and decoder, one squared difference) gives every
+    autoencoder's own error, as its saved model computes it."""
+    import keras
+
+    fingerprint, _ = digits_run
+    x = fingerprint.prepare(data.load("digits:test:0-4").x[:60])
+    layers = fingerprint.autoencoder_layers_
+    reduced, _, _, probs = fingerprint._reduced_taps([layer.name for layer in layers], [layer.pool for layer in layers])
+    *features, p = keras.Model(fingerprint.model_.inputs, [*reduced, probs]).predict(x, verbose=0)
+    errors = fingerprint._evidence(x)
+    for j, (layer, autoencoder, feats) in enumerate(zip(layers, fingerprint.autoencoders_, features)):
+        residual = autoencoder.predict([fingerprint._standardized(feats, layer), p], verbose=0)
+        np.testing.assert_allclose(errors[:, j], np.mean(residual.astype(np.float64) ** 2, axis=1), rtol=1e-4)
+
+
 def test_fingerprint_json_documents_the_distribution(digits_run):
     fingerprint, run_dir = digits_run
     with open(os.path.join(run_dir, "fingerprint.json")) as handle:
         meta = json.load(handle)
-    assert meta["schema"] == "edgefp.fingerprint" and meta["version"] == 2
+    assert meta["schema"] == "edgefp.fingerprint" and meta["version"] == 3
     assert meta["score"]["target_fpr"] == 0.05 and meta["score"]["n_holdout"] > 0
     assert meta["score"]["combine"] == "mean_positive_z"
     assert [layer["kind"] for layer in meta["layers"]] == ["autoencoder", "autoencoder", "max_logit"]
@@ -192,6 +208,22 @@ def test_modified_or_incomplete_run_is_refused(digits_run, tmp_path):
     os.remove(os.path.join(copy, "classifier.keras"))
     with pytest.raises(EdgefpError, match="incomplete"):
         NeuralFingerprint.load(copy)
+
+
+def test_run_of_another_fingerprint_version_is_refused_with_what_to_do(digits_run, tmp_path):
+    import shutil
+
+    _, run_dir = digits_run
+    copy = str(tmp_path / "copy")
+    shutil.copytree(run_dir, copy)
+    path = os.path.join(copy, "fingerprint.json")
+    with open(path) as handle:
+        meta = json.load(handle)
+    for version, message in ((2, "older edgefp.*retrain the RUN with 'edgefp train'"), (4, "re-create the RUN")):
+        with open(path, "w") as handle:
+            json.dump({**meta, "version": version}, handle)
+        with pytest.raises(EdgefpError, match=message):
+            NeuralFingerprint.load(copy)
 
 
 def test_same_seed_gives_the_same_fingerprint(tmp_path):
