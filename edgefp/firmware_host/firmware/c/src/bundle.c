@@ -260,7 +260,8 @@ static int check_fields(efp_json root, efp_bundle_info *b, efp_text *msg)
         !efp_json_get_int(score, "unit", NULL, 1, 1 << 30, &b->score_unit) || !efp_json_get(score, "combine", &v) ||
         !efp_json_string_is(v, "mean_positive_z") || !field(score, "eps", POSITIVE) ||
         !field(score, "threshold", ANY) || !field(score, "target_fpr", FRACTION) ||
-        !field(score, "holdout_quantiles", QUANTILES_OF)) {
+        !field(score, "holdout_quantiles", QUANTILES_OF) ||
+        (efp_json_get(score, "n_holdout", &v) && !efp_json_get_int(score, "n_holdout", NULL, 1, INT64_MAX, &n))) {
         return refuse(msg, RULE, "score");
     }
     return 0;
