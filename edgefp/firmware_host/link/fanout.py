@@ -36,7 +36,7 @@ def on_each(ports, work, *, on_progress=None, on_done=None, stop: threading.Even
     :data:`JOIN_S` seconds to end before KeyboardInterrupt goes on. Returns the outcomes in the order of ``ports``."""
     outcomes = [Outcome(port) for port in ports]
 
-    def run(outcome: Outcome) -> None:
+    def run(outcome: Outcome, ended: threading.Event) -> None:
         start = time.monotonic()
 
         def progress(done: int, total: int) -> None:
@@ -48,23 +48,29 @@ def on_each(ports, work, *, on_progress=None, on_done=None, stop: threading.Even
         except Exception as exc:  # any failure is this device's alone, reported as its outcome
             outcome.error = error_text(exc)
         outcome.seconds = time.monotonic() - start
-        if on_done is not None:
-            on_done(outcome)
+        try:
+            if on_done is not None:
+                on_done(outcome)
+        finally:
+            ended.set()
 
-    threads = [threading.Thread(target=run, args=(outcome,), daemon=True) for outcome in outcomes]
+    # Waited on through events, not Thread.join: a join that Ctrl-C interrupts can mark a thread that
+    # still runs as ended (CPython 3.11), and the work would be left behind unwaited.
+    ended = [threading.Event() for _ in outcomes]
+    threads = [threading.Thread(target=run, args=pair, daemon=True) for pair in zip(outcomes, ended)]
     try:
         for thread in threads:
             thread.start()
-        for thread in threads:
-            while thread.is_alive():  # Ctrl-C is seen even when its signal reached another thread
-                thread.join(WAKE_S)
+        for event in ended:
+            while not event.wait(WAKE_S):  # Ctrl-C is seen even when its signal reached another thread
+                pass
     except KeyboardInterrupt:
         if stop is not None:
             stop.set()
             deadline = time.monotonic() + JOIN_S
-            for thread in threads:
+            for thread, event in zip(threads, ended):
                 if thread.ident is not None:  # started
-                    thread.join(max(0.0, deadline - time.monotonic()))
+                    event.wait(max(0.0, deadline - time.monotonic()))
         raise
     return outcomes
 
