@@ -51,7 +51,7 @@ test: lint firmware-tools browser-tools
 	$(call pytest,--fast)
 	$(call pytest,--heavy)
 
-# The fast subset, under a minute: every test but the heavy ones, those that train or convert a model with
+# The fast subset, about a minute: every test but the heavy ones, those that train or convert a model with
 # TensorFlow or build or emulate the firmware. A test is heavy when it is marked so or uses a fixture
 # declared heavy (tests/conftest.py); under --fast a test that is not and still does such work fails.
 test-fast: lint
