@@ -5,7 +5,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import signal
 import struct
 import subprocess
@@ -220,18 +219,47 @@ def test_a_broker_with_passwords_refuses_a_wrong_login(tmp_path, hello):
                 del os.environ[mqtt.PASSWORD_ENV]
 
 
-@pytest.mark.skipif(not shutil.which("openssl"), reason="needs openssl")
+def self_signed_certificate(key_path: str, cert_path: str) -> None:
+    """A broker's key and a certificate for 127.0.0.1 and localhost, signed by itself, valid for a day."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    names = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    with open(key_path, "wb") as handle:
+        handle.write(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+    with open(cert_path, "wb") as handle:
+        handle.write(cert.public_bytes(serialization.Encoding.PEM))
+
+
 def test_tls_brokers_are_checked_against_the_given_ca(tmp_path, hello):
     """mqtts:// with --broker-ca: a broker whose certificate that CA signed is reached, one it did not is
     refused (the system's CAs know neither)."""
     key, cert = str(tmp_path / "broker.key"), str(tmp_path / "broker.pem")
-    names = "subjectAltName=IP:127.0.0.1,DNS:localhost"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"]
-        + ["-addext", names, "-keyout", key, "-out", cert],
-        check=True,
-        capture_output=True,
-    )
+    self_signed_certificate(key, cert)
     with local_broker(tls=(cert, key)) as url:
         assert url.startswith("mqtts://")
         with pytest.raises(EdgefpError, match="cannot reach the broker at mqtts://.*certificate verify failed"):
