@@ -26,12 +26,17 @@ MIN_CALIB = 20
 # measured; its logits, the range of the calibration samples alone (a fault's large logits are no
 # evidence, and the max logit needs the finer steps). Every tensor the evidence computes beyond the
 # classifier's gets EVIDENCE_HEADROOM times the range the calibration samples alone give it, around
-# its centre. Each error output and the squared residuals (one tensor for every autoencoder) are set
-# from held-out data: [0, ERROR_HEADROOM x the held-out errors' 99.9 % quantile] and [0, SQUARE_HEADROOM
-# x the largest of the autoencoders' 99.9 % quantiles of their held-out squared residuals]. Beyond them
-# a value saturates, and a saturated output counts as off the scale (ood.OFF_SCALE_Z).
-EVIDENCE_HEADROOM = 4.0
+# its centre: the rounding of the residual and its reconstruction adds its variance to a mean of
+# squares, so a wider range costs the square of its width. Each error output and the squared
+# residuals (one tensor for every autoencoder) are set from held-out data: [0, SQUARE_HEADROOM x the
+# largest of the autoencoders' 99.9 % quantiles of their held-out squared residuals], and for an
+# error, [0, ERROR_HEADROOM x the held-out errors' 99.9 % quantile], narrowed (never below the largest
+# held-out error) until rounding at the held-out errors' geometric mean, where the evidence starts to
+# count, is at most ERROR_RESOLUTION of their std in the logarithm's terms. Beyond them a value
+# saturates, and a saturated output counts as off the scale (ood.OFF_SCALE_Z).
+EVIDENCE_HEADROOM = 1.5
 ERROR_HEADROOM = 4.0
+ERROR_RESOLUTION = 0.05
 SQUARE_HEADROOM = 4.0
 TAIL_Z = 3.1  # the held-out errors' 99.9 % quantile under a log-normal fit (holdouts are often small)
 PARITY_SAMPLES = 200
@@ -128,7 +133,7 @@ def quantize(
 
 def _error_tops(fingerprint: NeuralFingerprint) -> tuple[float, list[float | None]]:
     """The upper ends of the int8 ranges of the squared residuals (one tensor for every autoencoder) and
-    of each evidence output (``None`` for evidence that is no mean of squares)."""
+    of each evidence output (``None`` for evidence that is no mean of squares), as described above."""
     x = fingerprint.prepare(fingerprint.holdout_x_)
     values = fingerprint._evidence(x)
     squares = fingerprint.squares_.predict(x, verbose=0, batch_size=256)
@@ -143,8 +148,11 @@ def _error_tops(fingerprint: NeuralFingerprint) -> tuple[float, list[float | Non
             tops.append(None)
             continue
         logs = np.log(values[:, j] + ood.EPS)
-        high = max(float(values[:, j].max()), float(np.exp(logs.mean() + TAIL_Z * logs.std())))
-        tops.append(min(ERROR_HEADROOM * high + 1e-9, square_top))
+        largest, spread = float(values[:, j].max()), max(float(logs.std()), 1e-3)
+        tail = ERROR_HEADROOM * max(largest, float(np.exp(logs.mean() + TAIL_Z * spread)))
+        # a uniform rounding error of step/2 has std step/sqrt(12): in log terms, step/(sqrt(12) x value)
+        resolved = 255 * ERROR_RESOLUTION * np.sqrt(12.0) * spread * float(np.exp(logs.mean()))
+        tops.append(min(max(min(tail, resolved), largest) + 1e-9, square_top))
     return square_top, tops
 
 
