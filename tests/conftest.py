@@ -199,7 +199,8 @@ def digits_bundle(digits_run, tmp_path_factory):
 @pytest.fixture(scope="session")
 @heavy
 def motions_bundle(tmp_path_factory):
-    """A small sequence bundle (basic_motions, 30 epochs, fixed seed): the 1-D template, as an archive path."""
+    """A small sequence bundle (basic_motions, 30 epochs, fixed seed): the 1-D template, as an archive path
+    (its RUN is ``run`` beside it)."""
     from edgefp import data
     from edgefp.converter.convert import convert
     from edgefp.trainer import train
