@@ -36,7 +36,7 @@ import tempfile
 
 import numpy as np
 
-from benchmarks.common import save
+from benchmarks.common import save, trained
 from edgefp import data
 from edgefp.bundle import MODEL, Bundle, sha256
 from edgefp.converter.convert import convert, int8_tflite, strip
@@ -47,7 +47,6 @@ from edgefp.firmware_host.link import client
 from edgefp.firmware_host.link.client import DeviceError
 from edgefp.manifest import QUANTILES, FileEntry, Layer, Output, Outputs
 from edgefp.runtime import LiteRT
-from edgefp.trainer import train
 from edgefp.wrap import wrap
 
 FLASH_TARGET, STATIC_RAM_TARGET, RATIO_TARGET, PER_MAC_TARGET = 32 * 1024, 8 * 1024, 1.2, 3.0
@@ -75,7 +74,7 @@ def datasets() -> dict:
 
 def bundles(name: str, dataset: data.Dataset, epochs: int, workdir: str) -> tuple[Bundle, Bundle]:
     """The deployed bundle, and the classifier alone as a bundle (its one 'layer' a placeholder)."""
-    fingerprint = train(dataset, epochs=epochs, seed=0, progress=False)
+    fingerprint = trained(dataset, epochs=epochs, seed=0)
     run_dir, out = os.path.join(workdir, f"{name}_run"), os.path.join(workdir, f"{name}.efp")
     fingerprint.save(run_dir)
     convert(run_dir, dataset, out)
@@ -221,10 +220,10 @@ def upload_rate(url: str, archive: bytes) -> dict:
     return {"bytes": report["bytes"], "seconds": report["seconds"], "bytes_per_s": report["bytes"] / report["seconds"]}
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer epochs and invokes (for tests)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     epochs, runs = (10, 20) if args.quick else (30, 200)
 
     sizes = budget_report("qemu-m4")
