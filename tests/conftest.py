@@ -1,6 +1,7 @@
 import hashlib
 import os
 import shutil
+import signal
 import struct
 import sys
 import tempfile
@@ -102,6 +103,8 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "heavy: trains or converts a model with TensorFlow, or builds or emulates the firmware"
     )
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # a shell's background job (`make test &`): Ctrl-C
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a terminal, for the tests of Ctrl-C
     if config.getoption("--fast"):  # an empty firmware cache, as on a fresh clone: a build cannot hide in it
         os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="edgefp-fast-cache-")
 
