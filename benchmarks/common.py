@@ -1,8 +1,10 @@
-"""Shared by the benchmark scripts: where results go and what is recorded with them."""
+"""Shared by the benchmark scripts: where results go and what is recorded with them, and RUNs trained before."""
 
 from __future__ import annotations
 
 import datetime
+import hashlib
+import inspect
 import json
 import os
 import platform
@@ -10,6 +12,7 @@ import sys
 from importlib import metadata
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+RUNS = "EDGEFP_BENCH_RUNS"  # a folder of RUNs trained before (keep_run), loaded rather than trained again
 
 
 def environment() -> dict:
@@ -40,3 +43,39 @@ def save(name: str, results: dict, markdown: str) -> None:
         handle.write(markdown)
     print(markdown)
     print(f"saved {os.path.join(folder, name)}.json and .md")
+
+
+def run_key(dataset, options: dict) -> str:
+    """What identifies a training: the samples, labels and label names, and every option of ``train``
+    (defaults filled in). Training is deterministic for a seed, so equal keys give equal RUNs."""
+    from edgefp.trainer import train
+
+    defaults = {name: p.default for name, p in inspect.signature(train).parameters.items() if name != "dataset"}
+    settings = {**defaults, **options, "progress": None}
+    digest = hashlib.sha256(json.dumps([settings, sorted(dataset.label_names.items())], default=str).encode())
+    for array in (dataset.x, dataset.y):
+        digest.update(f"{array.dtype}{array.shape}".encode() + array.tobytes())
+    return digest.hexdigest()[:24]
+
+
+def keep_run(fingerprint, dataset, options: dict, folder: str) -> None:
+    """Keep a RUN trained by ``train(dataset, **options)`` in ``folder`` for :func:`trained` to find."""
+    path = os.path.join(folder, run_key(dataset, options))
+    fingerprint.save(path)
+    with open(path + ".json", "w") as handle:  # written last: the RUN is complete
+        json.dump({"fit_seconds": fingerprint.fit_seconds_}, handle)
+
+
+def trained(dataset, **options):
+    """``edgefp.trainer.train(dataset, **options)``, or the same training's RUN where the environment's
+    ``EDGEFP_BENCH_RUNS`` names a folder that keeps it (:func:`keep_run`)."""
+    from edgefp.trainer import NeuralFingerprint, train
+
+    path = os.path.join(os.environ.get(RUNS, ""), run_key(dataset, options))
+    if RUNS not in os.environ or not os.path.exists(path + ".json"):
+        return train(dataset, progress=False, **options)
+    print(f"{dataset.name}: loaded the kept RUN {path}", file=sys.stderr)
+    fingerprint = NeuralFingerprint.load(path)
+    with open(path + ".json") as handle:
+        fingerprint.fit_seconds_ = json.load(handle)["fit_seconds"]
+    return fingerprint

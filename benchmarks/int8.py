@@ -30,12 +30,11 @@ import time
 
 import numpy as np
 
-from benchmarks.common import save
+from benchmarks.common import save, trained
 from edgefp import data, metrics, shifts
 from edgefp.bundle import Bundle
 from edgefp.converter.convert import convert, int8_tflite, quantize, strip
 from edgefp.runtime import LiteRT, TFLiteMicro, captured_output, tflm_arena_bytes
-from edgefp.trainer import train
 from edgefp.trainer.fingerprint import AUTOENCODER, MAX_LOGIT
 
 ACCURACY_TARGET = 0.01  # int8 accuracy within 1 point of float
@@ -189,7 +188,7 @@ def evaluate(name: str, case: dict, reps: int, warmup: int, timed: int, workdir:
     train_set, id_test, seed = case["train"], case["id_test"], case["seed"]
     near = case["near"]
     far = shifts.apply(id_test.x, case["far_kind"], seed=seed + 1)
-    fingerprint = train(train_set, seed=seed, progress=False)
+    fingerprint = trained(train_set, seed=seed)
     run_dir, out = os.path.join(workdir, f"{name}_run"), os.path.join(workdir, f"{name}_bundle")
     fingerprint.save(run_dir)
     convert(run_dir, train_set, out, ood_data=data.Dataset(near, None, f"{name}:near"))

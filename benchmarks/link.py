@@ -39,7 +39,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import save
+from benchmarks.common import save, trained
 from edgefp import data
 from edgefp.bundle import Bundle
 from edgefp.converter.convert import convert
@@ -47,7 +47,6 @@ from edgefp.firmware_host.device.agent import Agent, Session, serving
 from edgefp.firmware_host.link import client
 from edgefp.firmware_host.link.framing import Frame
 from edgefp.firmware_host.link.protocol import InferResult, Msg
-from edgefp.trainer import train
 
 EFFICIENCY_TARGET = 0.95
 COLD_START_TARGET_S = 0.5
@@ -63,7 +62,7 @@ def make_bundle(workdir: str) -> tuple[bytes, np.ndarray, dict]:
     """The digits bundle's archive bytes, int8 inputs from the 0-4 test set, and what making it took."""
     start = time.perf_counter()
     train_set = data.load("digits:train:0-4")
-    fingerprint = train(train_set, seed=0, progress=False)
+    fingerprint = trained(train_set, seed=0)
     run_dir, out = os.path.join(workdir, "run"), os.path.join(workdir, "digits04")
     fingerprint.save(run_dir)
     convert(run_dir, data.load("digits:train:0-4"), out)

@@ -32,11 +32,10 @@ import time
 import numpy as np
 
 from benchmarks import adversarial_summary
-from benchmarks.common import save
+from benchmarks.common import save, trained
 from edgefp import data, metrics, ood, shifts
 from edgefp.bundle import Bundle
 from edgefp.converter.convert import convert
-from edgefp.trainer import train
 from edgefp.trainer.baselines import BASELINES
 from edgefp.trainer.fingerprint import AUTOENCODER, MAX_LOGIT
 from edgefp.trainer.train import HOLDOUT
@@ -133,7 +132,7 @@ def evaluate(dataset: data.Dataset, classes, far, seed, attacks: str | None = No
     cases.update({kind: shifts.apply(held_out.x, kind, seed=seed + 1) for kind in far})
 
     started = time.monotonic()
-    fingerprint = train(train_set, seed=seed, progress=False)
+    fingerprint = trained(train_set, seed=seed)
     train_seconds = time.monotonic() - started
     prepare = fingerprint.prepare
     fit_mask = ~data.stratified_split(train_set.y, HOLDOUT, seed)

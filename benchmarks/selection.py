@@ -34,13 +34,12 @@ import time
 
 import numpy as np
 
-from benchmarks.common import save
+from benchmarks.common import save, trained
 from edgefp import data, shifts
 from edgefp.bundle import Bundle
 from edgefp.converter.convert import convert
 from edgefp.repository import Repository
 from edgefp.selection import NO_MATCH, select
-from edgefp.trainer import train
 
 SIZES = (20, 50, 200)
 GOAL_SIZE = 50
@@ -111,7 +110,7 @@ def build(repo: Repository, found: dict, scratch: str, epochs: int | None) -> di
     facts = {}
     for name, (train_set, target) in found.items():
         start = time.perf_counter()
-        fingerprint = train(train_set, seed=0, epochs=epochs, progress=False)
+        fingerprint = trained(train_set, seed=0, epochs=epochs)
         run_dir, out = os.path.join(scratch, f"run_{name}"), os.path.join(scratch, f"{name}.efp")
         fingerprint.save(run_dir)
         convert(run_dir, train_set, out, name=name)

@@ -99,10 +99,10 @@ def host_microseconds(bundle: Bundle, public: bytes, runs: int = 200) -> float:
     return (time.perf_counter() - start) / runs * 1e6
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the time alone, without the flash builds (for tests)")
-    quick = parser.parse_args().quick
+    quick = parser.parse_args(argv).quick
     with tempfile.TemporaryDirectory() as scratch:
         bundle, public = signed_bundle(scratch)
         sizes = {} if quick else flash_cost(public)

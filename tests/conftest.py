@@ -1,6 +1,7 @@
 import hashlib
 import os
 import shutil
+import signal
 import struct
 import sys
 import tempfile
@@ -102,6 +103,8 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "heavy: trains or converts a model with TensorFlow, or builds or emulates the firmware"
     )
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # a shell's background job (`make test &`): Ctrl-C
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a terminal, for the tests of Ctrl-C
     if config.getoption("--fast"):  # an empty firmware cache, as on a fresh clone: a build cannot hide in it
         os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="edgefp-fast-cache-")
 
@@ -198,19 +201,50 @@ def digits_bundle(digits_run, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 @heavy
-def motions_bundle(tmp_path_factory):
-    """A small sequence bundle (basic_motions, 30 epochs, fixed seed): the 1-D template, as an archive path
-    (its RUN is ``run`` beside it)."""
+def motions_run(tmp_path_factory):
+    """A small sequence classifier (basic_motions, 6 channels, 30 epochs, fixed seed) and its fingerprint,
+    saved as a RUN."""
     from edgefp import data
-    from edgefp.converter.convert import convert
     from edgefp.trainer import train
 
-    dataset = data.load("basic_motions:train")
-    fingerprint = train(dataset, epochs=30, seed=0, progress=False)
-    root = tmp_path_factory.mktemp("motions")
-    fingerprint.save(str(root / "run"))
-    convert(str(root / "run"), dataset, str(root / "motions.efp"))
-    return str(root / "motions.efp")
+    fingerprint = train(data.load("basic_motions:train"), epochs=30, seed=0, progress=False)
+    run_dir = str(tmp_path_factory.mktemp("motions") / "run")
+    fingerprint.save(run_dir)
+    return fingerprint, run_dir
+
+
+@pytest.fixture(scope="session")
+def motions_bundle(motions_run, tmp_path_factory):
+    """The motions RUN converted: the 1-D template, as an archive path."""
+    from edgefp import data
+    from edgefp.converter.convert import convert
+
+    out = str(tmp_path_factory.mktemp("motions") / "motions.efp")
+    convert(motions_run[1], data.load("basic_motions:train"), out)
+    return out
+
+
+def arrow_head_split():
+    """arrow_head's train and test parts pooled and split as benchmarks/ood_quality.py splits a sensor set
+    (40 % held out, seed 0), its first shape (class 0) unseen: (training set, held-out x, unseen x)."""
+    from edgefp import data
+
+    parts = [data.load(f"arrow_head:{part}") for part in ("train", "test")]
+    x, y = np.concatenate([part.x for part in parts]), np.concatenate([part.y for part in parts])
+    test, known = data.stratified_split(y, 0.4, seed=0), y != 0
+    return data.Dataset(x[known & ~test], y[known & ~test], "arrow_head"), x[known & test], x[~known]
+
+
+@pytest.fixture(scope="session")
+@heavy
+def arrow_head_run(tmp_path_factory):
+    """A classifier trained on arrow_head's split (arrow_head_split, seed 0) and its fingerprint, saved as a RUN."""
+    from edgefp.trainer import train
+
+    fingerprint = train(arrow_head_split()[0], seed=0, progress=False)
+    run_dir = str(tmp_path_factory.mktemp("arrow_head") / "run")
+    fingerprint.save(run_dir)
+    return fingerprint, run_dir
 
 
 def synthetic(shape, classes: int, n_train: int, n_test: int, scale: float = 1.0, seed: int = 0):

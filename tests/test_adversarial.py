@@ -82,6 +82,24 @@ def test_attacks_turn_predictions_wrong_within_the_budget_and_the_range(fingerpr
         assert min(accuracy.values()) > clean - 0.2  # a hundredth of the range hardly moves 8x8 digits
 
 
+def test_attacks_on_sensor_channels_keep_each_channels_budget_and_range(motions_run):
+    """basic_motions' six channels have ranges of their own: each attack moves each channel within its share
+    of its own range, and never out of that range."""
+    fingerprint = motions_run[0]
+    test = data.load("basic_motions:test").subset(slice(None, 16))
+    labels = np.searchsorted(fingerprint.label_values_, test.y)
+    low, high = adversarial.value_range(fingerprint.holdout_x_, test.x)
+    assert low.shape == (6,) and np.ptp(high - low) > 0.1 * (high - low).max()  # ranges that differ
+    eps = 0.1 * (high - low)
+    for kind in adversarial.ATTACKS:
+        adv = adversarial.attack_all(
+            fingerprint, test.x, labels, kind, 0.1, (low, high), steps=adversarial.QUICK_PGD_STEPS
+        )
+        change = np.abs(adv - test.x).max(axis=(0, 1))
+        assert adv.shape == test.x.shape and (change <= eps * (1 + 1e-5)).all() and (change >= 0.5 * eps).any(), kind
+        assert (adv >= low).all() and (adv <= high).all(), kind
+
+
 def test_the_adaptive_attack_evades_the_fingerprint_more_than_pgd(attacked):
     (pgd,), (adaptive,) = attacked["attacks"]["pgd"], attacked["attacks"]["adaptive"]
     assert pgd["success"] > 0.6 and adaptive["success"] > 0.8 * pgd["success"]

@@ -26,25 +26,19 @@ def test_int8_bundle_keeps_accuracy_and_ood_quality(digits_bundle):
     assert id_scores.is_ood.mean() <= 0.12
 
 
-def _ranks(values: np.ndarray) -> np.ndarray:
-    """Average ranks (ties share the mean of their ranks)."""
-    ordered = np.sort(values)
-    return (np.searchsorted(ordered, values, "left") + np.searchsorted(ordered, values, "right")) / 2
-
-
-def test_int8_errors_order_unseen_samples_as_float_does(motions_bundle):
+def test_int8_errors_order_unseen_samples_as_float_does(motions_run, motions_bundle):
     """On a small sensor set (8 held-out windows), each int8 error output resolves in-distribution errors
     into many levels and ranks unseen windows as the float errors do (int8 ranges: docs/bundle.md)."""
-    from edgefp.trainer.fingerprint import NeuralFingerprint
+    from scipy.stats import spearmanr
 
-    fingerprint = NeuralFingerprint.load(os.path.join(os.path.dirname(motions_bundle), "run"))
+    fingerprint, _ = motions_run
     bundle = Bundle.load(motions_bundle)
     x = data.load("basic_motions:test").x
     float_errors, int8_errors = fingerprint.score(x).layer_errors, bundle.score(x).layer_errors
     for j, layer in enumerate(bundle.manifest.layers):
         if layer.kind == "autoencoder":
             assert len(np.unique(int8_errors[:, j])) >= 12, layer.name
-            correlation = np.corrcoef(_ranks(float_errors[:, j]), _ranks(int8_errors[:, j]))[0, 1]
+            correlation = spearmanr(float_errors[:, j], int8_errors[:, j]).statistic
             assert correlation >= 0.93, (layer.name, correlation)
 
 

@@ -1,25 +1,42 @@
-"""Each benchmark runs end to end in its quick mode, so that the suite cannot rot; where a quick mode still
-repeats a code path (a second sensor set, classifier epochs), the options shrink it."""
+"""Each benchmark runs end to end in its quick mode, its main called in this process (TensorFlow imported
+once), so that the suite cannot rot; where a quick mode still repeats a code path (a second sensor set,
+classifier epochs), the options shrink it. Where a benchmark trains what a session fixture trained
+already (digits 0-4, arrow_head's split; seed 0), it loads that RUN rather than train it again
+(benchmarks/common.py, EDGEFP_BENCH_RUNS): training is tested in tests/trainer."""
 
+import importlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 
-pytestmark = pytest.mark.heavy  # the benchmarks train and build, in child processes
+from benchmarks.common import RUNS, keep_run
+from tests.conftest import arrow_head_split
+
+pytestmark = pytest.mark.heavy  # the benchmarks train and build
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 QEMU = all(shutil.which(tool) for tool in ("make", "arm-none-eabi-gcc", "qemu-system-arm"))
+KEPT = {"ood_quality": 2, "int8": 1, "link": 1}  # how many of the kept RUNs each benchmark loads
+
+
+@pytest.fixture(scope="module")
+def kept_runs(digits_run, arrow_head_run, tmp_path_factory):
+    """A folder of the session's RUNs for the benchmarks to find (benchmarks.common.trained)."""
+    from edgefp import data
+
+    folder = str(tmp_path_factory.mktemp("runs"))
+    keep_run(digits_run[0], data.load("digits:train:0-4"), {"seed": 0}, folder)
+    keep_run(arrow_head_run[0], arrow_head_split()[0], {"seed": 0}, folder)
+    return folder
 
 
 @pytest.mark.parametrize(
     "name, options, keys",
     [
         # an image set, a sensor set, and the attacks on both
-        ("ood_quality", ["--sets", "digits,basic_motions", "--adversarial"], ["summary", "runs"]),
+        ("ood_quality", ["--sets", "digits,arrow_head", "--adversarial"], ["summary", "runs"]),
         ("int8", [], ["timing", "results"]),
         ("link", [], []),
         ("many_devices", [], ["boards"]),
@@ -30,16 +47,13 @@ QEMU = all(shutil.which(tool) for tool in ("make", "arm-none-eabi-gcc", "qemu-sy
         pytest.param("signing", [], ["instructions_accept"], marks=pytest.mark.skipif(not QEMU, reason="no QEMU")),
     ],
 )
-def test_benchmark_quick_mode_writes_its_results(name, options, keys, tmp_path):
-    env = {**os.environ, "EDGEFP_BENCH_RESULTS": str(tmp_path)}
-    result = subprocess.run(
-        [sys.executable, "-m", f"benchmarks.{name}", "--quick", *options],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+def test_benchmark_quick_mode_writes_its_results(name, options, keys, kept_runs, tmp_path, monkeypatch, capsys):
+    """What ``python -m benchmarks.NAME --quick OPTIONS`` runs."""
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("EDGEFP_BENCH_RESULTS", str(tmp_path))
+    monkeypatch.setenv(RUNS, kept_runs)
+    assert importlib.import_module(f"benchmarks.{name}").main(["--quick", *options]) in (None, 0)
+    assert capsys.readouterr().err.count(": loaded the kept RUN ") == KEPT.get(name, 0)
     stem = name + ("_adversarial" if "--adversarial" in options else "") + "_quick"
     with open(tmp_path / f"{stem}.json") as handle:
         saved = json.load(handle)

@@ -8,6 +8,7 @@ from edgefp import data, metrics, shifts
 from edgefp.errors import EdgefpError
 from edgefp.trainer import NeuralFingerprint, fingerprint_model
 from edgefp.trainer.baselines import BASELINES
+from tests.conftest import arrow_head_split
 
 pytestmark = pytest.mark.heavy  # trains
 
@@ -79,21 +80,16 @@ def test_digits_end_to_end_quality_floors(digits_run):
 NEAR_FLOOR = 0.92
 
 
-def test_sensor_set_floors_for_an_unseen_shape_and_a_fault_in_float_and_int8(tmp_path):
+def test_sensor_set_floors_for_an_unseen_shape_and_a_fault_in_float_and_int8(arrow_head_run, tmp_path):
     """arrow_head (1-channel sequences) with its first shape unseen, fixed seed: the fingerprint flags the
     unseen shape and noisy signals, as the float RUN and as the int8 bundle."""
     from edgefp.bundle import Bundle
     from edgefp.converter.convert import convert
-    from edgefp.trainer import train
 
-    parts = [data.load(f"arrow_head:{part}") for part in ("train", "test")]
-    x, y = np.concatenate([part.x for part in parts]), np.concatenate([part.y for part in parts])
-    test, known = data.stratified_split(y, 0.4, seed=0), y != 0
-    train_set = data.Dataset(x[known & ~test], y[known & ~test], "arrow_head")
-    held_out, unseen, noisy = x[known & test], x[~known], shifts.apply(x[known & test], "noise", seed=1)
-    fingerprint = train(train_set, seed=0, progress=False)
-    fingerprint.save(str(tmp_path / "run"))
-    convert(str(tmp_path / "run"), train_set, str(tmp_path / "bundle"))
+    fingerprint, run_dir = arrow_head_run
+    train_set, held_out, unseen = arrow_head_split()
+    noisy = shifts.apply(held_out, "noise", seed=1)
+    convert(run_dir, train_set, str(tmp_path / "bundle"))
     bundle = Bundle.load(str(tmp_path / "bundle"))
     for name, scorer in (("float", fingerprint), ("int8", bundle)):
         id_scores = scorer.score(held_out).ood_score
