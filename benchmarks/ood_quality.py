@@ -119,15 +119,21 @@ def ablated(fingerprint, scores, holdout, change: tuple[str, ...]) -> np.ndarray
     return ood.ood_score(values[:, keep], z_mean[keep], z_std[keep], weights, [transforms[j] for j in keep])
 
 
-def evaluate(dataset: data.Dataset, classes, far, seed, attacks: str | None = None) -> dict:
-    """One run: train, convert, score every detector on the in-distribution test set and each OOD case;
-    with ``attacks`` (``full`` or ``quick``), on adversarial samples too."""
-    if dataset.name == "digits":  # the built-in fixed split
+def split(dataset: data.Dataset, classes, seed: int) -> tuple[data.Dataset, data.Dataset, np.ndarray]:
+    """A run's training set and in-distribution test set (samples of ``classes``), and the mask of those
+    classes' samples: digits by the built-in fixed split, a sensor set 40 % held out per class by ``seed``."""
+    if dataset.name == "digits":
         test = data.stratified_split(dataset.y, data.DIGITS_TEST_FRACTION, seed=0)
     else:
         test = data.stratified_split(dataset.y, 0.4, seed=seed)
     known = np.isin(dataset.y, classes)
-    train_set, held_out = dataset.subset(known & ~test), dataset.subset(known & test)
+    return dataset.subset(known & ~test), dataset.subset(known & test), known
+
+
+def evaluate(dataset: data.Dataset, classes, far, seed, attacks: str | None = None) -> dict:
+    """One run: train, convert, score every detector on the in-distribution test set and each OOD case;
+    with ``attacks`` (``full`` or ``quick``), on adversarial samples too."""
+    train_set, held_out, known = split(dataset, classes, seed)
     cases = {"near": dataset.x[~known]} if (~known).any() else {}
     cases.update({kind: shifts.apply(held_out.x, kind, seed=seed + 1) for kind in far})
 

@@ -225,14 +225,13 @@ def motions_bundle(motions_run, tmp_path_factory):
 
 
 def arrow_head_split():
-    """arrow_head's train and test parts pooled and split as benchmarks/ood_quality.py splits a sensor set
-    (40 % held out, seed 0), its first shape (class 0) unseen: (training set, held-out x, unseen x)."""
-    from edgefp import data
+    """arrow_head split as benchmarks/ood_quality.py's run with its first shape (class 0) unseen, seed 0:
+    (training set, held-out x, unseen x)."""
+    from benchmarks.ood_quality import pooled, split
 
-    parts = [data.load(f"arrow_head:{part}") for part in ("train", "test")]
-    x, y = np.concatenate([part.x for part in parts]), np.concatenate([part.y for part in parts])
-    test, known = data.stratified_split(y, 0.4, seed=0), y != 0
-    return data.Dataset(x[known & ~test], y[known & ~test], "arrow_head"), x[known & test], x[~known]
+    dataset = pooled("arrow_head")
+    train_set, held_out, known = split(dataset, [1, 2], seed=0)
+    return train_set, held_out.x, dataset.x[~known]
 
 
 @pytest.fixture(scope="session")
