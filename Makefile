@@ -60,6 +60,7 @@ test-fast: lint
 bench: setup
 	$(BIN)/python -m benchmarks.ood_quality
 	$(BIN)/python -m benchmarks.int8
+	$(BIN)/python -m benchmarks.overhead_scale
 	$(BIN)/python -m benchmarks.link
 	$(BIN)/python -m benchmarks.many_devices
 	$(BIN)/python -m benchmarks.selection

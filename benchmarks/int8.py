@@ -123,6 +123,22 @@ def tflm_arena_parts(model_bytes: bytes, arena: int) -> dict:
     }
 
 
+def classifier_int8(fingerprint, calib_x: np.ndarray) -> bytes:
+    """The fingerprinted classifier alone, converted as its bundle is (before :func:`strip`)."""
+    return int8_tflite(fingerprint.model_, calib_x, name="classifier")
+
+
+def footprint(model_bytes: bytes) -> dict:
+    """Flash (model bytes), TFLite Micro's smallest arena and its parts, and the graph's parts."""
+    arena = tflm_arena_bytes(model_bytes)
+    return {
+        "flash": len(model_bytes),
+        "arena": arena,
+        **graph_parts(model_bytes),
+        **tflm_arena_parts(model_bytes, arena),
+    }
+
+
 def steps(fingerprint, calib_x: np.ndarray, bundle_bytes: bytes) -> dict[str, bytes]:
     """The int8 models of the overhead steps, each converted with the bundle's settings and data."""
     import keras
@@ -134,7 +150,7 @@ def steps(fingerprint, calib_x: np.ndarray, bundle_bytes: bytes) -> dict[str, by
         outputs = [monitor.outputs[0]] + [monitor.outputs[1 + j] for j, kind in enumerate(kinds) if kind in wanted]
         return int8_tflite(keras.Model(monitor.inputs, outputs, name="monitor"), calib_x, name="edgefp_model")
 
-    classifier = int8_tflite(fingerprint.model_, calib_x, name="classifier")
+    classifier = classifier_int8(fingerprint, calib_x)
     return {
         "classifier, as converted": classifier,
         "classifier": strip(classifier),
@@ -213,16 +229,10 @@ def evaluate(name: str, case: dict, reps: int, warmup: int, timed: int, workdir:
         )
         for runtime in RUNTIMES
     }
-    rows = {}
-    for step, model in models.items():
-        arena = tflm_arena_bytes(model)
-        rows[step] = {
-            "flash": len(model),
-            "arena": arena,
-            **graph_parts(model),
-            **tflm_arena_parts(model, arena),
-            **{f"{runtime}_us": latency[runtime][step]["median_us"] for runtime in RUNTIMES},
-        }
+    rows = {
+        step: {**footprint(model), **{f"{runtime}_us": latency[runtime][step]["median_us"] for runtime in RUNTIMES}}
+        for step, model in models.items()
+    }
     base = rows["classifier"]
     ratios = {key: rows[BUNDLE][key] / base[key] for key in ("flash", "arena", *(f"{r}_us" for r in RUNTIMES))}
     p = parity

@@ -104,14 +104,24 @@ def _batch_of_one(model, name: str):
 
 
 def strip(model_bytes: bytes) -> bytes:
-    """The model without what no runtime reads: tensor and graph names, signatures, description, metadata."""
+    """The model without what no runtime reads: tensor and graph names, signatures, description, metadata,
+    and the empty buffers of the tensors computed at run time (one each, as converted: they all take
+    buffer 0, the empty buffer every model starts with)."""
     from tensorflow.lite.tools import flatbuffer_utils
 
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(model_bytes))
     flatbuffer_utils.strip_strings(model)
-    for entry in model.metadata or []:
-        model.buffers[entry.buffer].data = None
-    model.metadata = None
+    model.metadata = model.metadataBuffer = None
+    kept, renumbered = [model.buffers[0]], {}
+    for tensor in (tensor for graph in model.subgraphs for tensor in graph.tensors):
+        if model.buffers[tensor.buffer].data is None or len(model.buffers[tensor.buffer].data) == 0:
+            tensor.buffer = 0
+            continue
+        if tensor.buffer not in renumbered:
+            renumbered[tensor.buffer] = len(kept)
+            kept.append(model.buffers[tensor.buffer])
+        tensor.buffer = renumbered[tensor.buffer]
+    model.buffers = kept
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from edgefp import data, metrics
 from edgefp.bundle import Bundle
-from edgefp.converter.convert import convert
+from edgefp.converter.convert import convert, strip
 from edgefp.errors import EdgefpError
 from tests.cli.test_cli import edgefp
 
@@ -233,3 +233,30 @@ def test_an_operator_tflite_micro_lacks_is_named():
         model = converter.convert()
     with pytest.raises(EdgefpError, match="TFLite Micro cannot run the model: .*'ATAN2'"):
         TFLiteMicro(model)
+
+
+@pytest.mark.heavy  # imports TensorFlow, builds the engine
+@pytest.mark.parametrize("name", ["tflm_hello_world_int8", "tflm_micro_speech_quantized"])
+def test_strip_leaves_out_only_what_no_runtime_reads(name):
+    """Names, signatures, metadata and the empty buffers of computed tensors go; LiteRT, TFLite Micro and
+    the firmware's engine give the same output bytes as on the model as it was published."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    from edgefp.runtime import FirmwareEngine, LiteRT, TFLiteMicro
+
+    with open(os.path.join(os.path.dirname(__file__), "..", "data", "models", f"{name}.tflite"), "rb") as handle:
+        published = handle.read()
+    stripped = strip(published)
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(stripped))
+    tensors = model.subgraphs[0].tensors
+    assert len(stripped) < len(published) and model.metadata is None and model.signatureDefs is None
+    assert all(tensor.name is None for tensor in tensors)
+    assert [i for i, buffer in enumerate(model.buffers) if buffer.data is None or not len(buffer.data)] == [0]
+    assert {tensor.buffer for tensor in tensors} | {0} == set(range(len(model.buffers)))
+    for runtime in (LiteRT, TFLiteMicro, FirmwareEngine):
+        before, after = runtime(published), runtime(stripped)
+        shape, dtype = before.input_spec
+        info = np.iinfo(dtype)
+        for sample in np.random.default_rng(0).integers(info.min, info.max, (20, *shape), endpoint=True).astype(dtype):
+            for old, new in zip(before.invoke(sample), after.invoke(sample), strict=True):
+                np.testing.assert_array_equal(old, new)

@@ -380,10 +380,24 @@ def _mean_keeps_quantization(m, sg, schema):
         sg.tensors[op.outputs[0]].quantization = sg.tensors[op.inputs[0]].quantization
 
 
+def _equal_input_scales(m, sg, schema):
+    """Both inputs of each element-wise operator quantised alike: TFLite's input multipliers are 1/2,
+    a right shift of 0 (the engine rescales those another way)."""
+    for op in _ops(m, sg, (0, 18, 41, 99)):
+        sg.tensors[op.inputs[1]].quantization = sg.tensors[op.inputs[0]].quantization
+
+
 @pytest.mark.parametrize("edit", [_requantize_first_output, _per_tensor_filters, _mean_keeps_quantization])
 def test_edited_models_are_bit_exact(op_models, edit, dsp):
     model, shapes = op_models["mixed"]
     assert_bit_exact(edit_tflite(model, edit), random_int8(shapes[0], n=200), dsp)
+
+
+@pytest.mark.parametrize("name", ["mixed", "two_inputs"])
+def test_element_wise_operators_with_equal_input_scales_are_bit_exact(op_models, name, dsp):
+    model, shapes = _edited(op_models[name], _equal_input_scales)
+    inputs = [np.concatenate([structured_int8(s), random_int8(s, seed=i)]) for i, s in enumerate(shapes)]
+    assert_bit_exact(model, inputs, dsp)
 
 
 # ---- refusals ----
@@ -571,16 +585,18 @@ def test_damaged_models_are_clean_under_sanitizers(sanitized, op_models, tmp_pat
 )
 def test_operator_models_are_bit_exact_on_the_emulated_cortex_m4(op_models, tmp_path):
     """The kernels for the DSP extension as the chip runs them, their assembly included: output stages
-    over the whole int8 range and a narrower one (RELU6, a clip to [-1, 1]), strided, dilated and
-    depthwise convolutions with channels in fours and not, fully connected, float edges."""
+    over the whole int8 range and a narrower one (RELU6, a clip to [-1, 1]), per channel and per
+    tensor, with and without a bias, strided, dilated and depthwise convolutions with channels in fours
+    and not, fully connected, element-wise operators (inputs of equal scales too), float edges."""
     from edgefp.bundle import Bundle
     from edgefp.firmware_host.firmware.launch import start
     from edgefp.firmware_host.link import client
     from edgefp.wrap import wrap
 
     with start("qemu-m4") as chip, client.open_device(chip.url, timeout=30.0) as device:
-        for name in ("image", "mixed", "dense", "activations", "residual"):
-            model, shapes = op_models[name]
+        models = {name: op_models[name] for name in ("image", "mixed", "dense", "activations", "residual")}
+        models["equal_scales"] = _edited(op_models["mixed"], _equal_input_scales)
+        for name, (model, shapes) in models.items():
             (tmp_path / f"{name}.tflite").write_bytes(model)
             manifest = wrap(str(tmp_path / f"{name}.tflite"), str(tmp_path / f"{name}.efp"))
             client.flash(device, Bundle.load(str(tmp_path / f"{name}.efp")).archive_bytes())

@@ -9,10 +9,46 @@
 /* 4 inputs at x (offset added) against 4 weights at w */
 #define DOT4(x02, x13, w, s) (s = efp_smlad(x13, efp_sxtb16_ror8(w), efp_smlad(x02, efp_sxtb16(w), s)))
 
-void efp_dot_1x2(const int8_t *x, const int8_t *w0, const int8_t *w1, int32_t k, int32_t offset, int32_t s[2])
+/* s[0] = x.w0, s[1] = x.w1. GCC spills the pointers of the loop over groups of 8 to the stack: on the
+ * DSP cores it is written out. */
+EFP_HOT void dot_1x2(const int8_t *x, const int8_t *w0, const int8_t *w1, int32_t k, int32_t offset, int32_t s[2])
 {
     uint32_t off = efp_pair(offset), v, p02, p13;
     int32_t s0 = 0, s1 = 0, n;
+    if (k & 4) {
+        v = efp_read4(x);
+        p02 = efp_sxtab16(off, v);
+        p13 = efp_sxtab16_ror8(off, v);
+        DOT4(p02, p13, efp_read4(w0), s0);
+        DOT4(p02, p13, efp_read4(w1), s1);
+        x += 4, w0 += 4, w1 += 4;
+    }
+#if EFP_HAS_DSP
+#define DOT4_ASM                                                                                                       \
+    "ldr %[v], [%[x]], #4\n\t"                                                                                         \
+    "sxtab16 %[p02], %[off], %[v]\n\t"                                                                                 \
+    "sxtab16 %[p13], %[off], %[v], ror #8\n\t"                                                                         \
+    "ldr %[v], [%[w0]], #4\n\t"                                                                                        \
+    "sxtb16 %[q], %[v], ror #8\n\t"                                                                                    \
+    "sxtb16 %[v], %[v]\n\t"                                                                                            \
+    "smlad %[s0], %[p02], %[v], %[s0]\n\t"                                                                             \
+    "smlad %[s0], %[p13], %[q], %[s0]\n\t"                                                                             \
+    "ldr %[v], [%[w1]], #4\n\t"                                                                                        \
+    "sxtb16 %[q], %[v], ror #8\n\t"                                                                                    \
+    "sxtb16 %[v], %[v]\n\t"                                                                                            \
+    "smlad %[s1], %[p02], %[v], %[s1]\n\t"                                                                             \
+    "smlad %[s1], %[p13], %[q], %[s1]\n\t"
+    if ((n = k >> 3) > 0) {
+        uint32_t q;
+        __asm__("1:\n\t" DOT4_ASM DOT4_ASM "subs %[n], %[n], #1\n\t"
+                "bne 1b"
+                : [s0] "+r"(s0), [s1] "+r"(s1), [x] "+r"(x), [w0] "+r"(w0), [w1] "+r"(w1), [n] "+r"(n), [v] "=&r"(v),
+                  [p02] "=&r"(p02), [p13] "=&r"(p13), [q] "=&r"(q)
+                : [off] "r"(off)
+                : "cc", "memory");
+    }
+#undef DOT4_ASM
+#else
     for (n = k >> 3; n > 0; n--, x += 8, w0 += 8, w1 += 8) {
         v = efp_read4(x);
         p02 = efp_sxtab16(off, v);
@@ -25,7 +61,8 @@ void efp_dot_1x2(const int8_t *x, const int8_t *w0, const int8_t *w1, int32_t k,
         DOT4(p02, p13, efp_read4(w0 + 4), s0);
         DOT4(p02, p13, efp_read4(w1 + 4), s1);
     }
-    for (n = k & 7; n > 0; n--) {
+#endif
+    for (n = k & 3; n > 0; n--) {
         int32_t p = *x++ + offset;
         s0 = efp_wadd(s0, p * *w0++);
         s1 = efp_wadd(s1, p * *w1++);
@@ -34,7 +71,7 @@ void efp_dot_1x2(const int8_t *x, const int8_t *w0, const int8_t *w1, int32_t k,
     s[1] = s1;
 }
 
-int32_t efp_dot_1x1(const int8_t *x, const int8_t *w, int32_t k, int32_t offset)
+static int32_t dot_1x1(const int8_t *x, const int8_t *w, int32_t k, int32_t offset)
 {
     uint32_t off = efp_pair(offset), v;
     int32_t s = 0, n;
@@ -45,6 +82,15 @@ int32_t efp_dot_1x1(const int8_t *x, const int8_t *w, int32_t k, int32_t offset)
     for (n = k & 3; n > 0; n--)
         s = efp_wadd(s, (*x++ + offset) * *w++);
     return s;
+}
+
+void efp_dot_rows(const int8_t *x, const int8_t *w, int32_t k, int32_t rows, int32_t offset, int32_t *sums)
+{
+    int32_t r;
+    for (r = 0; r + 2 <= rows; r += 2, w += 2 * k)
+        dot_1x2(x, w, w + k, k, offset, sums + r);
+    if (r < rows)
+        sums[r] = dot_1x1(x, w, k, offset);
 }
 
 /* Where value i of column j lies (dot.h). */

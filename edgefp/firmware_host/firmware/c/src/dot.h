@@ -6,10 +6,9 @@
 
 #include <stdint.h>
 
-/* s[0] = x.w0, s[1] = x.w1 over k values, the offset added to each input */
-void efp_dot_1x2(const int8_t *x, const int8_t *w0, const int8_t *w1, int32_t k, int32_t offset, int32_t s[2]);
-/* x.w */
-int32_t efp_dot_1x1(const int8_t *x, const int8_t *w, int32_t k, int32_t offset);
+/* sums[r] = x.row r over k values, the offset added to each input, for `rows` rows of k weights (w, one
+ * row after another) */
+void efp_dot_rows(const int8_t *x, const int8_t *w, int32_t k, int32_t rows, int32_t offset, int32_t *sums);
 
 /* Two columns of k inputs widened to int16 with their offset, interleaved for efp_dot_2x2_q15: each
  * group of 4 values as 8 int16, the first column's (0 2 1 3: one word pairs with SXTB16 of a word

@@ -315,12 +315,75 @@ static void output_small(const int32_t *acc, const int32_t *bias, const int32_t 
                          : [off] "r"(offset), [lo] "r"(lo), [hi] "r"(hi), [one] "r"(one)
                          : "cc", "memory");
 }
+
+/* One multiplier for every channel (per-tensor filters, the element-wise operators): the same stage
+ * with m and the shift in registers; no bias is a bias of 0 at a step of 0. */
+#define OUTPUT_TENSOR(CLAMP)                                                                                           \
+    "1:\n\t"                                                                                                           \
+    "ldr %[a], [%[acc]], #4\n\t"                                                                                       \
+    "ldr %[t], [%[bias]]\n\t"                                                                                          \
+    "add %[bias], %[bias], %[step]\n\t"                                                                                \
+    "add %[a], %[a], %[t]\n\t"                                                                                         \
+    "adds %[t], %[a], %[a]\n\t"                                                                                        \
+    "bvs 3f\n\t"                                                                                                       \
+    "smmulr %[y], %[t], %[m]\n"                                                                                        \
+    "2:\n\t"                                                                                                           \
+    "sub %[t], %[half], %[y], lsr #31\n\t"                                                                             \
+    "qadd %[y], %[y], %[t]\n\t"                                                                                        \
+    "asr %[y], %[y], %[r]\n\t"                                                                                         \
+    "add %[y], %[y], %[off]\n\t" CLAMP "strb %[y], [%[out]], #1\n\t"                                                   \
+    "subs %[n], %[n], #1\n\t"                                                                                          \
+    "bne 1b\n\t"                                                                                                       \
+    "b 4f\n"                                                                                                           \
+    "3:\n\t"                                                                                                           \
+    "smull %[t], %[y], %[a], %[m]\n\t"                                                                                 \
+    "adds %[t], %[t], #0x40000000\n\t"                                                                                 \
+    "adc %[y], %[y], #0\n\t"                                                                                           \
+    "lsr %[t], %[t], #31\n\t"                                                                                          \
+    "orr %[y], %[t], %[y], lsl #1\n\t"                                                                                 \
+    "b 2b\n"                                                                                                           \
+    "4:"
+
+static void output_small_tensor(const int32_t *acc, const int32_t *bias, int32_t m, int32_t r, int8_t *out, int32_t n,
+                                int32_t offset, int32_t lo, int32_t hi)
+{
+    static const int32_t none = 0;
+    int32_t a, t, y, half = 1 << (r - 1), step = bias ? 4 : 0;
+    bias = bias ? bias : &none;
+    if (n <= 0)
+        return;
+    if (lo == -128 && hi == 127)
+        __asm__ volatile(
+            OUTPUT_TENSOR("ssat %[y], #8, %[y]\n\t")
+            : [acc] "+r"(acc), [bias] "+r"(bias), [out] "+r"(out), [n] "+r"(n), [a] "=&r"(a), [t] "=&r"(t), [y] "=&r"(y)
+            : [m] "r"(m), [r] "r"(r), [half] "r"(half), [off] "r"(offset), [step] "r"(step)
+            : "cc", "memory");
+    else
+        __asm__ volatile(
+            OUTPUT_TENSOR("cmp %[y], %[lo]\n\t"
+                          "it lt\n\t"
+                          "movlt %[y], %[lo]\n\t"
+                          "cmp %[y], %[hi]\n\t"
+                          "it gt\n\t"
+                          "movgt %[y], %[hi]\n\t")
+            : [acc] "+r"(acc), [bias] "+r"(bias), [out] "+r"(out), [n] "+r"(n), [a] "=&r"(a), [t] "=&r"(t), [y] "=&r"(y)
+            : [m] "r"(m), [r] "r"(r), [half] "r"(half), [off] "r"(offset), [step] "r"(step), [lo] "r"(lo), [hi] "r"(hi)
+            : "cc", "memory");
+}
 #else
 static void output_small(const int32_t *acc, const int32_t *bias, const int32_t *mult, const int8_t *shift, int8_t *out,
                          int32_t n, int32_t offset, int32_t lo, int32_t hi)
 {
     for (; n > 0; n--)
         *out++ = efp_requantize_small(efp_wadd(*acc++, *bias++), *mult++, -*shift++, offset, lo, hi);
+}
+
+/* One multiplier for every channel (per-tensor filters, the element-wise operators). */
+static void output_small_tensor(const int32_t *acc, const int32_t *bias, int32_t m, int32_t r, int8_t *out, int32_t n,
+                                int32_t offset, int32_t lo, int32_t hi)
+{
+    for (; n > 0; n--)
+        *out++ = efp_requantize_small(bias ? efp_wadd(*acc++, *bias++) : *acc++, m, r, offset, lo, hi);
 }
 #endif
 
@@ -329,6 +392,11 @@ void efp_output_run(const efp_output_stage *q, const int32_t *acc, int32_t n, in
     int32_t i;
     if (n > 0 && q->small && q->per_channel && q->bias) {
         output_small(acc, q->bias + channel, q->mult + channel, q->shift + channel, out, n, q->offset, q->lo, q->hi);
+        return;
+    }
+    if (q->small && !q->per_channel) {
+        output_small_tensor(acc, q->bias ? q->bias + channel : NULL, q->mult[0], -q->shift[0], out, n, q->offset, q->lo,
+                            q->hi);
         return;
     }
     for (i = 0; i < n; i++)

@@ -1,48 +1,86 @@
 /* ADD, SUB, MUL and SQUARED_DIFFERENCE (int8, with broadcasting), TFLite Micro's reference
- * arithmetic; strides and shifts are precomputed. */
+ * arithmetic; strides, multipliers and shifts are precomputed. Each innermost run goes in chunks
+ * through passes with few values live: both inputs rescaled to int32, combined, then the output
+ * stage of the convolutions (one multiplier, no bias). */
 #include <string.h>
 
 #include "fixedpoint.h"
 #include "kernel.h"
 #include "ops.h"
+#include "simd.h"
 
 enum { ADD = 0, MUL = 18, SUB = 41, SQUARED_DIFFERENCE = 99 };
 enum { B_ADD, B_SUB, B_MUL, B_SQDIFF };
 
+#define CHUNK 32
+
 typedef struct {
-    uint8_t op;
-    int8_t act_min, act_max;
+    efp_output_stage q; /* the output's multiplier (mo, shift), its offset and activation range */
     const int8_t *a, *b;
     int8_t *out;
     int32_t n[4], sa[4], sb[4]; /* collapsed output shape and input strides (0 = broadcast) */
-    int32_t a_off, b_off, out_off, left_shift, ma, mb, mo;
-    int8_t rsa, rsb, lso, rso; /* input right shifts; output left and right shifts */
+    int32_t a_off, b_off, ma, mb, mo;
+    int8_t op, shift, pa, pb, rsa, rsb; /* output shift; inputs' shifts (input_scale) */
 } binary;
+
+/* An input of ADD, SUB or SQUARED_DIFFERENCE as TFLite rescales it: (q + off) << left_shift through
+ * MultiplyByQuantizedMultiplierSmallerThanOneExp. Its doubling high multiply is SMMULR of the value
+ * shifted once more (|q + off| <= 255: it fits), its rounding shift one add (no overflow here). */
+EFP_LOOP void rescale(const int8_t *q, int32_t step, int32_t n, int32_t off, int32_t m, int pre, int rs, int32_t *v)
+{
+    const int32_t half = 1 << (rs - 1);
+    for (; n > 0; n--, q += step) {
+        int32_t x = efp_smmulr(efp_wshl(*q + off, pre), m);
+        *v++ = (x + half - (int32_t)((uint32_t)x >> 31)) >> rs;
+    }
+}
+
+/* The multiplier and shifts of rescale for r <= 1/2 (a right shift s >= 0). With s = 0, m is 2^30 (or
+ * 0) and the shifted value even: SMMULR of it shifted twice and a rounding shift by 1 give the same. */
+static void input_scale(double r, int left_shift, int32_t *m, int8_t *pre, int8_t *rs)
+{
+    int32_t s;
+    efp_quantize_multiplier(r, m, &s);
+    *pre = (int8_t)(left_shift + 1 + (s == 0));
+    *rs = (int8_t)(s == 0 ? 1 : -s);
+}
+
+/* Up to CHUNK values of one innermost run into out. */
+static void chunk(const binary *p, const int8_t *a, const int8_t *b, int8_t *out, int32_t n)
+{
+    int32_t x[CHUNK], y[CHUNK], i, sa = p->sa[3], sb = p->sb[3];
+    if (p->op == B_MUL) {
+        for (i = 0; i < n; i++, a += sa, b += sb)
+            x[i] = (*a + p->a_off) * (*b + p->b_off);
+    } else {
+        rescale(a, sa, n, p->a_off, p->ma, p->pa, p->rsa, x);
+        rescale(b, sb, n, p->b_off, p->mb, p->pb, p->rsb, y);
+        if (p->op == B_ADD)
+            for (i = 0; i < n; i++)
+                x[i] = efp_wadd(x[i], y[i]);
+        else if (p->op == B_SUB)
+            for (i = 0; i < n; i++)
+                x[i] = efp_wsub(x[i], y[i]);
+        else
+            for (i = 0; i < n; i++)
+                x[i] = efp_wmul(efp_wsub(x[i], y[i]), efp_wsub(x[i], y[i]));
+    }
+    efp_output_run(&p->q, x, n, 0, out);
+}
 
 void efp_eval_binary(const void *params)
 {
     const binary *p = params;
-    int i0, i1, i2, i3, n3 = p->n[3], sa = p->sa[3], sb = p->sb[3], op = p->op, ls = p->left_shift;
-    int32_t a_off = p->a_off, b_off = p->b_off, ma = p->ma, mb = p->mb, rsa = p->rsa, rsb = p->rsb;
+    int32_t i0, i1, i2, i3, n, n3 = p->n[3];
     int8_t *out = p->out;
     for (i0 = 0; i0 < p->n[0]; i0++)
         for (i1 = 0; i1 < p->n[1]; i1++)
             for (i2 = 0; i2 < p->n[2]; i2++) {
                 const int8_t *a = p->a + i0 * p->sa[0] + i1 * p->sa[1] + i2 * p->sa[2];
                 const int8_t *b = p->b + i0 * p->sb[0] + i1 * p->sb[1] + i2 * p->sb[2];
-                for (i3 = 0; i3 < n3; i3++, a += sa, b += sb) {
-                    int32_t x = *a + a_off, y = *b + b_off, r;
-                    if (op == B_MUL) {
-                        r = x * y;
-                    } else {
-                        x = efp_rshift(efp_srdhm_ns(x * (1 << ls), ma), rsa);
-                        y = efp_rshift(efp_srdhm_ns(y * (1 << ls), mb), rsb);
-                        r = op == B_ADD ? efp_wadd(x, y) : efp_wsub(x, y);
-                        if (op == B_SQDIFF)
-                            r = efp_wmul(r, r);
-                    }
-                    r = efp_rshift(efp_srdhm_ns(efp_wshl(r, p->lso), p->mo), p->rso);
-                    *out++ = efp_clamp8(efp_wadd(r, p->out_off), p->act_min, p->act_max);
+                for (i3 = 0; i3 < n3; i3 += n, out += n) {
+                    n = n3 - i3 < CHUNK ? n3 - i3 : CHUNK;
+                    chunk(p, a + i3 * p->sa[3], b + i3 * p->sb[3], out, n);
                 }
             }
 }
@@ -91,7 +129,7 @@ int efp_prepare_binary(efp_prep *c)
 {
     efp_tensor a, b, out;
     binary *p, q;
-    int32_t st, m, s, code = efp_code(c);
+    int32_t st, s, code = efp_code(c);
     float smax;
     double r1 = 0, r2 = 0, ro;
     if ((st = efp_input(c, 0, &a)) || (st = efp_input(c, 1, &b)) || (st = efp_output(c, 0, &out)))
@@ -100,8 +138,7 @@ int efp_prepare_binary(efp_prep *c)
         (st = efp_expect(c, &out, EFP_INT8)))
         return st;
     memset(&q, 0, sizeof q);
-    if ((st = efp_activation(c, code == SQUARED_DIFFERENCE ? 0 : efp_option(c, 0, 1, 0), &out, &q.act_min,
-                             &q.act_max)) ||
+    if ((st = efp_activation(c, code == SQUARED_DIFFERENCE ? 0 : efp_option(c, 0, 1, 0), &out, &q.q.lo, &q.q.hi)) ||
         (st = broadcast(c, &a, &b, &out, &q)))
         return st;
     if (!(p = efp_params(c, sizeof *p)))
@@ -112,36 +149,33 @@ int efp_prepare_binary(efp_prep *c)
     q.out = efp_data(c, &out);
     q.a_off = -a.zp;
     q.b_off = -b.zp;
-    q.out_off = out.zp;
     if (code == MUL) {
         q.op = B_MUL;
         ro = (double)a.scale * (double)b.scale / (double)out.scale;
     } else if (code == SUB) { /* TFLM's SUB computes its multipliers in float */
         float twice = 2 * smax;
         q.op = B_SUB;
-        q.left_shift = 20;
         r1 = (double)(a.scale / twice);
         r2 = (double)(b.scale / twice);
         ro = (double)(twice / ((float)(1 << 20) * out.scale));
     } else {
         double twice = (double)(2 * smax); /* exact: doubling a float */
         q.op = code == ADD ? B_ADD : B_SQDIFF;
-        q.left_shift = code == ADD ? 20 : 7;
         r1 = (double)a.scale / twice;
         r2 = (double)b.scale / twice;
         ro = code == ADD ? twice / (double)((float)(1 << 20) * out.scale)
                          : twice * twice / (double)((float)(1 << 14) * out.scale);
     }
     if (q.op != B_MUL) { /* r1, r2 <= 1/2: right shifts only */
-        efp_quantize_multiplier(r1, &q.ma, &s);
-        q.rsa = (int8_t)-s;
-        efp_quantize_multiplier(r2, &q.mb, &s);
-        q.rsb = (int8_t)-s;
+        input_scale(r1, q.op == B_SQDIFF ? 7 : 20, &q.ma, &q.pa, &q.rsa);
+        input_scale(r2, q.op == B_SQDIFF ? 7 : 20, &q.mb, &q.pb, &q.rsb);
     }
-    efp_quantize_multiplier(ro, &m, &s);
-    q.mo = m;
-    q.lso = (int8_t)(s > 0 ? s : 0);
-    q.rso = (int8_t)(s > 0 ? 0 : -s);
+    efp_quantize_multiplier(ro, &q.mo, &s);
+    q.shift = (int8_t)s;
+    q.q.offset = out.zp;
+    q.q.small = s <= -1 && s >= -22;
     *p = q;
+    p->q.mult = &p->mo;
+    p->q.shift = &p->shift;
     return 0;
 }

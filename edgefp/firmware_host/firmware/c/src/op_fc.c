@@ -35,23 +35,20 @@ void efp_eval_fully_connected(const void *params)
         }
 }
 
-/* Symmetric weights (zero point 0, as TFLite writes them) */
+/* Symmetric weights (zero point 0, as TFLite writes them): the sums of up to CHUNK units, then their
+ * output stage in one run. */
+#define CHUNK 32
+
 static void fully_connected_by_2(const void *params)
 {
     const fully_connected *p = params;
-    const efp_output_stage q = p->q;
-    int32_t b, u, depth = p->depth, units = p->units;
-    for (b = 0; b < p->batches; b++) {
-        const int8_t *x = p->in + b * depth, *w = p->w;
-        int8_t *out = p->out + b * units;
-        for (u = 0; u + 2 <= units; u += 2, w += 2 * depth) {
-            int32_t s[2];
-            efp_dot_1x2(x, w, w + depth, depth, p->in_off, s);
-            efp_output_run(&q, s, 2, u, out + u);
+    int32_t b, u, n, depth = p->depth, units = p->units, sums[CHUNK];
+    for (b = 0; b < p->batches; b++)
+        for (u = 0; u < units; u += n) {
+            n = units - u < CHUNK ? units - u : CHUNK;
+            efp_dot_rows(p->in + b * depth, p->w + u * depth, depth, n, p->in_off, sums);
+            efp_output_run(&p->q, sums, n, u, p->out + b * units + u);
         }
-        if (u < units)
-            out[u] = efp_to_int8(&q, efp_dot_1x1(x, w, depth, p->in_off), u);
-    }
 }
 
 int efp_prepare_fully_connected(efp_prep *c)

@@ -1,9 +1,11 @@
 /* Element-wise operators of one input. int8 -> int8 ones (TANH, LOGISTIC, RELU, RELU6, LEAKY_RELU,
- * HARD_SWISH, a requantising QUANTIZE) compute each value with TFLite Micro's reference arithmetic:
- * element by element for tensors of up to 256 values, else once for each of the 256 values an int8
- * input can take, into a table in scratch memory (an arena buffer only while the operator runs: no
- * more than the tensor itself), then a lookup per element. QUANTIZE from float32 and DEQUANTIZE to
- * float32 run element by element. */
+ * HARD_SWISH, a requantising QUANTIZE) compute each value with TFLite Micro's reference arithmetic.
+ * TANH and LOGISTIC (hundreds of instructions a value) compute it once for each of the 256 values an
+ * int8 input can take when the model is set up, into a table in persistent memory, and look each
+ * element up. The others compute element by element for tensors of up to 256 values, else the 256
+ * values into a table in scratch memory (an arena buffer only while the operator runs: no more than
+ * the tensor itself), then a lookup per element. QUANTIZE from float32 and DEQUANTIZE to float32 run
+ * element by element. */
 #include <string.h>
 
 #include "fixedpoint.h"
@@ -109,7 +111,8 @@ typedef struct {
     void *out;
     int32_t n, zp;
     float scale;
-    int8_t *table; /* scratch for the 256 results, indexed by input + 128; NULL: element by element */
+    int8_t *table;   /* the 256 results, indexed by input + 128; NULL: element by element */
+    int32_t refresh; /* the table is scratch memory: computed at every run */
     spec s;
 } unary;
 
@@ -118,16 +121,17 @@ void efp_eval_unary(const void *params)
     const unary *p = params;
     const int8_t *in = p->in;
     int8_t *out = p->out, *table = p->table;
-    int32_t i;
+    int32_t i, n = p->n;
     if (!table) {
-        for (i = 0; i < p->n; i++)
+        for (i = 0; i < n; i++)
             out[i] = entry(&p->s, in[i]);
         return;
     }
-    for (i = 0; i < 256; i++)
+    for (i = 0; p->refresh && i < 256; i++)
         table[i] = entry(&p->s, i - 128);
-    for (i = 0; i < p->n; i++)
-        out[i] = table[in[i] + 128];
+    table += 128;
+    for (i = 0; i < n; i++)
+        out[i] = table[in[i]];
 }
 
 static void quantize_f32(const void *params)
@@ -193,7 +197,7 @@ int efp_prepare_unary(efp_prep *c)
 {
     efp_tensor in, out;
     unary *p, q;
-    int32_t st, code = efp_code(c);
+    int32_t st, code = efp_code(c), i;
     int8_t *table = NULL;
     spec s;
     if ((st = efp_input(c, 0, &in)) || (st = efp_output(c, 0, &out)))
@@ -210,8 +214,14 @@ int efp_prepare_unary(efp_prep *c)
     }
     memset(&q, 0, sizeof q);
     p = efp_params(c, sizeof *p);
-    if (in.type == EFP_INT8 && out.type == EFP_INT8 && in.count > 256)
+    if (in.type == EFP_INT8 && out.type == EFP_INT8 && (code == TANH || code == LOGISTIC)) {
+        if ((table = efp_persist(c, 256)) != NULL)
+            for (i = 0; i < 256; i++)
+                table[i] = entry(&s, i - 128);
+    } else if (in.type == EFP_INT8 && out.type == EFP_INT8 && in.count > 256) {
         table = efp_scratch(c, 256);
+        q.refresh = 1;
+    }
     if (!p)
         return 0;
     q.in = efp_data(c, &in);

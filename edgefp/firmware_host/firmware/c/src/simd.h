@@ -52,6 +52,14 @@ EFP_HOT uint32_t efp_sxtab16_ror8(uint32_t a, uint32_t x)
     return r;
 }
 
+/* SMMULR: the high word of a * b, rounded: efp_srdhm_ns(a, b) is efp_smmulr(2 * a, b) while 2 * a fits. */
+EFP_HOT int32_t efp_smmulr(int32_t a, int32_t b)
+{
+    int32_t r;
+    __asm__("smmulr %0, %1, %2" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+
 /* SMLAD: acc + lo(a) lo(b) + hi(a) hi(b); SMLABB, SMLATT: one product of the low or the high lanes. */
 EFP_HOT int32_t efp_smlad(uint32_t a, uint32_t b, int32_t acc) { return __smlad((int16x2_t)a, (int16x2_t)b, acc); }
 EFP_HOT int32_t efp_smlabb(uint32_t a, uint32_t b, int32_t acc) { return __smlabb((int32_t)a, (int32_t)b, acc); }
@@ -73,6 +81,7 @@ EFP_HOT uint32_t efp_sxtab16_ror8(uint32_t a, uint32_t x)
 {
     return efp_lanes(efp_lo(a) + (int8_t)(x >> 8), efp_hi(a) + (int8_t)(x >> 24));
 }
+EFP_HOT int32_t efp_smmulr(int32_t a, int32_t b) { return (int32_t)(((int64_t)a * b + 0x80000000ll) >> 32); }
 EFP_HOT int32_t efp_smlad(uint32_t a, uint32_t b, int32_t acc)
 {
     return efp_wadd(efp_wadd(acc, efp_lo(a) * efp_lo(b)), efp_hi(a) * efp_hi(b));
