@@ -46,12 +46,14 @@ DIGITS_DRAWN = 12  # random 5-of-10 digit splits; with their complements, 24 spl
 BOOTSTRAP = 2000
 DETECTORS = ["fingerprint", "fingerprint_int8", *BASELINES]
 MAX_SOFTMAX = "max_softmax"
+LARGEST = "largest"
 ABLATION = {
     "all evidence": (),
     "autoencoders only": (MAX_LOGIT,),
     "max logit only": (AUTOENCODER,),
     "max-softmax for max logit": (MAX_SOFTMAX,),
     "weighted per evidence": ("per_evidence",),
+    "largest autoencoder": (LARGEST,),
 }
 
 
@@ -103,8 +105,9 @@ def int8_bundle(fingerprint, calib: data.Dataset) -> Bundle:
 def ablated(fingerprint, scores, holdout, change: tuple[str, ...]) -> np.ndarray:
     """The float fingerprint's score of ``scores`` recombined: without the evidence kinds in ``change``
     (the remaining kinds weigh the same again), with one minus the largest probability in the max
-    logit's place (MAX_SOFTMAX; its z statistics from the ``holdout`` scores), or with every piece of
-    evidence weighing the same (``per_evidence``)."""
+    logit's place (MAX_SOFTMAX; its z statistics from the ``holdout`` scores), with every piece of
+    evidence weighing the same (``per_evidence``), or with the largest of the autoencoders' parts
+    counting for the kind (LARGEST) rather than their mean."""
     values, (z_mean, z_std, _) = scores.layer_errors.copy(), fingerprint.z_stats_()
     transforms, kinds = list(fingerprint.transforms_), [layer.kind for layer in fingerprint.layers_]
     if MAX_SOFTMAX in change:
@@ -116,6 +119,10 @@ def ablated(fingerprint, scores, holdout, change: tuple[str, ...]) -> np.ndarray
     keep = [j for j, kind in enumerate(kinds) if kind not in change]
     kept = [kinds[j] for j in keep]
     weights = [1.0 / len(keep) if "per_evidence" in change else 1.0 / (kept.count(k) * len(set(kept))) for k in kept]
+    if LARGEST in change:
+        z = np.maximum(ood.zscores(values, z_mean, z_std, transforms), 0.0)
+        autoencoders = np.asarray(kinds) == AUTOENCODER
+        return 0.5 * z[:, autoencoders].max(axis=1) + 0.5 * z[:, ~autoencoders].mean(axis=1)
     return ood.ood_score(values[:, keep], z_mean[keep], z_std[keep], weights, [transforms[j] for j in keep])
 
 
@@ -260,7 +267,8 @@ def table(summary: dict) -> str:
     lines += [
         "",
         "Ablation (float fingerprint AUROC, mean [interval]): the score recombined from some of its evidence, with",
-        "max-softmax (one minus the largest probability) for the max logit, or weighted per evidence, not per kind.",
+        "max-softmax (one minus the largest probability) for the max logit, weighted per evidence, not per kind,",
+        "or with the largest of the autoencoders' positive z counting for their kind rather than their mean.",
         "",
         "| data set | case | " + " | ".join(ABLATION) + " |",
         "|---|---|" + "---|" * len(ABLATION),
