@@ -260,10 +260,31 @@ int efp_output_stage_init(efp_prep *c, efp_output_stage *q, const efp_tensor *in
 }
 
 #if EFP_HAS_DSP
+/* The end of an output stage's loop (label 4), and where it goes (label 3) when 2a overflows: the
+ * doubling high multiply of a and m from their 64-bit product, back to label 2. */
+#define WIDE_PRODUCT                                                                                                   \
+    "b 4f\n"                                                                                                           \
+    "3:\n\t"                                                                                                           \
+    "smull %[t], %[y], %[a], %[m]\n\t"                                                                                 \
+    "adds %[t], %[t], #0x40000000\n\t"                                                                                 \
+    "adc %[y], %[y], #0\n\t"                                                                                           \
+    "lsr %[t], %[t], #31\n\t"                                                                                          \
+    "orr %[y], %[t], %[y], lsl #1\n\t"                                                                                 \
+    "b 2b\n"                                                                                                           \
+    "4:"
+/* The activation range: SSAT when it is the whole of int8, else compares. */
+#define CLAMP_INT8 "ssat %[y], #8, %[y]\n\t"
+#define CLAMP_RANGE                                                                                                    \
+    "cmp %[y], %[lo]\n\t"                                                                                              \
+    "it lt\n\t"                                                                                                        \
+    "movlt %[y], %[lo]\n\t"                                                                                            \
+    "cmp %[y], %[hi]\n\t"                                                                                              \
+    "it gt\n\t"                                                                                                        \
+    "movgt %[y], %[hi]\n\t"
+
 /* The usual output stage (per-channel multipliers below 1/2, bias) over n sums, written out for
  * the DSP cores: SaturatingRoundingDoublingHighMul(a, m) is SMMULR(2a, m) while 2a fits in int32
- * (the 64-bit product otherwise), RoundingDivideByPOT as in efp_requantize_small; the activation
- * range by SSAT when it is the whole of int8, else by compares. */
+ * (WIDE_PRODUCT otherwise), RoundingDivideByPOT as in efp_requantize_small, then CLAMP. */
 #define OUTPUT_SMALL(CLAMP)                                                                                            \
     "1:\n\t"                                                                                                           \
     "ldr %[a], [%[acc]], #4\n\t"                                                                                       \
@@ -282,34 +303,20 @@ int efp_output_stage_init(efp_prep *c, efp_output_stage *q, const efp_tensor *in
     "asr %[y], %[y], %[m]\n\t"                                                                                         \
     "add %[y], %[off], %[y], asr #1\n\t" CLAMP "strb %[y], [%[out]], #1\n\t"                                           \
     "subs %[n], %[n], #1\n\t"                                                                                          \
-    "bne 1b\n\t"                                                                                                       \
-    "b 4f\n"                                                                                                           \
-    "3:\n\t"                                                                                                           \
-    "smull %[t], %[y], %[a], %[m]\n\t"                                                                                 \
-    "adds %[t], %[t], #0x40000000\n\t"                                                                                 \
-    "adc %[y], %[y], #0\n\t"                                                                                           \
-    "lsr %[t], %[t], #31\n\t"                                                                                          \
-    "orr %[y], %[t], %[y], lsl #1\n\t"                                                                                 \
-    "b 2b\n"                                                                                                           \
-    "4:"
+    "bne 1b\n\t" WIDE_PRODUCT
 
 static void output_small(const int32_t *acc, const int32_t *bias, const int32_t *mult, const int8_t *shift, int8_t *out,
                          int32_t n, int32_t offset, int32_t lo, int32_t hi)
 {
     int32_t a, t, m, y, one = 1;
     if (lo == -128 && hi == 127)
-        __asm__ volatile(OUTPUT_SMALL("ssat %[y], #8, %[y]\n\t")
+        __asm__ volatile(OUTPUT_SMALL(CLAMP_INT8)
                          : [acc] "+r"(acc), [bias] "+r"(bias), [mult] "+r"(mult), [shift] "+r"(shift), [out] "+r"(out),
                            [n] "+r"(n), [a] "=&r"(a), [t] "=&r"(t), [m] "=&r"(m), [y] "=&r"(y)
                          : [off] "r"(offset), [one] "r"(one)
                          : "cc", "memory");
     else
-        __asm__ volatile(OUTPUT_SMALL("cmp %[y], %[lo]\n\t"
-                                      "it lt\n\t"
-                                      "movlt %[y], %[lo]\n\t"
-                                      "cmp %[y], %[hi]\n\t"
-                                      "it gt\n\t"
-                                      "movgt %[y], %[hi]\n\t")
+        __asm__ volatile(OUTPUT_SMALL(CLAMP_RANGE)
                          : [acc] "+r"(acc), [bias] "+r"(bias), [mult] "+r"(mult), [shift] "+r"(shift), [out] "+r"(out),
                            [n] "+r"(n), [a] "=&r"(a), [t] "=&r"(t), [m] "=&r"(m), [y] "=&r"(y)
                          : [off] "r"(offset), [lo] "r"(lo), [hi] "r"(hi), [one] "r"(one)
@@ -333,16 +340,7 @@ static void output_small(const int32_t *acc, const int32_t *bias, const int32_t 
     "asr %[y], %[y], %[r]\n\t"                                                                                         \
     "add %[y], %[y], %[off]\n\t" CLAMP "strb %[y], [%[out]], #1\n\t"                                                   \
     "subs %[n], %[n], #1\n\t"                                                                                          \
-    "bne 1b\n\t"                                                                                                       \
-    "b 4f\n"                                                                                                           \
-    "3:\n\t"                                                                                                           \
-    "smull %[t], %[y], %[a], %[m]\n\t"                                                                                 \
-    "adds %[t], %[t], #0x40000000\n\t"                                                                                 \
-    "adc %[y], %[y], #0\n\t"                                                                                           \
-    "lsr %[t], %[t], #31\n\t"                                                                                          \
-    "orr %[y], %[t], %[y], lsl #1\n\t"                                                                                 \
-    "b 2b\n"                                                                                                           \
-    "4:"
+    "bne 1b\n\t" WIDE_PRODUCT
 
 static void output_small_tensor(const int32_t *acc, const int32_t *bias, int32_t m, int32_t r, int8_t *out, int32_t n,
                                 int32_t offset, int32_t lo, int32_t hi)
@@ -354,18 +352,13 @@ static void output_small_tensor(const int32_t *acc, const int32_t *bias, int32_t
         return;
     if (lo == -128 && hi == 127)
         __asm__ volatile(
-            OUTPUT_TENSOR("ssat %[y], #8, %[y]\n\t")
+            OUTPUT_TENSOR(CLAMP_INT8)
             : [acc] "+r"(acc), [bias] "+r"(bias), [out] "+r"(out), [n] "+r"(n), [a] "=&r"(a), [t] "=&r"(t), [y] "=&r"(y)
             : [m] "r"(m), [r] "r"(r), [half] "r"(half), [off] "r"(offset), [step] "r"(step)
             : "cc", "memory");
     else
         __asm__ volatile(
-            OUTPUT_TENSOR("cmp %[y], %[lo]\n\t"
-                          "it lt\n\t"
-                          "movlt %[y], %[lo]\n\t"
-                          "cmp %[y], %[hi]\n\t"
-                          "it gt\n\t"
-                          "movgt %[y], %[hi]\n\t")
+            OUTPUT_TENSOR(CLAMP_RANGE)
             : [acc] "+r"(acc), [bias] "+r"(bias), [out] "+r"(out), [n] "+r"(n), [a] "=&r"(a), [t] "=&r"(t), [y] "=&r"(y)
             : [m] "r"(m), [r] "r"(r), [half] "r"(half), [off] "r"(offset), [step] "r"(step), [lo] "r"(lo), [hi] "r"(hi)
             : "cc", "memory");
