@@ -128,17 +128,6 @@ def classifier_int8(fingerprint, calib_x: np.ndarray) -> bytes:
     return int8_tflite(fingerprint.model_, calib_x, name="classifier")
 
 
-def footprint(model_bytes: bytes) -> dict:
-    """Flash (model bytes), TFLite Micro's smallest arena and its parts, and the graph's parts."""
-    arena = tflm_arena_bytes(model_bytes)
-    return {
-        "flash": len(model_bytes),
-        "arena": arena,
-        **graph_parts(model_bytes),
-        **tflm_arena_parts(model_bytes, arena),
-    }
-
-
 def steps(fingerprint, calib_x: np.ndarray, bundle_bytes: bytes) -> dict[str, bytes]:
     """The int8 models of the overhead steps, each converted with the bundle's settings and data."""
     import keras
@@ -198,6 +187,26 @@ def time_models(runners: dict, inputs: np.ndarray, reps: int, warmup: int, timed
     }
 
 
+def measured(models: dict, inputs: np.ndarray, reps: int, warmup: int, timed: int) -> tuple[dict, dict]:
+    """Per model: flash (model bytes), TFLite Micro's smallest arena and its parts, the graph's parts and
+    the median invoke time on each runtime (``RUNTIME_us``); and the timings in full (:func:`time_models`)."""
+    latency = {
+        runtime: time_models({name: Runner(m, runtime) for name, m in models.items()}, inputs, reps, warmup, timed)
+        for runtime in RUNTIMES
+    }
+    rows = {}
+    for name, m in models.items():
+        arena = tflm_arena_bytes(m)
+        rows[name] = {
+            "flash": len(m),
+            "arena": arena,
+            **graph_parts(m),
+            **tflm_arena_parts(m, arena),
+            **{f"{runtime}_us": latency[runtime][name]["median_us"] for runtime in RUNTIMES},
+        }
+    return rows, latency
+
+
 # ------------------------------------------------------------------------------------ evaluation
 def evaluate(name: str, case: dict, reps: int, warmup: int, timed: int, workdir: str) -> dict:
     started = time.monotonic()
@@ -223,16 +232,7 @@ def evaluate(name: str, case: dict, reps: int, warmup: int, timed: int, workdir:
 
     models = steps(fingerprint, fingerprint.prepare(train_set.x), bundle.model_bytes)
     inputs = bundle.quantize(np.resize(id_test.x, (LATENCY_SAMPLES, *id_test.x.shape[1:])))
-    latency = {
-        runtime: time_models(
-            {step: Runner(model, runtime) for step, model in models.items()}, inputs, reps, warmup, timed
-        )
-        for runtime in RUNTIMES
-    }
-    rows = {
-        step: {**footprint(model), **{f"{runtime}_us": latency[runtime][step]["median_us"] for runtime in RUNTIMES}}
-        for step, model in models.items()
-    }
+    rows, latency = measured(models, inputs, reps, warmup, timed)
     base = rows["classifier"]
     ratios = {key: rows[BUNDLE][key] / base[key] for key in ("flash", "arena", *(f"{r}_us" for r in RUNTIMES))}
     p = parity

@@ -28,13 +28,10 @@ from benchmarks.common import save
 from benchmarks.int8 import (
     LATENCY_SAMPLES,
     OVERHEAD_TARGET,
-    RUNTIMES,
-    Runner,
     classifier_int8,
     digits_case,
-    footprint,
+    measured,
     motions_case,
-    time_models,
 )
 from edgefp import data
 from edgefp.bundle import Bundle
@@ -129,18 +126,9 @@ def evaluate(template: str, train_set, id_test, width: int, timing: dict, workdi
         "bundle": bundle.model_bytes,
     }
     inputs = bundle.quantize(np.resize(id_test.x, (LATENCY_SAMPLES, *id_test.x.shape[1:])))
-    latency = {
-        runtime: time_models({name: Runner(m, runtime) for name, m in models.items()}, inputs, **timing)
-        for runtime in RUNTIMES
-    }
-    rows = {
-        name: {
-            **footprint(m),
-            **constants_by_reader(m),
-            **{f"{runtime}_us": latency[runtime][name]["median_us"] for runtime in RUNTIMES},
-        }
-        for name, m in models.items()
-    }
+    rows, latency = measured(models, inputs, **timing)
+    for name, m in models.items():
+        rows[name].update(constants_by_reader(m))
     ratios = {key: rows["bundle"][key] / rows["classifier"][key] for key in MEASURES}
     print(
         f"{template} x{width}: {model.count_params()} params, trained and converted in {trained_s:.0f} s, "
