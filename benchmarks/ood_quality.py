@@ -116,13 +116,13 @@ def ablated(fingerprint, scores, holdout, change: tuple[str, ...]) -> np.ndarray
         values[:, j], transforms[j] = 1.0 - scores.probs.max(axis=1), "log"
         z_mean, z_std = z_mean.copy(), z_std.copy()
         z_mean[j], z_std[j] = held.mean(), max(held.std(), 1e-3)
-    keep = [j for j, kind in enumerate(kinds) if kind not in change]
-    kept = [kinds[j] for j in keep]
-    weights = [1.0 / len(keep) if "per_evidence" in change else 1.0 / (kept.count(k) * len(set(kept))) for k in kept]
     if LARGEST in change:
         z = np.maximum(ood.zscores(values, z_mean, z_std, transforms), 0.0)
         autoencoders = np.asarray(kinds) == AUTOENCODER
         return 0.5 * z[:, autoencoders].max(axis=1) + 0.5 * z[:, ~autoencoders].mean(axis=1)
+    keep = [j for j, kind in enumerate(kinds) if kind not in change]
+    kept = [kinds[j] for j in keep]
+    weights = [1.0 / len(keep) if "per_evidence" in change else 1.0 / (kept.count(k) * len(set(kept))) for k in kept]
     return ood.ood_score(values[:, keep], z_mean[keep], z_std[keep], weights, [transforms[j] for j in keep])
 
 

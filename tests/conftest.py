@@ -152,17 +152,23 @@ def nothing_heavy_under_fast():
     assert not _HEAVY_DONE, f"this test {_HEAVY_DONE[0]}: mark it heavy, or use a fixture declared @heavy"
 
 
+def _saved_run(tmp_path_factory, name: str, dataset, **options):
+    """``train(dataset, **options)`` saved as a RUN in a fresh folder: (fingerprint, RUN directory)."""
+    from edgefp.trainer import train
+
+    fingerprint = train(dataset, progress=False, **options)
+    run_dir = str(tmp_path_factory.mktemp(name) / "run")
+    fingerprint.save(run_dir)
+    return fingerprint, run_dir
+
+
 @pytest.fixture(scope="session")
 @heavy
 def digits_run(tmp_path_factory):
     """A classifier trained on digits 0-4 and its fingerprint, saved as a RUN (fixed seed)."""
     from edgefp import data
-    from edgefp.trainer import train
 
-    fingerprint = train(data.load("digits:train:0-4"), seed=0, progress=False)
-    run_dir = str(tmp_path_factory.mktemp("digits") / "run")
-    fingerprint.save(run_dir)
-    return fingerprint, run_dir
+    return _saved_run(tmp_path_factory, "digits", data.load("digits:train:0-4"), seed=0)
 
 
 @pytest.fixture(scope="session")
@@ -205,12 +211,8 @@ def motions_run(tmp_path_factory):
     """A small sequence classifier (basic_motions, 6 channels, 30 epochs, fixed seed) and its fingerprint,
     saved as a RUN."""
     from edgefp import data
-    from edgefp.trainer import train
 
-    fingerprint = train(data.load("basic_motions:train"), epochs=30, seed=0, progress=False)
-    run_dir = str(tmp_path_factory.mktemp("motions") / "run")
-    fingerprint.save(run_dir)
-    return fingerprint, run_dir
+    return _saved_run(tmp_path_factory, "motions", data.load("basic_motions:train"), epochs=30, seed=0)
 
 
 @pytest.fixture(scope="session")
@@ -238,12 +240,7 @@ def arrow_head_split():
 @heavy
 def arrow_head_run(tmp_path_factory):
     """A classifier trained on arrow_head's split (arrow_head_split, seed 0) and its fingerprint, saved as a RUN."""
-    from edgefp.trainer import train
-
-    fingerprint = train(arrow_head_split()[0], seed=0, progress=False)
-    run_dir = str(tmp_path_factory.mktemp("arrow_head") / "run")
-    fingerprint.save(run_dir)
-    return fingerprint, run_dir
+    return _saved_run(tmp_path_factory, "arrow_head", arrow_head_split()[0], seed=0)
 
 
 def synthetic(shape, classes: int, n_train: int, n_test: int, scale: float = 1.0, seed: int = 0):

@@ -243,9 +243,9 @@ def test_strip_leaves_out_only_what_no_runtime_reads(name):
     from tensorflow.lite.tools import flatbuffer_utils
 
     from edgefp.runtime import FirmwareEngine, LiteRT, TFLiteMicro
+    from tests.firmware.test_engine import peer
 
-    with open(os.path.join(os.path.dirname(__file__), "..", "data", "models", f"{name}.tflite"), "rb") as handle:
-        published = handle.read()
+    published = peer(name)
     stripped = strip(published)
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(stripped))
     tensors = model.subgraphs[0].tensors
