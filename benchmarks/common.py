@@ -67,13 +67,17 @@ def keep_run(fingerprint, dataset, options: dict, folder: str) -> None:
 
 
 def trained(dataset, **options):
-    """``edgefp.trainer.train(dataset, **options)``, or the same training's RUN where the environment's
-    ``EDGEFP_BENCH_RUNS`` names a folder that keeps it (:func:`keep_run`)."""
+    """``edgefp.trainer.train(dataset, **options)``; where the environment's ``EDGEFP_BENCH_RUNS`` names a
+    folder, the same training's RUN kept there (:func:`keep_run`), trained and kept when it is not yet."""
     from edgefp.trainer import NeuralFingerprint, train
 
-    path = os.path.join(os.environ.get(RUNS, ""), run_key(dataset, options))
-    if RUNS not in os.environ or not os.path.exists(path + ".json"):
+    if RUNS not in os.environ:
         return train(dataset, progress=False, **options)
+    path = os.path.join(os.environ[RUNS], run_key(dataset, options))
+    if not os.path.exists(path + ".json"):
+        fingerprint = train(dataset, progress=False, **options)
+        keep_run(fingerprint, dataset, options, os.environ[RUNS])
+        return fingerprint
     print(f"{dataset.name}: loaded the kept RUN {path}", file=sys.stderr)
     fingerprint = NeuralFingerprint.load(path)
     with open(path + ".json") as handle:
