@@ -74,7 +74,7 @@ class DifferentiableScore:
         logits, *values = self.model([(x - self.mean) / self.std], training=False)
         score = tf.zeros(tf.shape(logits)[:1], tf.float64)
         for j, value in enumerate(values):
-            v = tf.reshape(tf.cast(value, tf.float64), [-1])
+            v = tf.cast(value[:, 0], tf.float64)  # an error's first value: the second is it scaled for int8
             t = tf.math.log(tf.nn.relu(v) + ood.EPS) if self.transforms[j] == "log" else -v
             score += self.weights[j] * tf.nn.relu((t - self.z_mean[j]) / self.z_std[j])
         return logits, score

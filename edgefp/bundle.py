@@ -323,10 +323,26 @@ class Bundle:
     def transforms(self) -> list[str]:
         return [layer.transform for layer in self.manifest.layers]
 
+    @property
+    def value_columns(self) -> list[slice]:
+        """Each evidence output's columns in the int8 evidence (N, V): one per value it holds (an error
+        at one or two scales, its ``coarse_factor`` apart)."""
+        sizes = [math.prod(spec.shape) for spec in self.manifest.outputs.layer_errors]
+        return [slice(int(end) - size, int(end)) for end, size in zip(np.cumsum(sizes), sizes)]
+
+    @property
+    def evidence_values(self) -> int:
+        """int8 evidence values per sample (V): those of every evidence output."""
+        return sum(math.prod(spec.shape) for spec in self.manifest.outputs.layer_errors)
+
     def dequantize(self, probs_q: np.ndarray, values_q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The int8 outputs of N samples as float (probabilities, evidence)."""
+        """The int8 outputs of N samples as float: probabilities, and evidence (N, L) from the value of
+        each output that counts (ood.counted)."""
         outputs = self.manifest.outputs
-        values = [data.dequantize(values_q[:, j], spec) for j, spec in enumerate(outputs.layer_errors)]
+        values = []
+        for spec, columns in zip(outputs.layer_errors, self.value_columns):
+            which, q = ood.counted(values_q[:, columns])
+            values.append(data.dequantize(q, spec) * np.where(which > 0, np.float32(spec.coarse_factor or 1), 1))
         return data.dequantize(probs_q, outputs.probs), np.stack(values, axis=1)
 
     def decide(self, probs_q: np.ndarray, values_q: np.ndarray) -> ood.Scores:
@@ -342,29 +358,34 @@ class Bundle:
         )
 
     def score_units(self, values_q: np.ndarray) -> np.ndarray:
-        """The int8 evidence (N, L) -> scores in fixed-point units: the sum of each output's z_table entry."""
+        """The int8 evidence (N, V) -> scores in fixed-point units: the sum of each output's z_table entry."""
         return self.layer_evidence(values_q).sum(axis=1)
 
     def layer_evidence(self, values_q: np.ndarray) -> np.ndarray:
-        """The int8 evidence (N, L) -> each output's part of the score, ``max(z, 0)`` in fixed-point units."""
-        tables = np.asarray([layer.z_table for layer in self.manifest.layers], dtype=np.int64)
-        index = np.asarray(values_q, dtype=np.int64).reshape(-1, len(tables)) + 128
-        return tables[np.arange(len(tables)), index]
+        """The int8 evidence (N, V) -> each output's part of the score (N, L), ``max(z, 0)`` in fixed-point
+        units: the z_table entry of the value that counts (ood.counted)."""
+        values_q = np.asarray(values_q).reshape(-1, self.evidence_values)
+        parts = []
+        for layer, columns in zip(self.manifest.layers, self.value_columns):
+            which, q = ood.counted(values_q[:, columns])
+            parts.append(np.asarray(layer.z_table, dtype=np.int64)[which * 256 + q + 128])
+        return np.stack(parts, axis=1)
 
     def most_unusual_q(self) -> np.ndarray:
-        """Per evidence output, the int8 value at its least usual end (127 for errors, -128 for the max logit)."""
-        return np.asarray([ood.least_usual_q(kind) for kind in self.transforms], dtype=np.int8)
+        """Per evidence value (V,), the int8 value at its least usual end (127 for errors, -128 for the max logit)."""
+        least = [[ood.least_usual_q(kind)] * (c.stop - c.start) for kind, c in zip(self.transforms, self.value_columns)]
+        return np.asarray(sum(least, []), dtype=np.int8)
 
     def split_outputs(self, result: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """One invoke's outputs (model order, no batch axis) -> the int8 probs (C,) and evidence (L,)."""
+        """One invoke's outputs (model order, no batch axis) -> the int8 probs (C,) and evidence (V,)."""
         outputs = self.manifest.outputs
-        values = [np.asarray(result[spec.index]).reshape(-1)[0] for spec in outputs.layer_errors]
-        return np.asarray(result[outputs.probs.index], dtype=np.int8), np.asarray(values, dtype=np.int8)
+        values = [np.asarray(result[spec.index]).reshape(-1) for spec in outputs.layer_errors]
+        return np.asarray(result[outputs.probs.index], dtype=np.int8), np.concatenate(values).astype(np.int8)
 
     def invoke_all(self, interpreter, x_q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Run every quantised sample through an interpreter; return the int8 probs (N, C) and evidence (N, L)."""
+        """Run every quantised sample through an interpreter; return the int8 probs (N, C) and evidence (N, V)."""
         probs = np.empty((len(x_q), len(self.manifest.labels)), dtype=np.int8)
-        values = np.empty((len(x_q), len(self.manifest.layers)), dtype=np.int8)
+        values = np.empty((len(x_q), self.evidence_values), dtype=np.int8)
         with step(f"running the int8 model on {RUNTIME_NAMES.get(interpreter.name, interpreter.name)}"):
             for i, sample in enumerate(x_q):
                 probs[i], values[i] = self.split_outputs(interpreter.invoke(sample))

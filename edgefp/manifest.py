@@ -26,7 +26,7 @@ from edgefp.limits import MAX_FILES_BYTES
 from edgefp.ood import COMBINE, QUANTILE_LEVELS, TABLE_MAX
 
 SCHEMA = "edgefp.bundle"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 MANIFEST = "manifest.json"
 MAX_FILES = 8
 MAX_LAYERS = 16  # EFP_MAX_LAYERS of the firmware
@@ -37,7 +37,9 @@ MAX_OUTPUTS = 16  # outputs of a wrapped model
 RAW_DTYPES = ("int8", "float32", "int32")
 MAX_DEPTH = 16  # JSON nesting (the schema needs 4)
 MAX_NAME = 64
-TABLE_SIZE = 256
+TABLE_SIZE = 256  # z_table entries per int8 value of an evidence output
+MAX_SCALES = 2  # int8 values of an error output: the error at its range and, coarser, beyond it (ood.counted)
+MAX_COARSE_FACTOR = 127  # the second value's int8 weight is at least 1 where the first's is 127
 QUANTILES = len(QUANTILE_LEVELS)
 KINDS = ("autoencoder", "max_logit")  # evidence of the fingerprint (docs/fingerprint.md)
 TRANSFORMS = ("log", "negate")  # how an evidence value becomes what its z-score is taken of
@@ -111,16 +113,19 @@ class Input:
 class Output:
     """One output of the model: its position among the outputs, shape (no batch axis), dtype and
     quantisation. The probabilities and evidence of a fingerprinted bundle are int8, and their JSON
-    does not name the dtype."""
+    does not name the dtype. An error output of two values holds the error at ``scale`` and then
+    ``coarse_factor`` times coarser (docs/bundle.md)."""
 
     index: int
     shape: tuple[int, ...]
     scale: float
     zero_point: int
     dtype: str = "int8"
+    coarse_factor: float | None = None
 
     def to_json(self, *, with_dtype: bool) -> dict:
         found = {"index": self.index, "shape": list(self.shape), "scale": self.scale, "zero_point": self.zero_point}
+        found |= {"coarse_factor": self.coarse_factor} if self.coarse_factor is not None else {}
         return {**found, "dtype": self.dtype} if with_dtype else found
 
 
@@ -401,13 +406,22 @@ def _manifest(value) -> Manifest:
     outputs = _object(manifest.get("outputs"), "outputs")
     probs = _quantization(outputs.get("probs"), "outputs.probs", len(labels))
     errors = _list(outputs.get("layer_errors"), "outputs.layer_errors", len(layers), len(layers))
-    errors = tuple(_quantization(error, f"outputs.layer_errors[{j}]", 1) for j, error in enumerate(errors))
+    layers = tuple(_layer(layer, f"layers[{j}]") for j, layer in enumerate(layers))
+    errors = tuple(
+        _quantization(error, f"outputs.layer_errors[{j}]", 1, error=layer.transform == "log")
+        for j, (error, layer) in enumerate(zip(errors, layers))
+    )
+    for j, (error, layer) in enumerate(zip(errors, layers)):
+        wanted = TABLE_SIZE * math.prod(error.shape)
+        if len(layer.z_table) != wanted:
+            what = f"a list of {wanted} entries ({TABLE_SIZE} per value of its output)"
+            _fail(f"layers[{j}].z_table", what, f"{len(layer.z_table)} entries")
     indices = [probs.index] + [error.index for error in errors]
     if len(set(indices)) != len(indices):
         _fail("outputs", "distinct output indices", indices)
     return Manifest(
         outputs=Outputs(probs=probs, layer_errors=errors),
-        layers=tuple(_layer(layer, f"layers[{j}]") for j, layer in enumerate(layers)),
+        layers=layers,
         score=_score(manifest.get("score")),
         **common,
     )
@@ -467,17 +481,27 @@ def _input(value, wrapped: bool) -> Input:
     return Input(shape, dtype, scale, zero_point, preprocessing)
 
 
-def _quantization(value, where: str, size: int) -> Output:
-    """An int8 output of a fingerprinted model (its dtype not named)."""
+def _quantization(value, where: str, size: int, *, error: bool = False) -> Output:
+    """An int8 output of a fingerprinted model (its dtype not named) of ``size`` elements, or for an
+    ``error`` 1 to MAX_SCALES (its coarser values' ``coarse_factor`` given)."""
     spec = _object(value, where)
     shape = _shape(spec.get("shape"), f"{where}.shape", 1)
-    if math.prod(shape) != size:
-        _fail(f"{where}.shape", f"a shape of {size} elements", list(shape))
+    most = MAX_SCALES if error else size
+    if not size <= math.prod(shape) <= most:
+        _fail(f"{where}.shape", f"a shape of {size}{f' to {most}' if most > size else ''} elements", list(shape))
+    coarse = None
+    if error and math.prod(shape) > 1:
+        coarse = _number(spec.get("coarse_factor"), f"{where}.coarse_factor", positive=True)
+        if not 1 <= coarse <= MAX_COARSE_FACTOR:
+            _fail(f"{where}.coarse_factor", f"from 1 to {MAX_COARSE_FACTOR}", coarse)
+    elif "coarse_factor" in spec:
+        _fail(f"{where}.coarse_factor", "absent from an output of one value", spec["coarse_factor"])
     return Output(
         _int(spec.get("index"), f"{where}.index", 0, 255),
         shape,
         _number(spec.get("scale"), f"{where}.scale", positive=True),
         _int(spec.get("zero_point"), f"{where}.zero_point", -128, 127),
+        coarse_factor=coarse,
     )
 
 
@@ -510,7 +534,7 @@ def _layer(value, where: str) -> Layer:
         _fail(f"{where}.weight", "below 1 (a share of the score)", weight)
     z_mean = _number(layer.get("z_mean"), f"{where}.z_mean")
     z_std = _number(layer.get("z_std"), f"{where}.z_std", positive=True)
-    table = _list(layer.get("z_table"), f"{where}.z_table", TABLE_SIZE, TABLE_SIZE)
+    table = _list(layer.get("z_table"), f"{where}.z_table", TABLE_SIZE, TABLE_SIZE * MAX_SCALES)
     table = tuple(_int(entry, f"{where}.z_table[{q}]", 0, TABLE_MAX) for q, entry in enumerate(table))
     quantiles = _numbers(layer.get("holdout_quantiles"), f"{where}.holdout_quantiles", QUANTILES)
     return Layer(name, kind, transform, weight, features, z_mean, z_std, quantiles, table)

@@ -71,24 +71,47 @@ def resolved(values: np.ndarray, steps, transforms: list[str]) -> np.ndarray:
     return np.maximum(values, floors)
 
 
-def z_table(scale: float, zero_point: int, z_mean: float, z_std: float, transform: str, scale_by: float = 1.0):
+def z_table(
+    scale: float,
+    zero_point: int,
+    z_mean: float,
+    z_std: float,
+    transform: str,
+    scale_by: float = 1.0,
+    coarse_factor: float | None = None,
+):
     """One evidence output of an int8 bundle: ``scale_by x max(z, 0)`` in fixed point for each int8 value
-    q = -128..127 (``scale_by``: the output's weight times the number of outputs, so that a bundle's
-    score is the table sum over ``unit x L``).
+    q = -128..127 of each of its values (``scale_by``: the output's weight times the number of outputs,
+    so that a bundle's score is the table sum over ``unit x L``); 256 entries per value, value after value.
+    An error output may hold a second value, the same error ``coarse_factor`` times coarser.
 
     The table makes an int8 bundle's score integer arithmetic (a sum of table entries), identical on
     every runtime and platform, host or microcontroller: no logarithm or float rounding to disagree on.
-    The value at the output's least usual end stands for everything beyond its int8 range, off the
-    scale the held-out data set: it counts OFF_SCALE_Z, so that a saturated output always outranks
-    values within the range.
+    Of an output's values, the first below the top of its range counts (:func:`counted`). No entry of a
+    coarser value counts less than the finer value's last in its range, and the least usual end of the
+    last value stands for everything beyond, off the scale the held-out data set: it counts OFF_SCALE_Z,
+    so that a saturated output always outranks values within the range.
     """
     q = np.arange(-128, 128, dtype=np.float32)
-    values = resolved(
-        ((q - np.float32(zero_point)) * np.float32(scale)).astype(np.float64)[:, None], [scale], [transform]
-    )
-    z = np.maximum((transformed(values, [transform])[:, 0] - z_mean) / z_std, 0.0)
-    z[least_usual_q(transform) + 128] = max(z.max(), OFF_SCALE_Z)
+    tables = []
+    for step in [np.float32(scale)] + ([np.float32(scale) * np.float32(coarse_factor)] if coarse_factor else []):
+        found = resolved(((q - np.float32(zero_point)) * step).astype(np.float64)[:, None], [scale], [transform])
+        z = np.maximum((transformed(found, [transform])[:, 0] - z_mean) / z_std, 0.0)
+        tables.append(np.maximum(z, tables[-1][254]) if tables else z)
+    tables[-1][least_usual_q(transform) + 128] = max(tables[-1].max(), OFF_SCALE_Z)
+    z = np.concatenate(tables)
     return np.minimum(np.round(z * scale_by * SCORE_UNIT), TABLE_MAX).astype(np.int64).tolist()
+
+
+def counted(values_q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The int8 values (N, W) of one evidence output, each coarser than the one before -> which of them
+    counts for each sample, and its int8 value: the first below 127 (the top of an error's range: the
+    evidence lies beyond it), else the last."""
+    values_q = np.asarray(values_q, dtype=np.int64)
+    counts = values_q != 127
+    counts[:, -1] = True
+    which = np.argmax(counts, axis=1)
+    return which, values_q[np.arange(len(values_q)), which]
 
 
 def least_usual_q(transform: str) -> int:

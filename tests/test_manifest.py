@@ -15,7 +15,9 @@ from edgefp import ood
 from edgefp.bundle import Bundle, manifest_digest
 from edgefp.manifest import (
     MAX_CLASSES,
+    MAX_COARSE_FACTOR,
     MAX_LAYERS,
+    MAX_SCALES,
     QUANTILES,
     SCHEMA,
     SCHEMA_VERSION,
@@ -103,9 +105,14 @@ def fingerprinted(draw) -> dict:
     def quantiles() -> list:
         return sorted((rng.standard_normal(QUANTILES) * 10 ** rng.uniform(-3, 3)).tolist())
 
+    transforms = [draw(st.sampled_from(["log", "negate"])) for _ in range(layers)]
+    scales = [draw(st.integers(1, MAX_SCALES)) if kind == "log" else 1 for kind in transforms]
     manifest["outputs"] = {
         "probs": draw(quantised(indices[0], [classes])),
-        "layer_errors": [draw(quantised(i, [1])) for i in indices[1:]],
+        "layer_errors": [
+            draw(quantised(i, [n])) | ({"coarse_factor": draw(st.floats(1, MAX_COARSE_FACTOR))} if n > 1 else {})
+            for i, n in zip(indices[1:], scales)
+        ],
     }
     with_index, first_name = draw(st.booleans()), draw(st.text(max_size=12))
     manifest["labels"] = [
@@ -116,15 +123,15 @@ def fingerprinted(draw) -> dict:
         {
             "name": draw(st.text(max_size=12)),
             "kind": draw(st.sampled_from(["autoencoder", "max_logit"])),
-            "transform": draw(st.sampled_from(["log", "negate"])),
+            "transform": transform,
             "weight": draw(st.floats(1e-3, 0.999)),
             "features": draw(st.integers(1, 64)),
             "z_mean": draw(numbers),
             "z_std": draw(positives),
             "holdout_quantiles": quantiles(),
-            "z_table": rng.integers(0, TABLE_MAX, 256, endpoint=True).tolist(),
+            "z_table": rng.integers(0, TABLE_MAX, 256 * n, endpoint=True).tolist(),
         }
-        for _ in range(layers)
+        for transform, n in zip(transforms, scales)
     ]
     manifest["score"] = {
         "combine": ood.COMBINE,

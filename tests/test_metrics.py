@@ -54,6 +54,25 @@ def test_an_int8_error_of_zero_counts_half_a_step():
     assert table[0] == round(half_step) > 0 and table[1] > table[0]  # 0 is as usual as half a step, no more
 
 
+@pytest.mark.parametrize("scale, zero_point, factor", [(0.01, -128, 127 / 8), (3e-4, -128, 127.0), (0.2, -100, 1.25)])
+def test_an_error_at_two_scales_orders_every_error_as_its_value_does(scale, zero_point, factor):
+    from edgefp import ood
+
+    table = np.asarray(ood.z_table(scale, zero_point, np.log(50 * scale), 0.7, "log", coarse_factor=factor))
+    table = table.reshape(2, 256)
+    errors = np.geomspace(scale / 10, 2 * factor * 255 * scale, 4000)
+    fine = np.clip(np.round(errors / scale) + zero_point, -128, 127)
+    coarse = np.clip(np.round(errors / (scale * factor)) + zero_point, -128, 127)
+    which, q = ood.counted(np.stack([fine, coarse], axis=1))
+    units = table[which, q + 128]
+    assert (np.diff(units) >= 0).all()  # never less for a larger error, across the switch to the coarse value
+    beyond = fine == 127
+    assert (which == beyond).all() and units[beyond].min() >= units[~beyond].max()
+    assert units[beyond].max() > units[~beyond].max() + ood.SCORE_UNIT  # the coarse value still orders them
+    top = coarse == 127
+    assert (units[top] == round(ood.OFF_SCALE_Z * ood.SCORE_UNIT)).all() and units[~top].max() < units[top][0]
+
+
 def test_calibration_flags_the_target_share_and_combines_positive_z_only():
     from edgefp import ood
 

@@ -32,12 +32,14 @@ MIN_CALIB = 20
 # largest of the autoencoders' 99.9 % quantiles of their held-out squared residuals], and for an
 # error, [0, ERROR_HEADROOM x the held-out errors' 99.9 % quantile], narrowed (never below the largest
 # held-out error) until rounding at the held-out errors' geometric mean, where the evidence starts to
-# count, is at most ERROR_RESOLUTION of their std in the logarithm's terms. Beyond them a value
-# saturates, and a saturated output counts as off the scale (ood.OFF_SCALE_Z).
+# count, is at most ERROR_RESOLUTION of their std in the logarithm's terms. An error beyond its range
+# counts by its second value, 127 / COARSE_WEIGHT (about 16) times coarser; beyond that range too, an
+# error is off the scale the held-out errors set, and a saturated output counts OFF_SCALE_Z (ood).
 EVIDENCE_HEADROOM = 1.5
 ERROR_HEADROOM = 4.0
 ERROR_RESOLUTION = 0.05
 SQUARE_HEADROOM = 4.0
+COARSE_WEIGHT = 8
 TAIL_Z = 3.1  # the held-out errors' 99.9 % quantile under a log-normal fit (holdouts are often small)
 PARITY_SAMPLES = 200
 
@@ -132,13 +134,35 @@ def quantize(
     the int8 ranges described above, the evidence's FULLY_CONNECTED weights quantised ``per_tensor`` (else
     per output channel, as converted) and everything no runtime reads stripped; also the output specs and
     the input's (scale, zero point)."""
+    square_top, tops = _error_tops(fingerprint)
+    factors = _set_coarse_values(fingerprint, tops)
     fused = _batch_of_one(fingerprint.monitor_, "edgefp_model")
     model_bytes = _int8_model(fused, shifts.range_samples(calib, seed))
     sample = calib[np.random.default_rng(seed).permutation(len(calib))[: shifts.RANGE_SAMPLES]]
     in_distribution = _int8_model(fused, sample)
     outputs, input_quantization = _io_specs(model_bytes)
-    model_bytes = _set_evidence_ranges(model_bytes, in_distribution, fingerprint, outputs, per_tensor)
-    return strip(model_bytes), _io_specs(model_bytes)[0], input_quantization
+    model_bytes = _set_evidence_ranges(model_bytes, in_distribution, outputs, per_tensor, square_top, tops)
+    outputs = _io_specs(model_bytes)[0]
+    errors = tuple(dataclasses.replace(spec, coarse_factor=f) for spec, f in zip(outputs.layer_errors, factors))
+    return strip(model_bytes), dataclasses.replace(outputs, layer_errors=errors), input_quantization
+
+
+def _set_coarse_values(fingerprint: NeuralFingerprint, tops: list[float | None]) -> list:
+    """Set each error output's second value (``tops``: None for evidence of one value, :func:`_error_tops`):
+    the error 127 / COARSE_WEIGHT times coarser, its int8 weights COARSE_WEIGHT where the first value's
+    are 127 (so that the factor is exact). Return the factors, None for evidence of one value."""
+    factors, index = [], 0
+    for top in tops:
+        if top is None:
+            factors.append(None)
+            continue
+        average = fingerprint.monitor_.get_layer(f"fp_error_{index}")
+        (kernel,) = average.get_weights()
+        kernel[:, 1] = kernel[:, 0] * np.float32(COARSE_WEIGHT / 127)
+        average.set_weights([kernel])
+        factors.append(127 / COARSE_WEIGHT)
+        index += 1
+    return factors
 
 
 def _error_tops(fingerprint: NeuralFingerprint) -> tuple[float, list[float | None]]:
@@ -167,12 +191,12 @@ def _error_tops(fingerprint: NeuralFingerprint) -> tuple[float, list[float | Non
 
 
 def _set_evidence_ranges(
-    model_bytes: bytes, in_distribution: bytes, fingerprint, outputs: Outputs, per_tensor: bool
+    model_bytes: bytes, in_distribution: bytes, outputs: Outputs, per_tensor: bool, square_top: float, tops: list
 ) -> bytes:
     """Set the int8 ranges of the tensors the evidence computes from ``in_distribution`` (the same graph
-    calibrated on in-distribution samples alone) with headroom, and those of the error outputs from
-    held-out data (the kernels requantise to whatever scales the tensors carry; pass-through operators
-    keep their input's quantisation)."""
+    calibrated on in-distribution samples alone) with headroom, and those of the squared residuals and
+    the error outputs to ``square_top`` and ``tops`` (:func:`_error_tops`; the kernels requantise to
+    whatever scales the tensors carry; pass-through operators keep their input's quantisation)."""
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
@@ -222,7 +246,6 @@ def _set_evidence_ranges(
                         break
                     tensor = producer[tensor].inputs[0]
                     _set_range(graph.tensors[tensor], low, high)
-    square_top, tops = _error_tops(fingerprint)
     for spec, top in zip(outputs.layer_errors, tops):
         if top is not None:
             value = graph.outputs[spec.index]
@@ -395,7 +418,8 @@ def recalibrate(bundle: Bundle, holdout_x: np.ndarray, fpr: float) -> None:
     calibrated = []
     for j, (layer, output) in enumerate(zip(layers, bundle.manifest.outputs.layer_errors)):
         z_mean, z_std = float(calibration.z_mean[j]), float(calibration.z_std[j])
-        table = ood.z_table(output.scale, output.zero_point, z_mean, z_std, layer.transform, layer.weight * len(layers))
+        scale_by, coarse = layer.weight * len(layers), output.coarse_factor
+        table = ood.z_table(output.scale, output.zero_point, z_mean, z_std, layer.transform, scale_by, coarse)
         calibrated.append(
             dataclasses.replace(
                 layer,
@@ -440,7 +464,8 @@ def parity(fingerprint, bundle: Bundle, calib: data.Dataset, ood_data) -> dict:
         report["float_ood_flagged"] = float(np.mean(float_ood.is_ood))
         report["int8_ood_flagged"] = float(np.mean(int8_ood.is_ood))
         values_q = bundle.invoke_all(LiteRT(bundle.model_bytes), bundle.quantize(ood_data.x))[1]
-        report["ood_values_saturated"] = float(np.mean(values_q == bundle.most_unusual_q()))
+        top = values_q == bundle.most_unusual_q()  # an output is off its scale when all its values are
+        report["ood_values_saturated"] = float(np.mean([top[:, c].all(axis=1) for c in bundle.value_columns]))
         verdicts.append(np.mean(float_ood.is_ood == int8_ood.is_ood))
         tflm_inputs = np.concatenate([tflm_inputs, ood_data.x[: PARITY_SAMPLES // 2]])
     report["verdict_agreement"] = float(np.mean(verdicts))

@@ -17,6 +17,8 @@ import math
 import os
 import struct
 
+import numpy as np
+
 from edgefp.errors import EdgefpError
 from edgefp.fsutil import atomic_directory
 from edgefp.manifest import Manifest
@@ -128,21 +130,27 @@ def _config_header(m: Manifest, model_bytes: bytes) -> str:
         + ", ".join(_c_string(label.name) for label in labels)
         + "};",
         "",
-        "/* Evidence, one int8 output each (model output index, scale, zero point), in the manifest's layers order:",
-        " * autoencoder reconstruction errors, then the largest logit. */",
+        "/* Evidence, one int8 output each (model output index, scale, zero point, values), in the manifest's layers",
+        " * order: autoencoder reconstruction errors, then the largest logit. An error's output holds it at two",
+        " * scales: at the output's scale, then layer_error_coarse_factor times coarser (beyond the first's range). */",
         f"#define {p}NUM_LAYERS {len(layers)}",
+        f"#define {p}NUM_VALUES {sum(math.prod(e.shape) for e in errors)}",
         f"static const int {n}layer_error_index[{p}NUM_LAYERS] = {{{_ints(e.index for e in errors)}}};",
         f"static const float {n}layer_error_scale[{p}NUM_LAYERS] = {{{_floats(e.scale for e in errors)}}};",
         f"static const int {n}layer_error_zero_point[{p}NUM_LAYERS] = {{{_ints(e.zero_point for e in errors)}}};",
+        f"static const int {n}layer_error_values[{p}NUM_LAYERS] = {{{_ints(math.prod(e.shape) for e in errors)}}};",
+        f"static const float {n}layer_error_coarse_factor[{p}NUM_LAYERS] = "
+        f"{{{_floats(e.coarse_factor or 1.0 for e in errors)}}};",
         "",
-        "/* OOD score (docs/bundle.md): z_table[l][q + 128] is max(z, 0) of int8 value q of evidence l in units of",
-        " * 1/SCORE_UNIT; the sample is OOD when the sum over evidence exceeds THRESHOLD_UNITS, calibrated so that",
+        "/* OOD score (docs/bundle.md): z_table[v][q + 128] is max(z, 0) of int8 value q of evidence value v (the",
+        " * layers' values, layer after layer) in units of 1/SCORE_UNIT; a layer counts its first value below 127,",
+        " * else its last. The sample is OOD when the sum over layers exceeds THRESHOLD_UNITS, calibrated so that",
         " * about TARGET_FPR of in-distribution samples are flagged. Integer arithmetic: the host agrees exactly. */",
         f"#define {p}SCORE_UNIT {score.unit}",
         f"#define {p}THRESHOLD_UNITS {score.threshold_units}",
         f"#define {p}TARGET_FPR {_f32(score.target_fpr)}",
-        f"static const int32_t {n}z_table[{p}NUM_LAYERS][256] = {{",
-        *(f"    {{{_ints(layer.z_table)}}}," for layer in layers),
+        f"static const int32_t {n}z_table[{p}NUM_VALUES][256] = {{",
+        *(f"    {{{_ints(table)}}}," for layer in layers for table in np.reshape(layer.z_table, (-1, 256))),
         "};",
         "",
         "/* TFLite Micro tensor arena. TFLM_ARENA_BYTES was measured on the host, a 64-bit build whose pointers and",
@@ -175,13 +183,18 @@ def _config_header(m: Manifest, model_bytes: bytes) -> str:
         "    return best;",
         "}",
         "",
-        "/* OOD verdict from the int8 evidence (layer_errors[l]: the value of output layer_error_index[l]):",
-        " * 1 when the sample is OOD; stores the score (mean over evidence of max(z, 0)) in *score unless NULL. */",
-        f"static inline int {n}ood(const int8_t *layer_errors, float *score)",
+        "/* OOD verdict from the int8 evidence (values: NUM_VALUES, the layer_error_values[l] values of output",
+        " * layer_error_index[l], layer after layer): 1 when the sample is OOD; stores the score (mean over",
+        " * evidence of max(z, 0)) in *score unless NULL. */",
+        f"static inline int {n}ood(const int8_t *values, float *score)",
         "{",
         "    int64_t units = 0;",
-        f"    for (int l = 0; l < {p}NUM_LAYERS; ++l) {{",
-        f"        units += {n}z_table[l][layer_errors[l] + 128];",
+        f"    for (int l = 0, v = 0; l < {p}NUM_LAYERS; v += {n}layer_error_values[l++]) {{",
+        "        int w = 0;",
+        f"        while (w + 1 < {n}layer_error_values[l] && values[v + w] == 127) {{",
+        "            ++w;",
+        "        }",
+        f"        units += {n}z_table[v + w][values[v + w] + 128];",
         "    }",
         "    if (score) {",
         f"        *score = (float)((double)units / ((double){p}SCORE_UNIT * {p}NUM_LAYERS));",

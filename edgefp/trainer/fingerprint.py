@@ -370,7 +370,8 @@ class NeuralFingerprint:
 
     def _build_monitor(self) -> None:
         """One Keras graph: input -> (probabilities, evidence 1, ..., evidence L), each evidence an output of
-        its own so that int8 conversion gives each its own scale; and ``squares_``, the squared residuals
+        its own so that int8 conversion gives each its own scale (an error twice: the second column is
+        int8's coarse value, scaled by ``convert``); and ``squares_``, the squared residuals
         of every autoencoder, side by side (the converter sets their int8 range from held-out data).
 
         The autoencoders run as one block: the reduced taps side by side, one class-mean layer, one
@@ -402,9 +403,9 @@ class NeuralFingerprint:
         decode.set_weights([weights["decode"], weights["decode_bias"]])
         values = []
         for index, columns in enumerate(weights["columns"]):
-            average = keras.layers.Dense(1, use_bias=False, name=f"fp_error_{index}")
+            average = keras.layers.Dense(2, use_bias=False, name=f"fp_error_{index}")
             values.append(average(square))
-            selector = np.zeros((square.shape[-1], 1), np.float32)
+            selector = np.zeros((square.shape[-1], 2), np.float32)
             selector[columns] = 1.0 / len(columns)
             average.set_weights([selector])
         values.append(keras.ops.max(logits, axis=-1, keepdims=True))
@@ -414,7 +415,7 @@ class NeuralFingerprint:
     def _predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities (N, C) and evidence (N, L) of preprocessed samples."""
         probs, *values = self.monitor_.predict(x, verbose=0, batch_size=256)
-        return probs, np.concatenate([v.reshape(len(v), -1) for v in values], axis=1)
+        return probs, np.concatenate([v.reshape(len(v), -1)[:, :1] for v in values], axis=1)
 
     def _evidence(self, x: np.ndarray) -> np.ndarray:
         return self._predict(x)[1].astype(np.float64)

@@ -42,6 +42,41 @@ def test_int8_errors_order_unseen_samples_as_float_does(motions_run, motions_bun
             assert correlation >= 0.93, (layer.name, correlation)
 
 
+def test_errors_beyond_an_outputs_range_count_by_its_coarse_value(motions_run, motions_bundle):
+    """Windows amplified past anything held out: an error beyond its output's first int8 value counts by the
+    second, ``coarse_factor`` times coarser (docs/bundle.md): above every error within the range, ordered
+    as the float errors are, and the same error as the first value where both hold it."""
+    from scipy.stats import spearmanr
+
+    from edgefp import ood
+    from edgefp.runtime import LiteRT
+
+    fingerprint, _ = motions_run
+    bundle = Bundle.load(motions_bundle)
+    x = data.load("basic_motions:test").x
+    x = np.concatenate([x * gain for gain in (1, 1.5, 2, 3, 5)])
+    float_errors = fingerprint.score(x).layer_errors
+    probs_q, values_q = bundle.invoke_all(LiteRT(bundle.model_bytes), bundle.quantize(x))
+    int8_errors, evidence = bundle.dequantize(probs_q, values_q)[1], bundle.layer_evidence(values_q)
+    outputs = bundle.manifest.outputs.layer_errors
+    for j, (layer, spec, columns) in enumerate(zip(bundle.manifest.layers, outputs, bundle.value_columns)):
+        if layer.kind != "autoencoder":
+            continue
+        assert spec.shape == (2,) and spec.coarse_factor == 127 / 8, layer.name
+        fine, coarse = values_q[:, columns.start].astype(int), values_q[:, columns.start + 1].astype(int)
+        beyond, off_scale = ood.counted(values_q[:, columns])[0] == 1, coarse == 127
+        assert beyond.sum() >= 10 and (~beyond).sum() >= 10, layer.name
+        top = (127 - spec.zero_point) * spec.scale
+        assert int8_errors[beyond, j].min() >= 0.99 * top and evidence[beyond, j].min() >= evidence[~beyond, j].max()
+        ordered = beyond & ~off_scale
+        assert spearmanr(float_errors[ordered, j], int8_errors[ordered, j]).statistic >= 0.7, layer.name
+        step = spec.scale * spec.coarse_factor
+        both = fine < 127
+        assert np.abs((fine[both] - spec.zero_point) * spec.scale - (coarse[both] - spec.zero_point) * step).max() <= (
+            0.6 * step
+        )
+
+
 def test_manifest_holds_the_contract(digits_bundle):
     manifest, out = digits_bundle
     for key in ("name", "input", "outputs", "labels", "layers", "score", "files", "ops", "tflm_arena_bytes"):

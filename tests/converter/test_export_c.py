@@ -32,6 +32,7 @@ pytestmark = [pytest.mark.heavy, pytest.mark.filterwarnings("ignore:Statistics f
 NAME = "tiny_ood"
 SHAPE = (4, 4, 2)
 MEAN, STD = [0.5, -1.0], [2.0, 0.25]
+COARSE = 127 / 6  # the first error output's second value: int8 weights 127 and 6
 CXX = ["-std=c++17", "-Wall", "-Wextra", "-Werror"]
 C11 = ["-std=c11", "-Wall", "-Wextra", "-Werror"]
 ARM = ["-mcpu=cortex-m4", "-mthumb", *CXX]
@@ -53,7 +54,8 @@ int use(const float *x, int8_t *q, const int8_t *probs, const int8_t *errors, fl
 
 @pytest.fixture(scope="module")
 def bundle():
-    """A tiny full-int8 model with a probs (3,) output and two layer-error outputs, and a manifest for it."""
+    """A tiny full-int8 model with a probs (3,) output and two layer-error outputs (one holding its error at
+    two scales, COARSE apart; the other at one), and a manifest for it."""
     import tensorflow as tf
     from ai_edge_litert.interpreter import Interpreter
 
@@ -61,7 +63,7 @@ def bundle():
     inp = tf.keras.Input(SHAPE)
     hidden = tf.keras.layers.Dense(8, activation="relu")(tf.keras.layers.Flatten()(inp))
     probs = tf.keras.layers.Dense(3, activation="softmax")(hidden)
-    errors = [tf.keras.layers.Dense(1, activation="relu")(hidden) for _ in range(2)]
+    errors = [tf.keras.layers.Dense(size, activation="relu")(hidden) for size in (2, 1)]
     model = tf.keras.Model(inp, [probs, *errors])
     calib = np.random.default_rng(0).normal(size=(32, *SHAPE)).astype(np.float32)
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
@@ -80,7 +82,8 @@ def bundle():
         detail = interpreter.get_output_details()[order.index(signature[f"output_{position}"])]
         scale, zero_point = detail["quantization"]
         index = order.index(detail["index"])
-        specs.append(Output(index, (int(detail["shape"][-1]),), float(scale), int(zero_point)))
+        size = int(detail["shape"][-1])
+        specs.append(Output(index, (size,), float(scale), int(zero_point), coarse_factor=COARSE if size == 2 else None))
     typical = (0 - specs[1].zero_point) * specs[1].scale
     layers = tuple(
         Layer(
@@ -92,7 +95,7 @@ def bundle():
             mu,
             sigma,
             (0.0,) * QUANTILES,
-            tuple(ood.z_table(spec.scale, spec.zero_point, mu, sigma, "log")),
+            tuple(ood.z_table(spec.scale, spec.zero_point, mu, sigma, "log", coarse_factor=spec.coarse_factor)),
         )
         for name, spec, mu, sigma in zip(
             ("dense", "dense_1"), specs[1:], (math.log(typical), math.log(typical) - 1.0), (0.5, 0.8)
@@ -166,7 +169,9 @@ def test_inline_helpers_match_the_bundle_arithmetic(exported, bundle):
     manifest, model_bytes = bundle
     out, _ = exported
     rng = np.random.default_rng(1)
-    errors = np.concatenate([[[-128, -128], [127, 127], [0, 0]], rng.integers(-128, 128, (20, 2))]).astype(np.int8)
+    edges = [[-128, -128, -128], [127, 127, 127], [0, 0, 0], [127, -100, 5], [126, 127, 127], [127, 90, 127]]
+    errors = np.concatenate([edges, rng.integers(-128, 128, (20, 3))]).astype(np.int8)
+    errors[-10:, 0] = 127  # the first error beyond its first value's range: its second value counts
     probs = np.array([5, -3, 90], np.int8)
     x = (rng.normal(size=(3, *SHAPE)) * STD + MEAN).astype(np.float32).reshape(3, -1)
     x[0, :2] = [1e6, -1e6]  # clamped
@@ -179,7 +184,7 @@ def test_inline_helpers_match_the_bundle_arithmetic(exported, bundle):
     program = f"""#include <cstdio>
 #include "model_data.h"
 #include "{NAME}_ood_config.h"
-static const int8_t errors[][2] = {c_array(errors)};
+static const int8_t errors[][3] = {c_array(errors)};
 static const float x[][{x.shape[1]}] = {c_array(x)};
 static const int8_t probs[] = {c_array(probs)};
 int main()

@@ -179,7 +179,8 @@ def bundle_ram(bundle, board_name: str, options: Options = FULL) -> dict:
     except engine.EngineError as refused:
         raise EdgefpError(f"{bundle.source}: the firmware cannot run this model: {refused}") from None
     shape, layers = bundle.manifest.input.shape, len(bundle.manifest.layers)
-    extras = _round16(layers * 256 * 4) + (_round16(OOD_CAPACITY * bundle.input_bytes) if layers else 0)
+    tables = _round16(bundle.evidence_values * 256 * 4)  # 256 int32 entries per evidence value
+    extras = tables + (_round16(OOD_CAPACITY * bundle.input_bytes) if layers else 0)
     standardised = bundle.manifest.input.preprocessing.type == "standardize"
     standardisation = _round16(2 * 4 * shape[-1]) if standardised else 0  # a mean and a std per channel
     window = _round16(4 * math.prod(shape)) if options.sensor_loop else 0  # float32 values

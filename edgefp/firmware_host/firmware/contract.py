@@ -75,6 +75,8 @@ CONSTANTS = [
     ("EFP_BENCH_MAX_SECONDS", limits.BENCH_MAX_SECONDS, "a BENCH still running after this long stops"),
     ("EFP_BUNDLE_VERSION", manifest.SCHEMA_VERSION, "the manifest's version"),
     ("EFP_MAX_LAYERS", manifest.MAX_LAYERS, "fingerprinted layers a bundle may have"),
+    ("EFP_MAX_SCALES", manifest.MAX_SCALES, "int8 values of one layer's evidence output (an error at two scales)"),
+    ("EFP_MAX_COARSE_FACTOR", manifest.MAX_COARSE_FACTOR, "the most an error output's second value is coarser"),
     ("EFP_MAX_DIMS", manifest.MAX_DIMS, "dimensions of a model input or output"),
     ("EFP_MAX_INPUT_ELEMENTS", manifest.MAX_INPUT_BYTES, "elements of a tensor's shape in a manifest"),
     ("EFP_MAX_OUTPUTS", manifest.MAX_OUTPUTS, "outputs of a model wrapped without a fingerprint"),

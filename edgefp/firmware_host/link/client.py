@@ -331,14 +331,14 @@ def infer_samples(device: Device, x: np.ndarray, progress=None) -> tuple:
     bundle = Bundle(manifest(device), {}, source=device.url)
     if not bundle.fingerprinted:
         return _infer_outputs(device, bundle, x, progress)
-    classes, layers = len(bundle.manifest.labels), len(bundle.manifest.layers)
+    classes, values = len(bundle.manifest.labels), bundle.evidence_values
     results = []
     for i, sample in enumerate(bundle.quantize(x)):
         result = infer(device, sample)
-        if (len(result.probs), len(result.errors)) != (classes, layers) or result.pred >= classes:
+        if (len(result.probs), len(result.errors)) != (classes, values) or result.pred >= classes:
             raise EdgefpError(
                 f"{device.url}: the device answered with {len(result.probs)} classes and {len(result.errors)} "
-                f"layers, its manifest has {classes} and {layers}"
+                f"evidence values, its manifest has {classes} and {values}"
             )
         results.append(result)
         if progress:

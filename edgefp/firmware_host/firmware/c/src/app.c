@@ -119,7 +119,7 @@ static uint32_t elements(const efp_bundle_info *b) { return b->input_float ? b->
 /* Score tables and the OOD buffer: none for a model wrapped without a fingerprint. */
 static size_t fingerprint_bytes(const efp_bundle_info *b)
 {
-    return b->layers ? ROUND16(b->layers * 256u * sizeof(int32_t)) + ROUND16((size_t)EFP_OOD_CAPACITY * b->input_bytes)
+    return b->layers ? ROUND16(b->values * 256u * sizeof(int32_t)) + ROUND16((size_t)EFP_OOD_CAPACITY * b->input_bytes)
                      : 0;
 }
 
@@ -176,7 +176,7 @@ static long model_matches(const efp_bundle_info *b)
                   (!b->layers || (probs && probs->type == EFP_IO_INT8 && probs->bytes == b->classes));
     for (uint32_t l = 0; matches && l < b->layers; ++l) {
         const efp_io *error = efp_engine_output(&engine, b->error_index[l]);
-        matches = error && error->type == EFP_IO_INT8 && error->bytes == 1;
+        matches = error && error->type == EFP_IO_INT8 && error->bytes == b->scales[l];
     }
     int32_t type = 0;
     for (uint32_t k = 0; matches && !b->layers && k <= efp_engine_output_count(&engine); ++k) {
@@ -255,7 +255,7 @@ static long load(int slot)
     }
     uint8_t *end = arena + EFP_ARENA_BYTES - fixed;
     active.tables = (int32_t *)(void *)end;
-    active.ood_inputs = end + ROUND16(b->layers * 256u * sizeof(int32_t));
+    active.ood_inputs = end + ROUND16(b->values * 256u * sizeof(int32_t));
     active.mean = (float *)(void *)(end + fingerprint_bytes(b));
     active.std = active.mean + b->channels;
     active.window = (float *)(void *)(end + fingerprint_bytes(b) + standardisation_bytes(b));
@@ -275,7 +275,7 @@ static long load(int slot)
     }
     size_t used = ROUND16(engine.arena_used);
     active.extras = EFP_ARENA_BYTES - used;
-    efp_log_init(&active.log, arena + used, active.extras - fixed, b->classes, b->layers,
+    efp_log_init(&active.log, arena + used, active.extras - fixed, b->classes, b->values,
                  (uint32_t)sizeof(float) * elements(b), EFP_LOG_CAPACITY);
     if (model_matches(b)) {
         return -1;
@@ -329,7 +329,7 @@ typedef struct {
     float score;
     uint32_t latency_us;
     const int8_t *probs;
-    int8_t errors[EFP_MAX_LAYERS];
+    int8_t errors[EFP_MAX_LAYERS * EFP_MAX_SCALES];
     int32_t evidence[EFP_MAX_LAYERS];
 } result;
 
@@ -390,9 +390,14 @@ static long run(const uint8_t *x, result *r)
         r->pred = r->probs[k] > r->probs[r->pred] ? (uint8_t)k : r->pred;
     }
     int64_t units = 0;
-    for (uint32_t l = 0; l < b->layers; ++l) {
-        r->errors[l] = *(const int8_t *)efp_engine_output(&engine, b->error_index[l])->data;
-        r->evidence[l] = active.tables[l * 256u + (uint32_t)(r->errors[l] + 128)];
+    for (uint32_t l = 0, first = 0; l < b->layers; first += b->scales[l++]) {
+        int8_t *values = r->errors + first;
+        memcpy(values, efp_engine_output(&engine, b->error_index[l])->data, b->scales[l]);
+        uint32_t w = 0; /* the value that counts: the first below the top of its range, else the last */
+        while (w + 1u < b->scales[l] && values[w] == 127) {
+            ++w;
+        }
+        r->evidence[l] = active.tables[(first + w) * 256u + (uint32_t)(values[w] + 128)];
         units += r->evidence[l];
     }
     r->ood = units > b->threshold_units;
@@ -417,7 +422,7 @@ static void observe(const uint8_t *x, const float *raw, const result *r)
         if (b->classes) {
             memcpy(efp_log_probs(h), r->probs, b->classes);
         }
-        memcpy(efp_log_probs(h) + b->classes, r->errors, b->layers);
+        memcpy(efp_log_probs(h) + b->classes, r->errors, b->values);
         const void *data = raw ? (const void *)raw : (const void *)x;
         memcpy(efp_log_data(&active.log, h), data, raw ? sizeof(float) * elements(b) : b->input_bytes);
     }
@@ -675,9 +680,9 @@ static uint8_t *put_result(uint8_t *w, uint8_t pred, const int8_t *probs, const 
         memcpy(w, probs, b->classes);
         w += b->classes;
     }
-    *w++ = (uint8_t)b->layers;
-    memcpy(w, errors, b->layers);
-    w += b->layers;
+    *w++ = (uint8_t)b->values;
+    memcpy(w, errors, b->values);
+    w += b->values;
     w = put_f32(w, score);
     *w++ = ood;
     return put(w, latency_us, 4);
@@ -1051,6 +1056,7 @@ static int classify(const uint8_t *x, const float *raw, efp_verdict *v)
     v->score = r.score;
     v->latency_us = r.latency_us;
     v->layers = (uint8_t)active.info.layers;
+    v->values = (uint8_t)active.info.values;
     memcpy(v->errors, r.errors, sizeof v->errors);
     memcpy(v->evidence, r.evidence, sizeof v->evidence);
     return EFP_CLASSIFIED;

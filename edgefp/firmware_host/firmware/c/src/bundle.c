@@ -9,6 +9,9 @@
 #include "tar.h"
 #include "text.h"
 
+#define NUMBER_TEXT(n) TEXT_OF(n) /* a macro's number as a string literal */
+#define TEXT_OF(n)     #n
+
 #define RULE "manifest.json breaks a rule at " /* then the field (docs/bundle.md, Validation) */
 
 static int is_manifest(const char *name)
@@ -111,14 +114,32 @@ static int plain_name(const char *s, size_t n, int bundle_name)
 
 static uint32_t elements(efp_json shape);
 
-/* index 0..255, a positive scale, zero_point -128..127 and a shape of 1 to 6 axes holding size elements. */
-static int quantization(efp_json spec, uint32_t size, int64_t *index)
+/* index 0..255, a positive scale, zero_point -128..127 and a shape of 1 to 6 axes holding least to most
+ * elements (how many in *size). */
+static int quantization(efp_json spec, uint32_t least, uint32_t most, int64_t *index, uint32_t *size)
 {
     efp_json shape;
     int64_t n;
-    return efp_json_get_int(spec, "index", NULL, 0, 255, index) && field(spec, "scale", POSITIVE) &&
-           efp_json_get_int(spec, "zero_point", NULL, -128, 127, &n) && efp_json_get(spec, "shape", &shape) &&
-           efp_json_count(shape) >= 1 && elements(shape) == size;
+    if (!efp_json_get_int(spec, "index", NULL, 0, 255, index) || !field(spec, "scale", POSITIVE) ||
+        !efp_json_get_int(spec, "zero_point", NULL, -128, 127, &n) || !efp_json_get(spec, "shape", &shape) ||
+        efp_json_count(shape) < 1) {
+        return 0;
+    }
+    *size = elements(shape);
+    return *size >= least && *size <= most;
+}
+
+/* An error output of two values names the factor between their scales, from 1 to EFP_MAX_COARSE_FACTOR
+ * (the firmware's tables hold its effect); one of one value names none. */
+static int coarse_factor(efp_json spec, uint32_t size)
+{
+    efp_json v;
+    float factor;
+    if (size == 1) {
+        return !efp_json_get(spec, "coarse_factor", &v);
+    }
+    return efp_json_get(spec, "coarse_factor", &v) && efp_json_real(v, &factor) && factor >= 1.0f &&
+           factor <= (float)EFP_MAX_COARSE_FACTOR;
 }
 
 enum { BROKEN, NONE, STANDARDIZE }; /* what preprocessing() finds */
@@ -233,26 +254,34 @@ static int check_fields(efp_json root, efp_bundle_info *b, efp_text *msg)
         return refuse(msg, RULE, "layers");
     }
     int64_t index;
-    if (!quantization(probs, b->classes, &index)) {
+    uint32_t size;
+    if (!quantization(probs, b->classes, b->classes, &index, &size)) {
         return refuse(msg, RULE, "outputs");
     }
     b->probs_index = (uint32_t)index;
     uint8_t used[256] = {0};
     used[index] = 1;
+    b->values = 0;
     for (uint32_t l = 0; l < b->layers; ++l) {
         efp_json layer, spec, k;
-        if (!efp_json_item(errors, l, &spec) || !quantization(spec, 1, &index) || used[index] ||
-            !efp_json_item(layers, l, &layer) || !efp_json_get(layer, "z_table", &v) || !field(layer, "name", STRING) ||
+        /* an error (transform log) may come at two scales (docs/bundle.md), other evidence at one */
+        int error =
+            efp_json_item(layers, l, &layer) && efp_json_get(layer, "transform", &k) && efp_json_string_is(k, "log");
+        if (!efp_json_item(errors, l, &spec) || !quantization(spec, 1, error ? EFP_MAX_SCALES : 1, &index, &size) ||
+            used[index] || !efp_json_item(layers, l, &layer) || !efp_json_get(layer, "z_table", &v) ||
+            !field(layer, "name", STRING) ||
             !efp_json_get_int(layer, "features", NULL, 1, EFP_MAX_INPUT_ELEMENTS, &n) || !field(layer, "z_mean", ANY) ||
             !field(layer, "z_std", POSITIVE) || !field(layer, "holdout_quantiles", QUANTILES_OF) ||
             !field(layer, "weight", FRACTION) || !efp_json_get(layer, "kind", &k) ||
             !(efp_json_string_is(k, "autoencoder") || efp_json_string_is(k, "max_logit")) ||
             !efp_json_get(layer, "transform", &k) ||
-            !(efp_json_string_is(k, "log") || efp_json_string_is(k, "negate"))) {
+            !(efp_json_string_is(k, "log") || efp_json_string_is(k, "negate")) || !coarse_factor(spec, size)) {
             return refuse(msg, RULE, "layers");
         }
         used[index] = 1;
         b->error_index[l] = (uint32_t)index;
+        b->scales[l] = (uint8_t)size;
+        b->values += size;
         b->tables[l] = v.p;
         b->tables_end[l] = v.end;
     }
@@ -294,7 +323,7 @@ int efp_bundle_open(const uint8_t *archive, uint32_t len, efp_bundle_info *b, ch
         return refuse(&msg, "manifest.json is not an edgefp bundle manifest", NULL);
     }
     if (!efp_json_get_int(root, "version", NULL, EFP_BUNDLE_VERSION, EFP_BUNDLE_VERSION, &n)) {
-        return refuse(&msg, "bundle version is not 3; convert it again", NULL);
+        return refuse(&msg, "bundle version is not " NUMBER_TEXT(EFP_BUNDLE_VERSION) "; convert it again", NULL);
     }
     if (!efp_json_get(root, "name", &v) || !efp_json_string(v, &s, &s_len) || !plain_name(s, s_len, 1)) {
         return refuse(&msg, RULE, "name");
@@ -367,23 +396,23 @@ int efp_bundle_open(const uint8_t *archive, uint32_t len, efp_bundle_info *b, ch
 
 int efp_bundle_tables(const efp_bundle_info *b, int32_t *tables)
 {
-    for (uint32_t l = 0; l < b->layers; ++l) {
+    for (uint32_t l = 0, first = 0; l < b->layers; first += 256u * b->scales[l++]) {
         efp_json table = {b->tables[l], b->tables_end[l]}, k, v;
         efp_json_members m;
         int64_t n;
-        uint32_t q = 0;
+        uint32_t q = 0, entries = 256u * b->scales[l];
         if (!efp_json_members_begin(table, &m) || m.close != ']') {
             return -1;
         }
         for (; efp_json_members_next(&m, &k, &v); ++q) {
-            if (q == 256 || !efp_json_integer(v, &n) || n < 0 || n > INT32_MAX) {
+            if (q == entries || !efp_json_integer(v, &n) || n < 0 || n > INT32_MAX) {
                 return -1;
             }
             if (tables) {
-                tables[l * 256 + q] = (int32_t)n;
+                tables[first + q] = (int32_t)n;
             }
         }
-        if (q != 256) {
+        if (q != entries) {
             return -1;
         }
     }

@@ -26,6 +26,8 @@ typedef struct {
     uint32_t layers;      /* fingerprinted layers; 0: a model wrapped without a fingerprint, no OOD check */
     uint32_t probs_index; /* model output holding the probabilities */
     uint32_t error_index[EFP_MAX_LAYERS];
+    uint8_t scales[EFP_MAX_LAYERS];     /* int8 values of each layer's output: its evidence at 1 or 2 scales */
+    uint32_t values;                    /* int8 evidence values of all layers, the sum of scales */
     int64_t score_unit;                 /* table units per unit of z */
     int64_t threshold_units;            /* OOD when the sum of the layers' table entries exceeds it */
     const char *tables[EFP_MAX_LAYERS]; /* each layer's z_table, a JSON array in the manifest */
@@ -36,8 +38,8 @@ typedef struct {
 /* 0 when the archive holds a bundle that verifies, else -1 with the reason in err. */
 int efp_bundle_open(const uint8_t *archive, uint32_t len, efp_bundle_info *b, char *err, size_t err_len);
 
-/* Read the layers' score tables (256 entries each) into tables[layers][256] (only check them when
- * tables is NULL); 0 on success. */
+/* Read the layers' score tables (256 entries per int8 value of their outputs) into tables[values][256],
+ * value after value (only check them when tables is NULL); 0 on success. */
 int efp_bundle_tables(const efp_bundle_info *b, int32_t *tables);
 
 /* The input's preprocessing and quantisation (docs/bundle.md): per channel mean and std (only when

@@ -20,14 +20,15 @@ enum efp_classify_status {
 };
 
 typedef struct {
-    uint32_t input;                   /* its number among the inputs seen since the bundle was activated */
-    uint8_t pred;                     /* index of the most probable class in the bundle's labels */
-    uint8_t ood;                      /* 1: out of distribution (score above the bundle's threshold) */
-    float score;                      /* OOD score: the mean over layers of max(z, 0) */
-    uint32_t latency_us;              /* the model's run */
-    uint8_t layers;                   /* fingerprinted layers, in the manifest's order */
-    int8_t errors[EFP_MAX_LAYERS];    /* each layer's int8 reconstruction error */
-    int32_t evidence[EFP_MAX_LAYERS]; /* each layer's part of the score, max(z, 0) in 1/65536 units */
+    uint32_t input;      /* its number among the inputs seen since the bundle was activated */
+    uint8_t pred;        /* index of the most probable class in the bundle's labels */
+    uint8_t ood;         /* 1: out of distribution (score above the bundle's threshold) */
+    float score;         /* OOD score: the mean over layers of max(z, 0) */
+    uint32_t latency_us; /* the model's run */
+    uint8_t layers;      /* fingerprinted layers, in the manifest's order */
+    uint8_t values;      /* int8 evidence values in errors */
+    int8_t errors[EFP_MAX_LAYERS * EFP_MAX_SCALES]; /* each layer's int8 evidence values, layer after layer */
+    int32_t evidence[EFP_MAX_LAYERS];               /* each layer's part of the score, max(z, 0) in 1/65536 units */
 } efp_verdict;
 
 /* Values one window holds (the product of the active bundle's input shape), 0 when none is active. */

@@ -19,8 +19,10 @@
 #define EFP_SENSOR_ASK         63       /* the byte a chip sends on its sensor link for the next window */
 #define EFP_BENCH_MAX_RUNS     100000   /* runs + warm-ups of one BENCH */
 #define EFP_BENCH_MAX_SECONDS  5        /* a BENCH still running after this long stops */
-#define EFP_BUNDLE_VERSION     3        /* the manifest's version */
+#define EFP_BUNDLE_VERSION     4        /* the manifest's version */
 #define EFP_MAX_LAYERS         16       /* fingerprinted layers a bundle may have */
+#define EFP_MAX_SCALES         2        /* int8 values of one layer's evidence output (an error at two scales) */
+#define EFP_MAX_COARSE_FACTOR  127      /* the most an error output's second value is coarser */
 #define EFP_MAX_DIMS           6        /* dimensions of a model input or output */
 #define EFP_MAX_INPUT_ELEMENTS 16777216 /* elements of a tensor's shape in a manifest */
 #define EFP_MAX_OUTPUTS        16       /* outputs of a model wrapped without a fingerprint */

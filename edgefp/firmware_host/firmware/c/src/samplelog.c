@@ -1,10 +1,10 @@
 #include "samplelog.h"
 
-void efp_log_init(efp_sample_log *l, uint8_t *memory, size_t bytes, uint32_t classes, uint32_t layers,
+void efp_log_init(efp_sample_log *l, uint8_t *memory, size_t bytes, uint32_t classes, uint32_t values,
                   uint32_t data_bytes, uint32_t most)
 {
     l->memory = memory;
-    l->data_offset = (uint32_t)((sizeof(efp_log_head) + classes + layers + 3u) & ~3u);
+    l->data_offset = (uint32_t)((sizeof(efp_log_head) + classes + values + 3u) & ~3u);
     l->slot_bytes = l->data_offset + ((data_bytes + 3u) & ~3u);
     size_t fit = bytes / l->slot_bytes;
     l->capacity = fit < most ? (uint32_t)fit : most;

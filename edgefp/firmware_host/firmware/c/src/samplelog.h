@@ -13,16 +13,16 @@ typedef struct {
     uint32_t input, timestamp_ms, latency_us;
     float score;
     uint8_t pred, ood, kind, reserved;
-} efp_log_head; /* followed by probs[classes], errors[layers], then the data (4-byte aligned) */
+} efp_log_head; /* followed by probs[classes], errors[values], then the data (4-byte aligned) */
 
 typedef struct {
     uint8_t *memory;
     uint32_t slot_bytes, data_offset, capacity, count, next;
 } efp_sample_log;
 
-/* Lay the log out in `bytes` of `memory` (4-byte aligned): slots for `classes` probabilities, `layers`
+/* Lay the log out in `bytes` of `memory` (4-byte aligned): slots for `classes` probabilities, `values`
  * errors and `data_bytes` of data each, as many as fit, at most `most`. */
-void efp_log_init(efp_sample_log *l, uint8_t *memory, size_t bytes, uint32_t classes, uint32_t layers,
+void efp_log_init(efp_sample_log *l, uint8_t *memory, size_t bytes, uint32_t classes, uint32_t values,
                   uint32_t data_bytes, uint32_t most);
 
 /* The slot for the next input (the oldest one's, when the log is full), to fill in. */
