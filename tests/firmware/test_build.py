@@ -369,3 +369,21 @@ def test_bench_is_capped_and_requests_are_checked_to_the_byte(tmp_path, digits):
             assert device.port.read(4096) == b""
             assert client.bench(device, runs=5, warmup=0)["runs"] == 5 and client.counters(device)["inputs"] == 0
             assert struct.unpack("<H", device.request(Msg.HELLO, b"\x01\x00")[:2])[0] == 1
+
+
+def test_no_process_finds_a_build_another_is_still_writing(tmp_path):
+    """A build is written aside and renamed into the cache whole: while one runs, its cache folder either
+    does not exist or holds the finished executable, and two builds of the same sources end as one."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    code = "from edgefp.firmware_host.firmware.build import build; print(build('native'))"
+    builds = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True) for _ in "ab"]
+    cache = tmp_path / "edgefp" / "firmware"
+    seen_partial = []
+    while any(process.poll() is None for process in builds):
+        for folder in cache.glob("native-*") if cache.exists() else []:
+            if not (folder / "firmware").exists() and folder.exists():
+                seen_partial.append(folder.name)
+    outputs = [process.communicate()[0].strip() for process in builds]
+    assert [process.returncode for process in builds] == [0, 0] and not seen_partial
+    assert outputs[0] == outputs[1] and os.access(outputs[0], os.X_OK)
+    assert sorted(path.name for path in cache.iterdir()) == [os.path.basename(os.path.dirname(outputs[0]))]

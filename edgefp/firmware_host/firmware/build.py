@@ -10,6 +10,7 @@ import math
 import os
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,11 +125,24 @@ def compile_port(board: Board, variables: list[str], goal: str = "all") -> Path:
     third_party.check()
     out = cache_dir() / f"{board.name}-{_sources_digest(variables)}"
     target = out / (board.toolchain.target if goal == "all" else "objects.done")
-    if not target.exists():
-        command = ["make", "-s", "-C", str(SOURCE), *variables, f"BUILD_DIR={out}", goal]
+    if target.exists():
+        return target
+    # built aside and renamed into place, so that no process finds a build another one is still writing
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
+    try:
+        command = ["make", "-s", "-C", str(SOURCE), *variables, f"BUILD_DIR={staging}", goal]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             raise EdgefpError(f"the {board.name} firmware did not build: {result.stderr.strip()[-500:]}")
+        if out.exists() and not target.exists():  # a build cut short before builds were renamed into place
+            shutil.rmtree(out, ignore_errors=True)
+        try:
+            os.rename(staging, out)
+        except OSError:  # another process finished the same build first: the same sources, the same result
+            pass
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
