@@ -119,7 +119,8 @@ static uint32_t elements(const efp_bundle_info *b) { return b->input_float ? b->
 /* Score tables and the OOD buffer: none for a model wrapped without a fingerprint. */
 static size_t fingerprint_bytes(const efp_bundle_info *b)
 {
-    return b->layers ? ROUND16(b->values * 256u * sizeof(int32_t)) + ROUND16((size_t)EFP_OOD_CAPACITY * b->input_bytes)
+    return b->layers ? ROUND16(efp_bundle_values(b) * 256u * sizeof(int32_t)) +
+                           ROUND16((size_t)EFP_OOD_CAPACITY * b->input_bytes)
                      : 0;
 }
 
@@ -176,7 +177,7 @@ static long model_matches(const efp_bundle_info *b)
                   (!b->layers || (probs && probs->type == EFP_IO_INT8 && probs->bytes == b->classes));
     for (uint32_t l = 0; matches && l < b->layers; ++l) {
         const efp_io *error = efp_engine_output(&engine, b->error_index[l]);
-        matches = error && error->type == EFP_IO_INT8 && error->bytes == b->scales[l];
+        matches = error && error->type == EFP_IO_INT8 && error->bytes == efp_bundle_scales(b, l);
     }
     int32_t type = 0;
     for (uint32_t k = 0; matches && !b->layers && k <= efp_engine_output_count(&engine); ++k) {
@@ -255,7 +256,7 @@ static long load(int slot)
     }
     uint8_t *end = arena + EFP_ARENA_BYTES - fixed;
     active.tables = (int32_t *)(void *)end;
-    active.ood_inputs = end + ROUND16(b->values * 256u * sizeof(int32_t));
+    active.ood_inputs = end + ROUND16(efp_bundle_values(b) * 256u * sizeof(int32_t));
     active.mean = (float *)(void *)(end + fingerprint_bytes(b));
     active.std = active.mean + b->channels;
     active.window = (float *)(void *)(end + fingerprint_bytes(b) + standardisation_bytes(b));
@@ -275,7 +276,7 @@ static long load(int slot)
     }
     size_t used = ROUND16(engine.arena_used);
     active.extras = EFP_ARENA_BYTES - used;
-    efp_log_init(&active.log, arena + used, active.extras - fixed, b->classes, b->values,
+    efp_log_init(&active.log, arena + used, active.extras - fixed, b->classes, efp_bundle_values(b),
                  (uint32_t)sizeof(float) * elements(b), EFP_LOG_CAPACITY);
     if (model_matches(b)) {
         return -1;
@@ -390,11 +391,12 @@ static long run(const uint8_t *x, result *r)
         r->pred = r->probs[k] > r->probs[r->pred] ? (uint8_t)k : r->pred;
     }
     int64_t units = 0;
-    for (uint32_t l = 0, first = 0; l < b->layers; first += b->scales[l++]) {
+    for (uint32_t l = 0, first = 0, scales; l < b->layers; ++l, first += scales) {
         int8_t *values = r->errors + first;
-        memcpy(values, efp_engine_output(&engine, b->error_index[l])->data, b->scales[l]);
+        scales = efp_bundle_scales(b, l);
+        memcpy(values, efp_engine_output(&engine, b->error_index[l])->data, scales);
         uint32_t w = 0; /* the value that counts: the first below the top of its range, else the last */
-        while (w + 1u < b->scales[l] && values[w] == 127) {
+        while (w + 1u < scales && values[w] == 127) {
             ++w;
         }
         r->evidence[l] = active.tables[(first + w) * 256u + (uint32_t)(values[w] + 128)];
@@ -422,7 +424,7 @@ static void observe(const uint8_t *x, const float *raw, const result *r)
         if (b->classes) {
             memcpy(efp_log_probs(h), r->probs, b->classes);
         }
-        memcpy(efp_log_probs(h) + b->classes, r->errors, b->values);
+        memcpy(efp_log_probs(h) + b->classes, r->errors, efp_bundle_values(b));
         const void *data = raw ? (const void *)raw : (const void *)x;
         memcpy(efp_log_data(&active.log, h), data, raw ? sizeof(float) * elements(b) : b->input_bytes);
     }
@@ -680,9 +682,10 @@ static uint8_t *put_result(uint8_t *w, uint8_t pred, const int8_t *probs, const 
         memcpy(w, probs, b->classes);
         w += b->classes;
     }
-    *w++ = (uint8_t)b->values;
-    memcpy(w, errors, b->values);
-    w += b->values;
+    uint32_t values = efp_bundle_values(b);
+    *w++ = (uint8_t)values;
+    memcpy(w, errors, values);
+    w += values;
     w = put_f32(w, score);
     *w++ = ood;
     return put(w, latency_us, 4);
@@ -1056,7 +1059,7 @@ static int classify(const uint8_t *x, const float *raw, efp_verdict *v)
     v->score = r.score;
     v->latency_us = r.latency_us;
     v->layers = (uint8_t)active.info.layers;
-    v->values = (uint8_t)active.info.values;
+    v->values = (uint8_t)efp_bundle_values(&active.info);
     memcpy(v->errors, r.errors, sizeof v->errors);
     memcpy(v->evidence, r.evidence, sizeof v->evidence);
     return EFP_CLASSIFIED;

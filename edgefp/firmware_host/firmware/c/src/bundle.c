@@ -261,7 +261,7 @@ static int check_fields(efp_json root, efp_bundle_info *b, efp_text *msg)
     b->probs_index = (uint32_t)index;
     uint8_t used[256] = {0};
     used[index] = 1;
-    b->values = 0;
+    b->coarse = 0;
     for (uint32_t l = 0; l < b->layers; ++l) {
         efp_json layer, spec, k;
         /* an error (transform log) may come at two scales (docs/bundle.md), other evidence at one */
@@ -280,8 +280,7 @@ static int check_fields(efp_json root, efp_bundle_info *b, efp_text *msg)
         }
         used[index] = 1;
         b->error_index[l] = (uint32_t)index;
-        b->scales[l] = (uint8_t)size;
-        b->values += size;
+        b->coarse |= (uint16_t)((size - 1u) << l);
         b->tables[l] = v.p;
         b->tables_end[l] = v.end;
     }
@@ -394,13 +393,22 @@ int efp_bundle_open(const uint8_t *archive, uint32_t len, efp_bundle_info *b, ch
     return check_fields(root, b, &msg);
 }
 
+uint32_t efp_bundle_values(const efp_bundle_info *b)
+{
+    uint32_t values = 0;
+    for (uint32_t l = 0; l < b->layers; ++l) {
+        values += efp_bundle_scales(b, l);
+    }
+    return values;
+}
+
 int efp_bundle_tables(const efp_bundle_info *b, int32_t *tables)
 {
-    for (uint32_t l = 0, first = 0; l < b->layers; first += 256u * b->scales[l++]) {
+    for (uint32_t l = 0, first = 0; l < b->layers; first += 256u * efp_bundle_scales(b, l++)) {
         efp_json table = {b->tables[l], b->tables_end[l]}, k, v;
         efp_json_members m;
         int64_t n;
-        uint32_t q = 0, entries = 256u * b->scales[l];
+        uint32_t q = 0, entries = 256u * efp_bundle_scales(b, l);
         if (!efp_json_members_begin(table, &m) || m.close != ']') {
             return -1;
         }

@@ -22,18 +22,23 @@ typedef struct {
     uint8_t input_float;  /* a wrapped model that takes float32 */
     uint32_t channels;    /* the input shape's last dimension */
     uint8_t standardised; /* the input's preprocessing is a mean and a std per channel (else none) */
+    uint16_t coarse;      /* bit l: layer l's output holds its error twice, the second value coarser */
     uint32_t classes;     /* labels */
     uint32_t layers;      /* fingerprinted layers; 0: a model wrapped without a fingerprint, no OOD check */
     uint32_t probs_index; /* model output holding the probabilities */
     uint32_t error_index[EFP_MAX_LAYERS];
-    uint8_t scales[EFP_MAX_LAYERS];     /* int8 values of each layer's output: its evidence at 1 or 2 scales */
-    uint32_t values;                    /* int8 evidence values of all layers, the sum of scales */
     int64_t score_unit;                 /* table units per unit of z */
     int64_t threshold_units;            /* OOD when the sum of the layers' table entries exceeds it */
     const char *tables[EFP_MAX_LAYERS]; /* each layer's z_table, a JSON array in the manifest */
     const char *tables_end[EFP_MAX_LAYERS];
     const char *raw, *raw_end; /* a wrapped model's outputs.raw, a JSON array in the manifest */
 } efp_bundle_info;
+
+/* int8 values of layer l's evidence output: 2 for an error with a coarse second value, else 1. */
+static inline uint32_t efp_bundle_scales(const efp_bundle_info *b, uint32_t l) { return 1u + ((b->coarse >> l) & 1u); }
+
+/* int8 evidence values of all layers together. */
+uint32_t efp_bundle_values(const efp_bundle_info *b);
 
 /* 0 when the archive holds a bundle that verifies, else -1 with the reason in err. */
 int efp_bundle_open(const uint8_t *archive, uint32_t len, efp_bundle_info *b, char *err, size_t err_len);
