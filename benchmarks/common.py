@@ -9,6 +9,7 @@ import json
 import os
 import platform
 import sys
+import time
 from importlib import metadata
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -62,24 +63,29 @@ def keep_run(fingerprint, dataset, options: dict, folder: str) -> None:
     """Keep a RUN trained by ``train(dataset, **options)`` in ``folder`` for :func:`trained` to find."""
     path = os.path.join(folder, run_key(dataset, options))
     fingerprint.save(path)
+    seconds = {"fit_seconds": fingerprint.fit_seconds_, "train_seconds": getattr(fingerprint, "train_seconds_", None)}
     with open(path + ".json", "w") as handle:  # written last: the RUN is complete
-        json.dump({"fit_seconds": fingerprint.fit_seconds_}, handle)
+        json.dump(seconds, handle)
 
 
 def trained(dataset, **options):
-    """``edgefp.trainer.train(dataset, **options)``; where the environment's ``EDGEFP_BENCH_RUNS`` names a
-    folder, the same training's RUN kept there (:func:`keep_run`), trained and kept when it is not yet."""
+    """``edgefp.trainer.train(dataset, **options)``, with ``train_seconds_`` the seconds it took; where the
+    environment's ``EDGEFP_BENCH_RUNS`` names a folder, the same training's RUN kept there (:func:`keep_run`),
+    trained and kept when it is not yet (``train_seconds_`` as measured then, None when unknown)."""
     from edgefp.trainer import NeuralFingerprint, train
 
-    if RUNS not in os.environ:
-        return train(dataset, progress=False, **options)
-    path = os.path.join(os.environ[RUNS], run_key(dataset, options))
-    if not os.path.exists(path + ".json"):
+    path = os.path.join(os.environ.get(RUNS, ""), run_key(dataset, options))
+    if RUNS not in os.environ or not os.path.exists(path + ".json"):
+        started = time.monotonic()
         fingerprint = train(dataset, progress=False, **options)
-        keep_run(fingerprint, dataset, options, os.environ[RUNS])
+        fingerprint.train_seconds_ = time.monotonic() - started
+        if RUNS in os.environ:
+            keep_run(fingerprint, dataset, options, os.environ[RUNS])
         return fingerprint
     print(f"{dataset.name}: loaded the kept RUN {path}", file=sys.stderr)
     fingerprint = NeuralFingerprint.load(path)
     with open(path + ".json") as handle:
-        fingerprint.fit_seconds_ = json.load(handle)["fit_seconds"]
+        kept = json.load(handle)
+    fingerprint.fit_seconds_ = kept["fit_seconds"]
+    fingerprint.train_seconds_ = kept.get("train_seconds")
     return fingerprint
