@@ -26,6 +26,10 @@ SCORE_UNIT = 1 << 16  # fixed-point units per unit of z in an int8 bundle's scor
 TABLE_MAX = (1 << 31) - 1
 COMBINE = "mean_positive_z"
 OFF_SCALE_Z = 100.0  # the z an int8 output counts when it saturates at its least usual end
+# An error's int8 output holds it twice: the second value's int8 weights are COARSE_WEIGHT where the
+# first's are 127, so that it is exactly COARSE_FACTOR times coarser (docs/bundle.md).
+COARSE_WEIGHT = 8
+COARSE_FACTOR = 127 / COARSE_WEIGHT
 
 
 def transformed(values: np.ndarray, transforms: list[str]) -> np.ndarray:

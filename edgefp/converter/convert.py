@@ -33,13 +33,12 @@ MIN_CALIB = 20
 # error, [0, ERROR_HEADROOM x the held-out errors' 99.9 % quantile], narrowed (never below the largest
 # held-out error) until rounding at the held-out errors' geometric mean, where the evidence starts to
 # count, is at most ERROR_RESOLUTION of their std in the logarithm's terms. An error beyond its range
-# counts by its second value, 127 / COARSE_WEIGHT (about 16) times coarser; beyond that range too, an
+# counts by its second value, ood.COARSE_FACTOR (about 16) times coarser; beyond that range too, an
 # error is off the scale the held-out errors set, and a saturated output counts OFF_SCALE_Z (ood).
 EVIDENCE_HEADROOM = 1.5
 ERROR_HEADROOM = 4.0
 ERROR_RESOLUTION = 0.05
 SQUARE_HEADROOM = 4.0
-COARSE_WEIGHT = 8
 TAIL_Z = 3.1  # the held-out errors' 99.9 % quantile under a log-normal fit (holdouts are often small)
 PARITY_SAMPLES = 200
 
@@ -135,7 +134,6 @@ def quantize(
     per output channel, as converted) and everything no runtime reads stripped; also the output specs and
     the input's (scale, zero point)."""
     square_top, tops = _error_tops(fingerprint)
-    factors = _set_coarse_values(fingerprint, tops)
     fused = _batch_of_one(fingerprint.monitor_, "edgefp_model")
     model_bytes = _int8_model(fused, shifts.range_samples(calib, seed))
     sample = calib[np.random.default_rng(seed).permutation(len(calib))[: shifts.RANGE_SAMPLES]]
@@ -143,26 +141,11 @@ def quantize(
     outputs, input_quantization = _io_specs(model_bytes)
     model_bytes = _set_evidence_ranges(model_bytes, in_distribution, outputs, per_tensor, square_top, tops)
     outputs = _io_specs(model_bytes)[0]
-    errors = tuple(dataclasses.replace(spec, coarse_factor=f) for spec, f in zip(outputs.layer_errors, factors))
+    errors = tuple(
+        dataclasses.replace(spec, coarse_factor=ood.COARSE_FACTOR if spec.shape == (2,) else None)
+        for spec in outputs.layer_errors
+    )
     return strip(model_bytes), dataclasses.replace(outputs, layer_errors=errors), input_quantization
-
-
-def _set_coarse_values(fingerprint: NeuralFingerprint, tops: list[float | None]) -> list:
-    """Set each error output's second value (``tops``: None for evidence of one value, :func:`_error_tops`):
-    the error 127 / COARSE_WEIGHT times coarser, its int8 weights COARSE_WEIGHT where the first value's
-    are 127 (so that the factor is exact). Return the factors, None for evidence of one value."""
-    factors, index = [], 0
-    for top in tops:
-        if top is None:
-            factors.append(None)
-            continue
-        average = fingerprint.monitor_.get_layer(f"fp_error_{index}")
-        (kernel,) = average.get_weights()
-        kernel[:, 1] = kernel[:, 0] * np.float32(COARSE_WEIGHT / 127)
-        average.set_weights([kernel])
-        factors.append(127 / COARSE_WEIGHT)
-        index += 1
-    return factors
 
 
 def _error_tops(fingerprint: NeuralFingerprint) -> tuple[float, list[float | None]]:

@@ -370,8 +370,8 @@ class NeuralFingerprint:
 
     def _build_monitor(self) -> None:
         """One Keras graph: input -> (probabilities, evidence 1, ..., evidence L), each evidence an output of
-        its own so that int8 conversion gives each its own scale (an error twice: the second column is
-        int8's coarse value, scaled by ``convert``); and ``squares_``, the squared residuals
+        its own so that int8 conversion gives each its own scale (an error twice: itself, and scaled by
+        ood.COARSE_WEIGHT / 127 for int8's coarse second value); and ``squares_``, the squared residuals
         of every autoencoder, side by side (the converter sets their int8 range from held-out data).
 
         The autoencoders run as one block: the reduced taps side by side, one class-mean layer, one
@@ -406,7 +406,7 @@ class NeuralFingerprint:
             average = keras.layers.Dense(2, use_bias=False, name=f"fp_error_{index}")
             values.append(average(square))
             selector = np.zeros((square.shape[-1], 2), np.float32)
-            selector[columns] = 1.0 / len(columns)
+            selector[columns] = np.asarray([1.0, ood.COARSE_WEIGHT / 127], np.float32) / len(columns)
             average.set_weights([selector])
         values.append(keras.ops.max(logits, axis=-1, keepdims=True))
         self.monitor_ = keras.Model(self.model_.inputs, [probs, *values], name="monitor")
