@@ -340,8 +340,7 @@ class Bundle:
         each output that counts (ood.counted)."""
         outputs = self.manifest.outputs
         values = []
-        for spec, columns in zip(outputs.layer_errors, self.value_columns):
-            which, q = ood.counted(values_q[:, columns])
+        for spec, (which, q) in zip(outputs.layer_errors, self._counted(values_q)):
             values.append(data.dequantize(q, spec) * np.where(which > 0, np.float32(spec.coarse_factor or 1), 1))
         return data.dequantize(probs_q, outputs.probs), np.stack(values, axis=1)
 
@@ -364,12 +363,15 @@ class Bundle:
     def layer_evidence(self, values_q: np.ndarray) -> np.ndarray:
         """The int8 evidence (N, V) -> each output's part of the score (N, L), ``max(z, 0)`` in fixed-point
         units: the z_table entry of the value that counts (ood.counted)."""
-        values_q = np.asarray(values_q).reshape(-1, self.evidence_values)
         parts = []
-        for layer, columns in zip(self.manifest.layers, self.value_columns):
-            which, q = ood.counted(values_q[:, columns])
+        for layer, (which, q) in zip(self.manifest.layers, self._counted(values_q)):
             parts.append(np.asarray(layer.z_table, dtype=np.int64)[which * 256 + q + 128])
         return np.stack(parts, axis=1)
+
+    def _counted(self, values_q: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per evidence output, of the int8 evidence (N, V): which of its values counts and that value (ood.counted)."""
+        values_q = np.asarray(values_q).reshape(-1, self.evidence_values)
+        return [ood.counted(values_q[:, columns]) for columns in self.value_columns]
 
     def most_unusual_q(self) -> np.ndarray:
         """Per evidence value (V,), the int8 value at its least usual end (127 for errors, -128 for the max logit)."""
