@@ -62,8 +62,10 @@ static void chunk(const binary *p, const int8_t *a, const int8_t *b, int8_t *out
             for (i = 0; i < n; i++)
                 x[i] = efp_wsub(x[i], y[i]);
         else
-            for (i = 0; i < n; i++)
-                x[i] = efp_wmul(efp_wsub(x[i], y[i]), efp_wsub(x[i], y[i]));
+            for (i = 0; i < n; i++) {
+                int32_t d = efp_wsub(x[i], y[i]);
+                x[i] = efp_wmul(d, d);
+            }
     }
     efp_output_run(&p->q, x, n, 0, out);
 }
