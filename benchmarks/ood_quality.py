@@ -13,6 +13,10 @@ generator) and their 12 complements (24 of the 252; each digit is in-distributio
 basic_motions and arrow_head, each class held out in turn; gun_point (two classes) far-OOD only.
 Intervals: 95 % percentile bootstrap over the runs (splits x seeds) of a data set, 2,000 resamples;
 `vs best` is the paired difference of the int8 fingerprint to the baseline with the best mean.
+int8 against float, split in two: the float evidence is computed again from the int8 model's own
+features (what its autoencoders read) and logits, and scored as the bundle is recalibrated; its
+difference to float is the int8 classifier's rounding, the bundle's difference to it the
+quantisation of the autoencoders and their errors.
 Ablation: the float fingerprint's score recombined without each kind of evidence, with one minus the
 largest probability in the max logit's place, or with every piece of evidence weighing the same.
 
@@ -36,6 +40,7 @@ from benchmarks.common import save, trained
 from edgefp import data, metrics, ood, shifts
 from edgefp.bundle import Bundle
 from edgefp.converter.convert import convert
+from edgefp.runtime import litert_interpreter
 from edgefp.trainer.baselines import BASELINES
 from edgefp.trainer.fingerprint import AUTOENCODER, MAX_LOGIT
 from edgefp.trainer.train import HOLDOUT
@@ -45,6 +50,7 @@ IMAGE_SHIFTS = ("gaussian", "invert", "blur", "stuck")
 DIGITS_DRAWN = 12  # random 5-of-10 digit splits; with their complements, 24 splits
 BOOTSTRAP = 2000
 DETECTORS = ["fingerprint", "fingerprint_int8", *BASELINES]
+INT8_CLASSIFIER = "fingerprint_int8_classifier"  # float evidence from the int8 model's features and logits
 MAX_SOFTMAX = "max_softmax"
 LARGEST = "largest"
 ABLATION = {
@@ -102,6 +108,46 @@ def int8_bundle(fingerprint, calib: data.Dataset) -> Bundle:
         return Bundle.load(os.path.join(scratch, "bundle"))
 
 
+def int8_classifier_evidence(fingerprint, bundle: Bundle):
+    """A function of raw samples: the float fingerprint's evidence (N, L) computed from the int8 bundle's
+    own tensors, dequantised: the pooled, standardised features its autoencoders read (the first input of
+    its one SUB), its probabilities and its logits (SOFTMAX's output and input), read from LiteRT. It
+    differs from the float evidence by the rounding of the int8 classifier and of its pooled features,
+    and from the bundle's by the quantisation of the autoencoders and their errors."""
+    import keras
+
+    interpreter = litert_interpreter(bundle.model_bytes, experimental_preserve_all_tensors=True)
+    ops = interpreter._get_ops_details()
+    (residual,) = [op for op in ops if op["op_name"] == "SUB"]
+    (softmax,) = [op for op in ops if op["op_name"] == "SOFTMAX"]
+    read = {"features": residual["inputs"][0], "probs": softmax["outputs"][0], "logits": softmax["inputs"][0]}
+    quantization = {d["index"]: d["quantization"] for d in interpreter.get_tensor_details()}
+    autoencoders = fingerprint.autoencoder_layers_
+    graph = fingerprint.monitor_.get_layer
+    features = keras.Input((sum(layer.features for layer in autoencoders),))
+    probs = keras.Input((len(fingerprint.labels_),))
+    difference = graph("fp_residual")([features, graph("fp_class_mean")(probs)])
+    square = graph("fp_square")([graph("fp_decode")(graph("fp_encode")(difference)), difference])
+    averages = [graph(f"fp_error_{i}")(square) for i in range(len(autoencoders))]
+    errors = keras.Model([features, probs], averages)
+    entry = interpreter.get_input_details()[0]["index"]
+
+    def evidence(x):
+        tensors = {name: [] for name in read}
+        for sample in bundle.quantize(x):
+            interpreter.set_tensor(entry, sample[None])
+            interpreter.invoke()
+            for name, index in read.items():
+                scale, zero_point = quantization[index]
+                tensors[name].append((interpreter.get_tensor(index)[0].astype(np.float32) - zero_point) * scale)
+        tensors = {name: np.asarray(values) for name, values in tensors.items()}
+        values = errors.predict([tensors["features"], tensors["probs"]], verbose=0, batch_size=256)
+        values = values if isinstance(values, list) else [values]
+        return np.column_stack([*(v[:, 0] for v in values), tensors["logits"].max(axis=1)]).astype(np.float64)
+
+    return evidence
+
+
 def ablated(fingerprint, scores, holdout, change: tuple[str, ...]) -> np.ndarray:
     """The float fingerprint's score of ``scores`` recombined: without the evidence kinds in ``change``
     (the remaining kinds weigh the same again), with one minus the largest probability in the max
@@ -153,8 +199,17 @@ def evaluate(dataset: data.Dataset, classes, far, seed, attacks: str | None = No
     for name, baseline in BASELINES.items():
         fitted = baseline().fit(fingerprint.model_, x_fit, y_fit)
         detectors[name] = lambda x, fitted=fitted: fitted.ood_score(prepare(x))
+    weights, transforms = [layer.weight for layer in fingerprint.layers_], fingerprint.transforms_
+    int8_classifier = int8_classifier_evidence(fingerprint, bundle)
+    calibration = ood.calibrate(int8_classifier(fingerprint.holdout_x_), fingerprint.fpr, transforms, weights)
+    scored = {
+        **detectors,
+        INT8_CLASSIFIER: lambda x: ood.ood_score(
+            int8_classifier(x), calibration.z_mean, calibration.z_std, weights, transforms
+        ),
+    }
     id_float, holdout = fingerprint.score(held_out.x), fingerprint.score(fingerprint.holdout_x_)
-    id_scores = {name: score(held_out.x) for name, score in detectors.items()}
+    id_scores = {name: score(held_out.x) for name, score in scored.items()}
     result = {
         "classes": [int(c) for c in classes],
         "seed": seed,
@@ -171,7 +226,7 @@ def evaluate(dataset: data.Dataset, classes, far, seed, attacks: str | None = No
     for case, x in cases.items():
         ood_float = fingerprint.score(x)
         rows = {"fingerprint": metrics.detection_report(id_float.ood_score, ood_float.ood_score)}
-        rows.update({name: metrics.detection_report(id_scores[name], score(x)) for name, score in detectors.items()})
+        rows.update({name: metrics.detection_report(id_scores[name], score(x)) for name, score in scored.items()})
         result["cases"][case] = rows
         result["ablation"][case] = {
             name: metrics.auroc(
@@ -204,7 +259,7 @@ def summarise(runs: list[dict]) -> dict:
     summary["train_seconds"] = float(np.mean(timed)) if timed else None
     summary["params_ratio"] = float(np.mean([r["fingerprint_params"] / r["classifier_params"] for r in runs]))
     for case in runs[0]["cases"]:
-        auroc = {d: [r["cases"][case][d]["auroc"] for r in runs] for d in DETECTORS}
+        auroc = {d: [r["cases"][case][d]["auroc"] for r in runs] for d in [*DETECTORS, INT8_CLASSIFIER]}
         row = {
             d: {
                 "auroc": interval(auroc[d], rng),
@@ -222,6 +277,10 @@ def summarise(runs: list[dict]) -> dict:
         row["int8_vs_best"] = interval(np.subtract(auroc["fingerprint_int8"], auroc[best]), rng)
         row["int8_minus_float"] = interval(gap, rng)
         row["worst_split_int8_minus_float"] = float(min(np.mean(v) for v in per_split.values()))
+        row["int8_classifier_minus_float"] = interval(np.subtract(auroc[INT8_CLASSIFIER], auroc["fingerprint"]), rng)
+        row["int8_minus_int8_classifier"] = interval(
+            np.subtract(auroc["fingerprint_int8"], auroc[INT8_CLASSIFIER]), rng
+        )
         summary["cases"][case] = row
         summary["ablation"][case] = {
             name: interval([r["ablation"][case][name] for r in runs], rng) for name in ABLATION
@@ -255,15 +314,18 @@ def table(summary: dict) -> str:
     lines += [
         "",
         "int8 against float (fingerprint_int8 - fingerprint AUROC): mean over runs [interval], and the worst split",
-        "(mean over its seeds).",
+        "(mean over its seeds); split in two by the float evidence computed from the int8 model's own features and",
+        "logits (int8 classifier): what the int8 classifier's rounding costs, and what the quantisation of the",
+        "autoencoders and their errors costs.",
         "",
-        "| data set | case | int8 - float | worst split |",
-        "|---|---|---|---|",
+        "| data set | case | int8 - float | worst split | int8 classifier - float | int8 - int8 classifier |",
+        "|---|---|---|---|---|---|",
     ]
     for dataset, result in summary.items():
         for case, row in result["cases"].items():
             worst = row["worst_split_int8_minus_float"]
-            lines.append(f"| {dataset} | {case} | {_cell(row['int8_minus_float'])} | {worst:+.3f} |")
+            parts = f"{_cell(row['int8_classifier_minus_float'])} | {_cell(row['int8_minus_int8_classifier'])}"
+            lines.append(f"| {dataset} | {case} | {_cell(row['int8_minus_float'])} | {worst:+.3f} | {parts} |")
     lines += [
         "",
         "Ablation (float fingerprint AUROC, mean [interval]): the score recombined from some of its evidence, with",

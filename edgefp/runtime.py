@@ -43,6 +43,21 @@ def litert_module():
     return interpreter
 
 
+def litert_interpreter(model_bytes: bytes, delegates=(), **options):
+    """A LiteRT interpreter of ``model_bytes``, its tensors allocated: one thread, and without the default
+    XNNPACK delegate (LiteRT's own int8 kernels, repeatable and closest to TFLite Micro); ``options`` go
+    to the interpreter (``experimental_preserve_all_tensors=True`` keeps every tensor readable)."""
+    module = litert_module()
+    resolver = getattr(module, "OpResolverType", None)
+    if resolver:
+        options["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    interpreter = module.Interpreter(
+        model_content=model_bytes, experimental_delegates=list(delegates), num_threads=1, **options
+    )
+    interpreter.allocate_tensors()
+    return interpreter
+
+
 class LiteRT:
     """LiteRT (TFLite) interpreter on the CPU, or on the Edge TPU through its delegate."""
 
@@ -64,14 +79,8 @@ class LiteRT:
                     library,
                     exc,
                 )
-        # Without the default XNNPACK delegate: LiteRT's own int8 kernels, repeatable and closest to TFLite Micro.
-        resolver = getattr(module, "OpResolverType", None)
-        options = {"experimental_op_resolver_type": resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES} if resolver else {}
         with step("loading the model into LiteRT"):
-            self._interpreter = module.Interpreter(
-                model_content=model_bytes, experimental_delegates=delegates, num_threads=1, **options
-            )
-            self._interpreter.allocate_tensors()
+            self._interpreter = litert_interpreter(model_bytes, delegates)
         detail, outputs = self._interpreter.get_input_details()[0], self._interpreter.get_output_details()
         self._input, self._outputs = detail["index"], [output["index"] for output in outputs]
         self.input_spec = _spec(detail)

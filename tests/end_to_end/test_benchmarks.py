@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 
 from benchmarks.common import RUNS, keep_run
@@ -60,3 +61,24 @@ def test_benchmark_quick_mode_writes_its_results(name, options, keys, kept_runs,
     assert all(key in saved for key in keys) and saved["environment"]["versions"]
     assert (tmp_path / f"{stem}.md").read_text().count("|") > 10
     assert "--adversarial" not in options or all("adversarial" in s for s in saved["summary"].values())
+
+
+def _ranks(values):
+    return np.argsort(np.argsort(values))
+
+
+def test_the_int8_classifier_evidence_reads_the_bundles_own_tensors(digits_run, digits_bundle):
+    """The OOD benchmark's float evidence from the int8 model's features and logits reads the tensors the
+    bundle computes its own evidence from: its max logit is the bundle's, and its errors order samples as
+    the bundle's int8 errors do (they differ by the autoencoders' quantisation alone)."""
+    from benchmarks.ood_quality import int8_classifier_evidence
+    from edgefp import data
+    from edgefp.bundle import Bundle
+
+    bundle = Bundle.load(digits_bundle[1])
+    x = np.concatenate([data.load("digits:test:0-4").x[:150], data.load("digits:test:5-9").x[:50]])
+    evidence, int8 = int8_classifier_evidence(digits_run[0], bundle)(x), bundle.score(x).layer_errors
+    assert evidence.shape == int8.shape == (200, len(bundle.manifest.layers))
+    np.testing.assert_allclose(evidence[:, -1], int8[:, -1], rtol=1e-6)
+    for j in range(evidence.shape[1] - 1):
+        assert np.corrcoef(_ranks(evidence[:, j]), _ranks(int8[:, j]))[0, 1] > 0.95
