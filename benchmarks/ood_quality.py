@@ -201,12 +201,10 @@ def evaluate(dataset: data.Dataset, classes, far, seed, attacks: str | None = No
         detectors[name] = lambda x, fitted=fitted: fitted.ood_score(prepare(x))
     weights, transforms = [layer.weight for layer in fingerprint.layers_], fingerprint.transforms_
     int8_classifier = int8_classifier_evidence(fingerprint, bundle)
-    calibration = ood.calibrate(int8_classifier(fingerprint.holdout_x_), fingerprint.fpr, transforms, weights)
+    z_mean, z_std = ood.z_stats(int8_classifier(fingerprint.holdout_x_), transforms)
     scored = {
         **detectors,
-        INT8_CLASSIFIER: lambda x: ood.ood_score(
-            int8_classifier(x), calibration.z_mean, calibration.z_std, weights, transforms
-        ),
+        INT8_CLASSIFIER: lambda x: ood.ood_score(int8_classifier(x), z_mean, z_std, weights, transforms),
     }
     id_float, holdout = fingerprint.score(held_out.x), fingerprint.score(fingerprint.holdout_x_)
     id_scores = {name: score(held_out.x) for name, score in scored.items()}
