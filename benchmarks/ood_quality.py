@@ -14,9 +14,9 @@ basic_motions and arrow_head, each class held out in turn; gun_point (two classe
 Intervals: 95 % percentile bootstrap over the runs (splits x seeds) of a data set, 2,000 resamples;
 `vs best` is the paired difference of the int8 fingerprint to the baseline with the best mean.
 int8 against float, split in two: the float evidence is computed again from the int8 model's own
-features (what its autoencoders read) and logits, and scored as the bundle is recalibrated; its
-difference to float is the int8 classifier's rounding, the bundle's difference to it the
-quantisation of the autoencoders and their errors.
+features and class means (what its autoencoders read, their offset correction included) and logits,
+and scored as the bundle is recalibrated; its difference to float is the int8 classifier's rounding,
+the bundle's difference to it the quantisation of the autoencoders and their errors.
 Ablation: the float fingerprint's score recombined without each kind of evidence, with one minus the
 largest probability in the max logit's place, or with every piece of evidence weighing the same.
 
@@ -39,7 +39,7 @@ from benchmarks import adversarial_summary
 from benchmarks.common import save, trained
 from edgefp import data, metrics, ood, shifts
 from edgefp.bundle import Bundle
-from edgefp.converter.convert import convert
+from edgefp.converter.convert import convert, residual_inputs
 from edgefp.runtime import litert_interpreter
 from edgefp.trainer.baselines import BASELINES
 from edgefp.trainer.fingerprint import AUTOENCODER, MAX_LOGIT
@@ -110,26 +110,28 @@ def int8_bundle(fingerprint, calib: data.Dataset) -> Bundle:
 
 def int8_classifier_evidence(fingerprint, bundle: Bundle):
     """A function of raw samples: the float fingerprint's evidence (N, L) computed from the int8 bundle's
-    own tensors, dequantised: the pooled, standardised features its autoencoders read (the first input of
-    its one SUB), its probabilities and its logits (SOFTMAX's output and input), read from LiteRT. It
-    differs from the float evidence by the rounding of the int8 classifier and of its pooled features,
-    and from the bundle's by the quantisation of the autoencoders and their errors."""
+    own tensors, dequantised: the pooled, standardised features its autoencoders read and the class means
+    they are read against (:func:`edgefp.converter.convert.residual_inputs`, the features' offset
+    correction included), and its logits (the input of the SOFTMAX that gives the probabilities), read
+    from LiteRT. It differs from the float evidence by the
+    rounding of the int8 classifier, of its pooled features and of the class means, and from the
+    bundle's by the quantisation of the autoencoders and their errors."""
     import keras
 
     interpreter = litert_interpreter(bundle.model_bytes, experimental_preserve_all_tensors=True)
-    ops = interpreter._get_ops_details()
-    (residual,) = [op for op in ops if op["op_name"] == "SUB"]
-    (softmax,) = [op for op in ops if op["op_name"] == "SOFTMAX"]
-    read = {"features": residual["inputs"][0], "probs": softmax["outputs"][0], "logits": softmax["inputs"][0]}
+    features, means = residual_inputs(interpreter, bundle.manifest.outputs.probs.index)
+    probs = interpreter.get_output_details()[bundle.manifest.outputs.probs.index]["index"]
+    (logits,) = [op["inputs"][0] for op in interpreter._get_ops_details() if op["outputs"][0] == probs]
+    read = {"features": features, "means": means, "logits": logits}
     quantization = {d["index"]: d["quantization"] for d in interpreter.get_tensor_details()}
     autoencoders = fingerprint.autoencoder_layers_
     graph = fingerprint.monitor_.get_layer
     features = keras.Input((sum(layer.features for layer in autoencoders),))
-    probs = keras.Input((len(fingerprint.labels_),))
-    difference = graph("fp_residual")([features, graph("fp_class_mean")(probs)])
+    means = keras.Input((sum(layer.features for layer in autoencoders),))
+    difference = graph("fp_residual")([features, means])
     square = graph("fp_square")([graph("fp_decode")(graph("fp_encode")(difference)), difference])
     averages = [graph(f"fp_error_{i}")(square) for i in range(len(autoencoders))]
-    errors = keras.Model([features, probs], averages)
+    errors = keras.Model([features, means], averages)
     entry = interpreter.get_input_details()[0]["index"]
 
     def evidence(x):
@@ -141,7 +143,7 @@ def int8_classifier_evidence(fingerprint, bundle: Bundle):
                 scale, zero_point = quantization[index]
                 tensors[name].append((interpreter.get_tensor(index)[0].astype(np.float32) - zero_point) * scale)
         tensors = {name: np.asarray(values) for name, values in tensors.items()}
-        values = errors.predict([tensors["features"], tensors["probs"]], verbose=0, batch_size=256)
+        values = errors.predict([tensors["features"], tensors["means"]], verbose=0, batch_size=256)
         values = values if isinstance(values, list) else [values]
         return np.column_stack([*(v[:, 0] for v in values), tensors["logits"].max(axis=1)]).astype(np.float64)
 
@@ -312,9 +314,9 @@ def table(summary: dict) -> str:
     lines += [
         "",
         "int8 against float (fingerprint_int8 - fingerprint AUROC): mean over runs [interval], and the worst split",
-        "(mean over its seeds); split in two by the float evidence computed from the int8 model's own features and",
-        "logits (int8 classifier): what the int8 classifier's rounding costs, and what the quantisation of the",
-        "autoencoders and their errors costs.",
+        "(mean over its seeds); split in two by the float evidence computed from the int8 model's own features,",
+        "class means and logits (int8 classifier): what the int8 classifier's rounding costs, and what the",
+        "quantisation of the autoencoders and their errors costs.",
         "",
         "| data set | case | int8 - float | worst split | int8 classifier - float | int8 - int8 classifier |",
         "|---|---|---|---|---|---|",

@@ -243,6 +243,16 @@ def arrow_head_run(tmp_path_factory):
     return _saved_run(tmp_path_factory, "arrow_head", arrow_head_split()[0], seed=0)
 
 
+@pytest.fixture(scope="session")
+def arrow_head_bundle(arrow_head_run, tmp_path_factory):
+    """The arrow_head RUN converted (calibrated on its training set), as a bundle directory."""
+    from edgefp.converter.convert import convert
+
+    out = str(tmp_path_factory.mktemp("arrow_head") / "bundle")
+    convert(arrow_head_run[1], arrow_head_split()[0], out)
+    return out
+
+
 def synthetic(shape, classes: int, n_train: int, n_test: int, scale: float = 1.0, seed: int = 0):
     """Learnable (train, test) data sets of samples of ``shape``: one smooth prototype per class
     (sinusoids per channel for sequences, low-pass noise for images, a random point for vectors)

@@ -17,7 +17,7 @@ from edgefp.errors import EdgefpError
 from edgefp.fsutil import check_directory_output
 from edgefp.isolation import step
 from edgefp.manifest import MAX_NAME, FileEntry, Input, Label, Layer, Manifest, Output, Outputs, Preprocessing, Score
-from edgefp.runtime import LiteRT, TFLiteMicro, captured_output, litert_module, tflm_arena_bytes
+from edgefp.runtime import LiteRT, TFLiteMicro, captured_output, litert_interpreter, litert_module, tflm_arena_bytes
 from edgefp.trainer.fingerprint import MAX_LOGIT, NeuralFingerprint, read_fingerprint_json, sha256_file
 
 MIN_CALIB = 20
@@ -131,8 +131,8 @@ def quantize(
 ) -> tuple[bytes, Outputs, tuple]:
     """The fingerprint's fused graph as an int8 TFLite model at batch size 1 (``calib`` preprocessed), with
     the int8 ranges described above, the evidence's FULLY_CONNECTED weights quantised ``per_tensor`` (else
-    per output channel, as converted) and everything no runtime reads stripped; also the output specs and
-    the input's (scale, zero point)."""
+    per output channel, as converted), the features' mean shift corrected (:func:`_correct_feature_offsets`)
+    and everything no runtime reads stripped; also the output specs and the input's (scale, zero point)."""
     square_top, tops = _error_tops(fingerprint)
     fused = _batch_of_one(fingerprint.monitor_, "edgefp_model")
     model_bytes = _int8_model(fused, shifts.range_samples(calib, seed))
@@ -140,6 +140,7 @@ def quantize(
     in_distribution = _int8_model(fused, sample)
     outputs, input_quantization = _io_specs(model_bytes)
     model_bytes = _set_evidence_ranges(model_bytes, in_distribution, outputs, per_tensor, square_top, tops)
+    model_bytes = _correct_feature_offsets(model_bytes, fingerprint, sample, outputs.probs.index)
     outputs = _io_specs(model_bytes)[0]
     errors = tuple(
         dataclasses.replace(spec, coarse_factor=ood.COARSE_FACTOR if spec.shape == (2,) else None)
@@ -245,6 +246,62 @@ def _set_evidence_ranges(
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
+def residual_inputs(interpreter, probs_output: int) -> tuple[int, int]:
+    """The tensors of a bundle's int8 graph (in a LiteRT ``interpreter``) that its autoencoders' residual
+    is computed from: the pooled, standardised features and the class means, the FULLY_CONNECTED on the
+    probabilities (the ``probs_output``-th output) that the features' SUB subtracts. A classifier may
+    hold SUBs and FULLY_CONNECTEDs of its own."""
+    ops = interpreter._get_ops_details()
+    probs = interpreter.get_output_details()[probs_output]["index"]
+    (means,) = [op["outputs"][0] for op in ops if op["op_name"] == "FULLY_CONNECTED" and op["inputs"][0] == probs]
+    (features,) = [op["inputs"][0] for op in ops if op["op_name"] == "SUB" and op["inputs"][1] == means]
+    return int(features), int(means)
+
+
+def _correct_feature_offsets(
+    model_bytes: bytes, fingerprint: NeuralFingerprint, samples: np.ndarray, probs_output: int
+) -> bytes:
+    """Bias correction of the features the autoencoders read: the int8 classifier's rounding moves the
+    in-distribution mean of each pooled, standardised feature away from the float fingerprint's, a shift
+    the autoencoders would read as evidence on every sample. The mean shift on the in-distribution
+    ``samples`` (preprocessed) is added to the class-mean layer's weights: every class's mean moves by it
+    (the probabilities sum to 1), and the int8 residual is centred as the float one is (docs/bundle.md)."""
+    import keras
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    interpreter = litert_interpreter(model_bytes, experimental_preserve_all_tensors=True)
+    features, class_mean = residual_inputs(interpreter, probs_output)
+    quantization = {detail["index"]: detail["quantization"] for detail in interpreter.get_tensor_details()}
+    (scale, zero_point), entry = quantization[features], interpreter.get_input_details()[0]
+    measured = []
+    with step("measuring the int8 features' mean shift (LiteRT)"):
+        for row in samples:
+            quantized = np.round(row / entry["quantization"][0]) + entry["quantization"][1]
+            interpreter.set_tensor(entry["index"], np.clip(quantized, -128, 127).astype(np.int8)[None])
+            interpreter.invoke()
+            measured.append((interpreter.get_tensor(features)[0].astype(np.float64) - zero_point) * scale)
+    layer = fingerprint.monitor_.get_layer("fp_residual")
+    exact = keras.Model(fingerprint.monitor_.inputs, layer.input[0]).predict(samples, verbose=0, batch_size=256)
+    shift = np.mean(np.asarray(measured) - exact, axis=0)
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(model_bytes))
+    graph = model.subgraphs[0]
+    (op,) = [op for op in graph.operators if op.outputs[0] == class_mean]
+    weights = graph.tensors[op.inputs[1]]
+    old = np.asarray(weights.quantization.scale, np.float64)
+    buffer = model.buffers[weights.buffer]
+    values = np.frombuffer(bytes(buffer.data), np.int8).reshape(len(shift), -1) * old.reshape(-1, 1) + shift[:, None]
+    top = np.abs(values).max(axis=1) if len(old) > 1 else np.abs(values).max().reshape(1)
+    new = np.maximum(top, 1e-12) / 127
+    buffer.data = np.clip(np.round(values / new.reshape(-1, 1)), -127, 127).astype(np.int8).reshape(-1).view(np.uint8)
+    weights.quantization.scale = new.astype(np.float32)
+    if len(op.inputs) > 2 and op.inputs[2] >= 0:
+        _rescale_bias(model, graph.tensors[op.inputs[2]], old / new)
+    low, high = _range(graph.tensors[class_mean].quantization)
+    _set_range(graph.tensors[class_mean], low + min(shift.min(), 0.0), high + max(shift.max(), 0.0))
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
 def _per_tensor_weights(model, graph, op, input_scale: float) -> None:
     """Quantise a FULLY_CONNECTED's weights (and bias) per tensor rather than per output channel: one scale
     and zero point per tensor instead of one per channel, in the model and in the runtimes' memory.
@@ -278,10 +335,10 @@ def _set_scale(tensor, scale: float) -> None:
     tensor.quantization = quantization
 
 
-def _rescale_bias(model, bias, ratio: float) -> None:
-    """Multiply an int32 bias tensor's values by ``ratio`` and divide its scales by it (the value it stands
-    for is unchanged; its units follow a changed input scale)."""
-    if ratio == 1.0:
+def _rescale_bias(model, bias, ratio) -> None:
+    """Multiply an int32 bias tensor's values by ``ratio`` (one, or one per channel) and divide its scales
+    by it (the value it stands for is unchanged; its units follow a changed input or weight scale)."""
+    if np.all(ratio == 1.0):
         return
     buffer = model.buffers[bias.buffer]
     values = np.frombuffer(bytes(buffer.data), dtype="<i4").astype(np.float64) * ratio

@@ -11,6 +11,7 @@ from edgefp.bundle import Bundle
 from edgefp.converter.convert import convert, strip
 from edgefp.errors import EdgefpError
 from tests.cli.test_cli import edgefp
+from tests.conftest import arrow_head_split
 
 
 def test_int8_bundle_keeps_accuracy_and_ood_quality(digits_bundle):
@@ -109,6 +110,42 @@ def test_autoencoders_run_as_one_block_with_weights_per_tensor(digits_bundle):
     assert evidence[0].inputs[0] == softmax  # the class mean, then encoder, decoder and the averages
     for op in evidence:
         assert len(graph.tensors[op.inputs[1]].quantization.scale) == 1
+
+
+def _feature_shifts(fingerprint, bundle: Bundle, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per feature, the mean over ``x`` of the int8 bundle's features less the float fingerprint's, and of
+    its residual (features less class means) less the float residual."""
+    import keras
+
+    from edgefp.converter.convert import residual_inputs
+    from edgefp.runtime import litert_interpreter
+
+    interpreter = litert_interpreter(bundle.model_bytes, experimental_preserve_all_tensors=True)
+    inputs = residual_inputs(interpreter, bundle.manifest.outputs.probs.index)
+    quantization = {detail["index"]: detail["quantization"] for detail in interpreter.get_tensor_details()}
+    entry, read = interpreter.get_input_details()[0]["index"], []
+    for sample in bundle.quantize(x):
+        interpreter.set_tensor(entry, sample[None])
+        interpreter.invoke()
+        read.append([(interpreter.get_tensor(t)[0] - quantization[t][1]) * quantization[t][0] for t in inputs])
+    features, means = np.moveaxis(np.asarray(read, np.float64), 1, 0)
+    exact = keras.Model(fingerprint.monitor_.inputs, fingerprint.monitor_.get_layer("fp_residual").input)
+    exact_features, exact_means = exact.predict(fingerprint.prepare(x), verbose=0)
+    return (features - exact_features).mean(axis=0), (features - means - exact_features + exact_means).mean(axis=0)
+
+
+def test_int8_residual_is_centred_as_the_float_one(digits_run, digits_bundle, arrow_head_run, arrow_head_bundle):
+    """The int8 classifier's rounding shifts the mean of the features its autoencoders read; convert
+    measures the shift on the calibration samples and moves the class means by it, so that on other
+    in-distribution samples the int8 residual has the float residual's mean (docs/bundle.md)."""
+    cases = {
+        "images": (digits_run[0], digits_bundle[1], data.load("digits:test:0-4").x),
+        "sequences": (arrow_head_run[0], arrow_head_bundle, arrow_head_split()[1]),
+    }
+    for template, (fingerprint, out, x) in cases.items():
+        shifts = _feature_shifts(fingerprint, Bundle.load(out), x)
+        features, residual = (float(np.sqrt(np.mean(shift**2))) for shift in shifts)
+        assert residual <= 0.5 * features, (template, features, residual)
 
 
 def test_saturated_errors_are_still_flagged(digits_bundle):

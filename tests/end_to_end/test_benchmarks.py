@@ -68,9 +68,9 @@ def _ranks(values):
 
 
 def test_the_int8_classifier_evidence_reads_the_bundles_own_tensors(digits_run, digits_bundle):
-    """The OOD benchmark's float evidence from the int8 model's features and logits reads the tensors the
-    bundle computes its own evidence from: its max logit is the bundle's, and its errors order samples as
-    the bundle's int8 errors do (they differ by the autoencoders' quantisation alone)."""
+    """The OOD benchmark's float evidence from the int8 model's features, class means and logits reads the
+    tensors the bundle computes its own evidence from: its max logit is the bundle's, and its errors order
+    samples as the bundle's int8 errors do (they differ by the autoencoders' quantisation alone)."""
     from benchmarks.ood_quality import int8_classifier_evidence
     from edgefp import data
     from edgefp.bundle import Bundle

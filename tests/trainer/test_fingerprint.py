@@ -80,17 +80,15 @@ def test_digits_end_to_end_quality_floors(digits_run):
 NEAR_FLOOR = 0.92
 
 
-def test_sensor_set_floors_for_an_unseen_shape_and_a_fault_in_float_and_int8(arrow_head_run, tmp_path):
+def test_sensor_set_floors_for_an_unseen_shape_and_a_fault_in_float_and_int8(arrow_head_run, arrow_head_bundle):
     """arrow_head (1-channel sequences) with its first shape unseen, fixed seed: the fingerprint flags the
     unseen shape and noisy signals, as the float RUN and as the int8 bundle."""
     from edgefp.bundle import Bundle
-    from edgefp.converter.convert import convert
 
-    fingerprint, run_dir = arrow_head_run
-    train_set, held_out, unseen = arrow_head_split()
+    fingerprint, _ = arrow_head_run
+    _, held_out, unseen = arrow_head_split()
     noisy = shifts.apply(held_out, "noise", seed=1)
-    convert(run_dir, train_set, str(tmp_path / "bundle"))
-    bundle = Bundle.load(str(tmp_path / "bundle"))
+    bundle = Bundle.load(arrow_head_bundle)
     for name, scorer in (("float", fingerprint), ("int8", bundle)):
         id_scores = scorer.score(held_out).ood_score
         assert metrics.auroc(id_scores, scorer.score(unseen).ood_score) >= 0.8, name
