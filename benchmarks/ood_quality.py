@@ -40,7 +40,7 @@ from benchmarks.common import save, trained
 from edgefp import data, metrics, ood, shifts
 from edgefp.bundle import Bundle
 from edgefp.converter.convert import convert, residual_inputs
-from edgefp.runtime import litert_interpreter
+from edgefp.runtime import litert_interpreter, read_tensors
 from edgefp.trainer.baselines import BASELINES
 from edgefp.trainer.fingerprint import AUTOENCODER, MAX_LOGIT
 from edgefp.trainer.train import HOLDOUT
@@ -113,39 +113,27 @@ def int8_classifier_evidence(fingerprint, bundle: Bundle):
     own tensors, dequantised: the pooled, standardised features its autoencoders read and the class means
     they are read against (:func:`edgefp.converter.convert.residual_inputs`, the features' offset
     correction included), and its logits (the input of the SOFTMAX that gives the probabilities), read
-    from LiteRT. It differs from the float evidence by the
-    rounding of the int8 classifier, of its pooled features and of the class means, and from the
-    bundle's by the quantisation of the autoencoders and their errors."""
+    from LiteRT. It differs from the float evidence by the rounding of the int8 classifier, of its pooled
+    features and of the class means, and from the bundle's by the quantisation of the autoencoders and
+    their errors."""
     import keras
 
     interpreter = litert_interpreter(bundle.model_bytes, experimental_preserve_all_tensors=True)
     features, means = residual_inputs(interpreter, bundle.manifest.outputs.probs.index)
     probs = interpreter.get_output_details()[bundle.manifest.outputs.probs.index]["index"]
     (logits,) = [op["inputs"][0] for op in interpreter._get_ops_details() if op["outputs"][0] == probs]
-    read = {"features": features, "means": means, "logits": logits}
-    quantization = {d["index"]: d["quantization"] for d in interpreter.get_tensor_details()}
-    autoencoders = fingerprint.autoencoder_layers_
-    graph = fingerprint.monitor_.get_layer
-    features = keras.Input((sum(layer.features for layer in autoencoders),))
-    means = keras.Input((sum(layer.features for layer in autoencoders),))
-    difference = graph("fp_residual")([features, means])
+    graph, width = fingerprint.monitor_.get_layer, sum(layer.features for layer in fingerprint.autoencoder_layers_)
+    feature_input, mean_input = keras.Input((width,)), keras.Input((width,))
+    difference = graph("fp_residual")([feature_input, mean_input])
     square = graph("fp_square")([graph("fp_decode")(graph("fp_encode")(difference)), difference])
-    averages = [graph(f"fp_error_{i}")(square) for i in range(len(autoencoders))]
-    errors = keras.Model([features, means], averages)
-    entry = interpreter.get_input_details()[0]["index"]
+    averages = [graph(f"fp_error_{i}")(square) for i in range(len(fingerprint.autoencoder_layers_))]
+    errors = keras.Model([feature_input, mean_input], averages)
 
     def evidence(x):
-        tensors = {name: [] for name in read}
-        for sample in bundle.quantize(x):
-            interpreter.set_tensor(entry, sample[None])
-            interpreter.invoke()
-            for name, index in read.items():
-                scale, zero_point = quantization[index]
-                tensors[name].append((interpreter.get_tensor(index)[0].astype(np.float32) - zero_point) * scale)
-        tensors = {name: np.asarray(values) for name, values in tensors.items()}
-        values = errors.predict([tensors["features"], tensors["means"]], verbose=0, batch_size=256)
+        read = read_tensors(interpreter, bundle.quantize(x), [features, means, logits])
+        values = errors.predict(read[:2], verbose=0, batch_size=256)
         values = values if isinstance(values, list) else [values]
-        return np.column_stack([*(v[:, 0] for v in values), tensors["logits"].max(axis=1)]).astype(np.float64)
+        return np.column_stack([*(v[:, 0] for v in values), read[2].max(axis=1)]).astype(np.float64)
 
     return evidence
 

@@ -58,6 +58,20 @@ def litert_interpreter(model_bytes: bytes, delegates=(), **options):
     return interpreter
 
 
+def read_tensors(interpreter, samples: np.ndarray, tensors) -> list[np.ndarray]:
+    """Invoke a LiteRT ``interpreter`` built with every tensor preserved (:func:`litert_interpreter`) on
+    each int8 sample and read the ``tensors`` (indices), dequantised: one float64 array (N, ...) each."""
+    quantization = {detail["index"]: detail["quantization"] for detail in interpreter.get_tensor_details()}
+    entry, read = interpreter.get_input_details()[0]["index"], [[] for _ in tensors]
+    for sample in samples:
+        interpreter.set_tensor(entry, sample[None])
+        interpreter.invoke()
+        for values, index in zip(read, tensors):
+            scale, zero_point = quantization[index]
+            values.append((interpreter.get_tensor(index)[0].astype(np.float64) - zero_point) * scale)
+    return [np.asarray(values) for values in read]
+
+
 class LiteRT:
     """LiteRT (TFLite) interpreter on the CPU, or on the Edge TPU through its delegate."""
 

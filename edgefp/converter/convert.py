@@ -17,7 +17,15 @@ from edgefp.errors import EdgefpError
 from edgefp.fsutil import check_directory_output
 from edgefp.isolation import step
 from edgefp.manifest import MAX_NAME, FileEntry, Input, Label, Layer, Manifest, Output, Outputs, Preprocessing, Score
-from edgefp.runtime import LiteRT, TFLiteMicro, captured_output, litert_interpreter, litert_module, tflm_arena_bytes
+from edgefp.runtime import (
+    LiteRT,
+    TFLiteMicro,
+    captured_output,
+    litert_interpreter,
+    litert_module,
+    read_tensors,
+    tflm_arena_bytes,
+)
 from edgefp.trainer.fingerprint import MAX_LOGIT, NeuralFingerprint, read_fingerprint_json, sha256_file
 
 MIN_CALIB = 20
@@ -271,18 +279,13 @@ def _correct_feature_offsets(
 
     interpreter = litert_interpreter(model_bytes, experimental_preserve_all_tensors=True)
     features, class_mean = residual_inputs(interpreter, probs_output)
-    quantization = {detail["index"]: detail["quantization"] for detail in interpreter.get_tensor_details()}
-    (scale, zero_point), entry = quantization[features], interpreter.get_input_details()[0]
-    measured = []
+    scale, zero_point = interpreter.get_input_details()[0]["quantization"]
+    quantized = np.clip(np.round(samples / scale) + zero_point, -128, 127).astype(np.int8)
     with step("measuring the int8 features' mean shift (LiteRT)"):
-        for row in samples:
-            quantized = np.round(row / entry["quantization"][0]) + entry["quantization"][1]
-            interpreter.set_tensor(entry["index"], np.clip(quantized, -128, 127).astype(np.int8)[None])
-            interpreter.invoke()
-            measured.append((interpreter.get_tensor(features)[0].astype(np.float64) - zero_point) * scale)
+        (measured,) = read_tensors(interpreter, quantized, [features])
     layer = fingerprint.monitor_.get_layer("fp_residual")
     exact = keras.Model(fingerprint.monitor_.inputs, layer.input[0]).predict(samples, verbose=0, batch_size=256)
-    shift = np.mean(np.asarray(measured) - exact, axis=0)
+    shift = np.mean(measured - exact, axis=0)
 
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(model_bytes))
     graph = model.subgraphs[0]

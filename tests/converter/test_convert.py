@@ -118,17 +118,11 @@ def _feature_shifts(fingerprint, bundle: Bundle, x: np.ndarray) -> tuple[np.ndar
     import keras
 
     from edgefp.converter.convert import residual_inputs
-    from edgefp.runtime import litert_interpreter
+    from edgefp.runtime import litert_interpreter, read_tensors
 
     interpreter = litert_interpreter(bundle.model_bytes, experimental_preserve_all_tensors=True)
     inputs = residual_inputs(interpreter, bundle.manifest.outputs.probs.index)
-    quantization = {detail["index"]: detail["quantization"] for detail in interpreter.get_tensor_details()}
-    entry, read = interpreter.get_input_details()[0]["index"], []
-    for sample in bundle.quantize(x):
-        interpreter.set_tensor(entry, sample[None])
-        interpreter.invoke()
-        read.append([(interpreter.get_tensor(t)[0] - quantization[t][1]) * quantization[t][0] for t in inputs])
-    features, means = np.moveaxis(np.asarray(read, np.float64), 1, 0)
+    features, means = read_tensors(interpreter, bundle.quantize(x), inputs)
     exact = keras.Model(fingerprint.monitor_.inputs, fingerprint.monitor_.get_layer("fp_residual").input)
     exact_features, exact_means = exact.predict(fingerprint.prepare(x), verbose=0)
     return (features - exact_features).mean(axis=0), (features - means - exact_features + exact_means).mean(axis=0)
