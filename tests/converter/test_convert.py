@@ -142,6 +142,27 @@ def test_int8_residual_is_centred_as_the_float_one(digits_run, digits_bundle, ar
         assert residual <= 0.5 * features, (template, features, residual)
 
 
+@pytest.mark.heavy  # trains
+def test_a_watched_input_keeps_the_classifiers_input_quantisation(tmp_path):
+    """A vector classifier's input watched (``--layers input,...``): its standardisation is the identity
+    (the input is standardised already), so the evidence's CONCATENATION reads the model's input itself.
+    ``convert`` must not widen the input's range for it: the manifest's input quantisation is the model's,
+    and int8 classifies as float does (it fell from 0.97 to 0.68 when the input's range was widened)."""
+    from edgefp.runtime import litert_interpreter
+    from edgefp.trainer import train
+    from tests.conftest import synthetic
+
+    train_set, test_set = synthetic((3,), 2, 80, 60)
+    fingerprint = train(train_set, epochs=24, autoencoder_epochs=3, seed=0, layers=["input", "dense64"], progress=False)
+    fingerprint.save(str(tmp_path / "run"))
+    manifest = convert(str(tmp_path / "run"), train_set, str(tmp_path / "bundle"))
+    bundle = Bundle.load(str(tmp_path / "bundle"))
+    quantization = litert_interpreter(bundle.model_bytes).get_input_details()[0]["quantization"]
+    assert quantization == pytest.approx((manifest.input.scale, manifest.input.zero_point))
+    float_pred = fingerprint.score(test_set.x).pred
+    assert np.mean(bundle.score(test_set.x).pred == float_pred) >= 0.95
+
+
 def test_saturated_errors_are_still_flagged(digits_bundle):
     manifest, _ = digits_bundle
     assert manifest.parity["saturated_is_ood"]
