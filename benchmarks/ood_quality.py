@@ -10,7 +10,9 @@ float and as the int8 bundle `edgefp convert` makes of it (LiteRT).
 
 Splits: digits, every class held out as half of a 5-of-10 split: 12 splits drawn at random (fixed
 generator) and their 12 complements (24 of the 252; each digit is in-distribution in 12 of them);
-basic_motions and arrow_head, each class held out in turn; gun_point (two classes) far-OOD only.
+basic_motions and arrow_head, each class held out in turn; gun_point (two classes) far-OOD only; the
+vector template on scikit-learn's wine (13 chemical measurements) and iris (4 flower measurements),
+each class held out in turn, with the faults of a sensor that has no time axis.
 Intervals: 95 % percentile bootstrap over the runs (splits x seeds) of a data set, 2,000 resamples;
 `vs best` is the paired difference of the int8 fingerprint to the baseline with the best mean.
 int8 against float, split in two: the float evidence is computed again from the int8 model's own
@@ -20,8 +22,9 @@ the bundle's difference to it the quantisation of the autoencoders and their err
 Ablation: the float fingerprint's score recombined without each kind of evidence, with one minus the
 largest probability in the max logit's place, or with every piece of evidence weighing the same.
 
-    python -m benchmarks.ood_quality            # full: 24 digits splits x 2 seeds, sensor splits x 5 seeds
+    python -m benchmarks.ood_quality            # full: 24 digits splits x 2 seeds, other splits x 5 seeds
     python -m benchmarks.ood_quality --quick    # one split and seed per data set with near-OOD: a smoke test
+    python -m benchmarks.ood_quality --sets wine,iris   # some data sets: results/ood_quality_wine_iris.md
     python -m benchmarks.ood_quality --adversarial   # also FGSM, PGD and adaptive PGD against every classifier
 """
 
@@ -46,6 +49,9 @@ from edgefp.trainer.fingerprint import AUTOENCODER, MAX_LOGIT
 from edgefp.trainer.train import HOLDOUT
 
 SENSOR_SHIFTS = ("stuck", "gain", "noise", "reverse")
+VECTOR_SHIFTS = ("stuck", "gain", "noise", "invert")
+VECTOR_SETS = ("wine", "iris")
+SETS = ("digits", "basic_motions", "arrow_head", "gun_point", *VECTOR_SETS)
 IMAGE_SHIFTS = ("gaussian", "invert", "blur", "stuck")
 DIGITS_DRAWN = 12  # random 5-of-10 digit splits; with their complements, 24 splits
 BOOTSTRAP = 2000
@@ -81,6 +87,15 @@ def pooled(name: str) -> data.Dataset:
     return data.Dataset(np.concatenate([train_part.x, test_part.x]), np.concatenate([train_part.y, test_part.y]), name)
 
 
+def vector_set(name: str) -> data.Dataset:
+    """One of scikit-learn's small tabular sets (``wine``, ``iris``), every sample, as flat vectors."""
+    from sklearn import datasets
+
+    bunch = getattr(datasets, f"load_{name}")()
+    names = {i: str(label) for i, label in enumerate(bunch.target_names)}
+    return data.Dataset(bunch.data.astype(np.float32), bunch.target.astype(np.int64), name, names)
+
+
 def experiments(quick: bool, seeds: int, digits_drawn: int, sets: list[str]) -> list[tuple]:
     """(data set name, all its samples, in-distribution classes, far-OOD shifts, seed) for every run."""
     runs = []
@@ -88,15 +103,15 @@ def experiments(quick: bool, seeds: int, digits_drawn: int, sets: list[str]) -> 
         digits = data.load("digits")
         for split in digits_splits(digits_drawn)[: 1 if quick else None]:
             runs += [("digits", digits, list(split), IMAGE_SHIFTS, seed) for seed in range(1 if quick else seeds)]
-    for name in ("basic_motions", "arrow_head", "gun_point"):
-        if name not in sets or (quick and name == "gun_point"):
+    for name in SETS:
+        if name == "digits" or name not in sets or (quick and name == "gun_point"):
             continue
-        dataset = pooled(name)
+        dataset, far = (vector_set(name), VECTOR_SHIFTS) if name in VECTOR_SETS else (pooled(name), SENSOR_SHIFTS)
         classes = sorted(int(c) for c in np.unique(dataset.y))
         held_out = [None] if len(classes) < 3 else classes[: 1 if quick else None]
         for unseen in held_out:
             known = [c for c in classes if c != unseen]
-            runs += [(name, dataset, known, SENSOR_SHIFTS, seed) for seed in range(1 if quick else seeds)]
+            runs += [(name, dataset, known, far, seed) for seed in range(1 if quick else seeds)]
     return runs
 
 
@@ -164,7 +179,7 @@ def ablated(fingerprint, scores, holdout, change: tuple[str, ...]) -> np.ndarray
 
 def split(dataset: data.Dataset, classes, seed: int) -> tuple[data.Dataset, data.Dataset, np.ndarray]:
     """A run's training set and in-distribution test set (samples of ``classes``), and the mask of those
-    classes' samples: digits by the built-in fixed split, a sensor set 40 % held out per class by ``seed``."""
+    classes' samples: digits by the built-in fixed split, any other set 40 % held out per class by ``seed``."""
     if dataset.name == "digits":
         test = data.stratified_split(dataset.y, data.DIGITS_TEST_FRACTION, seed=0)
     else:
@@ -344,9 +359,9 @@ def table(summary: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one split and seed per data set with near-OOD")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds per split (default: 2 digits, 5 sensors)")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per split (default: 2 digits, 5 others)")
     parser.add_argument("--digits-splits", type=int, default=DIGITS_DRAWN, help="random digits splits drawn")
-    parser.add_argument("--sets", default="digits,basic_motions,arrow_head,gun_point", help="data sets to run")
+    parser.add_argument("--sets", default=",".join(SETS), help="data sets to run")
     parser.add_argument(
         "--adversarial", action="store_true", help="also attack every run's classifier (FGSM, PGD, adaptive PGD)"
     )
@@ -368,8 +383,9 @@ def main(argv=None) -> int:
         for name, runs in per_set.items():
             summary[name]["adversarial"] = adversarial_summary.summarise([r["adversarial"] for r in runs])
         markdown += "\n" + adversarial_summary.table({name: s["adversarial"] for name, s in summary.items()})
+    chosen = "" if tuple(sets) == SETS else "_" + "_".join(sets)  # a subset's results beside the full run's
     save(
-        "ood_quality" + ("_adversarial" if args.adversarial else "") + ("_quick" if args.quick else ""),
+        "ood_quality" + chosen + ("_adversarial" if args.adversarial else "") + ("_quick" if args.quick else ""),
         {"seconds": time.monotonic() - started, "summary": summary, "runs": per_set},
         markdown,
     )

@@ -55,7 +55,8 @@ def test_benchmark_quick_mode_writes_its_results(name, options, keys, kept_runs,
     monkeypatch.setenv(RUNS, kept_runs)
     assert importlib.import_module(f"benchmarks.{name}").main(["--quick", *options]) in (None, 0)
     assert capsys.readouterr().err.count(": loaded the kept RUN ") == KEPT.get(name, 0)
-    stem = name + ("_adversarial" if "--adversarial" in options else "") + "_quick"
+    chosen = "_" + options[options.index("--sets") + 1].replace(",", "_") if "--sets" in options else ""
+    stem = name + chosen + ("_adversarial" if "--adversarial" in options else "") + "_quick"
     with open(tmp_path / f"{stem}.json") as handle:
         saved = json.load(handle)
     assert all(key in saved for key in keys) and saved["environment"]["versions"]
