@@ -34,6 +34,7 @@ from edgefp.manifest import (
     Manifest,
     ManifestError,
 )
+from edgefp.runtime import quantize_input
 from edgefp.signing import SIGNATURE_BYTES, SIGNATURE_FILE, Signature, sign_manifest
 
 __all__ = ["ARCHIVE_SUFFIX", "MANIFEST", "MODEL", "SCHEMA", "SCHEMA_VERSION", "Bundle", "manifest_digest", "sha256"]
@@ -316,8 +317,7 @@ class Bundle:
                 )
             return x
         x = data.fit_input_shape(np.asarray(x, dtype=np.float32), spec.shape, name)
-        scaled = spec.preprocessing.apply(x) / np.float32(spec.scale)
-        return np.clip(np.round(scaled) + spec.zero_point, -128, 127).astype(np.int8)
+        return quantize_input(spec.preprocessing.apply(x), spec.scale, spec.zero_point)
 
     @property
     def transforms(self) -> list[str]:

@@ -58,6 +58,11 @@ def litert_interpreter(model_bytes: bytes, delegates=(), **options):
     return interpreter
 
 
+def quantize_input(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """Preprocessed float samples as a model's int8 input of ``scale`` and ``zero_point`` takes them."""
+    return np.clip(np.round(x / np.float32(scale)) + zero_point, -128, 127).astype(np.int8)
+
+
 def read_tensors(interpreter, samples: np.ndarray, tensors) -> list[np.ndarray]:
     """Invoke a LiteRT ``interpreter`` built with every tensor preserved (:func:`litert_interpreter`) on
     each int8 sample and read the ``tensors`` (indices), dequantised: one float64 array (N, ...) each."""

@@ -23,6 +23,7 @@ from edgefp.runtime import (
     captured_output,
     litert_interpreter,
     litert_module,
+    quantize_input,
     read_tensors,
     tflm_arena_bytes,
 )
@@ -284,8 +285,7 @@ def _correct_feature_offsets(
 
     interpreter = litert_interpreter(model_bytes, experimental_preserve_all_tensors=True)
     features, class_mean = residual_inputs(interpreter, probs_output)
-    scale, zero_point = interpreter.get_input_details()[0]["quantization"]
-    quantized = np.clip(np.round(samples / scale) + zero_point, -128, 127).astype(np.int8)
+    quantized = quantize_input(samples, *interpreter.get_input_details()[0]["quantization"])
     with step("measuring the int8 features' mean shift (LiteRT)"):
         (measured,) = read_tensors(interpreter, quantized, [features])
     layer = fingerprint.monitor_.get_layer("fp_residual")
@@ -326,11 +326,8 @@ def _per_tensor_weights(model, graph, op, input_scale: float) -> None:
     )
     _set_scale(weights, scale)
     if len(op.inputs) > 2 and op.inputs[2] >= 0:
-        bias = graph.tensors[op.inputs[2]]
-        buffer = model.buffers[bias.buffer]
-        values = np.frombuffer(bytes(buffer.data), "<i4").astype(np.float64) * old / scale
-        buffer.data = np.clip(np.round(values), -(2**31), 2**31 - 1).astype("<i4").view(np.uint8)
-        _set_scale(bias, input_scale * scale)
+        _rescale_bias(model, graph.tensors[op.inputs[2]], old / scale)
+        _set_scale(graph.tensors[op.inputs[2]], input_scale * scale)
 
 
 def _set_scale(tensor, scale: float) -> None:
