@@ -230,14 +230,9 @@ def _set_evidence_ranges(
         _set_range(graph.tensors[out], centre - half, centre + half)
     for op, kind in zip(graph.operators, kinds):  # concatenated tensors share one quantisation, as they share bytes
         if kind == ops.CONCATENATION and op.outputs[0] not in classifier:
-            # a classifier tensor read directly (the model's input, watched) keeps its own: the classifier
-            # and the manifest's input quantisation must not change
-            pinned = [t for t in op.inputs if t in classifier]
-            joined = [_range(graph.tensors[t].quantization) for t in (pinned or (*op.inputs, op.outputs[0]))]
+            joined = [_range(graph.tensors[t].quantization) for t in (*op.inputs, op.outputs[0])]
             low, high = min(r[0] for r in joined), max(r[1] for r in joined)
             for tensor in (*op.inputs, op.outputs[0]):
-                if tensor in classifier:
-                    continue
                 _set_range(graph.tensors[tensor], low, high)
                 while tensor in producer and kinds[graph.operators.index(producer[tensor])] in pass_through:
                     if producer[tensor].inputs[0] in classifier:

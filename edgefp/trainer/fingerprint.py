@@ -301,8 +301,10 @@ class NeuralFingerprint:
         padding, stride = window), which in int8 keeps the precision the average gains instead of
         rounding it back to the map's scale; ``scaling`` (per tap: a weight and a bias per channel)
         folds a standardisation into it. A vector is multiplied by its weight alone: its bias is the
-        caller's to add (the monitor's class mean carries it, one operator less). Without ``pools`` the
-        windows are chosen from the tap shapes and ``max_features``.
+        caller's to add (the monitor's class mean carries it, one operator less). A vector input is
+        made a sequence of one position: read by a multiply, the int8 converter would give the model's
+        input the quantisation of the evidence's concatenation. Without ``pools`` the windows are
+        chosen from the tap shapes and ``max_features``.
         """
         import keras
 
@@ -311,6 +313,8 @@ class NeuralFingerprint:
         outputs, shapes, used_pools = [], [], []
         for index, name in enumerate(names):
             t = logits if name == taps.LOGITS else taps.tap(model, name)
+            if t is model.inputs[0] and len(t.shape) == 2:  # one position: pooled by an operator of its own
+                t = keras.layers.Reshape((1, t.shape[1]), name=f"fp_input_{index}")(t)
             shape = tuple(t.shape[1:])
             pool = taps.pool_sizes(shape, self.max_features) if pools is None else tuple(pools[index])
             channels = shape[-1]

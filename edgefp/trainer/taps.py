@@ -50,9 +50,17 @@ def logits_and_probs(model):
     return out, keras.layers.Softmax(name="probs_from_logits")(out)
 
 
+def input_name(model) -> str:
+    """The name of the classifier's input layer (Keras numbers it when the model does not name it)."""
+    return model.inputs[0]._keras_history.operation.name
+
+
 def default_layers(model) -> list[str]:
     """Every layer with a kernel (convolutions, hidden dense layers) below the penultimate one (the one
-    computing the features the logits are made from); that one when there is none below it.
+    computing the features the logits are made from); that one when there is none below it. A vector
+    input narrower than the first of those comes first: a few features, each read by every unit above
+    it, cheap to watch (a wider one would take the autoencoders' parameter budget and more time than the
+    layer's own).
 
     The top of the classifier speaks through its own evidence (the largest logit), and the layers below
     it measured better: docs/fingerprint.md. The logits or the penultimate layer can still be named
@@ -62,17 +70,24 @@ def default_layers(model) -> list[str]:
     output = {logits._keras_history.operation.name, model.layers[-1].name}
     kernels = [layer.name for layer in model.layers if type(layer).__name__ in _WEIGHT_LAYERS]
     below = [name for name in kernels if name not in output and name != penultimate]
-    return below or [name for name in kernels if name == penultimate]
+    layers = below or [name for name in kernels if name == penultimate]
+    inputs = model.inputs[0].shape
+    if len(inputs) == 2 and layers and inputs[1] < math.prod(tap(model, layers[0]).shape[1:]):
+        return [input_name(model), *layers]
+    return layers
 
 
 def tap(model, name: str):
-    """The symbolic output of the named layer (``logits`` for the classifier's logits)."""
+    """The symbolic output of the named layer (``logits`` for the classifier's logits, the input's name
+    for its input)."""
     if name == LOGITS:
         return logits_and_probs(model)[0]
+    if name == input_name(model):
+        return model.inputs[0]
     try:
         return model.get_layer(name).output
     except ValueError:
-        known = ", ".join(layer.name for layer in model.layers)
+        known = ", ".join(dict.fromkeys([input_name(model), *(layer.name for layer in model.layers)]))
         raise EdgefpError(f"the classifier has no layer '{name}'; its layers are: {known}") from None
 
 

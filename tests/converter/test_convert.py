@@ -8,7 +8,7 @@ import pytest
 
 from edgefp import data, metrics
 from edgefp.bundle import Bundle
-from edgefp.converter.convert import convert, strip
+from edgefp.converter.convert import convert, int8_tflite, strip
 from edgefp.errors import EdgefpError
 from tests.cli.test_cli import edgefp
 from tests.conftest import arrow_head_split
@@ -143,22 +143,27 @@ def test_int8_residual_is_centred_as_the_float_one(digits_run, digits_bundle, ar
 
 
 @pytest.mark.heavy  # trains
-def test_a_watched_input_keeps_the_classifiers_input_quantisation(tmp_path):
-    """A vector classifier's input watched (``--layers input,...``): its standardisation is the identity
-    (the input is standardised already), so the evidence's CONCATENATION reads the model's input itself.
-    ``convert`` must not widen the input's range for it: the manifest's input quantisation is the model's,
-    and int8 classifies as float does (it fell from 0.97 to 0.68 when the input's range was widened)."""
+def test_a_watched_vector_input_keeps_the_classifiers_input_quantisation(tmp_path):
+    """A narrow vector input is watched by default. Its standardisation is the identity (the input
+    is standardised already), which the converter removes; read directly by the evidence's
+    CONCATENATION, the input would take that concatenation's quantisation. The bundle's input must be
+    quantised as the classifier's alone, as its manifest says, and int8 classify as float does."""
     from edgefp.runtime import litert_interpreter
-    from edgefp.trainer import train
+    from edgefp.trainer import taps, train
     from tests.conftest import synthetic
 
     train_set, test_set = synthetic((3,), 2, 80, 60)
-    fingerprint = train(train_set, epochs=24, autoencoder_epochs=3, seed=0, layers=["input", "dense64"], progress=False)
+    fingerprint = train(train_set, epochs=24, autoencoder_epochs=3, seed=0, progress=False)
+    assert [layer.name for layer in fingerprint.autoencoder_layers_] == [taps.input_name(fingerprint.model_), "dense64"]
     fingerprint.save(str(tmp_path / "run"))
     manifest = convert(str(tmp_path / "run"), train_set, str(tmp_path / "bundle"))
     bundle = Bundle.load(str(tmp_path / "bundle"))
-    quantization = litert_interpreter(bundle.model_bytes).get_input_details()[0]["quantization"]
-    assert quantization == pytest.approx((manifest.input.scale, manifest.input.zero_point))
+    alone = int8_tflite(fingerprint.model_, fingerprint.prepare(train_set.x))
+    scale, zero_point = litert_interpreter(alone).get_input_details()[0]["quantization"]
+    assert litert_interpreter(bundle.model_bytes).get_input_details()[0]["quantization"] == pytest.approx(
+        (scale, zero_point)
+    )
+    assert (manifest.input.scale, manifest.input.zero_point) == pytest.approx((scale, zero_point))
     float_pred = fingerprint.score(test_set.x).pred
     assert np.mean(bundle.score(test_set.x).pred == float_pred) >= 0.95
 

@@ -6,7 +6,7 @@ import pytest
 
 from edgefp import data, metrics, shifts
 from edgefp.errors import EdgefpError
-from edgefp.trainer import NeuralFingerprint, fingerprint_model
+from edgefp.trainer import NeuralFingerprint, fingerprint_model, taps
 from edgefp.trainer.baselines import BASELINES
 from tests.conftest import arrow_head_split
 
@@ -134,10 +134,17 @@ def test_knn_and_relative_mahalanobis_follow_their_papers(digits_run):
 
 
 def test_default_taps_leave_the_top_to_its_own_evidence_and_pool_images_square(digits_run):
-    from edgefp.trainer import taps
+    from edgefp.trainer.models import build_classifier
 
     fingerprint, _ = digits_run
     assert taps.default_layers(fingerprint.model_) == ["conv8", "conv16"]
+    for features, watched in (
+        (3, ["input", "dense64"]),
+        (63, ["input", "dense64"]),
+        (64, ["dense64"]),
+        (300, ["dense64"]),
+    ):
+        assert taps.default_layers(build_classifier((features,), 3)) == watched, features
     assert taps.pool_sizes((8, 8, 8), 32) == (4, 4) and taps.pool_sizes((4, 4, 16), 32) == (4, 4)
     assert taps.pool_sizes((28, 20, 8), 32) == (14, 14) and taps.pool_sizes((100, 16), 32) == (50,)
     assert taps.pool_sizes((64,), 32) == () and taps.pool_sizes((25, 64), 32) == (25,)
@@ -173,10 +180,11 @@ def test_fingerprint_a_users_sequential_model_without_labels(tmp_path):
     x = np.random.default_rng(0).normal(size=(200, 12)).astype(np.float32)
     dataset = data.Dataset(x, None, "unlabelled")
     fp = fingerprint_model(model_path, dataset, epochs=5, progress=False)
-    assert [(layer.name, layer.kind) for layer in fp.layers_] == [("hidden", "autoencoder"), ("logits", "max_logit")]
+    watched = [(taps.input_name(fp.model_), "autoencoder"), ("hidden", "autoencoder"), ("logits", "max_logit")]
+    assert [(layer.name, layer.kind) for layer in fp.layers_] == watched
     fp.save(str(tmp_path / "run"))
     scores = NeuralFingerprint.load(str(tmp_path / "run")).score(x[:10])
-    assert scores.layer_errors.shape == (10, 2) and scores.probs.shape == (10, 3)
+    assert scores.layer_errors.shape == (10, 3) and scores.probs.shape == (10, 3)
     np.testing.assert_allclose(scores.probs.sum(axis=1), 1.0, rtol=1e-5)
 
 
