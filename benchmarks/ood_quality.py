@@ -12,7 +12,8 @@ Splits: digits, every class held out as half of a 5-of-10 split: 12 splits drawn
 generator) and their 12 complements (24 of the 252; each digit is in-distribution in 12 of them);
 basic_motions and arrow_head, each class held out in turn; gun_point (two classes) far-OOD only; the
 vector template on scikit-learn's wine (13 chemical measurements) and iris (4 flower measurements),
-each class held out in turn, with the faults of a sensor that has no time axis.
+each class held out in turn, and breast_cancer (30 measurements of a cell image, two classes: far-OOD
+only), with the faults of a sensor that has no time axis.
 Intervals: 95 % percentile bootstrap over the runs (splits x seeds) of a data set, 2,000 resamples;
 `vs best` is the paired difference of the int8 fingerprint to the baseline with the best mean.
 int8 against float, split in two: the float evidence is computed again from the int8 model's own
@@ -50,7 +51,7 @@ from edgefp.trainer.train import HOLDOUT
 
 SENSOR_SHIFTS = ("stuck", "gain", "noise", "reverse")
 VECTOR_SHIFTS = ("stuck", "gain", "noise", "invert")
-VECTOR_SETS = ("wine", "iris")
+VECTOR_SETS = ("wine", "iris", "breast_cancer")
 SETS = ("digits", "basic_motions", "arrow_head", "gun_point", *VECTOR_SETS)
 IMAGE_SHIFTS = ("gaussian", "invert", "blur", "stuck")
 DIGITS_DRAWN = 12  # random 5-of-10 digit splits; with their complements, 24 splits
@@ -88,7 +89,8 @@ def pooled(name: str) -> data.Dataset:
 
 
 def vector_set(name: str) -> data.Dataset:
-    """One of scikit-learn's small tabular sets (``wine``, ``iris``), every sample, as flat vectors."""
+    """One of scikit-learn's small tabular sets (``wine``, ``iris``, ``breast_cancer``), every sample, as
+    flat vectors."""
     from sklearn import datasets
 
     bunch = getattr(datasets, f"load_{name}")()
