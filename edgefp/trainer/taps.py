@@ -58,7 +58,7 @@ def input_name(model) -> str:
 def default_layers(model) -> list[str]:
     """Every layer with a kernel (convolutions, hidden dense layers) below the penultimate one (the one
     computing the features the logits are made from); that one when there is none below it. A vector
-    input narrower than the first of those comes first: a few features, each read by every unit above
+    input narrower than the first of those, a vector too, comes first: a few features, each read by every unit above
     it, cheap to watch (a wider one would take the autoencoders' parameter budget and more time than the
     layer's own).
 
@@ -71,8 +71,8 @@ def default_layers(model) -> list[str]:
     kernels = [layer.name for layer in model.layers if type(layer).__name__ in _WEIGHT_LAYERS]
     below = [name for name in kernels if name not in output and name != penultimate]
     layers = below or [name for name in kernels if name == penultimate]
-    inputs = model.inputs[0].shape
-    if len(inputs) == 2 and layers and inputs[1] < math.prod(tap(model, layers[0]).shape[1:]):
+    inputs, first = model.inputs[0].shape, tap(model, layers[0]).shape if layers else ()
+    if len(inputs) == 2 and len(first) == 2 and inputs[1] < first[1]:
         return [input_name(model), *layers]
     return layers
 

@@ -134,6 +134,8 @@ def test_knn_and_relative_mahalanobis_follow_their_papers(digits_run):
 
 
 def test_default_taps_leave_the_top_to_its_own_evidence_and_pool_images_square(digits_run):
+    import keras
+
     from edgefp.trainer.models import build_classifier
 
     fingerprint, _ = digits_run
@@ -145,6 +147,10 @@ def test_default_taps_leave_the_top_to_its_own_evidence_and_pool_images_square(d
         (300, ["dense64"]),
     ):
         assert taps.default_layers(build_classifier((features,), 3)) == watched, features
+    inputs = keras.Input((16,))  # a vector made a sequence inside the model: its first watched layer is not a vector
+    h = keras.layers.Conv1D(4, 3, name="conv")(keras.layers.Reshape((16, 1))(inputs))
+    h = keras.layers.Dense(8, name="hidden")(keras.layers.Flatten()(h))
+    assert taps.default_layers(keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(h))) == ["conv"]
     assert taps.pool_sizes((8, 8, 8), 32) == (4, 4) and taps.pool_sizes((4, 4, 16), 32) == (4, 4)
     assert taps.pool_sizes((28, 20, 8), 32) == (14, 14) and taps.pool_sizes((100, 16), 32) == (50,)
     assert taps.pool_sizes((64,), 32) == () and taps.pool_sizes((25, 64), 32) == (25,)
