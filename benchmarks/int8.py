@@ -1,7 +1,8 @@
 """The int8 bundle on the host: float vs int8 parity, and what OOD detection costs on a device.
 
 For each classifier template (images: digits 0-4, near-OOD 5-9, far-OOD Gaussian noise; sequences:
-basic_motions with one class unseen, far-OOD noisy signals; vectors: digits 0-4 as 64 values), a
+basic_motions with one class unseen, far-OOD noisy signals; vectors: digits 0-4 as 64 values;
+narrow_vectors: wine, 13 values, with one class unseen, far-OOD noisy values: its input is watched), a
 classifier is trained and fingerprinted, saved as a RUN and converted to a bundle. Then:
 
 1. parity: accuracy on the in-distribution test set and OOD AUROC (ID test vs near-OOD, vs far-OOD),
@@ -16,7 +17,7 @@ classifier is trained and fingerprinted, saved as a RUN and converted to a bundl
    accumulates and constant bytes; target: the bundle at most 1.2x the classifier alone (stripped
    alike) on latency, flash and arena.
 
-    python -m benchmarks.int8            # the three templates, 5 x 200 timed invokes
+    python -m benchmarks.int8            # the four cases, 5 x 200 timed invokes
     python -m benchmarks.int8 --quick    # digits images only, 3 x 100 timed invokes
 """
 
@@ -75,7 +76,22 @@ def motions_case() -> dict:
     }
 
 
-CASES = {"images": lambda: digits_case(), "sequences": motions_case, "vectors": lambda: digits_case(vectors=True)}
+def wine_case() -> dict:
+    """scikit-learn's wine (13 values, narrower than the template's hidden layer: its input is watched too),
+    its first class unseen, split as ood_quality.evaluate splits it (seed 0)."""
+    from benchmarks.ood_quality import split, vector_set
+
+    wine = vector_set("wine")
+    train_set, id_test, known = split(wine, [1, 2], 0)
+    return {"train": train_set, "id_test": id_test, "near": wine.x[~known], "far_kind": "noise", "seed": 0}
+
+
+CASES = {
+    "images": lambda: digits_case(),
+    "sequences": motions_case,
+    "vectors": lambda: digits_case(vectors=True),
+    "narrow_vectors": wine_case,
+}
 
 
 # ---------------------------------------------------------------------------------------- models
