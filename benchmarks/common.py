@@ -89,3 +89,16 @@ def trained(dataset, **options):
     fingerprint.fit_seconds_ = kept["fit_seconds"]
     fingerprint.train_seconds_ = kept.get("train_seconds")
     return fingerprint
+
+
+def vector_set(name: str):
+    """One of scikit-learn's small tabular sets (``wine``, ``iris``, ``breast_cancer``), every sample, as
+    flat vectors (an ``edgefp.data.Dataset``)."""
+    import numpy as np
+    from sklearn import datasets
+
+    from edgefp import data
+
+    bunch = getattr(datasets, f"load_{name}")()
+    names = {i: str(label) for i, label in enumerate(bunch.target_names)}
+    return data.Dataset(bunch.data.astype(np.float32), bunch.target.astype(np.int64), name, names)

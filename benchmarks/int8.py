@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import save, trained
+from benchmarks.common import save, trained, vector_set
 from edgefp import data, metrics, shifts
 from edgefp.bundle import Bundle
 from edgefp.converter.convert import convert, int8_tflite, quantize, strip
@@ -79,7 +79,7 @@ def motions_case() -> dict:
 def wine_case() -> dict:
     """scikit-learn's wine (13 values, narrower than the template's hidden layer: its input is watched too),
     its first class unseen, split as ood_quality.evaluate splits it (seed 0)."""
-    from benchmarks.ood_quality import split, vector_set
+    from benchmarks.ood_quality import split
 
     wine = vector_set("wine")
     train_set, id_test, known = split(wine, [1, 2], 0)

@@ -40,7 +40,7 @@ import time
 import numpy as np
 
 from benchmarks import adversarial_summary
-from benchmarks.common import save, trained
+from benchmarks.common import save, trained, vector_set
 from edgefp import data, metrics, ood, shifts
 from edgefp.bundle import Bundle
 from edgefp.converter.convert import convert, residual_inputs
@@ -86,16 +86,6 @@ def pooled(name: str) -> data.Dataset:
     """A sensor set's archive train and test parts together (they are tiny and uneven; each seed splits again)."""
     train_part, test_part = data.load(f"{name}:train"), data.load(f"{name}:test")
     return data.Dataset(np.concatenate([train_part.x, test_part.x]), np.concatenate([train_part.y, test_part.y]), name)
-
-
-def vector_set(name: str) -> data.Dataset:
-    """One of scikit-learn's small tabular sets (``wine``, ``iris``, ``breast_cancer``), every sample, as
-    flat vectors."""
-    from sklearn import datasets
-
-    bunch = getattr(datasets, f"load_{name}")()
-    names = {i: str(label) for i, label in enumerate(bunch.target_names)}
-    return data.Dataset(bunch.data.astype(np.float32), bunch.target.astype(np.int64), name, names)
 
 
 def experiments(quick: bool, seeds: int, digits_drawn: int, sets: list[str]) -> list[tuple]:
