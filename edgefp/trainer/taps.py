@@ -58,9 +58,9 @@ def input_name(model) -> str:
 def default_layers(model) -> list[str]:
     """Every layer with a kernel (convolutions, hidden dense layers) below the penultimate one (the one
     computing the features the logits are made from); that one when there is none below it. A vector
-    input narrower than the first of those, a vector too, comes first: a few features, each read by every unit above
-    it, cheap to watch (a wider one would take the autoencoders' parameter budget and more time than the
-    layer's own).
+    input with fewer values than the first of those, when that one is a vector too, comes first: a few
+    features, each read by every unit above them, cheap to watch (a wider input would take the
+    autoencoders' parameter budget and more time than the layer's own).
 
     The top of the classifier speaks through its own evidence (the largest logit), and the layers below
     it measured better: docs/fingerprint.md. The logits or the penultimate layer can still be named
