@@ -40,8 +40,9 @@ FORCE_OPTION = click.option(
 LAYERS_OPTION = click.option(
     "--layers",
     default=None,
-    help="Comma-separated layers watched by autoencoders, 'logits' for the logits "
-    "[default: every layer with a kernel below the penultimate one].",
+    help="Comma-separated layers watched by autoencoders, 'logits' for the logits, the input layer's name for "
+    "the input [default: every layer with a kernel below the penultimate one, and a vector input narrower "
+    "than the first of them]. Example: --layers input,dense64",
 )
 FPR_OPTION = click.option(
     "--fpr",
