@@ -143,7 +143,8 @@ def test_int8_residual_is_centred_as_the_float_one(digits_run, digits_bundle, ar
 
 
 @pytest.mark.heavy  # trains
-def test_a_watched_vector_input_keeps_the_classifiers_input_quantisation(tmp_path):
+@pytest.mark.parametrize("features, classes", [(3, 2), (40, 5)])
+def test_a_watched_vector_input_keeps_the_classifiers_input_quantisation(features, classes, tmp_path):
     """A narrow vector input is watched by default. Its standardisation is the identity (the input
     is standardised already), which the converter removes; read directly by the evidence's
     CONCATENATION, the input would take that concatenation's quantisation. The bundle's input must be
@@ -152,7 +153,7 @@ def test_a_watched_vector_input_keeps_the_classifiers_input_quantisation(tmp_pat
     from edgefp.trainer import taps, train
     from tests.conftest import synthetic
 
-    train_set, test_set = synthetic((3,), 2, 80, 60)
+    train_set, test_set = synthetic((features,), classes, 40 * classes, 60)
     fingerprint = train(train_set, epochs=24, autoencoder_epochs=3, seed=0, progress=False)
     assert [layer.name for layer in fingerprint.autoencoder_layers_] == [taps.input_name(fingerprint.model_), "dense64"]
     fingerprint.save(str(tmp_path / "run"))
