@@ -32,6 +32,7 @@ import time
 import numpy as np
 
 from benchmarks.common import save, trained, vector_set
+from benchmarks.ood_quality import pooled, split
 from edgefp import data, metrics, shifts
 from edgefp.bundle import Bundle
 from edgefp.converter.convert import convert, int8_tflite, quantize, strip
@@ -61,36 +62,19 @@ def digits_case(vectors: bool = False) -> dict:
     }
 
 
-def motions_case() -> dict:
-    """basic_motions with its first class unseen, split as ood_quality.evaluate splits it (seed 0)."""
-    train_part = data.load("basic_motions:train")
-    test_part = data.load("basic_motions:test")
-    x, y = np.concatenate([train_part.x, test_part.x]), np.concatenate([train_part.y, test_part.y])
-    test, known = data.stratified_split(y, 0.4, seed=0), y != 0
-    return {
-        "train": data.Dataset(x[known & ~test], y[known & ~test], "basic_motions:train"),
-        "id_test": data.Dataset(x[known & test], y[known & test], "basic_motions:test"),
-        "near": x[~known],
-        "far_kind": "noise",
-        "seed": 0,
-    }
-
-
-def wine_case() -> dict:
-    """scikit-learn's wine (13 values, narrower than the template's hidden layer: its input is watched too),
-    its first class unseen, split as ood_quality.evaluate splits it (seed 0)."""
-    from benchmarks.ood_quality import split
-
-    wine = vector_set("wine")
-    train_set, id_test, known = split(wine, [1, 2], 0)
-    return {"train": train_set, "id_test": id_test, "near": wine.x[~known], "far_kind": "noise", "seed": 0}
+def held_out_case(dataset: data.Dataset, unseen: int, far_kind: str) -> dict:
+    """One class of ``dataset`` unseen (near-OOD), split as ood_quality.evaluate splits it (seed 0)."""
+    classes = [int(c) for c in np.unique(dataset.y) if c != unseen]
+    train_set, id_test, known = split(dataset, classes, 0)
+    return {"train": train_set, "id_test": id_test, "near": dataset.x[~known], "far_kind": far_kind, "seed": 0}
 
 
 CASES = {
     "images": lambda: digits_case(),
-    "sequences": motions_case,
+    "sequences": lambda: held_out_case(pooled("basic_motions"), 0, "noise"),
     "vectors": lambda: digits_case(vectors=True),
-    "narrow_vectors": wine_case,
+    # wine: 13 values, narrower than the template's hidden layer, so its input is watched too
+    "narrow_vectors": lambda: held_out_case(vector_set("wine"), 0, "noise"),
 }
 
 
