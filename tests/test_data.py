@@ -98,6 +98,19 @@ def test_every_shift_keeps_shape_and_changes_the_data(shape, kind):
     assert np.isfinite(shifted).all() and not np.allclose(shifted, x)
 
 
+@pytest.mark.parametrize("shape", [(4,), (13,), (20, 1), (4, 4, 3)])
+def test_range_samples_hold_as_many_noisy_copies_for_few_calibration_samples_as_for_many(shape):
+    x = np.random.default_rng(0).standard_normal((2000, *shape)).astype(np.float32)
+    assert len(shifts.range_samples(x, seed=0)) == shifts.RANGE_SAMPLES + shifts.RANGE_NOISY
+    for n in (12, 60):
+        few = shifts.range_samples(x[:n], seed=0)
+        assert len(few) == n + shifts.RANGE_NOISY and few.shape[1:] == shape
+        assert np.array_equal(np.sort(few[:n], axis=0), np.sort(x[:n], axis=0))  # the samples, then the copies
+        channels = shape[-1]
+        spread = few[n:].reshape(-1, channels).std(axis=0) / x[:n].reshape(-1, channels).std(axis=0)
+        assert np.all(np.abs(spread - np.sqrt(2)) < 0.3)  # each copy: a sample plus noise as strong as the signal
+
+
 def test_unknown_shift_is_refused():
     with pytest.raises(EdgefpError, match="unknown shift"):
         shifts.apply(np.zeros((2, 3, 1)), "melt")

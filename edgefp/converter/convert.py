@@ -30,8 +30,8 @@ from edgefp.runtime import (
 from edgefp.trainer.fingerprint import MAX_LOGIT, NeuralFingerprint, read_fingerprint_json, sha256_file
 
 MIN_CALIB = 20
-# int8 ranges. The classifier's tensors get the ranges of the calibration samples and noisy copies of
-# a fifth of them (shifts.range_samples), so that faults do not saturate them before the evidence is
+# int8 ranges. The classifier's tensors get the ranges of the calibration samples and of 100 noisy copies
+# of them (shifts.range_samples), so that faults do not saturate them before the evidence is
 # measured; its logits, the range of the calibration samples alone (a fault's large logits are no
 # evidence, and the max logit needs the finer steps). Every tensor the evidence computes beyond the
 # classifier's gets EVIDENCE_HEADROOM times the range the calibration samples alone give it, around
@@ -78,7 +78,7 @@ def check_convertible(model) -> None:
 def int8_tflite(model, calib: np.ndarray, *, name: str = "model", seed: int = 0) -> bytes:
     """A one-input Keras model as ``convert`` converts the bundle's graph before it sets the evidence ranges
     and strips it (:func:`strip`): batch size 1, the int8 ranges of the preprocessed ``calib`` samples and
-    of noisy copies of a fifth of them. For comparing a model with its bundle's."""
+    of 100 noisy copies of them. For comparing a model with its bundle's."""
     return _int8_model(_batch_of_one(model, name), shifts.range_samples(calib, seed))
 
 
