@@ -91,8 +91,8 @@ RANGE_NOISY = 100  # and this many noisy copies of them (repeated when fewer): a
 def range_samples(calib: np.ndarray, seed: int = 0) -> np.ndarray:
     """The samples that set a bundle's int8 ranges: up to RANGE_SAMPLES of ``calib``, plus RANGE_NOISY noisy
     copies of them, so that inputs unlike the calibration data (faults) do not saturate the classifier's
-    tensors before the fingerprint sees them. As many copies for a few samples as for many: with a fifth
-    of them, 60 samples of 4 values reached 3 std where 500 reach 5."""
+    tensors before the fingerprint sees them. As many copies for a few samples as for many: with copies of
+    a fifth of them, 60 samples of 4 standardised values reached 3.1 std, with 100 copies 4.4."""
     rng = np.random.default_rng(seed)
     sample = np.asarray(calib, dtype=np.float32)[rng.permutation(len(calib))[:RANGE_SAMPLES]]
     noisy = apply(np.resize(sample, (RANGE_NOISY, *sample.shape[1:])), "noise", seed)
