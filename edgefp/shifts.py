@@ -88,13 +88,17 @@ RANGE_SAMPLES = 500  # at most this many calibration samples set int8 ranges
 RANGE_NOISY = 100  # and this many noisy copies of them (repeated when fewer): as far a reach for any count
 
 
+def calibration_sample(calib: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Up to RANGE_SAMPLES of ``calib``, drawn by ``seed``: the in-distribution part of :func:`range_samples`."""
+    return np.asarray(calib, dtype=np.float32)[np.random.default_rng(seed).permutation(len(calib))[:RANGE_SAMPLES]]
+
+
 def range_samples(calib: np.ndarray, seed: int = 0) -> np.ndarray:
-    """The samples that set a bundle's int8 ranges: up to RANGE_SAMPLES of ``calib``, plus RANGE_NOISY noisy
-    copies of them, so that inputs unlike the calibration data (faults) do not saturate the classifier's
-    tensors before the fingerprint sees them. As many copies for a few samples as for many: with copies of
-    a fifth of them, 60 samples of 4 standardised values reached 3.1 std, with 100 copies 4.4."""
-    rng = np.random.default_rng(seed)
-    sample = np.asarray(calib, dtype=np.float32)[rng.permutation(len(calib))[:RANGE_SAMPLES]]
+    """The samples that set a bundle's int8 ranges: :func:`calibration_sample` plus RANGE_NOISY noisy copies of
+    them, so that inputs unlike the calibration data (faults) do not saturate the classifier's tensors
+    before the fingerprint sees them. As many copies for a few samples as for many: with copies of a fifth
+    of them, 60 samples of 4 standardised values reached 3.1 std, with 100 copies 4.4."""
+    sample = calibration_sample(calib, seed)
     noisy = apply(np.resize(sample, (RANGE_NOISY, *sample.shape[1:])), "noise", seed)
     return np.concatenate([sample, noisy]).astype(np.float32)
 

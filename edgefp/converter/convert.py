@@ -145,7 +145,7 @@ def quantize(
     square_top, tops = _error_tops(fingerprint)
     fused = _batch_of_one(fingerprint.monitor_, "edgefp_model")
     model_bytes = _int8_model(fused, shifts.range_samples(calib, seed))
-    sample = calib[np.random.default_rng(seed).permutation(len(calib))[: shifts.RANGE_SAMPLES]]
+    sample = shifts.calibration_sample(calib, seed)
     in_distribution = _int8_model(fused, sample)
     outputs, input_quantization = _io_specs(model_bytes)
     model_bytes = _set_evidence_ranges(model_bytes, in_distribution, outputs, per_tensor, square_top, tops)
