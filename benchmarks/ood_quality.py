@@ -123,22 +123,14 @@ def int8_classifier_evidence(fingerprint, bundle: Bundle):
     from LiteRT. It differs from the float evidence by the rounding of the int8 classifier, of its pooled
     features and of the class means, and from the bundle's by the quantisation of the autoencoders and
     their errors."""
-    import keras
-
     interpreter = litert_interpreter(bundle.model_bytes, experimental_preserve_all_tensors=True)
     features, means = residual_inputs(interpreter, bundle.manifest.outputs.probs.index)
     probs = interpreter.get_output_details()[bundle.manifest.outputs.probs.index]["index"]
     (logits,) = [op["inputs"][0] for op in interpreter._get_ops_details() if op["outputs"][0] == probs]
-    graph, width = fingerprint.monitor_.get_layer, sum(layer.features for layer in fingerprint.autoencoder_layers_)
-    feature_input, mean_input = keras.Input((width,)), keras.Input((width,))
-    difference = graph("fp_residual")([feature_input, mean_input])
-    square = graph("fp_square")([graph("fp_decode")(graph("fp_encode")(difference)), difference])
-    averages = [graph(f"fp_error_{i}")(square) for i in range(len(fingerprint.autoencoder_layers_))]
-    errors = keras.Model([feature_input, mean_input], averages)
 
     def evidence(x):
         read = read_tensors(interpreter, bundle.quantize(x), [features, means, logits])
-        values = errors.predict(read[:2], verbose=0, batch_size=256)
+        values = fingerprint.residual_errors_.predict(read[:2], verbose=0, batch_size=256)
         values = values if isinstance(values, list) else [values]
         return np.column_stack([*(v[:, 0] for v in values), read[2].max(axis=1)]).astype(np.float64)
 

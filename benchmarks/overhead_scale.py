@@ -25,14 +25,7 @@ import time
 import numpy as np
 
 from benchmarks.common import save
-from benchmarks.int8 import (
-    LATENCY_SAMPLES,
-    OVERHEAD_TARGET,
-    classifier_int8,
-    digits_case,
-    measured,
-    motions_case,
-)
+from benchmarks.int8 import CASES, LATENCY_SAMPLES, OVERHEAD_TARGET, classifier_int8, digits_case, measured
 from edgefp import data
 from edgefp.bundle import Bundle
 from edgefp.converter.convert import convert, strip
@@ -63,7 +56,7 @@ def upsampled(case: dict, side: int) -> dict:
 TEMPLATES = {  # name: the case, its widths (32 x 32 images at width 8: 1.7 M parameters, 5 minutes more)
     "images 8x8": (lambda: digits_case(), WIDTHS),
     "images 32x32": (lambda: upsampled(digits_case(), 32), WIDTHS[:-1]),
-    "sequences": (motions_case, WIDTHS),
+    "sequences": (CASES["sequences"], WIDTHS),
     "vectors": (lambda: digits_case(vectors=True), WIDTHS),
 }
 

@@ -194,7 +194,8 @@ def _set_evidence_ranges(
     from tensorflow.lite.tools import flatbuffer_utils
 
     ops = schema.BuiltinOperator
-    pass_through = {ops.RESHAPE, ops.SQUEEZE, ops.EXPAND_DIMS, ops.MAX_POOL_2D, ops.AVERAGE_POOL_2D, ops.REDUCE_MAX}
+    pass_through = {ops.RESHAPE, ops.SQUEEZE, ops.EXPAND_DIMS, ops.STRIDED_SLICE}
+    pass_through |= {ops.MAX_POOL_2D, ops.AVERAGE_POOL_2D, ops.REDUCE_MAX}
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(model_bytes))
     graph = model.subgraphs[0]
     reference = flatbuffer_utils.convert_bytearray_to_object(bytearray(in_distribution)).subgraphs[0].tensors

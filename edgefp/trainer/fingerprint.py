@@ -30,6 +30,7 @@ AE_TARGET_STEPS = 1500  # optimizer steps for the autoencoders, whatever the dat
 AE_MIN_ROWS = 640  # small fit sets are tiled to this many rows so an epoch is not a step or two
 AE_TRAINING_NOISE = 0.1  # denoising: Gaussian noise (in standardised units) on the inputs while training
 QUANT_FLOOR = 3.0  # standardisation no finer than this many int8 steps: rounding noise <= 0.1 std, as in training
+ZERO_BYTES_PER_OPERATOR = 1536  # int8 zero weights worth an operator (and its tensors) more: docs/bundle.md
 MIN_HOLDOUT = 5
 MAX_STORED_HOLDOUT = 2000  # held-out samples kept in the RUN, to recalibrate after quantisation
 AUTOENCODER, MAX_LOGIT = "autoencoder", "max_logit"
@@ -134,12 +135,25 @@ def _joint_weights(autoencoders) -> dict:
     }
 
 
-def _squared_difference(a, b):
-    """Symbolic ``(a - b)^2`` as one TensorFlow Lite operator (SQUARED_DIFFERENCE)."""
+def runs_apart(features: list[int], codes: list[int]) -> bool:
+    """Whether the autoencoders (``features`` and bottleneck ``codes`` each) run apart in the deployed graph
+    rather than as one block: when the zero weights that one block holds (its block diagonal's, and
+    those of each error's average over every autoencoder's columns) come to ZERO_BYTES_PER_OPERATOR for
+    each of the 5 k - 4 operators that k autoencoders apart add (a STRIDED_SLICE of the residual, and an
+    encoder, TANH, decoder, squared difference and average each, where the block has one of each
+    but the averages)."""
+    k = len(features)
+    width, code = sum(features), sum(codes)
+    zeros = 2 * (width * code - sum(f * c for f, c in zip(features, codes))) + 2 * (k - 1) * width
+    return k > 1 and zeros >= ZERO_BYTES_PER_OPERATOR * (5 * k - 4)
+
+
+def _squared_difference(name: str):
+    """A layer computing ``(a - b)^2`` of a pair as one TensorFlow Lite operator (SQUARED_DIFFERENCE)."""
     import keras
     import tensorflow as tf
 
-    return keras.layers.Lambda(lambda pair: tf.math.squared_difference(*pair), name="fp_square")([a, b])
+    return keras.layers.Lambda(lambda pair: tf.math.squared_difference(*pair), name=name)
 
 
 def _int8_step(extent: np.ndarray) -> float:
@@ -375,14 +389,17 @@ class NeuralFingerprint:
     def _build_monitor(self) -> None:
         """One Keras graph: input -> (probabilities, evidence 1, ..., evidence L), each evidence an output of
         its own so that int8 conversion gives each its own scale (an error twice: itself, and scaled by
-        ood.COARSE_WEIGHT / 127 for int8's coarse second value); and ``squares_``, the squared residuals
-        of every autoencoder, side by side (the converter sets their int8 range from held-out data).
+        ood.COARSE_WEIGHT / 127 for int8's coarse second value); ``squares_``, the squared residuals of
+        every autoencoder, side by side (the converter sets their int8 range from held-out data); and
+        ``residual_errors_``, the autoencoders' errors from the pooled, standardised features and the
+        class means (what the monitor subtracts; the benchmark feeds it an int8 model's own).
 
-        The autoencoders run as one block: the reduced taps side by side, one class-mean layer, one
-        encoder and one decoder whose weights are the autoencoders' own on a block diagonal, one squared
-        difference, and per autoencoder a layer that averages its squared residuals. A handful of
-        operators whatever the number of layers: on a microcontroller every operator and tensor costs
-        memory of its own, whatever its size.
+        The reduced taps go side by side into one class-mean layer and one subtraction. The autoencoders
+        then run as one block (one encoder and one decoder whose weights are the autoencoders' own on a
+        block diagonal, one squared difference, and per autoencoder a layer that averages its squared
+        residuals: a handful of operators whatever the number of layers, and on a microcontroller every
+        operator and tensor costs memory of its own, whatever its size), or apart, each on a slice of
+        the residual, where the block's zero weights would cost more (:func:`runs_apart`).
         """
         import keras
 
@@ -393,28 +410,61 @@ class NeuralFingerprint:
         reduced, _, _, probs = self._reduced_taps(names, pools, scaling)
         logits, _ = taps.logits_and_probs(self.model_)
         features = reduced[0] if len(reduced) == 1 else keras.layers.Concatenate(name="fp_features")(reduced)
-        weights = _joint_weights(self.autoencoders_)
+        class_means = _joint_weights(self.autoencoders_)["class_mean"]
         class_offset = -np.concatenate(offsets).astype(np.float32)
-        class_mean = keras.layers.Dense(
-            weights["class_mean"].shape[1], use_bias=bool(np.any(class_offset)), name="fp_class_mean"
-        )
-        encode = keras.layers.Dense(weights["encode"].shape[1], activation="tanh", name="fp_encode")
-        decode = keras.layers.Dense(weights["decode"].shape[1], name="fp_decode")
-        residual = keras.layers.Subtract(name="fp_residual")([features, class_mean(probs)])
-        square = _squared_difference(decode(encode(residual)), residual)
-        class_mean.set_weights([weights["class_mean"], class_offset][: 1 + class_mean.use_bias])
-        encode.set_weights([weights["encode"], weights["encode_bias"]])
-        decode.set_weights([weights["decode"], weights["decode_bias"]])
-        values = []
-        for index, columns in enumerate(weights["columns"]):
-            average = keras.layers.Dense(2, use_bias=False, name=f"fp_error_{index}")
-            values.append(average(square))
-            selector = np.zeros((square.shape[-1], 2), np.float32)
-            selector[columns] = np.asarray([1.0, ood.COARSE_WEIGHT / 127], np.float32) / len(columns)
-            average.set_weights([selector])
+        class_mean = keras.layers.Dense(class_means.shape[1], use_bias=bool(np.any(class_offset)), name="fp_class_mean")
+        subtract = keras.layers.Subtract(name="fp_residual")
+        residual = subtract([features, class_mean(probs)])
+        class_mean.set_weights([class_means, class_offset][: 1 + class_mean.use_bias])
+        autoencoders = self._autoencoder_layers()
+        squares, values = autoencoders(residual)
         values.append(keras.ops.max(logits, axis=-1, keepdims=True))
         self.monitor_ = keras.Model(self.model_.inputs, [probs, *values], name="monitor")
-        self.squares_ = keras.Model(self.model_.inputs, square, name="squares")
+        joined = squares[0] if len(squares) == 1 else keras.layers.Concatenate(name="fp_squares")(squares)
+        self.squares_ = keras.Model(self.model_.inputs, joined, name="squares")
+        feature_input, mean_input = keras.Input((class_means.shape[1],)), keras.Input((class_means.shape[1],))
+        _, errors = autoencoders(subtract([feature_input, mean_input]))
+        self.residual_errors_ = keras.Model([feature_input, mean_input], errors, name="residual_errors")
+
+    def _autoencoder_layers(self):
+        """A function of the symbolic residual (every autoencoder's columns side by side) -> (squared
+        residuals, one tensor per block; error outputs, one per autoencoder), with the autoencoders'
+        weights, as one block or apart (:func:`runs_apart`); called twice, it reuses its layers."""
+        import keras
+
+        ae_layers = self.autoencoder_layers_
+        apart = runs_apart([lay.features for lay in ae_layers], [lay.bottleneck for lay in ae_layers])
+        blocks = [_joint_weights([ae]) for ae in self.autoencoders_] if apart else [_joint_weights(self.autoencoders_)]
+        layers, start, errors = [], 0, 0
+        for index, weights in enumerate(blocks):
+            width = weights["decode"].shape[1]
+            encode = keras.layers.Dense(weights["encode"].shape[1], activation="tanh", name=f"fp_encode_{index}")
+            decode = keras.layers.Dense(width, name=f"fp_decode_{index}")
+            encode.build((None, width))
+            decode.build((None, weights["encode"].shape[1]))
+            encode.set_weights([weights["encode"], weights["encode_bias"]])
+            decode.set_weights([weights["decode"], weights["decode_bias"]])
+            averages = []
+            for columns in weights["columns"]:
+                average = keras.layers.Dense(2, use_bias=False, name=f"fp_error_{errors}")
+                average.build((None, width))
+                selector = np.zeros((width, 2), np.float32)
+                selector[columns] = np.asarray([1.0, ood.COARSE_WEIGHT / 127], np.float32) / len(columns)
+                average.set_weights([selector])
+                averages.append(average)
+                errors += 1
+            layers.append((start, start + width, encode, decode, _squared_difference(f"fp_square_{index}"), averages))
+            start += width
+
+        def apply(residual):
+            squares, values = [], []
+            for start, end, encode, decode, square, averages in layers:
+                part = residual if len(layers) == 1 else residual[:, start:end]
+                squares.append(square([decode(encode(part)), part]))
+                values += [average(squares[-1]) for average in averages]
+            return squares, values
+
+        return apply
 
     def _predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities (N, C) and evidence (N, L) of preprocessed samples."""

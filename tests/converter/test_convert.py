@@ -6,7 +6,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from edgefp import data, metrics
+from edgefp import data, metrics, shifts
 from edgefp.bundle import Bundle
 from edgefp.converter.convert import convert, int8_tflite, strip
 from edgefp.errors import EdgefpError
@@ -110,6 +110,60 @@ def test_autoencoders_run_as_one_block_with_weights_per_tensor(digits_bundle):
     assert evidence[0].inputs[0] == softmax  # the class mean, then encoder, decoder and the averages
     for op in evidence:
         assert len(graph.tensors[op.inputs[1]].quantization.scale) == 1
+
+
+def _operators(model_bytes: bytes) -> tuple[list[str], int]:
+    """The operator names of an int8 model in graph order, and the zero bytes of its FULLY_CONNECTED weights."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model_bytes, 0))
+    graph = model.subgraphs[0]
+    names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    codes = [model.operatorCodes[op.opcodeIndex] for op in graph.operators]
+    kinds = [names[max(code.builtinCode, code.deprecatedBuiltinCode)] for code in codes]
+    weights = [graph.tensors[op.inputs[1]] for op, kind in zip(graph.operators, kinds) if kind == "FULLY_CONNECTED"]
+    return kinds, sum(int(np.count_nonzero(np.asarray(model.buffers[w.buffer].data) == 0)) for w in weights)
+
+
+def test_autoencoders_run_apart_where_the_blocks_zeros_outweigh_their_operators(motions_run, tmp_path, monkeypatch):
+    """Where one block's zero weights would cost more than the operators of running apart, each
+    autoencoder runs on a slice of the residual: the same float evidence, the block diagonal's zeros
+    gone, and the int8 bundle computing on every runtime what it does as a block."""
+    from edgefp.trainer import fingerprint as module
+    from edgefp.trainer.fingerprint import NeuralFingerprint
+
+    block_fp, run_dir = motions_run
+    convert(run_dir, data.load("basic_motions:train"), str(tmp_path / "block"))
+    block = Bundle.load(str(tmp_path / "block"))
+    monkeypatch.setattr(module, "ZERO_BYTES_PER_OPERATOR", 0)
+    apart_fp = NeuralFingerprint.load(run_dir)
+    x = data.load("basic_motions:test").x
+    np.testing.assert_allclose(apart_fp.score(x).layer_errors, block_fp.score(x).layer_errors, rtol=1e-4, atol=1e-7)
+    convert(run_dir, data.load("basic_motions:train"), str(tmp_path / "apart"))
+    apart = Bundle.load(str(tmp_path / "apart"))
+    block_kinds, block_zeros = _operators(block.model_bytes)
+    apart_kinds, apart_zeros = _operators(apart.model_bytes)
+    k = len(apart_fp.autoencoder_layers_)
+    assert k == 3 and block_kinds.count("STRIDED_SLICE") == 0
+    for kind in ("STRIDED_SLICE", "TANH", "SQUARED_DIFFERENCE"):
+        assert apart_kinds.count(kind) == k, kind
+    assert len(apart_kinds) == len(block_kinds) + 5 * k - 4
+    widths = [layer.features for layer in apart_fp.autoencoder_layers_]
+    codes = [layer.bottleneck for layer in apart_fp.autoencoder_layers_]
+    block_diagonal = 2 * (sum(widths) * sum(codes) - sum(f * c for f, c in zip(widths, codes)))
+    assert apart_zeros <= block_zeros - block_diagonal
+    scores = {runtime: apart.score(x, runtime) for runtime in ("litert", "tflm", "firmware")}
+    np.testing.assert_array_equal(scores["tflm"].layer_errors, scores["firmware"].layer_errors)
+    np.testing.assert_array_equal(scores["litert"].pred, scores["tflm"].pred)
+    assert np.mean(scores["litert"].pred == block.score(x).pred) >= 0.98
+    exact = apart_fp.score(x).layer_errors
+    for j in range(k):  # each int8 error tracks the float one, at its scale
+        ratio = scores["litert"].layer_errors[:, j] / exact[:, j]
+        correlation = np.corrcoef(np.log(exact[:, j]), np.log(scores["litert"].layer_errors[:, j] + 1e-9))[0, 1]
+        assert 0.75 <= np.median(ratio) <= 1.33 and correlation >= 0.7, (j, np.median(ratio), correlation)
+    shifted = shifts.apply(x, "noise", seed=0)
+    for bundle in (apart, block):
+        assert metrics.auroc(bundle.score(x).ood_score, bundle.score(shifted).ood_score) >= 0.9
 
 
 def _feature_shifts(fingerprint, bundle: Bundle, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -39,6 +39,7 @@ def kept_runs(digits_run, arrow_head_run, tmp_path_factory):
         # an image set, a sensor set, and the attacks on both
         ("ood_quality", ["--sets", "digits,arrow_head", "--adversarial"], ["summary", "runs"]),
         ("int8", [], ["timing", "results"]),
+        ("overhead_scale", [], ["timing", "results"]),
         ("link", [], []),
         ("many_devices", [], ["boards"]),
         ("selection", ["--epochs", "5"], []),  # every path still runs; its goals are still met

@@ -24,12 +24,21 @@ def test_save_load_round_trip_gives_identical_scores(digits_run):
     assert [layer.name for layer in loaded.layers_] == [layer.name for layer in fingerprint.layers_]
 
 
-def test_autoencoders_in_one_block_score_as_each_alone(digits_run):
-    """The monitor's block (block-diagonal encoder and decoder, one squared difference) gives every
-    autoencoder's own error, as its saved model computes it."""
+@pytest.mark.parametrize("apart", [False, True])
+def test_autoencoders_in_one_block_or_apart_score_as_each_alone(digits_run, apart, monkeypatch):
+    """The monitor's block (block-diagonal encoder and decoder, one squared difference), or its
+    autoencoders apart on slices of the residual, gives every autoencoder's own error, as its saved
+    model computes it."""
     import keras
 
-    fingerprint, _ = digits_run
+    from edgefp.trainer import fingerprint as module
+
+    fingerprint, run_dir = digits_run
+    if apart:
+        monkeypatch.setattr(module, "ZERO_BYTES_PER_OPERATOR", 0)
+        fingerprint = NeuralFingerprint.load(run_dir)
+    squares = {layer.name for layer in fingerprint.monitor_.layers if layer.name.startswith("fp_square_")}
+    assert len(squares) == (len(fingerprint.autoencoder_layers_) if apart else 1)
     x = fingerprint.prepare(data.load("digits:test:0-4").x[:60])
     layers = fingerprint.autoencoder_layers_
     reduced, _, _, probs = fingerprint._reduced_taps([layer.name for layer in layers], [layer.pool for layer in layers])
@@ -38,6 +47,20 @@ def test_autoencoders_in_one_block_score_as_each_alone(digits_run):
     for j, (layer, autoencoder, feats) in enumerate(zip(layers, fingerprint.autoencoders_, features)):
         residual = autoencoder.predict([fingerprint._standardized(feats, layer), p], verbose=0)
         np.testing.assert_allclose(errors[:, j], np.mean(residual.astype(np.float64) ** 2, axis=1), rtol=1e-4)
+
+
+def test_autoencoders_run_apart_only_where_the_blocks_zeros_outweigh_the_operators_added():
+    """One block holds zeros that grow as the product of the layers' widths; running apart adds 5 k - 4
+    operators. The templates' few narrow layers stay one block; wide layers, or one layer, do not."""
+    from edgefp.trainer.fingerprint import runs_apart
+
+    assert not runs_apart([32, 16], [15, 8])  # digits' two convolutions
+    assert not runs_apart([32, 32, 32], [5, 5, 5])  # the sequence template's three
+    assert not runs_apart([4096], [2048])  # one autoencoder has no zeros
+    assert runs_apart([256, 256, 256], [40, 40, 40])
+    for k in (2, 3, 5):  # wider layers never go back to one block
+        decisions = [runs_apart([width] * k, [max(width // 8, 1)] * k) for width in range(4, 600, 4)]
+        assert decisions == sorted(decisions) and decisions[-1] and not decisions[0], k
 
 
 def test_fingerprint_json_documents_the_distribution(digits_run):
