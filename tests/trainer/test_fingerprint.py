@@ -51,7 +51,7 @@ def test_autoencoders_in_one_block_or_apart_score_as_each_alone(digits_run, apar
 
 def test_autoencoders_run_apart_only_where_the_blocks_zeros_outweigh_the_operators_added():
     """One block holds zeros that grow as the product of the layers' widths; running apart adds 5 k - 4
-    operators. The templates' few narrow layers stay one block; wide layers, or one layer, do not."""
+    operators. The templates' few narrow layers, and a single layer, stay one block; wide layers do not."""
     from edgefp.trainer.fingerprint import runs_apart
 
     assert not runs_apart([32, 16], [15, 8])  # digits' two convolutions
