@@ -140,10 +140,11 @@ def steps(fingerprint, calib_x: np.ndarray, bundle_bytes: bytes) -> dict[str, by
         return int8_tflite(keras.Model(monitor.inputs, outputs, name="monitor"), calib_x, name="edgefp_model")
 
     classifier = classifier_int8(fingerprint, calib_x)
+    max_logit = {"+ max logit": strip(evidence(MAX_LOGIT))} if MAX_LOGIT in kinds else {}
     return {
         "classifier, as converted": classifier,
         "classifier": strip(classifier),
-        "+ max logit": strip(evidence(MAX_LOGIT)),
+        **max_logit,
         "+ autoencoders, as converted": evidence(MAX_LOGIT, AUTOENCODER),
         "+ autoencoders, weights per channel": quantize(fingerprint, calib_x, per_tensor=False)[0],
         BUNDLE: bundle_bytes,

@@ -45,6 +45,7 @@ from edgefp import data, metrics, ood, shifts
 from edgefp.bundle import Bundle
 from edgefp.converter.convert import convert, residual_inputs
 from edgefp.runtime import litert_interpreter, read_tensors
+from edgefp.trainer import taps
 from edgefp.trainer.baselines import BASELINES
 from edgefp.trainer.fingerprint import AUTOENCODER, MAX_LOGIT
 from edgefp.trainer.train import HOLDOUT
@@ -132,19 +133,48 @@ def int8_classifier_evidence(fingerprint, bundle: Bundle):
         read = read_tensors(interpreter, bundle.quantize(x), [features, means, logits])
         values = fingerprint.residual_errors_.predict(read[:2], verbose=0, batch_size=256)
         values = values if isinstance(values, list) else [values]
-        return np.column_stack([*(v[:, 0] for v in values), read[2].max(axis=1)]).astype(np.float64)
+        max_logit = [read[2].max(axis=1)] if MAX_LOGIT in [layer.kind for layer in fingerprint.layers_] else []
+        return np.column_stack([*(v[:, 0] for v in values), *max_logit]).astype(np.float64)
 
     return evidence
 
 
-def ablated(fingerprint, scores, holdout, change: tuple[str, ...]) -> np.ndarray:
-    """The float fingerprint's score of ``scores`` recombined: without the evidence kinds in ``change``
-    (the remaining kinds weigh the same again), with one minus the largest probability in the max
-    logit's place (MAX_SOFTMAX; its z statistics from the ``holdout`` scores), with every piece of
-    evidence weighing the same (``per_evidence``), or with the largest of the autoencoders' parts
-    counting for the kind (LARGEST) rather than their mean."""
-    values, (z_mean, z_std, _) = scores.layer_errors.copy(), fingerprint.z_stats_()
-    transforms, kinds = list(fingerprint.transforms_), [layer.kind for layer in fingerprint.layers_]
+def ablation_evidence(fingerprint):
+    """A function of raw samples and their float scores -> (evidence values, kinds, transforms, z_mean, z_std):
+    the fingerprint's own, with the classifier's max logit after them where the fingerprint leaves it out
+    (a vector classifier whose input is watched: docs/fingerprint.md; its z statistics from the held-out
+    samples), so that the ablation can weigh it in or out everywhere."""
+    import keras
+
+    z_mean, z_std, _ = fingerprint.z_stats_()
+    kinds, transforms = [layer.kind for layer in fingerprint.layers_], list(fingerprint.transforms_)
+    if MAX_LOGIT in kinds:
+        return lambda x, scores: (scores.layer_errors, kinds, transforms, z_mean, z_std)
+    logits = keras.Model(fingerprint.model_.inputs, taps.logits_and_probs(fingerprint.model_)[0])
+
+    def max_logit(x):
+        return logits.predict(fingerprint.prepare(x), verbose=0, batch_size=256).max(axis=1, keepdims=True)
+
+    held_mean, held_std = ood.z_stats(max_logit(fingerprint.holdout_x_).astype(np.float64), ["negate"])
+    z_mean, z_std = np.append(z_mean, held_mean), np.append(z_std, held_std)
+    return lambda x, scores: (
+        np.column_stack([scores.layer_errors, max_logit(x)]),
+        [*kinds, MAX_LOGIT],
+        [*transforms, "negate"],
+        z_mean,
+        z_std,
+    )
+
+
+def ablated(evidence, scores, holdout, change: tuple[str, ...]) -> np.ndarray:
+    """The float fingerprint's score of samples (their ``evidence``, :func:`ablation_evidence`, and float
+    ``scores``) recombined from every kind of evidence: without the kinds in ``change`` (the remaining
+    kinds weigh the same again), with one minus the largest probability in the max logit's place
+    (MAX_SOFTMAX; its z statistics from the ``holdout`` scores), with every piece of evidence weighing the
+    same (``per_evidence``), or with the largest of the autoencoders' parts counting for the kind
+    (LARGEST) rather than their mean."""
+    values, kinds, transforms, z_mean, z_std = evidence
+    values, transforms = values.copy(), list(transforms)
     if MAX_SOFTMAX in change:
         j = kinds.index(MAX_LOGIT)
         held = np.log(1.0 - holdout.probs.max(axis=1) + ood.EPS)
@@ -196,6 +226,7 @@ def evaluate(dataset: data.Dataset, classes, far, seed, attacks: str | None = No
         INT8_CLASSIFIER: lambda x: ood.ood_score(int8_classifier(x), z_mean, z_std, weights, transforms),
     }
     id_float, holdout = fingerprint.score(held_out.x), fingerprint.score(fingerprint.holdout_x_)
+    evidence = ablation_evidence(fingerprint)
     id_scores = {name: score(held_out.x) for name, score in scored.items()}
     result = {
         "classes": [int(c) for c in classes],
@@ -215,9 +246,10 @@ def evaluate(dataset: data.Dataset, classes, far, seed, attacks: str | None = No
         rows = {"fingerprint": metrics.detection_report(id_float.ood_score, ood_float.ood_score)}
         rows.update({name: metrics.detection_report(id_scores[name], score(x)) for name, score in scored.items()})
         result["cases"][case] = rows
+        id_evidence, ood_evidence = evidence(held_out.x, id_float), evidence(x, ood_float)
         result["ablation"][case] = {
             name: metrics.auroc(
-                ablated(fingerprint, id_float, holdout, without), ablated(fingerprint, ood_float, holdout, without)
+                ablated(id_evidence, id_float, holdout, without), ablated(ood_evidence, ood_float, holdout, without)
             )
             for name, without in ABLATION.items()
         }

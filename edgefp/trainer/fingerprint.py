@@ -1,7 +1,8 @@
 """NeuralFP fingerprints: the evidence a small classifier offers about its inputs, and its distribution.
 
 Two kinds of evidence, one value per sample each: an autoencoder's reconstruction error for each
-watched layer, and the classifier's largest logit (docs/fingerprint.md).
+watched layer, and the classifier's largest logit, but where a vector classifier's input is watched
+(docs/fingerprint.md).
 """
 
 from __future__ import annotations
@@ -282,7 +283,8 @@ class NeuralFingerprint:
             )
             self.autoencoders_.append(ae)
         self._train_autoencoders([self._standardized(f, lay) for f, lay in zip(features, self.layers_)], fit_probs)
-        self.layers_.append(Evidence(name=taps.LOGITS, kind=MAX_LOGIT, transform="negate", features=n_classes))
+        if not (len(model.inputs[0].shape) == 2 and taps.input_name(model) in names):  # docs/fingerprint.md
+            self.layers_.append(Evidence(name=taps.LOGITS, kind=MAX_LOGIT, transform="negate", features=n_classes))
         for layer in self.layers_:  # each kind of evidence weighs the same, shared by its members
             members = sum(other.kind == layer.kind for other in self.layers_)
             layer.weight = 1.0 / (members * len({other.kind for other in self.layers_}))
@@ -418,7 +420,8 @@ class NeuralFingerprint:
         class_mean.set_weights([class_means, class_offset][: 1 + class_mean.use_bias])
         autoencoders = self._autoencoder_layers()
         squares, values = autoencoders(residual)
-        values.append(keras.ops.max(logits, axis=-1, keepdims=True))
+        if any(layer.kind == MAX_LOGIT for layer in self.layers_):
+            values.append(keras.ops.max(logits, axis=-1, keepdims=True))
         self.monitor_ = keras.Model(self.model_.inputs, [probs, *values], name="monitor")
         joined = squares[0] if len(squares) == 1 else keras.layers.Concatenate(name="fp_squares")(squares)
         self.squares_ = keras.Model(self.model_.inputs, joined, name="squares")

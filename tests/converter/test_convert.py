@@ -221,6 +221,7 @@ def test_a_watched_vector_input_keeps_the_classifiers_input_quantisation(feature
     assert (manifest.input.scale, manifest.input.zero_point) == pytest.approx((scale, zero_point))
     float_pred = fingerprint.score(test_set.x).pred
     assert np.mean(bundle.score(test_set.x).pred == float_pred) >= 0.95
+    assert [layer.kind for layer in manifest.layers] == ["autoencoder"] * 2 and "REDUCE_MAX" not in manifest.ops
 
 
 def test_saturated_errors_are_still_flagged(digits_bundle):

@@ -209,12 +209,15 @@ def test_fingerprint_a_users_sequential_model_without_labels(tmp_path):
     x = np.random.default_rng(0).normal(size=(200, 12)).astype(np.float32)
     dataset = data.Dataset(x, None, "unlabelled")
     fp = fingerprint_model(model_path, dataset, epochs=5, progress=False)
-    watched = [(taps.input_name(fp.model_), "autoencoder"), ("hidden", "autoencoder"), ("logits", "max_logit")]
+    # its input (12 values) is narrower than its first hidden layer: watched, and no max logit beside it
+    watched = [(taps.input_name(fp.model_), "autoencoder"), ("hidden", "autoencoder")]
     assert [(layer.name, layer.kind) for layer in fp.layers_] == watched
     fp.save(str(tmp_path / "run"))
     scores = NeuralFingerprint.load(str(tmp_path / "run")).score(x[:10])
-    assert scores.layer_errors.shape == (10, 3) and scores.probs.shape == (10, 3)
+    assert scores.layer_errors.shape == (10, 2) and scores.probs.shape == (10, 3)
     np.testing.assert_allclose(scores.probs.sum(axis=1), 1.0, rtol=1e-5)
+    hidden_only = fingerprint_model(model_path, dataset, layers=["hidden"], epochs=5, progress=False)
+    assert [layer.kind for layer in hidden_only.layers_] == ["autoencoder", "max_logit"]  # input not watched
 
 
 def test_unknown_layer_and_tiny_data_are_refused(tmp_path):
