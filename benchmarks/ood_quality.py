@@ -129,11 +129,13 @@ def int8_classifier_evidence(fingerprint, bundle: Bundle):
     probs = interpreter.get_output_details()[bundle.manifest.outputs.probs.index]["index"]
     (logits,) = [op["inputs"][0] for op in interpreter._get_ops_details() if op["outputs"][0] == probs]
 
+    has_max_logit = MAX_LOGIT in [layer.kind for layer in fingerprint.layers_]
+
     def evidence(x):
         read = read_tensors(interpreter, bundle.quantize(x), [features, means, logits])
         values = fingerprint.residual_errors_.predict(read[:2], verbose=0, batch_size=256)
         values = values if isinstance(values, list) else [values]
-        max_logit = [read[2].max(axis=1)] if MAX_LOGIT in [layer.kind for layer in fingerprint.layers_] else []
+        max_logit = [read[2].max(axis=1)] if has_max_logit else []
         return np.column_stack([*(v[:, 0] for v in values), *max_logit]).astype(np.float64)
 
     return evidence
@@ -227,6 +229,7 @@ def evaluate(dataset: data.Dataset, classes, far, seed, attacks: str | None = No
     }
     id_float, holdout = fingerprint.score(held_out.x), fingerprint.score(fingerprint.holdout_x_)
     evidence = ablation_evidence(fingerprint)
+    id_evidence = evidence(held_out.x, id_float)
     id_scores = {name: score(held_out.x) for name, score in scored.items()}
     result = {
         "classes": [int(c) for c in classes],
@@ -246,7 +249,7 @@ def evaluate(dataset: data.Dataset, classes, far, seed, attacks: str | None = No
         rows = {"fingerprint": metrics.detection_report(id_float.ood_score, ood_float.ood_score)}
         rows.update({name: metrics.detection_report(id_scores[name], score(x)) for name, score in scored.items()})
         result["cases"][case] = rows
-        id_evidence, ood_evidence = evidence(held_out.x, id_float), evidence(x, ood_float)
+        ood_evidence = evidence(x, ood_float)
         result["ablation"][case] = {
             name: metrics.auroc(
                 ablated(id_evidence, id_float, holdout, without), ablated(ood_evidence, ood_float, holdout, without)

@@ -412,13 +412,14 @@ class NeuralFingerprint:
         reduced, _, _, probs = self._reduced_taps(names, pools, scaling)
         logits, _ = taps.logits_and_probs(self.model_)
         features = reduced[0] if len(reduced) == 1 else keras.layers.Concatenate(name="fp_features")(reduced)
-        class_means = _joint_weights(self.autoencoders_)["class_mean"]
+        joint = _joint_weights(self.autoencoders_)
+        class_means = joint["class_mean"]
         class_offset = -np.concatenate(offsets).astype(np.float32)
         class_mean = keras.layers.Dense(class_means.shape[1], use_bias=bool(np.any(class_offset)), name="fp_class_mean")
         subtract = keras.layers.Subtract(name="fp_residual")
         residual = subtract([features, class_mean(probs)])
         class_mean.set_weights([class_means, class_offset][: 1 + class_mean.use_bias])
-        autoencoders = self._autoencoder_layers()
+        autoencoders = self._autoencoder_layers(joint)
         squares, values = autoencoders(residual)
         if any(layer.kind == MAX_LOGIT for layer in self.layers_):
             values.append(keras.ops.max(logits, axis=-1, keepdims=True))
@@ -429,15 +430,16 @@ class NeuralFingerprint:
         _, errors = autoencoders(subtract([feature_input, mean_input]))
         self.residual_errors_ = keras.Model([feature_input, mean_input], errors, name="residual_errors")
 
-    def _autoencoder_layers(self):
+    def _autoencoder_layers(self, joint: dict):
         """A function of the symbolic residual (every autoencoder's columns side by side) -> (squared
         residuals, one tensor per block; error outputs, one per autoencoder), with the autoencoders'
-        weights, as one block or apart (:func:`runs_apart`); called twice, it reuses its layers."""
+        weights, as one block (``joint``, :func:`_joint_weights`) or apart (:func:`runs_apart`); called
+        twice, it reuses its layers."""
         import keras
 
         ae_layers = self.autoencoder_layers_
         apart = runs_apart([lay.features for lay in ae_layers], [lay.bottleneck for lay in ae_layers])
-        blocks = [_joint_weights([ae]) for ae in self.autoencoders_] if apart else [_joint_weights(self.autoencoders_)]
+        blocks = [_joint_weights([ae]) for ae in self.autoencoders_] if apart else [joint]
         layers, start, errors = [], 0, 0
         for index, weights in enumerate(blocks):
             width = weights["decode"].shape[1]

@@ -89,15 +89,20 @@ def test_manifest_holds_the_contract(digits_bundle):
     assert 0 < manifest.score.threshold and len(manifest.layers[0].holdout_quantiles) == 101
 
 
-def test_autoencoders_run_as_one_block_with_weights_per_tensor(digits_bundle):
+def _graph(model_bytes: bytes):
+    """An int8 model's flatbuffer object, its graph and the names of its operators in graph order."""
     from tensorflow.lite.python import schema_py_generated as schema
 
-    manifest, out = digits_bundle
-    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(Bundle.load(out).model_bytes, 0))
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model_bytes, 0))
     graph = model.subgraphs[0]
     names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
     codes = [model.operatorCodes[op.opcodeIndex] for op in graph.operators]
-    kinds = [names[max(code.builtinCode, code.deprecatedBuiltinCode)] for code in codes]
+    return model, graph, [names[max(code.builtinCode, code.deprecatedBuiltinCode)] for code in codes]
+
+
+def test_autoencoders_run_as_one_block_with_weights_per_tensor(digits_bundle):
+    manifest, out = digits_bundle
+    _, graph, kinds = _graph(Bundle.load(out).model_bytes)
     autoencoders = [layer for layer in manifest.layers if layer.kind == "autoencoder"]
     assert len(autoencoders) == 2
     for kind in ("CONCATENATION", "SUB", "TANH", "SQUARED_DIFFERENCE", "REDUCE_MAX"):
@@ -114,13 +119,7 @@ def test_autoencoders_run_as_one_block_with_weights_per_tensor(digits_bundle):
 
 def _operators(model_bytes: bytes) -> tuple[list[str], int]:
     """The operator names of an int8 model in graph order, and the zero bytes of its FULLY_CONNECTED weights."""
-    from tensorflow.lite.python import schema_py_generated as schema
-
-    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model_bytes, 0))
-    graph = model.subgraphs[0]
-    names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
-    codes = [model.operatorCodes[op.opcodeIndex] for op in graph.operators]
-    kinds = [names[max(code.builtinCode, code.deprecatedBuiltinCode)] for code in codes]
+    model, graph, kinds = _graph(model_bytes)
     weights = [graph.tensors[op.inputs[1]] for op, kind in zip(graph.operators, kinds) if kind == "FULLY_CONNECTED"]
     return kinds, sum(int(np.count_nonzero(np.asarray(model.buffers[w.buffer].data) == 0)) for w in weights)
 
@@ -138,7 +137,8 @@ def test_autoencoders_run_apart_where_the_blocks_zeros_outweigh_their_operators(
     monkeypatch.setattr(module, "ZERO_BYTES_PER_OPERATOR", 0)
     apart_fp = NeuralFingerprint.load(run_dir)
     x = data.load("basic_motions:test").x
-    np.testing.assert_allclose(apart_fp.score(x).layer_errors, block_fp.score(x).layer_errors, rtol=1e-4, atol=1e-7)
+    exact = apart_fp.score(x).layer_errors
+    np.testing.assert_allclose(exact, block_fp.score(x).layer_errors, rtol=1e-4, atol=1e-7)
     convert(run_dir, data.load("basic_motions:train"), str(tmp_path / "apart"))
     apart = Bundle.load(str(tmp_path / "apart"))
     block_kinds, block_zeros = _operators(block.model_bytes)
@@ -156,7 +156,6 @@ def test_autoencoders_run_apart_where_the_blocks_zeros_outweigh_their_operators(
     np.testing.assert_array_equal(scores["tflm"].layer_errors, scores["firmware"].layer_errors)
     np.testing.assert_array_equal(scores["litert"].pred, scores["tflm"].pred)
     assert np.mean(scores["litert"].pred == block.score(x).pred) >= 0.98
-    exact = apart_fp.score(x).layer_errors
     for j in range(k):  # each int8 error tracks the float one, at its scale
         ratio = scores["litert"].layer_errors[:, j] / exact[:, j]
         correlation = np.corrcoef(np.log(exact[:, j]), np.log(scores["litert"].layer_errors[:, j] + 1e-9))[0, 1]
