@@ -102,3 +102,29 @@ def vector_set(name: str):
     bunch = getattr(datasets, f"load_{name}")()
     names = {i: str(label) for i, label in enumerate(bunch.target_names)}
     return data.Dataset(bunch.data.astype(np.float32), bunch.target.astype(np.int64), name, names)
+
+
+FLOOR = (
+    "The floor: the classifier with the least any autoencoder fingerprint adds (`floor` in benchmarks/common.py: one "
+    "autoencoder of one unit on the features the logits are made from, 4 operators)"
+)
+
+
+def floor(fingerprint, calib_x) -> bytes:
+    """The least an autoencoder fingerprint can add to the classifier with TensorFlow Lite's built-in
+    operators: one autoencoder of a single unit on the features the logits are made from, its clip to
+    [-1, 1] fused into the encoder's FULLY_CONNECTED, the decoder's FULLY_CONNECTED, a SQUARED_DIFFERENCE
+    and a FULLY_CONNECTED that averages it into the error; no pooling, class mean or max logit. Its
+    weights are left untrained: they change no byte count or time."""
+    import keras
+
+    from edgefp.converter.convert import int8_tflite, strip
+    from edgefp.trainer import taps
+
+    model = fingerprint.model_
+    logits, probs = taps.logits_and_probs(model)
+    features = logits._keras_history.operation.input
+    code = keras.ops.clip(keras.layers.Dense(1, name="floor_encode")(features), -1.0, 1.0)
+    square = keras.ops.square(keras.layers.Dense(features.shape[-1], name="floor_decode")(code) - features)
+    error = keras.layers.Dense(1, use_bias=False, name="floor_error")(square)
+    return strip(int8_tflite(keras.Model(model.inputs, [probs, error], name="floor"), calib_x, name="edgefp_model"))

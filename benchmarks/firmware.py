@@ -39,7 +39,7 @@ import tempfile
 
 import numpy as np
 
-from benchmarks.common import save, trained, vector_set
+from benchmarks.common import FLOOR, floor, save, trained, vector_set
 from edgefp import data
 from edgefp.bundle import MODEL, Bundle, sha256
 from edgefp.converter.convert import convert, int8_tflite, strip
@@ -76,19 +76,32 @@ def datasets() -> dict:
     }
 
 
-def bundles(name: str, dataset: data.Dataset, epochs: dict, workdir: str) -> tuple[Bundle, Bundle]:
-    """The deployed bundle, and the classifier alone as a bundle (its one 'layer' a placeholder);
-    ``epochs``: train's options ``epochs`` and ``autoencoder_epochs``."""
+def bundles(name: str, dataset: data.Dataset, epochs: dict, workdir: str) -> dict[str, Bundle]:
+    """The deployed bundle, and as bundles of their own the classifier alone and the floor
+    (:func:`benchmarks.common.floor`), each of these two with one placeholder 'layer'; ``epochs``:
+    train's options ``epochs`` and ``autoencoder_epochs``."""
     fingerprint = trained(dataset, seed=0, **epochs)
     run_dir, out = os.path.join(workdir, f"{name}_run"), os.path.join(workdir, f"{name}.efp")
     fingerprint.save(run_dir)
     convert(run_dir, dataset, out)
     deployed = Bundle.load(out)
-    model = strip(int8_tflite(classifier_alone(fingerprint), fingerprint.prepare(dataset.x), name="alone"))
+    calib_x = fingerprint.prepare(dataset.x)
+    models = {
+        "alone": strip(int8_tflite(classifier_alone(fingerprint), calib_x, name="alone")),
+        "floor": floor(fingerprint, calib_x),
+    }
+    return {
+        "deployed": deployed,
+        **{kind: _placeholder_bundle(deployed, f"{name}_{kind}", m) for kind, m in models.items()},
+    }
+
+
+def _placeholder_bundle(deployed: Bundle, name: str, model: bytes) -> Bundle:
+    """A model of two outputs (probabilities, one value) as a bundle with the deployed one's settings."""
     specs = [_spec(index, detail) for index, detail in enumerate(LiteRT(model).output_details())]
     manifest = dataclasses.replace(
         deployed.manifest,
-        name=f"{name}_classifier",
+        name=name,
         outputs=Outputs(
             probs=next(spec for spec in specs if spec.shape != (1,)),
             layer_errors=(next(spec for spec in specs if spec.shape == (1,)),),
@@ -97,7 +110,7 @@ def bundles(name: str, dataset: data.Dataset, epochs: dict, workdir: str) -> tup
         files={MODEL: FileEntry(sha256(model), len(model))},
         flash_bytes=len(model),
     )
-    return deployed, Bundle(manifest, {MODEL: model})
+    return Bundle(manifest, {MODEL: model})
 
 
 def classifier_alone(fingerprint):
@@ -236,20 +249,18 @@ def main(argv=None) -> None:
     rows = {}
     with tempfile.TemporaryDirectory(prefix="edgefp-bench-") as workdir:
         made = {name: bundles(name, dataset, epochs, workdir) for name, dataset in datasets().items()}
-        builds = footprints(made["images"][0])
+        builds = footprints(made["images"]["deployed"])
         with start("qemu-m4") as chip, client.open_device(chip.url, timeout=5.0) as device:
-            for name, (deployed, alone) in made.items():
-                rows[name] = {
-                    "deployed": instructions(device, deployed, runs),
-                    "alone": instructions(device, alone, runs),
-                }
+            for name, made_bundles in made.items():
+                rows[name] = {kind: instructions(device, bundle, runs) for kind, bundle in made_bundles.items()}
                 rows[name]["ratio"] = rows[name]["deployed"] / rows[name]["alone"]
+                rows[name]["floor_ratio"] = rows[name]["floor"] / rows[name]["alone"]
         probe = start_qemu(build("qemu-m4", arena_bytes=PROBE_ARENA))
         with probe, client.open_device(probe.url, timeout=5.0) as device:
-            for name, (deployed, _) in made.items():
-                rows[name]["ram_bytes"] = ram_needed(device, deployed)
-                rows[name]["tflm_arena_bytes"] = deployed.manifest.tflm_arena_bytes
-        archive = made["sequences"][0].archive_bytes()
+            for name, made_bundles in made.items():
+                rows[name]["ram_bytes"] = ram_needed(device, made_bundles["deployed"])
+                rows[name]["tflm_arena_bytes"] = made_bundles["deployed"].manifest.tflm_arena_bytes
+        archive = made["sequences"]["deployed"].archive_bytes()
         with start("qemu-m4") as chip:
             upload = {"qemu-m4": upload_rate(chip.url, archive)}
         with start("native") as native:
@@ -268,14 +279,15 @@ def main(argv=None) -> None:
         *(f"| {name} | {row['flash_bytes']:,} | {row['static_ram_bytes']:,} |" for name, row in builds.items()),
         "",
         "| template | instructions, deployed | classifier alone | ratio (target <= 1.2) "
-        "| RAM on the chip | TFLM arena (host) |",
-        "|---|---|---|---|---|---|",
+        "| the floor: instructions, ratio | RAM on the chip | TFLM arena (host) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, row in rows.items():
         lines.append(
             f"| {name} | {row['deployed']:,.0f} | {row['alone']:,.0f} | {row['ratio']:.3f} "
-            f"| {row['ram_bytes']:,} | {row['tflm_arena_bytes']:,} |"
+            f"| {row['floor']:,.0f}, {row['floor_ratio']:.3f} | {row['ram_bytes']:,} | {row['tflm_arena_bytes']:,} |"
         )
+    lines += ["", FLOOR + "."]
     lines += ["", "| link | archive bytes | seconds | bytes/s |", "|---|---|---|---|"]
     for link, row in upload.items():
         lines.append(f"| {link} | {row['bytes']:,} | {row['seconds']:.3f} | {row['bytes_per_s']:,.0f} |")

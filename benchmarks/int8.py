@@ -7,15 +7,16 @@ classifier is trained and fingerprinted, saved as a RUN and converted to a bundl
 
 1. parity: accuracy on the in-distribution test set and OOD AUROC (ID test vs near-OOD, vs far-OOD),
    float (Keras) against int8 (LiteRT); targets: accuracy within 1 point, AUROC within 0.01;
-2. overhead, step by step: the classifier alone, then with each kind of evidence added (max logit,
-   then the autoencoders: with the evidence's weights quantised per output channel as the converter
-   does, then per tensor: the bundle as `convert` writes it), every model stripped of what no runtime
-   reads (names, signatures, metadata) but the `as converted` ones. Every model is converted with
-   the bundle's settings and representative data. Per model: LiteRT and TFLite Micro latency per
-   invoke (warm-ups excluded, the models alternated between repetitions so that they share the
-   machine's noise), flash (model bytes), TFLite Micro's arena, operators, tensors, multiply-
-   accumulates and constant bytes; target: the bundle at most 1.2x the classifier alone (stripped
-   alike) on latency, flash and arena.
+2. overhead, step by step: the classifier alone, the floor (the least any autoencoder fingerprint
+   adds: ``benchmarks.common.floor``), then with each kind of evidence added (max logit, then the
+   autoencoders: with the evidence's weights quantised per output channel as the converter does, then
+   per tensor: the bundle as `convert` writes it), every model stripped of what no runtime reads
+   (names, signatures, metadata) but the `as converted` ones. Every model is converted with the
+   bundle's settings and representative data. Per model: LiteRT and TFLite Micro latency per invoke
+   (warm-ups excluded, the models alternated between repetitions so that they share the machine's
+   noise), flash (model bytes), TFLite Micro's arena, operators, tensors, multiply-accumulates and
+   constant bytes; target: the bundle at most 1.2x the classifier alone (stripped alike) on latency,
+   flash and arena.
 
     python -m benchmarks.int8            # the four cases, 5 x 200 timed invokes
     python -m benchmarks.int8 --quick    # digits images only, 3 x 100 timed invokes
@@ -31,7 +32,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import save, trained, vector_set
+from benchmarks.common import FLOOR, floor, save, trained, vector_set
 from benchmarks.ood_quality import pooled, split
 from edgefp import data, metrics, shifts
 from edgefp.bundle import Bundle
@@ -45,6 +46,7 @@ OVERHEAD_TARGET = 1.2
 LATENCY_SAMPLES = 200  # distinct inputs cycled through while timing
 RUNTIMES = ("litert", "tflm")
 BUNDLE = "+ autoencoders: the bundle"
+FLOOR_STEP = "floor: one autoencoder, 4 operators"
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -144,6 +146,7 @@ def steps(fingerprint, calib_x: np.ndarray, bundle_bytes: bytes) -> dict[str, by
     return {
         "classifier, as converted": classifier,
         "classifier": strip(classifier),
+        FLOOR_STEP: floor(fingerprint, calib_x),
         **max_logit,
         "+ autoencoders, as converted": evidence(MAX_LOGIT, AUTOENCODER),
         "+ autoencoders, weights per channel": quantize(fingerprint, calib_x, per_tensor=False)[0],
@@ -235,7 +238,10 @@ def evaluate(name: str, case: dict, reps: int, warmup: int, timed: int, workdir:
     inputs = bundle.quantize(np.resize(id_test.x, (LATENCY_SAMPLES, *id_test.x.shape[1:])))
     rows, latency = measured(models, inputs, reps, warmup, timed)
     base = rows["classifier"]
-    ratios = {key: rows[BUNDLE][key] / base[key] for key in ("flash", "arena", *(f"{r}_us" for r in RUNTIMES))}
+    ratios, floor_ratios = (
+        {key: rows[step][key] / base[key] for key in ("flash", "arena", *(f"{r}_us" for r in RUNTIMES))}
+        for step in (BUNDLE, FLOOR_STEP)
+    )
     p = parity
     targets = {
         "accuracy_within_1pt": p["int8"]["accuracy"] >= p["float"]["accuracy"] - ACCURACY_TARGET,
@@ -252,6 +258,7 @@ def evaluate(name: str, case: dict, reps: int, warmup: int, timed: int, workdir:
         "steps": rows,
         "latency": latency,
         "ratios": ratios,
+        "floor_ratios": floor_ratios,
         "targets": targets,
     }
 
@@ -315,6 +322,16 @@ def table(results: dict, timing: dict) -> str:
             f"{r['ratios'][key]:.2f}x {mark(r['targets'][f'overhead_{key}_at_most_1.2x'])}"
             for key in ("flash", "arena", "litert_us", "tflm_us")
         ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        FLOOR + ", against the classifier alone:",
+        "",
+        "| template | flash | arena | LiteRT latency | TFLite Micro latency |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        cells = [f"{r['floor_ratios'][key]:.2f}x" for key in ("flash", "arena", "litert_us", "tflm_us")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "Notes:", ""]
     for name, r in results.items():

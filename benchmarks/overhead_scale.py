@@ -7,8 +7,10 @@ on standardised samples and brought to the kit as a user brings a classifier of 
 ``NeuralFingerprint().fit(model, x)``, saved as a RUN and converted by ``edgefp.converter.convert``.
 Per size: the classifier's parameters and multiply-accumulates, accuracy float / int8, and the bundle
 against the classifier alone (both int8, stripped alike, as benchmarks/int8.py measures them): flash,
-TFLite Micro arena, LiteRT and TFLite Micro latency per invoke (the two models alternated); per
-template, the smallest width from which each ratio is at most 1.2x at every larger width measured.
+TFLite Micro arena, LiteRT and TFLite Micro latency per invoke (the models alternated); the same for
+the floor (``benchmarks.common.floor``: the least any autoencoder fingerprint adds); per template, the
+smallest width from which each ratio, the bundle's and the floor's, is at most 1.2x at every larger
+width measured.
 
     python -m benchmarks.overhead_scale          # widths 1, 2, 4, 8 (32 x 32 images: 1, 2, 4), 5 x 100 invokes
     python -m benchmarks.overhead_scale --quick  # vectors at widths 1 and 4, 3 x 50 invokes
@@ -24,7 +26,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import save
+from benchmarks.common import FLOOR, floor, save
 from benchmarks.int8 import CASES, LATENCY_SAMPLES, OVERHEAD_TARGET, classifier_int8, digits_case, measured
 from edgefp import data
 from edgefp.bundle import Bundle
@@ -114,15 +116,19 @@ def evaluate(template: str, train_set, id_test, width: int, timing: dict, workdi
         kind: float(np.mean(score(id_test.x).pred == id_test.y))
         for kind, score in (("float", fingerprint.score), ("int8", bundle.score))
     }
+    calib_x = fingerprint.prepare(train_set.x)
     models = {
-        "classifier": strip(classifier_int8(fingerprint, fingerprint.prepare(train_set.x))),
+        "classifier": strip(classifier_int8(fingerprint, calib_x)),
+        "floor": floor(fingerprint, calib_x),
         "bundle": bundle.model_bytes,
     }
     inputs = bundle.quantize(np.resize(id_test.x, (LATENCY_SAMPLES, *id_test.x.shape[1:])))
     rows, latency = measured(models, inputs, **timing)
     for name, m in models.items():
         rows[name].update(constants_by_reader(m))
-    ratios = {key: rows["bundle"][key] / rows["classifier"][key] for key in MEASURES}
+    ratios, floor_ratios = (
+        {key: rows[m][key] / rows["classifier"][key] for key in MEASURES} for m in ("bundle", "floor")
+    )
     print(
         f"{template} x{width}: {model.count_params()} params, trained and converted in {trained_s:.0f} s, "
         + ", ".join(f"{LABELS[key]} {ratio:.2f}x" for key, ratio in ratios.items()),
@@ -137,18 +143,19 @@ def evaluate(template: str, train_set, id_test, width: int, timing: dict, workdi
         "models": rows,
         "latency": latency,
         "ratios": ratios,
+        "floor_ratios": floor_ratios,
         "seconds": time.monotonic() - started,
     }
 
 
-def met_from(sizes: list[dict]) -> dict:
-    """Per measure, the smallest width from which the ratio is at most the target at every larger width
-    measured (None: missed at the largest)."""
+def met_from(sizes: list[dict], ratios: str = "ratios") -> dict:
+    """Per measure, the smallest width from which the ratio (``ratios``: the bundle's, or the floor's) is at
+    most the target at every larger width measured (None: missed at the largest)."""
     found = {}
     for key in MEASURES:
         found[key] = None
         for size in reversed(sizes):
-            if size["ratios"][key] > OVERHEAD_TARGET:
+            if size[ratios][key] > OVERHEAD_TARGET:
                 break
             found[key] = size["width"]
     return found
@@ -189,15 +196,28 @@ def table(results: dict, timing: dict) -> str:
     lines += [
         "",
         f"Smallest width from which the ratio is at most {OVERHEAD_TARGET}x at every larger width measured",
-        "(classifier parameters in brackets; `missed`: above it at the largest width):",
+        "(classifier parameters in brackets; `missed`: above it at the largest width), the bundle's and the",
+        "floor's (below):",
         "",
         "| template | " + " | ".join(LABELS[key] for key in MEASURES) + " |",
         "|---|" + "---|" * len(MEASURES),
     ]
     for template, r in results.items():
         params = {size["width"]: size["classifier_params"] for size in r["sizes"]}
-        cells = ["missed" if width is None else f"{width} ({params[width]:,})" for width in r["met_from"].values()]
-        lines.append(f"| {template} | " + " | ".join(cells) + " |")
+        for label, met in (("", r["met_from"]), (", the floor", r["floor_met_from"])):
+            cells = ["missed" if width is None else f"{width} ({params[width]:,})" for width in met.values()]
+            lines.append(f"| {template}{label} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        FLOOR + ", against the classifier alone:",
+        "",
+        "| template | width | " + " | ".join(LABELS[key] for key in MEASURES) + " |",
+        "|---|---|" + "---|" * len(MEASURES),
+    ]
+    for template, r in results.items():
+        for size in r["sizes"]:
+            cells = [f"{size['floor_ratios'][key]:.2f}x" for key in MEASURES]
+            lines.append(f"| {template} | {size['width']} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "What the bundle adds to the classifier alone (bundle - classifier), in bytes. Flash: constants read by",
@@ -238,7 +258,11 @@ def main(argv=None) -> int:
         for template, (make, widths) in templates.items():
             train_set, id_test = users_data(make())
             sizes = [evaluate(template, train_set, id_test, width, timing, workdir) for width in widths]
-            results[template] = {"sizes": sizes, "met_from": met_from(sizes)}
+            results[template] = {
+                "sizes": sizes,
+                "met_from": met_from(sizes),
+                "floor_met_from": met_from(sizes, "floor_ratios"),
+            }
     seconds = time.monotonic() - started
     print(f"measured in {seconds:.0f} s", file=sys.stderr)
     name = "overhead_scale" + ("_quick" if args.quick else "")

@@ -84,3 +84,16 @@ def test_the_int8_classifier_evidence_reads_the_bundles_own_tensors(digits_run, 
     np.testing.assert_allclose(evidence[:, -1], int8[:, -1], rtol=1e-6)
     for j in range(evidence.shape[1] - 1):
         assert np.corrcoef(_ranks(evidence[:, j]), _ranks(int8[:, j]))[0, 1] > 0.95
+
+
+def test_the_floor_adds_four_operators_to_the_classifier(digits_run):
+    """The overhead benchmark's floor is what it says: the classifier and one autoencoder in 4 operators,
+    its clip fused into the encoder (a converter that stopped fusing it would raise the floor)."""
+    from benchmarks.common import floor
+    from benchmarks.int8 import classifier_int8, graph_parts
+    from edgefp import data
+
+    fingerprint = digits_run[0]
+    x = fingerprint.prepare(data.load("digits:train:0-4").x[:100])
+    classifier, least = graph_parts(classifier_int8(fingerprint, x)), graph_parts(floor(fingerprint, x))
+    assert least["ops"] == classifier["ops"] + 4
